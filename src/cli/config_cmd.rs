@@ -1,0 +1,41 @@
+//! `certagent config validate`: every error at once, with file, line and key.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::error::{Result, exit};
+use crate::output::{self, ValidateDoc};
+
+pub fn validate(config_path: &Path, json: bool) -> Result<u8> {
+    let (valid, certificates, errors) = match Config::load(config_path) {
+        Ok(c) => (
+            true,
+            c.certificates.keys().cloned().collect::<Vec<_>>(),
+            Vec::new(),
+        ),
+        Err(e) => (false, Vec::new(), e.0),
+    };
+    if json {
+        output::print_json(&ValidateDoc {
+            schema: output::SCHEMA,
+            changed: false,
+            valid,
+            files: vec![config_path.display().to_string()],
+            certificates,
+            errors,
+        });
+    } else if valid {
+        println!(
+            "{}: valid, {} certificate(s): {}",
+            config_path.display(),
+            certificates.len(),
+            certificates.join(", ")
+        );
+    } else {
+        eprintln!("certagent: {} error(s) in the configuration:", errors.len());
+        for e in &errors {
+            eprintln!("  {e}");
+        }
+    }
+    Ok(if valid { exit::OK } else { exit::CONFIG })
+}

@@ -1,0 +1,157 @@
+//! The command line: definitions (clap) and dispatch. Each subcommand lives in its own file
+//! and returns the process exit code.
+
+mod check;
+mod config_cmd;
+mod reissue;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::error::{Error, Result};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0   success / everything healthy
+  1   check: at least one certificate needs action
+  2   error (details on stderr, and in --json)
+  3   busy: another certagent process held the lock for too long
+  75  pending: waiting on the CA or on a human
+  78  configuration invalid
+
+Examples:
+  certagent config validate             check /etc/certagent/config.toml and conf.d/*.toml
+  certagent check                       what is wrong with each certificate, changing nothing
+  certagent reissue --now www           new key + certificate for [certificate.www], installed and proven
+  certagent reissue --now --all --json  the same for every certificate, as JSON for config management";
+
+/// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
+/// mismatched or compromised, when a certificate expires or no longer matches the config;
+/// installs atomically, reloads the server, proves the new certificate is served, and rolls
+/// back if it is not.
+#[derive(Parser, Debug)]
+#[command(name = "certagent", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file; drop-ins in conf.d/ beside it are merged in file-name order.
+    #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// More detail on stderr (-vv for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Report each certificate's health and what would be done; changes nothing.
+    ///
+    /// Reads the configured certificate and key files and decides, for each certificate,
+    /// whether it needs a re-issue and why: key-missing, key-mismatch, cert-missing, expiring,
+    /// names-changed, key-type-changed. Exits 1 if any certificate needs action.
+    Check(check::CheckArgs),
+    /// Show state: current generation, serial, expiry, pending work, last outcome, next check.
+    Status(check::CheckArgs),
+    /// Re-issue with a new key now, install it, and prove it is served.
+    ///
+    /// Generates a new key and CSR on this host, obtains the certificate from the configured
+    /// issuer, installs it atomically, tests and reloads the web server, and verifies by TLS
+    /// handshake that the new certificate is served; rolls back if it is not. Exits 0 only
+    /// when the new certificate is verified in service. A run that is interrupted (killed,
+    /// power cut) is resumed by the next one without ordering again.
+    Reissue(reissue::ReissueArgs),
+    /// Validate the configuration and its drop-ins.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Report every error in the config and drop-ins at once, each with file, line and key.
+    Validate {
+        /// Print a JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Operator reasons for `reissue --reason`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReasonArg {
+    /// The key is (or may be) in someone else's hands.
+    KeyCompromise,
+    /// The key was lost.
+    KeyLost,
+    /// Change the key type or size.
+    KeyChange,
+    /// Change the names.
+    NamesChange,
+    /// Routine replacement.
+    Superseded,
+}
+
+pub fn load_config(path: &std::path::Path) -> Result<Config> {
+    let mut config = Config::load(path).map_err(Error::Config)?;
+    config.files = vec![path.to_path_buf()];
+    Ok(config)
+}
+
+/// Resolve NAME arguments against the config (all certificates when empty).
+pub fn select<'c>(
+    config: &'c Config,
+    names: &[String],
+) -> Result<Vec<&'c crate::config::Certificate>> {
+    if names.is_empty() {
+        return Ok(config.certificates.values().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            config.certificate(n).ok_or_else(|| {
+                let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
+                Error::msg(format!("no certificate named {n:?} in the configuration")).with_hint(
+                    format!(
+                        "configured certificates: {}",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+pub async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Check(args) => check::check(&cli.config, &args),
+        Command::Status(args) => check::status(&cli.config, &args),
+        Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
+        Command::Config {
+            command: ConfigCommand::Validate { json },
+        } => config_cmd::validate(&cli.config, json),
+    }
+}
+
+/// Whether the command asked for JSON (for error output before the command runs).
+pub fn wants_json(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Check(a) | Command::Status(a) => a.json,
+        Command::Reissue(a) => a.json,
+        Command::Config {
+            command: ConfigCommand::Validate { json },
+        } => *json,
+    }
+}

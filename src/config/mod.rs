@@ -1,0 +1,1013 @@
+//! Configuration: `config.toml` plus `conf.d/*.toml` drop-ins, read in stages — spanned TOML
+//! tree, then typed and validated `Config`. Every problem in every file is reported at once,
+//! each with file, line and key; unknown keys are errors. Nothing here touches the network or
+//! writes anything.
+
+mod walk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use toml::de::DeTable;
+
+use crate::core::{DomainName, KeySpec, Span};
+use walk::{Ctx, Section};
+
+pub const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
+/// Name of the issuer that always exists: the embedded local CA.
+pub const BUILTIN_ISSUER: &str = "internal";
+/// Config files larger than this are refused (a config is a few KiB).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The files that were read, main file first.
+    pub files: Vec<PathBuf>,
+    pub agent: Agent,
+    pub issuers: BTreeMap<String, Issuer>,
+    pub servers: BTreeMap<String, Server>,
+    pub certificates: BTreeMap<String, Certificate>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub max_parallel: usize,
+    pub compromised_dir: PathBuf,
+    pub key_blocklist: Vec<PathBuf>,
+    /// How long a command waits for another certagent process to release the lock.
+    pub lock_timeout: Span,
+    /// Generations kept per certificate besides the current one.
+    pub keep_generations: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    pub name: String,
+    pub kind: IssuerKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum IssuerKind {
+    Acme(AcmeIssuer),
+    Internal(InternalIssuer),
+}
+
+impl IssuerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IssuerKind::Acme(_) => "acme",
+            IssuerKind::Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AcmeIssuer {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub challenge: Http01,
+    pub eab: Option<Eab>,
+    /// How long one issuance may take before it is retried later.
+    pub timeout: Span,
+}
+
+/// How http-01 challenges are answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Http01 {
+    /// Token files are written to `WEBROOT/.well-known/acme-challenge/`.
+    Webroot(PathBuf),
+    /// certagent answers on this address itself.
+    Listen(SocketAddr),
+}
+
+#[derive(Clone, Debug)]
+pub struct Eab {
+    pub kid: String,
+    /// File holding the base64url MAC key (or a systemd credential name).
+    pub hmac_key_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct InternalIssuer {
+    pub validity: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub name: String,
+    pub kind: ServerKind,
+    pub verify: Vec<SocketAddr>,
+    pub test_command: Option<Vec<String>>,
+    pub reload_command: Option<Vec<String>>,
+    pub pid_file: Option<PathBuf>,
+    /// Limit for each test/reload command.
+    pub command_timeout: Span,
+    /// How long to wait for the new certificate to be served after a reload.
+    pub verify_timeout: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Nginx,
+    Command,
+    None,
+}
+
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Nginx => "nginx",
+            ServerKind::Command => "command",
+            ServerKind::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub name: String,
+    pub names: Vec<DomainName>,
+    pub issuer: String,
+    /// `None`: install only, nothing to reload or probe.
+    pub server: Option<String>,
+    pub key_type: KeySpec,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub chain_file: Option<PathBuf>,
+    pub leaf_file: Option<PathBuf>,
+    pub renew_before: Option<Span>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub key_mode: u32,
+    pub cert_mode: u32,
+}
+
+impl Config {
+    /// Read `path` and the drop-ins in `conf.d/` beside it (file-name order).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let mut files = vec![path.to_path_buf()];
+        let mut errors = Vec::new();
+        let dropin_dir = path.parent().unwrap_or(Path::new("/")).join("conf.d");
+        match std::fs::read_dir(&dropin_dir) {
+            Ok(entries) => {
+                let mut dropins: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect();
+                dropins.sort();
+                files.extend(dropins);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(ConfigError {
+                file: dropin_dir.clone(),
+                line: 0,
+                key: String::new(),
+                message: format!("failed to read drop-in directory: {e}"),
+            }),
+        }
+        let mut texts = Vec::new();
+        for file in &files {
+            match read_capped(file) {
+                Ok(text) => texts.push((file.clone(), text)),
+                Err(message) => errors.push(ConfigError {
+                    file: file.clone(),
+                    line: 0,
+                    key: String::new(),
+                    message,
+                }),
+            }
+        }
+        let config = Self::parse_sources(&texts, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Parse already-read sources, main file first. Used by `load` and by tests.
+    pub fn parse_sources(sources: &[(PathBuf, String)], errors: &mut Vec<ConfigError>) -> Config {
+        let mut b = Builder::default();
+        for (i, (file, text)) in sources.iter().enumerate() {
+            let mut cx = Ctx {
+                file,
+                src: text,
+                errors,
+            };
+            let doc = match DeTable::parse(text) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    cx.error(
+                        &span,
+                        "",
+                        format!("invalid TOML: {}", e.message().trim_end()),
+                    );
+                    continue;
+                }
+            };
+            let mut root = Section::new("", doc.get_ref(), doc.span());
+            b.read_file(&mut cx, &mut root, i == 0);
+            root.finish(&mut cx, "agent, issuer, server, certificate");
+        }
+        b.finish(
+            sources
+                .first()
+                .map(|(f, _)| f.as_path())
+                .unwrap_or(Path::new(DEFAULT_CONFIG)),
+            errors,
+        )
+    }
+
+    pub fn certificate(&self, name: &str) -> Option<&Certificate> {
+        self.certificates.get(name)
+    }
+}
+
+fn read_capped(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| format!("failed to read config file: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("failed to read config file: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "config file is larger than {} MiB",
+            MAX_CONFIG_BYTES >> 20
+        ));
+    }
+    Ok(text)
+}
+
+/// Where a named table was first defined, to report duplicates across drop-ins.
+#[derive(Clone, Debug)]
+struct Origin {
+    file: PathBuf,
+    line: usize,
+}
+
+#[derive(Default)]
+struct Builder {
+    agent: Option<Agent>,
+    issuers: BTreeMap<String, (Issuer, Origin)>,
+    servers: BTreeMap<String, (Server, Origin)>,
+    certificates: BTreeMap<String, (Certificate, Origin)>,
+    /// (certificate, key, span origin) for cross-checks after all files are read.
+    refs: Vec<(String, String, Origin, &'static str)>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
+        .map_err(|_| format!("invalid file mode {s:?}: expected octal like \"0640\""))?;
+    if m > 0o777 {
+        return Err(format!(
+            "invalid file mode {s:?}: only permission bits (0000 to 0777) are allowed"
+        ));
+    }
+    Ok(m)
+}
+
+const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations";
+const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity";
+const SERVER_KEYS: &str =
+    "kind, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
+const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode";
+
+impl Builder {
+    fn read_file(&mut self, cx: &mut Ctx, root: &mut Section, main: bool) {
+        if let Some(mut s) = root.table(cx, "agent") {
+            if !main {
+                cx.error(
+                    &s.span,
+                    "agent",
+                    "[agent] may only be set in the main config file, not in a drop-in",
+                );
+            }
+            self.agent = Some(read_agent(cx, &mut s));
+            s.finish(cx, AGENT_KEYS);
+        }
+        for (name, mut s) in root.tables(cx, "issuer") {
+            let origin = Origin {
+                file: cx.file.to_path_buf(),
+                line: cx.line(&s.span),
+            };
+            if let Some(issuer) = read_issuer(cx, &mut s, &name) {
+                self.insert_unique(cx, &s, "issuer", name, issuer, origin, |b| &mut b.issuers);
+            }
+            s.finish(cx, ISSUER_KEYS);
+        }
+        for (name, mut s) in root.tables(cx, "server") {
+            let origin = Origin {
+                file: cx.file.to_path_buf(),
+                line: cx.line(&s.span),
+            };
+            if let Some(server) = read_server(cx, &mut s, &name) {
+                self.insert_unique(cx, &s, "server", name, server, origin, |b| &mut b.servers);
+            }
+            s.finish(cx, SERVER_KEYS);
+        }
+        for (name, mut s) in root.tables(cx, "certificate") {
+            let origin = Origin {
+                file: cx.file.to_path_buf(),
+                line: cx.line(&s.span),
+            };
+            if let Some(cert) = read_certificate(cx, &mut s, &name) {
+                self.refs
+                    .push((name.clone(), cert.issuer.clone(), origin.clone(), "issuer"));
+                if let Some(server) = &cert.server {
+                    self.refs
+                        .push((name.clone(), server.clone(), origin.clone(), "server"));
+                }
+                self.insert_unique(cx, &s, "certificate", name, cert, origin, |b| {
+                    &mut b.certificates
+                });
+            }
+            s.finish(cx, CERT_KEYS);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_unique<T>(
+        &mut self,
+        cx: &mut Ctx,
+        s: &Section,
+        what: &str,
+        name: String,
+        value: T,
+        origin: Origin,
+        map: impl Fn(&mut Self) -> &mut BTreeMap<String, (T, Origin)>,
+    ) {
+        if let Some((_, first)) = map(self).get(&name) {
+            let msg = format!(
+                "{what} {name:?} is already defined at {}:{}",
+                first.file.display(),
+                first.line
+            );
+            cx.error(&s.span, &s.key, msg);
+            return;
+        }
+        map(self).insert(name, (value, origin));
+    }
+
+    fn finish(mut self, main: &Path, errors: &mut Vec<ConfigError>) -> Config {
+        self.issuers
+            .entry(BUILTIN_ISSUER.to_string())
+            .or_insert_with(|| {
+                (
+                    Issuer {
+                        name: BUILTIN_ISSUER.into(),
+                        kind: IssuerKind::Internal(InternalIssuer {
+                            validity: Span::days(90),
+                        }),
+                    },
+                    Origin {
+                        file: main.to_path_buf(),
+                        line: 0,
+                    },
+                )
+            });
+        for (cert, target, origin, what) in &self.refs {
+            let known: Vec<&String> = match *what {
+                "issuer" => self.issuers.keys().collect(),
+                _ => self.servers.keys().collect(),
+            };
+            if !known.iter().any(|k| *k == target) {
+                let list = known
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                errors.push(ConfigError {
+                    file: origin.file.clone(),
+                    line: origin.line,
+                    key: format!("certificate.{cert}.{what}"),
+                    message: format!(
+                        "no [{what}.{target}] is defined (defined: {})",
+                        if list.is_empty() { "none" } else { &list }
+                    ),
+                });
+            }
+        }
+        // The same file written by two certificates would make them overwrite each other.
+        let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (name, (cert, origin)) in &self.certificates {
+            let outputs = [
+                Some(&cert.cert_file),
+                Some(&cert.key_file),
+                cert.chain_file.as_ref(),
+                cert.leaf_file.as_ref(),
+            ];
+            for path in outputs.into_iter().flatten() {
+                if let Some(other) = seen.insert(path, name) {
+                    errors.push(ConfigError {
+                        file: origin.file.clone(),
+                        line: origin.line,
+                        key: format!("certificate.{name}"),
+                        message: format!(
+                            "path {:?} is also written by certificate {other:?}",
+                            path.display().to_string()
+                        ),
+                    });
+                }
+            }
+        }
+        let agent = self.agent.unwrap_or_else(default_agent);
+        Config {
+            files: Vec::new(),
+            agent,
+            issuers: self.issuers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            servers: self.servers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            certificates: self
+                .certificates
+                .into_iter()
+                .map(|(k, (v, _))| (k, v))
+                .collect(),
+        }
+    }
+}
+
+fn default_agent() -> Agent {
+    Agent {
+        state_dir: "/var/lib/certagent".into(),
+        runtime_dir: "/run/certagent".into(),
+        max_parallel: 4,
+        compromised_dir: "/etc/certagent/compromised".into(),
+        key_blocklist: Vec::new(),
+        lock_timeout: Span::secs(120),
+        keep_generations: 3,
+    }
+}
+
+fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
+    let mut a = default_agent();
+    if let Some(p) = s.path(cx, "state_dir") {
+        a.state_dir = p;
+    }
+    if let Some(p) = s.path(cx, "runtime_dir") {
+        a.runtime_dir = p;
+    }
+    if let Some(n) = s.integer(cx, "max_parallel", 1..1025) {
+        a.max_parallel = n as usize;
+    }
+    if let Some(p) = s.path(cx, "compromised_dir") {
+        a.compromised_dir = p;
+    }
+    if let Some(list) = s.strings(cx, "key_blocklist") {
+        for (p, span) in list {
+            match walk::check_path(&p) {
+                Ok(p) => a.key_blocklist.push(p),
+                Err(e) => cx.error(&span, &s.full_key("key_blocklist"), e),
+            }
+        }
+    }
+    if let Some(d) = s.parsed::<Span>(cx, "lock_timeout") {
+        a.lock_timeout = d;
+    }
+    if let Some(n) = s.integer(cx, "keep_generations", 1..101) {
+        a.keep_generations = n as usize;
+    }
+    a
+}
+
+fn valid_name(cx: &mut Ctx, s: &Section, what: &str, name: &str) -> bool {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if !ok {
+        cx.error(
+            &s.span,
+            &s.key,
+            format!("invalid {what} name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.' (it names files)"),
+        );
+    }
+    ok
+}
+
+fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
+    let name_ok = valid_name(cx, s, "issuer", name);
+    let Some((kind, kind_span)) = s.string(cx, "kind") else {
+        cx.error(
+            &s.span,
+            &s.full_key("kind"),
+            "missing; one of \"acme\", \"internal\"",
+        );
+        return None;
+    };
+    let kind = match kind.as_str() {
+        "internal" => {
+            let validity = s.parsed::<Span>(cx, "validity").unwrap_or(Span::days(90));
+            if validity.0 < 3_600 {
+                cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
+            }
+            IssuerKind::Internal(InternalIssuer { validity })
+        }
+        "acme" => {
+            let directory = match s.string(cx, "directory") {
+                Some((d, span)) if d.starts_with("https://") => {
+                    if d.len() < 2048 {
+                        Some(d)
+                    } else {
+                        cx.error(&span, &s.full_key("directory"), "URL is too long");
+                        None
+                    }
+                }
+                Some((d, span)) => {
+                    cx.error(
+                        &span,
+                        &s.full_key("directory"),
+                        format!("{d:?} must be an https:// URL"),
+                    );
+                    None
+                }
+                None => {
+                    cx.error(&s.span, &s.full_key("directory"), "missing; the ACME directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"");
+                    None
+                }
+            };
+            let contact = s.strings(cx, "contact").unwrap_or_default();
+            for (c, span) in &contact {
+                if !c.starts_with("mailto:") {
+                    cx.error(
+                        span,
+                        &s.full_key("contact"),
+                        format!("{c:?} must be a mailto: URL"),
+                    );
+                }
+            }
+            let ca_bundle = s.path(cx, "ca_bundle");
+            let challenge = s.string(cx, "challenge");
+            if let Some((c, span)) = &challenge
+                && c != "http-01"
+            {
+                let msg = if c == "dns-01" || c == "tls-alpn-01" {
+                    format!("{c:?} is not supported by this version of certagent; use \"http-01\"")
+                } else {
+                    format!("unknown challenge {c:?}; expected \"http-01\"")
+                };
+                cx.error(span, &s.full_key("challenge"), msg);
+            }
+            let webroot = s.path(cx, "webroot");
+            let listen =
+                s.string(cx, "listen")
+                    .and_then(|(l, span)| match l.parse::<SocketAddr>() {
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            cx.error(
+                                &span,
+                                &s.full_key("listen"),
+                                format!("{l:?} is not an address like \"127.0.0.1:80\""),
+                            );
+                            None
+                        }
+                    });
+            let http01 = match (webroot, listen) {
+                (Some(w), None) => Some(Http01::Webroot(w)),
+                (None, Some(l)) => Some(Http01::Listen(l)),
+                (Some(_), Some(_)) => {
+                    cx.error(
+                        &s.span,
+                        &s.key,
+                        "set either webroot or listen for http-01, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    cx.error(
+                        &s.span,
+                        &s.key,
+                        "http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+                    );
+                    None
+                }
+            };
+            let eab_kid = s.string(cx, "eab_kid").map(|(k, _)| k);
+            let eab_file = s.path(cx, "eab_hmac_key_file");
+            let eab = match (eab_kid, eab_file) {
+                (Some(kid), Some(hmac_key_file)) => Some(Eab { kid, hmac_key_file }),
+                (None, None) => None,
+                _ => {
+                    cx.error(
+                        &s.span,
+                        &s.key,
+                        "external account binding needs both eab_kid and eab_hmac_key_file",
+                    );
+                    None
+                }
+            };
+            let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(600));
+            IssuerKind::Acme(AcmeIssuer {
+                directory: directory?,
+                contact: contact.into_iter().map(|(c, _)| c).collect(),
+                ca_bundle,
+                challenge: http01?,
+                eab,
+                timeout,
+            })
+        }
+        "dnsimple" | "manual" => {
+            cx.error(
+                &kind_span,
+                &s.full_key("kind"),
+                format!("issuer kind {kind:?} is not supported by this version of certagent"),
+            );
+            return None;
+        }
+        other => {
+            cx.error(
+                &kind_span,
+                &s.full_key("kind"),
+                format!("unknown issuer kind {other:?}; expected \"acme\" or \"internal\""),
+            );
+            return None;
+        }
+    };
+    name_ok.then(|| Issuer {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
+    let name_ok = valid_name(cx, s, "server", name);
+    let kind = match s.string(cx, "kind") {
+        Some((k, span)) => {
+            match k.as_str() {
+                "nginx" => ServerKind::Nginx,
+                "command" => ServerKind::Command,
+                "none" => ServerKind::None,
+                "apache" => {
+                    cx.error(&span, &s.full_key("kind"), "server kind \"apache\" is not supported by this version of certagent; use kind = \"command\" with test_command and reload_command");
+                    return None;
+                }
+                other => {
+                    cx.error(&span, &s.full_key("kind"), format!("unknown server kind {other:?}; expected \"nginx\", \"command\" or \"none\""));
+                    return None;
+                }
+            }
+        }
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("kind"),
+                "missing; one of \"nginx\", \"command\", \"none\"",
+            );
+            return None;
+        }
+    };
+    let mut verify = Vec::new();
+    for (v, span) in s.strings(cx, "verify").unwrap_or_default() {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => verify.push(a),
+            Err(_) => cx.error(
+                &span,
+                &s.full_key("verify"),
+                format!("{v:?} is not an address like \"127.0.0.1:443\""),
+            ),
+        }
+    }
+    let test_command = s.command(cx, "test_command");
+    let reload_command = s.command(cx, "reload_command");
+    let pid_file = s.path(cx, "pid_file");
+    if kind == ServerKind::Command && reload_command.is_none() {
+        cx.error(
+            &s.span,
+            &s.full_key("reload_command"),
+            "missing; kind = \"command\" needs the argv that reloads the server",
+        );
+    }
+    if kind != ServerKind::None && verify.is_empty() {
+        cx.error(
+            &s.span,
+            &s.full_key("verify"),
+            "missing; list the TLS endpoints to probe after a reload, e.g. [\"127.0.0.1:443\"]",
+        );
+    }
+    let command_timeout = s
+        .parsed::<Span>(cx, "command_timeout")
+        .unwrap_or(Span::secs(60));
+    let verify_timeout = s
+        .parsed::<Span>(cx, "verify_timeout")
+        .unwrap_or(Span::secs(15));
+    name_ok.then(|| Server {
+        name: name.to_string(),
+        kind,
+        verify,
+        test_command,
+        reload_command,
+        pid_file,
+        command_timeout,
+        verify_timeout,
+    })
+}
+
+fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certificate> {
+    let name_ok = valid_name(cx, s, "certificate", name);
+    let mut names = Vec::new();
+    match s.strings(cx, "names") {
+        Some(list) if !list.is_empty() => {
+            let mut seen = BTreeSet::new();
+            for (n, span) in list {
+                match n.parse::<DomainName>() {
+                    Ok(d) if seen.insert(d.clone()) => names.push(d),
+                    Ok(d) => cx.error(
+                        &span,
+                        &s.full_key("names"),
+                        format!("{:?} is listed twice", d.as_str()),
+                    ),
+                    Err(e) => cx.error(&span, &s.full_key("names"), e),
+                }
+            }
+            if names.len() > 100 {
+                cx.error(
+                    &s.span,
+                    &s.full_key("names"),
+                    "at most 100 names per certificate",
+                );
+            }
+        }
+        Some(_) => cx.error(
+            &s.span,
+            &s.full_key("names"),
+            "must list at least one DNS name",
+        ),
+        None => cx.error(
+            &s.span,
+            &s.full_key("names"),
+            "missing; the DNS names the certificate is for",
+        ),
+    }
+    let issuer = s
+        .string(cx, "issuer")
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| BUILTIN_ISSUER.to_string());
+    let server = s.string(cx, "server").map(|(v, _)| v);
+    let key_type = s
+        .parsed::<KeySpec>(cx, "key_type")
+        .unwrap_or(KeySpec::EcdsaP256);
+    let cert_file = s.path(cx, "cert_file");
+    let key_file = s.path(cx, "key_file");
+    if !s_has(s, "cert_file") {
+        cx.error(
+            &s.span,
+            &s.full_key("cert_file"),
+            "missing; the certificate chain file the web server reads",
+        );
+    }
+    if !s_has(s, "key_file") {
+        cx.error(
+            &s.span,
+            &s.full_key("key_file"),
+            "missing; the private key file the web server reads",
+        );
+    }
+    let chain_file = s.path(cx, "chain_file");
+    let leaf_file = s.path(cx, "leaf_file");
+    let renew_before = s.parsed::<Span>(cx, "renew_before");
+    let owner = s.string(cx, "owner").map(|(v, _)| v);
+    let group = s.string(cx, "group").map(|(v, _)| v);
+    let mut mode = |cx: &mut Ctx, key: &str, default: u32| match s.string(cx, key) {
+        Some((m, span)) => parse_mode(&m).unwrap_or_else(|e| {
+            cx.error(&span, &s.full_key(key), e);
+            default
+        }),
+        None => default,
+    };
+    let key_mode = mode(cx, "key_mode", 0o600);
+    let cert_mode = mode(cx, "cert_mode", 0o644);
+    if key_mode & 0o007 != 0 {
+        cx.error(
+            &s.span,
+            &s.full_key("key_mode"),
+            format!(
+                "{key_mode:04o} lets every user read the private key; use 0600 or 0640 with a group"
+            ),
+        );
+    }
+    if let (Some(c), Some(k)) = (&cert_file, &key_file)
+        && c == k
+    {
+        cx.error(
+            &s.span,
+            &s.key,
+            "cert_file and key_file must be different files",
+        );
+    }
+    if !name_ok || names.is_empty() {
+        return None;
+    }
+    Some(Certificate {
+        name: name.to_string(),
+        names,
+        issuer,
+        server,
+        key_type,
+        cert_file: cert_file?,
+        key_file: key_file?,
+        chain_file,
+        leaf_file,
+        renew_before,
+        owner,
+        group,
+        key_mode,
+        cert_mode,
+    })
+}
+
+fn s_has(s: &mut Section, key: &str) -> bool {
+    s.raw(key).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let c = Config::parse_sources(
+            &[(
+                PathBuf::from("/etc/certagent/config.toml"),
+                text.to_string(),
+            )],
+            &mut errors,
+        );
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors.iter().map(|e| e.to_string()).collect())
+        }
+    }
+
+    const GOOD: &str = r#"
+[agent]
+state_dir = "/var/lib/certagent"
+
+[server.web]
+kind = "nginx"
+verify = ["127.0.0.1:443"]
+
+[certificate.site]
+names = ["Example.com", "www.example.com"]
+server = "web"
+cert_file = "/etc/ssl/site.pem"
+key_file = "/etc/ssl/site.key"
+"#;
+
+    #[test]
+    fn a_minimal_config_uses_the_embedded_ca_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        let cert = &c.certificates["site"];
+        assert_eq!(cert.issuer, "internal");
+        assert_eq!(cert.key_type, KeySpec::EcdsaP256);
+        assert_eq!(cert.key_mode, 0o600);
+        assert_eq!(cert.names[0].as_str(), "example.com");
+        assert!(matches!(
+            c.issuers["internal"].kind,
+            IssuerKind::Internal(_)
+        ));
+        assert_eq!(c.agent.max_parallel, 4);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_line_and_key() {
+        let text = r#"
+[agent]
+max_parallel = 0
+colour = "blue"
+
+[certificate.site]
+names = ["ok.example", "bad..name"]
+issuer = "nope"
+key_type = "rsa-1024"
+cert_file = "relative/site.pem"
+key_mode = "0644"
+"#;
+        let errors = parse(text).unwrap_err();
+        let want = [
+            "/etc/certagent/config.toml:3: agent.max_parallel: 0 is out of range (1 to 1024)",
+            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations",
+            "/etc/certagent/config.toml:7: certificate.site.names: invalid DNS name \"bad..name\": label \"\" must be 1 to 63 letters, digits or inner hyphens (a wildcard is allowed only as the whole first label)",
+            "/etc/certagent/config.toml:9: certificate.site.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
+            "/etc/certagent/config.toml:10: certificate.site.cert_file: path \"relative/site.pem\" must be absolute",
+            "/etc/certagent/config.toml:6: certificate.site.key_file: missing; the private key file the web server reads",
+            "/etc/certagent/config.toml:6: certificate.site.key_mode: 0644 lets every user read the private key; use 0600 or 0640 with a group",
+        ];
+        for w in want {
+            assert!(
+                errors.iter().any(|e| e == w),
+                "missing {w:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn references_and_shared_paths_are_checked_across_files() {
+        let main = (PathBuf::from("/c/config.toml"), GOOD.to_string());
+        let dropin = (
+            PathBuf::from("/c/conf.d/b.toml"),
+            r#"
+[certificate.other]
+names = ["b.example"]
+server = "missing"
+cert_file = "/etc/ssl/site.pem"
+key_file = "/etc/ssl/other.key"
+
+[certificate.site]
+names = ["c.example"]
+cert_file = "/etc/ssl/c.pem"
+key_file = "/etc/ssl/c.key"
+"#
+            .to_string(),
+        );
+        let mut errors = Vec::new();
+        Config::parse_sources(&[main, dropin], &mut errors);
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            vec![
+                "/c/conf.d/b.toml:8: certificate.site: certificate \"site\" is already defined at /c/config.toml:9",
+                "/c/conf.d/b.toml:2: certificate.other.server: no [server.missing] is defined (defined: web)",
+                "/c/config.toml:9: certificate.site: path \"/etc/ssl/site.pem\" is also written by certificate \"other\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let errors = parse("[agent]\nstate_dir = \n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("/etc/certagent/config.toml:2: invalid TOML:"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn acme_issuer_needs_directory_and_a_challenge_responder() {
+        let errors = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"http://x\"\n").unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:3: issuer.le.directory: \"http://x\" must be an https:// URL",
+                "/etc/certagent/config.toml:1: issuer.le: http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+            ]
+        );
+        let ok = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"https://x/dir\"\nlisten = \"127.0.0.1:80\"\n").unwrap();
+        match &ok.issuers["le"].kind {
+            IssuerKind::Acme(a) => {
+                assert_eq!(a.challenge, Http01::Listen("127.0.0.1:80".parse().unwrap()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! A small reader over toml's spanned document tree that collects every problem instead of
+//! stopping at the first, each with file, line and the dotted key.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::ConfigError;
+
+/// Where errors go while one file is read.
+pub struct Ctx<'a> {
+    pub file: &'a Path,
+    pub src: &'a str,
+    pub errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    pub fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.src.len());
+        self.src[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+        let line = self.line(span);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+pub type Value<'i> = Spanned<DeValue<'i>>;
+
+/// One TOML table being read; remembers which keys were consumed so the rest can be reported
+/// as unknown.
+pub struct Section<'t, 'i> {
+    pub key: String,
+    pub span: Range<usize>,
+    table: &'t DeTable<'i>,
+    used: Vec<String>,
+}
+
+impl<'t, 'i> Section<'t, 'i> {
+    pub fn new(key: impl Into<String>, table: &'t DeTable<'i>, span: Range<usize>) -> Self {
+        Section {
+            key: key.into(),
+            span,
+            table,
+            used: Vec::new(),
+        }
+    }
+
+    pub fn full_key(&self, name: &str) -> String {
+        if self.key.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.key)
+        }
+    }
+
+    pub fn raw(&mut self, name: &str) -> Option<&'t Value<'i>> {
+        self.used.push(name.to_string());
+        self.table.get(name)
+    }
+
+    pub fn string(&mut self, cx: &mut Ctx, name: &str) -> Option<(String, Range<usize>)> {
+        let v = self.raw(name)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some((s.to_string(), v.span())),
+            None => {
+                let found = v.get_ref().type_str();
+                cx.error(
+                    &v.span(),
+                    &self.full_key(name),
+                    format!("expected a string, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string parsed with `FromStr`; the parse error becomes the message.
+    pub fn parsed<T: std::str::FromStr<Err = String>>(
+        &mut self,
+        cx: &mut Ctx,
+        name: &str,
+    ) -> Option<T> {
+        let (s, span) = self.string(cx, name)?;
+        match s.parse() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.error(&span, &self.full_key(name), e);
+                None
+            }
+        }
+    }
+
+    pub fn strings(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<(String, Range<usize>)>> {
+        let v = self.raw(name)?;
+        let key = self.full_key(name);
+        let Some(array) = v.get_ref().as_array() else {
+            cx.error(
+                &v.span(),
+                &key,
+                format!(
+                    "expected an array of strings, found {}",
+                    v.get_ref().type_str()
+                ),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in array.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push((s.to_string(), item.span())),
+                None => cx.error(
+                    &item.span(),
+                    &key,
+                    format!(
+                        "expected an array of strings, found an element of type {}",
+                        item.get_ref().type_str()
+                    ),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    pub fn integer(&mut self, cx: &mut Ctx, name: &str, range: Range<i64>) -> Option<i64> {
+        let v = self.raw(name)?;
+        let key = self.full_key(name);
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
+        match parsed {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(n) => {
+                cx.error(
+                    &v.span(),
+                    &key,
+                    format!("{n} is out of range ({} to {})", range.start, range.end - 1),
+                );
+                None
+            }
+            None => {
+                cx.error(
+                    &v.span(),
+                    &key,
+                    format!("expected an integer, found {}", v.get_ref().type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An absolute, normalised path (no `..`, no relative paths: a service's working
+    /// directory is not something to rely on).
+    pub fn path(&mut self, cx: &mut Ctx, name: &str) -> Option<PathBuf> {
+        let (s, span) = self.string(cx, name)?;
+        match check_path(&s) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cx.error(&span, &self.full_key(name), e);
+                None
+            }
+        }
+    }
+
+    /// A command as an argv array: run without a shell, program given by absolute path or
+    /// looked up in PATH.
+    pub fn command(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<String>> {
+        let list = self.strings(cx, name)?;
+        if list.is_empty() || list[0].0.is_empty() {
+            let span = self
+                .table
+                .get(name)
+                .map(|v| v.span())
+                .unwrap_or(self.span.clone());
+            cx.error(
+                &span,
+                &self.full_key(name),
+                "expected a non-empty argv array, e.g. [\"nginx\", \"-t\"]",
+            );
+            return None;
+        }
+        Some(list.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// A sub-table, e.g. the `web` in `[certificate.web]`.
+    pub fn tables(&mut self, cx: &mut Ctx, name: &str) -> Vec<(String, Section<'t, 'i>)> {
+        let Some(v) = self.raw(name) else {
+            return Vec::new();
+        };
+        let key = self.full_key(name);
+        let Some(table) = v.get_ref().as_table() else {
+            cx.error(
+                &v.span(),
+                &key,
+                format!(
+                    "expected a table like [{key}.NAME], found {}",
+                    v.get_ref().type_str()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, item) in table.iter() {
+            let sub = format!("{key}.{}", k.get_ref());
+            match item.get_ref().as_table() {
+                Some(t) => out.push((k.get_ref().to_string(), Section::new(sub, t, k.span()))),
+                None => cx.error(
+                    &k.span(),
+                    &sub,
+                    format!(
+                        "expected a table [{sub}], found {}",
+                        item.get_ref().type_str()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    pub fn table(&mut self, cx: &mut Ctx, name: &str) -> Option<Section<'t, 'i>> {
+        let v = self.raw(name)?;
+        let key = self.full_key(name);
+        match v.get_ref().as_table() {
+            Some(t) => Some(Section::new(key, t, v.span())),
+            None => {
+                cx.error(
+                    &v.span(),
+                    &key,
+                    format!("expected a table [{key}], found {}", v.get_ref().type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Report every key that no reader asked for.
+    pub fn finish(self, cx: &mut Ctx, known: &str) {
+        for (k, _) in self.table.iter() {
+            let name = k.get_ref();
+            if !self.used.iter().any(|u| u == name.as_ref()) {
+                cx.error(
+                    &k.span(),
+                    &self.full_key(name),
+                    format!("unknown key; known keys here: {known}"),
+                );
+            }
+        }
+    }
+}
+
+pub fn check_path(s: &str) -> Result<PathBuf, String> {
+    let p = Path::new(s);
+    if !p.is_absolute() {
+        return Err(format!("path {s:?} must be absolute"));
+    }
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("path {s:?} must not contain \"..\""));
+    }
+    if s.len() > 4096 || s.contains('\0') {
+        return Err(format!("path {s:?} is not a valid file name"));
+    }
+    Ok(p.components().collect())
+}

@@ -1,0 +1,419 @@
+//! The pure core: given what is configured, what is on disk and the time, decide whether a
+//! certificate needs re-issuing, why, and when to look again.
+//!
+//! No I/O, no clock, no randomness: `now` and random samples are arguments, so every rule here
+//! is tested with tables. The shell (executor, daemon) gathers the facts and carries out the
+//! decision.
+
+mod types;
+
+use std::collections::BTreeSet;
+
+pub use types::{DomainName, KeySpec, Reason, Span, Timestamp, humanize};
+
+/// What the configuration asks for.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub names: BTreeSet<DomainName>,
+    pub key_spec: KeySpec,
+    /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left".
+    pub renew_before: Option<Span>,
+}
+
+/// What the certificate file holds.
+#[derive(Clone, Debug)]
+pub enum CertFact {
+    Missing,
+    /// Present but unusable: unparseable, empty, too large. The text says why.
+    Invalid(String),
+    Present(LeafFacts),
+}
+
+/// The facts of a leaf certificate the decision needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeafFacts {
+    pub names: BTreeSet<String>,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    /// Hex serial, lower case, no leading zeros.
+    pub serial: String,
+    pub key_spec: Option<KeySpec>,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo, hex.
+    pub spki_sha256: String,
+}
+
+/// What the key file holds.
+#[derive(Clone, Debug)]
+pub enum KeyFact {
+    Missing,
+    Invalid(String),
+    Present {
+        key_spec: Option<KeySpec>,
+        spki_sha256: String,
+        /// A signature made with this key verifies under the certificate's public key.
+        /// `None` when there is no certificate to check against.
+        verifies_with_cert: Option<bool>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub cert: CertFact,
+    pub key: KeyFact,
+    /// The key in service was flagged compromised (operator, flag file, blocklist, CA).
+    pub compromised: bool,
+    /// The CA revoked the certificate.
+    pub revoked: bool,
+}
+
+/// The outcome of `decide`: every reason that applies (most urgent first) and when the
+/// certificate is due if nothing is wrong now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub reasons: Vec<Reason>,
+    /// When the certificate enters its renewal window (present only with a parseable leaf).
+    pub renew_at: Option<Timestamp>,
+    pub not_after: Option<Timestamp>,
+}
+
+impl Decision {
+    /// The reason that wins when several apply.
+    pub fn reason(&self) -> Option<Reason> {
+        self.reasons.first().copied()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.reasons.is_empty()
+    }
+
+    /// The next instant at which the decision could change by the passing of time alone.
+    pub fn next_check(&self, now: Timestamp) -> Option<Timestamp> {
+        match (self.is_healthy(), self.renew_at) {
+            (true, Some(at)) if at > now => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` should be renewed: `renew_before`
+/// ahead of expiry when configured, else when one third of its lifetime is left (one half for
+/// lifetimes under ten days, as Let's Encrypt advises for short-lived certificates).
+pub fn renewal_time(
+    not_before: Timestamp,
+    not_after: Timestamp,
+    renew_before: Option<Span>,
+) -> Timestamp {
+    match renew_before {
+        Some(Span(before)) => not_after - before,
+        None => {
+            let lifetime = (not_after - not_before).max(0);
+            let left = if lifetime < 10 * 86_400 {
+                lifetime / 2
+            } else {
+                lifetime / 3
+            };
+            not_after - left
+        }
+    }
+}
+
+/// Decide what a certificate needs. Pure: same inputs, same answer.
+pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decision {
+    let mut reasons = BTreeSet::new();
+    if observed.compromised {
+        reasons.insert(Reason::KeyCompromised);
+    }
+    if observed.revoked {
+        reasons.insert(Reason::Revoked);
+    }
+    let mut key_in_service = None;
+    match &observed.key {
+        KeyFact::Missing | KeyFact::Invalid(_) => {
+            reasons.insert(Reason::KeyMissing);
+        }
+        KeyFact::Present {
+            key_spec,
+            verifies_with_cert,
+            spki_sha256,
+        } => {
+            key_in_service = *key_spec;
+            if let CertFact::Present(leaf) = &observed.cert
+                && (leaf.spki_sha256 != *spki_sha256 || *verifies_with_cert == Some(false))
+            {
+                reasons.insert(Reason::KeyMismatch);
+            }
+        }
+    }
+    let (mut renew_at, mut not_after) = (None, None);
+    match &observed.cert {
+        CertFact::Missing | CertFact::Invalid(_) => {
+            reasons.insert(Reason::CertMissing);
+        }
+        CertFact::Present(leaf) => {
+            if key_in_service.is_none() {
+                key_in_service = leaf.key_spec;
+            }
+            let wanted: BTreeSet<&str> = desired.names.iter().map(DomainName::as_str).collect();
+            let have: BTreeSet<&str> = leaf.names.iter().map(String::as_str).collect();
+            if wanted != have {
+                reasons.insert(Reason::NamesChanged);
+            }
+            let at = renewal_time(leaf.not_before, leaf.not_after, desired.renew_before);
+            if now >= at {
+                reasons.insert(Reason::Expiring);
+            }
+            renew_at = Some(at);
+            not_after = Some(leaf.not_after);
+        }
+    }
+    if key_in_service.is_some_and(|k| k != desired.key_spec) {
+        reasons.insert(Reason::KeyTypeChanged);
+    }
+    Decision {
+        reasons: reasons.into_iter().collect(),
+        renew_at,
+        not_after,
+    }
+}
+
+/// Delay before retry number `attempt` (1-based) after a transient failure: 1 min doubling to
+/// a cap of 1 day, with ±20 % jitter from `sample` in `[0, 1)`. A server's `Retry-After`, when
+/// given, wins if it is later, but is itself capped at a day.
+pub fn retry_delay(attempt: u32, sample: f64, retry_after: Option<i64>) -> i64 {
+    const BASE: i64 = 60;
+    const CAP: i64 = 86_400;
+    let exp = BASE
+        .saturating_mul(1_i64 << attempt.saturating_sub(1).min(20))
+        .min(CAP);
+    let jitter = 0.8 + 0.4 * sample.clamp(0.0, 1.0);
+    let ours = ((exp as f64) * jitter) as i64;
+    ours.max(retry_after.unwrap_or(0).clamp(0, CAP)).min(CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    const NOW: Timestamp = 1_800_000_000;
+
+    fn names(list: &[&str]) -> BTreeSet<DomainName> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn desired() -> Desired {
+        Desired {
+            names: names(&["a.test", "www.a.test"]),
+            key_spec: KeySpec::EcdsaP256,
+            renew_before: None,
+        }
+    }
+
+    fn leaf() -> LeafFacts {
+        LeafFacts {
+            names: ["a.test", "www.a.test"].map(String::from).into(),
+            not_before: NOW - 10 * DAY,
+            not_after: NOW + 80 * DAY,
+            serial: "1f".into(),
+            key_spec: Some(KeySpec::EcdsaP256),
+            spki_sha256: "aa".into(),
+        }
+    }
+
+    fn key() -> KeyFact {
+        KeyFact::Present {
+            key_spec: Some(KeySpec::EcdsaP256),
+            spki_sha256: "aa".into(),
+            verifies_with_cert: Some(true),
+        }
+    }
+
+    fn healthy() -> Observed {
+        Observed {
+            cert: CertFact::Present(leaf()),
+            key: key(),
+            compromised: false,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn each_reason_is_detected_alone() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Observed, &mut Desired)>, Reason)> = vec![
+            (
+                "key deleted",
+                Box::new(|o, _| o.key = KeyFact::Missing),
+                Reason::KeyMissing,
+            ),
+            (
+                "key garbage",
+                Box::new(|o, _| o.key = KeyFact::Invalid("no PEM".into())),
+                Reason::KeyMissing,
+            ),
+            (
+                "key of another certificate",
+                Box::new(|o, _| {
+                    o.key = KeyFact::Present {
+                        key_spec: Some(KeySpec::EcdsaP256),
+                        spki_sha256: "bb".into(),
+                        verifies_with_cert: Some(false),
+                    }
+                }),
+                Reason::KeyMismatch,
+            ),
+            (
+                "same public key but signature fails",
+                Box::new(|o, _| {
+                    o.key = KeyFact::Present {
+                        key_spec: Some(KeySpec::EcdsaP256),
+                        spki_sha256: "aa".into(),
+                        verifies_with_cert: Some(false),
+                    }
+                }),
+                Reason::KeyMismatch,
+            ),
+            (
+                "cert deleted",
+                Box::new(|o, _| o.cert = CertFact::Missing),
+                Reason::CertMissing,
+            ),
+            (
+                "cert garbage",
+                Box::new(|o, _| o.cert = CertFact::Invalid("bad".into())),
+                Reason::CertMissing,
+            ),
+            (
+                "name added",
+                Box::new(|_, d| d.names = names(&["a.test", "www.a.test", "b.test"])),
+                Reason::NamesChanged,
+            ),
+            (
+                "name removed",
+                Box::new(|_, d| d.names = names(&["a.test"])),
+                Reason::NamesChanged,
+            ),
+            (
+                "key type",
+                Box::new(|_, d| d.key_spec = KeySpec::Rsa3072),
+                Reason::KeyTypeChanged,
+            ),
+            (
+                "compromised",
+                Box::new(|o, _| o.compromised = true),
+                Reason::KeyCompromised,
+            ),
+            (
+                "revoked",
+                Box::new(|o, _| o.revoked = true),
+                Reason::Revoked,
+            ),
+            (
+                "inside window",
+                Box::new(|o, _| {
+                    if let CertFact::Present(l) = &mut o.cert {
+                        l.not_after = NOW + 2 * DAY
+                    }
+                }),
+                Reason::Expiring,
+            ),
+            (
+                "expired",
+                Box::new(|o, _| {
+                    if let CertFact::Present(l) = &mut o.cert {
+                        l.not_after = NOW - DAY
+                    }
+                }),
+                Reason::Expiring,
+            ),
+        ];
+        for (what, change, want) in cases {
+            let (mut o, mut d) = (healthy(), desired());
+            change(&mut o, &mut d);
+            let got = decide(&d, &o, NOW);
+            assert_eq!(got.reasons, vec![want], "{what}");
+        }
+        assert!(decide(&desired(), &healthy(), NOW).is_healthy());
+    }
+
+    #[test]
+    fn most_urgent_reason_wins() {
+        let mut o = healthy();
+        o.key = KeyFact::Missing;
+        o.cert = CertFact::Missing;
+        o.compromised = true;
+        let d = decide(&desired(), &o, NOW);
+        assert_eq!(
+            d.reasons,
+            vec![
+                Reason::KeyCompromised,
+                Reason::KeyMissing,
+                Reason::CertMissing
+            ]
+        );
+        assert_eq!(d.reason(), Some(Reason::KeyCompromised));
+
+        let mut o = healthy();
+        if let CertFact::Present(l) = &mut o.cert {
+            l.not_after = NOW + DAY;
+            l.names.insert("old.test".into());
+        }
+        let mut want = desired();
+        want.key_spec = KeySpec::EcdsaP384;
+        let d = decide(&want, &o, NOW);
+        assert_eq!(
+            d.reasons,
+            vec![
+                Reason::KeyTypeChanged,
+                Reason::NamesChanged,
+                Reason::Expiring
+            ]
+        );
+    }
+
+    #[test]
+    fn key_type_is_judged_from_the_key_when_the_certificate_is_gone() {
+        let mut o = healthy();
+        o.cert = CertFact::Missing;
+        o.key = KeyFact::Present {
+            key_spec: Some(KeySpec::Rsa2048),
+            spki_sha256: "x".into(),
+            verifies_with_cert: None,
+        };
+        let d = decide(&desired(), &o, NOW);
+        assert_eq!(d.reasons, vec![Reason::CertMissing, Reason::KeyTypeChanged]);
+    }
+
+    #[test]
+    fn renewal_window_follows_lifetime_or_configuration() {
+        // 90-day certificate: renew with 30 days left.
+        assert_eq!(renewal_time(0, 90 * DAY, None), 60 * DAY);
+        // 6-day certificate: renew at half-life.
+        assert_eq!(renewal_time(0, 6 * DAY, None), 3 * DAY);
+        // configured
+        assert_eq!(renewal_time(0, 90 * DAY, Some(Span::days(7))), 83 * DAY);
+        // a certificate "valid" backwards never panics, renews at once
+        assert_eq!(renewal_time(10, 0, None), 0);
+
+        let d = decide(&desired(), &healthy(), NOW);
+        let at = NOW - 10 * DAY + 60 * DAY;
+        assert_eq!(d.renew_at, Some(at));
+        assert_eq!(d.next_check(NOW), Some(at));
+        let just_before = decide(&desired(), &healthy(), at - 1);
+        assert!(just_before.is_healthy());
+        let at_edge = decide(&desired(), &healthy(), at);
+        assert_eq!(at_edge.reasons, vec![Reason::Expiring]);
+        assert_eq!(at_edge.next_check(at), None);
+    }
+
+    #[test]
+    fn retry_delay_doubles_with_jitter_and_caps() {
+        assert_eq!(retry_delay(1, 0.5, None), 60);
+        assert_eq!(retry_delay(2, 0.5, None), 120);
+        assert_eq!(retry_delay(3, 0.0, None), 192);
+        assert_eq!(retry_delay(3, 1.0, None), 288);
+        assert_eq!(retry_delay(40, 0.5, None), 86_400);
+        assert_eq!(retry_delay(1, 0.5, Some(3_600)), 3_600);
+        assert_eq!(retry_delay(1, 0.5, Some(10 * DAY)), 86_400);
+        assert_eq!(retry_delay(1, 0.5, Some(-5)), 60);
+    }
+}

@@ -1,0 +1,120 @@
+//! The error type every command returns, and how it maps to the exit codes of the contract.
+//!
+//! Messages follow one shape: lowercase, `failed to <verb> <object>: <cause>`, with an optional
+//! `hint:` that tells the operator what to do. Nothing here may carry key material.
+
+use std::fmt;
+
+use crate::config::ConfigErrors;
+
+/// Exit codes documented in the README and relied on by scripts.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const NEEDS_ACTION: u8 = 1;
+    pub const ERROR: u8 = 2;
+    pub const BUSY: u8 = 3;
+    pub const PENDING: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration (or a drop-in) is invalid; every problem is listed.
+    Config(ConfigErrors),
+    /// Another certagent process holds the lock and did not release it in time.
+    Busy(String),
+    /// Anything else: a chain of causes, outermost first, and an optional hint.
+    Failed {
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn msg(message: impl Into<String>) -> Self {
+        Error::Failed {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(self, hint: impl Into<String>) -> Self {
+        match self {
+            Error::Failed { message, .. } => Error::Failed {
+                message,
+                hint: Some(hint.into()),
+            },
+            other => other,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Busy(_) => exit::BUSY,
+            Error::Failed { .. } => exit::ERROR,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Failed { hint, .. } => hint.as_deref(),
+            Error::Busy(_) => {
+                Some("another certagent command or the daemon is working; retry later")
+            }
+            Error::Config(_) => Some("run `certagent config validate` after fixing the file"),
+        }
+    }
+
+    /// Prefix the message with what we were doing: `failed to X: <old message>`.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        match self {
+            Error::Failed { message, hint } => Error::Failed {
+                message: format!("{what}: {message}"),
+                hint,
+            },
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(errors) => write!(f, "invalid configuration:\n{errors}"),
+            Error::Busy(what) => write!(f, "busy: {what}"),
+            Error::Failed { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Attach "what we were doing" to any displayable error.
+pub trait Context<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::msg(format!("{what}: {e}")))
+    }
+
+    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| Error::msg(format!("{}: {e}", what())))
+    }
+}
+
+/// Like `Context`, for results that already carry our `Error` (keeps the hint).
+pub trait ErrorContext<T> {
+    fn ctx(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T> ErrorContext<T> for Result<T> {
+    fn ctx(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| e.context(what))
+    }
+}

@@ -1,0 +1,622 @@
+//! The imperative shell around the core: observe a certificate on disk, and carry out a
+//! re-issue with the install transaction (stage, validate, publish, flip, test, reload,
+//! verify, roll back). Shared by the CLI and the daemon; the caller holds the lock.
+//!
+//! Every step that matters is journalled before the next one starts, so a process killed at
+//! any point resumes (recovery) instead of repeating work or leaving a half-installed pair.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{Certificate, Config};
+use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Reason, Timestamp};
+use crate::error::{Error, Result};
+use crate::issuer::{IssueRequest, Issuer};
+use crate::keys::{self, Chain, PrivateKey};
+use crate::server::{self, Served, WebServer};
+use crate::store::{
+    Flip, GenerationContent, Journal, Outcome, OutcomeKind, Pending, Store, fsutil,
+};
+
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// What is on disk for one certificate, with the problems found reading it.
+pub struct Observation {
+    pub observed: Observed,
+    pub decision: Decision,
+    pub leaf: Option<core::LeafFacts>,
+    pub cert_problem: Option<String>,
+    pub key_problem: Option<String>,
+}
+
+pub fn desired(cert: &Certificate) -> Desired {
+    Desired {
+        names: cert.names.iter().cloned().collect(),
+        key_spec: cert.key_type,
+        renew_before: cert.renew_before,
+    }
+}
+
+/// Read the configured files (never writing anything) and decide.
+pub fn observe(cert: &Certificate, now: Timestamp) -> Observation {
+    let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
+        Ok(None) => (CertFact::Missing, None),
+        Err(e) => (CertFact::Invalid(e.to_string()), None),
+        Ok(Some(bytes)) => match Chain::from_pem(&bytes).and_then(|c| c.leaf().map(|l| (l, c))) {
+            Ok((leaf, chain)) => (CertFact::Present(leaf), Some(chain)),
+            Err(e) => (CertFact::Invalid(e), None),
+        },
+    };
+    let key_fact = match fsutil::read_capped(&cert.key_file, keys::MAX_PEM_BYTES) {
+        Ok(None) => KeyFact::Missing,
+        Err(e) => KeyFact::Invalid(e.to_string()),
+        Ok(Some(bytes)) => {
+            match PrivateKey::from_pem(&String::from_utf8_lossy(&zeroize::Zeroizing::new(bytes))) {
+                Ok(key) => {
+                    let verifies = chain
+                        .as_ref()
+                        .and_then(|c| c.leaf_spki_der().ok())
+                        .map(|spki| key.verifies_with(&spki));
+                    KeyFact::Present {
+                        key_spec: key.spec,
+                        spki_sha256: key.spki_sha256(),
+                        verifies_with_cert: verifies,
+                    }
+                }
+                Err(e) => KeyFact::Invalid(e),
+            }
+        }
+    };
+    let cert_problem = match &cert_fact {
+        CertFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.cert_file.display().to_string()
+        )),
+        CertFact::Invalid(e) => Some(e.clone()),
+        CertFact::Present(_) => None,
+    };
+    let key_problem = match &key_fact {
+        KeyFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.key_file.display().to_string()
+        )),
+        KeyFact::Invalid(e) => Some(e.clone()),
+        KeyFact::Present { .. } => None,
+    };
+    let leaf = match &cert_fact {
+        CertFact::Present(l) => Some(l.clone()),
+        _ => None,
+    };
+    let observed = Observed {
+        cert: cert_fact,
+        key: key_fact,
+        compromised: false,
+        revoked: false,
+    };
+    let decision = core::decide(&desired(cert), &observed, now);
+    Observation {
+        observed,
+        decision,
+        leaf,
+        cert_problem,
+        key_problem,
+    }
+}
+
+/// How a re-issue ended.
+#[derive(Debug)]
+pub struct Installed {
+    pub generation: u64,
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub loaded: bool,
+}
+
+pub struct Executor<'a> {
+    pub config: &'a Config,
+    pub store: Store,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(config: &'a Config) -> Result<Executor<'a>> {
+        Ok(Executor {
+            config,
+            store: Store::open(&config.agent.state_dir)?,
+        })
+    }
+
+    fn server(&self, cert: &Certificate) -> Option<WebServer> {
+        cert.server
+            .as_ref()
+            .and_then(|s| self.config.servers.get(s))
+            .map(WebServer::new)
+    }
+
+    /// Finish what a killed process left: remove staging, settle an unverified flip.
+    /// Returns a message for each thing it did.
+    pub async fn recover(&self, cert: &Certificate) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        let removed = self.store.remove_staging(&cert.name)?;
+        if removed > 0 {
+            done.push(format!("removed {removed} staging leftover(s)"));
+        }
+        let mut journal = self.store.journal(&cert.name)?;
+        if let Some(flip) = journal.flip.clone() {
+            log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an unverified install, verifying it");
+            let result = self.settle_flip(cert, &mut journal, &flip).await;
+            done.push(match result {
+                Ok(i) => format!(
+                    "verified generation {} left unverified by an interrupted run",
+                    i.generation
+                ),
+                Err(e) => format!("rolled back an interrupted install: {e}"),
+            });
+        }
+        Ok(done)
+    }
+
+    /// Re-issue `cert` with a new key and install it. The caller holds the lock.
+    pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
+        let now = now();
+        self.recover(cert).await?;
+        let issuer_cfg = self
+            .config
+            .issuers
+            .get(&cert.issuer)
+            .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
+        let mut journal = self.store.journal(&cert.name)?;
+        let wanted: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
+
+        // A pending re-issue for the same names, key type and issuer is resumed: its key is
+        // already on disk and the CA may already have an order for it.
+        let reusable = journal.pending.as_ref().is_some_and(|p| {
+            p.names == wanted && p.key_spec == cert.key_type && p.issuer == cert.issuer
+        });
+        let key = match (reusable, self.store.pending_key(&cert.name)?) {
+            (true, Some(pem)) => PrivateKey::from_pem(pem.as_str()).ok(),
+            _ => None,
+        };
+        let key = match key {
+            Some(k)
+                if journal
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.key_spki_sha256 == k.spki_sha256()) =>
+            {
+                log::info!(cert = cert.name.as_str(); "resuming pending re-issue");
+                k
+            }
+            _ => {
+                if journal.pending.is_some() {
+                    log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
+                }
+                self.store.clear_pending(&cert.name)?;
+                let key = PrivateKey::generate(cert.key_type).map_err(Error::msg)?;
+                self.store.save_pending_key(&cert.name, &key.to_pem())?;
+                journal.pending = Some(Pending {
+                    reason,
+                    started_at: now,
+                    issuer: cert.issuer.clone(),
+                    key_spec: cert.key_type,
+                    key_spki_sha256: key.spki_sha256(),
+                    names: wanted.clone(),
+                    attempts: 0,
+                    order_url: None,
+                    issued: false,
+                });
+                self.store.save_journal(&cert.name, &journal)?;
+                log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(); "generated new key");
+                key
+            }
+        };
+        crate::failpoint!("after-key-persisted");
+        let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
+
+        let chain = match journal.pending.as_ref().is_some_and(|p| p.issued) {
+            true => self.store.pending_chain(&cert.name)?,
+            false => None,
+        };
+        let chain = match chain {
+            Some(c) => c,
+            None => {
+                let result = self.obtain(cert, issuer_cfg, &key, &mut journal, now).await;
+                let chain = match result {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.record(
+                            cert,
+                            &mut journal,
+                            OutcomeKind::Failed,
+                            reason,
+                            &e.to_string(),
+                            None,
+                            None,
+                        )?;
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = validate_chain(cert, &key, &chain, now) {
+                    let e = Error::msg(format!(
+                        "the CA's certificate for {:?} was rejected: {e}",
+                        cert.name
+                    ))
+                    .with_hint("nothing was installed; the certificate in service is unchanged");
+                    // A bad answer is not resumable: order afresh next time.
+                    if let Some(p) = journal.pending.as_mut() {
+                        p.order_url = None;
+                    }
+                    self.record(
+                        cert,
+                        &mut journal,
+                        OutcomeKind::Failed,
+                        reason,
+                        &e.to_string(),
+                        None,
+                        None,
+                    )?;
+                    return Err(e);
+                }
+                self.store.save_pending_chain(&cert.name, &chain)?;
+                if let Some(p) = journal.pending.as_mut() {
+                    p.issued = true;
+                }
+                self.store.save_journal(&cert.name, &journal)?;
+                crate::failpoint!("after-issued");
+                chain
+            }
+        };
+        // Validate again: a saved chain is input from disk like any other.
+        validate_chain(cert, &key, &chain, now)
+            .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
+        self.install(cert, &mut journal, &key, &chain, reason).await
+    }
+
+    async fn obtain(
+        &self,
+        cert: &Certificate,
+        issuer_cfg: &crate::config::Issuer,
+        key: &PrivateKey,
+        journal: &mut Journal,
+        now: Timestamp,
+    ) -> Result<Chain> {
+        let issuer = Issuer::open(issuer_cfg, &self.store)?;
+        let csr = key.csr_der(&cert.names).map_err(Error::msg)?;
+        let spki = key.spki_der();
+        let resume = journal.pending.as_ref().and_then(|p| p.order_url.clone());
+        if let Some(p) = journal.pending.as_mut() {
+            p.attempts += 1;
+        }
+        self.store.save_journal(&cert.name, journal)?;
+        let req = IssueRequest {
+            names: &cert.names,
+            csr_der: &csr,
+            spki_der: &spki,
+            now,
+            resume_order: resume.as_deref(),
+        };
+        let store = &self.store;
+        let name = cert.name.clone();
+        let mut journal_copy = journal.clone();
+        let mut on_order = |url: &str| -> Result<()> {
+            if let Some(p) = journal_copy.pending.as_mut() {
+                p.order_url = Some(url.to_string());
+            }
+            store.save_journal(&name, &journal_copy)
+        };
+        let chain = issuer.issue(&req, &mut on_order).await.map_err(|e| {
+            e.context(format!(
+                "failed to obtain a certificate for {:?} from issuer {:?}",
+                cert.name, cert.issuer
+            ))
+        });
+        // Pick up what the callback journalled.
+        *journal = self.store.journal(&cert.name)?;
+        chain
+    }
+
+    /// Steps 4–9 of the transaction: adopt existing files, publish, flip, test, reload,
+    /// verify, and roll back on failure.
+    async fn install(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        key: &PrivateKey,
+        chain: &Chain,
+        reason: Reason,
+    ) -> Result<Installed> {
+        self.adopt(cert, journal)?;
+        let number = journal.next_generation;
+        journal.next_generation += 1;
+        let content = GenerationContent {
+            key: Some(zeroize::Zeroizing::new(key.to_pem().as_bytes().to_vec())),
+            fullchain: Some(chain.to_pem().into_bytes()),
+            leaf: Some(chain.leaf_pem().into_bytes()),
+            chain: Some(chain.intermediates_pem().into_bytes()),
+        };
+        self.store.save_journal(&cert.name, journal)?;
+        self.store.publish_generation(cert, number, &content)?;
+        let flip = Flip {
+            from: self.store.current_generation(&cert.name),
+            to: number,
+            reason,
+        };
+        journal.flip = Some(flip.clone());
+        self.store.save_journal(&cert.name, journal)?;
+        crate::failpoint!("before-flip");
+        self.store.flip(&cert.name, number)?;
+        self.store.link_outputs(cert)?;
+        log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(); "flipped to new generation");
+        crate::failpoint!("after-flip");
+        self.settle_flip(cert, journal, &flip).await
+    }
+
+    /// Take over plain files at the configured paths as a generation of their own (kept for
+    /// rollback), then make the paths symlinks into `current/`. The server sees the same
+    /// bytes before and after.
+    fn adopt(&self, cert: &Certificate, journal: &mut Journal) -> Result<()> {
+        if self.store.outputs_linked(cert) && self.store.current_generation(&cert.name).is_some() {
+            return Ok(());
+        }
+        // Only what parses as what it claims to be is kept: a configured path that points at
+        // some other file (a symlink to /etc/shadow, say) is never copied anywhere.
+        let read = |p: &std::path::Path| fsutil::read_capped(p, keys::MAX_PEM_BYTES).ok().flatten();
+        let read_certs = |p: &std::path::Path| read(p).filter(|b| Chain::from_pem(b).is_ok());
+        let key = read(&cert.key_file)
+            .filter(|b| PrivateKey::from_pem(&String::from_utf8_lossy(b)).is_ok());
+        let fullchain = read_certs(&cert.cert_file);
+        if key.is_none() && fullchain.is_none() {
+            return Ok(()); // nothing to keep; the first flip creates everything
+        }
+        let number = journal.next_generation;
+        journal.next_generation += 1;
+        self.store.save_journal(&cert.name, journal)?;
+        let content = GenerationContent {
+            key: key.map(zeroize::Zeroizing::new),
+            fullchain,
+            leaf: cert.leaf_file.as_deref().and_then(read_certs),
+            chain: cert.chain_file.as_deref().and_then(read_certs),
+        };
+        self.store.publish_generation(cert, number, &content)?;
+        self.store.flip(&cert.name, number)?;
+        self.store.link_outputs(cert)?;
+        journal.current = Some(number);
+        self.store.save_journal(&cert.name, journal)?;
+        log::info!(cert = cert.name.as_str(), generation = number; "adopted existing files as a generation");
+        Ok(())
+    }
+
+    /// After `current` points at `flip.to`: config test, reload, verify; roll back to
+    /// `flip.from` if any of them fails. Also used by recovery after a crash.
+    async fn settle_flip(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+    ) -> Result<Installed> {
+        let files = self.store.generation(&cert.name, flip.to);
+        let chain = fsutil::read_capped(&files.fullchain(), keys::MAX_PEM_BYTES)?
+            .ok_or_else(|| Error::msg(format!("generation {} has no certificate", flip.to)))
+            .and_then(|b| Chain::from_pem(&b).map_err(Error::msg))?;
+        let leaf = chain.leaf().map_err(Error::msg)?;
+        let installed = |loaded| Installed {
+            generation: flip.to,
+            serial: leaf.serial.clone(),
+            not_after: leaf.not_after,
+            loaded,
+        };
+        let Some(server) = self.server(cert) else {
+            self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
+            return Ok(installed(false));
+        };
+        if server.kind() == crate::config::ServerKind::None || server.is_running() == Some(false) {
+            log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
+            self.finish(
+                cert,
+                journal,
+                flip,
+                OutcomeKind::InstalledNotLoaded,
+                &leaf.serial,
+            )?;
+            return Ok(installed(false));
+        }
+        let sni = server::probe_sni(cert.names[0].as_str());
+        if let Err(e) = server.config_test().await {
+            return Err(self.rollback(cert, journal, flip, &server, false, e).await);
+        }
+        if let Err(e) = server.reload().await {
+            return Err(self.rollback(cert, journal, flip, &server, false, e).await);
+        }
+        crate::failpoint!("after-reload");
+        let mut served = server
+            .wait_served(&sni, chain.leaf_der(), server.verify_timeout())
+            .await;
+        if let Served::Not(why) = &served {
+            log::warn!(cert = cert.name.as_str(), server = server.name(); "new certificate not served after reload ({why}), reloading once more");
+            if server.reload().await.is_ok() {
+                served = server
+                    .wait_served(&sni, chain.leaf_der(), server.verify_timeout())
+                    .await;
+            }
+        }
+        match served {
+            Served::All => {
+                self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
+                Ok(installed(true))
+            }
+            Served::Not(why) => {
+                let e = Error::msg(format!(
+                    "server {:?} does not serve the new certificate: {why}",
+                    server.name()
+                ));
+                Err(self.rollback(cert, journal, flip, &server, true, e).await)
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        kind: OutcomeKind,
+        serial: &str,
+    ) -> Result<()> {
+        journal.current = Some(flip.to);
+        journal.flip = None;
+        journal.pending = None;
+        journal.failures = 0;
+        journal.retry_at = None;
+        let message = match kind {
+            OutcomeKind::InstalledNotLoaded => {
+                "installed, not loaded: the web server is not running"
+            }
+            _ => "installed and verified in service",
+        };
+        journal.last = Some(Outcome {
+            at: now(),
+            result: kind,
+            reason: flip.reason,
+            message: message.into(),
+            serial: Some(serial.to_string()),
+            generation: Some(flip.to),
+        });
+        self.store.save_journal(&cert.name, journal)?;
+        self.store.clear_pending(&cert.name)?;
+        let mut protect = vec![flip.to];
+        protect.extend(flip.from);
+        let removed =
+            self.store
+                .gc(&cert.name, self.config.agent.keep_generations + 1, &protect)?;
+        log::info!(
+            cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = serial, generation = flip.to,
+            removed = format!("{removed:?}").as_str();
+            "{message}"
+        );
+        Ok(())
+    }
+
+    /// Flip back to the previous generation, reload if the new one was loaded, and record
+    /// it. Returns the error to report (the cause plus what was done about it).
+    async fn rollback(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        server: &WebServer,
+        reloaded: bool,
+        cause: Error,
+    ) -> Error {
+        let mut notes = Vec::new();
+        let flipped = match flip.from {
+            Some(prev) => self
+                .store
+                .flip(&cert.name, prev)
+                .map(|_| format!("rolled back to generation {prev}")),
+            None => self
+                .store
+                .unlink_current(&cert.name)
+                .map(|_| "removed the new files (there was nothing before)".into()),
+        };
+        match flipped {
+            Ok(n) => notes.push(n),
+            Err(e) => notes.push(format!("ROLLBACK FAILED: {e}")),
+        }
+        if reloaded {
+            match server.reload().await {
+                Ok(()) => notes.push("reloaded the previous certificate".into()),
+                Err(e) => notes.push(format!("reload after rollback failed: {e}")),
+            }
+        }
+        journal.current = flip.from;
+        journal.flip = None;
+        let message = format!("{cause}; {}", notes.join(", "));
+        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to; "install failed: {message}");
+        let _ = self.record(
+            cert,
+            journal,
+            OutcomeKind::RolledBack,
+            flip.reason,
+            &message,
+            None,
+            Some(flip.to),
+        );
+        let hint = cause.hint().map(str::to_string);
+        let e = Error::msg(message);
+        match hint {
+            Some(h) => e.with_hint(h),
+            None => e.with_hint(
+                "the previous certificate and key are in place; see the web server's error log",
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        result: OutcomeKind,
+        reason: Reason,
+        message: &str,
+        serial: Option<String>,
+        generation: Option<u64>,
+    ) -> Result<()> {
+        journal.failures += 1;
+        journal.last = Some(Outcome {
+            at: now(),
+            result,
+            reason,
+            message: message.to_string(),
+            serial,
+            generation,
+        });
+        self.store.save_journal(&cert.name, journal)
+    }
+}
+
+/// Step 3 of the transaction: the chain must be for our key and our names, currently valid,
+/// and linked; the key must sign for the leaf. What fails here never reaches the server.
+pub fn validate_chain(
+    cert: &Certificate,
+    key: &PrivateKey,
+    chain: &Chain,
+    now: Timestamp,
+) -> Result<(), String> {
+    let leaf = chain.leaf()?;
+    if leaf.spki_sha256 != key.spki_sha256() {
+        return Err("the certificate is for a different key".into());
+    }
+    let wanted: std::collections::BTreeSet<String> =
+        cert.names.iter().map(|n| n.to_string()).collect();
+    if leaf.names != wanted {
+        let have: Vec<&String> = leaf.names.iter().collect();
+        return Err(format!(
+            "the certificate is for {have:?}, not the configured names {:?}",
+            wanted.iter().collect::<Vec<_>>()
+        ));
+    }
+    // CAs back-date by up to an hour; more than a day ahead means a clock problem.
+    if leaf.not_before > now + 86_400 {
+        return Err(format!(
+            "the certificate is not valid until {} (check the clock)",
+            crate::output::rfc3339(leaf.not_before)
+        ));
+    }
+    if leaf.not_after <= now {
+        return Err(format!(
+            "the certificate expired at {}",
+            crate::output::rfc3339(leaf.not_after)
+        ));
+    }
+    chain.check_links()?;
+    if !key.verifies_with(&chain.leaf_spki_der()?) {
+        return Err(
+            "the key does not sign for the certificate (sign/verify round trip failed)".into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! ACME (RFC 8555) through instant-acme, driven over our reqwest client.
+//!
+//! The order URL is handed to the caller to journal the moment the order exists, and a
+//! journalled order is resumed rather than re-ordered (a crash never costs a second order).
+//! Everything the CA sends is treated as hostile input: tokens are checked before they name a
+//! file, bodies are size-capped, and the chain is validated by the executor before use.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::http::Http;
+use crate::config::{AcmeIssuer, Http01};
+use crate::core::DomainName;
+use crate::error::{Context, Error, Result};
+use crate::keys::Chain;
+use crate::store::{Perms, fsutil};
+
+pub struct Acme {
+    name: String,
+    cfg: AcmeIssuer,
+    dir: PathBuf,
+}
+
+/// Render an instant-acme error for humans, keeping the CA's problem document.
+fn describe(e: instant_acme::Error) -> String {
+    match e {
+        instant_acme::Error::Api(p) => {
+            let kind = p
+                .r#type
+                .as_deref()
+                .unwrap_or("problem")
+                .trim_start_matches("urn:ietf:params:acme:error:")
+                .to_string();
+            match p.detail {
+                Some(d) => format!("the CA answered {kind}: {d}"),
+                None => format!("the CA answered {kind}"),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Acme {
+    pub fn new(name: &str, cfg: &AcmeIssuer, dir: &Path) -> Acme {
+        Acme {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The stored account for this issuer, registering one on first use. The credentials
+    /// (with the account's private key) are stored 0600.
+    async fn account(&self, http: &Http) -> Result<Account> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Stored {
+            directory: String,
+            credentials: AccountCredentials,
+        }
+        let path = self.dir.join("account.json");
+        if let Some(bytes) = fsutil::read_capped(&path, 64 << 10)? {
+            let stored: Stored =
+                serde_json::from_slice(&bytes).context("failed to read ACME account file")?;
+            if stored.directory == self.cfg.directory {
+                return Account::builder_with_http(Box::new(http.clone()))
+                    .from_credentials(stored.credentials)
+                    .await
+                    .map_err(|e| {
+                        Error::msg(format!("failed to load ACME account: {}", describe(e)))
+                    });
+            }
+            log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
+        }
+        let eab = match &self.cfg.eab {
+            Some(eab) => {
+                let raw = fsutil::read_capped(&eab.hmac_key_file, 4096)?.ok_or_else(|| {
+                    Error::msg(format!(
+                        "failed to read eab_hmac_key_file {:?}: no such file",
+                        eab.hmac_key_file.display().to_string()
+                    ))
+                })?;
+                let text = String::from_utf8_lossy(&raw);
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(text.trim().trim_end_matches('='))
+                    .map_err(|_| Error::msg("failed to read the EAB MAC key: not base64url"))?;
+                Some(ExternalAccountKey::new(eab.kid.clone(), &key))
+            }
+            None => None,
+        };
+        let contact: Vec<&str> = self.cfg.contact.iter().map(String::as_str).collect();
+        let new = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let (account, credentials) = Account::builder_with_http(Box::new(http.clone()))
+            .create(&new, self.cfg.directory.clone(), eab.as_ref())
+            .await
+            .map_err(|e| {
+                Error::msg(format!(
+                    "failed to register ACME account at {:?}: {}",
+                    self.cfg.directory,
+                    describe(e)
+                ))
+            })?;
+        let stored = Stored {
+            directory: self.cfg.directory.clone(),
+            credentials,
+        };
+        let data = serde_json::to_vec(&stored).context("failed to encode ACME account")?;
+        fsutil::replace_file(&path, &data, Perms::mode(0o600))?;
+        log::info!(issuer = self.name.as_str(), account = account.id(); "registered ACME account");
+        Ok(account)
+    }
+
+    /// Obtain a chain for `csr_der`. `resume` is a journalled order URL; `on_order` must make
+    /// a new order URL durable before this function goes on.
+    pub async fn issue(
+        &self,
+        names: &[DomainName],
+        csr_der: &[u8],
+        resume: Option<&str>,
+        on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
+    ) -> Result<Chain> {
+        let http = Http::new(self.cfg.ca_bundle.as_deref())?;
+        let account = self.account(&http).await?;
+        let mut order = match resume {
+            Some(url) => match account.order(url.to_string()).await.map(|mut o| {
+                let invalid = o.state().status == OrderStatus::Invalid;
+                (o, invalid)
+            }) {
+                Ok((o, false)) => {
+                    log::info!(issuer = self.name.as_str(), order = url; "resuming ACME order");
+                    Some(o)
+                }
+                Ok(_) => {
+                    log::warn!(issuer = self.name.as_str(), order = url; "journalled ACME order is invalid, placing a new one");
+                    None
+                }
+                Err(e) => {
+                    log::warn!(issuer = self.name.as_str(), order = url; "cannot resume ACME order ({}), placing a new one", describe(e));
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut order = match order.take() {
+            Some(o) => o,
+            None => {
+                let ids: Vec<Identifier> = names
+                    .iter()
+                    .map(|n| Identifier::Dns(n.to_string()))
+                    .collect();
+                let o = account.new_order(&NewOrder::new(&ids)).await.map_err(|e| {
+                    Error::msg(format!("failed to create ACME order: {}", describe(e)))
+                })?;
+                on_order(o.url())?;
+                crate::failpoint!("after-order-created");
+                log::info!(issuer = self.name.as_str(), order = o.url(); "created ACME order");
+                o
+            }
+        };
+        let policy = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(100))
+            .backoff(1.5)
+            .timeout(Duration::from_secs(self.cfg.timeout.0.max(1) as u64));
+        if order.state().status == OrderStatus::Pending {
+            self.solve(&mut order, &policy).await?;
+        }
+        if order.state().status == OrderStatus::Ready {
+            order.finalize_csr(csr_der).await.map_err(|e| {
+                Error::msg(format!("failed to finalize ACME order: {}", describe(e)))
+            })?;
+        }
+        let pem = order
+            .poll_certificate(&policy)
+            .await
+            .map_err(|e| Error::msg(format!("failed to download certificate: {}", describe(e))))?;
+        Chain::from_pem(pem.as_bytes())
+            .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))
+    }
+
+    /// Answer every pending authorization with http-01 and wait for the order to be ready.
+    async fn solve(&self, order: &mut Order, policy: &RetryPolicy) -> Result<()> {
+        let responder = Responder::start(&self.cfg.challenge).await?;
+        let mut result = Ok(());
+        {
+            let mut authzs = order.authorizations();
+            while let Some(authz) = authzs.next().await {
+                let mut authz = match authz {
+                    Ok(a) => a,
+                    Err(e) => {
+                        result = Err(Error::msg(format!(
+                            "failed to fetch authorization: {}",
+                            describe(e)
+                        )));
+                        break;
+                    }
+                };
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let ident = authz.identifier().to_string();
+                let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
+                    result = Err(Error::msg(format!(
+                        "the CA offers no http-01 challenge for {ident:?}"
+                    )));
+                    break;
+                };
+                let token = challenge.token.clone();
+                let key_auth = challenge.key_authorization();
+                if let Err(e) = responder.add(&token, key_auth.as_str()) {
+                    result = Err(e);
+                    break;
+                }
+                if let Err(e) = challenge.set_ready().await {
+                    result = Err(Error::msg(format!(
+                        "failed to start validation of {ident:?}: {}",
+                        describe(e)
+                    )));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = match order.poll_ready(policy).await {
+                Ok(OrderStatus::Ready) => Ok(()),
+                Ok(status) => {
+                    let why = order
+                        .state()
+                        .error
+                        .as_ref()
+                        .and_then(|p| p.detail.clone())
+                        .unwrap_or_default();
+                    Err(Error::msg(format!("ACME order became {status:?} instead of ready: {why}"))
+                        .with_hint("check that the names resolve to this host and the http-01 responder is reachable on port 80"))
+                }
+                Err(e) => Err(Error::msg(format!(
+                    "failed waiting for validation: {}",
+                    describe(e)
+                ))),
+            };
+        }
+        responder.cleanup();
+        result
+    }
+}
+
+/// Serves http-01 key authorizations: files in a webroot, or a built-in listener.
+enum Responder {
+    Webroot {
+        dir: PathBuf,
+        written: Mutex<Vec<PathBuf>>,
+    },
+    Listen {
+        tokens: Arc<Mutex<HashMap<String, String>>>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// Tokens come from the CA: only base64url characters may name a file (RFC 8555 §8.3).
+fn check_token(token: &str) -> Result<()> {
+    let ok = !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::msg("the CA sent an invalid challenge token"))
+    }
+}
+
+impl Responder {
+    async fn start(cfg: &Http01) -> Result<Responder> {
+        match cfg {
+            Http01::Webroot(root) => {
+                let dir = root.join(".well-known").join("acme-challenge");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("failed to create {:?}", dir.display().to_string()))?;
+                Ok(Responder::Webroot {
+                    dir,
+                    written: Mutex::new(Vec::new()),
+                })
+            }
+            Http01::Listen(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to listen on {addr} for http-01"))?;
+                let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+                let shared = tokens.clone();
+                let task = tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(serve_challenge(stream, shared.clone()));
+                    }
+                });
+                Ok(Responder::Listen { tokens, task })
+            }
+        }
+    }
+
+    fn add(&self, token: &str, key_auth: &str) -> Result<()> {
+        check_token(token)?;
+        match self {
+            Responder::Webroot { dir, written } => {
+                let path = dir.join(token);
+                fsutil::replace_file(&path, key_auth.as_bytes(), Perms::mode(0o644))?;
+                if let Ok(mut w) = written.lock() {
+                    w.push(path);
+                }
+            }
+            Responder::Listen { tokens, .. } => {
+                if let Ok(mut t) = tokens.lock() {
+                    t.insert(token.to_string(), key_auth.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cleanup(self) {
+        match self {
+            Responder::Webroot { written, .. } => {
+                for p in written.into_inner().unwrap_or_default() {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Responder::Listen { task, .. } => task.abort(),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 answer for `GET /.well-known/acme-challenge/TOKEN`: bounded request
+/// size and time, one request per connection.
+async fn serve_challenge(
+    mut stream: tokio::net::TcpStream,
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+) {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while len < buf.len() {
+            match stream.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    });
+    if read.await.is_err() {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let path = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("GET "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or("");
+    let answer = path
+        .strip_prefix("/.well-known/acme-challenge/")
+        .and_then(|token| tokens.lock().ok().and_then(|t| t.get(token).cloned()));
+    let response = match answer {
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        }
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_that_could_name_other_files_are_refused() {
+        assert!(check_token("aGVsbG8-_x").is_ok());
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "a.b",
+            "a b",
+            &"x".repeat(300),
+        ] {
+            assert_eq!(
+                check_token(bad).unwrap_err().to_string(),
+                "the CA sent an invalid challenge token",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn built_in_responder_answers_known_tokens_only() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let r = Responder::start(&Http01::Listen(addr)).await.unwrap();
+        r.add("tok", "tok.thumb").unwrap();
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/.well-known/acme-challenge/tok").await;
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK") && ok.ends_with("\r\n\r\ntok.thumb"),
+            "{ok}"
+        );
+        let missing = get("/.well-known/acme-challenge/other").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        r.cleanup();
+    }
+}

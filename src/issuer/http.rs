@@ -1,0 +1,194 @@
+//! One HTTP stack for every outbound call (ACME today; DNSimple, CRLs and webhooks later):
+//! reqwest on rustls/aws-lc-rs, with timeouts, a body-size cap, and the `Retry-After` of the
+//! last throttled answer kept for the scheduler (instant-acme does not surface it).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+
+use crate::error::{Context, Error, Result};
+use crate::store::fsutil;
+
+/// No answer certagent expects is larger than this (a chain is a few KiB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    /// Seconds from the last 429/503 `Retry-After` header seen.
+    pub retry_after: Arc<Mutex<Option<i64>>>,
+}
+
+impl Http {
+    pub fn new(ca_bundle: Option<&Path>) -> Result<Http> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = ca_bundle {
+            let pem = fsutil::read_capped(path, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
+                Error::msg(format!(
+                    "failed to read ca_bundle {:?}: no such file",
+                    path.display().to_string()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("failed to read ca_bundle {:?}", path.display().to_string())
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder.build().context("failed to set up HTTPS client")?;
+        Ok(Http {
+            client,
+            retry_after: Arc::new(Mutex::new(None)),
+        })
+    }
+}
+
+/// Parse `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<i64> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<i64>() {
+        return Some(secs.max(0));
+    }
+    let when = httpdate_parse(v)?;
+    Some(
+        when.duration_since(now)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
+    // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u32 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as u8
+        + 1;
+    let year: i32 = parts[3].parse().ok()?;
+    let hms: Vec<u8> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
+    if hms.len() != 3 {
+        return None;
+    }
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day as u8).ok()?;
+    let t = time::Time::from_hms(hms[0], hms[1], hms[2]).ok()?;
+    let ts = time::PrimitiveDateTime::new(date, t)
+        .assume_utc()
+        .unix_timestamp();
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).ok()?))
+}
+
+impl HttpClient for Http {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let client = self.client.clone();
+        let retry_after = self.retry_after.clone();
+        Box::pin(async move {
+            let other = |e: String| instant_acme::Error::Other(e.into());
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| other(format!("request body: {e:?}")))?
+                .to_bytes();
+            let req = reqwest::Request::try_from(http::Request::from_parts(parts, body))
+                .map_err(|e| other(e.to_string()))?;
+            let mut rsp = client
+                .execute(req)
+                .await
+                .map_err(|e| other(describe_reqwest(&e)))?;
+            let status = rsp.status();
+            if status == http::StatusCode::TOO_MANY_REQUESTS
+                || status == http::StatusCode::SERVICE_UNAVAILABLE
+            {
+                let ra = rsp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                if let Ok(mut slot) = retry_after.lock() {
+                    *slot = ra;
+                }
+            }
+            if rsp
+                .content_length()
+                .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+            {
+                return Err(other(format!(
+                    "answer from the CA is larger than {} KiB",
+                    MAX_BODY_BYTES >> 10
+                )));
+            }
+            let mut builder = http::Response::builder()
+                .status(status)
+                .version(rsp.version());
+            if let Some(h) = builder.headers_mut() {
+                *h = rsp.headers().clone();
+            }
+            let mut buf = Vec::new();
+            while let Some(chunk) = rsp.chunk().await.map_err(|e| other(describe_reqwest(&e)))? {
+                if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(other(format!(
+                        "answer from the CA is larger than {} KiB",
+                        MAX_BODY_BYTES >> 10
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            let rsp = builder
+                .body(Full::new(Bytes::from(buf)))
+                .map_err(|e| other(e.to_string()))?;
+            Ok(BytesResponse::from(rsp))
+        })
+    }
+}
+
+/// reqwest's Display hides the cause ("error sending request"); walk the chain.
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("120", now), Some(120));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(60)
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:40:37 GMT", now),
+            Some(0)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), Some(0));
+    }
+}

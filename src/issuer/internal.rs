@@ -1,0 +1,157 @@
+//! The embedded local CA: an ECDSA P-256 root created in the state directory on first use,
+//! which signs at once. The default issuer, so certagent works with no account and no network.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, SerialNumber, SubjectPublicKeyInfo,
+};
+use time::OffsetDateTime;
+
+use crate::config::InternalIssuer;
+use crate::core::{DomainName, Timestamp};
+use crate::error::{Context, Error, Result};
+use crate::keys::{Chain, PrivateKey};
+use crate::store::{Perms, fsutil};
+
+pub struct LocalCa {
+    dir: PathBuf,
+    validity: i64,
+}
+
+impl LocalCa {
+    pub fn new(dir: &Path, cfg: &InternalIssuer) -> LocalCa {
+        LocalCa {
+            dir: dir.to_path_buf(),
+            validity: cfg.validity.0,
+        }
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Load the CA, creating it the first time. The key is written 0600 before the
+    /// certificate, so a crash in between leaves no certificate without its key.
+    fn load_or_create(&self, now: Timestamp) -> Result<(String, PrivateKey)> {
+        let key_path = self.dir.join("ca.key");
+        let cert_path = self.ca_cert_path();
+        if let (Some(key), Some(cert)) = (
+            fsutil::read_capped(&key_path, 64 << 10)?,
+            fsutil::read_capped(&cert_path, 64 << 10)?,
+        ) {
+            let key = PrivateKey::from_pem(&String::from_utf8_lossy(&key))
+                .map_err(|e| Error::msg(format!("failed to load local CA key: {e}")))?;
+            return Ok((String::from_utf8_lossy(&cert).into_owned(), key));
+        }
+        let key = PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("certagent local CA ({host})"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = at(now - 3_600)?;
+        params.not_after = at(now + 10 * 365 * 86_400)?;
+        params.serial_number = Some(random_serial());
+        let cert = params
+            .self_signed(key.key_pair())
+            .context("failed to create local CA")?;
+        fsutil::replace_file(&key_path, key.to_pem().as_bytes(), Perms::mode(0o600))?;
+        fsutil::replace_file(&cert_path, cert.pem().as_bytes(), Perms::mode(0o644))?;
+        log::info!(ca = cert_path.display().to_string().as_str(); "created local CA");
+        Ok((cert.pem(), key))
+    }
+
+    /// Sign a leaf for `names` and the public key `spki_der`.
+    pub fn issue(&self, names: &[DomainName], spki_der: &[u8], now: Timestamp) -> Result<Chain> {
+        let (ca_pem, ca_key) = self.load_or_create(now)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key.key_pair())
+            .context("failed to load local CA certificate")?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .context("failed to build certificate")?;
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        params.not_before = at(now - 60)?;
+        params.not_after = at(now + self.validity)?;
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let public =
+            SubjectPublicKeyInfo::from_der(spki_der).context("failed to read public key")?;
+        let leaf = params
+            .signed_by(&public, &issuer)
+            .context("failed to sign certificate")?;
+        let ca_der = crate::keys::pem_blocks(ca_pem.as_bytes())
+            .map_err(Error::msg)?
+            .into_iter()
+            .next()
+            .map(|b| b.contents().to_vec())
+            .ok_or_else(|| Error::msg("local CA certificate is empty"))?;
+        Ok(Chain {
+            certs: vec![leaf.der().to_vec(), ca_der],
+        })
+    }
+}
+
+fn at(ts: Timestamp) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(ts).context("time out of range")
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and never shortened by leading zeros
+    SerialNumber::from_slice(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{KeySpec, Span};
+
+    #[test]
+    fn local_ca_signs_a_leaf_for_our_key_and_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = LocalCa::new(
+            tmp.path(),
+            &InternalIssuer {
+                validity: Span::days(30),
+            },
+        );
+        let key = PrivateKey::generate(KeySpec::EcdsaP384).unwrap();
+        let names: Vec<DomainName> = vec!["a.test".parse().unwrap(), "b.test".parse().unwrap()];
+        let now = 1_800_000_000;
+        let chain = ca.issue(&names, &key.spki_der(), now).unwrap();
+        assert_eq!(chain.certs.len(), 2);
+        chain.check_links().unwrap();
+        let leaf = chain.leaf().unwrap();
+        assert_eq!(leaf.names, ["a.test", "b.test"].map(String::from).into());
+        assert_eq!(leaf.spki_sha256, key.spki_sha256());
+        assert_eq!(leaf.not_after, now + 30 * 86_400);
+        assert_eq!(leaf.key_spec, Some(KeySpec::EcdsaP384));
+        // the CA is reused, not re-created
+        let again = ca.issue(&names, &key.spki_der(), now).unwrap();
+        assert_eq!(again.certs[1], chain.certs[1]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(tmp.path().join("ca.key"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

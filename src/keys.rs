@@ -1,0 +1,517 @@
+//! Keys, CSRs and certificates as bytes: generation (rcgen on aws-lc-rs), bounded PEM parsing,
+//! leaf facts, and the pair check that proves a key really belongs to a certificate (the same
+//! question nginx and mod_ssl ask, answered by a sign/verify round trip).
+//!
+//! Private keys live in `SecretPem`, which zeroizes on drop and never prints its contents.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PublicKeyData, RsaKeySize, SigningKey};
+use x509_parser::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::core::{DomainName, KeySpec, LeafFacts};
+
+/// Files we read are capped: a chain is a few KiB.
+pub const MAX_PEM_BYTES: usize = 1 << 20;
+/// A chain longer than this is not a certificate chain.
+pub const MAX_PEM_BLOCKS: usize = 16;
+
+/// A PEM-encoded private key. Zeroized on drop; `Debug` is redacted.
+pub struct SecretPem(Zeroizing<String>);
+
+impl SecretPem {
+    pub fn new(pem: String) -> Self {
+        SecretPem(Zeroizing::new(pem))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem(<redacted>)")
+    }
+}
+
+/// A private key we can sign with, and what it is.
+pub struct PrivateKey {
+    pair: KeyPair,
+    pub spec: Option<KeySpec>,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PrivateKey({:?}, spki {})",
+            self.spec,
+            self.spki_sha256()
+        )
+    }
+}
+
+impl PrivateKey {
+    pub fn generate(spec: KeySpec) -> Result<PrivateKey, String> {
+        let pair = match spec {
+            KeySpec::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeySpec::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeySpec::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+            }
+            KeySpec::Rsa3072 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
+            }
+            KeySpec::Rsa4096 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
+            }
+        }
+        .map_err(|e| format!("failed to generate {spec} key: {e}"))?;
+        Ok(PrivateKey {
+            pair,
+            spec: Some(spec),
+        })
+    }
+
+    /// Parse a PEM private key (PKCS#8, SEC1 or PKCS#1). Encrypted keys, several keys, or a
+    /// key of a type we do not issue are errors; the message never contains key bytes.
+    pub fn from_pem(pem: &str) -> Result<PrivateKey, String> {
+        let blocks = pem_blocks(pem.as_bytes())?;
+        let keys: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.tag().ends_with("PRIVATE KEY"))
+            .collect();
+        match keys.as_slice() {
+            [] => return Err("no PEM private key found".into()),
+            [one] if one.tag() == "ENCRYPTED PRIVATE KEY" => {
+                return Err(
+                    "the private key is encrypted; web servers need an unencrypted key".into(),
+                );
+            }
+            [_] => {}
+            _ => return Err(format!("expected one private key, found {}", keys.len())),
+        }
+        let der = Zeroizing::new(keys[0].contents().to_vec());
+        let pair = KeyPair::try_from(der.as_slice())
+            .map_err(|e| format!("unsupported or corrupt private key: {e}"))?;
+        let spec = spec_of_spki(&pair.subject_public_key_info());
+        Ok(PrivateKey { pair, spec })
+    }
+
+    pub fn to_pem(&self) -> SecretPem {
+        SecretPem::new(self.pair.serialize_pem())
+    }
+
+    /// DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.pair.subject_public_key_info()
+    }
+
+    pub fn spki_sha256(&self) -> String {
+        sha256_hex(&self.spki_der())
+    }
+
+    /// A CSR for `names` (first name as CN as well, for CAs that still want one).
+    pub fn csr_der(&self, names: &[DomainName]) -> Result<Vec<u8>, String> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .map_err(|e| format!("failed to build CSR: {e}"))?;
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params
+            .serialize_request(&self.pair)
+            .map_err(|e| format!("failed to sign CSR: {e}"))?;
+        Ok(csr.der().to_vec())
+    }
+
+    pub fn key_pair(&self) -> &KeyPair {
+        &self.pair
+    }
+
+    /// Sign a message and verify the signature with the public key in `spki_der` (a
+    /// certificate's). True only if this key is that certificate's key and is not corrupt.
+    pub fn verifies_with(&self, spki_der: &[u8]) -> bool {
+        let msg = b"certagent pair check";
+        let Ok(sig) = self.pair.sign(msg) else {
+            return false;
+        };
+        let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
+            return false;
+        };
+        let alg: &dyn VerificationAlgorithm = match spec_of_spki(spki_der) {
+            Some(KeySpec::EcdsaP256) => &signature::ECDSA_P256_SHA256_ASN1,
+            Some(KeySpec::EcdsaP384) => &signature::ECDSA_P384_SHA384_ASN1,
+            Some(KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096) => {
+                &signature::RSA_PKCS1_2048_8192_SHA256
+            }
+            None => return false,
+        };
+        // rcgen signs RSA with PKCS#1 v1.5 SHA-256 and ECDSA with the curve's hash (ASN.1).
+        if self.pair.algorithm() != &rcgen::PKCS_RSA_SHA256
+            && self.pair.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256
+            && self.pair.algorithm() != &rcgen::PKCS_ECDSA_P384_SHA384
+        {
+            return false;
+        }
+        UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+            .verify(msg, &sig)
+            .is_ok()
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, data))
+}
+
+/// Which of our key specs a DER SubjectPublicKeyInfo is, if any.
+pub fn spec_of_spki(spki_der: &[u8]) -> Option<KeySpec> {
+    let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    match spki.parsed().ok()? {
+        x509_parser::public_key::PublicKey::EC(point) => {
+            let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+            if curve == oid_registry::OID_EC_P256 && point.key_size() == 256 {
+                Some(KeySpec::EcdsaP256)
+            } else if curve == oid_registry::OID_NIST_EC_P384 && point.key_size() == 384 {
+                Some(KeySpec::EcdsaP384)
+            } else {
+                None
+            }
+        }
+        x509_parser::public_key::PublicKey::RSA(rsa) => match rsa.key_size() {
+            2048 => Some(KeySpec::Rsa2048),
+            3072 => Some(KeySpec::Rsa3072),
+            4096 => Some(KeySpec::Rsa4096),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// PEM blocks of a file, with the size and block-count caps applied.
+pub fn pem_blocks(data: &[u8]) -> Result<Vec<pem_rfc7468_like::Block>, String> {
+    pem_rfc7468_like::parse(data)
+}
+
+/// A parsed certificate chain, leaf first, as DER.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    pub certs: Vec<Vec<u8>>,
+}
+
+impl Chain {
+    pub fn from_pem(pem: &[u8]) -> Result<Chain, String> {
+        let blocks = pem_blocks(pem)?;
+        if blocks.iter().any(|b| b.tag().ends_with("PRIVATE KEY")) {
+            return Err("the certificate file also contains a private key".into());
+        }
+        let certs: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .map(|b| b.contents().to_vec())
+            .collect();
+        if certs.is_empty() {
+            return Err("no PEM certificate found".into());
+        }
+        for (i, der) in certs.iter().enumerate() {
+            X509Certificate::from_der(der)
+                .map_err(|e| format!("certificate {} of the chain does not parse: {e}", i + 1))?;
+        }
+        Ok(Chain { certs })
+    }
+
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.certs[0]
+    }
+
+    pub fn leaf(&self) -> Result<LeafFacts, String> {
+        leaf_facts(self.leaf_der())
+    }
+
+    pub fn leaf_spki_der(&self) -> Result<Vec<u8>, String> {
+        let (_, cert) = X509Certificate::from_der(self.leaf_der())
+            .map_err(|e| format!("leaf does not parse: {e}"))?;
+        Ok(cert.public_key().raw.to_vec())
+    }
+
+    pub fn to_pem(&self) -> String {
+        self.certs
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect()
+    }
+
+    /// Intermediates only (what `chain_file` gets).
+    pub fn intermediates_pem(&self) -> String {
+        self.certs[1..]
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect()
+    }
+
+    pub fn leaf_pem(&self) -> String {
+        pem_encode("CERTIFICATE", self.leaf_der())
+    }
+
+    /// Each certificate is signed by the next one (when the next one is present).
+    pub fn check_links(&self) -> Result<(), String> {
+        for pair in self.certs.windows(2) {
+            let (_, child) = X509Certificate::from_der(&pair[0]).map_err(|e| e.to_string())?;
+            let (_, parent) = X509Certificate::from_der(&pair[1]).map_err(|e| e.to_string())?;
+            if child.issuer() != parent.subject() {
+                return Err(format!(
+                    "chain is out of order: {:?} is not issued by {:?}",
+                    child.subject().to_string(),
+                    parent.subject().to_string()
+                ));
+            }
+            child
+                .verify_signature(Some(parent.public_key()))
+                .map_err(|_| {
+                    format!(
+                        "chain is broken: the signature on {:?} does not verify",
+                        child.subject().to_string()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+pub fn pem_encode(tag: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {tag}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {tag}-----\n"));
+    out
+}
+
+pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
+    let mut names = BTreeSet::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.insert(d.to_ascii_lowercase());
+            }
+        }
+    }
+    let spki = cert.public_key().raw;
+    Ok(LeafFacts {
+        names,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        serial: serial_hex(cert.raw_serial()),
+        key_spec: spec_of_spki(spki),
+        spki_sha256: sha256_hex(spki),
+    })
+}
+
+/// Serial number as lower-case hex without leading zeros (how Pebble and most tools print it).
+pub fn serial_hex(raw: &[u8]) -> String {
+    let s = hex::encode(raw);
+    let t = s.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.to_string()
+    }
+}
+
+/// A tiny, bounded PEM reader: we need block boundaries and base64 bodies, with caps, and
+/// nothing that echoes input back into error messages.
+pub mod pem_rfc7468_like {
+    use base64::Engine;
+
+    use super::{MAX_PEM_BLOCKS, MAX_PEM_BYTES};
+
+    pub struct Block {
+        tag: String,
+        contents: zeroize::Zeroizing<Vec<u8>>,
+    }
+
+    impl std::fmt::Debug for Block {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Block({}, {} bytes)", self.tag, self.contents.len())
+        }
+    }
+
+    impl Block {
+        pub fn tag(&self) -> &str {
+            &self.tag
+        }
+        pub fn contents(&self) -> &[u8] {
+            &self.contents
+        }
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Vec<Block>, String> {
+        if data.len() > MAX_PEM_BYTES {
+            return Err(format!(
+                "PEM data is larger than {} KiB",
+                MAX_PEM_BYTES >> 10
+            ));
+        }
+        let text = std::str::from_utf8(data).map_err(|_| "PEM data is not text".to_string())?;
+        let mut blocks = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let line = line.trim();
+            let Some(tag) = line
+                .strip_prefix("-----BEGIN ")
+                .and_then(|l| l.strip_suffix("-----"))
+            else {
+                continue;
+            };
+            if blocks.len() == MAX_PEM_BLOCKS {
+                return Err(format!("more than {MAX_PEM_BLOCKS} PEM blocks"));
+            }
+            let end = format!("-----END {tag}-----");
+            let mut b64 = zeroize::Zeroizing::new(String::new());
+            let mut closed = false;
+            for body in lines.by_ref() {
+                let body = body.trim();
+                if body == end {
+                    closed = true;
+                    break;
+                }
+                if body.contains(':') {
+                    // RFC 1421 headers: "Proc-Type: 4,ENCRYPTED" marks a legacy encrypted key.
+                    if body.starts_with("Proc-Type") && body.contains("ENCRYPTED") {
+                        return Err(
+                            "the private key is encrypted; web servers need an unencrypted key"
+                                .into(),
+                        );
+                    }
+                    continue;
+                }
+                b64.push_str(body);
+            }
+            if !closed {
+                return Err(format!("PEM block {tag:?} is truncated (no END line)"));
+            }
+            let contents = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| format!("PEM block {tag:?} has invalid base64"))?;
+            blocks.push(Block {
+                tag: tag.to_string(),
+                contents: zeroize::Zeroizing::new(contents),
+            });
+        }
+        Ok(blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<DomainName> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn generated_keys_parse_back_with_their_spec() {
+        for spec in [KeySpec::EcdsaP256, KeySpec::EcdsaP384, KeySpec::Rsa2048] {
+            let key = PrivateKey::generate(spec).unwrap();
+            let pem = key.to_pem();
+            assert!(pem.as_str().starts_with("-----BEGIN PRIVATE KEY-----"));
+            let back = PrivateKey::from_pem(pem.as_str()).unwrap();
+            assert_eq!(back.spec, Some(spec), "{spec}");
+            assert_eq!(back.spki_sha256(), key.spki_sha256());
+            assert_eq!(spec_of_spki(&key.spki_der()), Some(spec));
+        }
+    }
+
+    #[test]
+    fn csr_carries_the_names_and_the_key() {
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let der = key.csr_der(&names(&["a.test", "*.b.test"])).unwrap();
+        let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
+        csr.verify_signature().unwrap();
+        assert_eq!(
+            csr.certification_request_info.subject_pki.raw,
+            key.spki_der().as_slice()
+        );
+        let mut found = Vec::new();
+        for ext in csr.requested_extensions().unwrap() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    if let GeneralName::DNSName(d) = n {
+                        found.push(d.to_string());
+                    }
+                }
+            }
+        }
+        assert_eq!(found, vec!["a.test", "*.b.test"]);
+    }
+
+    #[test]
+    fn pair_check_accepts_the_own_key_only() {
+        let a = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let b = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let r = PrivateKey::generate(KeySpec::Rsa2048).unwrap();
+        assert!(a.verifies_with(&a.spki_der()));
+        assert!(!a.verifies_with(&b.spki_der()));
+        assert!(!a.verifies_with(&r.spki_der()));
+        assert!(r.verifies_with(&r.spki_der()));
+    }
+
+    #[test]
+    fn hostile_pem_is_refused_without_echoing_it() {
+        let big = vec![b'A'; MAX_PEM_BYTES + 1];
+        assert_eq!(
+            pem_blocks(&big).unwrap_err(),
+            "PEM data is larger than 1024 KiB"
+        );
+        let many = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+            .repeat(MAX_PEM_BLOCKS + 1);
+        assert_eq!(
+            pem_blocks(many.as_bytes()).unwrap_err(),
+            "more than 16 PEM blocks"
+        );
+        let truncated = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n";
+        assert_eq!(
+            PrivateKey::from_pem(truncated).unwrap_err(),
+            "PEM block \"PRIVATE KEY\" is truncated (no END line)"
+        );
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert_eq!(
+            PrivateKey::from_pem(enc).unwrap_err(),
+            "the private key is encrypted; web servers need an unencrypted key"
+        );
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert!(
+            PrivateKey::from_pem(legacy)
+                .unwrap_err()
+                .contains("encrypted")
+        );
+        let garbage = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let err = PrivateKey::from_pem(garbage).unwrap_err();
+        assert!(
+            err.starts_with("unsupported or corrupt private key"),
+            "{err}"
+        );
+        assert_eq!(
+            format!("{:?}", SecretPem::new("secret".into())),
+            "SecretPem(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn serials_print_without_leading_zeros() {
+        assert_eq!(serial_hex(&[0x00, 0x8d, 0xed]), "8ded");
+        assert_eq!(serial_hex(&[0]), "0");
+    }
+}

@@ -1,0 +1,195 @@
+//! File primitives with the crash-safety recipe: create with the final mode and `O_EXCL |
+//! O_NOFOLLOW`, write, fsync, rename, fsync the directory. Nothing here follows a symlink it
+//! did not create.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+
+use crate::error::{Context, Result};
+
+/// Owner and mode a written file gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Perms {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Perms {
+    pub const fn mode(mode: u32) -> Perms {
+        Perms {
+            mode,
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("failed to sync directory {:?}", dir.display().to_string()))
+}
+
+/// Create `path` (which must not exist) with `perms`, write `data`, fsync. The mode is set at
+/// creation, so no other user can read the file at any instant.
+pub fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
+    let what = || format!("failed to write {:?}", path.display().to_string());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(perms.mode)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .with_context(what)?;
+    // The umask may have narrowed the mode; set it exactly (never wider than asked).
+    f.set_permissions(fs::Permissions::from_mode(perms.mode))
+        .with_context(what)?;
+    if perms.uid.is_some() || perms.gid.is_some() {
+        std::os::unix::fs::fchown(&f, perms.uid, perms.gid).with_context(what)?;
+    }
+    f.write_all(data).with_context(what)?;
+    f.sync_all().with_context(what)?;
+    Ok(())
+}
+
+/// Atomically replace `path` with `data`: temp file in the same directory, fsync, rename,
+/// fsync the directory. Readers see the old or the new content, never a mix.
+pub fn replace_file(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = temp_sibling(path);
+    let _ = fs::remove_file(&tmp);
+    create_new(&tmp, data, perms)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("failed to replace {:?}", path.display().to_string()));
+    }
+    fsync_dir(dir)
+}
+
+/// Atomically make `link` a symlink to `target` (replacing a file or symlink there).
+pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("/"));
+    let tmp = temp_sibling(link);
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .with_context(|| format!("failed to create symlink {:?}", tmp.display().to_string()))?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("failed to replace {:?}", link.display().to_string()));
+    }
+    fsync_dir(dir)
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.certagent-tmp"))
+}
+
+/// Read a regular file, refusing symlinks to odd places, FIFOs, devices and anything larger
+/// than `cap` bytes. `Ok(None)` when it does not exist.
+pub fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
+    let shown = path.display().to_string();
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {shown:?}")),
+    };
+    let meta = f
+        .metadata()
+        .with_context(|| format!("failed to read {shown:?}"))?;
+    if !meta.is_file() {
+        return Err(crate::error::Error::msg(format!(
+            "failed to read {shown:?}: not a regular file"
+        )));
+    }
+    if meta.len() > cap as u64 {
+        return Err(crate::error::Error::msg(format!(
+            "failed to read {shown:?}: larger than {} KiB",
+            cap >> 10
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("failed to read {shown:?}"))?;
+    if buf.len() > cap {
+        return Err(crate::error::Error::msg(format!(
+            "failed to read {shown:?}: larger than {} KiB",
+            cap >> 10
+        )));
+    }
+    Ok(Some(buf))
+}
+
+/// `mkdir -p` with a mode for the directories it creates; an existing directory's mode is
+/// narrowed to `mode` if it is wider (never widened).
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    let shown = || format!("failed to create directory {:?}", dir.display().to_string());
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let cur = m.permissions().mode() & 0o777;
+            if cur & !mode != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(cur & mode))
+                    .with_context(shown)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(crate::error::Error::msg(format!(
+            "{}: exists and is not a directory",
+            shown()
+        ))),
+        Err(_) => {
+            if let Some(parent) = dir.parent() {
+                fs::create_dir_all(parent).with_context(shown)?;
+            }
+            match fs::DirBuilder::new().mode(mode).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(shown),
+            }
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).with_context(shown)
+        }
+    }
+}
+
+/// Look up a user and group by name for chown.
+pub fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>)> {
+    use nix::unistd::{Group, User};
+    let uid = match owner {
+        Some(o) => Some(
+            User::from_name(o)
+                .ok()
+                .flatten()
+                .ok_or_else(|| crate::error::Error::msg(format!("unknown user {o:?}")))?
+                .uid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    let gid = match group {
+        Some(g) => Some(
+            Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| crate::error::Error::msg(format!("unknown group {g:?}")))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    Ok((uid, gid))
+}

@@ -1,0 +1,45 @@
+//! Integration-test harness for certagent.
+//!
+//! Everything an integration test needs to stand up a realistic environment on
+//! loopback only, with no state shared between tests:
+//!
+//! * [`free_port`], [`wait_until`] and the [`Child`] process guard
+//!   (`process.rs`);
+//! * [`TlsCa`]: a throw-away CA generated with rcgen at test time, plus
+//!   helpers to inspect certificates and keys ([`served_leaf`],
+//!   [`spki_of_cert_der`], [`spki_of_key_pem`], [`san_dns_names`], ...)
+//!   (`tls.rs`);
+//! * [`Pebble`]: a Pebble ACME server with `pebble-challtestsrv` as its DNS
+//!   (`pebble.rs`);
+//! * [`Nginx`]: a private nginx master with one TLS server per [`Site`] and an
+//!   optional plain-HTTP listener serving an http-01 webroot (`nginx.rs`);
+//! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`).
+//!
+//! All helpers are synchronous and panic with a descriptive message (including
+//! the relevant server logs) when the environment cannot be set up; they are
+//! meant for test code only. Every process the harness spawns is owned by a
+//! guard that ends it *by pid* on drop; nothing is ever killed by name.
+//!
+//! Use it from an integration test with `mod common;`.
+
+// Each integration test compiles its own copy of this module and uses only
+// part of it.
+#![allow(dead_code, unused_imports)]
+// Test support: a failed `expect` is a test failure with a message, which is
+// exactly what we want here.
+#![allow(clippy::expect_used)]
+
+mod http;
+mod nginx;
+mod pebble;
+mod process;
+mod tls;
+
+pub use http::{HttpResponse, http_get, https_get};
+pub use nginx::{Nginx, Site};
+pub use pebble::{Pebble, PebbleOpts};
+pub use process::{Child, free_port, pid_alive, send_signal, wait_until};
+pub use tls::{
+    Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, pem_to_der, san_dns_names,
+    served_leaf, spki_of_cert_der, spki_of_key_pem,
+};

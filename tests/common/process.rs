@@ -1,0 +1,166 @@
+//! Process and port helpers: [`free_port`], [`wait_until`], the [`Child`]
+//! guard, and pid-based signalling/liveness checks.
+//!
+//! Only processes spawned by the harness are ever signalled, always by pid.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Returns a currently free TCP port on 127.0.0.1 (bind to port 0, read the
+/// port, release it).
+///
+/// There is an unavoidable window between releasing the port and the server
+/// binding it; with ephemeral ports handed out round-robin by the kernel this
+/// is not a problem in practice.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local_addr of a bound listener")
+        .port()
+}
+
+/// Polls `f` (every 25 ms) until it returns `true` or `timeout` has elapsed.
+/// Returns whether `f` succeeded. `f` is always called at least once, and once
+/// more after the deadline.
+///
+/// Only for waiting on external processes in tests.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie (Linux
+/// `/proc/<pid>/stat`).
+pub fn pid_alive(pid: u32) -> bool {
+    match proc_stat(pid) {
+        Some((state, _ppid)) => state != 'Z' && state != 'X',
+        None => false,
+    }
+}
+
+/// State letter and parent pid of `pid`, from `/proc/<pid>/stat`.
+pub(crate) fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ppid ..."; comm may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Pids of the live (non-zombie) children of `parent`, found by scanning
+/// `/proc`.
+pub(crate) fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| matches!(proc_stat(pid), Some((s, ppid)) if ppid == parent && s != 'Z'))
+        .collect()
+}
+
+/// Sends `signal` (a name such as `"TERM"`, `"QUIT"`, `"HUP"`, `"KILL"`) to
+/// `pid` using `kill(1)`. Returns whether `kill` reported success.
+///
+/// Only use this on pids the test itself started.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Guard around a spawned [`std::process::Child`]: on drop the process is
+/// killed by pid (SIGKILL) and reaped.
+#[derive(Debug)]
+pub struct Child {
+    inner: std::process::Child,
+    name: String,
+}
+
+impl Child {
+    /// Spawns `cmd`; panics with `name` in the message if that fails.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Child {
+        let inner = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to spawn {name} ({cmd:?}): {e}"));
+        Child {
+            inner,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Wraps an already spawned child.
+    pub fn from_std(name: &str, inner: std::process::Child) -> Child {
+        Child {
+            inner,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// A short name for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `None` while running, `Some(status)` once it has exited (and is reaped).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.inner
+            .try_wait()
+            .unwrap_or_else(|e| panic!("try_wait on {} failed: {e}", self.name))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its
+    /// status if it did. Never panics (usable from `Drop`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.inner.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// SIGKILLs the process (if still running) and reaps it.
+    pub fn kill(&mut self) {
+        // Never panics (also used from Drop): errors only mean that the
+        // process has already exited.
+        if let Ok(None) = self.inner.try_wait() {
+            let _ = self.inner.kill();
+        }
+        let _ = self.inner.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
