@@ -132,41 +132,41 @@ impl WebServer {
         &self.cfg.verify
     }
 
-    /// Probe every endpoint until each presents `leaf_der` or `deadline` passes. Nothing
-    /// reports that a reload finished, so this looks; it never just sleeps and hopes.
+    /// Probe every endpoint until each presents `leaf_der` in `CONFIRM_ROUNDS` consecutive
+    /// rounds, or `within` passes. Nothing reports that a reload finished, so this looks; it
+    /// never just sleeps and hopes. One sighting is not enough: for a few milliseconds after a
+    /// reload nginx's old workers still accept connections next to the new ones (seen in the
+    /// tests), so a single handshake can show the new leaf while the next shows the old one.
     pub async fn wait_served(&self, sni: &str, leaf_der: &[u8], within: Duration) -> Served {
+        const CONFIRM_ROUNDS: u32 = 3;
         let deadline = Instant::now() + within;
-        let mut pending: Vec<SocketAddr> = self.cfg.verify.clone();
-        let mut last = String::new();
+        let mut confirmed = 0;
         loop {
-            let mut still = Vec::new();
-            for addr in pending {
+            let mut last = None;
+            for addr in &self.cfg.verify {
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(200));
-                match probe::served_leaf(addr, sni, left.min(Duration::from_secs(5))).await {
+                match probe::served_leaf(*addr, sni, left.min(Duration::from_secs(5))).await {
                     Ok(der) if der == leaf_der => {}
                     Ok(der) => {
                         let serial = crate::keys::leaf_facts(&der)
                             .map(|l| l.serial)
                             .unwrap_or_else(|_| "?".into());
-                        last = format!("{addr} still serves serial {serial}");
-                        still.push(addr);
+                        last = Some(format!("{addr} serves serial {serial}"));
                     }
-                    Err(e) => {
-                        last = e;
-                        still.push(addr);
-                    }
+                    Err(e) => last = Some(e),
                 }
             }
-            if still.is_empty() {
+            match last {
+                None => confirmed += 1,
+                Some(why) if Instant::now() >= deadline => return Served::Not(why),
+                Some(_) => confirmed = 0,
+            }
+            if confirmed == CONFIRM_ROUNDS {
                 return Served::All;
             }
-            if Instant::now() >= deadline {
-                return Served::Not(last);
-            }
-            pending = still;
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

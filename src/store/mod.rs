@@ -210,6 +210,9 @@ impl Store {
 
     pub fn clear_pending(&self, name: &str) -> Result<()> {
         let dir = self.cert_state_dir(name);
+        if !dir.is_dir() {
+            return Ok(());
+        }
         for f in ["pending.key", "pending.pem"] {
             match fs::remove_file(dir.join(f)) {
                 Ok(()) => {}

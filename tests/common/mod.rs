@@ -29,12 +29,14 @@
 // exactly what we want here.
 #![allow(clippy::expect_used)]
 
+mod agent;
 mod http;
 mod nginx;
 mod pebble;
 mod process;
 mod tls;
 
+pub use agent::{Env, Run, run_certagent, toml_list};
 pub use http::{HttpResponse, http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};

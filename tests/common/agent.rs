@@ -1,0 +1,192 @@
+//! Running the real `certagent` binary against a test environment: a temp directory with a
+//! state dir, a runtime dir, an nginx serving an initial certificate, and a config file the
+//! test can rewrite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use super::{Nginx, Site, TlsCa, free_port, served_leaf, spki_of_cert_der, spki_of_key_pem};
+
+/// The outcome of one certagent run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn run_certagent(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certagent"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out: Output = cmd.output().expect("run certagent");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A web server with one TLS site on loopback, an initial certificate from a test CA, and a
+/// certagent config pointing at it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub nginx: Nginx,
+    pub ca: TlsCa,
+    pub port: u16,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub config: PathBuf,
+    pub initial_leaf: Vec<u8>,
+    pub names: Vec<String>,
+}
+
+impl Env {
+    /// nginx serving a certificate for `names` (valid for 60 days from 10 days ago).
+    pub fn new(names: &[&str], http_port: Option<u16>) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TlsCa::new(&dir.path().join("testca"));
+        let ssl = dir.path().join("ssl");
+        std::fs::create_dir_all(&ssl).expect("mkdir ssl");
+        let cert_file = ssl.join("site.pem");
+        let key_file = ssl.join("site.key");
+        let now = SystemTime::now();
+        let leaf = ca.issue_leaf(
+            names,
+            now - Duration::from_secs(10 * 86_400),
+            now + Duration::from_secs(60 * 86_400),
+        );
+        leaf.write(&cert_file, &key_file);
+        let port = free_port();
+        let site = Site {
+            port,
+            server_names: names.iter().map(|s| s.to_string()).collect(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        };
+        let nginx = Nginx::start_with_http(&dir.path().join("nginx"), &[site], http_port);
+        let config = dir.path().join("etc").join("config.toml");
+        std::fs::create_dir_all(config.parent().expect("parent")).expect("mkdir etc");
+        Env {
+            dir,
+            nginx,
+            ca,
+            port,
+            cert_file,
+            key_file,
+            config,
+            initial_leaf: leaf.cert_der.clone(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Write the config: `[agent]`, `[server.web]` for our nginx, `[certificate.site]` with the
+    /// given extra lines, plus any extra tables (issuers).
+    pub fn write_config(&self, cert_extra: &str, extra_tables: &str) {
+        self.write_config_with_server(
+            cert_extra,
+            extra_tables,
+            &format!("test_command = {}", toml_list(&self.nginx.test_command())),
+        );
+    }
+
+    pub fn write_config_with_server(
+        &self,
+        cert_extra: &str,
+        extra_tables: &str,
+        server_extra: &str,
+    ) {
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+runtime_dir = "{run}"
+lock_timeout = "5s"
+
+[server.web]
+kind = "nginx"
+verify = ["{addr}"]
+pid_file = "{pid}"
+verify_timeout = "5s"
+{server_extra}
+
+[certificate.site]
+names = {names}
+server = "web"
+cert_file = "{cert}"
+key_file = "{key}"
+{cert_extra}
+
+{extra_tables}
+"#,
+            state = self.state_dir().display(),
+            run = self.dir.path().join("run").display(),
+            addr = self.addr(),
+            pid = self.nginx.pid_file().display(),
+            names = toml_list(&self.names),
+            cert = self.cert_file.display(),
+            key = self.key_file.display(),
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn certagent(&self, args: &[&str]) -> Run {
+        run_certagent(&self.config, args, &[])
+    }
+
+    /// The leaf nginx presents now.
+    pub fn served(&self) -> Vec<u8> {
+        served_leaf(&self.addr(), &self.names[0]).unwrap_or_else(|| {
+            panic!(
+                "nginx does not answer on {}\n{}",
+                self.addr(),
+                self.nginx.log()
+            )
+        })
+    }
+
+    /// True when nginx serves a leaf whose key is the one in the key file.
+    pub fn serves_key_file(&self) -> bool {
+        let key = std::fs::read_to_string(&self.key_file).expect("read key file");
+        spki_of_cert_der(&self.served()) == spki_of_key_pem(&key)
+    }
+}
+
+pub fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}

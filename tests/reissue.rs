@@ -1,0 +1,198 @@
+//! End to end with the embedded local CA and a real nginx: `check` finds what is wrong,
+//! `reissue --now` fixes it, and nginx is proven to serve the new leaf; a failing config test
+//! rolls back to the old pair.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Env, san_dns_names, spki_of_cert_der, spki_of_key_pem};
+
+#[test]
+fn deleted_key_is_detected_reissued_and_served() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let healthy = env.certagent(&["check"]);
+    assert_eq!(healthy.code, 0, "{healthy:?}");
+    assert!(
+        healthy.stdout.starts_with("site: healthy (serial "),
+        "{healthy:?}"
+    );
+
+    std::fs::remove_file(&env.key_file).expect("delete key");
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    let doc = check.json();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["changed"], false);
+    assert_eq!(doc["certificates"][0]["reason"], "key-missing");
+    assert_eq!(doc["certificates"][0]["action"], "reissue");
+
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["changed"], true);
+    assert_eq!(doc["certificates"][0]["result"], "installed");
+    assert_ne!(
+        env.served(),
+        env.initial_leaf,
+        "nginx still serves the old leaf"
+    );
+    assert!(env.serves_key_file(), "served leaf is not for the key file");
+
+    // The key file is ours now: a symlink into the current generation, mode 0600.
+    let link = std::fs::read_link(&env.key_file).expect("key file is a symlink");
+    assert!(link.ends_with("live/site/current/key.pem"), "{link:?}");
+    let mode = std::fs::metadata(&env.key_file)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // The original certificate was kept as generation 0 (there was no key to keep).
+    let gen0 = env.state_dir().join("live/site/gen-0");
+    assert!(gen0.join("fullchain.pem").is_file() && !gen0.join("key.pem").exists());
+
+    let again = env.certagent(&["check"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let doc = status.json();
+    assert_eq!(doc["certificates"][0]["generation"], 1);
+    assert_eq!(doc["certificates"][0]["last"]["result"], "installed");
+    assert_eq!(doc["certificates"][0]["last"]["reason"], "forced");
+}
+
+#[test]
+fn changed_names_are_reissued() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    assert_eq!(env.certagent(&["check"]).code, 0);
+    let mut env = env;
+    env.names = vec!["a.test".into(), "www.a.test".into()];
+    env.write_config("", "");
+    let check = env.certagent(&["check"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert_eq!(check.stdout.trim(), "site: needs re-issue: names-changed");
+    let run = env.certagent(&["reissue", "--now", "site", "--reason", "names-change"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(san_dns_names(&env.served()), vec!["a.test", "www.a.test"]);
+    assert!(env.serves_key_file());
+    assert_eq!(env.certagent(&["check"]).code, 0);
+}
+
+#[test]
+fn changed_key_type_is_reissued_with_the_new_type() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("key_type = \"rsa-2048\"", "");
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert_eq!(
+        check.json()["certificates"][0]["reasons"],
+        serde_json::json!(["key-type-changed"])
+    );
+    let run = env.certagent(&["reissue", "--now", "--all"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with("site: installed and verified in service: serial "),
+        "{run:?}"
+    );
+    let key = std::fs::read_to_string(&env.key_file).expect("key");
+    // RSA SubjectPublicKeyInfo carries the rsaEncryption OID 1.2.840.113549.1.1.1.
+    let spki = spki_of_cert_der(&env.served());
+    assert_eq!(spki, spki_of_key_pem(&key));
+    assert!(
+        spki.windows(9)
+            .any(|w| w == [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]),
+        "served key is not RSA"
+    );
+    assert_eq!(env.certagent(&["check"]).code, 0);
+}
+
+#[test]
+fn failing_config_test_rolls_back_to_the_old_pair() {
+    let env = Env::new(&["a.test"], None);
+    let old_cert = std::fs::read(&env.cert_file).expect("cert");
+    let old_key = std::fs::read(&env.key_file).expect("key");
+    // nginx -t is made to fail once the new pair is in place.
+    env.write_config_with_server(
+        "",
+        "",
+        "test_command = [\"sh\", \"-c\", \"echo 'nginx: [emerg] simulated failure' >&2; exit 1\"]",
+    );
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("configuration test of server \"web\" failed: `sh -c echo 'nginx: [emerg] simulated failure' >&2; exit 1` failed with exit status 1: nginx: [emerg] simulated failure; rolled back to generation 0"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("hint: the previous certificate and key are in place"),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read(&env.cert_file).expect("cert"),
+        old_cert,
+        "old certificate is not back"
+    );
+    assert_eq!(
+        std::fs::read(&env.key_file).expect("key"),
+        old_key,
+        "old key is not back"
+    );
+    assert!(env.nginx.is_alive());
+    assert_eq!(env.served(), env.initial_leaf);
+    let status = env.certagent(&["status", "--json"]).json();
+    assert_eq!(status["certificates"][0]["last"]["result"], "rolled-back");
+    assert_eq!(status["certificates"][0]["generation"], 0);
+}
+
+#[test]
+fn reload_that_does_nothing_is_detected_and_rolled_back() {
+    let env = Env::new(&["a.test"], None);
+    let old_key = std::fs::read(&env.key_file).expect("key");
+    env.write_config_with_server(
+        "",
+        "",
+        &format!(
+            "test_command = {}\nreload_command = [\"true\"]",
+            common::toml_list(&env.nginx.test_command())
+        ),
+    );
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("does not serve the new certificate"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("rolled back to generation 0"),
+        "{run:?}"
+    );
+    assert_eq!(std::fs::read(&env.key_file).expect("key"), old_key);
+    assert_eq!(env.served(), env.initial_leaf);
+}
+
+#[test]
+fn unknown_certificate_and_bad_config_have_their_exit_codes() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let run = env.certagent(&["reissue", "--now", "nope"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "certagent: no certificate named \"nope\" in the configuration\n  hint: configured certificates: site\n"
+    );
+    env.write_config("colour = \"blue\"", "");
+    let run = env.certagent(&["check"]);
+    assert_eq!(run.code, 78, "{run:?}");
+    assert!(
+        run.stderr.contains("certificate.site.colour: unknown key"),
+        "{run:?}"
+    );
+    let run = env.certagent(&["config", "validate", "--json"]);
+    assert_eq!(run.code, 78, "{run:?}");
+    assert_eq!(run.json()["errors"][0]["key"], "certificate.site.colour");
+}
