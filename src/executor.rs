@@ -136,33 +136,32 @@ impl<'a> Executor<'a> {
             .map(WebServer::new)
     }
 
-    /// Finish what a killed process left: remove staging, settle an unverified flip.
-    /// Returns a message for each thing it did.
-    pub async fn recover(&self, cert: &Certificate) -> Result<Vec<String>> {
-        let mut done = Vec::new();
+    /// Finish what a killed process left: remove staging, settle an unverified flip. Returns
+    /// the outcome of the interrupted install, if there was one.
+    pub async fn recover(&self, cert: &Certificate) -> Result<Option<Result<Installed>>> {
         let removed = self.store.remove_staging(&cert.name)?;
         if removed > 0 {
-            done.push(format!("removed {removed} staging leftover(s)"));
+            log::info!(cert = cert.name.as_str(), removed = removed; "removed staging leftovers of an interrupted run");
         }
         let mut journal = self.store.journal(&cert.name)?;
-        if let Some(flip) = journal.flip.clone() {
-            log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an unverified install, verifying it");
-            let result = self.settle_flip(cert, &mut journal, &flip).await;
-            done.push(match result {
-                Ok(i) => format!(
-                    "verified generation {} left unverified by an interrupted run",
-                    i.generation
-                ),
-                Err(e) => format!("rolled back an interrupted install: {e}"),
-            });
-        }
-        Ok(done)
+        let Some(flip) = journal.flip.clone() else {
+            return Ok(None);
+        };
+        log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an interrupted install, finishing it");
+        Ok(Some(self.settle_flip(cert, &mut journal, &flip).await))
     }
 
-    /// Re-issue `cert` with a new key and install it. The caller holds the lock.
+    /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
+    /// run was killed after its flip, finishing that install is the re-issue asked for.
     pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
+        if let Some(interrupted) = self.recover(cert).await? {
+            return interrupted;
+        }
+        self.reissue_fresh(cert, reason).await
+    }
+
+    async fn reissue_fresh(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
         let now = now();
-        self.recover(cert).await?;
         let issuer_cfg = self
             .config
             .issuers
@@ -358,7 +357,13 @@ impl<'a> Executor<'a> {
     /// rollback), then make the paths symlinks into `current/`. The server sees the same
     /// bytes before and after.
     fn adopt(&self, cert: &Certificate, journal: &mut Journal) -> Result<()> {
-        if self.store.outputs_linked(cert) && self.store.current_generation(&cert.name).is_some() {
+        // Paths that are missing or already ours need no adoption (a deleted key file is just
+        // a deleted symlink); only a foreign file or link holds something worth keeping.
+        let foreign = self.store.output_links(cert).iter().any(|(path, ours)| {
+            std::fs::symlink_metadata(path).is_ok()
+                && std::fs::read_link(path).ok().as_ref() != Some(ours)
+        });
+        if !foreign && self.store.current_generation(&cert.name).is_some() {
             return Ok(());
         }
         // Only what parses as what it claims to be is kept: a configured path that points at
@@ -427,10 +432,14 @@ impl<'a> Executor<'a> {
         if let Err(e) = server.config_test().await {
             return Err(self.rollback(cert, journal, flip, &server, false, e).await);
         }
+        let old_workers = server.workers();
         if let Err(e) = server.reload().await {
             return Err(self.rollback(cert, journal, flip, &server, false, e).await);
         }
         crate::failpoint!("after-reload");
+        server
+            .wait_retired(&old_workers, server.verify_timeout())
+            .await;
         let mut served = server
             .wait_served(&sni, chain.leaf_der(), server.verify_timeout())
             .await;

@@ -1,4 +1,5 @@
 //! certagent keeps a web server's TLS certificates healthy without a human.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 //!
 //! Functional core, imperative shell: `core` decides (pure), everything else observes and acts.
 

@@ -2,6 +2,8 @@
 //! `reissue --now` fixes it, and nginx is proven to serve the new leaf; a failing config test
 //! rolls back to the old pair.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -61,6 +63,13 @@ fn deleted_key_is_detected_reissued_and_served() {
     assert_eq!(doc["certificates"][0]["generation"], 1);
     assert_eq!(doc["certificates"][0]["last"]["result"], "installed");
     assert_eq!(doc["certificates"][0]["last"]["reason"], "forced");
+
+    // Losing the key again (the symlink is deleted) needs no new adoption: generation 2 follows.
+    std::fs::remove_file(&env.key_file).expect("delete key again");
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["certificates"][0]["generation"], 2);
+    assert!(env.serves_key_file());
 }
 
 #[test]

@@ -418,7 +418,7 @@ impl Builder {
                 "issuer" => self.issuers.keys().collect(),
                 _ => self.servers.keys().collect(),
             };
-            if !known.iter().any(|k| *k == target) {
+            if !known.contains(&target) {
                 let list = known
                     .iter()
                     .map(|k| k.as_str())
@@ -1008,6 +1008,38 @@ key_file = "/etc/ssl/c.key"
                 assert_eq!(a.challenge, Http01::Listen("127.0.0.1:80".parse().unwrap()))
             }
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config.example.toml");
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let mut errors = Vec::new();
+        let c = Config::parse_sources(
+            &[(PathBuf::from("config.example.toml"), EXAMPLE.to_string())],
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(c.certificates["www"].server.as_deref(), Some("nginx"));
+        assert!(matches!(c.issuers["letsencrypt"].kind, IssuerKind::Acme(_)));
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        for list in [AGENT_KEYS, ISSUER_KEYS, SERVER_KEYS, CERT_KEYS] {
+            for key in list.split(", ") {
+                let documented = EXAMPLE.lines().any(|l| {
+                    l.trim_start_matches(['#', ' '])
+                        .starts_with(&format!("{key} ="))
+                });
+                assert!(documented, "config.example.toml does not document {key:?}");
+            }
         }
     }
 }

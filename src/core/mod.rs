@@ -239,7 +239,8 @@ mod tests {
 
     #[test]
     fn each_reason_is_detected_alone() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Observed, &mut Desired)>, Reason)> = vec![
+        type Change = Box<dyn Fn(&mut Observed, &mut Desired)>;
+        let cases: Vec<(&str, Change, Reason)> = vec![
             (
                 "key deleted",
                 Box::new(|o, _| o.key = KeyFact::Missing),

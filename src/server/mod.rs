@@ -132,6 +132,38 @@ impl WebServer {
         &self.cfg.verify
     }
 
+    /// The nginx worker processes serving now (children of the master in the pid file).
+    /// Taken before a reload, so that afterwards we can wait for exactly these to retire.
+    pub fn workers(&self) -> Vec<Pid> {
+        if self.cfg.kind != ServerKind::Nginx {
+            return Vec::new();
+        }
+        let Some(master) = self.default_pid_file().and_then(|p| read_pid(&p)) else {
+            return Vec::new();
+        };
+        children_of(master)
+    }
+
+    /// Wait until each of `old` has exited or renamed itself "worker process is shutting
+    /// down" — nginx does that right after it closes its listening sockets, so from then on
+    /// only new workers (with the new certificate) accept connections. Without this, a probe
+    /// can meet the new worker while the next client still meets an old one (seen in tests).
+    pub async fn wait_retired(&self, old: &[Pid], within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let busy = old.iter().any(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    !c.is_empty() && !String::from_utf8_lossy(&c).contains("shutting down")
+                })
+            });
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        log::warn!(server = self.cfg.name.as_str(); "old nginx workers still accept connections after the reload");
+    }
+
     /// Probe every endpoint until each presents `leaf_der` in `CONFIRM_ROUNDS` consecutive
     /// rounds, or `within` passes. Nothing reports that a reload finished, so this looks; it
     /// never just sleeps and hopes. One sighting is not enough: for a few milliseconds after a
@@ -177,6 +209,28 @@ pub fn probe_sni(first_name: &str) -> String {
         Some(rest) => format!("certagent-probe.{rest}"),
         None => first_name.to_string(),
     }
+}
+
+/// Processes whose parent is `parent`, from /proc (no helper binaries, no shell).
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may contain spaces and ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .is_some_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                        == Some(parent.as_raw())
+                })
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 fn read_pid(path: &Path) -> Option<Pid> {
@@ -256,6 +310,19 @@ mod tests {
                 .starts_with("failed to run `/nonexistent/x`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn children_are_found_by_parent_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = Pid::from_raw(std::process::id() as i32);
+        let kids = children_of(me);
+        assert!(kids.contains(&Pid::from_raw(child.id() as i32)), "{kids:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -332,13 +332,6 @@ impl Store {
         links
     }
 
-    /// True when every configured path already is our symlink.
-    pub fn outputs_linked(&self, cert: &Certificate) -> bool {
-        self.output_links(cert)
-            .iter()
-            .all(|(path, want)| fs::read_link(path).is_ok_and(|t| &t == want))
-    }
-
     /// Replace each configured path with a symlink into `current/`. Content is unchanged at
     /// every instant when `current` already holds copies of the files (adoption).
     pub fn link_outputs(&self, cert: &Certificate) -> Result<()> {
@@ -346,17 +339,17 @@ impl Store {
             if fs::read_link(&path).is_ok_and(|t| t == target) {
                 continue;
             }
-            if let Some(parent) = path.parent() {
-                if !parent.is_dir() {
-                    return Err(Error::msg(format!(
-                        "failed to install {:?}: directory {:?} does not exist",
-                        path.display().to_string(),
-                        parent.display().to_string()
-                    ))
-                    .with_hint(
-                        "create the directory, or point cert_file/key_file at an existing one",
-                    ));
-                }
+            if let Some(parent) = path.parent()
+                && !parent.is_dir()
+            {
+                return Err(Error::msg(format!(
+                    "failed to install {:?}: directory {:?} does not exist",
+                    path.display().to_string(),
+                    parent.display().to_string()
+                ))
+                .with_hint(
+                    "create the directory, or point cert_file/key_file at an existing one",
+                ));
             }
             if let Ok(m) = fs::symlink_metadata(&path)
                 && m.is_dir()
