@@ -205,3 +205,37 @@ fn unknown_certificate_and_bad_config_have_their_exit_codes() {
     assert_eq!(run.code, 78, "{run:?}");
     assert_eq!(run.json()["errors"][0]["key"], "certificate.site.colour");
 }
+
+#[test]
+fn a_held_lock_makes_the_command_busy() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let run_dir = env.dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // Another certagent (here: flock(1)) holds the lock for longer than lock_timeout (5s).
+    let mut holder = std::process::Command::new("flock")
+        .arg(run_dir.join("lock"))
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        || {
+            std::fs::read_to_string("/proc/locks").is_ok_and(|l| l.lines().count() > 0)
+                && run_dir.join("lock").exists()
+        }
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("busy: another certagent process held"),
+        "{run:?}"
+    );
+    assert_eq!(env.served(), env.initial_leaf);
+}

@@ -497,6 +497,38 @@ mod tests {
     }
 
     #[test]
+    fn generation_files_get_the_configured_group_and_modes() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state")).unwrap();
+        let mut c = cert(tmp.path());
+        c.group = Some("daemon".into());
+        c.key_mode = 0o640;
+        c.cert_mode = 0o444;
+        let content = GenerationContent {
+            key: Some(zeroize::Zeroizing::new(b"k".to_vec())),
+            fullchain: Some(b"c".to_vec()),
+            ..Default::default()
+        };
+        let g = store.publish_generation(&c, 0, &content).unwrap();
+        let daemon = nix::unistd::Group::from_name("daemon")
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        let key = fs::metadata(g.key()).unwrap();
+        assert_eq!(
+            (key.mode() & 0o777, key.gid(), key.uid()),
+            (0o640, daemon, 0)
+        );
+        let chain = fs::metadata(g.fullchain()).unwrap();
+        assert_eq!((chain.mode() & 0o777, chain.gid()), (0o444, daemon));
+        c.group = Some("no-such-group-here".into());
+        let err = store.publish_generation(&c, 1, &content).unwrap_err();
+        assert_eq!(err.to_string(), "unknown group \"no-such-group-here\"");
+    }
+
+    #[test]
     fn journal_round_trips_and_staging_is_cleaned() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("state")).unwrap();
