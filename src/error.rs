@@ -23,10 +23,12 @@ pub enum Error {
     Config(ConfigErrors),
     /// Another certagent process holds the lock and did not release it in time.
     Busy(String),
-    /// Anything else: a chain of causes, outermost first, and an optional hint.
+    /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
+    /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
         message: String,
         hint: Option<String>,
+        retry_after: Option<i64>,
     },
 }
 
@@ -37,16 +39,41 @@ impl Error {
         Error::Failed {
             message: message.into(),
             hint: None,
+            retry_after: None,
         }
     }
 
     pub fn with_hint(self, hint: impl Into<String>) -> Self {
         match self {
-            Error::Failed { message, .. } => Error::Failed {
+            Error::Failed {
+                message,
+                retry_after,
+                ..
+            } => Error::Failed {
                 message,
                 hint: Some(hint.into()),
+                retry_after,
             },
             other => other,
+        }
+    }
+
+    /// Attach a server's `Retry-After` (seconds).
+    pub fn with_retry_after(self, secs: Option<i64>) -> Self {
+        match self {
+            Error::Failed { message, hint, .. } => Error::Failed {
+                message,
+                hint,
+                retry_after: secs,
+            },
+            other => other,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            Error::Failed { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -71,9 +98,14 @@ impl Error {
     /// Prefix the message with what we were doing: `failed to X: <old message>`.
     pub fn context(self, what: impl fmt::Display) -> Self {
         match self {
-            Error::Failed { message, hint } => Error::Failed {
+            Error::Failed {
+                message,
+                hint,
+                retry_after,
+            } => Error::Failed {
                 message: format!("{what}: {message}"),
                 hint,
+                retry_after,
             },
             other => other,
         }

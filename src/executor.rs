@@ -5,8 +5,9 @@
 //! Every step that matters is journalled before the next one starts, so a process killed at
 //! any point resumes (recovery) instead of repeating work or leaving a half-installed pair.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{Certificate, Config};
 use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Reason, Timestamp};
 use crate::error::{Error, Result};
@@ -16,13 +17,6 @@ use crate::server::{self, Served, WebServer};
 use crate::store::{
     Flip, GenerationContent, Journal, Outcome, OutcomeKind, Pending, Store, fsutil,
 };
-
-pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// What is on disk for one certificate, with the problems found reading it.
 pub struct Observation {
@@ -116,17 +110,39 @@ pub struct Installed {
     pub loaded: bool,
 }
 
-pub struct Executor<'a> {
-    pub config: &'a Config,
+/// Carries out re-issues. Cheap to clone: jobs of the daemon each hold one.
+#[derive(Clone)]
+pub struct Executor {
+    pub config: Arc<Config>,
     pub store: Store,
+    pub clock: Clock,
+    /// Becomes true when the daemon shuts down: work that has not flipped yet stops (it is
+    /// journalled and resumes next time); an install that has flipped completes or rolls back.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-impl<'a> Executor<'a> {
-    pub fn new(config: &'a Config) -> Result<Executor<'a>> {
+impl Executor {
+    pub fn new(
+        config: Arc<Config>,
+        clock: Clock,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Executor> {
+        let store = Store::open(&config.agent.state_dir)?;
         Ok(Executor {
             config,
-            store: Store::open(&config.agent.state_dir)?,
+            store,
+            clock,
+            shutdown,
         })
+    }
+
+    fn stopping(&self) -> Result<()> {
+        if *self.shutdown.borrow() {
+            return Err(Error::msg(
+                "stopped: certagent is shutting down; the re-issue resumes at the next start",
+            ));
+        }
+        Ok(())
     }
 
     fn server(&self, cert: &Certificate) -> Option<WebServer> {
@@ -161,7 +177,7 @@ impl<'a> Executor<'a> {
     }
 
     async fn reissue_fresh(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
-        let now = now();
+        let now = self.clock.now();
         let issuer_cfg = self
             .config
             .issuers
@@ -208,7 +224,7 @@ impl<'a> Executor<'a> {
                     issued: false,
                 });
                 self.store.save_journal(&cert.name, &journal)?;
-                log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(); "generated new key");
+                log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
                 key
             }
         };
@@ -222,10 +238,17 @@ impl<'a> Executor<'a> {
         let chain = match chain {
             Some(c) => c,
             None => {
-                let result = self.obtain(cert, issuer_cfg, &key, &mut journal, now).await;
+                let mut shutdown = self.shutdown.clone();
+                let result = tokio::select! {
+                    r = self.obtain(cert, issuer_cfg, &key, &mut journal, now) => r,
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        return Err(Error::msg("stopped while waiting for the CA; the re-issue resumes at the next start"));
+                    }
+                };
                 let chain = match result {
                     Ok(c) => c,
                     Err(e) => {
+                        journal.server_retry_after = e.retry_after();
                         self.record(
                             cert,
                             &mut journal,
@@ -271,6 +294,7 @@ impl<'a> Executor<'a> {
         // Validate again: a saved chain is input from disk like any other.
         validate_chain(cert, &key, &chain, now)
             .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
+        self.stopping()?;
         self.install(cert, &mut journal, &key, &chain, reason).await
     }
 
@@ -348,7 +372,7 @@ impl<'a> Executor<'a> {
         crate::failpoint!("before-flip");
         self.store.flip(&cert.name, number)?;
         self.store.link_outputs(cert)?;
-        log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(); "flipped to new generation");
+        log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(), event = "flipped"; "flipped to new generation");
         crate::failpoint!("after-flip");
         self.settle_flip(cert, journal, &flip).await
     }
@@ -390,7 +414,7 @@ impl<'a> Executor<'a> {
         self.store.link_outputs(cert)?;
         journal.current = Some(number);
         self.store.save_journal(&cert.name, journal)?;
-        log::info!(cert = cert.name.as_str(), generation = number; "adopted existing files as a generation");
+        log::info!(cert = cert.name.as_str(), generation = number, event = "adopted"; "adopted existing files as a generation");
         Ok(())
     }
 
@@ -479,6 +503,7 @@ impl<'a> Executor<'a> {
         journal.pending = None;
         journal.failures = 0;
         journal.retry_at = None;
+        journal.server_retry_after = None;
         let message = match kind {
             OutcomeKind::InstalledNotLoaded => {
                 "installed, not loaded: the web server is not running"
@@ -486,7 +511,7 @@ impl<'a> Executor<'a> {
             _ => "installed and verified in service",
         };
         journal.last = Some(Outcome {
-            at: now(),
+            at: self.clock.now(),
             result: kind,
             reason: flip.reason,
             message: message.into(),
@@ -500,9 +525,13 @@ impl<'a> Executor<'a> {
         let removed =
             self.store
                 .gc(&cert.name, self.config.agent.keep_generations + 1, &protect)?;
+        let event = match kind {
+            OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
+            _ => "installed",
+        };
         log::info!(
             cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = serial, generation = flip.to,
-            removed = format!("{removed:?}").as_str();
+            event = event, removed = format!("{removed:?}").as_str();
             "{message}"
         );
         Ok(())
@@ -543,7 +572,7 @@ impl<'a> Executor<'a> {
         journal.current = flip.from;
         journal.flip = None;
         let message = format!("{cause}; {}", notes.join(", "));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to; "install failed: {message}");
+        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "rolled-back"; "install failed: {message}");
         let _ = self.record(
             cert,
             journal,
@@ -576,7 +605,7 @@ impl<'a> Executor<'a> {
     ) -> Result<()> {
         journal.failures += 1;
         journal.last = Some(Outcome {
-            at: now(),
+            at: self.clock.now(),
             result,
             reason,
             message: message.to_string(),

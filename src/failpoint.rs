@@ -18,3 +18,22 @@ pub fn hit(name: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Like `failpoint!`, and in async code also `CERTAGENT_FAILPOINT=NAME=sleep`: wait there for
+/// a minute (cancellable), to hold the process at that step while a test sends it a signal.
+#[macro_export]
+macro_rules! failpoint_async {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoint::hit_async($name).await;
+    };
+}
+
+#[cfg(feature = "failpoints")]
+pub async fn hit_async(name: &str) {
+    hit(name);
+    if std::env::var("CERTAGENT_FAILPOINT").is_ok_and(|v| v.strip_suffix("=sleep") == Some(name)) {
+        eprintln!("certagent: failpoint {name}: sleeping");
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+}

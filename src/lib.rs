@@ -4,14 +4,19 @@
 //! Functional core, imperative shell: `core` decides (pure), everything else observes and acts.
 
 pub mod cli; //        command line definitions and subcommands
+pub mod clock; //      wall time derived from tokio's clock (pausable in tests)
 pub mod config; //     config.toml + conf.d drop-ins -> validated Config, all errors at once
+pub mod control; //    control socket protocol between the CLI and the daemon
 pub mod core; //       pure decisions: reasons, renewal window, retry delay
+pub mod daemon; //     the event loop: inotify, deadlines, control socket, signals, sd_notify
 pub mod error; //      the error type and the exit codes
 pub mod executor; //   observe a certificate; the re-issue and install transaction
 pub mod failpoint; //  crash points for fault-injection tests (feature "failpoints")
 pub mod issuer; //     ACME and the embedded local CA
 pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing
 pub mod logging; //    journald or stderr, with structured fields
+pub mod ops; //        check / status / reissue documents, shared by CLI and daemon
 pub mod output; //     the --json documents
 pub mod server; //     nginx / command servers: config test, reload, TLS probe
 pub mod store; //      state directory: journal, generations, atomic flip, lock
+pub mod systemd; //    sd_notify: READY, STATUS, RELOADING, STOPPING, WATCHDOG

@@ -1,7 +1,7 @@
 //! The `--json` documents: a stable schema (`"schema": 1`), separate from internal types so
 //! refactoring never changes what scripts parse. Times are RFC 3339 UTC strings.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::Timestamp;
 
@@ -18,18 +18,18 @@ pub fn rfc3339(ts: Timestamp) -> String {
 }
 
 /// One certificate in `check` and `status`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct CertificateReport {
     pub name: String,
     pub healthy: bool,
     /// The reason that wins, if any.
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     /// Every reason that applies, most urgent first.
-    pub reasons: Vec<&'static str>,
+    pub reasons: Vec<String>,
     /// What certagent would do / does next: "none", "reissue", "resume".
-    pub action: &'static str,
+    pub action: String,
     pub names: Vec<String>,
-    pub key_type: &'static str,
+    pub key_type: String,
     pub cert_file: String,
     pub key_file: String,
     pub serial: Option<String>,
@@ -37,13 +37,17 @@ pub struct CertificateReport {
     pub renew_at: Option<String>,
     pub problems: Vec<String>,
     pub generation: Option<u64>,
+    /// When certagent next looks at this certificate by itself (renewal window or retry).
+    pub next_check: Option<String>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
     pub pending: Option<PendingReport>,
     pub last: Option<LastReport>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct PendingReport {
-    pub reason: &'static str,
+    pub reason: String,
     pub since: String,
     pub issuer: String,
     pub attempts: u32,
@@ -51,17 +55,17 @@ pub struct PendingReport {
     pub issued: bool,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct LastReport {
     pub at: String,
-    pub result: &'static str,
-    pub reason: &'static str,
+    pub result: String,
+    pub reason: String,
     pub message: String,
     pub serial: Option<String>,
     pub generation: Option<u64>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct CheckDoc {
     pub schema: u32,
     pub changed: bool,
@@ -70,13 +74,13 @@ pub struct CheckDoc {
 }
 
 /// One certificate's result in `reissue`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReissueResult {
     pub name: String,
     /// "installed", "installed-not-loaded", "failed", "rolled-back".
-    pub result: &'static str,
+    pub result: String,
     pub changed: bool,
-    pub reason: &'static str,
+    pub reason: String,
     pub serial: Option<String>,
     pub not_after: Option<String>,
     pub generation: Option<u64>,
@@ -84,7 +88,7 @@ pub struct ReissueResult {
     pub hint: Option<String>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReissueDoc {
     pub schema: u32,
     pub changed: bool,
@@ -92,7 +96,7 @@ pub struct ReissueDoc {
     pub certificates: Vec<ReissueResult>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct ErrorDoc {
     pub schema: u32,
     pub changed: bool,
@@ -101,7 +105,7 @@ pub struct ErrorDoc {
     pub errors: Vec<crate::config::ConfigError>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct ValidateDoc {
     pub schema: u32,
     pub changed: bool,

@@ -52,6 +52,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The daemon, in the foreground (systemd Type=notify).
+    ///
+    /// Watches every configured certificate and key (inotify), the config and its drop-ins,
+    /// and acts at once when one is deleted, replaced or no longer matches; re-issues when a
+    /// renewal window opens; answers `reissue`, `status` and `check` on the control socket.
+    /// SIGHUP re-reads the config (keeping the old one if the new one is invalid); SIGTERM
+    /// stops at a safe point.
+    Run,
     /// Report each certificate's health and what would be done; changes nothing.
     ///
     /// Reads the configured certificate and key files and decides, for each certificate,
@@ -106,38 +114,11 @@ pub fn load_config(path: &std::path::Path) -> Result<Config> {
     Ok(config)
 }
 
-/// Resolve NAME arguments against the config (all certificates when empty).
-pub fn select<'c>(
-    config: &'c Config,
-    names: &[String],
-) -> Result<Vec<&'c crate::config::Certificate>> {
-    if names.is_empty() {
-        return Ok(config.certificates.values().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            config.certificate(n).ok_or_else(|| {
-                let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
-                Error::msg(format!("no certificate named {n:?} in the configuration")).with_hint(
-                    format!(
-                        "configured certificates: {}",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Check(args) => check::check(&cli.config, &args),
-        Command::Status(args) => check::status(&cli.config, &args),
+        Command::Run => crate::daemon::run_service(&cli.config).await,
+        Command::Check(args) => check::check(&cli.config, &args).await,
+        Command::Status(args) => check::status(&cli.config, &args).await,
         Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
         Command::Config {
             command: ConfigCommand::Validate { json },
@@ -150,6 +131,7 @@ pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
         Command::Check(a) | Command::Status(a) => a.json,
         Command::Reissue(a) => a.json,
+        Command::Run => false,
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => *json,

@@ -1,15 +1,21 @@
-//! `certagent reissue --now`: new key, new certificate, installed and proven, now.
+//! `certagent reissue --now`: new key, new certificate, installed and proven, now. With a
+//! daemon running the daemon does it (so the two never interleave); otherwise it runs here,
+//! under the lock every certagent process shares.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::ReasonArg;
+use crate::clock::Clock;
+use crate::control::{self, Request};
 use crate::core::Reason;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
 use crate::executor::Executor;
-use crate::output::{self, ReissueDoc, ReissueResult, rfc3339};
+use crate::ops;
+use crate::output::{self, ReissueDoc};
 use crate::store::Lock;
 
 #[derive(Args, Debug)]
@@ -30,12 +36,16 @@ pub struct ReissueArgs {
     /// Why; recorded in the journal and logs.
     #[arg(long, value_enum, default_value = "superseded")]
     pub reason: ReasonArg,
+    /// Return once the daemon has started the re-issue instead of waiting for the outcome
+    /// (needs a running daemon).
+    #[arg(long)]
+    pub no_wait: bool,
     /// Print a JSON document on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
-fn core_reason(r: ReasonArg) -> Reason {
+pub fn core_reason(r: ReasonArg) -> Reason {
     match r {
         ReasonArg::KeyCompromise => Reason::KeyCompromised,
         ReasonArg::KeyLost => Reason::KeyMissing,
@@ -47,7 +57,8 @@ fn core_reason(r: ReasonArg) -> Reason {
 
 pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
     let config = super::load_config(config_path)?;
-    let certs = super::select(&config, if args.all { &[] } else { &args.names })?;
+    let names: &[String] = if args.all { &[] } else { &args.names };
+    let certs = ops::select(&config, names)?;
     if certs.is_empty() {
         return Err(Error::msg("no certificates configured")
             .with_hint("add a [certificate.NAME] table to the configuration"));
@@ -58,85 +69,49 @@ pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
             "this version replaces a compromised key but does not revoke the old certificate or quarantine the old key: revoke it at the CA"
         );
     }
-    let _lock = Lock::acquire(
-        &config.agent.runtime_dir,
-        Duration::from_secs(config.agent.lock_timeout.0.max(0) as u64),
-    )
-    .await?;
-    let executor = Executor::new(&config)?;
-    let mut results = Vec::new();
-    for cert in certs {
-        log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-        let r = match executor.reissue(cert, reason).await {
-            Ok(i) => ReissueResult {
-                name: cert.name.clone(),
-                result: if i.loaded || cert.server.is_none() {
-                    "installed"
-                } else {
-                    "installed-not-loaded"
-                },
-                changed: true,
-                reason: reason.as_str(),
-                serial: Some(i.serial),
-                not_after: Some(rfc3339(i.not_after)),
-                generation: Some(i.generation),
-                error: None,
-                hint: None,
-            },
-            Err(e) => {
-                let journal = executor.store.journal(&cert.name).ok();
-                let rolled_back = journal
-                    .as_ref()
-                    .and_then(|j| j.last.as_ref())
-                    .is_some_and(|l| l.result == crate::store::OutcomeKind::RolledBack);
-                ReissueResult {
-                    name: cert.name.clone(),
-                    result: if rolled_back { "rolled-back" } else { "failed" },
-                    // A rollback restores the old pair, but files on the host did change hands.
-                    changed: false,
-                    reason: reason.as_str(),
-                    serial: None,
-                    not_after: None,
-                    generation: None,
-                    error: Some(e.to_string()),
-                    hint: e.hint().map(str::to_string),
-                }
+    let req = Request::Reissue {
+        names: names.to_vec(),
+        all: args.all,
+        reason,
+        wait: !args.no_wait,
+    };
+    let (doc, code) = match control::request(&config.agent.runtime_dir, &req).await? {
+        Some(resp) => {
+            if let Some(e) = resp.error {
+                let err = Error::msg(e);
+                return Err(match resp.hint {
+                    Some(h) => err.with_hint(h),
+                    None => err,
+                });
             }
-        };
-        results.push(r);
-    }
-    let ok = results.iter().all(|r| r.error.is_none());
-    if args.json {
-        let changed = results.iter().any(|r| r.changed);
-        output::print_json(&ReissueDoc {
-            schema: output::SCHEMA,
-            changed,
-            ok,
-            certificates: results,
-        });
-    } else {
-        for r in &results {
-            match &r.error {
-                None => println!(
-                    "{}: {} serial {} (generation {}), expires {}",
-                    r.name,
-                    if r.result == "installed" {
-                        "installed and verified in service:"
-                    } else {
-                        "installed, not loaded (web server not running):"
-                    },
-                    r.serial.as_deref().unwrap_or("?"),
-                    r.generation.unwrap_or_default(),
-                    r.not_after.as_deref().unwrap_or("?")
-                ),
-                Some(e) => {
-                    eprintln!("certagent: {}: {e}", r.name);
-                    if let Some(h) = &r.hint {
-                        eprintln!("  hint: {h}");
-                    }
-                }
-            }
+            let doc: ReissueDoc = serde_json::from_value(resp.document)
+                .map_err(|e| Error::msg(format!("the daemon's document does not parse: {e}")))?;
+            (doc, resp.exit)
         }
+        None if args.no_wait => {
+            return Err(Error::msg("--no-wait needs a running daemon")
+                .with_hint("start it with `systemctl start certagent`, or drop --no-wait"));
+        }
+        None => {
+            let names: Vec<String> = certs.iter().map(|c| c.name.clone()).collect();
+            let lock_wait = Duration::from_secs(config.agent.lock_timeout.0.max(0) as u64);
+            let _lock = Lock::acquire(&config.agent.runtime_dir, lock_wait).await?;
+            let config = Arc::new(config);
+            let (_keep, never) = tokio::sync::watch::channel(false);
+            let executor = Executor::new(config.clone(), Clock::new(), never)?;
+            let mut results = Vec::new();
+            for name in &names {
+                if let Some(cert) = config.certificate(name) {
+                    results.push(ops::reissue_one(&executor, cert, reason).await);
+                }
+            }
+            ops::reissue_doc(results)
+        }
+    };
+    if args.json {
+        output::print_json(&doc);
+    } else {
+        ops::render_reissue(&doc);
     }
-    Ok(if ok { exit::OK } else { exit::ERROR })
+    Ok(code)
 }

@@ -132,7 +132,24 @@ impl Acme {
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
         let http = Http::new(self.cfg.ca_bundle.as_deref())?;
-        let account = self.account(&http).await?;
+        let throttle = http.retry_after.clone();
+        let result = self
+            .issue_with(&http, names, csr_der, resume, on_order)
+            .await;
+        // A 429/503 on the way carries the server's wish for when to come back.
+        let retry_after = throttle.lock().ok().and_then(|slot| *slot);
+        result.map_err(|e| e.with_retry_after(retry_after))
+    }
+
+    async fn issue_with(
+        &self,
+        http: &Http,
+        names: &[DomainName],
+        csr_der: &[u8],
+        resume: Option<&str>,
+        on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
+    ) -> Result<Chain> {
+        let account = self.account(http).await?;
         let mut order = match resume {
             Some(url) => match account.order(url.to_string()).await.map(|mut o| {
                 let invalid = o.state().status == OrderStatus::Invalid;
@@ -164,8 +181,8 @@ impl Acme {
                     Error::msg(format!("failed to create ACME order: {}", describe(e)))
                 })?;
                 on_order(o.url())?;
-                crate::failpoint!("after-order-created");
-                log::info!(issuer = self.name.as_str(), order = o.url(); "created ACME order");
+                crate::failpoint_async!("after-order-created");
+                log::info!(issuer = self.name.as_str(), order = o.url(), event = "ordered"; "created ACME order");
                 o
             }
         };

@@ -46,6 +46,9 @@ pub struct Journal {
     pub failures: u32,
     #[serde(default)]
     pub retry_at: Option<Timestamp>,
+    /// `Retry-After` (seconds) of the last failure, if the server sent one.
+    #[serde(default)]
+    pub server_retry_after: Option<i64>,
 }
 
 /// An in-flight re-issue: created (with its key on disk) before the CA is contacted.
@@ -91,6 +94,7 @@ pub enum OutcomeKind {
     RolledBack,
 }
 
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
 }

@@ -190,3 +190,89 @@ pub fn toml_list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
     format!("[{}]", quoted.join(", "))
 }
+
+/// `certagent run` as a child process, its stderr in a file. Dropping it sends SIGTERM and
+/// waits (SIGKILL by pid after 10 s).
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let err = std::fs::File::create(log).expect("daemon log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_certagent"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("-v")
+            .arg("run")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn daemon");
+        let d = Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        d.wait_log("certagent daemon ready", Duration::from_secs(20));
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle` (panics with the log after `timeout`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let found = super::wait_until(timeout, || self.log().contains(needle));
+        assert!(found, "daemon log never said {needle:?}:\n{}", self.log());
+    }
+
+    pub fn signal(&self, sig: &str) {
+        assert!(
+            super::send_signal(self.pid(), sig),
+            "failed to send SIG{sig}"
+        );
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        super::send_signal(child.id(), "TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

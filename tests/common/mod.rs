@@ -36,7 +36,7 @@ mod pebble;
 mod process;
 mod tls;
 
-pub use agent::{Env, Run, run_certagent, toml_list};
+pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
 pub use http::{HttpResponse, http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};

@@ -1,0 +1,156 @@
+//! The control socket (`RUNTIME_DIR/control.sock`, root only): how `reissue`, `status` and
+//! `check` talk to a running daemon. One JSON request line, one JSON response line. The
+//! response carries the same document the command prints with `--json`, and its exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::core::Reason;
+use crate::error::{Error, Result};
+
+/// A request is a few names; anything larger is not a request.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// A status document for 10,000 certificates is a few MiB.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Check {
+        names: Vec<String>,
+    },
+    Status {
+        names: Vec<String>,
+    },
+    Reissue {
+        names: Vec<String>,
+        all: bool,
+        reason: Reason,
+        wait: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Response {
+    pub exit: u8,
+    /// The `--json` document of the command, or null with `error` set.
+    pub document: serde_json::Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+impl Response {
+    pub fn error(e: &Error) -> Response {
+        Response {
+            exit: e.exit_code(),
+            document: serde_json::Value::Null,
+            error: Some(e.to_string()),
+            hint: e.hint().map(str::to_string),
+        }
+    }
+}
+
+pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("control.sock")
+}
+
+/// Ask the daemon. `Ok(None)` when no daemon listens (the caller then works in-process).
+pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Response>> {
+    let path = socket_path(runtime_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Error::msg(format!(
+                "failed to reach the daemon at {:?}: {e}",
+                path.display().to_string()
+            ))
+            .with_hint("the control socket is for root only"));
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req)
+        .map_err(|e| Error::msg(format!("failed to encode request: {e}")))?;
+    line.push(b'\n');
+    write
+        .write_all(&line)
+        .await
+        .map_err(|e| Error::msg(format!("failed to talk to the daemon: {e}")))?;
+    let mut reader = BufReader::new(read.take(MAX_RESPONSE_BYTES as u64));
+    let mut answer = String::new();
+    reader
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| Error::msg(format!("failed to read the daemon's answer: {e}")))?;
+    if answer.is_empty() {
+        return Err(
+            Error::msg("the daemon closed the connection without answering")
+                .with_hint("see `journalctl -u certagent`"),
+        );
+    }
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| Error::msg(format!("the daemon's answer does not parse: {e}")))
+}
+
+/// Read one request line from a client, bounded in size and time.
+pub async fn read_request(stream: &mut UnixStream) -> Result<Request> {
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES as u64 + 1));
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .map_err(|_| Error::msg("control client sent no request within 10s"))?
+        .map_err(|e| Error::msg(format!("failed to read request: {e}")))?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(Error::msg("control request too large"));
+    }
+    serde_json::from_str(&line).map_err(|e| Error::msg(format!("invalid control request: {e}")))
+}
+
+pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> Result<()> {
+    let mut line = serde_json::to_vec(resp)
+        .map_err(|e| Error::msg(format!("failed to encode response: {e}")))?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .await
+        .map_err(|e| Error::msg(format!("failed to answer control client: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let r = Request::Reissue {
+            names: vec!["www".into()],
+            all: false,
+            reason: Reason::KeyMissing,
+            wait: true,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"command":"reissue","names":["www"],"all":false,"reason":"key-missing","wait":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let err = serde_json::from_str::<Request>(r#"{"command":"status","names":[],"x":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().starts_with("unknown field `x`"), "{err}");
+        assert!(serde_json::from_str::<Request>(r#"{"command":"rm -rf"}"#).is_err());
+    }
+}

@@ -1,0 +1,653 @@
+//! `certagent run`: the event loop. It wakes for inotify events on the configured files and
+//! the config, for the next deadline the core computed (renewal window, retry), for control
+//! requests and for signals — and for nothing else. With nothing due it sleeps.
+//!
+//! The daemon holds the shared lock for its whole life: every re-issue on the host goes
+//! through it (the CLI asks over the control socket), so two never interleave. Jobs run
+//! concurrently across certificates, bounded by `max_parallel`; one certificate never has
+//! two jobs.
+
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::core::{self, Reason, Timestamp, humanize};
+use crate::error::{Error, Result, exit};
+use crate::executor::{Executor, observe};
+use crate::ops;
+use crate::output::ReissueResult;
+use crate::store::{Lock, Store};
+
+/// Events arriving this close together are handled as one (an editor or config management
+/// replacing cert and key with two renames, our own flip touching several links).
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// A re-issue asked for over the control socket.
+struct ReissueAsk {
+    names: Vec<String>,
+    reason: Reason,
+    wait: bool,
+    reply: oneshot::Sender<Response>,
+}
+
+#[derive(Default)]
+struct CertState {
+    in_flight: bool,
+    /// Control clients waiting for this certificate's current job.
+    waiters: Vec<oneshot::Sender<ReissueResult>>,
+    /// When to look at this certificate again by itself.
+    wake_at: Option<Timestamp>,
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Arc<Config>,
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    clock: Clock,
+    executor: Executor,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+    semaphore: Arc<Semaphore>,
+    certs: HashMap<String, CertState>,
+    jobs: JoinSet<(String, ReissueResult)>,
+    watcher: watch::Watcher,
+}
+
+/// Run as the service: signals SIGTERM/SIGINT end it.
+pub async fn run_service(config_path: &Path) -> Result<u8> {
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::msg(format!("failed to catch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::msg(format!("failed to catch SIGINT: {e}")))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM received, stopping at a safe point"),
+            _ = int.recv() => log::info!("SIGINT received, stopping at a safe point"),
+        }
+    };
+    run(config_path, Clock::new(), shutdown).await?;
+    Ok(exit::OK)
+}
+
+/// The daemon. Returns when `shutdown` completes and every job has reached a safe point.
+pub async fn run(
+    config_path: &Path,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let config = Arc::new(crate::cli::load_config(config_path)?);
+    let agent = &config.agent;
+    let lock_wait = Duration::from_secs(agent.lock_timeout.0.max(0) as u64);
+    let _lock = Lock::acquire(&agent.runtime_dir, lock_wait)
+        .await
+        .map_err(|e| match e {
+            Error::Busy(_) => {
+                Error::Busy("another certagent daemon or command holds the lock".into())
+            }
+            other => other,
+        })?;
+    // We hold the lock, so a socket file left behind is stale.
+    let sock = control::socket_path(&agent.runtime_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| {
+        Error::msg(format!(
+            "failed to listen on {:?}: {e}",
+            sock.display().to_string()
+        ))
+    })?;
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+        |e| {
+            Error::msg(format!(
+                "failed to restrict {:?}: {e}",
+                sock.display().to_string()
+            ))
+        },
+    )?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (fs_tx, mut fs_rx) = mpsc::channel(1024);
+    let watcher = watch::Watcher::new(fs_tx)?;
+    let executor = Executor::new(config.clone(), clock, stop_rx.clone())?;
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        semaphore: Arc::new(Semaphore::new(config.agent.max_parallel)),
+        config,
+        config_tx,
+        clock,
+        executor,
+        stop_rx,
+        certs: HashMap::new(),
+        jobs: JoinSet::new(),
+        watcher,
+    };
+    d.watcher.watch(&d.config, &d.config_path);
+    d.evaluate_all().await;
+    crate::systemd::notify_ready(&d.summary());
+    log::info!(certificates = d.config.certificates.len(); "certagent daemon ready");
+
+    let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
+    let mut sighup = signal(SignalKind::hangup())
+        .map_err(|e| Error::msg(format!("failed to catch SIGHUP: {e}")))?;
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut watchdog_at = watchdog.map(|w| Instant::now() + w);
+    let mut dirty: HashSet<String> = HashSet::new();
+    let mut settle_at: Option<Instant> = None;
+    let mut reload_pending = false;
+    tokio::pin!(shutdown);
+
+    loop {
+        let wake = d.next_wake().map(|ts| clock.instant_at(ts));
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(event) = fs_rx.recv() => {
+                match d.watcher.classify(&event) {
+                    watch::Touched::Config => reload_pending = true,
+                    watch::Touched::Certs(names) => dirty.extend(names),
+                    watch::Touched::All => dirty.extend(d.config.certificates.keys().cloned()),
+                    watch::Touched::Nothing => continue,
+                }
+                settle_at.get_or_insert_with(|| Instant::now() + SETTLE);
+            }
+            () = sleep_until(settle_at) => {
+                settle_at = None;
+                if std::mem::take(&mut reload_pending) {
+                    d.reload("the configuration changed on disk").await;
+                    dirty.clear();
+                } else {
+                    for name in std::mem::take(&mut dirty) {
+                        d.evaluate(&name).await;
+                    }
+                }
+            }
+            () = sleep_until(wake) => {
+                let now = clock.now();
+                let due: Vec<String> = d.certs.iter()
+                    .filter(|(_, s)| !s.in_flight && s.wake_at.is_some_and(|w| w <= now))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in due {
+                    d.evaluate(&name).await;
+                }
+            }
+            Some(done) = d.jobs.join_next() => {
+                match done {
+                    Ok((name, result)) => d.finished(&name, result).await,
+                    Err(e) => log::error!("a re-issue task failed: {e}"),
+                }
+            }
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_client(stream, config_rx.clone(), clock, ask_tx.clone()));
+                }
+            }
+            Some(ask) = ask_rx.recv() => d.ask(ask),
+            _ = sighup.recv() => d.reload("SIGHUP received").await,
+            () = sleep_until(watchdog_at) => {
+                crate::systemd::notify_watchdog();
+                watchdog_at = watchdog.map(|w| Instant::now() + w);
+            }
+        }
+    }
+
+    crate::systemd::notify_stopping();
+    let in_flight = d.jobs.len();
+    if in_flight > 0 {
+        log::info!(jobs = in_flight; "waiting for re-issues in progress to reach a safe point");
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = d.jobs.join_next().await {
+        if let Ok((name, result)) = done {
+            d.finished(&name, result).await;
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
+    log::info!("certagent daemon stopped");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn next_wake(&self) -> Option<Timestamp> {
+        self.certs
+            .values()
+            .filter(|s| !s.in_flight)
+            .filter_map(|s| s.wake_at)
+            .min()
+    }
+
+    /// Recover and look at every certificate (start-up, config reload). Observation reads
+    /// and checks every pair, so it is spread over the blocking pool.
+    async fn evaluate_all(&mut self) {
+        let names: Vec<String> = self.config.certificates.keys().cloned().collect();
+        self.certs
+            .retain(|n, s| s.in_flight || self.config.certificates.contains_key(n));
+        let now = self.clock.now();
+        let chunks: Vec<Vec<String>> = names.chunks(256).map(<[String]>::to_vec).collect();
+        let mut tasks = JoinSet::new();
+        for chunk in chunks {
+            let config = self.config.clone();
+            tasks.spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|name| {
+                        let verdict = config
+                            .certificates
+                            .get(&name)
+                            .map(|c| verdict(&config, c, now));
+                        (name, verdict)
+                    })
+                    .collect::<Vec<_>>()
+            });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(Ok(part)) = tasks.join_next().await {
+            verdicts.extend(part);
+        }
+        for (name, verdict) in verdicts {
+            if let Some(v) = verdict {
+                self.act(&name, v).await;
+            }
+        }
+    }
+
+    async fn evaluate(&mut self, name: &str) {
+        if self.certs.get(name).is_some_and(|s| s.in_flight) {
+            return;
+        }
+        let Some(cert) = self.config.certificates.get(name) else {
+            return;
+        };
+        let v = verdict(&self.config, cert, self.clock.now());
+        self.act(name, v).await;
+    }
+
+    async fn act(&mut self, name: &str, v: Verdict) {
+        match v {
+            Verdict::Fine { wake_at } => {
+                self.certs.entry(name.to_string()).or_default().wake_at = wake_at;
+            }
+            Verdict::Wait { until, reason } => {
+                log::debug!(cert = name, reason = reason.as_str(); "needs a re-issue, retry scheduled at {}", crate::output::rfc3339(until));
+                self.certs.entry(name.to_string()).or_default().wake_at = Some(until);
+            }
+            Verdict::Act { reason, detail } => {
+                log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
+                self.start(name, reason);
+            }
+        }
+        crate::systemd::notify_status(&self.summary());
+    }
+
+    fn start(&mut self, name: &str, reason: Reason) {
+        let Some(cert) = self.config.certificates.get(name).cloned() else {
+            return;
+        };
+        let state = self.certs.entry(name.to_string()).or_default();
+        if state.in_flight {
+            return;
+        }
+        state.in_flight = true;
+        state.wake_at = None;
+        let executor = self.executor.clone();
+        let semaphore = self.semaphore.clone();
+        let name = name.to_string();
+        self.jobs.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let result = ops::reissue_one(&executor, &cert, reason).await;
+            (name, result)
+        });
+    }
+
+    async fn finished(&mut self, name: &str, result: ReissueResult) {
+        let state = self.certs.entry(name.to_string()).or_default();
+        state.in_flight = false;
+        for w in state.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+        // A job cut short by shutdown did not fail: it resumes at the next start, at once.
+        let stopping = *self.stop_rx.borrow();
+        if result.error.is_some() && !stopping {
+            self.schedule_retry(name);
+        }
+        if !stopping {
+            self.evaluate(name).await;
+        }
+        crate::systemd::notify_status(&self.summary());
+    }
+
+    /// After a failure: back off (exponentially, with jitter, honouring the server's
+    /// Retry-After), journalled so a restart keeps the schedule; escalate the log level as
+    /// expiry approaches.
+    fn schedule_retry(&mut self, name: &str) {
+        let store = &self.executor.store;
+        let Ok(mut journal) = store.journal(name) else {
+            return;
+        };
+        let now = self.clock.now();
+        let delay = core::retry_delay(
+            journal.failures.max(1),
+            rand::random::<f64>(),
+            journal.server_retry_after,
+        );
+        journal.retry_at = Some(now + delay);
+        if let Err(e) = store.save_journal(name, &journal) {
+            log::error!(cert = name; "failed to journal the retry time: {e}");
+        }
+        let left = self
+            .config
+            .certificates
+            .get(name)
+            .and_then(|c| observe(c, now).decision.not_after)
+            .map(|na| na - now);
+        let message = journal
+            .last
+            .as_ref()
+            .map(|l| l.message.clone())
+            .unwrap_or_default();
+        let when = humanize(delay);
+        match left {
+            Some(l) if l < 7 * 86_400 => log::error!(
+                cert = name, event = "failed", failures = journal.failures;
+                "re-issue failed, certificate expires in {}, retrying in {when}: {message}", humanize(l)
+            ),
+            _ => log::warn!(
+                cert = name, event = "failed", failures = journal.failures;
+                "re-issue failed, retrying in {when}: {message}"
+            ),
+        }
+    }
+
+    fn ask(&mut self, ask: ReissueAsk) {
+        let names: Vec<String> = if ask.names.is_empty() {
+            self.config.certificates.keys().cloned().collect()
+        } else {
+            ask.names
+        };
+        let mut receivers = Vec::new();
+        for name in &names {
+            if !self.config.certificates.contains_key(name) {
+                let e = Error::msg(format!(
+                    "no certificate named {name:?} in the daemon's configuration"
+                ))
+                .with_hint("if you just added it, reload the daemon: systemctl reload certagent");
+                let _ = ask.reply.send(Response::error(&e));
+                return;
+            }
+        }
+        for name in &names {
+            // A job already running for this certificate is the re-issue asked for: wait for
+            // it rather than starting a second one.
+            let running = self.certs.get(name).is_some_and(|s| s.in_flight);
+            if !running {
+                self.clear_backoff(name);
+                self.start(name, ask.reason);
+            }
+            if ask.wait {
+                let (tx, rx) = oneshot::channel();
+                self.certs.entry(name.clone()).or_default().waiters.push(tx);
+                receivers.push(rx);
+            }
+        }
+        crate::systemd::notify_status(&self.summary());
+        let reason = ask.reason;
+        let reply = ask.reply;
+        tokio::spawn(async move {
+            let results = if receivers.is_empty() {
+                names
+                    .iter()
+                    .map(|n| ReissueResult {
+                        name: n.clone(),
+                        result: "started".into(),
+                        changed: false,
+                        reason: reason.as_str().into(),
+                        serial: None,
+                        not_after: None,
+                        generation: None,
+                        error: None,
+                        hint: None,
+                    })
+                    .collect()
+            } else {
+                let mut out = Vec::new();
+                for rx in receivers {
+                    if let Ok(r) = rx.await {
+                        out.push(r);
+                    }
+                }
+                out
+            };
+            let (doc, code) = ops::reissue_doc(results);
+            let document = serde_json::to_value(doc).unwrap_or_default();
+            let _ = reply.send(Response {
+                exit: code,
+                document,
+                error: None,
+                hint: None,
+            });
+        });
+    }
+
+    /// An operator asking is new information: forget the backoff.
+    fn clear_backoff(&self, name: &str) {
+        let store = &self.executor.store;
+        if let Ok(mut j) = store.journal(name)
+            && j.retry_at.is_some()
+        {
+            j.retry_at = None;
+            let _ = store.save_journal(name, &j);
+        }
+    }
+
+    /// Re-read the configuration; keep the old one if the new one is invalid.
+    async fn reload(&mut self, why: &str) {
+        crate::systemd::notify_reloading();
+        match crate::cli::load_config(&self.config_path) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
+                    Ok(executor) => {
+                        log::info!(certificates = new.certificates.len(); "{why}: configuration reloaded");
+                        self.executor = executor;
+                        self.config = new.clone();
+                        let _ = self.config_tx.send(new);
+                        self.watcher.watch(&self.config, &self.config_path);
+                        self.evaluate_all().await;
+                    }
+                    Err(e) => log::error!("{why}: keeping the old configuration: {e}"),
+                }
+            }
+            Err(e) => {
+                log::error!("{why}: the new configuration is invalid, keeping the old one");
+                if let Error::Config(errors) = &e {
+                    for err in &errors.0 {
+                        log::error!(file = err.file.display().to_string().as_str(), line = err.line, key = err.key.as_str(); "{}", err.message);
+                    }
+                } else {
+                    log::error!("{e}");
+                }
+            }
+        }
+        crate::systemd::notify_ready(&self.summary());
+    }
+
+    /// One line for `systemctl status`: "12 certificates, 1 re-issuing, next check in 3h".
+    fn summary(&self) -> String {
+        let total = self.config.certificates.len();
+        let busy = self.certs.values().filter(|s| s.in_flight).count();
+        let mut parts = vec![format!(
+            "{total} certificate{}",
+            if total == 1 { "" } else { "s" }
+        )];
+        if busy > 0 {
+            parts.push(format!("{busy} re-issuing"));
+        }
+        match self.next_wake() {
+            Some(at) => parts.push(format!(
+                "next check in {}",
+                humanize((at - self.clock.now()).max(0))
+            )),
+            None if busy == 0 => parts.push("nothing scheduled".into()),
+            None => {}
+        }
+        parts.join(", ")
+    }
+}
+
+/// What the daemon should do about one certificate now.
+enum Verdict {
+    /// Healthy; look again at `wake_at` (the renewal window).
+    Fine { wake_at: Option<Timestamp> },
+    /// Needs a re-issue, but a retry is scheduled.
+    Wait { until: Timestamp, reason: Reason },
+    /// Start a re-issue now.
+    Act { reason: Reason, detail: String },
+}
+
+fn verdict(config: &Config, cert: &crate::config::Certificate, now: Timestamp) -> Verdict {
+    let journal = Store::open(&config.agent.state_dir)
+        .and_then(|s| s.journal(&cert.name))
+        .ok();
+    let retry_at = journal
+        .as_ref()
+        .and_then(|j| j.retry_at)
+        .filter(|&r| r > now);
+    // Interrupted or failed work is resumed (its key and order are journalled).
+    if let Some(p) = journal.as_ref().and_then(|j| j.pending.as_ref()) {
+        return match retry_at {
+            Some(until) => Verdict::Wait {
+                until,
+                reason: p.reason,
+            },
+            None => Verdict::Act {
+                reason: p.reason,
+                detail: "resuming a pending re-issue".into(),
+            },
+        };
+    }
+    if journal.as_ref().is_some_and(|j| j.flip.is_some()) {
+        return Verdict::Act {
+            reason: Reason::Forced,
+            detail: "finishing an interrupted install".into(),
+        };
+    }
+    let obs = observe(cert, now);
+    let Some(reason) = obs.decision.reason() else {
+        return Verdict::Fine {
+            wake_at: obs.decision.next_check(now),
+        };
+    };
+    match retry_at {
+        Some(until) => Verdict::Wait { until, reason },
+        None => {
+            let detail = [obs.key_problem, obs.cert_problem]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            Verdict::Act {
+                reason,
+                detail: if detail.is_empty() {
+                    reason.as_str().to_string()
+                } else {
+                    detail
+                },
+            }
+        }
+    }
+}
+
+/// One control connection: check and status are answered from a snapshot of the config
+/// (read-only, off the event loop); reissue goes through the loop.
+async fn serve_client(
+    mut stream: tokio::net::UnixStream,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
+    clock: Clock,
+    asks: mpsc::Sender<ReissueAsk>,
+) {
+    // Root (or whoever runs the daemon) only, whatever the socket's mode says.
+    let me = nix::unistd::geteuid().as_raw();
+    match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
+        _ => {
+            let e = Error::msg("permission denied: the control socket is for root only");
+            let _ = control::write_response(&mut stream, &Response::error(&e)).await;
+            return;
+        }
+    }
+    let req = match control::read_request(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = control::write_response(&mut stream, &Response::error(&e)).await;
+            return;
+        }
+    };
+    let config = config.borrow().clone();
+    let response = match req {
+        Request::Check { names } | Request::Status { names } => {
+            let now = clock.now();
+            let work = tokio::task::spawn_blocking(move || {
+                let certs = ops::select(&config, &names)?;
+                let (doc, code) = ops::check_doc(&config, &certs, now);
+                Ok::<_, Error>(Response {
+                    exit: code,
+                    document: serde_json::to_value(doc).unwrap_or_default(),
+                    error: None,
+                    hint: None,
+                })
+            });
+            match work.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Response::error(&e),
+                Err(e) => Response::error(&Error::msg(format!("status failed: {e}"))),
+            }
+        }
+        Request::Reissue {
+            names,
+            all,
+            reason,
+            wait,
+        } => {
+            let names = if all { Vec::new() } else { names };
+            let (reply, rx) = oneshot::channel();
+            if asks
+                .send(ReissueAsk {
+                    names,
+                    reason,
+                    wait,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                Response::error(&Error::msg("the daemon is shutting down"))
+            } else {
+                rx.await.unwrap_or_else(|_| {
+                    Response::error(&Error::msg(
+                        "the daemon stopped before the re-issue finished",
+                    ))
+                })
+            }
+        }
+    };
+    let _ = control::write_response(&mut stream, &response).await;
+}

@@ -1,0 +1,248 @@
+//! `certagent run` as a real process against real Pebble and nginx: it notices a deleted key
+//! and heals it with no command run, reloads its configuration on SIGHUP (keeping the old one
+//! when the new one is broken), stops at a safe point on SIGTERM, talks to the CLI over its
+//! control socket so the two never re-issue twice, and tells systemd what it is doing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use common::{
+    Daemon, Env, Pebble, PebbleOpts, san_dns_names, spki_of_cert_der, spki_of_key_pem, wait_until,
+};
+
+fn acme(pebble: &Pebble) -> String {
+    format!(
+        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
+        pebble.directory_url(),
+        pebble.ca_bundle().display(),
+        pebble.http_port()
+    )
+}
+
+fn serves_key_file(env: &Env) -> bool {
+    let Ok(key) = std::fs::read_to_string(&env.key_file) else {
+        return false;
+    };
+    common::served_leaf(&env.addr(), &env.names[0])
+        .is_some_and(|leaf| spki_of_cert_der(&leaf) == spki_of_key_pem(&key))
+        && common::served_leaf(&env.addr(), &env.names[0])
+            .is_some_and(|leaf| leaf != env.initial_leaf)
+}
+
+#[test]
+fn deleted_key_is_replaced_and_served_with_no_command_run() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    // Healthy at start: nothing is ordered.
+    assert_eq!(pebble.orders_created(), 0, "{}", daemon.log());
+
+    std::fs::remove_file(&env.key_file).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || serves_key_file(&env)),
+        "not healed:\n{}\n{}",
+        daemon.log(),
+        pebble.log()
+    );
+    daemon.wait_log("event=installed", Duration::from_secs(10));
+    let log = daemon.log();
+    assert!(
+        log.contains("re-issue needed") && log.contains("reason=key-missing event=detected"),
+        "{log}"
+    );
+    assert!(log.contains("event=installed"), "{log}");
+    assert_eq!(pebble.orders_created(), 1);
+    // The CLI asks the daemon (it holds the lock) and gets its view.
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(
+        status.json()["certificates"][0]["last"]["reason"],
+        "key-missing"
+    );
+    let check = env.certagent(&["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+}
+
+#[test]
+fn sighup_reloads_names_and_a_broken_config_keeps_the_old_one() {
+    let mut env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let mut daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+
+    daemon.signal("HUP");
+    daemon.wait_log(
+        "SIGHUP received: configuration reloaded",
+        Duration::from_secs(10),
+    );
+
+    env.names = vec!["a.test".into(), "b.test".into()];
+    env.write_config("", "");
+    daemon.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            common::served_leaf(&env.addr(), "a.test")
+                .is_some_and(|l| san_dns_names(&l) == ["a.test", "b.test"])
+        }),
+        "names were not re-issued:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("reason=names-changed"),
+        "{}",
+        daemon.log()
+    );
+    // The daemon reports success only once nginx's old workers have retired; sample after it.
+    daemon.wait_log("event=installed", Duration::from_secs(10));
+
+    let served = common::served_leaf(&env.addr(), "a.test").unwrap();
+    std::fs::write(&env.config, "[certificate.site\nnames = [").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log(
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(10),
+    );
+    assert!(daemon.log().contains("invalid TOML"), "{}", daemon.log());
+    assert!(daemon.is_running());
+    assert_eq!(common::served_leaf(&env.addr(), "a.test").unwrap(), served);
+    // The old configuration still works: deleting the key is still healed.
+    std::fs::remove_file(&env.key_file).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || serves_key_file(
+        &env
+    ) && common::served_leaf(&env.addr(), "a.test")
+        .unwrap()
+        != served));
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[test]
+fn cli_racing_the_daemon_makes_one_reissue_not_two() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    std::fs::remove_file(&env.key_file).unwrap();
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", daemon.log());
+    assert_eq!(run.json()["certificates"][0]["result"], "installed");
+    assert!(serves_key_file(&env));
+    // Give the daemon a moment to (wrongly) start a second one, then count orders.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pebble.orders_created(), 1, "{}", daemon.log());
+    assert_eq!(
+        daemon.log().matches("event=installed").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_order() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Daemon::start(
+        &env.config,
+        &log,
+        &[("CERTAGENT_FAILPOINT", "after-order-created=sleep")],
+    );
+    std::fs::remove_file(&env.key_file).unwrap();
+    daemon.wait_log(
+        "failpoint after-order-created: sleeping",
+        Duration::from_secs(20),
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the CA"
+    );
+    assert!(
+        daemon.log().contains("certagent daemon stopped"),
+        "{}",
+        daemon.log()
+    );
+    // Nothing half-installed: the old certificate is served, no staging left, order journalled.
+    assert_eq!(env.served(), env.initial_leaf);
+    let journal: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.state_dir().join("certs/site/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(journal["pending"]["order_url"].is_string(), "{journal}");
+    assert!(journal["flip"].is_null());
+
+    let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon2.log"), &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || serves_key_file(&env)),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("resuming ACME order"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(pebble.orders_created(), 1);
+}
+
+#[test]
+fn systemd_hears_ready_status_reloading_and_stopping() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let recv = || {
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut daemon = Daemon::start(
+        &env.config,
+        &env.dir.path().join("daemon.log"),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut messages = Vec::new();
+    while !messages.iter().any(|m: &String| m.contains("READY=1")) {
+        messages.push(recv());
+    }
+    let ready = messages.last().unwrap();
+    assert!(
+        ready.contains("STATUS=1 certificate, next check in "),
+        "{messages:?}"
+    );
+    daemon.signal("HUP");
+    let mut after = Vec::new();
+    while !after.iter().any(|m: &String| m.contains("READY=1")) {
+        after.push(recv());
+    }
+    assert!(after[0].contains("RELOADING=1"), "{after:?}");
+    daemon.signal("TERM");
+    let mut last = Vec::new();
+    while !last.iter().any(|m: &String| m.contains("STOPPING=1")) {
+        last.push(recv());
+    }
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[test]
+fn a_second_daemon_is_refused_while_the_first_holds_the_lock() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let _daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    let second = env.certagent(&["run"]);
+    assert_eq!(second.code, 3, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("busy: another certagent daemon or command holds the lock"),
+        "{second:?}"
+    );
+}
