@@ -207,7 +207,10 @@ fn systemd_hears_ready_status_reloading_and_stopping() {
     let mut daemon = Daemon::start(
         &env.config,
         &env.dir.path().join("daemon.log"),
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let mut messages = Vec::new();
     while !messages.iter().any(|m: &String| m.contains("READY=1")) {
@@ -224,6 +227,19 @@ fn systemd_hears_ready_status_reloading_and_stopping() {
         after.push(recv());
     }
     assert!(after[0].contains("RELOADING=1"), "{after:?}");
+    // With WATCHDOG_USEC set, pings come at half the period.
+    let mut pings = 0;
+    let started = std::time::Instant::now();
+    while pings < 3 {
+        if recv().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "3 watchdog pings took {:?}",
+        started.elapsed()
+    );
     daemon.signal("TERM");
     let mut last = Vec::new();
     while !last.iter().any(|m: &String| m.contains("STOPPING=1")) {

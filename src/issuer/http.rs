@@ -176,6 +176,75 @@ pub fn describe_reqwest(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A one-shot plain HTTP server answering every request with `answer`.
+    async fn serve(answer: Vec<u8>) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&answer).await;
+            }
+        });
+        port
+    }
+
+    fn get(port: u16) -> http::Request<BodyWrapper<Bytes>> {
+        http::Request::get(format!("http://127.0.0.1:{port}/dir"))
+            .body(BodyWrapper::from(Vec::new()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn throttled_answers_leave_their_retry_after_for_the_scheduler() {
+        let port = serve(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
+        let client = Http::new(None).unwrap();
+        let rsp = client.request(get(port)).await.unwrap();
+        assert_eq!(rsp.parts.status, 429);
+        assert_eq!(*client.retry_after.lock().unwrap(), Some(120));
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_are_refused() {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            2 * MAX_BODY_BYTES
+        )
+        .into_bytes();
+        answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
+        let port = serve(answer).await;
+        let err = Http::new(None)
+            .unwrap()
+            .request(get(port))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "answer from the CA is larger than 1024 KiB"
+        );
+        // Without a Content-Length, the cap applies while reading.
+        let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
+        let port = serve(answer).await;
+        let err = Http::new(None)
+            .unwrap()
+            .request(get(port))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "answer from the CA is larger than 1024 KiB"
+        );
+    }
+
     #[test]
     fn retry_after_takes_seconds_and_http_dates() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT

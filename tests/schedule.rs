@@ -1,0 +1,154 @@
+//! The daemon in-process with tokio's clock paused: hours of schedule run in milliseconds.
+//! Proves that renewal happens at the deadline the core computes (and not by polling), and
+//! that failures back off exponentially with jitter.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certagent::clock::Clock;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+fn setup(issuer: &str, cert_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("ssl")).unwrap();
+    std::fs::create_dir_all(p.join("etc")).unwrap();
+    let config = p.join("etc/config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{s}\"\nruntime_dir = \"{r}\"\n\n{issuer}\n[certificate.site]\nnames = [\"a.test\"]\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n{cert_extra}\n",
+            s = p.join("state").display(),
+            r = p.join("run").display(),
+            c = p.join("ssl/site.pem").display(),
+            k = p.join("ssl/site.key").display(),
+        ),
+    )
+    .unwrap();
+    Setup {
+        state: p.join("state"),
+        config,
+        _dir: dir,
+    }
+}
+
+fn journal(state: &Path) -> serde_json::Value {
+    std::fs::read_to_string(state.join("certs/site/state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Run the daemon for `span` of (paused) time, sampling `probe` every `step`; returns the
+/// virtual second at which each new value of `probe` was first seen.
+async fn observe_changes(
+    setup: &Setup,
+    span: Duration,
+    step: Duration,
+    probe: impl Fn(&serde_json::Value) -> Option<u64>,
+) -> Vec<(u64, u64)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = setup.config.clone();
+    let daemon = tokio::spawn(async move {
+        certagent::daemon::run(&config, Clock::new(), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let start = tokio::time::Instant::now();
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    while start.elapsed() < span {
+        tokio::time::sleep(step).await;
+        if let Some(v) = probe(&journal(&setup.state))
+            && seen.last().is_none_or(|(_, last)| *last != v)
+        {
+            seen.push((start.elapsed().as_secs(), v));
+        }
+    }
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_happens_at_the_computed_deadline() {
+    // 2-hour certificates renewed 1 hour before expiry: one re-issue per hour.
+    let setup = setup(
+        "[issuer.internal]\nkind = \"internal\"\nvalidity = \"2h\"\n",
+        "renew_before = \"1h\"",
+    );
+    let seen = observe_changes(
+        &setup,
+        Duration::from_secs(5 * 3600 + 600),
+        Duration::from_secs(30),
+        |j| j["current"].as_u64(),
+    )
+    .await;
+    let generations: Vec<u64> = seen.iter().map(|(_, g)| *g).collect();
+    assert_eq!(generations, vec![0, 1, 2, 3, 4, 5], "{seen:?}");
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            (3_540..=3_700).contains(&gap),
+            "re-issued after {gap}s, not after an hour: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_with_jitter() {
+    // An ACME CA that refuses connections: every attempt fails at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!(
+        "[issuer.down]\nkind = \"acme\"\ndirectory = \"https://127.0.0.1:{port}/dir\"\nlisten = \"127.0.0.1:{listen}\"\n"
+    );
+    let setup = setup(&issuer, "issuer = \"down\"");
+    let seen = observe_changes(
+        &setup,
+        Duration::from_secs(1_000),
+        Duration::from_secs(2),
+        |j| j["failures"].as_u64(),
+    )
+    .await;
+    let failures: Vec<u64> = seen.iter().map(|(_, f)| *f).collect();
+    assert_eq!(failures, vec![1, 2, 3, 4, 5], "{seen:?}");
+    // Delays: 60 s, 120 s, 240 s, 480 s, each ±20 % (plus the sampling step).
+    for (i, pair) in seen.windows(2).enumerate() {
+        let gap = pair[1].0 - pair[0].0;
+        let base = 60u64 << i;
+        let (lo, hi) = (base * 8 / 10, base * 12 / 10 + 4);
+        assert!(
+            (lo..=hi).contains(&gap),
+            "retry {} after {gap}s, expected {lo}..{hi}: {seen:?}",
+            i + 2
+        );
+    }
+    let j = journal(&setup.state);
+    assert!(
+        j["last"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed to obtain a certificate"),
+        "{j}"
+    );
+    assert!(
+        j["pending"]["key_spki_sha256"].is_string(),
+        "the key is kept for the retry: {j}"
+    );
+}
