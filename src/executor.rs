@@ -8,14 +8,16 @@
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::compromise::{self, Blocked, FlagId};
 use crate::config::{Certificate, Config};
 use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Reason, Timestamp};
 use crate::error::{Error, Result};
-use crate::issuer::{IssueRequest, Issuer};
+use crate::issuer::{IssueRequest, Issuer, RevokeOutcome};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    Flip, GenerationContent, Journal, Outcome, OutcomeKind, Pending, Store, fsutil,
+    CompromiseWork, Flip, GenerationContent, Journal, Outcome, OutcomeKind, Pending, PostActions,
+    Store, fsutil,
 };
 
 /// What is on disk for one certificate, with the problems found reading it.
@@ -35,8 +37,33 @@ pub fn desired(cert: &Certificate) -> Desired {
     }
 }
 
+/// What, besides the files themselves, says a certificate's key or serial must go.
+#[derive(Default)]
+pub struct Signals<'a> {
+    /// Digests from the blocklists and certagent's memory of compromised keys.
+    pub blocked: Option<&'a Blocked>,
+    /// The flag file in `compromised_dir`, if present.
+    pub flag: Option<FlagId>,
+    pub journal: Option<&'a Journal>,
+}
+
+impl<'a> Signals<'a> {
+    pub fn for_cert(
+        config: &Config,
+        blocked: &'a Blocked,
+        journal: Option<&'a Journal>,
+        cert: &str,
+    ) -> Signals<'a> {
+        Signals {
+            blocked: Some(blocked),
+            flag: compromise::flag(config, cert),
+            journal,
+        }
+    }
+}
+
 /// Read the configured files (never writing anything) and decide.
-pub fn observe(cert: &Certificate, now: Timestamp) -> Observation {
+pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
     let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
         Ok(None) => (CertFact::Missing, None),
         Err(e) => (CertFact::Invalid(e.to_string()), None),
@@ -85,11 +112,28 @@ pub fn observe(cert: &Certificate, now: Timestamp) -> Observation {
         CertFact::Present(l) => Some(l.clone()),
         _ => None,
     };
+    let key_digest = match &key_fact {
+        KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.clone()),
+        _ => None,
+    };
+    let blocked =
+        |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
+    let unhandled_flag = signals
+        .flag
+        .as_ref()
+        .is_some_and(|f| signals.journal.and_then(|j| j.handled_flag.as_ref()) != Some(f));
+    let revocation = signals
+        .journal
+        .and_then(|j| j.revoked.as_ref())
+        .filter(|r| leaf.as_ref().is_some_and(|l| l.serial == r.serial));
     let observed = Observed {
         cert: cert_fact,
         key: key_fact,
-        compromised: false,
-        revoked: false,
+        compromised: unhandled_flag
+            || blocked(key_digest.as_deref())
+            || blocked(leaf.as_ref().map(|l| l.spki_sha256.as_str()))
+            || revocation.is_some_and(|r| r.reason == Some(1)),
+        revoked: revocation.is_some(),
     };
     let decision = core::decide(&desired(cert), &observed, now);
     Observation {
@@ -161,6 +205,10 @@ impl Executor {
         }
         let mut journal = self.store.journal(&cert.name)?;
         let Some(flip) = journal.flip.clone() else {
+            if journal.post.is_some() {
+                log::warn!(cert = cert.name.as_str(); "finishing the response to a compromised key");
+                self.run_post_actions(cert).await?;
+            }
             return Ok(None);
         };
         log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an interrupted install, finishing it");
@@ -185,11 +233,15 @@ impl Executor {
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
         let mut journal = self.store.journal(&cert.name)?;
         let wanted: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
+        let mut blocked = Blocked::load(&self.config);
 
         // A pending re-issue for the same names, key type and issuer is resumed: its key is
         // already on disk and the CA may already have an order for it.
         let reusable = journal.pending.as_ref().is_some_and(|p| {
-            p.names == wanted && p.key_spec == cert.key_type && p.issuer == cert.issuer
+            p.names == wanted
+                && p.key_spec == cert.key_type
+                && p.issuer == cert.issuer
+                && !blocked.contains(&p.key_spki_sha256)
         });
         let key = match (reusable, self.store.pending_key(&cert.name)?) {
             (true, Some(pem)) => PrivateKey::from_pem(pem.as_str()).ok(),
@@ -210,7 +262,13 @@ impl Executor {
                     log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
                 }
                 self.store.clear_pending(&cert.name)?;
-                let key = PrivateKey::generate(cert.key_type).map_err(Error::msg)?;
+                // Never a key that was ever compromised (a collision is only theoretical).
+                let key = loop {
+                    let key = PrivateKey::generate(cert.key_type).map_err(Error::msg)?;
+                    if !blocked.contains(&key.spki_sha256()) {
+                        break key;
+                    }
+                };
                 self.store.save_pending_key(&cert.name, &key.to_pem())?;
                 journal.pending = Some(Pending {
                     reason,
@@ -222,6 +280,7 @@ impl Executor {
                     attempts: 0,
                     order_url: None,
                     issued: false,
+                    compromise: None,
                 });
                 self.store.save_journal(&cert.name, &journal)?;
                 log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
@@ -229,6 +288,38 @@ impl Executor {
             }
         };
         crate::failpoint!("after-key-persisted");
+        if reason == Reason::KeyCompromised
+            && journal
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.compromise.is_none())
+        {
+            let work = self.capture_compromise(cert, &mut journal, &mut blocked)?;
+            if let Some(p) = journal.pending.as_mut() {
+                p.reason = Reason::KeyCompromised;
+                p.compromise = Some(work);
+            }
+            self.store.save_journal(&cert.name, &journal)?;
+        }
+        let revoke_now = cert.revoke_first
+            && journal
+                .pending
+                .as_ref()
+                .and_then(|p| p.compromise.as_ref())
+                .is_some_and(|c| !c.revoked_first && c.old_leaf.is_some());
+        if revoke_now {
+            // The key is known to be in an attacker's hands: revoke before replacing, so
+            // nothing signed by it is trusted a minute longer than necessary.
+            let work = journal.pending.as_ref().and_then(|p| p.compromise.clone());
+            if let Some(work) = work {
+                self.revoke_compromised(cert, &work.old_spki_sha256, work.old_leaf.as_deref())
+                    .await?;
+                if let Some(c) = journal.pending.as_mut().and_then(|p| p.compromise.as_mut()) {
+                    c.revoked_first = true;
+                }
+                self.store.save_journal(&cert.name, &journal)?;
+            }
+        }
         let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
 
         let chain = match journal.pending.as_ref().is_some_and(|p| p.issued) {
@@ -426,6 +517,19 @@ impl Executor {
         journal: &mut Journal,
         flip: &Flip,
     ) -> Result<Installed> {
+        let installed = self.settle_flip_inner(cert, journal, flip).await?;
+        if let Err(e) = self.run_post_actions(cert).await {
+            log::error!(cert = cert.name.as_str(); "after the install: {e}");
+        }
+        Ok(installed)
+    }
+
+    async fn settle_flip_inner(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+    ) -> Result<Installed> {
         let files = self.store.generation(&cert.name, flip.to);
         let chain = fsutil::read_capped(&files.fullchain(), keys::MAX_PEM_BYTES)?
             .ok_or_else(|| Error::msg(format!("generation {} has no certificate", flip.to)))
@@ -500,7 +604,23 @@ impl Executor {
     ) -> Result<()> {
         journal.current = Some(flip.to);
         journal.flip = None;
+        // A compromised predecessor still has to be revoked and purged: journalled in the
+        // same write that records the new generation, so a crash cannot lose it.
+        if let Some(work) = journal.pending.as_ref().and_then(|p| p.compromise.clone()) {
+            journal.post = Some(PostActions {
+                old_spki_sha256: work.old_spki_sha256,
+                revoke: if work.revoked_first {
+                    None
+                } else {
+                    work.old_leaf
+                },
+                revoke_attempts: 0,
+                purged: false,
+            });
+        }
         journal.pending = None;
+        journal.revoked = None;
+        journal.ari = None;
         journal.failures = 0;
         journal.retry_at = None;
         journal.server_retry_after = None;
@@ -590,6 +710,130 @@ impl Executor {
                 "the previous certificate and key are in place; see the web server's error log",
             ),
         }
+    }
+
+    /// The key in service is compromised: remember its digest (it is never used again),
+    /// keep a copy in quarantine (to sign its certificate's revocation), and note the flag
+    /// file that reported it as answered.
+    fn capture_compromise(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &mut Blocked,
+    ) -> Result<CompromiseWork> {
+        let read = |p: &std::path::Path| fsutil::read_capped(p, keys::MAX_PEM_BYTES).ok().flatten();
+        let key_pem = read(&cert.key_file);
+        let key = key_pem
+            .as_ref()
+            .and_then(|p| PrivateKey::from_pem(&String::from_utf8_lossy(p)).ok());
+        let chain = read(&cert.cert_file).and_then(|b| Chain::from_pem(&b).ok());
+        let leaf_digest = chain
+            .as_ref()
+            .and_then(|c| c.leaf().ok())
+            .map(|l| l.spki_sha256);
+        let digest = key
+            .as_ref()
+            .map(PrivateKey::spki_sha256)
+            .or(leaf_digest)
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "failed to identify the compromised key of {:?}: neither its key nor its certificate is readable",
+                    cert.name
+                ))
+            })?;
+        compromise::remember(&self.store, &digest)?;
+        blocked.insert(&digest);
+        if let (Some(pem), Some(k)) = (&key_pem, &key)
+            && k.spki_sha256() == digest
+        {
+            compromise::quarantine_copy(&self.store, &cert.name, &digest, pem)?;
+        }
+        journal.handled_flag = compromise::flag(&self.config, &cert.name);
+        log::warn!(
+            cert = cert.name.as_str(), reason = "key-compromised", event = "compromised", key = digest.as_str();
+            "key marked compromised: it is replaced now and never used again"
+        );
+        use base64::Engine;
+        Ok(CompromiseWork {
+            old_spki_sha256: digest,
+            old_leaf: chain.map(|c| base64::engine::general_purpose::STANDARD.encode(c.leaf_der())),
+            revoked_first: false,
+        })
+    }
+
+    /// Revoke a compromised key's certificate at the CA that issued it (as configured for the
+    /// certificate), signed with the compromised key itself when certagent still has it.
+    /// A refusal is logged for a human (ERROR) and not retried; a transport failure is.
+    async fn revoke_compromised(
+        &self,
+        cert: &Certificate,
+        digest: &str,
+        leaf_b64: Option<&str>,
+    ) -> Result<()> {
+        use base64::Engine;
+        let Some(leaf_b64) = leaf_b64 else {
+            return Ok(());
+        };
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(leaf_b64)
+            .map_err(|_| Error::msg("journalled certificate is not base64"))?;
+        let serial = keys::leaf_facts(&der).map(|l| l.serial).unwrap_or_default();
+        let key = compromise::quarantined_key(&self.store, &cert.name, digest)
+            .and_then(|pem| PrivateKey::from_pem(&String::from_utf8_lossy(&pem)).ok());
+        let issuer_cfg = self
+            .config
+            .issuers
+            .get(&cert.issuer)
+            .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
+        let issuer = Issuer::open(issuer_cfg, &self.store)?;
+        match issuer.revoke(&der, key.as_ref()).await? {
+            RevokeOutcome::Revoked { by_key } => log::warn!(
+                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
+                "revoked the compromised certificate at the CA (reason keyCompromise, signed with {})",
+                if by_key { "the compromised key" } else { "the account key" }
+            ),
+            RevokeOutcome::AlreadyRevoked => log::info!(
+                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
+                "the compromised certificate was already revoked"
+            ),
+            RevokeOutcome::Refused(why) => log::error!(
+                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoke-refused";
+                "the CA refused to revoke the compromised certificate: {why}; revoke it where it was issued"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Finish the answer to a compromised key once its successor serves: revoke the old
+    /// certificate, then remove the old key from every generation. Each step is journalled.
+    pub async fn run_post_actions(&self, cert: &Certificate) -> Result<()> {
+        let mut journal = self.store.journal(&cert.name)?;
+        let Some(mut post) = journal.post.clone() else {
+            return Ok(());
+        };
+        crate::failpoint_async!("before-revoke");
+        if let Some(leaf) = post.revoke.clone() {
+            match self
+                .revoke_compromised(cert, &post.old_spki_sha256, Some(&leaf))
+                .await
+            {
+                Ok(()) => post.revoke = None,
+                Err(e) => {
+                    post.revoke_attempts += 1;
+                    log::error!(cert = cert.name.as_str(), event = "failed"; "failed to revoke the compromised certificate (attempt {}): {e}", post.revoke_attempts);
+                }
+            }
+            journal.post = Some(post.clone());
+            self.store.save_journal(&cert.name, &journal)?;
+        }
+        if !post.purged {
+            let purged =
+                compromise::purge_generations(&self.store, &cert.name, &post.old_spki_sha256)?;
+            post.purged = true;
+            log::info!(cert = cert.name.as_str(), event = "quarantined", generations = format!("{purged:?}").as_str(); "removed the compromised key from every kept generation");
+        }
+        journal.post = (post.revoke.is_some() || !post.purged).then_some(post);
+        self.store.save_journal(&cert.name, &journal)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -5,6 +5,7 @@
 
 pub mod cli; //        command line definitions and subcommands
 pub mod clock; //      wall time derived from tokio's clock (pausable in tests)
+pub mod compromise; // compromised keys: flag files, blocklists, memory, quarantine
 pub mod config; //     config.toml + conf.d drop-ins -> validated Config, all errors at once
 pub mod control; //    control socket protocol between the CLI and the daemon
 pub mod core; //       pure decisions: reasons, renewal window, retry delay

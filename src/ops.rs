@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
 use crate::core::{Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
-use crate::executor::{Executor, observe};
+use crate::executor::{Executor, Signals, observe};
 use crate::output::{
     self, CertificateReport, CheckDoc, LastReport, PendingReport, ReissueDoc, ReissueResult,
     rfc3339,
@@ -69,8 +70,18 @@ pub fn next_check(
     }
 }
 
-pub fn report(cert: &Certificate, journal: Option<&Journal>, now: Timestamp) -> CertificateReport {
-    let obs = observe(cert, now);
+pub fn report(
+    config: &Config,
+    blocked: &Blocked,
+    cert: &Certificate,
+    journal: Option<&Journal>,
+    now: Timestamp,
+) -> CertificateReport {
+    let obs = observe(
+        cert,
+        now,
+        &Signals::for_cert(config, blocked, journal, &cert.name),
+    );
     let pending = journal.and_then(|j| j.pending.as_ref());
     let healthy = obs.decision.is_healthy();
     let action = match (healthy, pending.is_some()) {
@@ -128,10 +139,13 @@ pub fn report(cert: &Certificate, journal: Option<&Journal>, now: Timestamp) -> 
 }
 
 pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (CheckDoc, u8) {
+    let blocked = Blocked::load(config);
     let certificates: Vec<CertificateReport> = certs
         .iter()
         .map(|c| {
             report(
+                config,
+                &blocked,
                 c,
                 journal_of(&config.agent.state_dir, &c.name).as_ref(),
                 now,
@@ -194,6 +208,27 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
                 hint: e.hint().map(str::to_string),
             }
         }
+    }
+}
+
+/// Finish journalled work for one certificate (an interrupted install, the revocation and
+/// purge of a compromised predecessor) without starting a re-issue.
+pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
+    let outcome = executor.recover(cert).await;
+    let (result, error) = match outcome {
+        Ok(Some(Ok(_))) | Ok(None) => ("finished", None),
+        Ok(Some(Err(e))) | Err(e) => ("failed", Some(e)),
+    };
+    ReissueResult {
+        name: cert.name.clone(),
+        result: result.into(),
+        changed: error.is_none(),
+        reason: "forced".into(),
+        serial: None,
+        not_after: None,
+        generation: None,
+        hint: error.as_ref().and_then(|e| e.hint().map(str::to_string)),
+        error: error.map(|e| e.to_string()),
     }
 }
 

@@ -111,11 +111,10 @@ fn sighup_reloads_names_and_a_broken_config_keeps_the_old_one() {
     assert_eq!(common::served_leaf(&env.addr(), "a.test").unwrap(), served);
     // The old configuration still works: deleting the key is still healed.
     std::fs::remove_file(&env.key_file).unwrap();
-    assert!(wait_until(Duration::from_secs(20), || serves_key_file(
-        &env
-    ) && common::served_leaf(&env.addr(), "a.test")
-        .unwrap()
-        != served));
+    let healed = wait_until(Duration::from_secs(20), || {
+        serves_key_file(&env) && common::served_leaf(&env.addr(), "a.test").unwrap() != served
+    });
+    assert!(healed, "{}", daemon.log());
     assert_eq!(daemon.stop(), Some(0));
 }
 

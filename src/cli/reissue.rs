@@ -64,11 +64,6 @@ pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
             .with_hint("add a [certificate.NAME] table to the configuration"));
     }
     let reason = core_reason(args.reason);
-    if reason == Reason::KeyCompromised {
-        log::warn!(
-            "this version replaces a compromised key but does not revoke the old certificate or quarantine the old key: revoke it at the CA"
-        );
-    }
     let req = Request::Reissue {
         names: names.to_vec(),
         all: args.all,

@@ -186,6 +186,8 @@ pub struct Certificate {
     pub group: Option<String>,
     pub key_mode: u32,
     pub cert_mode: u32,
+    /// For a compromised key: revoke the old certificate before replacing it.
+    pub revoke_first: bool,
 }
 
 impl Config {
@@ -318,7 +320,7 @@ const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir,
 const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity";
 const SERVER_KEYS: &str =
     "kind, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
-const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode";
+const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first";
 
 impl Builder {
     fn read_file(&mut self, cx: &mut Ctx, root: &mut Section, main: bool) {
@@ -824,6 +826,7 @@ fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certifi
     };
     let key_mode = mode(cx, "key_mode", 0o600);
     let cert_mode = mode(cx, "cert_mode", 0o644);
+    let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
     if key_mode & 0o007 != 0 {
         cx.error(
             &s.span,
@@ -860,6 +863,7 @@ fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certifi
         group,
         key_mode,
         cert_mode,
+        revoke_first,
     })
 }
 

@@ -158,6 +158,23 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
+    pub fn boolean(&mut self, cx: &mut Ctx, name: &str) -> Option<bool> {
+        let v = self.raw(name)?;
+        match v.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                let key = self.full_key(name);
+                let found = v.get_ref().type_str();
+                cx.error(
+                    &v.span(),
+                    &key,
+                    format!("expected true or false, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
     /// An absolute, normalised path (no `..`, no relative paths: a service's working
     /// directory is not something to rely on).
     pub fn path(&mut self, cx: &mut Ctx, name: &str) -> Option<PathBuf> {

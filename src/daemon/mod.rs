@@ -22,11 +22,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
+use crate::compromise::Blocked;
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::core::{self, Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
-use crate::executor::{Executor, observe};
+use crate::executor::{Executor, Signals, observe};
 use crate::ops;
 use crate::output::ReissueResult;
 use crate::store::{Lock, Store};
@@ -63,6 +64,8 @@ struct Daemon {
     certs: HashMap<String, CertState>,
     jobs: JoinSet<(String, ReissueResult)>,
     watcher: watch::Watcher,
+    /// Blocklists and remembered compromised keys, re-read when they may have changed.
+    blocked: Arc<Blocked>,
 }
 
 /// Run as the service: signals SIGTERM/SIGINT end it.
@@ -132,6 +135,7 @@ pub async fn run(
         certs: HashMap::new(),
         jobs: JoinSet::new(),
         watcher,
+        blocked: Arc::default(),
     };
     d.watcher.watch(&d.config, &d.config_path);
     d.evaluate_all().await;
@@ -163,10 +167,15 @@ pub async fn run(
             }
             () = sleep_until(settle_at) => {
                 settle_at = None;
-                if std::mem::take(&mut reload_pending) {
-                    d.reload("the configuration changed on disk").await;
+                // A reload that takes effect looks at everything; one that is refused must
+                // not swallow the file events that arrived with it.
+                let reloaded = std::mem::take(&mut reload_pending)
+                    && d.reload("the configuration changed on disk").await;
+                if reloaded {
                     dirty.clear();
                 } else {
+                    // A blocklist or flag file may be what changed.
+                    d.blocked = Arc::new(Blocked::load(&d.config));
                     for name in std::mem::take(&mut dirty) {
                         d.evaluate(&name).await;
                     }
@@ -194,7 +203,9 @@ pub async fn run(
                 }
             }
             Some(ask) = ask_rx.recv() => d.ask(ask),
-            _ = sighup.recv() => d.reload("SIGHUP received").await,
+            _ = sighup.recv() => {
+                d.reload("SIGHUP received").await;
+            }
             () = sleep_until(watchdog_at) => {
                 crate::systemd::notify_watchdog();
                 watchdog_at = watchdog.map(|w| Instant::now() + w);
@@ -242,10 +253,12 @@ impl Daemon {
         self.certs
             .retain(|n, s| s.in_flight || self.config.certificates.contains_key(n));
         let now = self.clock.now();
+        self.blocked = Arc::new(Blocked::load(&self.config));
         let chunks: Vec<Vec<String>> = names.chunks(256).map(<[String]>::to_vec).collect();
         let mut tasks = JoinSet::new();
         for chunk in chunks {
             let config = self.config.clone();
+            let blocked = self.blocked.clone();
             tasks.spawn_blocking(move || {
                 chunk
                     .into_iter()
@@ -253,7 +266,7 @@ impl Daemon {
                         let verdict = config
                             .certificates
                             .get(&name)
-                            .map(|c| verdict(&config, c, now));
+                            .map(|c| verdict(&config, &blocked, c, now));
                         (name, verdict)
                     })
                     .collect::<Vec<_>>()
@@ -277,7 +290,7 @@ impl Daemon {
         let Some(cert) = self.config.certificates.get(name) else {
             return;
         };
-        let v = verdict(&self.config, cert, self.clock.now());
+        let v = verdict(&self.config, &self.blocked, cert, self.clock.now());
         self.act(name, v).await;
     }
 
@@ -292,13 +305,14 @@ impl Daemon {
             }
             Verdict::Act { reason, detail } => {
                 log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
-                self.start(name, reason);
+                self.start(name, Job::Reissue(reason));
             }
+            Verdict::Finish => self.start(name, Job::Finish),
         }
         crate::systemd::notify_status(&self.summary());
     }
 
-    fn start(&mut self, name: &str, reason: Reason) {
+    fn start(&mut self, name: &str, job: Job) {
         let Some(cert) = self.config.certificates.get(name).cloned() else {
             return;
         };
@@ -313,7 +327,10 @@ impl Daemon {
         let name = name.to_string();
         self.jobs.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
-            let result = ops::reissue_one(&executor, &cert, reason).await;
+            let result = match job {
+                Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
+                Job::Finish => ops::finish_one(&executor, &cert).await,
+            };
             (name, result)
         });
     }
@@ -324,6 +341,8 @@ impl Daemon {
         for w in state.waiters.drain(..) {
             let _ = w.send(result.clone());
         }
+        // A compromise response adds to certagent's memory of compromised keys.
+        self.blocked = Arc::new(Blocked::load(&self.config));
         // A job cut short by shutdown did not fail: it resumes at the next start, at once.
         let stopping = *self.stop_rx.borrow();
         if result.error.is_some() && !stopping {
@@ -357,7 +376,7 @@ impl Daemon {
             .config
             .certificates
             .get(name)
-            .and_then(|c| observe(c, now).decision.not_after)
+            .and_then(|c| observe(c, now, &Signals::default()).decision.not_after)
             .map(|na| na - now);
         let message = journal
             .last
@@ -400,7 +419,7 @@ impl Daemon {
             let running = self.certs.get(name).is_some_and(|s| s.in_flight);
             if !running {
                 self.clear_backoff(name);
-                self.start(name, ask.reason);
+                self.start(name, Job::Reissue(ask.reason));
             }
             if ask.wait {
                 let (tx, rx) = oneshot::channel();
@@ -459,9 +478,9 @@ impl Daemon {
     }
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
-    async fn reload(&mut self, why: &str) {
+    async fn reload(&mut self, why: &str) -> bool {
         crate::systemd::notify_reloading();
-        match crate::cli::load_config(&self.config_path) {
+        let applied = match crate::cli::load_config(&self.config_path) {
             Ok(new) => {
                 let new = Arc::new(new);
                 match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
@@ -472,8 +491,12 @@ impl Daemon {
                         let _ = self.config_tx.send(new);
                         self.watcher.watch(&self.config, &self.config_path);
                         self.evaluate_all().await;
+                        true
                     }
-                    Err(e) => log::error!("{why}: keeping the old configuration: {e}"),
+                    Err(e) => {
+                        log::error!("{why}: keeping the old configuration: {e}");
+                        false
+                    }
                 }
             }
             Err(e) => {
@@ -485,9 +508,11 @@ impl Daemon {
                 } else {
                     log::error!("{e}");
                 }
+                false
             }
-        }
+        };
         crate::systemd::notify_ready(&self.summary());
+        applied
     }
 
     /// One line for `systemctl status`: "12 certificates, 1 re-issuing, next check in 3h".
@@ -513,6 +538,13 @@ impl Daemon {
     }
 }
 
+/// Work the daemon runs for one certificate.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    Reissue(Reason),
+    Finish,
+}
+
 /// What the daemon should do about one certificate now.
 enum Verdict {
     /// Healthy; look again at `wake_at` (the renewal window).
@@ -521,9 +553,17 @@ enum Verdict {
     Wait { until: Timestamp, reason: Reason },
     /// Start a re-issue now.
     Act { reason: Reason, detail: String },
+    /// Finish journalled work: an unverified install, or revoking and purging a compromised
+    /// predecessor.
+    Finish,
 }
 
-fn verdict(config: &Config, cert: &crate::config::Certificate, now: Timestamp) -> Verdict {
+fn verdict(
+    config: &Config,
+    blocked: &Blocked,
+    cert: &crate::config::Certificate,
+    now: Timestamp,
+) -> Verdict {
     let journal = Store::open(&config.agent.state_dir)
         .and_then(|s| s.journal(&cert.name))
         .ok();
@@ -531,8 +571,27 @@ fn verdict(config: &Config, cert: &crate::config::Certificate, now: Timestamp) -
         .as_ref()
         .and_then(|j| j.retry_at)
         .filter(|&r| r > now);
-    // Interrupted or failed work is resumed (its key and order are journalled).
+    if journal
+        .as_ref()
+        .is_some_and(|j| j.flip.is_some() || j.post.is_some())
+    {
+        return Verdict::Finish;
+    }
+    let obs = observe(
+        cert,
+        now,
+        &Signals::for_cert(config, blocked, journal.as_ref(), &cert.name),
+    );
+    let compromised = obs.decision.reason() == Some(Reason::KeyCompromised);
+    // Interrupted or failed work is resumed (its key and order are journalled); news of a
+    // compromise does not wait for a retry slot.
     if let Some(p) = journal.as_ref().and_then(|j| j.pending.as_ref()) {
+        if compromised && p.compromise.is_none() {
+            return Verdict::Act {
+                reason: Reason::KeyCompromised,
+                detail: "the key in service is compromised".into(),
+            };
+        }
         return match retry_at {
             Some(until) => Verdict::Wait {
                 until,
@@ -544,26 +603,25 @@ fn verdict(config: &Config, cert: &crate::config::Certificate, now: Timestamp) -
             },
         };
     }
-    if journal.as_ref().is_some_and(|j| j.flip.is_some()) {
-        return Verdict::Act {
-            reason: Reason::Forced,
-            detail: "finishing an interrupted install".into(),
-        };
-    }
-    let obs = observe(cert, now);
     let Some(reason) = obs.decision.reason() else {
         return Verdict::Fine {
             wake_at: obs.decision.next_check(now),
         };
     };
     match retry_at {
-        Some(until) => Verdict::Wait { until, reason },
-        None => {
-            let detail = [obs.key_problem, obs.cert_problem]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("; ");
+        Some(until) if !compromised => Verdict::Wait { until, reason },
+        _ => {
+            let detail = match reason {
+                Reason::KeyCompromised => {
+                    "the key in service is compromised (flag file, blocklist or CA)".to_string()
+                }
+                Reason::Revoked => "the CA revoked the certificate in service".to_string(),
+                _ => [obs.key_problem, obs.cert_problem]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
             Verdict::Act {
                 reason,
                 detail: if detail.is_empty() {

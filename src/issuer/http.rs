@@ -52,6 +52,39 @@ impl Http {
     }
 }
 
+impl Http {
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// GET `url` and read at most `MAX_BODY_BYTES` of it.
+    pub async fn get_capped(
+        &self,
+        url: &str,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>)> {
+        let mut rsp =
+            self.client.get(url).send().await.map_err(|e| {
+                Error::msg(format!("failed to fetch {url}: {}", describe_reqwest(&e)))
+            })?;
+        let (status, headers) = (rsp.status(), rsp.headers().clone());
+        let mut body = Vec::new();
+        while let Some(chunk) = rsp
+            .chunk()
+            .await
+            .map_err(|e| Error::msg(format!("failed to read {url}: {}", describe_reqwest(&e))))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(Error::msg(format!(
+                    "failed to read {url}: larger than {} KiB",
+                    MAX_BODY_BYTES >> 10
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, body))
+    }
+}
+
 /// Parse `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<i64> {
     let v = value.trim();

@@ -108,6 +108,27 @@ impl LocalCa {
     }
 }
 
+impl LocalCa {
+    /// Record the serial as revoked in the CA's list (`revoked`, one hex serial per line).
+    /// The local CA publishes no CRL; the list is what `status` and the tests read.
+    pub fn revoke(&self, leaf_der: &[u8]) -> Result<super::RevokeOutcome> {
+        let serial = crate::keys::leaf_facts(leaf_der)
+            .map_err(Error::msg)?
+            .serial;
+        let path = self.dir.join("revoked");
+        let mut text = fsutil::read_capped(&path, 64 << 20)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if text.lines().any(|l| l == serial) {
+            return Ok(super::RevokeOutcome::AlreadyRevoked);
+        }
+        text.push_str(&serial);
+        text.push('\n');
+        fsutil::replace_file(&path, text.as_bytes(), Perms::mode(0o644))?;
+        Ok(super::RevokeOutcome::Revoked { by_key: false })
+    }
+}
+
 fn at(ts: Timestamp) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(ts).context("time out of range")
 }

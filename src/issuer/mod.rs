@@ -4,6 +4,7 @@
 pub mod acme;
 pub mod http;
 pub mod internal;
+pub mod jws;
 
 use crate::config::{Issuer as IssuerConfig, IssuerKind};
 use crate::core::{DomainName, Timestamp};
@@ -19,6 +20,19 @@ pub struct IssueRequest<'a> {
     pub now: Timestamp,
     /// A journalled order to resume instead of ordering again.
     pub resume_order: Option<&'a str>,
+}
+
+/// What the CA said to a revocation request.
+#[derive(Debug, PartialEq)]
+pub enum RevokeOutcome {
+    /// Revoked now; `by_key` when signed with the certificate's own key (so a CA like Let's
+    /// Encrypt also blocks the key).
+    Revoked {
+        by_key: bool,
+    },
+    AlreadyRevoked,
+    /// The CA will not revoke it (not its certificate, not our account...): a human must.
+    Refused(String),
 }
 
 pub enum Issuer {
@@ -39,6 +53,19 @@ impl Issuer {
                 i,
             )),
         })
+    }
+
+    /// Revoke `leaf_der` with reason keyCompromise. `Err` only for failures worth retrying
+    /// (transport); a refusal is an outcome.
+    pub async fn revoke(
+        &self,
+        leaf_der: &[u8],
+        key: Option<&crate::keys::PrivateKey>,
+    ) -> Result<RevokeOutcome> {
+        match self {
+            Issuer::Acme(a) => a.revoke(leaf_der, key).await,
+            Issuer::Internal(ca) => ca.revoke(leaf_der),
+        }
     }
 
     /// Obtain a chain for the request. `on_order` is called with a new order URL before any

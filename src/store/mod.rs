@@ -49,6 +49,50 @@ pub struct Journal {
     /// `Retry-After` (seconds) of the last failure, if the server sent one.
     #[serde(default)]
     pub server_retry_after: Option<i64>,
+    /// The compromise flag file that was already answered (one flag, one response).
+    #[serde(default)]
+    pub handled_flag: Option<crate::compromise::FlagId>,
+    /// The CA revoked the serial in service (seen on its CRL).
+    #[serde(default)]
+    pub revoked: Option<Revoked>,
+    /// Work left after an install: revoking and purging a compromised predecessor.
+    #[serde(default)]
+    pub post: Option<PostActions>,
+    /// ACME Renewal Information for the certificate in service.
+    #[serde(default)]
+    pub ari: Option<Ari>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub serial: String,
+    /// RFC 5280 reason code, when the CRL gives one (1 = keyCompromise).
+    pub reason: Option<u8>,
+    pub seen_at: Timestamp,
+    pub source: String,
+}
+
+/// What is left to do about a compromised predecessor once its successor serves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PostActions {
+    pub old_spki_sha256: String,
+    /// The old leaf, base64 DER, to revoke; `None` once revoked (or nothing to revoke).
+    pub revoke: Option<String>,
+    pub revoke_attempts: u32,
+    pub purged: bool,
+}
+
+/// The CA's suggested renewal window and the point certagent picked inside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ari {
+    pub serial: String,
+    pub window_start: Timestamp,
+    pub window_end: Timestamp,
+    /// Uniformly random point in the window, chosen once per window (RFC 9773 §4.2).
+    pub renew_at: Timestamp,
+    /// When to ask again (the server's Retry-After, clamped to 1 min .. 1 day).
+    pub next_fetch: Timestamp,
+    pub explanation_url: Option<String>,
 }
 
 /// An in-flight re-issue: created (with its key on disk) before the CA is contacted.
@@ -66,6 +110,20 @@ pub struct Pending {
     /// True once the issued chain is saved in `pending.pem`.
     #[serde(default)]
     pub issued: bool,
+    /// Set when this re-issue answers a compromised key.
+    #[serde(default)]
+    pub compromise: Option<CompromiseWork>,
+}
+
+/// The compromised key being replaced, captured before anything else happens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompromiseWork {
+    pub old_spki_sha256: String,
+    /// The leaf in service when the compromise was handled (base64 DER), to revoke.
+    pub old_leaf: Option<String>,
+    /// Revoked before replacing (`revoke_first`).
+    #[serde(default)]
+    pub revoked_first: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -455,6 +513,7 @@ mod tests {
             group: None,
             key_mode: 0o600,
             cert_mode: 0o644,
+            revoke_first: false,
         }
     }
 
