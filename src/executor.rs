@@ -226,6 +226,21 @@ impl Executor {
 
     async fn reissue_fresh(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
         let now = self.clock.now();
+        // Whatever the caller's reason, a compromised key in service gets the full response.
+        let reason = {
+            let blocked = Blocked::load(&self.config);
+            let journal = self.store.journal(&cert.name).ok();
+            let signals = Signals::for_cert(&self.config, &blocked, journal.as_ref(), &cert.name);
+            let compromised = observe(cert, now, &signals)
+                .decision
+                .reasons
+                .contains(&Reason::KeyCompromised);
+            if compromised {
+                Reason::KeyCompromised
+            } else {
+                reason
+            }
+        };
         let issuer_cfg = self
             .config
             .issuers
