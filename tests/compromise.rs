@@ -204,7 +204,6 @@ fn the_compromised_key_never_comes_back() {
     // Rollback: a later re-issue fails its config test; the rollback target is the
     // post-compromise generation, never the compromised one.
     let good = served_key_digest(&env);
-    let mut env = env;
     env.write_config_with_server(
         "issuer = \"pebble\"",
         &acme(&pebble),

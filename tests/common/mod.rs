@@ -13,7 +13,9 @@
 //!   (`pebble.rs`);
 //! * [`Nginx`]: a private nginx master with one TLS server per [`Site`] and an
 //!   optional plain-HTTP listener serving an http-01 webroot (`nginx.rs`);
-//! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`).
+//! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`);
+//! * [`Front`]: an HTTPS reverse proxy in front of Pebble adding ACME Renewal Information
+//!   (`renewalInfo`, `replaces`, `alreadyReplaced`) and a CRL server (`front.rs`).
 //!
 //! All helpers are synchronous and panic with a descriptive message (including
 //! the relevant server logs) when the environment cannot be set up; they are
@@ -30,6 +32,7 @@
 #![allow(clippy::expect_used)]
 
 mod agent;
+mod front;
 mod http;
 mod nginx;
 mod pebble;
@@ -37,6 +40,7 @@ mod process;
 mod tls;
 
 pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
+pub use front::*;
 pub use http::{HttpResponse, http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
