@@ -307,7 +307,11 @@ pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
         }
     }
     let spki = cert.public_key().raw;
+    let crl_urls = crate::revocation::crl_urls(&cert);
+    let cert_id = crate::revocation::cert_id(&cert);
     Ok(LeafFacts {
+        crl_urls,
+        cert_id,
         names,
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),

@@ -18,6 +18,7 @@ pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing
 pub mod logging; //    journald or stderr, with structured fields
 pub mod ops; //        check / status / reissue documents, shared by CLI and daemon
 pub mod output; //     the --json documents
+pub mod revocation; // CRL lookups and ACME Renewal Information (RFC 9773)
 pub mod server; //     nginx / command servers: config test, reload, TLS probe
 pub mod store; //      state directory: journal, generations, atomic flip, lock
 pub mod systemd; //    sd_notify: READY, STATUS, RELOADING, STOPPING, WATCHDOG

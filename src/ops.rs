@@ -10,8 +10,8 @@ use crate::core::{Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
 use crate::output::{
-    self, CertificateReport, CheckDoc, LastReport, PendingReport, ReissueDoc, ReissueResult,
-    rfc3339,
+    self, AriReport, CertificateReport, CheckDoc, CompromiseReport, LastReport, PendingReport,
+    ReissueDoc, ReissueResult, RevokedReport, rfc3339,
 };
 use crate::store::{Journal, OutcomeKind, Store};
 
@@ -127,6 +127,32 @@ pub fn report(
             order_url: p.order_url.clone(),
             issued: p.issued,
         }),
+        revoked: journal
+            .and_then(|j| j.revoked.as_ref())
+            .map(|r| RevokedReport {
+                serial: r.serial.clone(),
+                reason: r.reason,
+                seen_at: rfc3339(r.seen_at),
+                source: r.source.clone(),
+            }),
+        ari: journal
+            .and_then(|j| j.ari.as_ref())
+            .filter(|a| obs.leaf.as_ref().is_some_and(|l| l.serial == a.serial))
+            .map(|a| AriReport {
+                window_start: rfc3339(a.window_start),
+                window_end: rfc3339(a.window_end),
+                renew_at: rfc3339(a.renew_at),
+                next_fetch: rfc3339(a.next_fetch),
+                explanation_url: a.explanation_url.clone(),
+            }),
+        compromise: journal
+            .and_then(|j| j.post.as_ref())
+            .map(|p| CompromiseReport {
+                key_sha256: p.old_spki_sha256.clone(),
+                revocation_pending: p.revoke.is_some(),
+                revoke_attempts: p.revoke_attempts,
+                purged: p.purged,
+            }),
         last: journal.and_then(|j| j.last.as_ref()).map(|l| LastReport {
             at: rfc3339(l.at),
             result: outcome_str(l.result).to_string(),
@@ -217,7 +243,7 @@ pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResul
     let outcome = executor.recover(cert).await;
     let (result, error) = match outcome {
         Ok(Some(Ok(_))) | Ok(None) => ("finished", None),
-        Ok(Some(Err(e))) | Err(e) => ("failed", Some(e)),
+        Ok(Some(Err(e))) | Err(e) => ("finish-failed", Some(e)),
     };
     ReissueResult {
         name: cert.name.clone(),
@@ -228,6 +254,27 @@ pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResul
         not_after: None,
         generation: None,
         hint: error.as_ref().and_then(|e| e.hint().map(str::to_string)),
+        error: error.map(|e| e.to_string()),
+    }
+}
+
+/// Fetch the CA's view (CRL, ARI) of one certificate.
+pub async fn refresh_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
+    let error = executor.refresh(cert).await.err();
+    ReissueResult {
+        name: cert.name.clone(),
+        result: if error.is_some() {
+            "refresh-failed"
+        } else {
+            "refreshed"
+        }
+        .into(),
+        changed: false,
+        reason: "forced".into(),
+        serial: None,
+        not_after: None,
+        generation: None,
+        hint: None,
         error: error.map(|e| e.to_string()),
     }
 }
@@ -319,6 +366,42 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
         }
         if r.failures > 0 {
             println!("  failures:    {} in a row", r.failures);
+        }
+        if let Some(v) = &r.revoked {
+            let why = match v.reason {
+                Some(1) => " for key compromise".to_string(),
+                Some(c) => format!(" (reason {c})"),
+                None => String::new(),
+            };
+            println!(
+                "  revoked:     serial {} revoked{why}, seen {} on {}",
+                v.serial, v.seen_at, v.source
+            );
+        }
+        if let Some(a) = &r.ari {
+            println!(
+                "  ARI window:  {} .. {}, renewing at {}",
+                a.window_start, a.window_end, a.renew_at
+            );
+            if let Some(u) = &a.explanation_url {
+                println!("  ARI says:    {u}");
+            }
+        }
+        if let Some(c) = &r.compromise {
+            println!(
+                "  compromised: key {}…: {}{}",
+                &c.key_sha256[..16.min(c.key_sha256.len())],
+                if c.revocation_pending {
+                    format!("revocation pending ({} attempts)", c.revoke_attempts)
+                } else {
+                    "revoked".into()
+                },
+                if c.purged {
+                    ", purged"
+                } else {
+                    ", purge pending"
+                }
+            );
         }
         if let Some(nc) = &r.next_check {
             println!("  next check:  {nc} ({})", relative(nc, now));

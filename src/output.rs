@@ -43,6 +43,38 @@ pub struct CertificateReport {
     pub failures: u32,
     pub pending: Option<PendingReport>,
     pub last: Option<LastReport>,
+    /// The CA lists the serial in service as revoked (CRL).
+    pub revoked: Option<RevokedReport>,
+    /// ACME Renewal Information for the serial in service.
+    pub ari: Option<AriReport>,
+    /// A compromised predecessor still to revoke or purge.
+    pub compromise: Option<CompromiseReport>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RevokedReport {
+    pub serial: String,
+    /// RFC 5280 reason code (1 = keyCompromise).
+    pub reason: Option<u8>,
+    pub seen_at: String,
+    pub source: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AriReport {
+    pub window_start: String,
+    pub window_end: String,
+    pub renew_at: String,
+    pub next_fetch: String,
+    pub explanation_url: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CompromiseReport {
+    pub key_sha256: String,
+    pub revocation_pending: bool,
+    pub revoke_attempts: u32,
+    pub purged: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

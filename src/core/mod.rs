@@ -40,6 +40,10 @@ pub struct LeafFacts {
     pub key_spec: Option<KeySpec>,
     /// SHA-256 of the leaf's SubjectPublicKeyInfo, hex.
     pub spki_sha256: String,
+    /// http(s) URLs of its CRL Distribution Points.
+    pub crl_urls: Vec<String>,
+    /// RFC 9773 CertID (None without an Authority Key Identifier).
+    pub cert_id: Option<String>,
 }
 
 /// What the key file holds.
@@ -64,6 +68,9 @@ pub struct Observed {
     pub compromised: bool,
     /// The CA revoked the certificate.
     pub revoked: bool,
+    /// When the CA's ARI window says to renew (the point picked in it), for the leaf in
+    /// service; it replaces the lifetime rule.
+    pub suggested_renewal: Option<Timestamp>,
 }
 
 /// The outcome of `decide`: every reason that applies (most urgent first) and when the
@@ -158,7 +165,9 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             if wanted != have {
                 reasons.insert(Reason::NamesChanged);
             }
-            let at = renewal_time(leaf.not_before, leaf.not_after, desired.renew_before);
+            let at = observed.suggested_renewal.unwrap_or_else(|| {
+                renewal_time(leaf.not_before, leaf.not_after, desired.renew_before)
+            });
             if now >= at {
                 reasons.insert(Reason::Expiring);
             }
@@ -174,6 +183,13 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
         renew_at,
         not_after,
     }
+}
+
+/// The point in an ARI suggested window at which to renew: uniformly random (the sample in
+/// `[0, 1)` is drawn by the caller, once per window), as RFC 9773 §4.2 recommends so that a
+/// CA's clients do not all arrive at once. A window in the past means "now".
+pub fn ari_renewal_time(start: Timestamp, end: Timestamp, sample: f64) -> Timestamp {
+    start + (((end - start).max(0) as f64) * sample.clamp(0.0, 1.0)) as i64
 }
 
 /// Delay before retry number `attempt` (1-based) after a transient failure: 1 min doubling to
@@ -217,6 +233,8 @@ mod tests {
             serial: "1f".into(),
             key_spec: Some(KeySpec::EcdsaP256),
             spki_sha256: "aa".into(),
+            crl_urls: Vec::new(),
+            cert_id: None,
         }
     }
 
@@ -234,6 +252,7 @@ mod tests {
             key: key(),
             compromised: false,
             revoked: false,
+            suggested_renewal: None,
         }
     }
 
@@ -404,6 +423,22 @@ mod tests {
         let at_edge = decide(&desired(), &healthy(), at);
         assert_eq!(at_edge.reasons, vec![Reason::Expiring]);
         assert_eq!(at_edge.next_check(at), None);
+    }
+
+    #[test]
+    fn an_ari_window_replaces_the_lifetime_rule() {
+        // The lifetime rule says renew in 50 days; the CA says: between 2 and 4 days from now.
+        let mut o = healthy();
+        let at = ari_renewal_time(NOW + 2 * DAY, NOW + 4 * DAY, 0.25);
+        assert_eq!(at, NOW + 2 * DAY + DAY / 2);
+        o.suggested_renewal = Some(at);
+        let d = decide(&desired(), &o, NOW);
+        assert!(d.is_healthy());
+        assert_eq!(d.next_check(NOW), Some(at));
+        assert_eq!(decide(&desired(), &o, at).reasons, vec![Reason::Expiring]);
+        // A window in the past (revoked, say): renew now.
+        o.suggested_renewal = Some(ari_renewal_time(NOW - 3600, NOW - 1800, 0.9));
+        assert_eq!(decide(&desired(), &o, NOW).reasons, vec![Reason::Expiring]);
     }
 
     #[test]

@@ -308,6 +308,7 @@ impl Daemon {
                 self.start(name, Job::Reissue(reason));
             }
             Verdict::Finish => self.start(name, Job::Finish),
+            Verdict::Refresh => self.start(name, Job::Refresh),
         }
         crate::systemd::notify_status(&self.summary());
     }
@@ -330,6 +331,7 @@ impl Daemon {
             let result = match job {
                 Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
                 Job::Finish => ops::finish_one(&executor, &cert).await,
+                Job::Refresh => ops::refresh_one(&executor, &cert).await,
             };
             (name, result)
         });
@@ -345,10 +347,19 @@ impl Daemon {
         self.blocked = Arc::new(Blocked::load(&self.config));
         // A job cut short by shutdown did not fail: it resumes at the next start, at once.
         let stopping = *self.stop_rx.borrow();
-        if result.error.is_some() && !stopping {
+        // Only a failed re-issue backs off here; finishing and refreshing keep their own
+        // schedule in the journal.
+        let reissue_failed =
+            result.error.is_some() && matches!(result.result.as_str(), "failed" | "rolled-back");
+        if reissue_failed && !stopping {
             self.schedule_retry(name);
         }
-        if !stopping {
+        if result.result == "refresh-failed" {
+            // The CA's view could not be fetched or recorded: try again in an hour, not now.
+            log::warn!(cert = name; "{}", result.error.as_deref().unwrap_or("refresh failed"));
+            self.certs.entry(name.to_string()).or_default().wake_at =
+                Some(self.clock.now() + 3_600);
+        } else if !stopping {
             self.evaluate(name).await;
         }
         crate::systemd::notify_status(&self.summary());
@@ -543,6 +554,7 @@ impl Daemon {
 enum Job {
     Reissue(Reason),
     Finish,
+    Refresh,
 }
 
 /// What the daemon should do about one certificate now.
@@ -556,6 +568,8 @@ enum Verdict {
     /// Finish journalled work: an unverified install, or revoking and purging a compromised
     /// predecessor.
     Finish,
+    /// Fetch the CA's view of the certificate (CRL, ARI), then look again.
+    Refresh,
 }
 
 fn verdict(
@@ -571,11 +585,17 @@ fn verdict(
         .as_ref()
         .and_then(|j| j.retry_at)
         .filter(|&r| r > now);
-    if journal
-        .as_ref()
-        .is_some_and(|j| j.flip.is_some() || j.post.is_some())
-    {
+    if journal.as_ref().is_some_and(|j| j.flip.is_some()) {
         return Verdict::Finish;
+    }
+    if journal.as_ref().is_some_and(|j| j.post.is_some()) {
+        return match retry_at {
+            Some(until) => Verdict::Wait {
+                until,
+                reason: Reason::KeyCompromised,
+            },
+            None => Verdict::Finish,
+        };
     }
     let obs = observe(
         cert,
@@ -603,10 +623,19 @@ fn verdict(
             },
         };
     }
+    let refresh = match &obs.leaf {
+        Some(leaf) => crate::executor::refresh_due(config, cert, leaf, journal.as_ref(), now),
+        None => Err(None),
+    };
     let Some(reason) = obs.decision.reason() else {
-        return Verdict::Fine {
-            wake_at: obs.decision.next_check(now),
-        };
+        if refresh.is_ok() {
+            return Verdict::Refresh;
+        }
+        let wake_at = [obs.decision.next_check(now), refresh.err().flatten()]
+            .into_iter()
+            .flatten()
+            .min();
+        return Verdict::Fine { wake_at };
     };
     match retry_at {
         Some(until) if !compromised => Verdict::Wait { until, reason },

@@ -129,12 +129,13 @@ impl Acme {
         names: &[DomainName],
         csr_der: &[u8],
         resume: Option<&str>,
+        replaces: Option<&str>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
         let http = Http::new(self.cfg.ca_bundle.as_deref())?;
         let throttle = http.retry_after.clone();
         let result = self
-            .issue_with(&http, names, csr_der, resume, on_order)
+            .issue_with(&http, names, csr_der, resume, replaces, on_order)
             .await;
         // A 429/503 on the way carries the server's wish for when to come back.
         let retry_after = throttle.lock().ok().and_then(|slot| *slot);
@@ -147,6 +148,7 @@ impl Acme {
         names: &[DomainName],
         csr_der: &[u8],
         resume: Option<&str>,
+        replaces: Option<&str>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
         let account = self.account(http).await?;
@@ -177,9 +179,7 @@ impl Acme {
                     .iter()
                     .map(|n| Identifier::Dns(n.to_string()))
                     .collect();
-                let o = account.new_order(&NewOrder::new(&ids)).await.map_err(|e| {
-                    Error::msg(format!("failed to create ACME order: {}", describe(e)))
-                })?;
+                let o = self.new_order(&account, &ids, replaces).await?;
                 on_order(o.url())?;
                 crate::failpoint_async!("after-order-created");
                 log::info!(issuer = self.name.as_str(), order = o.url(), event = "ordered"; "created ACME order");
@@ -204,6 +204,53 @@ impl Acme {
             .map_err(|e| Error::msg(format!("failed to download certificate: {}", describe(e))))?;
         Chain::from_pem(pem.as_bytes())
             .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))
+    }
+
+    /// Place an order, naming the certificate it replaces when there is one; a CA that says
+    /// that certificate was already replaced gets the order again without it (RFC 9773 §5).
+    async fn new_order(
+        &self,
+        account: &Account,
+        ids: &[Identifier],
+        replaces: Option<&str>,
+    ) -> Result<Order> {
+        let fail = |e| Error::msg(format!("failed to create ACME order: {}", describe(e)));
+        let Some(cid) = replaces else {
+            return account.new_order(&NewOrder::new(ids)).await.map_err(fail);
+        };
+        let b64 = |part: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+        };
+        let (Some(aki), Some(serial)) = cid
+            .split_once('.')
+            .map_or((None, None), |(a, s)| (b64(a), b64(s)))
+        else {
+            return Err(Error::msg(format!("invalid CertID {cid:?}")));
+        };
+        let id = instant_acme::CertificateIdentifier::new(
+            rustls::pki_types::Der::from(aki),
+            rustls::pki_types::Der::from(serial),
+        );
+        match account.new_order(&NewOrder::new(ids).replaces(id)).await {
+            Ok(o) => {
+                log::info!(issuer = self.name.as_str(), replaces = cid; "ordered as the replacement of the certificate in service");
+                Ok(o)
+            }
+            Err(instant_acme::Error::Api(p))
+                if p.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":alreadyReplaced")) =>
+            {
+                log::info!(issuer = self.name.as_str(), replaces = cid; "the CA says that certificate was already replaced; ordering without replaces");
+                account.new_order(&NewOrder::new(ids)).await.map_err(fail)
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                account.new_order(&NewOrder::new(ids)).await.map_err(fail)
+            }
+            Err(e) => Err(fail(e)),
+        }
     }
 
     /// Answer every pending authorization with http-01 and wait for the order to be ready.

@@ -62,21 +62,26 @@ impl Http {
         &self,
         url: &str,
     ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>)> {
-        let mut rsp =
-            self.client.get(url).send().await.map_err(|e| {
-                Error::msg(format!("failed to fetch {url}: {}", describe_reqwest(&e)))
-            })?;
+        self.get_capped_to(url, MAX_BODY_BYTES).await
+    }
+
+    /// GET `url` and read at most `cap` bytes of it.
+    pub async fn get_capped_to(
+        &self,
+        url: &str,
+        cap: usize,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>)> {
+        let fetch = |e: reqwest::Error| {
+            Error::msg(format!("failed to fetch {url}: {}", describe_reqwest(&e)))
+        };
+        let mut rsp = self.client.get(url).send().await.map_err(fetch)?;
         let (status, headers) = (rsp.status(), rsp.headers().clone());
         let mut body = Vec::new();
-        while let Some(chunk) = rsp
-            .chunk()
-            .await
-            .map_err(|e| Error::msg(format!("failed to read {url}: {}", describe_reqwest(&e))))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+        while let Some(chunk) = rsp.chunk().await.map_err(fetch)? {
+            if body.len() + chunk.len() > cap {
                 return Err(Error::msg(format!(
-                    "failed to read {url}: larger than {} KiB",
-                    MAX_BODY_BYTES >> 10
+                    "failed to fetch {url}: larger than {} KiB",
+                    cap >> 10
                 )));
             }
             body.extend_from_slice(&chunk);

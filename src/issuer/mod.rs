@@ -20,6 +20,8 @@ pub struct IssueRequest<'a> {
     pub now: Timestamp,
     /// A journalled order to resume instead of ordering again.
     pub resume_order: Option<&'a str>,
+    /// RFC 9773 CertID of the certificate being replaced, when its CA offers ARI.
+    pub replaces: Option<&'a str>,
 }
 
 /// What the CA said to a revocation request.
@@ -77,8 +79,14 @@ impl Issuer {
     ) -> Result<Chain> {
         match self {
             Issuer::Acme(a) => {
-                a.issue(req.names, req.csr_der, req.resume_order, on_order)
-                    .await
+                a.issue(
+                    req.names,
+                    req.csr_der,
+                    req.resume_order,
+                    req.replaces,
+                    on_order,
+                )
+                .await
             }
             Issuer::Internal(ca) => ca.issue(req.names, req.spki_der, req.now),
         }

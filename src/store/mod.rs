@@ -61,6 +61,20 @@ pub struct Journal {
     /// ACME Renewal Information for the certificate in service.
     #[serde(default)]
     pub ari: Option<Ari>,
+    /// When the CA's view (CRL, ARI) of the serial in service was last fetched, and when to
+    /// fetch it next (`None`: there is nothing to fetch for this serial).
+    #[serde(default)]
+    pub refresh: Option<Refresh>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refresh {
+    pub serial: String,
+    pub checked_at: Timestamp,
+    pub next_at: Option<Timestamp>,
+    /// The last fetch failed (the text says why); retried at `next_at`.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
