@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 use crate::core::Reason;
 use crate::error::{Error, Result};
 
-/// A request is a few names; anything larger is not a request.
-pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// A request is a few names, or one certificate chain; anything larger is not a request.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A status document for 10,000 certificates is a few MiB.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
@@ -31,6 +31,11 @@ pub enum Request {
         all: bool,
         reason: Reason,
         wait: bool,
+    },
+    /// A certificate (PEM) for a pending manual re-issue.
+    Import {
+        name: String,
+        certificate: String,
     },
 }
 

@@ -23,6 +23,13 @@ pub enum Error {
     Config(ConfigErrors),
     /// Another certagent process holds the lock and did not release it in time.
     Busy(String),
+    /// Not a failure: waiting on the CA or on a human (an approval e-mail). `retry_in` is when
+    /// to look again (seconds), if known.
+    Pending {
+        message: String,
+        retry_in: Option<i64>,
+        news: bool,
+    },
     /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
     /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
@@ -81,6 +88,7 @@ impl Error {
         match self {
             Error::Config(_) => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
+            Error::Pending { .. } => exit::PENDING,
             Error::Failed { .. } => exit::ERROR,
         }
     }
@@ -92,6 +100,7 @@ impl Error {
                 Some("another certagent command or the daemon is working; retry later")
             }
             Error::Config(_) => Some("run `certagent config validate` after fixing the file"),
+            Error::Pending { .. } => None,
         }
     }
 
@@ -117,6 +126,7 @@ impl fmt::Display for Error {
         match self {
             Error::Config(errors) => write!(f, "invalid configuration:\n{errors}"),
             Error::Busy(what) => write!(f, "busy: {what}"),
+            Error::Pending { message, .. } => write!(f, "pending: {message}"),
             Error::Failed { message, .. } => f.write_str(message),
         }
     }

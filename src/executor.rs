@@ -327,6 +327,7 @@ impl Executor {
                     order_url: None,
                     issued: false,
                     compromise: None,
+                    reminders: 0,
                 });
                 self.store.save_journal(&cert.name, &journal)?;
                 log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
@@ -341,6 +342,14 @@ impl Executor {
                 .is_some_and(|p| p.compromise.is_none())
         {
             let work = self.capture_compromise(cert, &mut journal, &mut blocked)?;
+            let event = crate::notify::Event::new(
+                "compromised",
+                &cert.name,
+                "key marked compromised; replacing it",
+                now,
+            )
+            .reason(Reason::KeyCompromised.as_str());
+            crate::notify::emit(&self.config, event).await;
             if let Some(p) = journal.pending.as_mut() {
                 p.reason = Reason::KeyCompromised;
                 p.compromise = Some(work);
@@ -368,6 +377,7 @@ impl Executor {
         }
         let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
 
+        let mut key = key;
         let chain = match journal.pending.as_ref().is_some_and(|p| p.issued) {
             true => self.store.pending_chain(&cert.name)?,
             false => None,
@@ -382,8 +392,21 @@ impl Executor {
                         return Err(Error::msg("stopped while waiting for the CA; the re-issue resumes at the next start"));
                     }
                 };
-                let chain = match result {
-                    Ok(c) => c,
+                let issued = match result {
+                    Ok(i) => i,
+                    Err(e @ Error::Pending { .. }) => {
+                        // Not a failure: the old certificate stays in service meanwhile.
+                        journal.last = Some(Outcome {
+                            at: self.clock.now(),
+                            result: OutcomeKind::Pending,
+                            reason,
+                            message: e.to_string(),
+                            serial: None,
+                            generation: None,
+                        });
+                        self.store.save_journal(&cert.name, &journal)?;
+                        return Err(e);
+                    }
                     Err(e) => {
                         journal.server_retry_after = e.retry_after();
                         self.record(
@@ -398,34 +421,24 @@ impl Executor {
                         return Err(e);
                     }
                 };
-                if let Err(e) = validate_chain(cert, &key, &chain, now) {
-                    let e = Error::msg(format!(
-                        "the CA's certificate for {:?} was rejected: {e}",
-                        cert.name
-                    ))
-                    .with_hint("nothing was installed; the certificate in service is unchanged");
-                    // A bad answer is not resumable: order afresh next time.
-                    if let Some(p) = journal.pending.as_mut() {
-                        p.order_url = None;
+                if let Some(theirs) = issued.key {
+                    // The issuer made the key (DNSimple): it replaces ours as the pending key,
+                    // unless it is one we know to be compromised.
+                    let k = PrivateKey::from_pem(theirs.as_str()).map_err(|e| {
+                        Error::msg(format!("the issuer's private key is unusable: {e}"))
+                    })?;
+                    if blocked.contains(&k.spki_sha256()) {
+                        return Err(Error::msg(
+                            "the issuer sent a key that is known to be compromised",
+                        ));
                     }
-                    self.record(
-                        cert,
-                        &mut journal,
-                        OutcomeKind::Failed,
-                        reason,
-                        &e.to_string(),
-                        None,
-                        None,
-                    )?;
-                    return Err(e);
+                    self.store.save_pending_key(&cert.name, &theirs)?;
+                    if let Some(p) = journal.pending.as_mut() {
+                        p.key_spki_sha256 = k.spki_sha256();
+                    }
+                    key = k;
                 }
-                self.store.save_pending_chain(&cert.name, &chain)?;
-                if let Some(p) = journal.pending.as_mut() {
-                    p.issued = true;
-                }
-                self.store.save_journal(&cert.name, &journal)?;
-                crate::failpoint!("after-issued");
-                chain
+                self.accept_chain(cert, &mut journal, &key, issued.chain, now, reason)?
             }
         };
         // Validate again: a saved chain is input from disk like any other.
@@ -435,6 +448,83 @@ impl Executor {
         self.install(cert, &mut journal, &key, &chain, reason).await
     }
 
+    /// Step 3 for a chain that just arrived (from the CA or a human): it must be for our
+    /// key and names; then it is saved, so a crash after this point never asks again.
+    fn accept_chain(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        key: &PrivateKey,
+        chain: Chain,
+        now: Timestamp,
+        reason: Reason,
+    ) -> Result<Chain> {
+        if let Err(e) = validate_chain(cert, key, &chain, now) {
+            let e = Error::msg(format!(
+                "the certificate for {:?} was rejected: {e}",
+                cert.name
+            ))
+            .with_hint("nothing was installed; the certificate in service is unchanged");
+            // A bad answer is not resumable: order afresh next time.
+            if let Some(p) = journal.pending.as_mut() {
+                p.order_url = None;
+            }
+            self.record(
+                cert,
+                journal,
+                OutcomeKind::Failed,
+                reason,
+                &e.to_string(),
+                None,
+                None,
+            )?;
+            return Err(e);
+        }
+        self.store.save_pending_chain(&cert.name, &chain)?;
+        if let Some(p) = journal.pending.as_mut() {
+            p.issued = true;
+        }
+        self.store.save_journal(&cert.name, journal)?;
+        crate::failpoint!("after-issued");
+        Ok(chain)
+    }
+
+    /// A certificate handed back by a human for a pending re-issue (`certagent import`, the
+    /// inbox): accepted only if it is for the pending key and the configured names, then
+    /// installed with the full transaction. The caller holds the lock.
+    pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Result<Installed> {
+        let now = self.clock.now();
+        let mut journal = self.store.journal(&cert.name)?;
+        let Some(pending) = journal.pending.clone() else {
+            return Err(Error::msg(format!(
+                "{:?} has no pending re-issue to import a certificate for",
+                cert.name
+            ))
+            .with_hint(format!(
+                "start one with `certagent reissue --now {}`",
+                cert.name
+            )));
+        };
+        let key = self
+            .store
+            .pending_key(&cert.name)?
+            .and_then(|pem| PrivateKey::from_pem(pem.as_str()).ok())
+            .filter(|k| k.spki_sha256() == pending.key_spki_sha256)
+            .ok_or_else(|| Error::msg(format!("the pending key of {:?} is missing", cert.name)))?;
+        let chain = Chain::from_pem(data)
+            .map_err(|e| Error::msg(format!("failed to read the certificate: {e}")))?;
+        if chain.leaf().map_err(Error::msg)?.spki_sha256 != key.spki_sha256() {
+            return Err(Error::msg(format!(
+                "the certificate is not for the pending key of {:?}: nothing was installed",
+                cert.name
+            ))
+            .with_hint("it was probably issued for another CSR; submit STATE/outbox/NAME.csr"));
+        }
+        self.accept_chain(cert, &mut journal, &key, chain, now, pending.reason)?;
+        log::info!(cert = cert.name.as_str(), event = "imported"; "accepted the certificate for the pending re-issue");
+        self.reissue_fresh(cert, pending.reason).await
+    }
+
     async fn obtain(
         &self,
         cert: &Certificate,
@@ -442,7 +532,7 @@ impl Executor {
         key: &PrivateKey,
         journal: &mut Journal,
         now: Timestamp,
-    ) -> Result<Chain> {
+    ) -> Result<crate::issuer::Issued> {
         let issuer = Issuer::open(issuer_cfg, &self.store)?;
         let csr = key.csr_der(&cert.names).map_err(Error::msg)?;
         let spki = key.spki_der();
@@ -460,6 +550,8 @@ impl Executor {
         }
         self.store.save_journal(&cert.name, journal)?;
         let req = IssueRequest {
+            cert_name: &cert.name,
+            key_spec: cert.key_type,
             names: &cert.names,
             csr_der: &csr,
             spki_der: &spki,
@@ -970,11 +1062,22 @@ impl Executor {
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
         let issuer = Issuer::open(issuer_cfg, &self.store)?;
         match issuer.revoke(&der, key.as_ref()).await? {
-            RevokeOutcome::Revoked { by_key } => log::warn!(
+            RevokeOutcome::Revoked { by_key } => {
+                let event = crate::notify::Event::new(
+                    "revoked",
+                    &cert.name,
+                    "revoked the compromised certificate at the CA",
+                    self.clock.now(),
+                )
+                .reason("key-compromised")
+                .serial(serial.clone());
+                crate::notify::emit(&self.config, event).await;
+                log::warn!(
                 cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
                 "revoked the compromised certificate at the CA (reason keyCompromise, signed with {})",
                 if by_key { "the compromised key" } else { "the account key" }
-            ),
+                );
+            }
             RevokeOutcome::AlreadyRevoked => log::info!(
                 cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
                 "the compromised certificate was already revoked"

@@ -9,6 +9,7 @@ use crate::config::{Certificate, Config};
 use crate::core::{Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
+use crate::notify::{self, Event};
 use crate::output::{
     self, AriReport, CertificateReport, CheckDoc, CompromiseReport, LastReport, PendingReport,
     ReissueDoc, ReissueResult, RevokedReport, rfc3339,
@@ -47,6 +48,7 @@ pub fn journal_of(state_dir: &Path, name: &str) -> Option<Journal> {
 
 pub fn outcome_str(k: OutcomeKind) -> &'static str {
     match k {
+        OutcomeKind::Pending => "pending",
         OutcomeKind::Installed => "installed",
         OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
         OutcomeKind::Failed => "failed",
@@ -198,23 +200,58 @@ pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (Ch
 /// Re-issue one certificate and describe the outcome (errors become part of the result).
 pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> ReissueResult {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-    match executor.reissue(cert, reason).await {
-        Ok(i) => ReissueResult {
-            name: cert.name.clone(),
-            result: if i.loaded || cert.server.is_none() {
+    let now = executor.clock.now();
+    let blank = |result: &str| ReissueResult {
+        name: cert.name.clone(),
+        result: result.to_string(),
+        changed: false,
+        reason: reason.as_str().to_string(),
+        serial: None,
+        not_after: None,
+        generation: None,
+        error: None,
+        hint: None,
+        retry_in: None,
+    };
+    let (result, event) = match executor.reissue(cert, reason).await {
+        Ok(i) => {
+            let mut r = blank(if i.loaded || cert.server.is_none() {
                 "installed"
             } else {
                 "installed-not-loaded"
-            }
-            .to_string(),
-            changed: true,
-            reason: reason.as_str().to_string(),
-            serial: Some(i.serial),
-            not_after: Some(rfc3339(i.not_after)),
-            generation: Some(i.generation),
-            error: None,
-            hint: None,
-        },
+            });
+            r.changed = true;
+            r.serial = Some(i.serial.clone());
+            r.not_after = Some(rfc3339(i.not_after));
+            r.generation = Some(i.generation);
+            let msg = format!(
+                "installed serial {} (generation {})",
+                i.serial, i.generation
+            );
+            (
+                r,
+                Some(
+                    Event::new("installed", &cert.name, msg, now)
+                        .reason(reason.as_str())
+                        .serial(i.serial),
+                ),
+            )
+        }
+        Err(Error::Pending {
+            message,
+            retry_in,
+            news,
+        }) => {
+            let mut r = blank("pending");
+            r.hint = Some(message.clone());
+            r.retry_in = retry_in;
+            (
+                r,
+                news.then(|| {
+                    Event::new("pending-approval", &cert.name, message, now).reason(reason.as_str())
+                }),
+            )
+        }
         Err(e) => {
             let rolled_back = executor
                 .store
@@ -222,19 +259,65 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
                 .ok()
                 .and_then(|j| j.last)
                 .is_some_and(|l| l.result == OutcomeKind::RolledBack);
-            ReissueResult {
-                name: cert.name.clone(),
-                result: if rolled_back { "rolled-back" } else { "failed" }.to_string(),
-                changed: false,
-                reason: reason.as_str().to_string(),
-                serial: None,
-                not_after: None,
-                generation: None,
-                error: Some(e.to_string()),
-                hint: e.hint().map(str::to_string),
-            }
+            let mut r = blank(if rolled_back { "rolled-back" } else { "failed" });
+            r.error = Some(e.to_string());
+            r.hint = e.hint().map(str::to_string);
+            let kind = if rolled_back { "rolled-back" } else { "failed" };
+            (
+                r,
+                Some(Event::new(kind, &cert.name, e.to_string(), now).reason(reason.as_str())),
+            )
         }
+    };
+    if let Some(event) = event {
+        notify::emit(&executor.config, event).await;
     }
+    result
+}
+
+/// Install a certificate handed back for a pending manual re-issue.
+pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> ReissueResult {
+    let now = executor.clock.now();
+    let mut r = ReissueResult {
+        name: cert.name.clone(),
+        result: "failed".into(),
+        changed: false,
+        reason: "forced".into(),
+        serial: None,
+        not_after: None,
+        generation: None,
+        error: None,
+        hint: None,
+        retry_in: None,
+    };
+    let event = match executor.import(cert, data).await {
+        Ok(i) => {
+            r.result = if i.loaded || cert.server.is_none() {
+                "installed"
+            } else {
+                "installed-not-loaded"
+            }
+            .into();
+            r.changed = true;
+            r.serial = Some(i.serial.clone());
+            r.not_after = Some(rfc3339(i.not_after));
+            r.generation = Some(i.generation);
+            Event::new(
+                "installed",
+                &cert.name,
+                format!("installed the imported certificate, serial {}", i.serial),
+                now,
+            )
+            .serial(i.serial)
+        }
+        Err(e) => {
+            r.error = Some(e.to_string());
+            r.hint = e.hint().map(str::to_string);
+            Event::new("failed", &cert.name, e.to_string(), now)
+        }
+    };
+    notify::emit(&executor.config, event).await;
+    r
 }
 
 /// Finish journalled work for one certificate (an interrupted install, the revocation and
@@ -255,6 +338,7 @@ pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResul
         generation: None,
         hint: error.as_ref().and_then(|e| e.hint().map(str::to_string)),
         error: error.map(|e| e.to_string()),
+        retry_in: None,
     }
 }
 
@@ -276,13 +360,19 @@ pub async fn refresh_one(executor: &Executor, cert: &Certificate) -> ReissueResu
         generation: None,
         hint: None,
         error: error.map(|e| e.to_string()),
+        retry_in: None,
     }
 }
 
 pub fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {
     let ok = certificates.iter().all(|r| r.error.is_none());
     let changed = certificates.iter().any(|r| r.changed);
-    let code = if ok { exit::OK } else { exit::ERROR };
+    let pending = certificates.iter().any(|r| r.result == "pending");
+    let code = match (ok, pending) {
+        (false, _) => exit::ERROR,
+        (true, true) => exit::PENDING,
+        (true, false) => exit::OK,
+    };
     (
         ReissueDoc {
             schema: output::SCHEMA,
@@ -419,6 +509,9 @@ pub fn render_reissue(doc: &ReissueDoc) {
     for r in &doc.certificates {
         match &r.error {
             None if r.result == "started" => println!("{}: re-issue started", r.name),
+            None if r.result == "pending" => {
+                println!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""))
+            }
             None => println!(
                 "{}: {} serial {} (generation {}), expires {}",
                 r.name,

@@ -109,7 +109,8 @@ pub struct CheckDoc {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReissueResult {
     pub name: String,
-    /// "installed", "installed-not-loaded", "failed", "rolled-back".
+    /// "installed", "installed-not-loaded", "pending", "failed", "rolled-back" (and from the
+    /// daemon: "started").
     pub result: String,
     pub changed: bool,
     pub reason: String,
@@ -118,6 +119,9 @@ pub struct ReissueResult {
     pub generation: Option<u64>,
     pub error: Option<String>,
     pub hint: Option<String>,
+    /// With result "pending": seconds until certagent looks again by itself, if known.
+    #[serde(default)]
+    pub retry_in: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

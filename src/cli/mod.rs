@@ -3,6 +3,7 @@
 
 mod check;
 mod config_cmd;
+mod import;
 mod reissue;
 
 use std::path::PathBuf;
@@ -76,6 +77,12 @@ pub enum Command {
     /// when the new certificate is verified in service. A run that is interrupted (killed,
     /// power cut) is resumed by the next one without ordering again.
     Reissue(reissue::ReissueArgs),
+    /// Hand in the certificate for a pending manual re-issue (CA approval done).
+    ///
+    /// The certificate must be for the key of the pending re-issue and carry exactly the
+    /// configured names; otherwise nothing is installed. Dropping the file into STATE/inbox/
+    /// does the same while the daemon runs.
+    Import(import::ImportArgs),
     /// Validate the configuration and its drop-ins.
     Config {
         #[command(subcommand)]
@@ -120,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check::check(&cli.config, &args).await,
         Command::Status(args) => check::status(&cli.config, &args).await,
         Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
+        Command::Import(args) => import::import(&cli.config, &args).await,
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => config_cmd::validate(&cli.config, json),
@@ -131,6 +139,7 @@ pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
         Command::Check(a) | Command::Status(a) => a.json,
         Command::Reissue(a) => a.json,
+        Command::Import(a) => a.json,
         Command::Run => false,
         Command::Config {
             command: ConfigCommand::Validate { json },

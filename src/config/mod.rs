@@ -70,7 +70,38 @@ pub struct Config {
     pub issuers: BTreeMap<String, Issuer>,
     pub servers: BTreeMap<String, Server>,
     pub certificates: BTreeMap<String, Certificate>,
+    pub notify: BTreeMap<String, Notify>,
 }
+
+/// Where to tell about events (`[notify.NAME]`).
+#[derive(Clone, Debug)]
+pub struct Notify {
+    pub name: String,
+    pub target: NotifyTarget,
+    /// Subscribed events; all when empty.
+    pub events: Vec<String>,
+    pub timeout: Span,
+    pub retries: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum NotifyTarget {
+    /// JSON POST.
+    Webhook(String),
+    /// argv, no shell; the event in CERTAGENT_* environment variables.
+    Command(Vec<String>),
+}
+
+/// Events a notifier can subscribe to.
+pub const EVENTS: [&str; 7] = [
+    "pending-approval",
+    "reminder",
+    "installed",
+    "failed",
+    "rolled-back",
+    "revoked",
+    "compromised",
+];
 
 #[derive(Clone, Debug)]
 pub struct Agent {
@@ -95,6 +126,8 @@ pub struct Issuer {
 pub enum IssuerKind {
     Acme(AcmeIssuer),
     Internal(InternalIssuer),
+    Manual(ManualIssuer),
+    Dnsimple(DnsimpleIssuer),
 }
 
 impl IssuerKind {
@@ -102,8 +135,40 @@ impl IssuerKind {
         match self {
             IssuerKind::Acme(_) => "acme",
             IssuerKind::Internal(_) => "internal",
+            IssuerKind::Manual(_) => "manual",
+            IssuerKind::Dnsimple(_) => "dnsimple",
         }
     }
+}
+
+/// A CA reached by a human: the CSR goes out, the certificate comes back by `import` or the
+/// inbox, possibly days later (approval e-mail).
+#[derive(Clone, Debug)]
+pub struct ManualIssuer {
+    /// How often to remind while approval is pending.
+    pub remind_every: Span,
+}
+
+/// Access to DNSimple's API v2.
+#[derive(Clone, Debug)]
+pub struct DnsimpleApi {
+    /// An absolute path, or the name of a systemd credential (`$CREDENTIALS_DIRECTORY/NAME`).
+    pub token_file: String,
+    /// Numeric account id; looked up with `/whoami` when absent.
+    pub account_id: Option<u64>,
+    pub base_url: String,
+}
+
+/// Let's Encrypt certificates bought and issued through DNSimple. DNSimple generates the key
+/// (its API takes no CSR) and keeps a copy.
+#[derive(Clone, Debug)]
+pub struct DnsimpleIssuer {
+    pub api: DnsimpleApi,
+    /// The DNSimple domain the certificates belong to (every name must be in it).
+    pub domain: String,
+    /// How long one job waits for DNSimple to issue before it reports "pending" and checks
+    /// again later.
+    pub timeout: Span,
 }
 
 #[derive(Clone, Debug)]
@@ -111,10 +176,22 @@ pub struct AcmeIssuer {
     pub directory: String,
     pub contact: Vec<String>,
     pub ca_bundle: Option<PathBuf>,
-    pub challenge: Http01,
+    pub challenge: Challenge,
     pub eab: Option<Eab>,
     /// How long one issuance may take before it is retried later.
     pub timeout: Span,
+}
+
+/// How ACME challenges are answered.
+#[derive(Clone, Debug)]
+pub enum Challenge {
+    Http01(Http01),
+    /// TXT records through DNSimple's zone API; waits until DNSimple reports them distributed.
+    Dns01 {
+        api: DnsimpleApi,
+        zone: Option<String>,
+        propagation_timeout: Span,
+    },
 }
 
 /// How http-01 challenges are answered.
@@ -256,7 +333,7 @@ impl Config {
             };
             let mut root = Section::new("", doc.get_ref(), doc.span());
             b.read_file(&mut cx, &mut root, i == 0);
-            root.finish(&mut cx, "agent, issuer, server, certificate");
+            root.finish(&mut cx, "agent, issuer, server, certificate, notify");
         }
         b.finish(
             sources
@@ -301,6 +378,7 @@ struct Builder {
     issuers: BTreeMap<String, (Issuer, Origin)>,
     servers: BTreeMap<String, (Server, Origin)>,
     certificates: BTreeMap<String, (Certificate, Origin)>,
+    notify: BTreeMap<String, (Notify, Origin)>,
     /// (certificate, key, span origin) for cross-checks after all files are read.
     refs: Vec<(String, String, Origin, &'static str)>,
 }
@@ -317,7 +395,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations";
-const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity";
+const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 const SERVER_KEYS: &str =
     "kind, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
 const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first";
@@ -354,6 +432,16 @@ impl Builder {
                 self.insert_unique(cx, &s, "server", name, server, origin, |b| &mut b.servers);
             }
             s.finish(cx, SERVER_KEYS);
+        }
+        for (name, mut s) in root.tables(cx, "notify") {
+            let origin = Origin {
+                file: cx.file.to_path_buf(),
+                line: cx.line(&s.span),
+            };
+            if let Some(n) = read_notify(cx, &mut s, &name) {
+                self.insert_unique(cx, &s, "notify", name, n, origin, |b| &mut b.notify);
+            }
+            s.finish(cx, NOTIFY_KEYS);
         }
         for (name, mut s) in root.tables(cx, "certificate") {
             let origin = Origin {
@@ -471,6 +559,7 @@ impl Builder {
                 .into_iter()
                 .map(|(k, (v, _))| (k, v))
                 .collect(),
+            notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
         }
     }
 }
@@ -588,47 +677,49 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
             }
             let ca_bundle = s.path(cx, "ca_bundle");
             let challenge = s.string(cx, "challenge");
-            if let Some((c, span)) = &challenge
-                && c != "http-01"
-            {
-                let msg = if c == "dns-01" || c == "tls-alpn-01" {
-                    format!("{c:?} is not supported by this version of certagent; use \"http-01\"")
-                } else {
-                    format!("unknown challenge {c:?}; expected \"http-01\"")
-                };
-                cx.error(span, &s.full_key("challenge"), msg);
-            }
-            let webroot = s.path(cx, "webroot");
-            let listen =
-                s.string(cx, "listen")
-                    .and_then(|(l, span)| match l.parse::<SocketAddr>() {
-                        Ok(a) => Some(a),
-                        Err(_) => {
-                            cx.error(
-                                &span,
-                                &s.full_key("listen"),
-                                format!("{l:?} is not an address like \"127.0.0.1:80\""),
-                            );
-                            None
-                        }
-                    });
-            let http01 = match (webroot, listen) {
-                (Some(w), None) => Some(Http01::Webroot(w)),
-                (None, Some(l)) => Some(Http01::Listen(l)),
-                (Some(_), Some(_)) => {
-                    cx.error(
-                        &s.span,
-                        &s.key,
-                        "set either webroot or listen for http-01, not both",
-                    );
-                    None
-                }
-                (None, None) => {
-                    cx.error(
-                        &s.span,
-                        &s.key,
-                        "http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
-                    );
+            let challenge = match challenge.as_ref().map(|(c, span)| (c.as_str(), span)) {
+                None | Some(("http-01", _)) => read_http01(cx, s).map(Challenge::Http01),
+                Some(("dns-01", span)) => match s.string(cx, "dns_provider") {
+                    Some((p, _)) if p == "dnsimple" => {
+                        let api = read_dnsimple_api(cx, s);
+                        let zone = s
+                            .string(cx, "dns_zone")
+                            .map(|(z, _)| z.trim_end_matches('.').to_ascii_lowercase());
+                        let propagation_timeout = s
+                            .parsed::<Span>(cx, "propagation_timeout")
+                            .unwrap_or(Span::secs(600));
+                        api.map(|api| Challenge::Dns01 {
+                            api,
+                            zone,
+                            propagation_timeout,
+                        })
+                    }
+                    Some((p, pspan)) => {
+                        cx.error(
+                            &pspan,
+                            &s.full_key("dns_provider"),
+                            format!("unknown DNS provider {p:?}; expected \"dnsimple\""),
+                        );
+                        None
+                    }
+                    None => {
+                        cx.error(
+                            span,
+                            &s.full_key("dns_provider"),
+                            "dns-01 needs dns_provider = \"dnsimple\"",
+                        );
+                        None
+                    }
+                },
+                Some((c, span)) => {
+                    let msg = if c == "tls-alpn-01" {
+                        format!(
+                            "{c:?} is not supported by this version of certagent; use \"http-01\" or \"dns-01\""
+                        )
+                    } else {
+                        format!("unknown challenge {c:?}; expected \"http-01\" or \"dns-01\"")
+                    };
+                    cx.error(span, &s.full_key("challenge"), msg);
                     None
                 }
             };
@@ -651,24 +742,49 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
                 directory: directory?,
                 contact: contact.into_iter().map(|(c, _)| c).collect(),
                 ca_bundle,
-                challenge: http01?,
+                challenge: challenge?,
                 eab,
                 timeout,
             })
         }
-        "dnsimple" | "manual" => {
-            cx.error(
-                &kind_span,
-                &s.full_key("kind"),
-                format!("issuer kind {kind:?} is not supported by this version of certagent"),
-            );
-            return None;
+        "manual" => {
+            let remind_every = s
+                .parsed::<Span>(cx, "remind_every")
+                .unwrap_or(Span::days(1));
+            if remind_every.0 < 60 {
+                cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
+            }
+            IssuerKind::Manual(ManualIssuer { remind_every })
+        }
+        "dnsimple" => {
+            let api = read_dnsimple_api(cx, s);
+            let domain = match s.parsed::<DomainName>(cx, "domain") {
+                Some(d) if !d.as_str().starts_with("*.") => Some(d.to_string()),
+                Some(_) => {
+                    cx.error(
+                        &s.span,
+                        &s.full_key("domain"),
+                        "the DNSimple domain cannot be a wildcard",
+                    );
+                    None
+                }
+                None => {
+                    cx.error(&s.span, &s.full_key("domain"), "missing; the DNSimple domain the certificates belong to, e.g. \"example.com\"");
+                    None
+                }
+            };
+            let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(300));
+            IssuerKind::Dnsimple(DnsimpleIssuer {
+                api: api?,
+                domain: domain?,
+                timeout,
+            })
         }
         other => {
             cx.error(
                 &kind_span,
                 &s.full_key("kind"),
-                format!("unknown issuer kind {other:?}; expected \"acme\" or \"internal\""),
+                format!("unknown issuer kind {other:?}; expected \"acme\", \"internal\", \"manual\" or \"dnsimple\""),
             );
             return None;
         }
@@ -676,6 +792,172 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
     name_ok.then(|| Issuer {
         name: name.to_string(),
         kind,
+    })
+}
+
+/// `webroot` or `listen` for http-01.
+fn read_http01(cx: &mut Ctx, s: &mut Section) -> Option<Http01> {
+    let webroot = s.path(cx, "webroot");
+    let listen = s
+        .string(cx, "listen")
+        .and_then(|(l, span)| match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.error(
+                    &span,
+                    &s.full_key("listen"),
+                    format!("{l:?} is not an address like \"127.0.0.1:80\""),
+                );
+                None
+            }
+        });
+    match (webroot, listen) {
+        (Some(w), None) => Some(Http01::Webroot(w)),
+        (None, Some(l)) => Some(Http01::Listen(l)),
+        (Some(_), Some(_)) => {
+            cx.error(
+                &s.span,
+                &s.key,
+                "set either webroot or listen for http-01, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.error(
+                &s.span,
+                &s.key,
+                "http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+            );
+            None
+        }
+    }
+}
+
+/// `token_file`, `account_id`, `api_url` for DNSimple.
+fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
+    let token_file = match s.string(cx, "token_file") {
+        Some((t, span)) if t.contains('/') => match walk::check_path(&t) {
+            Ok(_) => Some(t),
+            Err(e) => {
+                cx.error(&span, &s.full_key("token_file"), e);
+                None
+            }
+        },
+        Some((t, span)) if t.is_empty() || t.starts_with('.') => {
+            cx.error(
+                &span,
+                &s.full_key("token_file"),
+                "expected an absolute path or a systemd credential name",
+            );
+            None
+        }
+        Some((t, _)) => Some(t),
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("token_file"),
+                "missing; a file (or systemd credential) holding the DNSimple API token",
+            );
+            None
+        }
+    };
+    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
+    let base_url = match s.string(cx, "api_url") {
+        Some((u, span))
+            if !(u.starts_with("https://")
+                || u.starts_with("http://127.")
+                || u.starts_with("http://localhost")) =>
+        {
+            cx.error(
+                &span,
+                &s.full_key("api_url"),
+                format!("{u:?} must be an https:// URL"),
+            );
+            None
+        }
+        Some((u, _)) => Some(u.trim_end_matches('/').to_string()),
+        None => Some("https://api.dnsimple.com/v2".to_string()),
+    };
+    Some(DnsimpleApi {
+        token_file: token_file?,
+        account_id,
+        base_url: base_url?,
+    })
+}
+
+const NOTIFY_KEYS: &str = "kind, url, command, events, timeout, retries";
+
+fn read_notify(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Notify> {
+    let name_ok = valid_name(cx, s, "notify", name);
+    let target = match s.string(cx, "kind") {
+        Some((k, _)) if k == "webhook" => match s.string(cx, "url") {
+            Some((u, span)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                cx.error(
+                    &span,
+                    &s.full_key("url"),
+                    format!("{u:?} must be an http(s):// URL"),
+                );
+                None
+            }
+            Some((u, _)) => Some(NotifyTarget::Webhook(u)),
+            None => {
+                cx.error(
+                    &s.span,
+                    &s.full_key("url"),
+                    "missing; where to POST the event",
+                );
+                None
+            }
+        },
+        Some((k, _)) if k == "command" => match s.command(cx, "command") {
+            Some(argv) => Some(NotifyTarget::Command(argv)),
+            None => {
+                cx.error(
+                    &s.span,
+                    &s.full_key("command"),
+                    "missing; the argv to run for each event",
+                );
+                None
+            }
+        },
+        Some((k, span)) => {
+            cx.error(
+                &span,
+                &s.full_key("kind"),
+                format!("unknown notify kind {k:?}; expected \"webhook\" or \"command\""),
+            );
+            None
+        }
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("kind"),
+                "missing; \"webhook\" or \"command\"",
+            );
+            None
+        }
+    };
+    let mut events = Vec::new();
+    for (e, span) in s.strings(cx, "events").unwrap_or_default() {
+        if EVENTS.contains(&e.as_str()) {
+            events.push(e);
+        } else {
+            cx.error(
+                &span,
+                &s.full_key("events"),
+                format!("unknown event {e:?}; known: {}", EVENTS.join(", ")),
+            );
+        }
+    }
+    let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(10));
+    let retries = s.integer(cx, "retries", 0..11).unwrap_or(3) as u32;
+    let target = target?;
+    name_ok.then(|| Notify {
+        name: name.to_string(),
+        target,
+        events,
+        timeout,
+        retries,
     })
 }
 
@@ -1009,7 +1291,9 @@ key_file = "/etc/ssl/c.key"
         let ok = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"https://x/dir\"\nlisten = \"127.0.0.1:80\"\n").unwrap();
         match &ok.issuers["le"].kind {
             IssuerKind::Acme(a) => {
-                assert_eq!(a.challenge, Http01::Listen("127.0.0.1:80".parse().unwrap()))
+                assert!(
+                    matches!(&a.challenge, Challenge::Http01(Http01::Listen(l)) if l.to_string() == "127.0.0.1:80")
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -1036,7 +1320,7 @@ mod example_tests {
 
     #[test]
     fn the_example_config_documents_every_key() {
-        for list in [AGENT_KEYS, ISSUER_KEYS, SERVER_KEYS, CERT_KEYS] {
+        for list in [AGENT_KEYS, ISSUER_KEYS, SERVER_KEYS, CERT_KEYS, NOTIFY_KEYS] {
             for key in list.split(", ") {
                 let documented = EXAMPLE.lines().any(|l| {
                     l.trim_start_matches(['#', ' '])

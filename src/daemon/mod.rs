@@ -42,6 +42,9 @@ struct ReissueAsk {
     reason: Reason,
     wait: bool,
     reply: oneshot::Sender<Response>,
+    /// A certificate handed in for a pending manual re-issue (one name), and the inbox file
+    /// it came from.
+    import: Option<(Arc<Vec<u8>>, Option<PathBuf>)>,
 }
 
 #[derive(Default)]
@@ -140,9 +143,11 @@ pub async fn run(
     d.watcher.watch(&d.config, &d.config_path);
     d.evaluate_all().await;
     crate::systemd::notify_ready(&d.summary());
+    let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
+    // Certificates dropped into the inbox while the daemon was down.
+    d.scan_inbox(&ask_tx);
     log::info!(certificates = d.config.certificates.len(); "certagent daemon ready");
 
-    let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
     let mut sighup = signal(SignalKind::hangup())
         .map_err(|e| Error::msg(format!("failed to catch SIGHUP: {e}")))?;
     let watchdog = crate::systemd::watchdog_interval();
@@ -161,6 +166,10 @@ pub async fn run(
                     watch::Touched::Config => reload_pending = true,
                     watch::Touched::Certs(names) => dirty.extend(names),
                     watch::Touched::All => dirty.extend(d.config.certificates.keys().cloned()),
+                    watch::Touched::Inbox => {
+                        d.scan_inbox(&ask_tx);
+                        continue;
+                    }
                     watch::Touched::Nothing => continue,
                 }
                 settle_at.get_or_insert_with(|| Instant::now() + SETTLE);
@@ -228,6 +237,41 @@ pub async fn run(
     let _ = std::fs::remove_file(&sock);
     log::info!("certagent daemon stopped");
     Ok(())
+}
+
+/// "2 days", "5 hours", "40 minutes".
+fn human_wait(secs: i64) -> String {
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if secs >= 86_400 {
+        plural(secs / 86_400, "day")
+    } else if secs >= 3_600 {
+        plural(secs / 3_600, "hour")
+    } else {
+        plural((secs / 60).max(1), "minute")
+    }
+}
+
+/// After an inbox file was tried: gone when installed, else kept in `inbox/rejected/` with
+/// the reason next to it, so nothing an operator dropped there is silently lost.
+fn settle_inbox_file(path: &Path, error: Option<&str>) {
+    match error {
+        None => {
+            let _ = std::fs::remove_file(path);
+        }
+        Some(why) => {
+            let Some(dir) = path.parent() else { return };
+            let rejected = dir.join("rejected");
+            let _ = std::fs::create_dir_all(&rejected);
+            if let Some(name) = path.file_name() {
+                let to = rejected.join(name);
+                let _ = std::fs::rename(path, &to);
+                let _ = std::fs::write(
+                    rejected.join(format!("{}.error", name.to_string_lossy())),
+                    format!("{why}\n"),
+                );
+            }
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -332,6 +376,13 @@ impl Daemon {
                 Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
                 Job::Finish => ops::finish_one(&executor, &cert).await,
                 Job::Refresh => ops::refresh_one(&executor, &cert).await,
+                Job::Import(data, source) => {
+                    let r = ops::import_one(&executor, &cert, &data).await;
+                    if let Some(path) = source {
+                        settle_inbox_file(&path, r.error.as_deref());
+                    }
+                    r
+                }
             };
             (name, result)
         });
@@ -354,6 +405,14 @@ impl Daemon {
         if reissue_failed && !stopping {
             self.schedule_retry(name);
         }
+        if result.result == "pending" && !stopping {
+            // Waiting on a human or a slow CA: no backoff, no loop; look again at the next
+            // reminder (manual CA) or when the CA suggested.
+            let wake = self.pending_wake(name, result.retry_in);
+            self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
+            crate::systemd::notify_status(&self.summary());
+            return;
+        }
         if result.result == "refresh-failed" {
             // The CA's view could not be fetched or recorded: try again in an hour, not now.
             log::warn!(cert = name; "{}", result.error.as_deref().unwrap_or("refresh failed"));
@@ -363,6 +422,107 @@ impl Daemon {
             self.evaluate(name).await;
         }
         crate::systemd::notify_status(&self.summary());
+    }
+
+    /// Hand every complete file in the inbox to the certificate whose pending key it is
+    /// for; a file for no pending re-issue (or not a certificate at all) is set aside in
+    /// `inbox/rejected/` with the reason.
+    fn scan_inbox(&mut self, asks: &mpsc::Sender<ReissueAsk>) {
+        let inbox = crate::issuer::manual::inbox_dir(&self.config.agent.state_dir);
+        let Ok(entries) = std::fs::read_dir(&inbox) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if hidden || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let shown = path.display().to_string();
+            let leaf = crate::store::fsutil::read_capped(&path, crate::keys::MAX_PEM_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.ok_or_else(|| "vanished".to_string()))
+                .and_then(|b| {
+                    let chain = crate::keys::Chain::from_pem(&b)?;
+                    Ok((chain.leaf()?, b))
+                });
+            let (leaf, data) = match leaf {
+                Ok(x) => x,
+                Err(e) => {
+                    log::error!(file = shown.as_str(); "rejected an inbox file: {e}");
+                    settle_inbox_file(&path, Some(&e));
+                    continue;
+                }
+            };
+            let owner = self.config.certificates.keys().find(|name| {
+                self.executor
+                    .store
+                    .journal(name)
+                    .ok()
+                    .and_then(|j| j.pending)
+                    .is_some_and(|p| p.key_spki_sha256 == leaf.spki_sha256)
+            });
+            let Some(name) = owner.cloned() else {
+                let why = "the certificate is not for the key of any pending re-issue: nothing was installed";
+                log::error!(file = shown.as_str(), serial = leaf.serial.as_str(); "rejected an inbox file: {why}");
+                settle_inbox_file(&path, Some(why));
+                continue;
+            };
+            log::info!(cert = name.as_str(), file = shown.as_str(); "found the certificate for the pending re-issue in the inbox");
+            let (reply, _ignored) = oneshot::channel();
+            let ask = ReissueAsk {
+                names: vec![name],
+                reason: Reason::Forced,
+                wait: false,
+                reply,
+                import: Some((Arc::new(data), Some(path))),
+            };
+            let _ = asks.try_send(ask);
+        }
+    }
+
+    /// For a pending re-issue: send the reminder that is due (manual CA, every
+    /// `remind_every` since it started: "pending approval for 2 days") and return when to look
+    /// again.
+    fn pending_wake(&mut self, name: &str, retry_in: Option<i64>) -> Timestamp {
+        let now = self.clock.now();
+        let every = match self
+            .config
+            .certificates
+            .get(name)
+            .and_then(|c| self.config.issuers.get(&c.issuer))
+            .map(|i| &i.kind)
+        {
+            Some(crate::config::IssuerKind::Manual(m)) => m.remind_every.0.max(60),
+            _ => return now + retry_in.unwrap_or(300).clamp(10, 86_400),
+        };
+        let store = &self.executor.store;
+        let Ok(mut journal) = store.journal(name) else {
+            return now + every;
+        };
+        let Some(p) = journal.pending.as_mut() else {
+            return now + every;
+        };
+        let waited = (now - p.started_at).max(0);
+        let due = (waited / every) as u32;
+        if due > p.reminders {
+            p.reminders = due;
+            let message = format!(
+                "re-issue of {name} pending approval for {}: check the approval e-mail sent by the CA",
+                human_wait(waited)
+            );
+            log::warn!(cert = name, event = "reminder", reason = p.reason.as_str(); "{message}");
+            let _ = store.save_journal(name, &journal);
+            let config = self.config.clone();
+            let event = crate::notify::Event::new("reminder", name, message, now);
+            tokio::spawn(async move { crate::notify::emit(&config, event).await });
+        }
+        let started = journal
+            .pending
+            .as_ref()
+            .map(|p| p.started_at)
+            .unwrap_or(now);
+        started + (i64::from(due) + 1) * every
     }
 
     /// After a failure: back off (exponentially, with jitter, honouring the server's
@@ -424,6 +584,17 @@ impl Daemon {
                 return;
             }
         }
+        if let Some((data, source)) = ask.import.clone() {
+            let name = &names[0];
+            if self.certs.get(name).is_some_and(|s| s.in_flight) {
+                let e = Error::msg(format!(
+                    "{name:?} is busy with another job; import again in a moment"
+                ));
+                let _ = ask.reply.send(Response::error(&e));
+                return;
+            }
+            self.start(name, Job::Import(data, source));
+        }
         for name in &names {
             // A job already running for this certificate is the re-issue asked for: wait for
             // it rather than starting a second one.
@@ -455,6 +626,7 @@ impl Daemon {
                         generation: None,
                         error: None,
                         hint: None,
+                        retry_in: None,
                     })
                     .collect()
             } else {
@@ -550,11 +722,14 @@ impl Daemon {
 }
 
 /// Work the daemon runs for one certificate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Job {
     Reissue(Reason),
     Finish,
     Refresh,
+    /// Install a handed-in certificate; the inbox file (if any) is removed on success and
+    /// moved to `inbox/rejected/` otherwise.
+    Import(Arc<Vec<u8>>, Option<PathBuf>),
 }
 
 /// What the daemon should do about one certificate now.
@@ -708,6 +883,24 @@ async fn serve_client(
                 Err(e) => Response::error(&Error::msg(format!("status failed: {e}"))),
             }
         }
+        Request::Import { name, certificate } => {
+            let (reply, rx) = oneshot::channel();
+            let import = Some((Arc::new(certificate.into_bytes()), None));
+            let ask = ReissueAsk {
+                names: vec![name],
+                reason: Reason::Forced,
+                wait: true,
+                reply,
+                import,
+            };
+            if asks.send(ask).await.is_err() {
+                Response::error(&Error::msg("the daemon is shutting down"))
+            } else {
+                rx.await.unwrap_or_else(|_| {
+                    Response::error(&Error::msg("the daemon stopped before the import finished"))
+                })
+            }
+        }
         Request::Reissue {
             names,
             all,
@@ -722,6 +915,7 @@ async fn serve_client(
                     reason,
                     wait,
                     reply,
+                    import: None,
                 })
                 .await
                 .is_err()

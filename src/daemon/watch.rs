@@ -18,6 +18,8 @@ pub enum Touched {
     Nothing,
     Config,
     Certs(Vec<String>),
+    /// A file was completely written into (or moved into) the inbox.
+    Inbox,
     /// The kernel dropped events (queue overflow) or a watched directory went away.
     All,
 }
@@ -30,6 +32,7 @@ pub struct Watcher {
     dropin_dir: PathBuf,
     /// compromised_dir and blocklist files: any change there concerns every certificate.
     global: BTreeSet<PathBuf>,
+    inbox: PathBuf,
 }
 
 impl Watcher {
@@ -56,6 +59,7 @@ impl Watcher {
             config_file: PathBuf::new(),
             dropin_dir: PathBuf::new(),
             global: BTreeSet::new(),
+            inbox: PathBuf::new(),
         })
     }
 
@@ -91,6 +95,15 @@ impl Watcher {
         dirs.insert(config_dir);
         dirs.insert(dropin_dir.clone());
         dirs.insert(config.agent.compromised_dir.clone());
+        let inbox = crate::issuer::manual::inbox_dir(&config.agent.state_dir);
+        if config
+            .issuers
+            .values()
+            .any(|i| matches!(i.kind, crate::config::IssuerKind::Manual(_)))
+        {
+            let _ = crate::store::fsutil::ensure_dir(&inbox, 0o700);
+            dirs.insert(inbox.clone());
+        }
         dirs.extend(
             config
                 .agent
@@ -119,11 +132,29 @@ impl Watcher {
         self.config_file = config_file;
         self.dropin_dir = dropin_dir;
         self.global = global;
+        self.inbox = inbox;
     }
 
     pub fn classify(&self, event: &Event) -> Touched {
         if event.need_rescan() {
             return Touched::All;
+        }
+        if event
+            .paths
+            .iter()
+            .any(|p| p.parent() == Some(self.inbox.as_path()))
+        {
+            use notify::event::{ModifyKind, RenameMode};
+            let complete = matches!(
+                event.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            return if complete {
+                Touched::Inbox
+            } else {
+                Touched::Nothing
+            };
         }
         let mut names = Vec::new();
         let mut config = false;

@@ -18,7 +18,7 @@ use instant_acme::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::http::Http;
-use crate::config::{AcmeIssuer, Http01};
+use crate::config::{AcmeIssuer, Challenge, Http01};
 use crate::core::DomainName;
 use crate::error::{Context, Error, Result};
 use crate::keys::Chain;
@@ -255,7 +255,8 @@ impl Acme {
 
     /// Answer every pending authorization with http-01 and wait for the order to be ready.
     async fn solve(&self, order: &mut Order, policy: &RetryPolicy) -> Result<()> {
-        let responder = Responder::start(&self.cfg.challenge).await?;
+        let mut responder = Responder::start(&self.cfg.challenge).await?;
+        let kind = responder.challenge_type();
         let mut result = Ok(());
         {
             let mut authzs = order.authorizations();
@@ -273,16 +274,19 @@ impl Acme {
                 if authz.status != AuthorizationStatus::Pending {
                     continue;
                 }
+                // `AuthorizedIdentifier` displays a wildcard as "*.name"; the DNS record is
+                // for the base name either way.
                 let ident = authz.identifier().to_string();
-                let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
+                let Some(mut challenge) = authz.challenge(kind.clone()) else {
                     result = Err(Error::msg(format!(
-                        "the CA offers no http-01 challenge for {ident:?}"
+                        "the CA offers no {kind:?} challenge for {ident:?}"
                     )));
                     break;
                 };
                 let token = challenge.token.clone();
                 let key_auth = challenge.key_authorization();
-                if let Err(e) = responder.add(&token, key_auth.as_str()) {
+                let (auth, dns_value) = (key_auth.as_str().to_string(), key_auth.dns_value());
+                if let Err(e) = responder.add(&ident, &token, &auth, &dns_value).await {
                     result = Err(e);
                     break;
                 }
@@ -305,8 +309,10 @@ impl Acme {
                         .as_ref()
                         .and_then(|p| p.detail.clone())
                         .unwrap_or_default();
-                    Err(Error::msg(format!("ACME order became {status:?} instead of ready: {why}"))
-                        .with_hint("check that the names resolve to this host and the http-01 responder is reachable on port 80"))
+                    Err(Error::msg(format!("ACME order became {status:?} instead of ready: {why}")).with_hint(match kind {
+                        ChallengeType::Dns01 => "check that the zone is served by DNSimple and dns_zone names it",
+                        _ => "check that the names resolve to this host and the http-01 responder is reachable on port 80",
+                    }))
                 }
                 Err(e) => Err(Error::msg(format!(
                     "failed waiting for validation: {}",
@@ -314,7 +320,7 @@ impl Acme {
                 ))),
             };
         }
-        responder.cleanup();
+        responder.cleanup().await;
         result
     }
 }
@@ -455,11 +461,18 @@ fn nonce_of(headers: &http::HeaderMap) -> Option<String> {
 enum Responder {
     Webroot {
         dir: PathBuf,
-        written: Mutex<Vec<PathBuf>>,
+        written: Vec<PathBuf>,
     },
     Listen {
         tokens: Arc<Mutex<HashMap<String, String>>>,
         task: tokio::task::JoinHandle<()>,
+    },
+    /// dns-01 through DNSimple: TXT records created, waited for, and deleted afterwards.
+    Dns {
+        client: super::dnsimple::Client,
+        zone: Option<String>,
+        propagation: Duration,
+        created: Vec<(String, u64)>,
     },
 }
 
@@ -478,18 +491,18 @@ fn check_token(token: &str) -> Result<()> {
 }
 
 impl Responder {
-    async fn start(cfg: &Http01) -> Result<Responder> {
+    async fn start(cfg: &Challenge) -> Result<Responder> {
         match cfg {
-            Http01::Webroot(root) => {
+            Challenge::Http01(Http01::Webroot(root)) => {
                 let dir = root.join(".well-known").join("acme-challenge");
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("failed to create {:?}", dir.display().to_string()))?;
                 Ok(Responder::Webroot {
                     dir,
-                    written: Mutex::new(Vec::new()),
+                    written: Vec::new(),
                 })
             }
-            Http01::Listen(addr) => {
+            Challenge::Http01(Http01::Listen(addr)) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("failed to listen on {addr} for http-01"))?;
@@ -502,38 +515,112 @@ impl Responder {
                 });
                 Ok(Responder::Listen { tokens, task })
             }
+            Challenge::Dns01 {
+                api,
+                zone,
+                propagation_timeout,
+            } => Ok(Responder::Dns {
+                client: super::dnsimple::Client::connect(api).await?,
+                zone: zone.clone(),
+                propagation: Duration::from_secs(propagation_timeout.0.max(1) as u64),
+                created: Vec::new(),
+            }),
         }
     }
 
-    fn add(&self, token: &str, key_auth: &str) -> Result<()> {
+    fn challenge_type(&self) -> ChallengeType {
+        match self {
+            Responder::Dns { .. } => ChallengeType::Dns01,
+            _ => ChallengeType::Http01,
+        }
+    }
+
+    /// Publish the answer for `ident`; for DNS, wait until DNSimple reports it distributed to
+    /// its name servers (RFC 8555 §8.4 validation would fail before).
+    async fn add(
+        &mut self,
+        ident: &str,
+        token: &str,
+        key_auth: &str,
+        dns_value: &str,
+    ) -> Result<()> {
         check_token(token)?;
         match self {
             Responder::Webroot { dir, written } => {
                 let path = dir.join(token);
                 fsutil::replace_file(&path, key_auth.as_bytes(), Perms::mode(0o644))?;
-                if let Ok(mut w) = written.lock() {
-                    w.push(path);
-                }
+                written.push(path);
             }
             Responder::Listen { tokens, .. } => {
                 if let Ok(mut t) = tokens.lock() {
                     t.insert(token.to_string(), key_auth.to_string());
                 }
             }
+            Responder::Dns {
+                client,
+                zone,
+                propagation,
+                created,
+            } => {
+                let ident = ident.trim_start_matches("*.");
+                let zone = zone.clone().unwrap_or_else(|| registrable_guess(ident));
+                let name = match ident.strip_suffix(&zone) {
+                    Some("") => "_acme-challenge".to_string(),
+                    Some(sub) if sub.ends_with('.') => {
+                        format!("_acme-challenge.{}", sub.trim_end_matches('.'))
+                    }
+                    _ => {
+                        return Err(Error::msg(format!(
+                            "{ident:?} is not in the DNS zone {zone:?}"
+                        ))
+                        .with_hint("set dns_zone"));
+                    }
+                };
+                let id = client.create_txt(&zone, &name, dns_value).await?;
+                created.push((zone.clone(), id));
+                log::info!(zone = zone.as_str(), record = name.as_str(); "published dns-01 TXT record");
+                let deadline = tokio::time::Instant::now() + *propagation;
+                let mut delay = Duration::from_millis(250);
+                while !client.distributed(&zone, id).await? {
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(Error::msg(format!(
+                            "the TXT record {name}.{zone} was not distributed within {}s",
+                            propagation.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
         }
         Ok(())
     }
 
-    fn cleanup(self) {
+    async fn cleanup(self) {
         match self {
             Responder::Webroot { written, .. } => {
-                for p in written.into_inner().unwrap_or_default() {
+                for p in written {
                     let _ = std::fs::remove_file(p);
                 }
             }
             Responder::Listen { task, .. } => task.abort(),
+            Responder::Dns {
+                client, created, ..
+            } => {
+                for (zone, id) in created {
+                    if let Err(e) = client.delete_record(&zone, id).await {
+                        log::warn!(zone = zone.as_str(); "failed to remove a dns-01 TXT record: {e}");
+                    }
+                }
+            }
         }
     }
+}
+
+/// Without `dns_zone`: the last two labels (right for example.com, wrong for example.co.uk).
+fn registrable_guess(name: &str) -> String {
+    let labels: Vec<&str> = name.split('.').collect();
+    labels[labels.len().saturating_sub(2)..].join(".")
 }
 
 /// A minimal HTTP/1.1 answer for `GET /.well-known/acme-challenge/TOKEN`: bounded request
@@ -611,8 +698,10 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let r = Responder::start(&Http01::Listen(addr)).await.unwrap();
-        r.add("tok", "tok.thumb").unwrap();
+        let mut r = Responder::start(&Challenge::Http01(Http01::Listen(addr)))
+            .await
+            .unwrap();
+        r.add("a.test", "tok", "tok.thumb", "unused").await.unwrap();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
@@ -629,6 +718,6 @@ mod tests {
         );
         let missing = get("/.well-known/acme-challenge/other").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
-        r.cleanup();
+        r.cleanup().await;
     }
 }

@@ -1,20 +1,24 @@
-//! Issuers: where a certificate for our key comes from. One enum, one `issue` call; the
-//! executor validates whatever comes back before it goes anywhere near the web server.
+//! Issuers: where a certificate comes from. One enum, one `issue` call; the executor
+//! validates whatever comes back before it goes anywhere near the web server.
 
 pub mod acme;
+pub mod dnsimple;
 pub mod http;
 pub mod internal;
 pub mod jws;
+pub mod manual;
 
 use crate::config::{Issuer as IssuerConfig, IssuerKind};
-use crate::core::{DomainName, Timestamp};
+use crate::core::{DomainName, KeySpec, Timestamp};
 use crate::error::Result;
-use crate::keys::Chain;
+use crate::keys::{Chain, SecretPem};
 use crate::store::Store;
 
 /// What one issuance needs.
 pub struct IssueRequest<'a> {
+    pub cert_name: &'a str,
     pub names: &'a [DomainName],
+    pub key_spec: KeySpec,
     pub csr_der: &'a [u8],
     pub spki_der: &'a [u8],
     pub now: Timestamp,
@@ -22,6 +26,12 @@ pub struct IssueRequest<'a> {
     pub resume_order: Option<&'a str>,
     /// RFC 9773 CertID of the certificate being replaced, when its CA offers ARI.
     pub replaces: Option<&'a str>,
+}
+
+/// A chain, and the key when the issuer made it (DNSimple) instead of using ours.
+pub struct Issued {
+    pub chain: Chain,
+    pub key: Option<SecretPem>,
 }
 
 /// What the CA said to a revocation request.
@@ -40,6 +50,8 @@ pub enum RevokeOutcome {
 pub enum Issuer {
     Acme(acme::Acme),
     Internal(internal::LocalCa),
+    Manual(manual::Manual),
+    Dnsimple(dnsimple::Dnsimple),
 }
 
 impl Issuer {
@@ -54,6 +66,8 @@ impl Issuer {
                 &store.issuer_dir("ca", &cfg.name)?,
                 i,
             )),
+            IssuerKind::Manual(m) => Issuer::Manual(manual::Manual::new(store.root(), m)),
+            IssuerKind::Dnsimple(d) => Issuer::Dnsimple(dnsimple::Dnsimple::new(d)),
         })
     }
 
@@ -67,19 +81,29 @@ impl Issuer {
         match self {
             Issuer::Acme(a) => a.revoke(leaf_der, key).await,
             Issuer::Internal(ca) => ca.revoke(leaf_der),
+            Issuer::Manual(_) => Ok(RevokeOutcome::Refused(
+                "a manual CA has no revocation API: ask the CA to revoke it (reason keyCompromise)"
+                    .into(),
+            )),
+            Issuer::Dnsimple(_) => Ok(RevokeOutcome::Refused(
+                "DNSimple's API has no revocation call: revoke it through DNSimple's support"
+                    .into(),
+            )),
         }
     }
 
-    /// Obtain a chain for the request. `on_order` is called with a new order URL before any
-    /// further request is made, so the caller can journal it.
+    /// Obtain a chain for the request. `on_order` is called with a new order handle before
+    /// any further request is made, so the caller can journal it. `Error::Pending` means
+    /// "not yet" (a human, or a slow CA), not failure.
     pub async fn issue(
         &self,
         req: &IssueRequest<'_>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
-    ) -> Result<Chain> {
+    ) -> Result<Issued> {
+        let ours = |chain| Issued { chain, key: None };
         match self {
-            Issuer::Acme(a) => {
-                a.issue(
+            Issuer::Acme(a) => a
+                .issue(
                     req.names,
                     req.csr_der,
                     req.resume_order,
@@ -87,8 +111,18 @@ impl Issuer {
                     on_order,
                 )
                 .await
+                .map(ours),
+            Issuer::Internal(ca) => ca.issue(req.names, req.spki_der, req.now).map(ours),
+            Issuer::Manual(m) => m.issue(req.cert_name, req.csr_der).map(ours),
+            Issuer::Dnsimple(d) => {
+                let (chain, key) = d
+                    .issue(req.names, req.key_spec, req.resume_order, on_order)
+                    .await?;
+                Ok(Issued {
+                    chain,
+                    key: Some(key),
+                })
             }
-            Issuer::Internal(ca) => ca.issue(req.names, req.spki_der, req.now),
         }
     }
 }

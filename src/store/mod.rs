@@ -127,6 +127,9 @@ pub struct Pending {
     /// Set when this re-issue answers a compromised key.
     #[serde(default)]
     pub compromise: Option<CompromiseWork>,
+    /// Reminders sent while waiting for a human (manual CA).
+    #[serde(default)]
+    pub reminders: u32,
 }
 
 /// The compromised key being replaced, captured before anything else happens.
@@ -160,6 +163,7 @@ pub struct Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeKind {
+    Pending,
     Installed,
     InstalledNotLoaded,
     Failed,

@@ -1,0 +1,54 @@
+//! A CA reached by a human (the seed article's flow): the CSR is written to
+//! `STATE/outbox/NAME.csr` and to the log, the operator submits it, the CA e-mails an approval
+//! link, and — possibly days later — the certificate comes back with `certagent import NAME
+//! FILE` or a file dropped into `STATE/inbox/`. Until then the re-issue is pending (exit 75),
+//! the old certificate stays in service, and the daemon reminds on a schedule.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ManualIssuer;
+use crate::error::{Error, Result};
+use crate::store::{Perms, fsutil};
+
+pub struct Manual {
+    outbox: PathBuf,
+}
+
+pub fn outbox_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("outbox")
+}
+
+pub fn inbox_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("inbox")
+}
+
+impl Manual {
+    pub fn new(state_dir: &Path, _cfg: &ManualIssuer) -> Manual {
+        Manual {
+            outbox: outbox_dir(state_dir),
+        }
+    }
+
+    /// Write the CSR out (once per pending re-issue) and report "pending".
+    pub fn issue(&self, cert_name: &str, csr_der: &[u8]) -> Result<crate::keys::Chain> {
+        fsutil::ensure_dir(&self.outbox, 0o755)?;
+        let path = self.outbox.join(format!("{cert_name}.csr"));
+        let pem = crate::keys::pem_encode("CERTIFICATE REQUEST", csr_der);
+        let fresh = fsutil::read_capped(&path, 1 << 20)?.is_none_or(|old| old != pem.as_bytes());
+        if fresh {
+            fsutil::replace_file(&path, pem.as_bytes(), Perms::mode(0o644))?;
+            log::warn!(
+                cert = cert_name, event = "pending-approval", csr = path.display().to_string().as_str();
+                "CSR written for the CA: submit it, approve the CA's e-mail, then `certagent import {cert_name} FILE` or drop the certificate into the inbox\n{pem}"
+            );
+        }
+        Err(Error::Pending {
+            message: format!(
+                "waiting for the CA: submit {:?}, then hand back the certificate with `certagent import {cert_name} FILE`",
+                path.display().to_string()
+            ),
+            retry_in: None,
+            news: fresh,
+        })
+    }
+}
