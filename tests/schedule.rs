@@ -152,3 +152,30 @@ async fn failures_back_off_exponentially_with_jitter() {
         "the key is kept for the retry: {j}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn pending_approval_reminds_on_schedule() {
+    let setup = setup(
+        "[issuer.ca]\nkind = \"manual\"\nremind_every = \"1h\"\n",
+        "issuer = \"ca\"",
+    );
+    let seen = observe_changes(
+        &setup,
+        Duration::from_secs(3 * 3600 + 1800),
+        Duration::from_secs(60),
+        |j| j["pending"]["reminders"].as_u64(),
+    )
+    .await;
+    let counts: Vec<u64> = seen.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, vec![0, 1, 2, 3], "{seen:?}");
+    for (i, (at, _)) in seen.iter().enumerate().skip(1) {
+        let want = i as u64 * 3600;
+        assert!(
+            (want..=want + 120).contains(at),
+            "reminder {i} at {at}s, expected about {want}s: {seen:?}"
+        );
+    }
+    // Still pending, still the same key: a reminder is not a new request.
+    let j = journal(&setup.state);
+    assert_eq!(j["last"]["result"], "pending", "{j}");
+}

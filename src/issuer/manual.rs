@@ -34,7 +34,19 @@ impl Manual {
         fsutil::ensure_dir(&self.outbox, 0o755)?;
         let path = self.outbox.join(format!("{cert_name}.csr"));
         let pem = crate::keys::pem_encode("CERTIFICATE REQUEST", csr_der);
-        let fresh = fsutil::read_capped(&path, 1 << 20)?.is_none_or(|old| old != pem.as_bytes());
+        // ECDSA signatures differ on every run: the CSR "is the same" when it carries the
+        // same public key (the pending key), so the human is not sent a second one.
+        let spki = |der: &[u8]| {
+            use x509_parser::prelude::FromDer;
+            x509_parser::certification_request::X509CertificationRequest::from_der(der)
+                .ok()
+                .map(|(_, c)| c.certification_request_info.subject_pki.raw.to_vec())
+        };
+        let existing = fsutil::read_capped(&path, 1 << 20)?
+            .and_then(|b| crate::keys::pem_blocks(&b).ok())
+            .and_then(|blocks| blocks.into_iter().next())
+            .and_then(|b| spki(b.contents()));
+        let fresh = existing.is_none() || existing != spki(csr_der);
         if fresh {
             fsutil::replace_file(&path, pem.as_bytes(), Perms::mode(0o644))?;
             log::warn!(
