@@ -15,7 +15,10 @@
 //!   optional plain-HTTP listener serving an http-01 webroot (`nginx.rs`);
 //! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`);
 //! * [`Front`]: an HTTPS reverse proxy in front of Pebble adding ACME Renewal Information
-//!   (`renewalInfo`, `replaces`, `alreadyReplaced`) and a CRL server (`front.rs`).
+//!   (`renewalInfo`, `replaces`, `alreadyReplaced`) and a CRL server (`front.rs`);
+//! * [`FakeDnsimple`]: an in-process fake of DNSimple's API v2 (Let's Encrypt certificates
+//!   with DNSimple-generated keys, zone records mirrored to `pebble-challtestsrv`, fault
+//!   injection) (`dnsimple.rs`).
 //!
 //! All helpers are synchronous and panic with a descriptive message (including
 //! the relevant server logs) when the environment cannot be set up; they are
@@ -32,6 +35,7 @@
 #![allow(clippy::expect_used)]
 
 mod agent;
+mod dnsimple;
 mod front;
 mod http;
 mod nginx;
@@ -40,6 +44,7 @@ mod process;
 mod tls;
 
 pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
+pub use dnsimple::*;
 pub use front::*;
 pub use http::{HttpResponse, http_get, https_get};
 pub use nginx::{Nginx, Site};
