@@ -45,6 +45,9 @@ impl fmt::Debug for SecretPem {
 pub struct PrivateKey {
     pair: KeyPair,
     pub spec: Option<KeySpec>,
+    /// The PEM it was read from, kept as is: re-serialising a SEC1 or PKCS#1 key through
+    /// rcgen would label SEC1 bytes "PRIVATE KEY", which OpenSSL (and so nginx) rejects.
+    original: Option<SecretPem>,
 }
 
 impl fmt::Debug for PrivateKey {
@@ -77,6 +80,7 @@ impl PrivateKey {
         Ok(PrivateKey {
             pair,
             spec: Some(spec),
+            original: None,
         })
     }
 
@@ -102,11 +106,18 @@ impl PrivateKey {
         let pair = KeyPair::try_from(der.as_slice())
             .map_err(|e| format!("unsupported or corrupt private key: {e}"))?;
         let spec = spec_of_spki(&pair.subject_public_key_info());
-        Ok(PrivateKey { pair, spec })
+        Ok(PrivateKey {
+            pair,
+            spec,
+            original: Some(SecretPem::new(pem.to_string())),
+        })
     }
 
     pub fn to_pem(&self) -> SecretPem {
-        SecretPem::new(self.pair.serialize_pem())
+        match &self.original {
+            Some(pem) => SecretPem::new(pem.as_str().to_string()),
+            None => SecretPem::new(self.pair.serialize_pem()),
+        }
     }
 
     /// DER SubjectPublicKeyInfo.
