@@ -12,13 +12,9 @@ use std::sync::{Arc, Mutex};
 use common::Env;
 
 /// A receiver that answers `status` to every POST and keeps the bodies.
-fn receiver(
-    status: u16,
-) -> (
-    String,
-    Arc<Mutex<Vec<serde_json::Value>>>,
-    Arc<Mutex<usize>>,
-) {
+type Bodies = Arc<Mutex<Vec<serde_json::Value>>>;
+
+fn receiver(status: u16) -> (String, Bodies, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
