@@ -242,6 +242,14 @@ impl Executor {
             }
             return Ok(None);
         };
+        // Journalled just before the flip: if `current` does not point at the new generation,
+        // the process died before the commit point and nothing was installed.
+        if self.store.current_generation(&cert.name) != Some(flip.to) {
+            log::info!(cert = cert.name.as_str(), generation = flip.to; "an interrupted run stopped before its flip; nothing to undo");
+            journal.flip = None;
+            self.store.save_journal(&cert.name, &journal)?;
+            return Ok(None);
+        }
         log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an interrupted install, finishing it");
         Ok(Some(self.settle_flip(cert, &mut journal, &flip).await))
     }

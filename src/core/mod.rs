@@ -133,7 +133,9 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
     if observed.revoked {
         reasons.insert(Reason::Revoked);
     }
-    let mut key_in_service = None;
+    // The key type in service, as far as it can be told: `Some(None)` is a key of a type or
+    // size certagent does not issue (RSA-512, P-521, Ed25519...), which must be replaced too.
+    let mut key_in_service: Option<Option<KeySpec>> = None;
     match &observed.key {
         KeyFact::Missing | KeyFact::Invalid(_) => {
             reasons.insert(Reason::KeyMissing);
@@ -143,7 +145,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             verifies_with_cert,
             spki_sha256,
         } => {
-            key_in_service = *key_spec;
+            key_in_service = Some(*key_spec);
             if let CertFact::Present(leaf) = &observed.cert
                 && (leaf.spki_sha256 != *spki_sha256 || *verifies_with_cert == Some(false))
             {
@@ -158,7 +160,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
         }
         CertFact::Present(leaf) => {
             if key_in_service.is_none() {
-                key_in_service = leaf.key_spec;
+                key_in_service = Some(leaf.key_spec);
             }
             let wanted: BTreeSet<&str> = desired.names.iter().map(DomainName::as_str).collect();
             let have: BTreeSet<&str> = leaf.names.iter().map(String::as_str).collect();
@@ -175,7 +177,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             not_after = Some(leaf.not_after);
         }
     }
-    if key_in_service.is_some_and(|k| k != desired.key_spec) {
+    if key_in_service.is_some_and(|k| k != Some(desired.key_spec)) {
         reasons.insert(Reason::KeyTypeChanged);
     }
     Decision {
@@ -401,6 +403,23 @@ mod tests {
         };
         let d = decide(&desired(), &o, NOW);
         assert_eq!(d.reasons, vec![Reason::CertMissing, Reason::KeyTypeChanged]);
+    }
+
+    #[test]
+    fn a_weak_or_unknown_key_type_must_be_replaced() {
+        let mut o = healthy();
+        o.key = KeyFact::Present {
+            key_spec: None,
+            spki_sha256: "aa".into(),
+            verifies_with_cert: Some(true),
+        };
+        if let CertFact::Present(l) = &mut o.cert {
+            l.key_spec = None;
+        }
+        assert_eq!(
+            decide(&desired(), &o, NOW).reasons,
+            vec![Reason::KeyTypeChanged]
+        );
     }
 
     #[test]

@@ -1,0 +1,562 @@
+//! The fault matrix (reliability.md F1–F28) as far as it runs here: for each fault, run the
+//! real binary against a real nginx, inject the fault, let it die or fail, run it again, and
+//! check the invariants I1–I7 after every case. Prints one summary line:
+//! `faults: N injected, M invariant checks, 0 violations`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Env, Run, run_certagent, spki_of_cert_der, spki_of_key_pem};
+
+/// Collects invariant checks and their violations.
+#[derive(Default)]
+struct Checks {
+    faults: usize,
+    checks: usize,
+    violations: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, case: &str, inv: &str, ok: bool, detail: impl FnOnce() -> String) {
+        self.checks += 1;
+        if !ok {
+            self.violations.push(format!("{case}: {inv}: {}", detail()));
+        }
+    }
+
+    /// I1 pair integrity on disk, I2 served key retained, I3 server up, I5 key modes.
+    fn invariants(&mut self, case: &str, env: &Env) {
+        let cert = std::fs::read_to_string(&env.cert_file);
+        let key = std::fs::read_to_string(&env.key_file);
+        let pair_ok = match (&cert, &key) {
+            (Ok(c), Ok(k)) => spki_of_cert_der(&common::pem_to_der(c)) == spki_of_key_pem(k),
+            _ => false,
+        };
+        self.check(
+            case,
+            "I1 pair at the configured paths parses and matches",
+            pair_ok,
+            || {
+                format!(
+                    "cert {:?}, key {:?}",
+                    cert.as_ref().map(|_| "ok").map_err(|e| e.to_string()),
+                    key.as_ref().map(|_| "ok").map_err(|e| e.to_string())
+                )
+            },
+        );
+        let alive = env.nginx.is_alive();
+        self.check(case, "I3 nginx master alive", alive, String::new);
+        let served = common::served_leaf(&env.addr(), &env.names[0]);
+        self.check(
+            case,
+            "I3 a certificate is served",
+            served.is_some(),
+            String::new,
+        );
+        if let Some(served) = served {
+            let spki = spki_of_cert_der(&served);
+            let on_disk = all_keys(env).iter().any(|k| spki_of_key_pem(k) == spki);
+            self.check(
+                case,
+                "I2 the served key exists on disk",
+                on_disk,
+                String::new,
+            );
+        }
+        // Files certagent wrote (its generations, and the configured path once it is
+        // certagent's symlink); an operator's own file keeps whatever mode it had.
+        let ours = |p: &Path| {
+            p != env.key_file
+                || std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+        };
+        for path in key_files(env).into_iter().filter(|p| ours(p)) {
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            self.check(case, "I5 key files are 0600", mode & 0o077 == 0, || {
+                format!("{} is {mode:o}", path.display())
+            });
+        }
+    }
+
+    /// I6: no staging directories or temp files left anywhere we write.
+    fn no_garbage(&mut self, case: &str, env: &Env) {
+        let mut found = Vec::new();
+        for dir in [
+            env.state_dir().join("live/site"),
+            env.cert_file.parent().unwrap().to_path_buf(),
+        ] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(".staging-") || n.ends_with(".certagent-tmp") {
+                    found.push(e.path());
+                }
+            }
+        }
+        self.check(case, "I6 no garbage left", found.is_empty(), || {
+            format!("{found:?}")
+        });
+    }
+
+    /// I7: the exit code tells the truth.
+    fn exit(&mut self, case: &str, run: &Run, want: i32) {
+        self.check(case, "I7 exit code", run.code == want, || {
+            format!("wanted {want}: {run:?}")
+        });
+    }
+}
+
+fn key_files(env: &Env) -> Vec<PathBuf> {
+    let mut out = vec![env.key_file.clone()];
+    for g in std::fs::read_dir(env.state_dir().join("live/site"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let k = g.path().join("key.pem");
+        if k.exists() {
+            out.push(k);
+        }
+    }
+    out.retain(|p| p.exists());
+    out
+}
+
+fn all_keys(env: &Env) -> Vec<String> {
+    key_files(env)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+fn reissue(env: &Env, failpoint: Option<&str>) -> Run {
+    let env_vars: Vec<(&str, &str)> = failpoint
+        .map(|f| vec![("CERTAGENT_FAILPOINT", f)])
+        .unwrap_or_default();
+    run_certagent(&env.config, &["reissue", "--now", "site"], &env_vars)
+}
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Unmounts on drop (only what this test mounted).
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn kill_at_every_step(c: &mut Checks) {
+    for point in [
+        "after-key-persisted",
+        "after-issued",
+        "before-publish",
+        "before-flip",
+        "after-flip",
+        "after-reload",
+    ] {
+        let case = format!("F1-F3 SIGKILL at {point}");
+        let env = Env::new(&["a.test"], None);
+        env.write_config("", "");
+        // Once through, so the second re-issue crashes with a previous generation on disk.
+        assert_eq!(reissue(&env, None).code, 0);
+        c.faults += 1;
+        let run = reissue(&env, Some(point));
+        c.exit(&case, &run, -1);
+        c.invariants(&case, &env);
+        let rerun = reissue(&env, None);
+        c.exit(&format!("{case}, rerun"), &rerun, 0);
+        c.invariants(&format!("{case}, rerun"), &env);
+        c.no_garbage(&format!("{case}, rerun"), &env);
+        let key = std::fs::read_to_string(&env.key_file).unwrap();
+        c.check(
+            &case,
+            "I4 converged: the key file's key is served",
+            spki_of_cert_der(&env.served()) == spki_of_key_pem(&key),
+            String::new,
+        );
+    }
+}
+
+fn disk_full(c: &mut Checks) {
+    let case = "F5 ENOSPC in the state directory";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let state = env.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    assert!(
+        sh(&format!(
+            "mount -t tmpfs -o size=12k tmpfs {}",
+            state.display()
+        )),
+        "{case}: mount tmpfs (needs root)"
+    );
+    let _m = Mount(state.clone());
+    c.faults += 1;
+    let run = reissue(&env, None);
+    c.exit(case, &run, 2);
+    c.check(
+        case,
+        "I7 the error says why",
+        run.stderr.contains("No space left on device"),
+        || format!("{run:?}"),
+    );
+    c.invariants(case, &env);
+    c.check(
+        case,
+        "I2 the old certificate is still served",
+        env.served() == env.initial_leaf,
+        String::new,
+    );
+}
+
+fn read_only_target_dir(c: &mut Checks) {
+    let case = "F7 EROFS on the certificate directory";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let ssl = env.cert_file.parent().unwrap().to_path_buf();
+    assert!(
+        sh(&format!(
+            "mount --bind {0} {0} && mount -o remount,bind,ro {0}",
+            ssl.display()
+        )),
+        "{case}: ro bind mount"
+    );
+    let m = Mount(ssl.clone());
+    c.faults += 1;
+    let run = reissue(&env, None);
+    c.exit(case, &run, 2);
+    c.check(
+        case,
+        "I7 the error says why",
+        run.stderr.contains("Read-only file system"),
+        || format!("{run:?}"),
+    );
+    c.invariants(case, &env);
+    c.check(
+        case,
+        "I2 the old certificate is still served",
+        env.served() == env.initial_leaf,
+        String::new,
+    );
+    drop(m);
+    let rerun = reissue(&env, None);
+    c.exit(&format!("{case}, after remount rw"), &rerun, 0);
+    c.invariants(&format!("{case}, after remount rw"), &env);
+    c.no_garbage(&format!("{case}, after remount rw"), &env);
+}
+
+fn immutable_key(c: &mut Checks) {
+    let case = "F7 EPERM: chattr +i on the key file";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    if !sh(&format!("chattr +i {}", env.key_file.display())) {
+        // tmpfs /tmp has no immutable flag; the rest of the matrix still runs.
+        c.check(
+            case,
+            "chattr +i is supported on this filesystem",
+            false,
+            || "skipped: chattr failed".into(),
+        );
+        return;
+    }
+    c.faults += 1;
+    let run = reissue(&env, None);
+    let _ = sh(&format!("chattr -i {}", env.key_file.display()));
+    c.exit(case, &run, 2);
+    c.check(
+        case,
+        "I7 the error says why",
+        run.stderr.contains("Operation not permitted"),
+        || format!("{run:?}"),
+    );
+    c.invariants(case, &env);
+    c.check(
+        case,
+        "I2 the old certificate is still served",
+        env.served() == env.initial_leaf,
+        String::new,
+    );
+}
+
+fn reload_hangs(c: &mut Checks) {
+    let case = "F14 reload hangs";
+    let env = Env::new(&["a.test"], None);
+    env.write_config_with_server(
+        "",
+        "",
+        &format!(
+            "test_command = {}\nreload_command = [\"sleep\", \"30\"]\ncommand_timeout = \"1s\"",
+            common::toml_list(&env.nginx.test_command())
+        ),
+    );
+    c.faults += 1;
+    let started = std::time::Instant::now();
+    let run = reissue(&env, None);
+    c.exit(case, &run, 2);
+    c.check(
+        case,
+        "I7 the error says the reload was killed",
+        run.stderr
+            .contains("did not finish within 1s and was killed"),
+        || format!("{run:?}"),
+    );
+    c.check(
+        case,
+        "F14 gives up quickly",
+        started.elapsed().as_secs() < 20,
+        || format!("{:?}", started.elapsed()),
+    );
+    c.invariants(case, &env);
+    c.check(
+        case,
+        "I2 the old certificate is still served",
+        env.served() == env.initial_leaf,
+        String::new,
+    );
+}
+
+fn server_not_running(c: &mut Checks) {
+    let case = "F16 web server not running";
+    let mut env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    env.nginx.stop();
+    c.faults += 1;
+    let run = run_certagent(&env.config, &["reissue", "--now", "site", "--json"], &[]);
+    c.exit(case, &run, 0);
+    c.check(
+        case,
+        "I7 says installed, not loaded",
+        run.stdout.contains("\"installed-not-loaded\""),
+        || format!("{run:?}"),
+    );
+    c.check(
+        case,
+        "F16 the server is not started",
+        !env.nginx.is_alive(),
+        String::new,
+    );
+    let cert = std::fs::read_to_string(&env.cert_file).unwrap();
+    let key = std::fs::read_to_string(&env.key_file).unwrap();
+    c.check(
+        case,
+        "I1 the installed pair matches",
+        spki_of_cert_der(&common::pem_to_der(&cert)) == spki_of_key_pem(&key),
+        String::new,
+    );
+}
+
+fn hostile_files(c: &mut Checks) {
+    // F22: the configured certificate path is a symlink to /etc/shadow.
+    let case = "F22 cert_file is a symlink to /etc/shadow";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let shadow_before = std::fs::read("/etc/shadow").unwrap();
+    std::fs::remove_file(&env.cert_file).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &env.cert_file).unwrap();
+    c.faults += 1;
+    let check = run_certagent(&env.config, &["check", "--json"], &[]);
+    c.exit(case, &check, 1);
+    let shadow_line = String::from_utf8_lossy(&shadow_before)
+        .lines()
+        .next()
+        .unwrap_or("root:")
+        .split(':')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(":");
+    c.check(
+        case,
+        "I5 nothing of /etc/shadow is printed",
+        !check.stdout.contains(&shadow_line) && !check.stderr.contains(&shadow_line),
+        || format!("{check:?}"),
+    );
+    let run = reissue(&env, None);
+    c.exit(case, &run, 0);
+    c.check(
+        case,
+        "F22 /etc/shadow untouched",
+        std::fs::read("/etc/shadow").unwrap() == shadow_before,
+        String::new,
+    );
+    let copied = walk(&env.state_dir()).iter().any(|p| {
+        std::fs::read(p).is_ok_and(|b| {
+            !shadow_line.is_empty() && String::from_utf8_lossy(&b).contains(&shadow_line)
+        })
+    });
+    c.check(
+        case,
+        "I5 /etc/shadow was not copied into the state directory",
+        !copied,
+        String::new,
+    );
+    c.check(
+        case,
+        "F22 the path is now certagent's symlink",
+        std::fs::read_link(&env.cert_file).is_ok_and(|t| t.starts_with(env.state_dir())),
+        String::new,
+    );
+    c.invariants(case, &env);
+
+    // F23: hostile existing files are judged invalid, never crash or hang.
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "F23 a 2 MiB PEM",
+            vec![b'A'; 2 << 20],
+            "larger than 1024 KiB",
+        ),
+        (
+            "F23 10,000 PEM blocks",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+                .repeat(10_000)
+                .into_bytes(),
+            "more than 16 PEM blocks",
+        ),
+        (
+            "F23 binary junk",
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            "not text",
+        ),
+        ("F23 a FIFO", Vec::new(), "not a regular file"),
+    ];
+    for (case, content, want) in cases {
+        let env = Env::new(&["a.test"], None);
+        env.write_config("", "");
+        std::fs::remove_file(&env.cert_file).unwrap();
+        if case.ends_with("FIFO") {
+            nix::unistd::mkfifo(
+                &env.cert_file,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+        } else {
+            std::fs::write(&env.cert_file, &content).unwrap();
+        }
+        c.faults += 1;
+        let check = run_certagent(&env.config, &["check", "--json"], &[]);
+        c.exit(case, &check, 1);
+        let problems = check.json()["certificates"][0]["problems"].to_string();
+        c.check(
+            case,
+            "I7 the problem is named",
+            problems.contains(want),
+            || problems.clone(),
+        );
+        let run = reissue(&env, None);
+        c.exit(&format!("{case}, re-issued"), &run, 0);
+        c.invariants(&format!("{case}, re-issued"), &env);
+    }
+}
+
+fn hostile_keys(c: &mut Checks) {
+    // An RSA-512 key (and its certificate) in service: replaced, never accepted.
+    let case = "F23 an RSA-512 pair in service";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let dir = env.dir.path();
+    let ok = sh(&format!(
+        "openssl req -x509 -newkey rsa:512 -nodes -subj /CN=a.test -addext subjectAltName=DNS:a.test -days 30 -keyout {0}/weak.key -out {0}/weak.pem 2>/dev/null",
+        dir.display()
+    ));
+    if !ok {
+        c.check(case, "openssl can make an RSA-512 key", false, || {
+            "openssl refused".into()
+        });
+        return;
+    }
+    std::fs::copy(dir.join("weak.pem"), &env.cert_file).unwrap();
+    std::fs::copy(dir.join("weak.key"), &env.key_file).unwrap();
+    c.faults += 1;
+    let check = run_certagent(&env.config, &["check", "--json"], &[]);
+    c.exit(case, &check, 1);
+    c.check(
+        case,
+        "I7 judged key-type-changed",
+        check.json()["certificates"][0]["reasons"]
+            .to_string()
+            .contains("key-type-changed"),
+        || check.stdout.clone(),
+    );
+    let run = reissue(&env, None);
+    c.exit(case, &run, 0);
+    c.invariants(case, &env);
+
+    // An encrypted key in service: reported, replaced.
+    let case = "F23 an encrypted key in service";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let ok = sh(&format!(
+        "openssl pkey -in {0} -aes256 -passout pass:x -out {0}.enc 2>/dev/null && mv {0}.enc {0}",
+        env.key_file.display()
+    ));
+    c.check(case, "openssl can encrypt the key", ok, String::new);
+    c.faults += 1;
+    let check = run_certagent(&env.config, &["check", "--json"], &[]);
+    c.exit(case, &check, 1);
+    let problems = check.json()["certificates"][0]["problems"].to_string();
+    c.check(
+        case,
+        "I7 the problem is named",
+        problems.contains("encrypted"),
+        || problems.clone(),
+    );
+    c.check(
+        case,
+        "I5 no key bytes are printed",
+        !check.stdout.contains("ENCRYPTED") && !check.stderr.contains("BEGIN"),
+        || check.stdout.clone(),
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&p));
+        } else if e.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn fault_matrix() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the fault matrix needs root (mounts, chattr); CI runs as root"
+    );
+    let mut c = Checks::default();
+    kill_at_every_step(&mut c);
+    disk_full(&mut c);
+    read_only_target_dir(&mut c);
+    immutable_key(&mut c);
+    reload_hangs(&mut c);
+    server_not_running(&mut c);
+    hostile_files(&mut c);
+    hostile_keys(&mut c);
+    println!(
+        "faults: {} injected, {} invariant checks, {} violations",
+        c.faults,
+        c.checks,
+        c.violations.len()
+    );
+    assert!(
+        c.violations.is_empty(),
+        "violations:\n{}",
+        c.violations.join("\n")
+    );
+}
