@@ -30,6 +30,7 @@ impl Perms {
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    trace::record(trace::Op::FsyncDir(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("failed to sync directory {:?}", dir.display().to_string()))
@@ -53,7 +54,9 @@ pub fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
         std::os::unix::fs::fchown(&f, perms.uid, perms.gid).with_context(what)?;
     }
     f.write_all(data).with_context(what)?;
+    trace::record(trace::Op::Write(path.to_path_buf(), data.to_vec()));
     f.sync_all().with_context(what)?;
+    trace::record(trace::Op::FsyncFile(path.to_path_buf()));
     Ok(())
 }
 
@@ -64,6 +67,7 @@ pub fn replace_file(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
     let tmp = temp_sibling(path);
     let _ = fs::remove_file(&tmp);
     create_new(&tmp, data, perms)?;
+    trace::record(trace::Op::Rename(tmp.clone(), path.to_path_buf()));
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e)
@@ -77,8 +81,10 @@ pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
     let dir = link.parent().unwrap_or(Path::new("/"));
     let tmp = temp_sibling(link);
     let _ = fs::remove_file(&tmp);
+    trace::record(trace::Op::Symlink(tmp.clone(), target.to_path_buf()));
     std::os::unix::fs::symlink(target, &tmp)
         .with_context(|| format!("failed to create symlink {:?}", tmp.display().to_string()))?;
+    trace::record(trace::Op::Rename(tmp.clone(), link.to_path_buf()));
     if let Err(e) = fs::rename(&tmp, link) {
         let _ = fs::remove_file(&tmp);
         return Err(e)
@@ -157,7 +163,7 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
                 fs::create_dir_all(parent).with_context(shown)?;
             }
             match fs::DirBuilder::new().mode(mode).create(dir) {
-                Ok(()) => {}
+                Ok(()) => trace::record(trace::Op::Mkdir(dir.to_path_buf())),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).with_context(shown),
             }
@@ -192,4 +198,51 @@ pub fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Opt
         None => None,
     };
     Ok((uid, gid))
+}
+
+/// A record of the mutating filesystem operations, in order, for the power-loss model in the
+/// store's tests (`store::powerloss`). Compiled to nothing outside tests.
+pub mod trace {
+    use std::path::PathBuf;
+
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Op {
+        Mkdir(PathBuf),
+        /// A new file with this content (not yet durable).
+        Write(PathBuf, Vec<u8>),
+        FsyncFile(PathBuf),
+        Rename(PathBuf, PathBuf),
+        Symlink(PathBuf, PathBuf),
+        FsyncDir(PathBuf),
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        static OPS: std::cell::RefCell<Option<Vec<Op>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    #[cfg(test)]
+    pub fn record(op: Op) {
+        OPS.with(|o| {
+            if let Some(ops) = o.borrow_mut().as_mut() {
+                ops.push(op);
+            }
+        });
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn record(_op: Op) {}
+
+    /// Start recording on this thread.
+    #[cfg(test)]
+    pub fn start() {
+        OPS.with(|o| *o.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stop recording and return what was recorded.
+    #[cfg(test)]
+    pub fn take() -> Vec<Op> {
+        OPS.with(|o| o.borrow_mut().take().unwrap_or_default())
+    }
 }

@@ -13,6 +13,8 @@
 
 pub mod fsutil;
 mod lock;
+#[cfg(test)]
+mod powerloss;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -329,6 +331,7 @@ impl Store {
             fs::remove_dir_all(&staging).context("failed to clear old staging directory")?;
         }
         fs::create_dir(&staging).context("failed to create staging directory")?;
+        fsutil::trace::record(fsutil::trace::Op::Mkdir(staging.clone()));
         fs::set_permissions(
             &staging,
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
@@ -364,6 +367,7 @@ impl Store {
             fsutil::fsync_dir(&staging)?;
             crate::failpoint!("before-publish");
             let dest = self.generation(&cert.name, number);
+            fsutil::trace::record(fsutil::trace::Op::Rename(staging.clone(), dest.dir.clone()));
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &staging,
