@@ -99,7 +99,7 @@ impl Model {
             }
             Op::FsyncFile(p) => {
                 if let Some(Node::File { data, durable }) =
-                    self.live.get(p).map(|n| *n).map(|n| &mut self.nodes[n])
+                    self.live.get(p).copied().map(|n| &mut self.nodes[n])
                 {
                     *durable = Some(data.clone());
                 }
