@@ -165,11 +165,11 @@ pub async fn run(
                 settle_at = None;
                 if std::mem::take(&mut reload_pending) {
                     d.reload("the configuration changed on disk").await;
-                    dirty.clear();
-                } else {
-                    for name in std::mem::take(&mut dirty) {
-                        d.evaluate(&name).await;
-                    }
+                }
+                // Also after a reload: when the new configuration is invalid, nothing else
+                // looks at a certificate whose files changed in the same settle window.
+                for name in std::mem::take(&mut dirty) {
+                    d.evaluate(&name).await;
                 }
             }
             () = sleep_until(wake) => {
