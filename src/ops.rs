@@ -159,6 +159,8 @@ pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (Ch
 pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> ReissueResult {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
     match executor.reissue(cert, reason).await {
+        // A failed post_install hook: the certificate is installed (result says so), and the
+        // run failed all the same (error set, exit 2).
         Ok(i) => ReissueResult {
             name: cert.name.clone(),
             result: if i.loaded || cert.server.is_none() {
@@ -172,8 +174,11 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
             serial: Some(i.serial),
             not_after: Some(rfc3339(i.not_after)),
             generation: Some(i.generation),
-            error: None,
-            hint: None,
+            error: i.hook_error.as_ref().map(|e| e.to_string()),
+            hint: i
+                .hook_error
+                .as_ref()
+                .and_then(|e| e.hint().map(str::to_string)),
         },
         Err(e) => {
             let rolled_back = executor
@@ -299,25 +304,29 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
 
 pub fn render_reissue(doc: &ReissueDoc) {
     for r in &doc.certificates {
-        match &r.error {
-            None if r.result == "started" => println!("{}: re-issue started", r.name),
-            None => println!(
-                "{}: {} serial {} (generation {}), expires {}",
+        let what = match r.result.as_str() {
+            "started" => {
+                println!("{}: re-issue started", r.name);
+                None
+            }
+            "installed" => Some("installed and verified in service:"),
+            "installed-not-loaded" => Some("installed, not loaded (web server not running):"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            println!(
+                "{}: {what} serial {} (generation {}), expires {}",
                 r.name,
-                if r.result == "installed" {
-                    "installed and verified in service:"
-                } else {
-                    "installed, not loaded (web server not running):"
-                },
                 r.serial.as_deref().unwrap_or("?"),
                 r.generation.unwrap_or_default(),
                 r.not_after.as_deref().unwrap_or("?")
-            ),
-            Some(e) => {
-                eprintln!("certagent: {}: {e}", r.name);
-                if let Some(h) = &r.hint {
-                    eprintln!("  hint: {h}");
-                }
+            );
+        }
+        // Also after an install: a failed post_install hook is reported, not swallowed.
+        if let Some(e) = &r.error {
+            eprintln!("certagent: {}: {e}", r.name);
+            if let Some(h) = &r.hint {
+                eprintln!("  hint: {h}");
             }
         }
     }

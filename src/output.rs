@@ -77,7 +77,8 @@ pub struct CheckDoc {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReissueResult {
     pub name: String,
-    /// "installed", "installed-not-loaded", "failed", "rolled-back".
+    /// "installed", "installed-not-loaded", "failed", "rolled-back". An installed
+    /// certificate whose post_install hook failed keeps its result and has `error` set.
     pub result: String,
     pub changed: bool,
     pub reason: String,

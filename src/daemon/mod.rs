@@ -326,7 +326,9 @@ impl Daemon {
         }
         // A job cut short by shutdown did not fail: it resumes at the next start, at once.
         let stopping = *self.stop_rx.borrow();
-        if result.error.is_some() && !stopping {
+        // A failed post_install hook leaves an installed certificate: nothing to retry.
+        let installed = result.result.starts_with("installed");
+        if result.error.is_some() && !installed && !stopping {
             self.schedule_retry(name);
         }
         if !stopping {
