@@ -192,6 +192,7 @@ impl WebServer {
     /// `apache::wait_retired`). Without this, a probe can meet a new worker while the next
     /// client still meets an old one (seen in tests).
     pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) {
+        let started = Instant::now();
         let retired = match (self.cfg.kind, old.master) {
             (ServerKind::Apache, Some(master)) => {
                 apache::wait_retired(master, &old.pids, within).await
@@ -199,7 +200,9 @@ impl WebServer {
             (ServerKind::Nginx, _) => wait_nginx_retired(&old.pids, within).await,
             _ => true,
         };
-        if !retired {
+        if retired {
+            log::debug!(server = self.cfg.name.as_str(), workers = old.pids.len(), waited_ms = started.elapsed().as_millis() as u64; "old workers stopped accepting connections");
+        } else {
             log::warn!(server = self.cfg.name.as_str(); "old {} workers still accept connections after the reload", self.cfg.kind.as_str());
         }
     }
@@ -355,6 +358,11 @@ pub async fn run_with_env(
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
     };
+    if tail.is_empty() {
+        return Err(Error::msg(format!(
+            "`{shown}` failed with {status} and printed nothing"
+        )));
+    }
     Err(Error::msg(format!(
         "`{shown}` failed with {status}: {}",
         tail.replace('\n', " | ")
@@ -378,6 +386,13 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "`sh -c echo boom >&2; exit 3` failed with exit status 3: boom"
+        );
+        let err = run(&["false".into()], Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`false` failed with exit status 1 and printed nothing"
         );
         let err = run(&["sleep".into(), "5".into()], Duration::from_millis(200))
             .await
