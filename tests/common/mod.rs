@@ -13,6 +13,8 @@
 //!   (`pebble.rs`);
 //! * [`Nginx`]: a private nginx master with one TLS server per [`Site`] and an
 //!   optional plain-HTTP listener serving an http-01 webroot (`nginx.rs`);
+//! * [`Apache`]: a private Apache parent (Debian's apache2) with one TLS
+//!   `<VirtualHost>` per [`Site`], on a temporary ServerRoot (`apache.rs`);
 //! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`).
 //!
 //! All helpers are synchronous and panic with a descriptive message (including
@@ -30,6 +32,7 @@
 #![allow(clippy::expect_used)]
 
 mod agent;
+mod apache;
 mod http;
 mod nginx;
 mod pebble;
@@ -37,6 +40,7 @@ mod process;
 mod tls;
 
 pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
+pub use apache::Apache;
 pub use http::{HttpResponse, http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
