@@ -118,7 +118,15 @@ pub struct ValidateDoc {
 
 pub fn print_json<T: Serialize>(doc: &T) {
     match serde_json::to_string_pretty(doc) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => print_stdout(&format!("{s}\n")),
         Err(e) => eprintln!("certagent: failed to encode JSON: {e}"),
     }
+}
+
+/// Write a document to stdout. A reader that went away (`| head`) is not an error worth a
+/// panic, which is what `println!` does on a closed pipe.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
