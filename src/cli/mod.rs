@@ -3,6 +3,7 @@
 
 mod check;
 mod config_cmd;
+mod discover;
 mod reissue;
 
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ Examples:
   certagent config validate             check /etc/certagent/config.toml and conf.d/*.toml
   certagent check                       what is wrong with each certificate, changing nothing
   certagent reissue --now www           new key + certificate for [certificate.www], installed and proven
-  certagent reissue --now --all --json  the same for every certificate, as JSON for config management";
+  certagent reissue --now --all --json  the same for every certificate, as JSON for config management
+  certagent discover > conf.d/found.toml  adopt the certificates nginx/Apache already serve";
 
 /// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
 /// mismatched or compromised, when a certificate expires or no longer matches the config;
@@ -76,6 +78,14 @@ pub enum Command {
     /// when the new certificate is verified in service. A run that is interrupted (killed,
     /// power cut) is resumed by the next one without ordering again.
     Reissue(reissue::ReissueArgs),
+    /// Print the certificates nginx and Apache already serve, as certagent configuration.
+    ///
+    /// Reads the servers' configuration files as they do (include files, globs, paths
+    /// relative to the nginx prefix or Apache's ServerRoot), finds every TLS site's
+    /// certificate and key, reads each certificate (names, key type, expiry) and prints
+    /// ready-to-paste [server.*] and [certificate.*] TOML for conf.d/, or --json. Changes
+    /// nothing.
+    Discover(discover::DiscoverArgs),
     /// Validate the configuration and its drop-ins.
     Config {
         #[command(subcommand)]
@@ -120,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check::check(&cli.config, &args).await,
         Command::Status(args) => check::status(&cli.config, &args).await,
         Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
+        Command::Discover(args) => discover::discover(&args),
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => config_cmd::validate(&cli.config, json),
@@ -131,6 +142,7 @@ pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
         Command::Check(a) | Command::Status(a) => a.json,
         Command::Reissue(a) => a.json,
+        Command::Discover(a) => a.json,
         Command::Run => false,
         Command::Config {
             command: ConfigCommand::Validate { json },

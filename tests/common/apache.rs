@@ -57,6 +57,29 @@ impl Apache {
         apache
     }
 
+    /// Starts Apache with a config the test wrote itself at `DIR/apache2.conf` (its PidFile
+    /// must be `DIR/apache2.pid`), and waits until `ports` accept TCP.
+    pub fn start_custom(dir: &Path, ports: &[u16]) -> Apache {
+        std::fs::create_dir_all(dir.join("logs"))
+            .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut apache = Apache {
+            parent: None,
+            root: dir.to_owned(),
+            sites: ports
+                .iter()
+                .map(|&port| Site {
+                    port,
+                    server_names: Vec::new(),
+                    cert_file: PathBuf::new(),
+                    key_file: PathBuf::new(),
+                })
+                .collect(),
+        };
+        let _ = std::fs::remove_file(apache.pid_file());
+        apache.launch();
+        apache
+    }
+
     /// Writes the config and starts `apache2 -d DIR -f DIR/apache2.conf -D FOREGROUND`;
     /// waits (up to 10 s) until the pid file names the parent and every port accepts TCP.
     /// Panics with Apache's logs if startup fails.
