@@ -293,6 +293,54 @@ fn reload_that_does_nothing_is_detected_retried_and_rolled_back() {
     env.assert_unharmed(parent);
 }
 
+#[test]
+fn a_previous_pair_that_is_not_usable_is_not_restored_over_a_valid_new_one() {
+    let mut env = ApacheEnv::new(true);
+    // The key is lost (Apache still has it in memory) and the config test then fails: rolling
+    // back would restore a certificate without its key, which the next graceful restart
+    // (logrotate's, daily) cannot load.
+    let mut test = env.apache.test_command();
+    test.extend(["-D".to_string(), "CERTAGENT_FAIL_TEST".to_string()]);
+    env.write_config(&format!("test_command = {}", toml_list(&test)));
+    std::fs::remove_file(&env.key_file).unwrap();
+    let parent = env.apache.parent_pid();
+    let run = env.certagent(&["reissue", "--now", "site", "--json"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["certificates"][0]["result"], "failed");
+    let error = doc["certificates"][0]["error"].as_str().unwrap();
+    let gen0_key = env.state_dir().join("live/site/gen-0/key.pem");
+    assert!(
+        error.ends_with(&format!(
+            "; kept generation 1: the previous generation 0 is not a usable pair (key {:?} is missing), restoring it would break the server",
+            gen0_key.display().to_string()
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        doc["certificates"][0]["hint"],
+        "the new pair is valid and stays in place; see the web server's error log"
+    );
+    // On disk: the new, valid pair. Apache: untouched, and a graceful restart loads it.
+    let key = std::fs::read_to_string(&env.key_file).unwrap();
+    let cert = std::fs::read_to_string(&env.cert_file).unwrap();
+    assert_eq!(
+        spki_of_key_pem(&key),
+        spki_of_cert_der(&common::pem_to_der(&cert))
+    );
+    assert!(env.apache.is_alive());
+    assert_eq!(env.served(), env.initial_leaf);
+    assert!(send_signal(parent, "USR1"));
+    assert!(
+        wait_until(Duration::from_secs(5), || env.apache.is_alive()
+            && served_leaf(&env.addr(), "a.test")
+                .is_some_and(|l| l != env.initial_leaf)),
+        "{}",
+        env.apache.log()
+    );
+    assert_eq!(env.apache.parent_pid(), parent);
+}
+
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_certificate_for_another_key_never_reaches_apache() {

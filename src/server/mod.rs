@@ -106,7 +106,7 @@ impl WebServer {
         Some(read_pid(&pid_file).is_some_and(|pid| kill(pid, None).is_ok()))
     }
 
-    /// The pid in the pid file, when there is one to tell the operator about.
+    /// The pid file certagent reads for this server, if any (for messages).
     pub fn pid_file(&self) -> Option<PathBuf> {
         self.default_pid_file()
     }
