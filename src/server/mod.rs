@@ -349,11 +349,13 @@ pub async fn run_with_env(
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     let text = text.trim();
-    let tail = if text.len() > MAX_OUTPUT {
-        &text[text.len() - MAX_OUTPUT..]
-    } else {
-        text
-    };
+    // The last MAX_OUTPUT bytes, cut at a character boundary (slicing inside a multi-byte
+    // character would panic).
+    let mut start = text.len().saturating_sub(MAX_OUTPUT);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &text[start..];
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
@@ -387,6 +389,21 @@ mod tests {
             err.to_string(),
             "`sh -c echo boom >&2; exit 3` failed with exit status 3: boom"
         );
+        // 3-byte characters: a cut 4096 bytes from the end falls inside one.
+        let err = run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "printf '€%.0s' $(seq 2000); exit 1".into(),
+            ],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.ends_with("€€€"), "{shown}");
+        let output = shown.rsplit(": ").next().unwrap();
+        assert_eq!(output.matches('€').count(), 4095 / 3);
         let err = run(&["false".into()], Duration::from_secs(5))
             .await
             .unwrap_err();
