@@ -16,8 +16,8 @@ use crate::issuer::{IssueRequest, Issuer, RevokeOutcome};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    CompromiseWork, Flip, GenerationContent, Journal, Outcome, OutcomeKind, Pending, PostActions,
-    Store, fsutil,
+    CompromiseWork, Flip, GenFiles, GenerationContent, Journal, Outcome, OutcomeKind, Pending,
+    PostActions, Store, fsutil,
 };
 
 /// What is on disk for one certificate, with the problems found reading it.
@@ -183,6 +183,8 @@ pub struct Installed {
     pub serial: String,
     pub not_after: Timestamp,
     pub loaded: bool,
+    /// The post_install hook failed (the certificate is installed all the same).
+    pub hook_error: Option<Error>,
 }
 
 /// Carries out re-issues. Cheap to clone: jobs of the daemon each hold one.
@@ -587,8 +589,8 @@ impl Executor {
         chain
     }
 
-    /// Steps 4–9 of the transaction: adopt existing files, publish, flip, test, reload,
-    /// verify, and roll back on failure.
+    /// Steps 4–9 of the transaction: adopt existing files, publish, check the published pair,
+    /// run the pre_install hook, flip, test, reload, verify, and roll back on failure.
     async fn install(
         &self,
         cert: &Certificate,
@@ -607,7 +609,29 @@ impl Executor {
             chain: Some(chain.intermediates_pem().into_bytes()),
         };
         self.store.save_journal(&cert.name, journal)?;
-        self.store.publish_generation(cert, number, &content)?;
+        let files = self.store.publish_generation(cert, number, &content)?;
+        #[cfg(feature = "failpoints")]
+        crate::failpoint::truncate_if("truncate-staged-key", &files.key());
+        // The files exactly as the server will read them. Apache says "Syntax OK" for a
+        // mismatched or truncated pair and its parent exits on the graceful restart that
+        // follows, so this check, not the server's config test, is what protects it.
+        if let Err(why) = check_generation(&files) {
+            let e = Error::msg(format!(
+                "the new files of generation {number} are not a usable pair: {why}"
+            ));
+            return Err(self.veto(cert, journal, number, reason, e));
+        }
+        let serial = chain.leaf().map_err(Error::msg)?.serial;
+        if let Some(argv) = &cert.pre_install {
+            let env = hook_env(cert, "pre_install", reason, &serial, number, &files);
+            if let Err(e) = server::run_with_env(argv, &env, hook_timeout(cert)).await {
+                let e = e.context(format!(
+                    "pre_install hook of {:?} vetoed the install",
+                    cert.name
+                ));
+                return Err(self.veto(cert, journal, number, reason, e));
+            }
+        }
         let flip = Flip {
             from: self.store.current_generation(&cert.name),
             to: number,
@@ -621,6 +645,35 @@ impl Executor {
         log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(), event = "flipped"; "flipped to new generation");
         crate::failpoint!("after-flip");
         self.settle_flip(cert, journal, &flip).await
+    }
+
+    /// An install stopped before its flip: the published generation goes away, the server's
+    /// files never changed. The issued certificate stays pending, so the next attempt
+    /// installs it without asking the CA again.
+    fn veto(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        number: u64,
+        reason: Reason,
+        cause: Error,
+    ) -> Error {
+        if let Err(e) = self.store.remove_generation(&cert.name, number) {
+            log::warn!(cert = cert.name.as_str(), generation = number; "{e}");
+        }
+        let message = cause.to_string();
+        log::error!(cert = cert.name.as_str(), reason = reason.as_str(), generation = number, event = "failed"; "install stopped before the flip: {message}");
+        let _ = self.record(
+            cert,
+            journal,
+            OutcomeKind::Failed,
+            reason,
+            &message,
+            None,
+            None,
+        );
+        Error::msg(message)
+            .with_hint("nothing was installed; the certificate in service is unchanged")
     }
 
     /// Take over plain files at the configured paths as a generation of their own (kept for
@@ -695,10 +748,22 @@ impl Executor {
             serial: leaf.serial.clone(),
             not_after: leaf.not_after,
             loaded,
+            hook_error: None,
         };
-        let Some(server) = self.server(cert) else {
+        let server = self.server(cert);
+        // Recovery meets files written by a process that was killed: never load them unseen.
+        if let Err(why) = check_generation(&files) {
+            let e = Error::msg(format!(
+                "generation {} is not a usable pair: {why}",
+                flip.to
+            ));
+            return Err(self.rollback(cert, journal, flip, None, false, e).await);
+        }
+        let Some(server) = server else {
             self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
-            return Ok(installed(false));
+            return Ok(self
+                .post_install(cert, journal, flip, installed(false))
+                .await);
         };
         if server.kind() == crate::config::ServerKind::None || server.is_running() == Some(false) {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
@@ -709,44 +774,105 @@ impl Executor {
                 OutcomeKind::InstalledNotLoaded,
                 &leaf.serial,
             )?;
-            return Ok(installed(false));
+            return Ok(self
+                .post_install(cert, journal, flip, installed(false))
+                .await);
         }
-        let sni = server::probe_sni(cert.names[0].as_str());
         if let Err(e) = server.config_test().await {
-            return Err(self.rollback(cert, journal, flip, &server, false, e).await);
+            let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
+            return Err(rolled.await);
         }
-        let old_workers = server.workers();
-        if let Err(e) = server.reload().await {
-            return Err(self.rollback(cert, journal, flip, &server, false, e).await);
-        }
+        let mut served = match self.reload_and_probe(&server, cert, &chain).await {
+            Ok(s) => s,
+            Err(e) => {
+                let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
+                return Err(rolled.await);
+            }
+        };
         crate::failpoint!("after-reload");
-        server
-            .wait_retired(&old_workers, server.verify_timeout())
-            .await;
-        let mut served = server
-            .wait_served(&sni, chain.leaf_der(), server.verify_timeout())
-            .await;
         if let Served::Not(why) = &served {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "new certificate not served after reload ({why}), reloading once more");
-            if server.reload().await.is_ok() {
-                served = server
-                    .wait_served(&sni, chain.leaf_der(), server.verify_timeout())
-                    .await;
+            if let Ok(again) = self.reload_and_probe(&server, cert, &chain).await {
+                served = again;
             }
         }
         match served {
             Served::All => {
                 self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
-                Ok(installed(true))
+                Ok(self
+                    .post_install(cert, journal, flip, installed(true))
+                    .await)
             }
             Served::Not(why) => {
-                let e = Error::msg(format!(
+                let mut message = format!(
                     "server {:?} does not serve the new certificate: {why}",
                     server.name()
-                ));
-                Err(self.rollback(cert, journal, flip, &server, true, e).await)
+                );
+                if server.is_running() == Some(false) {
+                    message.push_str(&exited_note(&server));
+                }
+                let e = Error::msg(message);
+                Err(self
+                    .rollback(cert, journal, flip, Some(&server), true, e)
+                    .await)
             }
         }
+    }
+
+    /// One reload and its proof: note the workers serving now, reload, wait until those have
+    /// stopped accepting connections, probe every endpoint of the certificate.
+    async fn reload_and_probe(
+        &self,
+        server: &WebServer,
+        cert: &Certificate,
+        chain: &Chain,
+    ) -> Result<Served> {
+        let old_workers = server.workers();
+        server.reload().await?;
+        server
+            .wait_retired(&old_workers, server.verify_timeout())
+            .await;
+        Ok(server
+            .wait_served(&cert.names, chain.leaf_der(), server.verify_timeout())
+            .await)
+    }
+
+    /// Run the post_install hook of an installed certificate. A failure is recorded and
+    /// reported (the install itself stands: it is verified and in service).
+    async fn post_install(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        mut installed: Installed,
+    ) -> Installed {
+        let Some(argv) = &cert.post_install else {
+            return installed;
+        };
+        let files = self.store.generation(&cert.name, flip.to);
+        let env = hook_env(
+            cert,
+            "post_install",
+            flip.reason,
+            &installed.serial,
+            flip.to,
+            &files,
+        );
+        let Err(e) = server::run_with_env(argv, &env, hook_timeout(cert)).await else {
+            return installed;
+        };
+        let e = e.context(format!("post_install hook of {:?} failed", cert.name));
+        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = installed.serial.as_str(), generation = flip.to, event = "hook-failed"; "{e}");
+        if let Some(last) = journal.last.as_mut() {
+            last.message = format!("{}; {e}", last.message);
+            if let Err(e) = self.store.save_journal(&cert.name, journal) {
+                log::warn!(cert = cert.name.as_str(); "{e}");
+            }
+        }
+        installed.hook_error = Some(e.with_hint(
+            "the new certificate is installed; fix the hook and run it by hand, it is not retried",
+        ));
+        installed
     }
 
     fn finish(
@@ -814,16 +940,45 @@ impl Executor {
     }
 
     /// Flip back to the previous generation, reload if the new one was loaded, and record
-    /// it. Returns the error to report (the cause plus what was done about it).
+    /// it. Returns the error to report (the cause plus what was done about it). A previous
+    /// generation that is not a usable pair is not restored when the new one is: loading it
+    /// would take the server down (Apache) or fail at the next reload (logrotate's, daily).
     async fn rollback(
         &self,
         cert: &Certificate,
         journal: &mut Journal,
         flip: &Flip,
-        server: &WebServer,
+        server: Option<&WebServer>,
         reloaded: bool,
         cause: Error,
     ) -> Error {
+        let new_usable = check_generation(&self.store.generation(&cert.name, flip.to)).is_ok();
+        let previous_unusable = flip.from.and_then(|prev| {
+            check_generation(&self.store.generation(&cert.name, prev))
+                .err()
+                .map(|why| (prev, why))
+        });
+        if let (true, Some((prev, why))) = (new_usable, previous_unusable) {
+            let message = format!(
+                "{cause}; kept generation {}: the previous generation {prev} is not a usable pair ({why}), restoring it would break the server",
+                flip.to
+            );
+            journal.current = Some(flip.to);
+            journal.flip = None;
+            log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "failed"; "install failed: {message}");
+            let _ = self.record(
+                cert,
+                journal,
+                OutcomeKind::Failed,
+                flip.reason,
+                &message,
+                None,
+                Some(flip.to),
+            );
+            return Error::msg(message).with_hint(
+                "the new pair is valid and stays in place; see the web server's error log",
+            );
+        }
         let mut notes = Vec::new();
         let flipped = match flip.from {
             Some(prev) => self
@@ -839,7 +994,7 @@ impl Executor {
             Ok(n) => notes.push(n),
             Err(e) => notes.push(format!("ROLLBACK FAILED: {e}")),
         }
-        if reloaded {
+        if let (true, Some(server)) = (reloaded, server) {
             match server.reload().await {
                 Ok(()) => notes.push("reloaded the previous certificate".into()),
                 Err(e) => notes.push(format!("reload after rollback failed: {e}")),
@@ -1157,6 +1312,73 @@ impl Executor {
     }
 }
 
+/// The pair check on files as they are on disk, the question nginx and mod_ssl ask when they
+/// load them: the certificate file parses, the key file parses, the key is the leaf's key,
+/// and (for the key types certagent issues) it signs what the leaf's key verifies.
+pub fn check_generation(files: &GenFiles) -> Result<(), String> {
+    let read = |path: &std::path::Path, what: &str| {
+        fsutil::read_capped(path, keys::MAX_PEM_BYTES)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{what} {:?} is missing", path.display().to_string()))
+    };
+    let chain = Chain::from_pem(&read(&files.fullchain(), "certificate")?)
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key_pem = zeroize::Zeroizing::new(read(&files.key(), "key")?);
+    let key = PrivateKey::from_pem(&String::from_utf8_lossy(&key_pem))
+        .map_err(|e| format!("key: {e}"))?;
+    let leaf = chain.leaf()?;
+    if leaf.spki_sha256 != key.spki_sha256() {
+        return Err("the key does not belong to the certificate".into());
+    }
+    if key.spec.is_some() && !key.verifies_with(&chain.leaf_spki_der()?) {
+        return Err(
+            "the key does not sign for the certificate (sign/verify round trip failed)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The environment of a hook: which certificate, why, and where its new files are.
+fn hook_env(
+    cert: &Certificate,
+    hook: &str,
+    reason: Reason,
+    serial: &str,
+    generation: u64,
+    files: &GenFiles,
+) -> Vec<(String, String)> {
+    [
+        ("CERTAGENT_HOOK", hook.to_string()),
+        ("CERTAGENT_CERT", cert.name.clone()),
+        ("CERTAGENT_REASON", reason.as_str().to_string()),
+        (
+            "CERTAGENT_CERT_FILE",
+            files.fullchain().display().to_string(),
+        ),
+        ("CERTAGENT_KEY_FILE", files.key().display().to_string()),
+        ("CERTAGENT_SERIAL", serial.to_string()),
+        ("CERTAGENT_GENERATION", generation.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn hook_timeout(cert: &Certificate) -> std::time::Duration {
+    std::time::Duration::from_secs(cert.hook_timeout.0.max(1) as u64)
+}
+
+/// What to add to an error when the server's master process is gone after a reload.
+fn exited_note(server: &WebServer) -> String {
+    let pid_file = server
+        .pid_file()
+        .map(|p| format!(" (pid file {:?})", p.display().to_string()))
+        .unwrap_or_default();
+    format!(
+        "; the server is not running any more{pid_file}: certagent never starts it, start it once its error log says why it exited"
+    )
+}
+
 /// Step 3 of the transaction: the chain must be for our key and our names, currently valid,
 /// and linked; the key must sign for the leaf. What fails here never reaches the server.
 pub fn validate_chain(
@@ -1198,4 +1420,80 @@ pub fn validate_chain(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InternalIssuer;
+    use crate::core::{DomainName, KeySpec, Span};
+    use crate::issuer::internal::LocalCa;
+
+    /// A generation directory holding `fullchain` and `key` (either may be absent).
+    fn generation(dir: &std::path::Path, fullchain: Option<&[u8]>, key: Option<&[u8]>) -> GenFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let g = GenFiles {
+            dir: dir.to_path_buf(),
+        };
+        let _ = std::fs::remove_file(g.fullchain());
+        let _ = std::fs::remove_file(g.key());
+        if let Some(c) = fullchain {
+            std::fs::write(g.fullchain(), c).unwrap();
+        }
+        if let Some(k) = key {
+            std::fs::write(g.key(), k).unwrap();
+        }
+        g
+    }
+
+    #[test]
+    fn the_pair_check_refuses_what_apache_would_die_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = LocalCa::new(
+            tmp.path(),
+            &InternalIssuer {
+                validity: Span::days(30),
+            },
+        );
+        let names: Vec<DomainName> = vec!["a.test".parse().unwrap()];
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let other = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let chain = ca
+            .issue(&names, &key.spki_der(), 1_800_000_000)
+            .unwrap()
+            .to_pem();
+        let key_pem = key.to_pem();
+        let g = tmp.path().join("gen");
+
+        let ok = generation(&g, Some(chain.as_bytes()), Some(key_pem.as_bytes()));
+        assert_eq!(check_generation(&ok), Ok(()));
+
+        let mismatched = generation(&g, Some(chain.as_bytes()), Some(other.to_pem().as_bytes()));
+        assert_eq!(
+            check_generation(&mismatched),
+            Err("the key does not belong to the certificate".into())
+        );
+
+        let half = &key_pem.as_bytes()[..key_pem.as_bytes().len() / 2];
+        let truncated = generation(&g, Some(chain.as_bytes()), Some(half));
+        assert_eq!(
+            check_generation(&truncated),
+            Err("key: PEM block \"PRIVATE KEY\" is truncated (no END line)".into())
+        );
+
+        let garbage = generation(&g, Some(b"hello\n"), Some(key_pem.as_bytes()));
+        assert_eq!(
+            check_generation(&garbage),
+            Err("certificate: no PEM certificate found".into())
+        );
+
+        let keyless = generation(&g, Some(chain.as_bytes()), None);
+        assert_eq!(
+            check_generation(&keyless),
+            Err(format!(
+                "key {:?} is missing",
+                g.join("key.pem").display().to_string()
+            ))
+        );
+    }
 }

@@ -1,6 +1,9 @@
-//! Crash points for the fault-injection tests. Compiled in only with the `failpoints`
-//! feature; `CERTAGENT_FAILPOINT=NAME` makes the process kill itself with SIGKILL when it
-//! reaches `failpoint!("NAME")`, exactly like a power cut or an OOM kill would stop it.
+//! Crash points and injected faults for the fault-injection tests. Compiled in only with the
+//! `failpoints` feature; `CERTAGENT_FAILPOINT=NAME` makes the process kill itself with
+//! SIGKILL when it reaches `failpoint!("NAME")`, exactly like a power cut or an OOM kill would
+//! stop it. A few named faults change behaviour instead: `issue-foreign-key` (the internal CA
+//! signs a different key, like a broken CA) and `truncate-staged-key` (the published key file
+//! is cut short, like an unnoticed short write).
 
 /// Die here (SIGKILL, no destructors, no flush) when `CERTAGENT_FAILPOINT` names this point.
 #[macro_export]
@@ -36,4 +39,26 @@ pub async fn hit_async(name: &str) {
         eprintln!("certagent: failpoint {name}: sleeping");
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     }
+}
+
+/// Whether `CERTAGENT_FAILPOINT` names `name` (for failpoints that change behaviour instead
+/// of killing the process).
+#[cfg(feature = "failpoints")]
+pub fn active(name: &str) -> bool {
+    std::env::var("CERTAGENT_FAILPOINT").is_ok_and(|v| v == name)
+}
+
+/// Cut the file at `path` to half its length when `CERTAGENT_FAILPOINT` names `name`: a
+/// short write that went unnoticed, as a full disk or a power cut can leave one.
+#[cfg(feature = "failpoints")]
+pub fn truncate_if(name: &str, path: &std::path::Path) {
+    if !active(name) {
+        return;
+    }
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    eprintln!("certagent: failpoint {name}: truncating {}", path.display());
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len / 2));
 }

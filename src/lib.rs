@@ -10,6 +10,7 @@ pub mod config; //     config.toml + conf.d drop-ins -> validated Config, all er
 pub mod control; //    control socket protocol between the CLI and the daemon
 pub mod core; //       pure decisions: reasons, renewal window, retry delay
 pub mod daemon; //     the event loop: inotify, deadlines, control socket, signals, sd_notify
+pub mod discover; //   the certificates nginx and Apache already serve, as certagent config
 pub mod error; //      the error type and the exit codes
 pub mod executor; //   observe a certificate; the re-issue and install transaction
 pub mod failpoint; //  crash points for fault-injection tests (feature "failpoints")
@@ -20,6 +21,6 @@ pub mod notify; //     webhook and command notifications of events
 pub mod ops; //        check / status / reissue documents, shared by CLI and daemon
 pub mod output; //     the --json documents
 pub mod revocation; // CRL lookups and ACME Renewal Information (RFC 9773)
-pub mod server; //     nginx / command servers: config test, reload, TLS probe
+pub mod server; //     nginx / Apache / command servers: config test, reload, TLS probe
 pub mod store; //      state directory: journal, generations, atomic flip, lock
 pub mod systemd; //    sd_notify: READY, STATUS, RELOADING, STOPPING, WATCHDOG

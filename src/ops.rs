@@ -224,6 +224,13 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
             r.serial = Some(i.serial.clone());
             r.not_after = Some(rfc3339(i.not_after));
             r.generation = Some(i.generation);
+            // A failed post_install hook: the certificate is installed (result says so), and
+            // the run failed all the same (error set, exit 2).
+            r.error = i.hook_error.as_ref().map(|e| e.to_string());
+            r.hint = i
+                .hook_error
+                .as_ref()
+                .and_then(|e| e.hint().map(str::to_string));
             let msg = format!(
                 "installed serial {} (generation {})",
                 i.serial, i.generation
@@ -302,6 +309,11 @@ pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) ->
             r.serial = Some(i.serial.clone());
             r.not_after = Some(rfc3339(i.not_after));
             r.generation = Some(i.generation);
+            r.error = i.hook_error.as_ref().map(|e| e.to_string());
+            r.hint = i
+                .hook_error
+                .as_ref()
+                .and_then(|e| e.hint().map(str::to_string));
             Event::new(
                 "installed",
                 &cert.name,
@@ -507,28 +519,33 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
 
 pub fn render_reissue(doc: &ReissueDoc) {
     for r in &doc.certificates {
-        match &r.error {
-            None if r.result == "started" => println!("{}: re-issue started", r.name),
-            None if r.result == "pending" => {
-                println!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""))
+        let what = match r.result.as_str() {
+            "started" => {
+                println!("{}: re-issue started", r.name);
+                None
             }
-            None => println!(
-                "{}: {} serial {} (generation {}), expires {}",
+            "pending" => {
+                println!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""));
+                None
+            }
+            "installed" => Some("installed and verified in service:"),
+            "installed-not-loaded" => Some("installed, not loaded (web server not running):"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            println!(
+                "{}: {what} serial {} (generation {}), expires {}",
                 r.name,
-                if r.result == "installed" {
-                    "installed and verified in service:"
-                } else {
-                    "installed, not loaded (web server not running):"
-                },
                 r.serial.as_deref().unwrap_or("?"),
                 r.generation.unwrap_or_default(),
                 r.not_after.as_deref().unwrap_or("?")
-            ),
-            Some(e) => {
-                eprintln!("certagent: {}: {e}", r.name);
-                if let Some(h) = &r.hint {
-                    eprintln!("  hint: {h}");
-                }
+            );
+        }
+        // Also after an install: a failed post_install hook is reported, not swallowed.
+        if let Some(e) = &r.error {
+            eprintln!("certagent: {}: {e}", r.name);
+            if let Some(h) = &r.hint {
+                eprintln!("  hint: {h}");
             }
         }
     }

@@ -110,7 +110,8 @@ pub struct CheckDoc {
 pub struct ReissueResult {
     pub name: String,
     /// "installed", "installed-not-loaded", "pending", "failed", "rolled-back" (and from the
-    /// daemon: "started").
+    /// daemon: "started"). An installed certificate whose post_install hook failed keeps its
+    /// result and has `error` set.
     pub result: String,
     pub changed: bool,
     pub reason: String,
@@ -153,7 +154,15 @@ pub struct ValidateDoc {
 
 pub fn print_json<T: Serialize>(doc: &T) {
     match serde_json::to_string_pretty(doc) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => print_stdout(&format!("{s}\n")),
         Err(e) => eprintln!("certagent: failed to encode JSON: {e}"),
     }
+}
+
+/// Write a document to stdout. A reader that went away (`| head`) is not an error worth a
+/// panic, which is what `println!` does on a closed pipe.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -3,6 +3,7 @@
 
 mod check;
 mod config_cmd;
+mod discover;
 mod import;
 mod reissue;
 
@@ -26,7 +27,8 @@ Examples:
   certagent config validate             check /etc/certagent/config.toml and conf.d/*.toml
   certagent check                       what is wrong with each certificate, changing nothing
   certagent reissue --now www           new key + certificate for [certificate.www], installed and proven
-  certagent reissue --now --all --json  the same for every certificate, as JSON for config management";
+  certagent reissue --now --all --json  the same for every certificate, as JSON for config management
+  certagent discover > conf.d/found.toml  adopt the certificates nginx/Apache already serve";
 
 /// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
 /// mismatched or compromised, when a certificate expires or no longer matches the config;
@@ -83,6 +85,14 @@ pub enum Command {
     /// configured names; otherwise nothing is installed. Dropping the file into STATE/inbox/
     /// does the same while the daemon runs.
     Import(import::ImportArgs),
+    /// Print the certificates nginx and Apache already serve, as certagent configuration.
+    ///
+    /// Reads the servers' configuration files as they do (include files, globs, paths
+    /// relative to the nginx prefix or Apache's ServerRoot), finds every TLS site's
+    /// certificate and key, reads each certificate (names, key type, expiry) and prints
+    /// ready-to-paste [server.*] and [certificate.*] TOML for conf.d/, or --json. Changes
+    /// nothing.
+    Discover(discover::DiscoverArgs),
     /// Validate the configuration and its drop-ins.
     Config {
         #[command(subcommand)]
@@ -128,6 +138,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => check::status(&cli.config, &args).await,
         Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
         Command::Import(args) => import::import(&cli.config, &args).await,
+        Command::Discover(args) => discover::discover(&args),
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => config_cmd::validate(&cli.config, json),
@@ -140,6 +151,7 @@ pub fn wants_json(cli: &Cli) -> bool {
         Command::Check(a) | Command::Status(a) => a.json,
         Command::Reissue(a) => a.json,
         Command::Import(a) => a.json,
+        Command::Discover(a) => a.json,
         Command::Run => false,
         Command::Config {
             command: ConfigCommand::Validate { json },

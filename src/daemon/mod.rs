@@ -54,6 +54,9 @@ struct CertState {
     waiters: Vec<oneshot::Sender<ReissueResult>>,
     /// When to look at this certificate again by itself.
     wake_at: Option<Timestamp>,
+    /// A handed-in certificate that arrived while another job ran (it starts next), and the
+    /// clients waiting for its outcome.
+    queued: Option<(Job, Vec<oneshot::Sender<ReissueResult>>)>,
 }
 
 struct Daemon {
@@ -176,18 +179,15 @@ pub async fn run(
             }
             () = sleep_until(settle_at) => {
                 settle_at = None;
-                // A reload that takes effect looks at everything; one that is refused must
-                // not swallow the file events that arrived with it.
-                let reloaded = std::mem::take(&mut reload_pending)
-                    && d.reload("the configuration changed on disk").await;
-                if reloaded {
-                    dirty.clear();
-                } else {
-                    // A blocklist or flag file may be what changed.
-                    d.blocked = Arc::new(Blocked::load(&d.config));
-                    for name in std::mem::take(&mut dirty) {
-                        d.evaluate(&name).await;
-                    }
+                if std::mem::take(&mut reload_pending) {
+                    d.reload("the configuration changed on disk").await;
+                }
+                // A blocklist or flag file may be what changed. And after a reload too: when
+                // the new configuration is invalid, nothing else looks at a certificate whose
+                // files changed in the same settle window.
+                d.blocked = Arc::new(Blocked::load(&d.config));
+                for name in std::mem::take(&mut dirty) {
+                    d.evaluate(&name).await;
                 }
             }
             () = sleep_until(wake) => {
@@ -394,6 +394,15 @@ impl Daemon {
         for w in state.waiters.drain(..) {
             let _ = w.send(result.clone());
         }
+        if let Some((job, waiters)) = state.queued.take() {
+            self.start(name, job);
+            self.certs
+                .entry(name.to_string())
+                .or_default()
+                .waiters
+                .extend(waiters);
+            return;
+        }
         // A compromise response adds to certagent's memory of compromised keys.
         self.blocked = Arc::new(Blocked::load(&self.config));
         // A job cut short by shutdown did not fail: it resumes at the next start, at once.
@@ -586,11 +595,23 @@ impl Daemon {
         }
         if let Some((data, source)) = ask.import.clone() {
             let name = &names[0];
-            if self.certs.get(name).is_some_and(|s| s.in_flight) {
-                let e = Error::msg(format!(
-                    "{name:?} is busy with another job; import again in a moment"
-                ));
-                let _ = ask.reply.send(Response::error(&e));
+            let state = self.certs.entry(name.clone()).or_default();
+            if state.in_flight {
+                // Runs right after the current job (which may be the pending re-issue itself).
+                let (tx, rx) = oneshot::channel();
+                state.queued = Some((Job::Import(data, source), vec![tx]));
+                let reply = ask.reply;
+                tokio::spawn(async move {
+                    let results = rx.await.map(|r| vec![r]).unwrap_or_default();
+                    let (doc, code) = ops::reissue_doc(results);
+                    let document = serde_json::to_value(doc).unwrap_or_default();
+                    let _ = reply.send(Response {
+                        exit: code,
+                        document,
+                        error: None,
+                        hint: None,
+                    });
+                });
                 return;
             }
             self.start(name, Job::Import(data, source));

@@ -91,6 +91,14 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        // Test builds can make this CA misbehave like a broken one: sign some other key.
+        #[cfg(feature = "failpoints")]
+        let foreign = crate::failpoint::active("issue-foreign-key")
+            .then(|| PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map(|k| k.spki_der()))
+            .transpose()
+            .map_err(Error::msg)?;
+        #[cfg(feature = "failpoints")]
+        let spki_der = foreign.as_deref().unwrap_or(spki_der);
         let public =
             SubjectPublicKeyInfo::from_der(spki_der).context("failed to read public key")?;
         let leaf = params

@@ -1,17 +1,19 @@
-//! Web servers: configuration test, reload, and proof by TLS handshake that a given leaf is
-//! being served. Commands run without a shell, with a timeout, their output captured for the
-//! error report.
+//! Web servers (nginx, Apache, any server driven by commands): configuration test, reload,
+//! and proof by TLS handshake that a given leaf is being served. Commands run without a
+//! shell, with a timeout, their output captured for the error report. Nothing here ever
+//! starts a server that is not running.
 
+pub mod apache;
 pub mod probe;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::config::{Server, ServerKind};
+use crate::config::{ApacheLayout, Server, ServerKind};
+use crate::core::DomainName;
 use crate::error::{Error, Result};
 
 /// Output kept from a failing command (the tail is what explains the failure).
@@ -19,6 +21,8 @@ const MAX_OUTPUT: usize = 4096;
 
 pub struct WebServer {
     cfg: Server,
+    /// Apache only: the layout in force (configured, else detected).
+    layout: ApacheLayout,
 }
 
 /// The result of looking at what every endpoint serves.
@@ -30,9 +34,23 @@ pub enum Served {
     Not(String),
 }
 
+/// The processes serving before a reload, to wait for after it.
+pub struct OldWorkers {
+    master: Option<Pid>,
+    pids: Vec<Pid>,
+}
+
 impl WebServer {
     pub fn new(cfg: &Server) -> WebServer {
-        WebServer { cfg: cfg.clone() }
+        let layout = match (cfg.kind, cfg.layout) {
+            (_, Some(l)) => l,
+            (ServerKind::Apache, None) => ApacheLayout::detect(),
+            (_, None) => ApacheLayout::Debian, // unused for other kinds
+        };
+        WebServer {
+            cfg: cfg.clone(),
+            layout,
+        }
     }
 
     pub fn kind(&self) -> ServerKind {
@@ -47,6 +65,14 @@ impl WebServer {
         Path::new("/run/systemd/system").is_dir()
     }
 
+    /// nginx and Apache are reloaded through systemd when nothing else is configured.
+    fn via_systemd(&self) -> bool {
+        matches!(self.cfg.kind, ServerKind::Nginx | ServerKind::Apache)
+            && self.cfg.pid_file.is_none()
+            && self.cfg.reload_command.is_none()
+            && Self::under_systemd()
+    }
+
     fn default_pid_file(&self) -> Option<PathBuf> {
         match self.cfg.kind {
             ServerKind::Nginx => Some(
@@ -55,8 +81,16 @@ impl WebServer {
                     .clone()
                     .unwrap_or_else(|| "/run/nginx.pid".into()),
             ),
+            ServerKind::Apache => Some(apache::default_pid_file(
+                self.layout,
+                self.cfg.pid_file.as_deref(),
+            )),
             _ => self.cfg.pid_file.clone(),
         }
+    }
+
+    fn master(&self) -> Option<Pid> {
+        self.default_pid_file().and_then(|p| read_pid(&p))
     }
 
     /// Whether the server's master process is alive: `Some(false)` means certagent must not
@@ -65,22 +99,25 @@ impl WebServer {
         if self.cfg.kind == ServerKind::None {
             return Some(false);
         }
-        if self.cfg.kind == ServerKind::Nginx
-            && self.cfg.pid_file.is_none()
-            && self.cfg.reload_command.is_none()
-            && Self::under_systemd()
-        {
+        if self.via_systemd() {
             return None; // systemctl knows; `systemctl reload` refuses an inactive unit
         }
         let pid_file = self.default_pid_file()?;
         Some(read_pid(&pid_file).is_some_and(|pid| kill(pid, None).is_ok()))
     }
 
-    /// Run the configuration test (`nginx -t`, or `test_command`). Ok when there is none.
+    /// The pid file certagent reads for this server, if any (for messages).
+    pub fn pid_file(&self) -> Option<PathBuf> {
+        self.default_pid_file()
+    }
+
+    /// Run the configuration test (`nginx -t`, `apache2ctl -t`, or `test_command`). Ok when
+    /// there is none.
     pub async fn config_test(&self) -> Result<()> {
         let argv = match (&self.cfg.test_command, self.cfg.kind) {
             (Some(cmd), _) => cmd.clone(),
             (None, ServerKind::Nginx) => vec!["nginx".into(), "-t".into(), "-q".into()],
+            (None, ServerKind::Apache) => self.layout.test_command(),
             (None, _) => return Ok(()),
         };
         run(&argv, self.timeout()).await.map_err(|e| {
@@ -91,33 +128,40 @@ impl WebServer {
         })
     }
 
-    /// Ask the server to load the files again: `reload_command`, else (nginx) SIGHUP to the
-    /// master from `pid_file`, else `systemctl reload nginx` under systemd.
+    /// Ask the server to load the files again: `reload_command`; else `systemctl reload`
+    /// under systemd when no pid file is configured; else a signal to the master from the
+    /// pid file (nginx SIGHUP, Apache SIGUSR1 — a graceful restart).
     pub async fn reload(&self) -> Result<()> {
         let fail = |e: Error| e.context(format!("reload of server {:?} failed", self.cfg.name));
         if let Some(cmd) = &self.cfg.reload_command {
             return run(cmd, self.timeout()).await.map_err(fail);
         }
-        match self.cfg.kind {
-            ServerKind::None | ServerKind::Command => Ok(()),
-            ServerKind::Nginx => {
-                if self.cfg.pid_file.is_none() && Self::under_systemd() {
-                    let argv = ["systemctl", "reload", "nginx"].map(String::from).to_vec();
-                    return run(&argv, self.timeout()).await.map_err(fail);
-                }
-                let Some(pid_file) = self.default_pid_file() else {
-                    return Ok(());
-                };
-                let pid = read_pid(&pid_file).ok_or_else(|| {
-                    fail(Error::msg(format!(
-                        "no pid in {:?}",
-                        pid_file.display().to_string()
-                    )))
-                })?;
-                kill(pid, Signal::SIGHUP)
-                    .map_err(|e| fail(Error::msg(format!("failed to signal pid {pid}: {e}"))))
-            }
+        let (unit, signal) = match self.cfg.kind {
+            ServerKind::None | ServerKind::Command => return Ok(()),
+            ServerKind::Nginx => ("nginx", Signal::SIGHUP),
+            ServerKind::Apache => (self.layout.unit(), Signal::SIGUSR1),
+        };
+        if self.via_systemd() {
+            let argv = ["systemctl", "reload", unit].map(String::from).to_vec();
+            return run(&argv, self.timeout()).await.map_err(fail);
         }
+        let Some(pid_file) = self.default_pid_file() else {
+            return Ok(());
+        };
+        let shown = pid_file.display().to_string();
+        let pid =
+            read_pid(&pid_file).ok_or_else(|| fail(Error::msg(format!("no pid in {shown:?}"))))?;
+        if self.cfg.kind == ServerKind::Apache
+            && let Some((false, exe)) = apache::is_apache(pid)
+        {
+            // A recycled pid must never get Apache's signal.
+            return Err(fail(Error::msg(format!(
+                "pid {pid} from {shown:?} is {:?}, not Apache; not signalling it",
+                exe.display().to_string()
+            )))
+            .with_hint("the pid file is stale: check pid_file, or that Apache is running"));
+        }
+        kill(pid, signal).map_err(|e| fail(Error::msg(format!("failed to signal pid {pid}: {e}"))))
     }
 
     fn timeout(&self) -> Duration {
@@ -128,54 +172,76 @@ impl WebServer {
         Duration::from_secs(self.cfg.verify_timeout.0.max(1) as u64)
     }
 
-    pub fn endpoints(&self) -> &[SocketAddr] {
-        &self.cfg.verify
-    }
-
-    /// The nginx worker processes serving now (children of the master in the pid file).
-    /// Taken before a reload, so that afterwards we can wait for exactly these to retire.
-    pub fn workers(&self) -> Vec<Pid> {
-        if self.cfg.kind != ServerKind::Nginx {
-            return Vec::new();
-        }
-        let Some(master) = self.default_pid_file().and_then(|p| read_pid(&p)) else {
-            return Vec::new();
+    /// The nginx workers or Apache children serving now (children of the master in the pid
+    /// file). Taken before a reload, so that afterwards we can wait for exactly these to
+    /// retire.
+    pub fn workers(&self) -> OldWorkers {
+        let master = match self.cfg.kind {
+            ServerKind::Nginx | ServerKind::Apache => self.master(),
+            _ => None,
         };
-        children_of(master)
-    }
-
-    /// Wait until each of `old` has exited or renamed itself "worker process is shutting
-    /// down" — nginx does that right after it closes its listening sockets, so from then on
-    /// only new workers (with the new certificate) accept connections. Without this, a probe
-    /// can meet the new worker while the next client still meets an old one (seen in tests).
-    pub async fn wait_retired(&self, old: &[Pid], within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            let busy = old.iter().any(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    !c.is_empty() && !String::from_utf8_lossy(&c).contains("shutting down")
-                })
-            });
-            if !busy {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        OldWorkers {
+            master,
+            pids: master.map(children_of).unwrap_or_default(),
         }
-        log::warn!(server = self.cfg.name.as_str(); "old nginx workers still accept connections after the reload");
     }
 
-    /// Probe every endpoint until each presents `leaf_der` in `CONFIRM_ROUNDS` consecutive
-    /// rounds, or `within` passes. Nothing reports that a reload finished, so this looks; it
-    /// never just sleeps and hopes. One sighting is not enough: for a few milliseconds after a
-    /// reload nginx's old workers still accept connections next to the new ones (seen in the
-    /// tests), so a single handshake can show the new leaf while the next shows the old one.
-    pub async fn wait_served(&self, sni: &str, leaf_der: &[u8], within: Duration) -> Served {
+    /// Wait until the old workers no longer accept connections. nginx renames a worker
+    /// "worker process is shutting down" right after it closes its listening sockets; an
+    /// Apache child of the old generation closes them on the graceful restart (see
+    /// `apache::wait_retired`). Without this, a probe can meet a new worker while the next
+    /// client still meets an old one (seen in tests).
+    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) {
+        let started = Instant::now();
+        let retired = match (self.cfg.kind, old.master) {
+            (ServerKind::Apache, Some(master)) => {
+                apache::wait_retired(master, &old.pids, within).await
+            }
+            (ServerKind::Nginx, _) => wait_nginx_retired(&old.pids, within).await,
+            _ => true,
+        };
+        if retired {
+            log::debug!(server = self.cfg.name.as_str(), workers = old.pids.len(), waited_ms = started.elapsed().as_millis() as u64; "old workers stopped accepting connections");
+        } else {
+            log::warn!(server = self.cfg.name.as_str(); "old {} workers still accept connections after the reload", self.cfg.kind.as_str());
+        }
+    }
+
+    /// The endpoints to probe for a certificate with `names`, each with its SNI.
+    pub fn endpoints_for(&self, names: &[DomainName]) -> Vec<(std::net::SocketAddr, String)> {
+        self.cfg
+            .verify
+            .iter()
+            .filter_map(|e| Some((e.address, e.sni_for(names)?)))
+            .collect()
+    }
+
+    /// Probe every endpoint of the certificate with `names` until each presents `leaf_der`
+    /// in `CONFIRM_ROUNDS` consecutive rounds, or `within` passes. Nothing reports that a
+    /// reload finished, so this looks; it never just sleeps and hopes. One sighting is not
+    /// enough: for a few milliseconds after a reload nginx's old workers still accept
+    /// connections next to the new ones (seen in the tests), so a single handshake can show
+    /// the new leaf while the next shows the old one.
+    pub async fn wait_served(
+        &self,
+        names: &[DomainName],
+        leaf_der: &[u8],
+        within: Duration,
+    ) -> Served {
         const CONFIRM_ROUNDS: u32 = 3;
+        let endpoints = self.endpoints_for(names);
+        if endpoints.is_empty() {
+            // Config validation refuses this; a drop-in edited under a running daemon may not.
+            return Served::Not(format!(
+                "none of server {:?}'s verify endpoints is for these names",
+                self.cfg.name
+            ));
+        }
         let deadline = Instant::now() + within;
         let mut confirmed = 0;
         loop {
             let mut last = None;
-            for addr in &self.cfg.verify {
+            for (addr, sni) in &endpoints {
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(200));
@@ -185,9 +251,9 @@ impl WebServer {
                         let serial = crate::keys::leaf_facts(&der)
                             .map(|l| l.serial)
                             .unwrap_or_else(|_| "?".into());
-                        last = Some(format!("{addr} serves serial {serial}"));
+                        last = Some(format!("{addr} (SNI {sni}) serves serial {serial}"));
                     }
-                    Err(e) => last = Some(e),
+                    Err(e) => last = Some(format!("{e} (SNI {sni})")),
                 }
             }
             match last {
@@ -203,12 +269,20 @@ impl WebServer {
     }
 }
 
-/// The SNI to probe with: the first configured name (a wildcard gets a concrete label).
-pub fn probe_sni(first_name: &str) -> String {
-    match first_name.strip_prefix("*.") {
-        Some(rest) => format!("certagent-probe.{rest}"),
-        None => first_name.to_string(),
+async fn wait_nginx_retired(old: &[Pid], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let busy = old.iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                !c.is_empty() && !String::from_utf8_lossy(&c).contains("shutting down")
+            })
+        });
+        if !busy {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    false
 }
 
 /// Processes whose parent is `parent`, from /proc (no helper binaries, no shell).
@@ -241,9 +315,22 @@ fn read_pid(path: &Path) -> Option<Pid> {
 
 /// Run `argv` without a shell; error with the exit status and the captured output.
 pub async fn run(argv: &[String], timeout: Duration) -> Result<()> {
+    run_with_env(argv, &[], timeout).await
+}
+
+/// `run` with extra environment variables (hooks get the certificate's facts this way).
+pub async fn run_with_env(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<()> {
     let shown = argv.join(" ");
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Error::msg("failed to run a command: the argv is empty"));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
@@ -262,15 +349,22 @@ pub async fn run(argv: &[String], timeout: Duration) -> Result<()> {
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     let text = text.trim();
-    let tail = if text.len() > MAX_OUTPUT {
-        &text[text.len() - MAX_OUTPUT..]
-    } else {
-        text
-    };
+    // The last MAX_OUTPUT bytes, cut at a character boundary (slicing inside a multi-byte
+    // character would panic).
+    let mut start = text.len().saturating_sub(MAX_OUTPUT);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &text[start..];
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
     };
+    if tail.is_empty() {
+        return Err(Error::msg(format!(
+            "`{shown}` failed with {status} and printed nothing"
+        )));
+    }
     Err(Error::msg(format!(
         "`{shown}` failed with {status}: {}",
         tail.replace('\n', " | ")
@@ -294,6 +388,28 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "`sh -c echo boom >&2; exit 3` failed with exit status 3: boom"
+        );
+        // 3-byte characters: a cut 4096 bytes from the end falls inside one.
+        let err = run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "printf '€%.0s' $(seq 2000); exit 1".into(),
+            ],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.ends_with("€€€"), "{shown}");
+        let output = shown.rsplit(": ").next().unwrap();
+        assert_eq!(output.matches('€').count(), 4095 / 3);
+        let err = run(&["false".into()], Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`false` failed with exit status 1 and printed nothing"
         );
         let err = run(&["sleep".into(), "5".into()], Duration::from_millis(200))
             .await
@@ -323,11 +439,5 @@ mod tests {
         assert!(kids.contains(&Pid::from_raw(child.id() as i32)), "{kids:?}");
         child.kill().unwrap();
         child.wait().unwrap();
-    }
-
-    #[test]
-    fn wildcard_names_get_a_concrete_sni() {
-        assert_eq!(probe_sni("*.example.com"), "certagent-probe.example.com");
-        assert_eq!(probe_sni("www.example.com"), "www.example.com");
     }
 }

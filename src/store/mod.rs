@@ -474,6 +474,16 @@ impl Store {
         Ok(removed)
     }
 
+    /// Remove one generation that was published but never flipped to (a vetoed install).
+    pub fn remove_generation(&self, name: &str, number: u64) -> Result<()> {
+        let dir = self.generation(name, number).dir;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => fsutil::fsync_dir(&self.live_dir(name)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("failed to remove generation {number}")),
+        }
+    }
+
     /// Delete old generations: keep the newest `keep` besides every generation in `protect`
     /// (current, previous, whatever is being served).
     pub fn gc(&self, name: &str, keep: usize, protect: &[u64]) -> Result<Vec<u64>> {
@@ -536,6 +546,9 @@ mod tests {
             key_mode: 0o600,
             cert_mode: 0o644,
             revoke_first: false,
+            pre_install: None,
+            post_install: None,
+            hook_timeout: Span::secs(60),
         }
     }
 

@@ -235,6 +235,9 @@ mod tests {
             key_mode: 0o600,
             cert_mode: 0o644,
             revoke_first: false,
+            pre_install: None,
+            post_install: None,
+            hook_timeout: Span::secs(60),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   (`pebble.rs`);
 //! * [`Nginx`]: a private nginx master with one TLS server per [`Site`] and an
 //!   optional plain-HTTP listener serving an http-01 webroot (`nginx.rs`);
+//! * [`Apache`]: a private Apache parent (Debian's apache2) with one TLS
+//!   `<VirtualHost>` per [`Site`], on a temporary ServerRoot (`apache.rs`);
 //! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`);
 //! * [`Front`]: an HTTPS reverse proxy in front of Pebble adding ACME Renewal Information
 //!   (`renewalInfo`, `replaces`, `alreadyReplaced`) and a CRL server (`front.rs`);
@@ -35,6 +37,7 @@
 #![allow(clippy::expect_used)]
 
 mod agent;
+mod apache;
 mod dnsimple;
 mod front;
 mod http;
@@ -44,6 +47,7 @@ mod process;
 mod tls;
 
 pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
+pub use apache::Apache;
 pub use dnsimple::*;
 pub use front::*;
 pub use http::{HttpResponse, http_get, https_get};

@@ -37,6 +37,8 @@ pub struct Nginx {
     conf_path: PathBuf,
     sites: Vec<Site>,
     http_port: Option<u16>,
+    /// Ports of a config written by the test itself ([`Nginx::start_custom`]).
+    custom_ports: Vec<u16>,
 }
 
 /// Quotes a path for nginx.conf.
@@ -118,6 +120,40 @@ impl Nginx {
             conf_path,
             sites: sites.to_vec(),
             http_port,
+            custom_ports: Vec::new(),
+        };
+        nginx.wait_ready();
+        nginx
+    }
+
+    /// Starts `nginx -p dir -c conf` with a config the test wrote itself (it must say
+    /// `daemon off;` and `pid DIR/nginx.pid;`), and waits until `ports` accept TCP.
+    pub fn start_custom(dir: &Path, conf: &Path, ports: &[u16]) -> Nginx {
+        let prefix = dir.to_owned();
+        std::fs::create_dir_all(prefix.join("tmp")).expect("create nginx tmp dir");
+        let _ = std::fs::remove_file(prefix.join("nginx.pid"));
+        let stderr_path = prefix.join("stderr.log");
+        let out = std::fs::File::create(&stderr_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
+        let err = out.try_clone().expect("dup nginx stderr.log handle");
+        let master = Child::spawn(
+            "nginx",
+            Command::new("nginx")
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(conf)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+        );
+        let mut nginx = Nginx {
+            master,
+            prefix,
+            conf_path: conf.to_owned(),
+            sites: Vec::new(),
+            http_port: None,
+            custom_ports: ports.to_vec(),
         };
         nginx.wait_ready();
         nginx
@@ -126,6 +162,7 @@ impl Nginx {
     fn wait_ready(&mut self) {
         let mut ports: Vec<u16> = self.sites.iter().map(|s| s.port).collect();
         ports.extend(self.http_port);
+        ports.extend(&self.custom_ports);
         ports.sort_unstable();
         ports.dedup();
         let master_pid = self.master.pid().to_string();

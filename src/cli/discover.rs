@@ -1,0 +1,98 @@
+//! `certagent discover`: print the certificates nginx and Apache already serve as
+//! ready-to-use configuration (TOML, or `--json`). Reads the servers' configuration files;
+//! never writes anything, never needs certagent's own configuration.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::discover::{self, Targets};
+use crate::error::{Error, Result, exit};
+use crate::output;
+
+#[derive(Args, Debug)]
+pub struct DiscoverArgs {
+    /// nginx's main configuration file (default: the compiled-in path, /etc/nginx/nginx.conf).
+    #[arg(long, value_name = "PATH")]
+    pub nginx_conf: Option<PathBuf>,
+    /// Apache's ServerRoot (default: /etc/apache2, or /etc/httpd on RHEL).
+    #[arg(long, value_name = "DIR")]
+    pub apache_root: Option<PathBuf>,
+    /// Apache's main configuration file (default: apache2.conf or conf/httpd.conf under the
+    /// ServerRoot).
+    #[arg(long, value_name = "PATH")]
+    pub apache_conf: Option<PathBuf>,
+    /// Print a JSON document on stdout instead of TOML.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| {
+        Error::msg(format!(
+            "failed to resolve {:?}: {e}",
+            p.display().to_string()
+        ))
+    })
+}
+
+pub fn discover(args: &DiscoverArgs) -> Result<u8> {
+    let explicit =
+        args.nginx_conf.is_some() || args.apache_root.is_some() || args.apache_conf.is_some();
+    let targets = if explicit {
+        let apache = match (&args.apache_root, &args.apache_conf) {
+            (None, None) => None,
+            (Some(root), conf) => {
+                let root = absolute(root)?;
+                let conf = match conf {
+                    Some(c) => absolute(&root.join(c))?,
+                    None => Targets::apache_conf_in(&root),
+                };
+                Some((root, conf))
+            }
+            (None, Some(conf)) => {
+                let conf = absolute(conf)?;
+                let root = conf.parent().map(PathBuf::from).unwrap_or_default();
+                Some((root, conf))
+            }
+        };
+        Targets {
+            nginx_conf: args.nginx_conf.as_deref().map(absolute).transpose()?,
+            apache,
+            explicit,
+        }
+    } else {
+        Targets::defaults()
+    };
+    for conf in targets
+        .nginx_conf
+        .iter()
+        .chain(targets.apache.as_ref().map(|(_, c)| c))
+    {
+        if !conf.is_file() {
+            return Err(Error::msg(format!(
+                "failed to read {:?}: no such file",
+                conf.display().to_string()
+            ))
+            .with_hint(
+                "point --nginx-conf, --apache-root or --apache-conf at the server's configuration",
+            ));
+        }
+    }
+    if targets.nginx_conf.is_none() && targets.apache.is_none() {
+        return Err(Error::msg(
+            "failed to find a web server configuration: no /etc/nginx/nginx.conf, /etc/apache2/apache2.conf or /etc/httpd/conf/httpd.conf",
+        )
+        .with_hint("point --nginx-conf, --apache-root or --apache-conf at the server's configuration"));
+    }
+    let doc = discover::discover(&targets);
+    if args.json {
+        output::print_json(&doc);
+    } else {
+        output::print_stdout(&discover::render_toml(&doc));
+    }
+    for p in &doc.problems {
+        log::warn!("{p}");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,377 @@
+//! Reading an Apache configuration the way httpd does: one directive per line (a trailing
+//! backslash continues it), `Include` / `IncludeOptional` with glob patterns and directories,
+//! relative paths against `ServerRoot`, `Define` and `${VAR}`, `<VirtualHost>` sections.
+//! Conditional sections (`<IfModule>`, `<IfDefine>`, ...) are read as if they applied:
+//! `discover` reports what could be served, and says where each directive is.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{Scan, Site, Source, expand_glob, normalize, probe_address};
+use crate::config::ServerKind;
+
+/// Configs nest includes a few levels deep; more means a loop.
+const MAX_DEPTH: usize = 16;
+
+/// The TLS directives of one context (the main server or a virtual host).
+#[derive(Clone, Default)]
+struct Tls {
+    engine: Option<bool>,
+    cert: Option<(String, Source)>,
+    key: Option<String>,
+}
+
+struct VirtualHost {
+    source: Source,
+    addresses: Vec<String>,
+    names: Vec<String>,
+    tls: Tls,
+}
+
+struct Reader<'s> {
+    scan: &'s mut Scan,
+    root: PathBuf,
+    defines: HashMap<String, String>,
+    /// Debian's `envvars` (what apache2ctl exports before it runs apache2).
+    envvars: HashMap<String, String>,
+    main: Tls,
+    vhost: Option<VirtualHost>,
+    vhosts: Vec<VirtualHost>,
+    pid_file: Option<String>,
+    runtime_dir: Option<String>,
+}
+
+/// Split a directive line into words; double and single quotes group, backslash escapes.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '"' || c == '\'' {
+            chars.next();
+            while let Some(c2) = chars.next() {
+                match c2 {
+                    '\\' => word.extend(chars.next()),
+                    q if q == c => break,
+                    other => word.push(other),
+                }
+            }
+        } else {
+            while let Some(&c2) = chars.peek() {
+                if c2.is_whitespace() {
+                    break;
+                }
+                word.push(c2);
+                chars.next();
+            }
+        }
+        out.push(word);
+    }
+    out
+}
+
+impl Reader<'_> {
+    /// `${NAME}` from `Define`, else from the environment; unknown ones are left as they are.
+    fn substitute(&self, s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find('}') {
+                Some(end) => {
+                    let name = &after[..end];
+                    match self
+                        .defines
+                        .get(name)
+                        .or_else(|| self.envvars.get(name))
+                        .cloned()
+                        .or_else(|| std::env::var(name).ok())
+                    {
+                        Some(v) => out.push_str(&v),
+                        None => out.push_str(&rest[start..start + 3 + end]),
+                    }
+                    rest = &after[end + 1..];
+                }
+                None => {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        normalize(&self.root.join(p))
+    }
+
+    fn file(&mut self, path: &Path, depth: usize) {
+        if depth > MAX_DEPTH {
+            self.scan.problem(format!(
+                "apache: {:?}: includes nest deeper than {MAX_DEPTH} levels; not followed",
+                path.display().to_string()
+            ));
+            return;
+        }
+        let text = match super::read_text(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.scan.problem(format!("apache: {e}"));
+                return;
+            }
+        };
+        self.scan.files.push(path.to_path_buf());
+        let mut pending = String::new();
+        let mut first_line = 0;
+        for (i, raw) in text.lines().enumerate() {
+            if pending.is_empty() {
+                first_line = i + 1;
+            }
+            if let Some(cont) = raw.strip_suffix('\\') {
+                pending.push_str(cont);
+                pending.push(' ');
+                continue;
+            }
+            pending.push_str(raw);
+            let line = std::mem::take(&mut pending);
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            self.directive(line, Source::new(path, first_line), depth);
+        }
+    }
+
+    fn directive(&mut self, line: &str, source: Source, depth: usize) {
+        let line = self.substitute(line);
+        if let Some(section) = line.strip_prefix('<') {
+            let section = section.trim_end_matches('>');
+            let mut w = words(section);
+            if w.is_empty() {
+                return;
+            }
+            let name = w.remove(0).to_ascii_lowercase();
+            match name.as_str() {
+                "virtualhost" => {
+                    self.vhost = Some(VirtualHost {
+                        source,
+                        addresses: w,
+                        names: Vec::new(),
+                        tls: Tls::default(),
+                    });
+                }
+                "/virtualhost" => {
+                    if let Some(v) = self.vhost.take() {
+                        self.vhosts.push(v);
+                    }
+                }
+                _ => {} // conditional and location sections: read through
+            }
+            return;
+        }
+        let w = words(&line);
+        let Some((name, args)) = w.split_first() else {
+            return;
+        };
+        let first = args.first().cloned().unwrap_or_default();
+        match name.to_ascii_lowercase().as_str() {
+            "serverroot" if !first.is_empty() => self.root = PathBuf::from(&first),
+            "define" if !first.is_empty() => {
+                let value = args.get(1).cloned().unwrap_or_default();
+                self.defines.insert(first, value);
+            }
+            "include" | "includeoptional" => {
+                let optional = name.eq_ignore_ascii_case("includeoptional");
+                let pattern = self.resolve(&first);
+                let mut files = expand_glob(&pattern);
+                if files.len() == 1 && files[0].is_dir() {
+                    files = super::files_under(&files[0]);
+                }
+                if files.is_empty() && !optional && !super::has_glob(&pattern) {
+                    self.scan.problem(format!(
+                        "apache: {source}: Include {:?} does not exist",
+                        pattern.display().to_string()
+                    ));
+                }
+                for f in files {
+                    self.file(&f, depth + 1);
+                }
+            }
+            "servername" => {
+                if let Some(v) = self.vhost.as_mut() {
+                    // "ServerName https://www.example.com:443" names scheme and port too.
+                    let host = first.rsplit("://").next().unwrap_or(&first);
+                    let host = host.split(':').next().unwrap_or(host);
+                    v.names.insert(0, host.to_ascii_lowercase());
+                }
+            }
+            "serveralias" => {
+                if let Some(v) = self.vhost.as_mut() {
+                    v.names.extend(args.iter().map(|a| a.to_ascii_lowercase()));
+                }
+            }
+            "pidfile" if !first.is_empty() => self.pid_file = Some(first),
+            "defaultruntimedir" if !first.is_empty() => self.runtime_dir = Some(first),
+            "sslengine" | "sslcertificatefile" | "sslcertificatekeyfile" => {
+                let tls = match self.vhost.as_mut() {
+                    Some(v) => &mut v.tls,
+                    None => &mut self.main,
+                };
+                match name.to_ascii_lowercase().as_str() {
+                    "sslengine" => tls.engine = Some(first.eq_ignore_ascii_case("on")),
+                    "sslcertificatefile" => tls.cert = Some((first, source)),
+                    _ => tls.key = Some(first),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `export NAME=VALUE` lines of Debian's `envvars` shell fragment, with `$NAME` and
+/// `${NAME}` expanded from earlier lines (anything else, like `$SUFFIX` of a secondary
+/// instance, expands to nothing, as it does for the default instance).
+fn read_envvars(text: &str) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        let Some((name, value)) = line
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|l| l.split_once('='))
+        else {
+            continue;
+        };
+        let value = value.trim().trim_matches(['"', '\'']);
+        let mut out = String::new();
+        let mut chars = value.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '$' {
+                out.push(c);
+                continue;
+            }
+            let braced = chars.peek() == Some(&'{');
+            if braced {
+                chars.next();
+            }
+            let mut var = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    var.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if braced && chars.peek() == Some(&'}') {
+                chars.next();
+            }
+            out.push_str(vars.get(&var).map(String::as_str).unwrap_or(""));
+        }
+        vars.insert(name.trim().to_string(), out);
+    }
+    vars
+}
+
+/// Scan the Apache configuration whose main file is `conf`, with `root` as ServerRoot.
+pub fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
+    let envvars = std::fs::read_to_string(root.join("envvars"))
+        .map(|t| read_envvars(&t))
+        .unwrap_or_default();
+    let mut r = Reader {
+        scan,
+        root: root.to_path_buf(),
+        defines: HashMap::new(),
+        envvars,
+        main: Tls::default(),
+        vhost: None,
+        vhosts: Vec::new(),
+        pid_file: None,
+        runtime_dir: None,
+    };
+    r.file(conf, 0);
+    // A relative PidFile is relative to DefaultRuntimeDir, itself relative to ServerRoot;
+    // without one the compiled-in default applies, which only the binary knows.
+    match (r.pid_file.clone(), r.runtime_dir.clone()) {
+        (Some(p), _) if p.contains("${") => r.scan.problem(format!(
+            "apache: PidFile {p:?} uses a variable that is not defined here; set pid_file in [server.apache]"
+        )),
+        (Some(p), _) if Path::new(&p).is_absolute() => r.scan.pid_file = Some(normalize(Path::new(&p))),
+        (Some(p), Some(dir)) => r.scan.pid_file = Some(r.resolve(&dir).join(p)),
+        (Some(p), None) => r.scan.problem(format!(
+            "apache: PidFile {p:?} is relative and there is no DefaultRuntimeDir; set pid_file in [server.apache]"
+        )),
+        (None, _) => {}
+    }
+    if let Some(open) = r.vhost.take() {
+        r.scan.problem(format!(
+            "apache: {}: <VirtualHost> is never closed",
+            open.source
+        ));
+    }
+    let main = r.main.clone();
+    let vhosts = std::mem::take(&mut r.vhosts);
+    for v in vhosts {
+        let engine = v.tls.engine.or(main.engine).unwrap_or(false);
+        if !engine {
+            continue;
+        }
+        let Some((cert, directive)) = v.tls.cert.clone().or(main.cert.clone()) else {
+            r.scan.problem(format!(
+                "apache: {}: SSLEngine on without SSLCertificateFile",
+                v.source
+            ));
+            continue;
+        };
+        let key = v.tls.key.clone().or(main.key.clone());
+        let mut site = Site::new(ServerKind::Apache, v.source.clone());
+        site.directive = directive;
+        site.server_names = v.names.clone();
+        site.addresses = v
+            .addresses
+            .iter()
+            .filter_map(|a| probe_address(a, 443))
+            .collect();
+        site.cert_file = r.resolve(&cert);
+        site.key_file = key.as_deref().map(|k| r.resolve(k));
+        if cert.contains("${") || key.as_deref().is_some_and(|k| k.contains("${")) {
+            site.problems.push(format!(
+                "SSLCertificateFile {cert:?} uses a variable that is not defined here"
+            ));
+        }
+        if site.key_file.is_none() {
+            site.problems.push(
+                "no SSLCertificateKeyFile: the key is in the certificate file; certagent needs them in separate files"
+                    .into(),
+            );
+        }
+        r.scan.sites.push(site);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_envvars_are_read_like_the_shell_would() {
+        let vars = read_envvars(
+            "unset HOME\nexport APACHE_RUN_DIR=/var/run/apache2$SUFFIX\nexport APACHE_PID_FILE=${APACHE_RUN_DIR}/apache2.pid\nexport LANG=C\n",
+        );
+        assert_eq!(vars["APACHE_PID_FILE"], "/var/run/apache2/apache2.pid");
+        assert_eq!(vars.len(), 3);
+    }
+
+    #[test]
+    fn words_group_quotes() {
+        assert_eq!(
+            words(r#"SSLCertificateFile "/etc/ssl/a b.pem"  'x' y\"z"#),
+            ["SSLCertificateFile", "/etc/ssl/a b.pem", "x", "y\\\"z"]
+        );
+    }
+}

@@ -1,0 +1,784 @@
+//! `certagent discover`: find the certificates a host already serves, by reading the nginx
+//! and Apache configurations the way the servers do (includes, globs, relative paths), and
+//! describe each as a ready-to-use `[certificate.NAME]` table. Reads only; never writes,
+//! never starts or signals a server.
+
+mod apache;
+mod nginx;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{ServerKind, probe_sni};
+use crate::core::{DomainName, KeySpec};
+use crate::keys::{self, Chain};
+use crate::output::{SCHEMA, rfc3339};
+
+/// Config files larger than this are not configs.
+const MAX_CONFIG_BYTES: usize = 8 << 20;
+
+/// Where a directive is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Source {
+    fn new(file: &Path, line: usize) -> Source {
+        Source {
+            file: file.to_path_buf(),
+            line,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// One TLS site as configured: a server block or virtual host with one certificate/key pair.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub kind: ServerKind,
+    /// The server block or virtual host.
+    pub source: Source,
+    /// The certificate directive.
+    pub directive: Source,
+    pub server_names: Vec<String>,
+    /// Addresses to probe it at (loopback for wildcard listens).
+    pub addresses: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub problems: Vec<String>,
+}
+
+impl Site {
+    fn new(kind: ServerKind, source: Source) -> Site {
+        Site {
+            kind,
+            directive: source.clone(),
+            source,
+            server_names: Vec::new(),
+            addresses: Vec::new(),
+            cert_file: PathBuf::new(),
+            key_file: None,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// What reading one server's configuration found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub sites: Vec<Site>,
+    /// Every file read, in order.
+    pub files: Vec<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub problems: Vec<String>,
+}
+
+impl Scan {
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+}
+
+/// Which configurations to read.
+#[derive(Debug, Default, Clone)]
+pub struct Targets {
+    pub nginx_conf: Option<PathBuf>,
+    /// Apache ServerRoot and main file.
+    pub apache: Option<(PathBuf, PathBuf)>,
+    /// The configurations were named on the command line (not found at default places):
+    /// the server tables then carry test commands for exactly these files.
+    pub explicit: bool,
+}
+
+impl Targets {
+    /// The default places, those that exist: nginx's compiled-in conf path (else
+    /// /etc/nginx/nginx.conf), Debian's /etc/apache2/apache2.conf, RHEL's
+    /// /etc/httpd/conf/httpd.conf.
+    pub fn defaults() -> Targets {
+        let nginx = nginx::default_conf()
+            .into_iter()
+            .chain([PathBuf::from("/etc/nginx/nginx.conf")])
+            .find(|p| p.is_file());
+        let apache = [
+            ("/etc/apache2", "/etc/apache2/apache2.conf"),
+            ("/etc/httpd", "/etc/httpd/conf/httpd.conf"),
+        ]
+        .into_iter()
+        .map(|(r, c)| (PathBuf::from(r), PathBuf::from(c)))
+        .find(|(_, c)| c.is_file());
+        Targets {
+            nginx_conf: nginx,
+            apache,
+            explicit: false,
+        }
+    }
+
+    /// Apache's main file under `root`: apache2.conf (Debian), conf/httpd.conf (RHEL) or
+    /// httpd.conf.
+    pub fn apache_conf_in(root: &Path) -> PathBuf {
+        ["apache2.conf", "conf/httpd.conf", "httpd.conf"]
+            .iter()
+            .map(|c| root.join(c))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| root.join("apache2.conf"))
+    }
+}
+
+/// The `--json` document of `discover`.
+#[derive(Serialize, Debug)]
+pub struct DiscoverDoc {
+    pub schema: u32,
+    pub changed: bool,
+    pub servers: Vec<ServerReport>,
+    pub certificates: Vec<CertificateFound>,
+    /// Problems that concern no single certificate (unreadable files, parse errors).
+    pub problems: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ServerReport {
+    /// The name of its `[server.NAME]` table.
+    pub name: String,
+    pub kind: String,
+    /// The main configuration file read.
+    pub config: String,
+    /// Every configuration file read, includes too.
+    pub files: Vec<String>,
+    pub pid_file: Option<String>,
+    pub test_command: Option<Vec<String>>,
+    pub verify: Vec<EndpointReport>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct EndpointReport {
+    pub address: String,
+    pub sni: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct CertificateFound {
+    /// The name of its `[certificate.NAME]` table.
+    pub name: String,
+    pub server: String,
+    /// The certificate's DNS names (subject alternative names).
+    pub names: Vec<String>,
+    /// The names the server configuration gives its sites.
+    pub server_names: Vec<String>,
+    pub cert_file: String,
+    pub key_file: Option<String>,
+    pub key_type: Option<String>,
+    pub serial: Option<String>,
+    pub not_after: Option<String>,
+    pub issuer: Option<String>,
+    /// "file:line" of each directive that names the certificate.
+    pub sources: Vec<String>,
+    pub endpoints: Vec<EndpointReport>,
+    /// Whether the TOML carries it as a table (false: only as a comment, see problems).
+    pub usable: bool,
+    pub problems: Vec<String>,
+}
+
+/// Read every target and describe what is served.
+pub fn discover(targets: &Targets) -> DiscoverDoc {
+    let mut servers = Vec::new();
+    let mut certificates: Vec<CertificateFound> = Vec::new();
+    let mut problems = Vec::new();
+    let mut taken_names = BTreeSet::new();
+    let mut taken_files = BTreeSet::new();
+    let mut scans = Vec::new();
+    if let Some(conf) = &targets.nginx_conf {
+        let mut s = Scan::default();
+        nginx::scan(conf, &mut s);
+        let test = targets.explicit.then(|| {
+            ["nginx", "-t", "-q", "-c"]
+                .iter()
+                .map(|a| a.to_string())
+                .chain([conf.display().to_string()])
+                .collect()
+        });
+        scans.push(("nginx", ServerKind::Nginx, conf.clone(), test, s));
+    }
+    if let Some((root, conf)) = &targets.apache {
+        let mut s = Scan::default();
+        apache::scan(root, conf, &mut s);
+        // For a configuration named on the command line, the server binary itself: the ctl
+        // wrappers read the distribution's envvars, which belong to the default instance.
+        let binary = match crate::config::ApacheLayout::detect() {
+            crate::config::ApacheLayout::Debian => "apache2",
+            crate::config::ApacheLayout::Rhel => "httpd",
+        };
+        let test = targets.explicit.then(|| {
+            vec![
+                binary.to_string(),
+                "-d".into(),
+                root.display().to_string(),
+                "-f".into(),
+                conf.display().to_string(),
+                "-t".into(),
+            ]
+        });
+        scans.push(("apache", ServerKind::Apache, conf.clone(), test, s));
+    }
+    for (server, kind, conf, test_command, scan) in scans {
+        problems.extend(scan.problems.iter().cloned());
+        let mut verify: Vec<EndpointReport> = Vec::new();
+        for group in group_sites(&scan.sites) {
+            let found = describe(server, &group, &mut taken_names, &mut taken_files);
+            if found.usable {
+                for e in &found.endpoints {
+                    if !verify.contains(e) {
+                        verify.push(e.clone());
+                    }
+                }
+            }
+            certificates.push(found);
+        }
+        servers.push(ServerReport {
+            name: server.to_string(),
+            kind: kind.as_str().to_string(),
+            config: conf.display().to_string(),
+            files: scan.files.iter().map(|f| f.display().to_string()).collect(),
+            // For the default configuration the server's own defaults apply (and under
+            // systemd, `systemctl reload`, which a pid_file would turn off).
+            pid_file: scan
+                .pid_file
+                .as_ref()
+                .filter(|_| targets.explicit)
+                .map(|p| p.display().to_string()),
+            test_command,
+            verify,
+        });
+    }
+    DiscoverDoc {
+        schema: SCHEMA,
+        changed: false,
+        servers,
+        certificates,
+        problems,
+    }
+}
+
+/// Sites that use the same certificate and key are one certificate to manage.
+fn group_sites(sites: &[Site]) -> Vec<Vec<Site>> {
+    let mut groups: Vec<Vec<Site>> = Vec::new();
+    for s in sites {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].cert_file == s.cert_file && g[0].key_file == s.key_file)
+        {
+            Some(g) => g.push(s.clone()),
+            None => groups.push(vec![s.clone()]),
+        }
+    }
+    groups
+}
+
+/// Read the certificate of a group of sites and describe it as a certificate to manage.
+fn describe(
+    server: &str,
+    sites: &[Site],
+    taken_names: &mut BTreeSet<String>,
+    taken_files: &mut BTreeSet<PathBuf>,
+) -> CertificateFound {
+    let first = &sites[0];
+    let mut problems: Vec<String> = Vec::new();
+    for s in sites {
+        for p in &s.problems {
+            if !problems.contains(p) {
+                problems.push(p.clone());
+            }
+        }
+    }
+    let mut server_names = Vec::new();
+    for n in sites.iter().flat_map(|s| s.server_names.iter()) {
+        if !server_names.contains(n) {
+            server_names.push(n.clone());
+        }
+    }
+    // A site problem (variables in the path, no key file) means certagent cannot manage it.
+    let blocked = !problems.is_empty();
+    let read = crate::store::fsutil::read_capped(&first.cert_file, keys::MAX_PEM_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.ok_or_else(|| format!("{:?} does not exist", first.cert_file.display().to_string()))
+        });
+    let leaf = match read {
+        Ok(bytes) => match Chain::from_pem(&bytes).and_then(|c| {
+            let facts = c.leaf()?;
+            Ok((facts, issuer_of(c.leaf_der())))
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                problems.push(format!("certificate: {e}"));
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(format!("certificate: {e}"));
+            None
+        }
+    };
+    let mut names: Vec<DomainName> = Vec::new();
+    if let Some((facts, _)) = &leaf {
+        for n in &facts.names {
+            match n.parse::<DomainName>() {
+                Ok(d) if !names.contains(&d) => names.push(d),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("left out of names: {e}")),
+            }
+        }
+    }
+    if names.is_empty() {
+        names = server_names
+            .iter()
+            .filter_map(|n| n.parse::<DomainName>().ok())
+            .collect();
+    }
+    let key_spec = leaf.as_ref().and_then(|(f, _)| f.key_spec);
+    if leaf.is_some() && key_spec.is_none() {
+        problems.push(format!(
+            "the certificate's key is not one certagent issues ({}); the first re-issue replaces it with key_type = \"ecdsa-p256\"",
+            KeySpec::ALL.map(|k| k.as_str()).join(", ")
+        ));
+    }
+    // Each place the certificate is served, probed with a name the site answers to and the
+    // certificate carries (so the endpoint applies to this certificate and no other).
+    let mut endpoints: Vec<EndpointReport> = Vec::new();
+    for s in sites {
+        let sni = s
+            .server_names
+            .iter()
+            .find(|h| {
+                !h.starts_with("*.")
+                    && names
+                        .iter()
+                        .any(|n| crate::config::name_covers(n.as_str(), h))
+            })
+            .cloned()
+            .or_else(|| names.first().map(|n| probe_sni(n.as_str())));
+        if let Some(sni) = sni {
+            for a in &s.addresses {
+                let e = EndpointReport {
+                    address: a.clone(),
+                    sni: sni.clone(),
+                };
+                if !endpoints.contains(&e) {
+                    endpoints.push(e);
+                }
+            }
+        }
+    }
+    let name = table_name(
+        names.first().map(|n| n.as_str()).unwrap_or("site"),
+        taken_names,
+    );
+    let mut usable = leaf.is_some() && first.key_file.is_some() && !names.is_empty();
+    usable &= !blocked;
+    if names.is_empty() {
+        problems
+            .push("no DNS names: neither the certificate nor the configuration names one".into());
+    }
+    if endpoints.is_empty() {
+        problems.push("no TLS listen address to verify it at".into());
+        usable = false;
+    }
+    for f in [Some(&first.cert_file), first.key_file.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !taken_files.insert(f.clone()) {
+            problems.push(format!(
+                "{:?} is also used by another certificate with a different pair",
+                f.display().to_string()
+            ));
+            usable = false;
+        }
+    }
+    CertificateFound {
+        name,
+        server: server.to_string(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        server_names,
+        cert_file: first.cert_file.display().to_string(),
+        key_file: first.key_file.as_ref().map(|k| k.display().to_string()),
+        key_type: key_spec.map(|k| k.as_str().to_string()),
+        serial: leaf.as_ref().map(|(f, _)| f.serial.clone()),
+        not_after: leaf.as_ref().map(|(f, _)| rfc3339(f.not_after)),
+        issuer: leaf.as_ref().and_then(|(_, i)| i.clone()),
+        sources: sites.iter().map(|s| s.directive.to_string()).collect(),
+        endpoints,
+        usable,
+        problems,
+    }
+}
+
+fn issuer_of(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.issuer().to_string())
+}
+
+/// A `[certificate.NAME]` name from a DNS name: `shop.example.com` -> `shop-example-com`,
+/// `*.example.com` -> `wildcard-example-com`; `-2`, `-3`... when taken.
+fn table_name(dns: &str, taken: &mut BTreeSet<String>) -> String {
+    let base: String = dns
+        .replace("*.", "wildcard.")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(58)
+        .collect();
+    let base = base.trim_matches('-').to_string();
+    let base = if base.is_empty() { "site".into() } else { base };
+    let mut name = base.clone();
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
+/// The document as TOML for `conf.d/`: the server tables, then one table per certificate;
+/// certificates that cannot be managed as they are appear as comments saying why.
+pub fn render_toml(doc: &DiscoverDoc) -> String {
+    let mut t = String::new();
+    let usable = doc.certificates.iter().filter(|c| c.usable).count();
+    let _ = writeln!(
+        t,
+        "# Found by `certagent discover`: {} certificate(s), {usable} ready to manage.",
+        doc.certificates.len()
+    );
+    let _ = writeln!(
+        t,
+        "# Review, save as /etc/certagent/conf.d/discovered.toml, run `certagent config validate`."
+    );
+    let _ = writeln!(
+        t,
+        "# At the first re-issue certagent keeps the files as generation 0 and replaces them with"
+    );
+    let _ = writeln!(t, "# symlinks into its state directory.");
+    for p in &doc.problems {
+        let _ = writeln!(t, "# problem: {p}");
+    }
+    for s in &doc.servers {
+        if !doc
+            .certificates
+            .iter()
+            .any(|c| c.usable && c.server == s.name)
+        {
+            continue;
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(t, "# {} configuration: {}", s.kind, s.config);
+        let _ = writeln!(t, "[server.{}]", s.name);
+        let _ = writeln!(t, "kind = {:?}", s.kind);
+        let _ = writeln!(t, "verify = [");
+        for e in &s.verify {
+            let _ = writeln!(t, "  {{ address = {:?}, sni = {:?} }},", e.address, e.sni);
+        }
+        let _ = writeln!(t, "]");
+        if let Some(cmd) = &s.test_command {
+            let _ = writeln!(t, "test_command = {}", toml_array(cmd));
+        }
+        if let Some(p) = &s.pid_file {
+            let _ = writeln!(t, "pid_file = {p:?}");
+        }
+    }
+    for c in &doc.certificates {
+        let _ = writeln!(t);
+        let comment = if c.usable { "" } else { "# " };
+        for src in &c.sources {
+            let _ = writeln!(t, "# {} {src}", c.server);
+        }
+        let mut facts = Vec::new();
+        if !c.server_names.is_empty() {
+            facts.push(format!("serves {}", c.server_names.join(" ")));
+        }
+        if let Some(na) = &c.not_after {
+            facts.push(format!("expires {na}"));
+        }
+        if let Some(s) = &c.serial {
+            facts.push(format!("serial {s}"));
+        }
+        if let Some(i) = &c.issuer {
+            facts.push(format!("issuer {i}"));
+        }
+        if !facts.is_empty() {
+            let _ = writeln!(t, "# {}", facts.join(", "));
+        }
+        for p in &c.problems {
+            let _ = writeln!(t, "# problem: {p}");
+        }
+        if !c.usable {
+            let _ = writeln!(t, "# not ready to manage as it is:");
+        }
+        let _ = writeln!(t, "{comment}[certificate.{}]", c.name);
+        let _ = writeln!(t, "{comment}names = {}", toml_array(&c.names));
+        let _ = writeln!(t, "{comment}server = {:?}", c.server);
+        let _ = writeln!(
+            t,
+            "{comment}key_type = {:?}",
+            c.key_type.as_deref().unwrap_or("ecdsa-p256")
+        );
+        let _ = writeln!(t, "{comment}cert_file = {:?}", c.cert_file);
+        match &c.key_file {
+            Some(k) => {
+                let _ = writeln!(t, "{comment}key_file = {k:?}");
+            }
+            None => {
+                let _ = writeln!(t, "{comment}key_file = \"\"");
+            }
+        }
+    }
+    t
+}
+
+fn toml_array(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Read a configuration file (capped), with an error that names it.
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| format!("failed to read {shown:?}: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("failed to read {shown:?}: {e}"))?;
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(format!("failed to read {shown:?}: larger than 8 MiB"));
+    }
+    Ok(text)
+}
+
+/// `a/./b/../c` -> `a/c`, lexically (what the servers do with a joined relative path).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn has_glob(p: &Path) -> bool {
+    p.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// Expand a glob pattern (`*`, `?`, `[...]` in any component) to the existing paths it
+/// matches, sorted like glob(3). A pattern without wildcards is returned if it exists.
+fn expand_glob(pattern: &Path) -> Vec<PathBuf> {
+    let mut current = vec![PathBuf::new()];
+    for c in pattern.components() {
+        let part = c.as_os_str().to_string_lossy().into_owned();
+        let mut next = Vec::new();
+        if !matches!(c, Component::Normal(_)) || !part.contains(['*', '?', '[']) {
+            for base in current {
+                next.push(base.join(c.as_os_str()));
+            }
+        } else {
+            for base in current {
+                let Ok(entries) = std::fs::read_dir(&base) else {
+                    continue;
+                };
+                let mut found: Vec<PathBuf> = entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let hidden_ok = !name.starts_with('.') || part.starts_with('.');
+                        (hidden_ok && fnmatch(&part, &name)).then(|| base.join(name))
+                    })
+                    .collect();
+                found.sort();
+                next.extend(found);
+            }
+        }
+        current = next;
+    }
+    current.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// Files in a directory and its subdirectories, sorted (Apache's `Include DIR`).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Shell-style match of one file name: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`.
+fn fnmatch(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('?', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some(('[', rest)) => {
+                let Some(close) = rest.iter().skip(1).position(|&c| c == ']').map(|i| i + 1) else {
+                    return n.first() == Some(&'[') && go(rest, &n[1..]);
+                };
+                let Some(&c) = n.first() else { return false };
+                let (negate, set) = match rest[..close].split_first() {
+                    Some(('!' | '^', set)) => (true, set),
+                    _ => (false, &rest[..close]),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == '-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != negate && go(&rest[close + 1..], &n[1..])
+            }
+            Some((&c, rest)) => n.first() == Some(&c) && go(rest, &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// The address to probe a listen address at: `443`, `*:443`, `0.0.0.0:443` and
+/// `_default_:443` become `127.0.0.1:443`, `[::]:443` becomes `[::1]:443`, an IP is kept, a
+/// host name becomes loopback; unix sockets and addresses without a port give `None`.
+fn probe_address(listen: &str, default_port: u16) -> Option<String> {
+    if listen.starts_with("unix:") {
+        return None;
+    }
+    if let Ok(port) = listen.parse::<u16>() {
+        return Some(format!("127.0.0.1:{port}"));
+    }
+    if let Ok(a) = listen.parse::<SocketAddr>() {
+        let ip = match a.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        return Some(format!("{ip}:{}", a.port()));
+    }
+    if let Ok(ip) = listen.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return probe_address(&SocketAddr::new(ip, default_port).to_string(), default_port);
+    }
+    let (host, port) = listen.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    match host {
+        "*" | "_default_" | "" => Some(format!("127.0.0.1:{port}")),
+        _ => Some(format!("127.0.0.1:{port}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_become_probe_addresses() {
+        let cases = [
+            ("443", Some("127.0.0.1:443")),
+            ("*:8443", Some("127.0.0.1:8443")),
+            ("_default_:443", Some("127.0.0.1:443")),
+            ("0.0.0.0:443", Some("127.0.0.1:443")),
+            ("[::]:443", Some("[::1]:443")),
+            ("10.1.2.3:443", Some("10.1.2.3:443")),
+            ("www.example.com:443", Some("127.0.0.1:443")),
+            ("unix:/run/nginx.sock", None),
+            ("10.1.2.3", Some("10.1.2.3:443")),
+        ];
+        for (listen, want) in cases {
+            assert_eq!(probe_address(listen, 443).as_deref(), want, "{listen}");
+        }
+    }
+
+    #[test]
+    fn globs_match_like_the_shell() {
+        assert!(fnmatch("*.conf", "shop.conf"));
+        assert!(!fnmatch("*.conf", "shop.conf.bak"));
+        assert!(fnmatch("site-?.conf", "site-1.conf"));
+        assert!(fnmatch("[a-c]*", "blog"));
+        assert!(!fnmatch("[!a-c]*", "blog"));
+        assert!(fnmatch("*", "x"));
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["b.conf", "a.conf", "c.txt", ".hidden.conf"] {
+            std::fs::write(tmp.path().join(f), "").unwrap();
+        }
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        std::fs::write(tmp.path().join("sub/d.conf"), "").unwrap();
+        let got = expand_glob(&tmp.path().join("*.conf"));
+        assert_eq!(got, [tmp.path().join("a.conf"), tmp.path().join("b.conf")]);
+        let got = expand_glob(&tmp.path().join("s*/*.conf"));
+        assert_eq!(got, [tmp.path().join("sub/d.conf")]);
+        assert!(expand_glob(&tmp.path().join("none.conf")).is_empty());
+        assert_eq!(
+            files_under(tmp.path()).len(),
+            5,
+            "{:?}",
+            files_under(tmp.path())
+        );
+    }
+
+    #[test]
+    fn table_names_are_valid_and_unique() {
+        let mut taken = BTreeSet::new();
+        assert_eq!(
+            table_name("shop.example.com", &mut taken),
+            "shop-example-com"
+        );
+        assert_eq!(
+            table_name("shop.example.com", &mut taken),
+            "shop-example-com-2"
+        );
+        assert_eq!(
+            table_name("*.example.com", &mut taken),
+            "wildcard-example-com"
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_normalized() {
+        assert_eq!(
+            normalize(Path::new("/etc/nginx/./ssl/../certs/a.pem")),
+            Path::new("/etc/nginx/certs/a.pem")
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! `certagent discover` against real nginx and Apache configurations with several virtual
+//! hosts, an include file and relative paths: the servers are started with these configs (so
+//! they are real and valid), discover prints them as TOML that `config validate` accepts,
+//! `check` finds healthy, and `reissue` installs and proves served through the discovered
+//! verify endpoints.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::{Apache, Leaf, Nginx, TlsCa, free_port, run_certagent, served_leaf};
+
+fn leaf(ca: &TlsCa, names: &[&str], cert: &Path, key: &Path) -> Leaf {
+    let now = SystemTime::now();
+    let leaf = ca.issue_leaf(
+        names,
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(60 * 86_400),
+    );
+    std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+    leaf.write(cert, key);
+    leaf
+}
+
+/// Run discover; it never needs (or reads) certagent's own config.
+fn discover(args: &[&str]) -> common::Run {
+    let mut all = vec!["discover"];
+    all.extend(args);
+    run_certagent(Path::new("/nonexistent/config.toml"), &all, &[])
+}
+
+/// The discovered TOML with an [agent] table in front, as a config file.
+fn adopt(dir: &Path, toml: &str) -> std::path::PathBuf {
+    let config = dir.join("etc/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n{toml}",
+            dir.join("state").display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn nginx_sites_from_includes_and_relative_paths_become_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TlsCa::new(&dir.join("testca"));
+    let prefix = dir.join("nginx");
+    // Relative to the directory of nginx.conf, as nginx resolves them.
+    let default = leaf(
+        &ca,
+        &["default.test"],
+        &prefix.join("ssl/default.pem"),
+        &prefix.join("ssl/default.key"),
+    );
+    let shop = leaf(
+        &ca,
+        &["shop.test", "www.shop.test"],
+        &dir.join("certs/shop.pem"),
+        &dir.join("certs/shop.key"),
+    );
+    leaf(
+        &ca,
+        &["blog.test"],
+        &prefix.join("ssl/blog.pem"),
+        &prefix.join("ssl/blog.key"),
+    );
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    std::fs::create_dir_all(prefix.join("sites")).unwrap();
+    std::fs::write(
+        prefix.join("nginx.conf"),
+        format!(
+            r#"daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+user root;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    # inherited by server blocks without their own certificate
+    ssl_certificate ssl/default.pem;
+    ssl_certificate_key ssl/default.key;
+    server {{
+        listen 127.0.0.1:{p1} ssl default_server;
+        server_name default.test;
+    }}
+    server {{
+        listen 127.0.0.1:{p1} ssl;
+        server_name shop.test www.shop.test;
+        ssl_certificate "{certs}/shop.pem";   # absolute, quoted
+        ssl_certificate_key {certs}/shop.key;
+        # ssl_certificate /commented/out.pem;
+    }}
+    include sites/*.conf;
+    server {{
+        listen 127.0.0.1:{p3};
+        server_name plain.test;
+    }}
+}}
+"#,
+            prefix = prefix.display(),
+            certs = dir.join("certs").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        prefix.join("sites/blog.conf"),
+        format!(
+            "server {{\n    listen 127.0.0.1:{p2} ssl;\n    server_name blog.test;\n    ssl_certificate ssl/blog.pem;\n    ssl_certificate_key ssl/blog.key;\n}}\n\
+             server {{\n    listen 127.0.0.1:{p2} ssl;\n    server_name www.shop.test;\n    ssl_certificate {certs}/shop.pem;\n    ssl_certificate_key {certs}/shop.key;\n}}\n",
+            certs = dir.join("certs").display()
+        ),
+    )
+    .unwrap();
+    let nginx = Nginx::start_custom(&prefix, &prefix.join("nginx.conf"), &[p1, p2, p3]);
+    let conf = prefix.join("nginx.conf");
+    let conf_arg = conf.to_str().unwrap();
+
+    let json = discover(&["--nginx-conf", conf_arg, "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let doc = json.json();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["changed"], false);
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    let certs = doc["certificates"].as_array().unwrap();
+    let names: Vec<&str> = certs.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default-test", "shop-test", "blog-test"]);
+    let shop_doc = &certs[1];
+    assert_eq!(
+        shop_doc["names"],
+        serde_json::json!(["shop.test", "www.shop.test"])
+    );
+    assert_eq!(shop_doc["key_type"], "ecdsa-p256");
+    assert_eq!(shop_doc["serial"], shop.serial_hex());
+    assert_eq!(
+        shop_doc["cert_file"],
+        dir.join("certs/shop.pem").display().to_string()
+    );
+    assert_eq!(shop_doc["usable"], true);
+    assert_eq!(
+        shop_doc["sources"],
+        serde_json::json!([
+            format!("{conf_arg}:24"),
+            format!("{}:10", prefix.join("sites/blog.conf").display())
+        ])
+    );
+    assert_eq!(
+        shop_doc["endpoints"],
+        serde_json::json!([
+            {"address": format!("127.0.0.1:{p1}"), "sni": "shop.test"},
+            {"address": format!("127.0.0.1:{p2}"), "sni": "www.shop.test"},
+        ])
+    );
+    // Relative paths resolved against the directory of nginx.conf, from the http level and
+    // from the include file.
+    assert_eq!(
+        certs[0]["cert_file"],
+        prefix.join("ssl/default.pem").display().to_string()
+    );
+    assert_eq!(certs[0]["serial"], default.serial_hex());
+    assert_eq!(
+        certs[2]["key_file"],
+        prefix.join("ssl/blog.key").display().to_string()
+    );
+    let files = doc["servers"][0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(
+        doc["servers"][0]["pid_file"],
+        nginx.pid_file().display().to_string()
+    );
+
+    let toml = discover(&["--nginx-conf", conf_arg]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    assert!(
+        toml.stdout
+            .starts_with("# Found by `certagent discover`: 3 certificate(s), 3 ready to manage.\n"),
+        "{}",
+        toml.stdout
+    );
+    assert!(
+        toml.stdout.contains(&format!(
+            "[certificate.shop-test]\nnames = [\"shop.test\", \"www.shop.test\"]\nserver = \"nginx\"\nkey_type = \"ecdsa-p256\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("certs/shop.pem").display(),
+            dir.join("certs/shop.key").display()
+        )),
+        "{}",
+        toml.stdout
+    );
+    // Discover changed nothing.
+    assert!(
+        std::fs::symlink_metadata(dir.join("certs/shop.pem"))
+            .unwrap()
+            .is_file()
+    );
+
+    // Ready to use: valid, healthy, and a re-issue through it is proven served on both
+    // addresses of the shop.
+    let config = adopt(dir, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    assert_eq!(
+        valid.stdout,
+        format!(
+            "{}: valid, 3 certificate(s): blog-test, default-test, shop-test\n",
+            config.display()
+        )
+    );
+    let check = run_certagent(&config, &["check"], &[]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let run = run_certagent(&config, &["reissue", "--now", "shop-test"], &[]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", nginx.log());
+    let on_p1 = served_leaf(&format!("127.0.0.1:{p1}"), "shop.test").unwrap();
+    assert_ne!(on_p1, shop.cert_der);
+    assert_eq!(
+        served_leaf(&format!("127.0.0.1:{p2}"), "www.shop.test").unwrap(),
+        on_p1
+    );
+    assert_eq!(
+        served_leaf(&format!("127.0.0.1:{p1}"), "default.test").unwrap(),
+        default.cert_der
+    );
+}
+
+#[test]
+fn apache_virtual_hosts_from_includes_and_relative_paths_become_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TlsCa::new(&dir.join("testca"));
+    let root = dir.join("apache");
+    let shop = leaf(
+        &ca,
+        &["shop.test", "www.shop.test"],
+        &dir.join("certs/shop.pem"),
+        &dir.join("certs/shop.key"),
+    );
+    // Relative to ServerRoot, as mod_ssl resolves them.
+    let blog = leaf(
+        &ca,
+        &["blog.test"],
+        &root.join("ssl/blog.pem"),
+        &root.join("ssl/blog.key"),
+    );
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    std::fs::create_dir_all(root.join("sites-enabled")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let modules = "/usr/lib/apache2/modules";
+    std::fs::write(
+        root.join("apache2.conf"),
+        format!(
+            r#"ServerRoot "{root}"
+ServerName 127.0.0.1
+LoadModule mpm_event_module {modules}/mod_mpm_event.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+LoadModule ssl_module {modules}/mod_ssl.so
+DefaultRuntimeDir {root}
+PidFile apache2.pid
+ErrorLog logs/error.log
+User nobody
+Group nogroup
+Define CERTS {certs}
+Listen 127.0.0.1:{p1}
+Listen 127.0.0.1:{p2}
+Listen 127.0.0.1:{p3}
+<IfModule ssl_module>
+<VirtualHost 127.0.0.1:{p1}>
+    ServerName shop.test
+    ServerAlias www.shop.test
+    SSLEngine on
+    SSLCertificateFile "${{CERTS}}/shop.pem"
+    SSLCertificateKeyFile ${{CERTS}}/shop.key
+</VirtualHost>
+</IfModule>
+IncludeOptional sites-enabled/*.conf
+"#,
+            root = root.display(),
+            certs = dir.join("certs").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("sites-enabled/blog.conf"),
+        format!(
+            "# the blog\n<VirtualHost 127.0.0.1:{p2}>\n    ServerName blog.test\n    SSLEngine on\n    SSLCertificateFile ssl/blog.pem\n    SSLCertificateKeyFile \\\n        ssl/blog.key\n</VirtualHost>\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("sites-enabled/plain.conf"),
+        format!("<VirtualHost 127.0.0.1:{p3}>\n    ServerName plain.test\n</VirtualHost>\n"),
+    )
+    .unwrap();
+    let mut apache = Apache::start_custom(&root, &[p1, p2, p3]);
+    let parent = apache.parent_pid();
+    let root_arg = root.to_str().unwrap();
+
+    let json = discover(&["--apache-root", root_arg, "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let doc = json.json();
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    let server = &doc["servers"][0];
+    assert_eq!(server["kind"], "apache");
+    assert_eq!(
+        server["config"],
+        root.join("apache2.conf").display().to_string()
+    );
+    assert_eq!(server["pid_file"], apache.pid_file().display().to_string());
+    assert_eq!(
+        server["test_command"],
+        serde_json::json!([
+            "apache2",
+            "-d",
+            root_arg,
+            "-f",
+            root.join("apache2.conf").display().to_string(),
+            "-t"
+        ])
+    );
+    assert_eq!(server["files"].as_array().unwrap().len(), 3);
+    let certs = doc["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2, "{certs:#?}");
+    assert_eq!(certs[0]["name"], "shop-test");
+    assert_eq!(
+        certs[0]["server_names"],
+        serde_json::json!(["shop.test", "www.shop.test"])
+    );
+    assert_eq!(
+        certs[0]["cert_file"],
+        dir.join("certs/shop.pem").display().to_string()
+    );
+    assert_eq!(certs[0]["serial"], shop.serial_hex());
+    assert_eq!(certs[1]["name"], "blog-test");
+    assert_eq!(
+        certs[1]["cert_file"],
+        root.join("ssl/blog.pem").display().to_string()
+    );
+    assert_eq!(
+        certs[1]["key_file"],
+        root.join("ssl/blog.key").display().to_string()
+    );
+    assert_eq!(
+        certs[1]["sources"],
+        serde_json::json!([format!(
+            "{}:5",
+            root.join("sites-enabled/blog.conf").display()
+        )])
+    );
+    assert_eq!(
+        certs[1]["endpoints"],
+        serde_json::json!([{"address": format!("127.0.0.1:{p2}"), "sni": "blog.test"}])
+    );
+
+    let toml = discover(&["--apache-root", root_arg]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    let config = adopt(dir, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    assert_eq!(run_certagent(&config, &["check"], &[]).code, 0);
+    let run = run_certagent(&config, &["reissue", "--now", "blog-test", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", apache.log());
+    assert_eq!(run.json()["certificates"][0]["result"], "installed");
+    let served = served_leaf(&format!("127.0.0.1:{p2}"), "blog.test").unwrap();
+    assert_ne!(served, blog.cert_der);
+    assert!(apache.is_alive());
+    assert_eq!(apache.parent_pid(), parent);
+}
+
+#[test]
+fn discover_says_what_it_cannot_read_or_manage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("none/nginx.conf");
+    let run = discover(&["--nginx-conf", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "certagent: failed to read {:?}: no such file\n  hint: point --nginx-conf, --apache-root or --apache-conf at the server's configuration\n",
+            missing.display().to_string()
+        )
+    );
+
+    // A variable path, a missing certificate and an include that does not exist.
+    let conf = tmp.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        "http {\n  include missing.conf;\n  server {\n    listen 443 ssl;\n    server_name v.test;\n    ssl_certificate /etc/ssl/$ssl_server_name.pem;\n    ssl_certificate_key /etc/ssl/$ssl_server_name.key;\n  }\n  server {\n    listen 8443 ssl;\n    server_name gone.test;\n    ssl_certificate gone.pem;\n    ssl_certificate_key gone.key;\n  }\n}\n",
+    )
+    .unwrap();
+    let run = discover(&["--nginx-conf", conf.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(
+        doc["problems"],
+        serde_json::json!([format!(
+            "nginx: {}:2: include {:?} does not exist",
+            conf.display(),
+            tmp.path().join("missing.conf").display().to_string()
+        )])
+    );
+    let certs = doc["certificates"].as_array().unwrap();
+    assert_eq!(certs[0]["usable"], false);
+    assert_eq!(
+        certs[0]["problems"][0],
+        "ssl_certificate \"/etc/ssl/$ssl_server_name.pem\" uses variables: nginx reads such files at every handshake; name the files directly to let certagent manage them"
+    );
+    assert_eq!(certs[1]["usable"], false);
+    assert_eq!(
+        certs[1]["problems"][0],
+        format!(
+            "certificate: {:?} does not exist",
+            tmp.path().join("gone.pem").display().to_string()
+        )
+    );
+    // In TOML they are comments, and what is left still validates.
+    let toml = discover(&["--nginx-conf", conf.to_str().unwrap()]);
+    assert!(
+        toml.stdout
+            .contains("# not ready to manage as it is:\n# [certificate.gone-test]\n"),
+        "{}",
+        toml.stdout
+    );
+    let config = adopt(tmp.path(), &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+}
