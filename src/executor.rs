@@ -765,7 +765,14 @@ impl Executor {
                 .post_install(cert, journal, flip, installed(false))
                 .await);
         };
-        if server.kind() == crate::config::ServerKind::None || server.is_running() == Some(false) {
+        if server.kind() == crate::config::ServerKind::None {
+            // Install only: there is nothing to load, so nothing is "not loaded".
+            self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
+            return Ok(self
+                .post_install(cert, journal, flip, installed(true))
+                .await);
+        }
+        if server.is_running() == Some(false) {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
             self.finish(
                 cert,

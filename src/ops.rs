@@ -10,6 +10,14 @@ use crate::core::{Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
 use crate::notify::{self, Event};
+
+/// `println!` that does not panic when stdout is closed (`certagent check | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 use crate::output::{
     self, AriReport, CertificateReport, CheckDoc, CompromiseReport, LastReport, PendingReport,
     ReissueDoc, ReissueResult, RevokedReport, rfc3339,
@@ -406,7 +414,7 @@ fn relative(ts: &str, now: Timestamp) -> String {
 
 pub fn render_check(doc: &CheckDoc, now: Timestamp) {
     if doc.certificates.is_empty() {
-        println!("no certificates configured");
+        out!("no certificates configured");
     }
     for r in &doc.certificates {
         if r.healthy {
@@ -414,7 +422,7 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
                 (Some(na), Some(ra)) => format!(", expires {na}, renews {}", relative(ra, now)),
                 _ => String::new(),
             };
-            println!(
+            out!(
                 "{}: healthy (serial {}{expiry})",
                 r.name,
                 r.serial.as_deref().unwrap_or("?")
@@ -428,16 +436,16 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
         if r.action == "resume" {
             line.push_str("; a re-issue is pending and will be resumed");
         }
-        println!("{line}");
+        out!("{line}");
     }
 }
 
 pub fn render_status(doc: &CheckDoc, now: Timestamp) {
     for r in &doc.certificates {
-        println!("{}", r.name);
-        println!("  names:       {}", r.names.join(", "));
-        println!("  key type:    {}", r.key_type);
-        println!(
+        out!("{}", r.name);
+        out!("  names:       {}", r.names.join(", "));
+        out!("  key type:    {}", r.key_type);
+        out!(
             "  health:      {}",
             if r.healthy {
                 "healthy".to_string()
@@ -445,7 +453,7 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.reasons.join(", ")
             }
         );
-        println!(
+        out!(
             "  in service:  generation {}, serial {}, expires {}",
             r.generation
                 .map(|g| g.to_string())
@@ -454,7 +462,7 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
             r.not_after.as_deref().unwrap_or("-")
         );
         if let Some(p) = &r.pending {
-            println!(
+            out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",
                 p.reason,
                 p.since,
@@ -467,7 +475,7 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
             );
         }
         if r.failures > 0 {
-            println!("  failures:    {} in a row", r.failures);
+            out!("  failures:    {} in a row", r.failures);
         }
         if let Some(v) = &r.revoked {
             let why = match v.reason {
@@ -475,22 +483,26 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
                 Some(c) => format!(" (reason {c})"),
                 None => String::new(),
             };
-            println!(
+            out!(
                 "  revoked:     serial {} revoked{why}, seen {} on {}",
-                v.serial, v.seen_at, v.source
+                v.serial,
+                v.seen_at,
+                v.source
             );
         }
         if let Some(a) = &r.ari {
-            println!(
+            out!(
                 "  ARI window:  {} .. {}, renewing at {}",
-                a.window_start, a.window_end, a.renew_at
+                a.window_start,
+                a.window_end,
+                a.renew_at
             );
             if let Some(u) = &a.explanation_url {
-                println!("  ARI says:    {u}");
+                out!("  ARI says:    {u}");
             }
         }
         if let Some(c) = &r.compromise {
-            println!(
+            out!(
                 "  compromised: key {}…: {}{}",
                 &c.key_sha256[..16.min(c.key_sha256.len())],
                 if c.revocation_pending {
@@ -506,12 +518,15 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
             );
         }
         if let Some(nc) = &r.next_check {
-            println!("  next check:  {nc} ({})", relative(nc, now));
+            out!("  next check:  {nc} ({})", relative(nc, now));
         }
         if let Some(l) = &r.last {
-            println!(
+            out!(
                 "  last:        {} {} ({}): {}",
-                l.at, l.result, l.reason, l.message
+                l.at,
+                l.result,
+                l.reason,
+                l.message
             );
         }
     }
@@ -521,11 +536,11 @@ pub fn render_reissue(doc: &ReissueDoc) {
     for r in &doc.certificates {
         let what = match r.result.as_str() {
             "started" => {
-                println!("{}: re-issue started", r.name);
+                out!("{}: re-issue started", r.name);
                 None
             }
             "pending" => {
-                println!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""));
+                out!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""));
                 None
             }
             "installed" => Some("installed and verified in service:"),
@@ -533,7 +548,7 @@ pub fn render_reissue(doc: &ReissueDoc) {
             _ => None,
         };
         if let Some(what) = what {
-            println!(
+            out!(
                 "{}: {what} serial {} (generation {}), expires {}",
                 r.name,
                 r.serial.as_deref().unwrap_or("?"),

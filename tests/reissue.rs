@@ -239,3 +239,20 @@ fn a_held_lock_makes_the_command_busy() {
     );
     assert_eq!(env.served(), env.initial_leaf);
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" --config "$1" status | head -c 1 >/dev/null; echo "exit=${PIPESTATUS[0]}""#)
+        .arg(env!("CARGO_BIN_EXE_certagent"))
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.trim(), "exit=0", "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use std::io::Write as _;
+
 use crate::config::Config;
 use crate::error::{Result, exit};
 use crate::output::{self, ValidateDoc};
@@ -25,7 +27,8 @@ pub fn validate(config_path: &Path, json: bool) -> Result<u8> {
             errors,
         });
     } else if valid {
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "{}: valid, {} certificate(s): {}",
             config_path.display(),
             certificates.len(),

@@ -161,6 +161,13 @@ impl WebServer {
             )))
             .with_hint("the pid file is stale: check pid_file, or that Apache is running"));
         }
+        if self.cfg.kind == ServerKind::Nginx && !is_nginx(pid) {
+            // A recycled pid must never get nginx's signal either.
+            return Err(fail(Error::msg(format!(
+                "pid {pid} from {shown:?} is not an nginx master; not signalling it"
+            )))
+            .with_hint("the pid file is stale: check pid_file, or that nginx is running"));
+        }
         kill(pid, signal).map_err(|e| fail(Error::msg(format!("failed to signal pid {pid}: {e}"))))
     }
 
@@ -305,6 +312,20 @@ fn children_of(parent: Pid) -> Vec<Pid> {
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// Whether `pid` runs nginx (by its executable, else its command line).
+fn is_nginx(pid: Pid) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    if exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("nginx"))
+    {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nginx"))
 }
 
 fn read_pid(path: &Path) -> Option<Pid> {
