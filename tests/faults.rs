@@ -533,6 +533,138 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn misbehaving_ca(c: &mut Checks) {
+    // F11 broken chain, F12 other names, F18/F19 certificates outside their validity (what a
+    // CA or host with a skewed clock produces): rejected before anything is visible.
+    for (point, want) in [
+        ("ca-broken-chain", "chain is out of order"),
+        ("ca-wrong-names", "not the configured names"),
+        ("ca-expired", "the certificate expired at"),
+        ("ca-not-yet-valid", "is not valid until"),
+        (
+            "issue-foreign-key",
+            "the certificate is for a different key",
+        ),
+    ] {
+        let case = format!("F11/F12/F18/F19 CA answer {point}");
+        let env = Env::new(&["a.test"], None);
+        env.write_config("", "");
+        c.faults += 1;
+        let run = reissue(&env, Some(point));
+        c.exit(&case, &run, 2);
+        c.check(
+            &case,
+            "I7 the rejection says why",
+            run.stderr.contains(want),
+            || format!("{run:?}"),
+        );
+        c.invariants(&case, &env);
+        c.check(
+            &case,
+            "I2 the old certificate is still served",
+            env.served() == env.initial_leaf,
+            String::new,
+        );
+        let rerun = reissue(&env, None);
+        c.exit(&format!("{case}, rerun with a sane CA"), &rerun, 0);
+        c.invariants(&format!("{case}, rerun with a sane CA"), &env);
+        c.no_garbage(&format!("{case}, rerun with a sane CA"), &env);
+    }
+}
+
+fn fsync_fails(c: &mut Checks) {
+    // F6: fsync reports EIO (strace injects it into the N-th fsync) — the run fails, nothing
+    // half-written is referenced, and a later run converges.
+    if !sh("command -v strace >/dev/null") {
+        c.check("F6 fsync EIO", "strace is installed", false, || {
+            "install strace".into()
+        });
+        return;
+    }
+    for nth in [1, 3, 6, 9] {
+        let case = format!("F6 EIO from fsync number {nth}");
+        let env = Env::new(&["a.test"], None);
+        env.write_config("", "");
+        c.faults += 1;
+        let out = Command::new("strace")
+            .args([
+                "-f",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=fsync",
+                "-e",
+                &format!("inject=fsync:error=EIO:when={nth}"),
+            ])
+            .arg(env!("CARGO_BIN_EXE_certagent"))
+            .args([
+                "--config",
+                env.config.to_str().unwrap(),
+                "reissue",
+                "--now",
+                "site",
+            ])
+            .output()
+            .unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        c.exit(&case, &run, 2);
+        c.check(
+            &case,
+            "I7 the error says why",
+            run.stderr.contains("Input/output error"),
+            || format!("{run:?}"),
+        );
+        c.invariants(&case, &env);
+        let rerun = reissue(&env, None);
+        c.exit(&format!("{case}, rerun"), &rerun, 0);
+        c.invariants(&format!("{case}, rerun"), &env);
+        c.no_garbage(&format!("{case}, rerun"), &env);
+    }
+}
+
+fn foreign_reloads(c: &mut Checks) {
+    // F25: an administrator (or logrotate) reloads nginx over and over while certagent flips.
+    let case = "F25 foreign reloads during re-issues";
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, reload) = (stop.clone(), env.nginx.reload_command());
+    let hammer = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = Command::new(&reload[0]).args(&reload[1..]).output();
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        n
+    });
+    for round in 0..4 {
+        c.faults += 1;
+        let run = reissue(&env, None);
+        c.exit(&format!("{case}, round {round}"), &run, 0);
+        c.invariants(&format!("{case}, round {round}"), &env);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = hammer.join().unwrap();
+    c.check(
+        case,
+        "the hammer really reloaded nginx",
+        reloads > 10,
+        || format!("{reloads} reloads"),
+    );
+    let key = std::fs::read_to_string(&env.key_file).unwrap();
+    c.check(
+        case,
+        "I4 the key file's key is served",
+        spki_of_cert_der(&env.served()) == spki_of_key_pem(&key),
+        String::new,
+    );
+}
+
 #[test]
 fn fault_matrix() {
     assert!(
@@ -548,6 +680,9 @@ fn fault_matrix() {
     server_not_running(&mut c);
     hostile_files(&mut c);
     hostile_keys(&mut c);
+    misbehaving_ca(&mut c);
+    fsync_fails(&mut c);
+    foreign_reloads(&mut c);
     println!(
         "faults: {} injected, {} invariant checks, {} violations",
         c.faults,

@@ -87,6 +87,24 @@ impl LocalCa {
         params.distinguished_name = dn;
         params.not_before = at(now - 60)?;
         params.not_after = at(now + self.validity)?;
+        // Test builds can make this CA answer like a misbehaving one (reliability.md F11,
+        // F12, F18, F19): expired, not yet valid, or for other names.
+        #[cfg(feature = "failpoints")]
+        {
+            if crate::failpoint::active("ca-expired") {
+                params.not_before = at(now - 10 * 86_400)?;
+                params.not_after = at(now - 86_400)?;
+            }
+            if crate::failpoint::active("ca-not-yet-valid") {
+                params.not_before = at(now + 3 * 86_400)?;
+                params.not_after = at(now + 90 * 86_400)?;
+            }
+            if crate::failpoint::active("ca-wrong-names") {
+                params.subject_alt_names = vec![rcgen::SanType::DnsName(
+                    "evil.test".try_into().context("name")?,
+                )];
+            }
+        }
         params.serial_number = Some(random_serial());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -110,6 +128,22 @@ impl LocalCa {
             .next()
             .map(|b| b.contents().to_vec())
             .ok_or_else(|| Error::msg("local CA certificate is empty"))?;
+        #[cfg(feature = "failpoints")]
+        let ca_der = if crate::failpoint::active("ca-broken-chain") {
+            // An intermediate that did not sign the leaf.
+            let other =
+                PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
+            let mut p = CertificateParams::default();
+            p.distinguished_name
+                .push(DnType::CommonName, "certagent local CA (impostor)");
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.self_signed(other.key_pair())
+                .context("impostor")?
+                .der()
+                .to_vec()
+        } else {
+            ca_der
+        };
         Ok(Chain {
             certs: vec![leaf.der().to_vec(), ca_der],
         })
