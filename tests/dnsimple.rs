@@ -100,8 +100,9 @@ fn dnsimple_errors_are_reported_and_nothing_is_installed() {
     let mut env = Env::new(&["a.test"], None);
     env.names = vec!["a.test".into(), "www.a.test".into()];
     env.write_config("issuer = \"dns\"", &dnsimple_issuer(&env, &fake, ""));
-    let cases: [(u16, &str); 4] = [
+    let cases: [(u16, &str); 5] = [
         (401, "DNSimple rejected the token"),
+        (404, "404 "),
         (412, "Let's Encrypt feature is not enabled"),
         (429, "DNSimple's rate limit is used up until"),
         (502, "502 an HTML error page"),
@@ -161,4 +162,27 @@ fn dns_01_through_dnsimple_validates_a_wildcard_at_pebble() {
         "TXT records left behind: {:?}",
         fake.txt_records()
     );
+}
+
+#[test]
+fn a_download_that_is_not_ready_yet_is_pending_not_failed() {
+    let fake = FakeDnsimple::start(FakeDnsimpleOpts {
+        polls_until_issued: 0,
+        ..FakeDnsimpleOpts::default()
+    });
+    let mut env = Env::new(&["a.test"], None);
+    env.names = vec!["a.test".into(), "www.a.test".into()];
+    env.write_config("issuer = \"dns\"", &dnsimple_issuer(&env, &fake, ""));
+    // 428 "Certificate not issued" on the first download.
+    fake.fail_matching("GET", "/download", 428, 1);
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 75, "{run:?}\n{}", fake.log());
+    assert!(
+        run.stdout.contains("has not released certificate"),
+        "{run:?}"
+    );
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", fake.log());
+    assert_eq!(purchases(&fake), 1);
+    assert_eq!(env.served(), fake.issued()[0].cert_der);
 }
