@@ -50,7 +50,7 @@ pub fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Certif
 pub fn journal_of(state_dir: &Path, name: &str) -> Option<Journal> {
     state_dir
         .is_dir()
-        .then(|| Store::open(state_dir).ok()?.journal(name).ok())
+        .then(|| Store::at(state_dir).journal(name).ok())
         .flatten()
 }
 

@@ -774,9 +774,7 @@ fn verdict(
     cert: &crate::config::Certificate,
     now: Timestamp,
 ) -> Verdict {
-    let journal = Store::open(&config.agent.state_dir)
-        .and_then(|s| s.journal(&cert.name))
-        .ok();
+    let journal = Store::at(&config.agent.state_dir).journal(&cert.name).ok();
     let retry_at = journal
         .as_ref()
         .and_then(|j| j.retry_at)

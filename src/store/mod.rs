@@ -210,6 +210,14 @@ impl Store {
         })
     }
 
+    /// A view of an existing state directory that creates nothing (for read-only looks:
+    /// `check`, `status`, the daemon's evaluation of thousands of certificates).
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
