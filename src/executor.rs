@@ -686,7 +686,7 @@ impl Executor {
             }
             _ => "installed and verified in service",
         };
-        journal.last = Some(Outcome {
+        journal.record_outcome(Outcome {
             at: self.clock.now(),
             result: kind,
             reason: flip.reason,
@@ -1034,7 +1034,7 @@ impl Executor {
         generation: Option<u64>,
     ) -> Result<()> {
         journal.failures += 1;
-        journal.last = Some(Outcome {
+        journal.record_outcome(Outcome {
             at: self.clock.now(),
             result,
             reason,

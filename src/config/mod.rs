@@ -83,6 +83,8 @@ pub struct Agent {
     pub lock_timeout: Span,
     /// Generations kept per certificate besides the current one.
     pub keep_generations: usize,
+    /// Prometheus textfile the daemon rewrites on every state change (`None`: no metrics).
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -316,7 +318,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations";
+const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file";
 const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity";
 const SERVER_KEYS: &str =
     "kind, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
@@ -484,6 +486,7 @@ fn default_agent() -> Agent {
         key_blocklist: Vec::new(),
         lock_timeout: Span::secs(120),
         keep_generations: 3,
+        metrics_file: None,
     }
 }
 
@@ -515,6 +518,7 @@ fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
     if let Some(n) = s.integer(cx, "keep_generations", 1..101) {
         a.keep_generations = n as usize;
     }
+    a.metrics_file = s.path(cx, "metrics_file");
     a
 }
 
@@ -938,7 +942,7 @@ key_mode = "0644"
         let errors = parse(text).unwrap_err();
         let want = [
             "/etc/certagent/config.toml:3: agent.max_parallel: 0 is out of range (1 to 1024)",
-            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations",
+            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file",
             "/etc/certagent/config.toml:7: certificate.site.names: invalid DNS name \"bad..name\": label \"\" must be 1 to 63 letters, digits or inner hyphens (a wildcard is allowed only as the whole first label)",
             "/etc/certagent/config.toml:9: certificate.site.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
             "/etc/certagent/config.toml:10: certificate.site.cert_file: path \"relative/site.pem\" must be absolute",
