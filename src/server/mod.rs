@@ -65,21 +65,34 @@ impl WebServer {
         if self.cfg.kind == ServerKind::None {
             return Some(false);
         }
-        if self.cfg.kind == ServerKind::Nginx
-            && self.cfg.pid_file.is_none()
-            && self.cfg.reload_command.is_none()
-            && Self::under_systemd()
-        {
+        if self.reloads_through_systemctl() {
             return None; // systemctl knows; `systemctl reload` refuses an inactive unit
         }
         let pid_file = self.default_pid_file()?;
         Some(read_pid(&pid_file).is_some_and(|pid| kill(pid, None).is_ok()))
     }
 
+    /// nginx with neither `pid_file` nor `reload_command`, on a host run by systemd: reloads
+    /// go through `systemctl reload nginx`.
+    fn reloads_through_systemctl(&self) -> bool {
+        self.cfg.kind == ServerKind::Nginx
+            && self.cfg.pid_file.is_none()
+            && self.cfg.reload_command.is_none()
+            && Self::under_systemd()
+    }
+
     /// Run the configuration test (`nginx -t`, or `test_command`). Ok when there is none.
+    ///
+    /// When nginx is reloaded through systemctl the reload is the test: nginx.service's
+    /// `ExecReload` (`nginx -s reload`) parses the whole configuration, certificate and key
+    /// included, and refuses to signal the master when it is broken, so the failure comes back
+    /// from `systemctl reload` and is rolled back like a failed test. Running `nginx -t` here
+    /// as well would need write access to nginx's pid file and error logs, which certagent's
+    /// hardened unit does not grant. A configured `test_command` always runs.
     pub async fn config_test(&self) -> Result<()> {
         let argv = match (&self.cfg.test_command, self.cfg.kind) {
             (Some(cmd), _) => cmd.clone(),
+            (None, ServerKind::Nginx) if self.reloads_through_systemctl() => return Ok(()),
             (None, ServerKind::Nginx) => vec!["nginx".into(), "-t".into(), "-q".into()],
             (None, _) => return Ok(()),
         };
@@ -101,7 +114,7 @@ impl WebServer {
         match self.cfg.kind {
             ServerKind::None | ServerKind::Command => Ok(()),
             ServerKind::Nginx => {
-                if self.cfg.pid_file.is_none() && Self::under_systemd() {
+                if self.reloads_through_systemctl() {
                     let argv = ["systemctl", "reload", "nginx"].map(String::from).to_vec();
                     return run(&argv, self.timeout()).await.map_err(fail);
                 }
