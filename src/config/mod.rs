@@ -131,7 +131,8 @@ pub enum Http01 {
 #[derive(Clone, Debug)]
 pub struct Eab {
     pub kid: String,
-    /// File holding the base64url MAC key (or a systemd credential name).
+    /// File holding the base64url MAC key. Under the unit, a file in
+    /// `/etc/certagent/credentials/` is read from its systemd credential.
     pub hmac_key_file: PathBuf,
 }
 
