@@ -3,6 +3,7 @@
 
 mod check;
 mod config_cmd;
+pub mod install;
 mod reissue;
 
 use std::path::PathBuf;
@@ -10,29 +11,107 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, exit};
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0   success / everything healthy
-  1   check: at least one certificate needs action
-  2   error (details on stderr, and in --json)
-  3   busy: another certagent process held the lock for too long
-  75  pending: waiting on the CA or on a human
-  78  configuration invalid
+/// Exit codes, for `--help` and the man page (values from `error::exit`).
+pub const EXIT_CODES: [(u8, &str); 6] = [
+    (exit::OK, "success / everything healthy"),
+    (
+        exit::NEEDS_ACTION,
+        "check: at least one certificate needs action",
+    ),
+    (exit::ERROR, "error (details on stderr, and in --json)"),
+    (
+        exit::BUSY,
+        "busy: another certagent process held the lock for too long",
+    ),
+    (exit::PENDING, "pending: waiting on the CA or on a human"),
+    (exit::CONFIG, "configuration invalid"),
+];
 
-Examples:
-  certagent config validate             check /etc/certagent/config.toml and conf.d/*.toml
-  certagent check                       what is wrong with each certificate, changing nothing
-  certagent reissue --now www           new key + certificate for [certificate.www], installed and proven
-  certagent reissue --now --all --json  the same for every certificate, as JSON for config management";
+pub const EXAMPLES: [(&str, &str); 5] = [
+    (
+        "certagent config validate",
+        "check /etc/certagent/config.toml and conf.d/*.toml",
+    ),
+    (
+        "certagent check",
+        "what is wrong with each certificate, changing nothing",
+    ),
+    (
+        "certagent reissue --now www",
+        "new key + certificate for [certificate.www], installed and proven",
+    ),
+    (
+        "certagent reissue --now --all --json",
+        "the same for every certificate, as JSON for config management",
+    ),
+    ("certagent install", "set up and start the systemd service"),
+];
+
+pub const FILES: [(&str, &str); 5] = [
+    (
+        "/etc/certagent/config.toml",
+        "the configuration; conf.d/*.toml beside it are merged in file-name order",
+    ),
+    (
+        "/etc/certagent/credentials/",
+        "secret files; under systemd the service reads them as credentials",
+    ),
+    (
+        "/var/lib/certagent/",
+        "state: journals, key and certificate generations, ACME accounts",
+    ),
+    (
+        "/run/certagent/",
+        "the lock every certagent process shares, the daemon's control socket",
+    ),
+    (
+        "certagent.service",
+        "the hardened systemd unit (Type=notify; reload re-reads the config)",
+    ),
+];
+
+fn listing(title: &str, rows: &[(String, &str)], width: usize) -> String {
+    let mut out = format!("{title}:");
+    for (left, right) in rows {
+        out.push_str(&format!("\n  {left:width$} {right}"));
+    }
+    out
+}
+
+/// Exit codes and examples (`-h`).
+fn after_help() -> String {
+    let codes: Vec<(String, &str)> = EXIT_CODES
+        .iter()
+        .map(|(c, m)| (c.to_string(), *m))
+        .collect();
+    let examples: Vec<(String, &str)> = EXAMPLES.iter().map(|(c, m)| (c.to_string(), *m)).collect();
+    format!(
+        "{}\n\n{}",
+        listing("Exit codes", &codes, 3),
+        listing("Examples", &examples, 37)
+    )
+}
+
+/// `--help` adds where things are.
+fn after_long_help() -> String {
+    let files: Vec<(String, &str)> = FILES.iter().map(|(p, m)| (p.to_string(), *m)).collect();
+    format!("{}\n\n{}", after_help(), listing("Files", &files, 32))
+}
 
 /// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
 /// mismatched or compromised, when a certificate expires or no longer matches the config;
 /// installs atomically, reloads the server, proves the new certificate is served, and rolls
 /// back if it is not.
 #[derive(Parser, Debug)]
-#[command(name = "certagent", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(
+    name = "certagent",
+    version,
+    after_help = after_help(),
+    after_long_help = after_long_help(),
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Configuration file; drop-ins in conf.d/ beside it are merged in file-name order.
     #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
@@ -81,6 +160,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Set certagent up as a systemd service on this host, idempotently.
+    ///
+    /// For hosts where certagent came from a tarball or `cargo install` (packages do this
+    /// themselves): writes the hardened unit with ExecStart pointing at this binary, creates
+    /// /etc/certagent (conf.d, credentials), /var/lib/certagent and /etc/ssl/certagent, puts
+    /// config.example.toml in place (never touching config.toml), grants the directories the
+    /// configuration writes to in a unit drop-in, enables the service and, once the
+    /// configuration validates, starts it (restarts it when its unit changed). A second run
+    /// changes nothing and reports "changed": false.
+    Install(install::InstallArgs),
+    /// Stop and disable the service and remove what `install` put in place.
+    ///
+    /// Keeps the configuration and the state (keys and certificates in service) unless
+    /// --purge is given.
+    Uninstall(install::UninstallArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +217,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => config_cmd::validate(&cli.config, json),
+        Command::Install(args) => install::install(&cli.config, &args),
+        Command::Uninstall(args) => install::uninstall(&cli.config, &args),
     }
 }
 
@@ -135,5 +231,7 @@ pub fn wants_json(cli: &Cli) -> bool {
         Command::Config {
             command: ConfigCommand::Validate { json },
         } => *json,
+        Command::Install(a) => a.json,
+        Command::Uninstall(a) => a.json,
     }
 }
