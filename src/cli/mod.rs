@@ -180,10 +180,21 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Report every error in the config and drop-ins at once, each with file, line and key.
+    ///
+    /// With --with FILE --as PATH, FILE's content stands in for PATH (the config file or a
+    /// drop-in, which need not exist yet): config management validates a file this way
+    /// before putting it in place (Ansible: validate: "certagent config validate --with %s
+    /// --as /etc/certagent/conf.d/www.toml").
     Validate {
         /// Print a JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// A candidate file to validate in place of --as PATH.
+        #[arg(long, value_name = "FILE", requires = "as_path")]
+        with: Option<PathBuf>,
+        /// Where the candidate will go: the config file or a .toml file in its conf.d/.
+        #[arg(long = "as", id = "as_path", value_name = "PATH", requires = "with")]
+        as_path: Option<PathBuf>,
     },
 }
 
@@ -215,8 +226,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => check::status(&cli.config, &args).await,
         Command::Reissue(args) => reissue::reissue(&cli.config, &args).await,
         Command::Config {
-            command: ConfigCommand::Validate { json },
-        } => config_cmd::validate(&cli.config, json),
+            command:
+                ConfigCommand::Validate {
+                    json,
+                    with,
+                    as_path,
+                },
+        } => {
+            let candidate = as_path.as_deref().zip(with.as_deref());
+            config_cmd::validate(&cli.config, json, candidate)
+        }
         Command::Install(args) => install::install(&cli.config, &args),
         Command::Uninstall(args) => install::uninstall(&cli.config, &args),
     }
@@ -229,7 +248,7 @@ pub fn wants_json(cli: &Cli) -> bool {
         Command::Reissue(a) => a.json,
         Command::Run => false,
         Command::Config {
-            command: ConfigCommand::Validate { json },
+            command: ConfigCommand::Validate { json, .. },
         } => *json,
         Command::Install(a) => a.json,
         Command::Uninstall(a) => a.json,

@@ -196,6 +196,16 @@ pub struct Certificate {
 impl Config {
     /// Read `path` and the drop-ins in `conf.d/` beside it (file-name order).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with(path, None)
+    }
+
+    /// Like `load`, with `candidate = (target, source)`: the content of `source` stands in for
+    /// `target`, the main file or a drop-in (which need not exist yet). This is how config
+    /// management checks a file before putting it in place; errors name `target`.
+    pub fn load_with(
+        path: &Path,
+        candidate: Option<(&Path, &Path)>,
+    ) -> Result<Config, ConfigErrors> {
         let mut files = vec![path.to_path_buf()];
         let mut errors = Vec::new();
         let dropin_dir = path.parent().unwrap_or(Path::new("/")).join("conf.d");
@@ -216,9 +226,33 @@ impl Config {
                 message: format!("failed to read drop-in directory: {e}"),
             }),
         }
+        if let Some((target, _)) = candidate
+            && !files.iter().any(|f| f == target)
+        {
+            if target.parent() == Some(dropin_dir.as_path())
+                && target.extension().is_some_and(|x| x == "toml")
+            {
+                files.push(target.to_path_buf());
+                files[1..].sort();
+            } else {
+                errors.push(ConfigError {
+                    file: target.to_path_buf(),
+                    line: 0,
+                    key: String::new(),
+                    message: format!(
+                        "is neither the config file nor a drop-in (a .toml file in {:?})",
+                        dropin_dir.display().to_string()
+                    ),
+                });
+            }
+        }
         let mut texts = Vec::new();
         for file in &files {
-            match read_capped(file) {
+            let source = match candidate {
+                Some((target, source)) if target == file => source,
+                _ => file,
+            };
+            match read_capped(source) {
                 Ok(text) => texts.push((file.clone(), text)),
                 Err(message) => errors.push(ConfigError {
                     file: file.clone(),
@@ -1018,6 +1052,59 @@ key_file = "/etc/ssl/c.key"
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_is_validated_where_it_will_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        let dropins = tmp.path().join("conf.d");
+        std::fs::create_dir(&dropins).unwrap();
+        std::fs::write(
+            &main,
+            "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]\n",
+        )
+        .unwrap();
+        let site = |name: &str, server: &str| {
+            format!(
+                "[certificate.{name}]\nnames = [\"{name}.test\"]\nserver = \"{server}\"\ncert_file = \"/s/{name}.pem\"\nkey_file = \"/s/{name}.key\"\n"
+            )
+        };
+        std::fs::write(dropins.join("a.toml"), site("a", "web")).unwrap();
+        let candidate = tmp.path().join("upload.tmp");
+
+        // Replacing an existing drop-in: the old content is not read, so no duplicate.
+        std::fs::write(&candidate, site("a", "web")).unwrap();
+        let c = Config::load_with(&main, Some((&dropins.join("a.toml"), &candidate))).unwrap();
+        assert_eq!(c.certificates.len(), 1);
+
+        // A new drop-in that refers to a server the main file does not define: the error
+        // names the place the file is going to, not the temporary file.
+        std::fs::write(&candidate, site("b", "apache")).unwrap();
+        let target = dropins.join("b.toml");
+        let errors = Config::load_with(&main, Some((&target, &candidate))).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].file, target);
+        assert_eq!(errors.0[0].key, "certificate.b.server");
+
+        // A main file that drops the server the drop-ins use.
+        std::fs::write(&candidate, "").unwrap();
+        let errors = Config::load_with(&main, Some((&main, &candidate))).unwrap_err();
+        assert_eq!(errors.0[0].key, "certificate.a.server", "{errors}");
+
+        let elsewhere = tmp.path().join("other/x.toml");
+        let errors = Config::load_with(&main, Some((&elsewhere, &candidate))).unwrap_err();
+        assert!(
+            errors.0[0]
+                .message
+                .starts_with("is neither the config file nor a drop-in"),
+            "{errors}"
+        );
     }
 }
 
