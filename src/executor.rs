@@ -919,7 +919,7 @@ impl Executor {
             }
             _ => "installed and verified in service",
         };
-        journal.last = Some(Outcome {
+        journal.record_outcome(Outcome {
             at: self.clock.now(),
             result: kind,
             reason: flip.reason,
@@ -1307,7 +1307,7 @@ impl Executor {
         generation: Option<u64>,
     ) -> Result<()> {
         journal.failures += 1;
-        journal.last = Some(Outcome {
+        journal.record_outcome(Outcome {
             at: self.clock.now(),
             result,
             reason,

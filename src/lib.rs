@@ -17,6 +17,7 @@ pub mod failpoint; //  crash points for fault-injection tests (feature "failpoin
 pub mod issuer; //     ACME and the embedded local CA
 pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing
 pub mod logging; //    journald or stderr, with structured fields
+pub mod metrics; //    Prometheus textfile for fleets, rewritten on every state change
 pub mod notify; //     webhook and command notifications of events
 pub mod ops; //        check / status / reissue documents, shared by CLI and daemon
 pub mod output; //     the --json documents

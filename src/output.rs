@@ -152,6 +152,40 @@ pub struct ValidateDoc {
     pub errors: Vec<crate::config::ConfigError>,
 }
 
+/// `install` and `uninstall`: every step considered, whether it changed (or, with
+/// `--dry-run`, would change) the host, and the state of the service afterwards.
+#[derive(Serialize, Debug, Clone)]
+pub struct InstallDoc {
+    pub schema: u32,
+    pub changed: bool,
+    pub dry_run: bool,
+    pub steps: Vec<InstallStep>,
+    pub service: ServiceReport,
+    /// Configuration errors that kept the service from being started.
+    pub errors: Vec<crate::config::ConfigError>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct InstallStep {
+    /// "directory", "file", "symlink", "remove", "systemctl".
+    pub action: String,
+    /// The path acted on, or the systemctl verb.
+    pub target: String,
+    pub changed: bool,
+    /// What was (or would be) done, in words.
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ServiceReport {
+    pub unit: Option<String>,
+    pub enabled: bool,
+    /// `None` when systemd is not running here (or with `--root`).
+    pub active: Option<bool>,
+    /// Why the service was not started, when it was not.
+    pub note: Option<String>,
+}
+
 pub fn print_json<T: Serialize>(doc: &T) {
     match serde_json::to_string_pretty(doc) {
         Ok(s) => print_stdout(&format!("{s}\n")),

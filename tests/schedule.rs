@@ -13,6 +13,7 @@ struct Setup {
     _dir: tempfile::TempDir,
     config: PathBuf,
     state: PathBuf,
+    metrics: PathBuf,
 }
 
 fn setup(issuer: &str, cert_extra: &str) -> Setup {
@@ -24,9 +25,10 @@ fn setup(issuer: &str, cert_extra: &str) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[agent]\nstate_dir = \"{s}\"\nruntime_dir = \"{r}\"\n\n{issuer}\n[certificate.site]\nnames = [\"a.test\"]\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n{cert_extra}\n",
+            "[agent]\nstate_dir = \"{s}\"\nruntime_dir = \"{r}\"\nmetrics_file = \"{m}\"\n\n{issuer}\n[certificate.site]\nnames = [\"a.test\"]\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n{cert_extra}\n",
             s = p.join("state").display(),
             r = p.join("run").display(),
+            m = p.join("textfile/certagent.prom").display(),
             c = p.join("ssl/site.pem").display(),
             k = p.join("ssl/site.key").display(),
         ),
@@ -34,6 +36,7 @@ fn setup(issuer: &str, cert_extra: &str) -> Setup {
     .unwrap();
     Setup {
         state: p.join("state"),
+        metrics: p.join("textfile/certagent.prom"),
         config,
         _dir: dir,
     }
@@ -100,6 +103,34 @@ async fn renewal_happens_at_the_computed_deadline() {
             "re-issued after {gap}s, not after an hour: {seen:?}"
         );
     }
+    // The metrics file followed every install: one for the missing key, five renewals.
+    let metrics = std::fs::read_to_string(&setup.metrics).unwrap();
+    for line in [
+        r#"certagent_reissues_total{certificate="site",reason="key-missing",outcome="installed"} 1"#,
+        r#"certagent_reissues_total{certificate="site",reason="expiring",outcome="installed"} 5"#,
+        r#"certagent_certificate_pending_seconds{certificate="site"} 0"#,
+        r#"certagent_certificate_failures{certificate="site"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+    let sample = |name: &str| -> i64 {
+        let prefix = format!("{name}{{certificate=\"site\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let expiry = sample("certagent_certificate_not_after_timestamp_seconds");
+    let success = sample("certagent_certificate_last_success_timestamp_seconds");
+    assert!(
+        (7_100..=7_200).contains(&(expiry - success)),
+        "the newest certificate was installed when it was issued: {metrics}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,6 +181,22 @@ async fn failures_back_off_exponentially_with_jitter() {
     assert!(
         j["pending"]["key_spki_sha256"].is_string(),
         "the key is kept for the retry: {j}"
+    );
+    let metrics = std::fs::read_to_string(&setup.metrics).unwrap();
+    for line in [
+        r#"certagent_reissues_total{certificate="site",reason="key-missing",outcome="failed"} 5"#,
+        r#"certagent_certificate_failures{certificate="site"} 5"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(
+            "certagent_certificate_pending_since_timestamp_seconds{certificate=\"site\"} "
+        ),
+        "{metrics}"
     );
 }
 

@@ -8,8 +8,9 @@ use crate::config::Config;
 use crate::error::{Result, exit};
 use crate::output::{self, ValidateDoc};
 
-pub fn validate(config_path: &Path, json: bool) -> Result<u8> {
-    let (valid, certificates, errors) = match Config::load(config_path) {
+/// `candidate`: validate with the content of `.1` in place of `.0` (see `Config::load_with`).
+pub fn validate(config_path: &Path, json: bool, candidate: Option<(&Path, &Path)>) -> Result<u8> {
+    let (valid, certificates, errors) = match Config::load_with(config_path, candidate) {
         Ok(c) => (
             true,
             c.certificates.keys().cloned().collect::<Vec<_>>(),

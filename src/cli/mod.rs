@@ -5,6 +5,7 @@ mod check;
 mod config_cmd;
 mod discover;
 mod import;
+pub mod install;
 mod reissue;
 
 use std::path::PathBuf;
@@ -12,30 +13,115 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, exit};
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0   success / everything healthy
-  1   check: at least one certificate needs action
-  2   error (details on stderr, and in --json)
-  3   busy: another certagent process held the lock for too long
-  75  pending: waiting on the CA or on a human
-  78  configuration invalid
+/// Exit codes, for `--help` and the man page (values from `error::exit`).
+pub const EXIT_CODES: [(u8, &str); 6] = [
+    (exit::OK, "success / everything healthy"),
+    (
+        exit::NEEDS_ACTION,
+        "check: at least one certificate needs action",
+    ),
+    (exit::ERROR, "error (details on stderr, and in --json)"),
+    (
+        exit::BUSY,
+        "busy: another certagent process held the lock for too long",
+    ),
+    (exit::PENDING, "pending: waiting on the CA or on a human"),
+    (exit::CONFIG, "configuration invalid"),
+];
 
-Examples:
-  certagent config validate             check /etc/certagent/config.toml and conf.d/*.toml
-  certagent check                       what is wrong with each certificate, changing nothing
-  certagent reissue --now www           new key + certificate for [certificate.www], installed and proven
-  certagent reissue --now --all --json  the same for every certificate, as JSON for config management
-  certagent discover > conf.d/found.toml  adopt the certificates nginx/Apache already serve";
+pub const EXAMPLES: [(&str, &str); 7] = [
+    (
+        "certagent config validate",
+        "check /etc/certagent/config.toml and conf.d/*.toml",
+    ),
+    (
+        "certagent check",
+        "what is wrong with each certificate, changing nothing",
+    ),
+    (
+        "certagent reissue --now www",
+        "new key + certificate for [certificate.www], installed and proven",
+    ),
+    (
+        "certagent reissue --now --all --json",
+        "the same for every certificate, as JSON for config management",
+    ),
+    (
+        "certagent discover > conf.d/found.toml",
+        "adopt the certificates nginx/Apache already serve",
+    ),
+    (
+        "certagent import www signed.pem",
+        "hand in the certificate a manual CA issued",
+    ),
+    ("certagent install", "set up and start the systemd service"),
+];
+
+pub const FILES: [(&str, &str); 5] = [
+    (
+        "/etc/certagent/config.toml",
+        "the configuration; conf.d/*.toml beside it are merged in file-name order",
+    ),
+    (
+        "/etc/certagent/credentials/",
+        "secret files; under systemd the service reads them as credentials",
+    ),
+    (
+        "/var/lib/certagent/",
+        "state: journals, key and certificate generations, ACME accounts",
+    ),
+    (
+        "/run/certagent/",
+        "the lock every certagent process shares, the daemon's control socket",
+    ),
+    (
+        "certagent.service",
+        "the hardened systemd unit (Type=notify; reload re-reads the config)",
+    ),
+];
+
+fn listing(title: &str, rows: &[(String, &str)], width: usize) -> String {
+    let mut out = format!("{title}:");
+    for (left, right) in rows {
+        out.push_str(&format!("\n  {left:width$} {right}"));
+    }
+    out
+}
+
+/// Exit codes and examples (`-h`).
+fn after_help() -> String {
+    let codes: Vec<(String, &str)> = EXIT_CODES
+        .iter()
+        .map(|(c, m)| (c.to_string(), *m))
+        .collect();
+    let examples: Vec<(String, &str)> = EXAMPLES.iter().map(|(c, m)| (c.to_string(), *m)).collect();
+    format!(
+        "{}\n\n{}",
+        listing("Exit codes", &codes, 3),
+        listing("Examples", &examples, 37)
+    )
+}
+
+/// `--help` adds where things are.
+fn after_long_help() -> String {
+    let files: Vec<(String, &str)> = FILES.iter().map(|(p, m)| (p.to_string(), *m)).collect();
+    format!("{}\n\n{}", after_help(), listing("Files", &files, 32))
+}
 
 /// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
 /// mismatched or compromised, when a certificate expires or no longer matches the config;
 /// installs atomically, reloads the server, proves the new certificate is served, and rolls
 /// back if it is not.
 #[derive(Parser, Debug)]
-#[command(name = "certagent", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(
+    name = "certagent",
+    version,
+    after_help = after_help(),
+    after_long_help = after_long_help(),
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Configuration file; drop-ins in conf.d/ beside it are merged in file-name order.
     #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
@@ -98,15 +184,41 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Set certagent up as a systemd service on this host, idempotently.
+    ///
+    /// For hosts where certagent came from a tarball or `cargo install` (packages do this
+    /// themselves): writes the hardened unit with ExecStart pointing at this binary, creates
+    /// /etc/certagent (conf.d, credentials), /var/lib/certagent and /etc/ssl/certagent, puts
+    /// config.example.toml in place (never touching config.toml), grants the directories the
+    /// configuration writes to in a unit drop-in, enables the service and, once the
+    /// configuration validates, starts it (restarts it when its unit changed). A second run
+    /// changes nothing and reports "changed": false.
+    Install(install::InstallArgs),
+    /// Stop and disable the service and remove what `install` put in place.
+    ///
+    /// Keeps the configuration and the state (keys and certificates in service) unless
+    /// --purge is given.
+    Uninstall(install::UninstallArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Report every error in the config and drop-ins at once, each with file, line and key.
+    ///
+    /// With --with FILE --as PATH, FILE's content stands in for PATH (the config file or a
+    /// drop-in, which need not exist yet): config management validates a file this way
+    /// before putting it in place (Ansible: validate: "certagent config validate --with %s
+    /// --as /etc/certagent/conf.d/www.toml").
     Validate {
         /// Print a JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// A candidate file to validate in place of --as PATH.
+        #[arg(long, value_name = "FILE", requires = "as_path")]
+        with: Option<PathBuf>,
+        /// Where the candidate will go: the config file or a .toml file in its conf.d/.
+        #[arg(long = "as", id = "as_path", value_name = "PATH", requires = "with")]
+        as_path: Option<PathBuf>,
     },
 }
 
@@ -140,8 +252,18 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Import(args) => import::import(&cli.config, &args).await,
         Command::Discover(args) => discover::discover(&args),
         Command::Config {
-            command: ConfigCommand::Validate { json },
-        } => config_cmd::validate(&cli.config, json),
+            command:
+                ConfigCommand::Validate {
+                    json,
+                    with,
+                    as_path,
+                },
+        } => {
+            let candidate = as_path.as_deref().zip(with.as_deref());
+            config_cmd::validate(&cli.config, json, candidate)
+        }
+        Command::Install(args) => install::install(&cli.config, &args),
+        Command::Uninstall(args) => install::uninstall(&cli.config, &args),
     }
 }
 
@@ -154,7 +276,9 @@ pub fn wants_json(cli: &Cli) -> bool {
         Command::Discover(a) => a.json,
         Command::Run => false,
         Command::Config {
-            command: ConfigCommand::Validate { json },
+            command: ConfigCommand::Validate { json, .. },
         } => *json,
+        Command::Install(a) => a.json,
+        Command::Uninstall(a) => a.json,
     }
 }

@@ -114,6 +114,8 @@ pub struct Agent {
     pub lock_timeout: Span,
     /// Generations kept per certificate besides the current one.
     pub keep_generations: usize,
+    /// Prometheus textfile the daemon rewrites on every state change (`None`: no metrics).
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,7 +208,8 @@ pub enum Http01 {
 #[derive(Clone, Debug)]
 pub struct Eab {
     pub kid: String,
-    /// File holding the base64url MAC key (or a systemd credential name).
+    /// File holding the base64url MAC key. Under the unit, a file in
+    /// `/etc/certagent/credentials/` is read from its systemd credential.
     pub hmac_key_file: PathBuf,
 }
 
@@ -333,6 +336,16 @@ pub struct Certificate {
 impl Config {
     /// Read `path` and the drop-ins in `conf.d/` beside it (file-name order).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with(path, None)
+    }
+
+    /// Like `load`, with `candidate = (target, source)`: the content of `source` stands in for
+    /// `target`, the main file or a drop-in (which need not exist yet). This is how config
+    /// management checks a file before putting it in place; errors name `target`.
+    pub fn load_with(
+        path: &Path,
+        candidate: Option<(&Path, &Path)>,
+    ) -> Result<Config, ConfigErrors> {
         let mut files = vec![path.to_path_buf()];
         let mut errors = Vec::new();
         let dropin_dir = path.parent().unwrap_or(Path::new("/")).join("conf.d");
@@ -353,9 +366,33 @@ impl Config {
                 message: format!("failed to read drop-in directory: {e}"),
             }),
         }
+        if let Some((target, _)) = candidate
+            && !files.iter().any(|f| f == target)
+        {
+            if target.parent() == Some(dropin_dir.as_path())
+                && target.extension().is_some_and(|x| x == "toml")
+            {
+                files.push(target.to_path_buf());
+                files[1..].sort();
+            } else {
+                errors.push(ConfigError {
+                    file: target.to_path_buf(),
+                    line: 0,
+                    key: String::new(),
+                    message: format!(
+                        "is neither the config file nor a drop-in (a .toml file in {:?})",
+                        dropin_dir.display().to_string()
+                    ),
+                });
+            }
+        }
         let mut texts = Vec::new();
         for file in &files {
-            match read_capped(file) {
+            let source = match candidate {
+                Some((target, source)) if target == file => source,
+                _ => file,
+            };
+            match read_capped(source) {
                 Ok(text) => texts.push((file.clone(), text)),
                 Err(message) => errors.push(ConfigError {
                     file: file.clone(),
@@ -457,7 +494,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations";
+const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file";
 const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 const SERVER_KEYS: &str =
     "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
@@ -662,6 +699,7 @@ fn default_agent() -> Agent {
         key_blocklist: Vec::new(),
         lock_timeout: Span::secs(120),
         keep_generations: 3,
+        metrics_file: None,
     }
 }
 
@@ -693,6 +731,7 @@ fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
     if let Some(n) = s.integer(cx, "keep_generations", 1..101) {
         a.keep_generations = n as usize;
     }
+    a.metrics_file = s.path(cx, "metrics_file");
     a
 }
 
@@ -1425,7 +1464,7 @@ key_mode = "0644"
         let errors = parse(text).unwrap_err();
         let want = [
             "/etc/certagent/config.toml:3: agent.max_parallel: 0 is out of range (1 to 1024)",
-            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations",
+            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file",
             "/etc/certagent/config.toml:7: certificate.site.names: invalid DNS name \"bad..name\": label \"\" must be 1 to 63 letters, digits or inner hyphens (a wildcard is allowed only as the whole first label)",
             "/etc/certagent/config.toml:9: certificate.site.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
             "/etc/certagent/config.toml:10: certificate.site.cert_file: path \"relative/site.pem\" must be absolute",
@@ -1635,6 +1674,59 @@ pre_install = []
             );
         }
         assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_is_validated_where_it_will_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        let dropins = tmp.path().join("conf.d");
+        std::fs::create_dir(&dropins).unwrap();
+        std::fs::write(
+            &main,
+            "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]\n",
+        )
+        .unwrap();
+        let site = |name: &str, server: &str| {
+            format!(
+                "[certificate.{name}]\nnames = [\"{name}.test\"]\nserver = \"{server}\"\ncert_file = \"/s/{name}.pem\"\nkey_file = \"/s/{name}.key\"\n"
+            )
+        };
+        std::fs::write(dropins.join("a.toml"), site("a", "web")).unwrap();
+        let candidate = tmp.path().join("upload.tmp");
+
+        // Replacing an existing drop-in: the old content is not read, so no duplicate.
+        std::fs::write(&candidate, site("a", "web")).unwrap();
+        let c = Config::load_with(&main, Some((&dropins.join("a.toml"), &candidate))).unwrap();
+        assert_eq!(c.certificates.len(), 1);
+
+        // A new drop-in that refers to a server the main file does not define: the error
+        // names the place the file is going to, not the temporary file.
+        std::fs::write(&candidate, site("b", "apache")).unwrap();
+        let target = dropins.join("b.toml");
+        let errors = Config::load_with(&main, Some((&target, &candidate))).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].file, target);
+        assert_eq!(errors.0[0].key, "certificate.b.server");
+
+        // A main file that drops the server the drop-ins use.
+        std::fs::write(&candidate, "").unwrap();
+        let errors = Config::load_with(&main, Some((&main, &candidate))).unwrap_err();
+        assert_eq!(errors.0[0].key, "certificate.a.server", "{errors}");
+
+        let elsewhere = tmp.path().join("other/x.toml");
+        let errors = Config::load_with(&main, Some((&elsewhere, &candidate))).unwrap_err();
+        assert!(
+            errors.0[0]
+                .message
+                .starts_with("is neither the config file nor a drop-in"),
+            "{errors}"
+        );
     }
 }
 

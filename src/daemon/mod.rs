@@ -325,6 +325,14 @@ impl Daemon {
                 self.act(&name, v).await;
             }
         }
+        self.write_metrics();
+    }
+
+    /// Rewrite the metrics file (when configured); a failure is logged, never fatal.
+    fn write_metrics(&self) {
+        if let Err(e) = crate::metrics::write(&self.config, self.clock.now()) {
+            log::warn!("failed to write the metrics file: {e}");
+        }
     }
 
     async fn evaluate(&mut self, name: &str) {
@@ -430,6 +438,7 @@ impl Daemon {
         } else if !stopping {
             self.evaluate(name).await;
         }
+        self.write_metrics();
         crate::systemd::notify_status(&self.summary());
     }
 

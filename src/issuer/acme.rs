@@ -82,10 +82,11 @@ impl Acme {
         }
         let eab = match &self.cfg.eab {
             Some(eab) => {
-                let raw = fsutil::read_capped(&eab.hmac_key_file, 4096)?.ok_or_else(|| {
+                let path = crate::systemd::secret_path(&eab.hmac_key_file);
+                let raw = fsutil::read_capped(&path, 4096)?.ok_or_else(|| {
                     Error::msg(format!(
                         "failed to read eab_hmac_key_file {:?}: no such file",
-                        eab.hmac_key_file.display().to_string()
+                        path.display().to_string()
                     ))
                 })?;
                 let text = String::from_utf8_lossy(&raw);

@@ -111,11 +111,25 @@ impl WebServer {
         self.default_pid_file()
     }
 
+    /// nginx with neither `pid_file` nor `reload_command`, on a host run by systemd: reloads
+    /// go through `systemctl reload nginx`.
+    fn reloads_through_systemctl(&self) -> bool {
+        self.cfg.kind == ServerKind::Nginx && self.via_systemd()
+    }
+
     /// Run the configuration test (`nginx -t`, `apache2ctl -t`, or `test_command`). Ok when
     /// there is none.
+    ///
+    /// When nginx is reloaded through systemctl the reload is the test: nginx.service's
+    /// `ExecReload` (`nginx -s reload`) parses the whole configuration, certificate and key
+    /// included, and refuses to signal the master when it is broken, so the failure comes back
+    /// from `systemctl reload` and is rolled back like a failed test. Running `nginx -t` here
+    /// as well would need write access to nginx's pid file and error logs, which certagent's
+    /// hardened unit does not grant. A configured `test_command` always runs.
     pub async fn config_test(&self) -> Result<()> {
         let argv = match (&self.cfg.test_command, self.cfg.kind) {
             (Some(cmd), _) => cmd.clone(),
+            (None, ServerKind::Nginx) if self.reloads_through_systemctl() => return Ok(()),
             (None, ServerKind::Nginx) => vec!["nginx".into(), "-t".into(), "-q".into()],
             (None, ServerKind::Apache) => self.layout.test_command(),
             (None, _) => return Ok(()),

@@ -16,6 +16,7 @@ mod lock;
 #[cfg(test)]
 mod powerloss;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,32 @@ pub struct Journal {
     /// fetch it next (`None`: there is nothing to fetch for this serial).
     #[serde(default)]
     pub refresh: Option<Refresh>,
+    /// Re-issue outcomes since the journal was created, by reason and outcome (the
+    /// counters behind the metrics; never reset).
+    #[serde(default)]
+    pub tally: BTreeMap<Reason, BTreeMap<OutcomeKind, u64>>,
+    /// When a new certificate was last installed.
+    #[serde(default)]
+    pub last_success: Option<Timestamp>,
+}
+
+impl Journal {
+    /// Record the outcome of one re-issue attempt in `last` and in the tally.
+    pub fn record_outcome(&mut self, outcome: Outcome) {
+        *self
+            .tally
+            .entry(outcome.reason)
+            .or_default()
+            .entry(outcome.result)
+            .or_default() += 1;
+        if matches!(
+            outcome.result,
+            OutcomeKind::Installed | OutcomeKind::InstalledNotLoaded
+        ) {
+            self.last_success = Some(outcome.at);
+        }
+        self.last = Some(outcome);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -162,7 +189,7 @@ pub struct Outcome {
     pub generation: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeKind {
     Pending,

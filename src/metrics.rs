@@ -1,0 +1,230 @@
+//! Metrics for fleets: a Prometheus textfile (node_exporter's textfile collector) that the
+//! daemon rewrites atomically on every state change. Built from the journals and the
+//! certificates on disk; it changes nothing and never decides anything.
+
+use std::fmt::Write as _;
+
+use crate::config::{Certificate, Config};
+use crate::core::Timestamp;
+use crate::error::Result;
+use crate::keys::{self, Chain};
+use crate::ops::{journal_of, outcome_str};
+use crate::store::Journal;
+use crate::store::fsutil::{self, Perms};
+
+/// What the metrics say about one certificate.
+pub struct CertFacts<'a> {
+    pub name: &'a str,
+    /// Expiry of the certificate in `cert_file`, when it parses.
+    pub not_after: Option<Timestamp>,
+    pub journal: Option<Journal>,
+}
+
+/// Read what the metrics need and replace `metrics_file` (when configured) in one rename, so
+/// a scrape never sees half a file.
+pub fn write(config: &Config, now: Timestamp) -> Result<()> {
+    let Some(path) = &config.agent.metrics_file else {
+        return Ok(());
+    };
+    let facts: Vec<CertFacts> = config
+        .certificates
+        .values()
+        .map(|cert| CertFacts {
+            name: &cert.name,
+            not_after: not_after(cert),
+            journal: journal_of(&config.agent.state_dir, &cert.name),
+        })
+        .collect();
+    let text = render(&facts, now);
+    if let Some(dir) = path.parent() {
+        fsutil::ensure_dir(dir, 0o755)?;
+    }
+    fsutil::replace_file(path, text.as_bytes(), Perms::mode(0o644))
+}
+
+fn not_after(cert: &Certificate) -> Option<Timestamp> {
+    let bytes = fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES)
+        .ok()
+        .flatten()?;
+    Some(Chain::from_pem(&bytes).ok()?.leaf().ok()?.not_after)
+}
+
+/// The textfile (exposition format 0.0.4), one family after another, certificates in name
+/// order.
+pub fn render(certs: &[CertFacts], now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, i64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let cert = |c: &CertFacts| format!("certificate=\"{}\"", escape(c.name));
+    let pending_since = |c: &CertFacts| {
+        c.journal
+            .as_ref()
+            .and_then(|j| j.pending.as_ref())
+            .map(|p| p.started_at)
+    };
+    family(
+        "certagent_certificate_not_after_timestamp_seconds",
+        "gauge",
+        "Expiry of the certificate in service (Unix time).",
+        certs
+            .iter()
+            .filter_map(|c| Some((cert(c), c.not_after?)))
+            .collect(),
+    );
+    family(
+        "certagent_certificate_pending_seconds",
+        "gauge",
+        "How long the pending re-issue had been waiting when this file was written (0: none).",
+        certs
+            .iter()
+            .map(|c| (cert(c), pending_since(c).map_or(0, |t| (now - t).max(0))))
+            .collect(),
+    );
+    family(
+        "certagent_certificate_pending_since_timestamp_seconds",
+        "gauge",
+        "When the pending re-issue started (Unix time; absent when none is pending).",
+        certs
+            .iter()
+            .filter_map(|c| Some((cert(c), pending_since(c)?)))
+            .collect(),
+    );
+    family(
+        "certagent_certificate_failures",
+        "gauge",
+        "Consecutive failed re-issue attempts (0 after a success).",
+        certs
+            .iter()
+            .map(|c| (cert(c), c.journal.as_ref().map_or(0, |j| j.failures.into())))
+            .collect(),
+    );
+    family(
+        "certagent_certificate_last_success_timestamp_seconds",
+        "gauge",
+        "When a new certificate was last installed (Unix time).",
+        certs
+            .iter()
+            .filter_map(|c| Some((cert(c), c.journal.as_ref()?.last_success?)))
+            .collect(),
+    );
+    let mut reissues = Vec::new();
+    for c in certs {
+        let Some(j) = &c.journal else { continue };
+        for (reason, outcomes) in &j.tally {
+            for (outcome, n) in outcomes {
+                let labels = format!(
+                    "{},reason=\"{}\",outcome=\"{}\"",
+                    cert(c),
+                    reason.as_str(),
+                    outcome_str(*outcome)
+                );
+                reissues.push((labels, i64::try_from(*n).unwrap_or(i64::MAX)));
+            }
+        }
+    }
+    family(
+        "certagent_reissues_total",
+        "counter",
+        "Finished re-issue attempts by reason and outcome.",
+        reissues,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP certagent_metrics_written_timestamp_seconds When certagent wrote this file (Unix time).\n\
+         # TYPE certagent_metrics_written_timestamp_seconds gauge\n\
+         certagent_metrics_written_timestamp_seconds {now}"
+    );
+    out
+}
+
+/// Label values: backslash, double quote and newline escaped (exposition format).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{KeySpec, Reason};
+    use crate::store::{Outcome, OutcomeKind, Pending};
+
+    fn outcome(at: Timestamp, reason: Reason, result: OutcomeKind) -> Outcome {
+        Outcome {
+            at,
+            result,
+            reason,
+            message: String::new(),
+            serial: None,
+            generation: None,
+        }
+    }
+
+    #[test]
+    fn the_textfile_has_expiry_pending_time_tallies_and_last_success() {
+        let mut www = Journal::default();
+        www.record_outcome(outcome(100, Reason::KeyMissing, OutcomeKind::Failed));
+        www.record_outcome(outcome(200, Reason::KeyMissing, OutcomeKind::Installed));
+        www.record_outcome(outcome(300, Reason::Expiring, OutcomeKind::RolledBack));
+        www.failures = 1;
+        let shop = Journal {
+            pending: Some(Pending {
+                reason: Reason::Forced,
+                started_at: 940,
+                issuer: "internal".into(),
+                key_spec: KeySpec::EcdsaP256,
+                key_spki_sha256: String::new(),
+                names: vec![],
+                attempts: 1,
+                order_url: None,
+                issued: false,
+                compromise: None,
+                reminders: 0,
+            }),
+            ..Journal::default()
+        };
+        let facts = [
+            CertFacts {
+                name: "shop",
+                not_after: None,
+                journal: Some(shop),
+            },
+            CertFacts {
+                name: "www",
+                not_after: Some(1_800_000_000),
+                journal: Some(www),
+            },
+        ];
+        let text = render(&facts, 1_000);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                r#"certagent_certificate_not_after_timestamp_seconds{certificate="www"} 1800000000"#,
+                r#"certagent_certificate_pending_seconds{certificate="shop"} 60"#,
+                r#"certagent_certificate_pending_seconds{certificate="www"} 0"#,
+                r#"certagent_certificate_pending_since_timestamp_seconds{certificate="shop"} 940"#,
+                r#"certagent_certificate_failures{certificate="shop"} 0"#,
+                r#"certagent_certificate_failures{certificate="www"} 1"#,
+                r#"certagent_certificate_last_success_timestamp_seconds{certificate="www"} 200"#,
+                r#"certagent_reissues_total{certificate="www",reason="key-missing",outcome="installed"} 1"#,
+                r#"certagent_reissues_total{certificate="www",reason="key-missing",outcome="failed"} 1"#,
+                r#"certagent_reissues_total{certificate="www",reason="expiring",outcome="rolled-back"} 1"#,
+                "certagent_metrics_written_timestamp_seconds 1000",
+            ]
+        );
+        assert!(text.contains("# TYPE certagent_reissues_total counter\n"));
+        assert_eq!(text.matches("# HELP ").count(), 7);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
+    }
+}
