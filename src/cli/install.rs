@@ -112,7 +112,10 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
         None => {
             let exe = std::env::current_exe()
                 .context("failed to find the path of the running certagent")?;
-            host.file(UNIT_FILE, &render_unit(&exe)?, 0o644)?;
+            // Into another root (image builds, tests) the unit is not run from here, so where
+            // this binary lives now says nothing about what the service will see.
+            let this_host = args.root.is_none();
+            host.file(UNIT_FILE, &render_unit(&exe, this_host)?, 0o644)?;
             UNIT_FILE
         }
     };
@@ -291,7 +294,7 @@ fn service_config_only(config_path: &Path) -> Result<()> {
 
 /// The shipped unit with `ExecStart` pointing at `exe`. A binary in a home directory (cargo
 /// install) is exposed on its own: the unit hides every home directory.
-fn render_unit(exe: &Path) -> Result<String> {
+fn render_unit(exe: &Path, this_host: bool) -> Result<String> {
     let path = exe
         .to_str()
         .filter(|s| {
@@ -305,7 +308,7 @@ fn render_unit(exe: &Path) -> Result<String> {
             ))
             .with_hint("move the binary to a plain path such as /usr/local/bin/certagent and run it from there")
         })?;
-    if ["/tmp/", "/var/tmp/"].iter().any(|t| path.starts_with(t)) {
+    if this_host && ["/tmp/", "/var/tmp/"].iter().any(|t| path.starts_with(t)) {
         return Err(Error::msg(format!(
             "failed to install the unit: certagent runs from {path:?}, which the service cannot see (PrivateTmp=yes)"
         ))
@@ -661,23 +664,24 @@ mod tests {
 
     #[test]
     fn the_unit_is_rewritten_for_the_running_binary() {
-        let unit = render_unit(Path::new("/usr/local/bin/certagent")).unwrap();
+        let unit = render_unit(Path::new("/usr/local/bin/certagent"), true).unwrap();
         assert!(
             unit.contains("\nExecStart=/usr/local/bin/certagent run\n"),
             "{unit}"
         );
         assert!(unit.contains("\nProtectHome=yes\n"), "{unit}");
-        let unit = render_unit(Path::new("/root/.cargo/bin/certagent")).unwrap();
+        let unit = render_unit(Path::new("/root/.cargo/bin/certagent"), true).unwrap();
         assert!(
             unit.contains("\nProtectHome=tmpfs\nBindReadOnlyPaths=/root/.cargo/bin/certagent\n"),
             "{unit}"
         );
-        let err = render_unit(Path::new("/opt/my tools/certagent")).unwrap_err();
+        let err = render_unit(Path::new("/opt/my tools/certagent"), true).unwrap_err();
         assert_eq!(
             err.to_string(),
             "failed to install the unit: the path of certagent, \"/opt/my tools/certagent\", needs quoting in a unit file"
         );
-        assert!(render_unit(Path::new("/tmp/certagent")).is_err());
+        assert!(render_unit(Path::new("/tmp/certagent"), true).is_err());
+        assert!(render_unit(Path::new("/tmp/certagent"), false).is_ok());
     }
 
     #[test]
