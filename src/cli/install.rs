@@ -124,13 +124,22 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
         host.file(EXAMPLE_FILE, EXAMPLE, 0o644)?;
     }
     let conf = host.config();
+    // The metrics directory must exist before the service starts: ReadWritePaths= skips a
+    // missing one, leaving the file unwritable until the next restart.
+    let mut metrics_dir = None;
     if let Conf::Valid(config) = &conf {
         match dropin(&extra_writable(config)) {
             Some(text) => host.file(DROPIN, &text, 0o644)?,
             None => host.remove(DROPIN)?,
         };
+        if let Some(dir) = config.agent.metrics_file.as_deref().and_then(Path::parent) {
+            let dir = dir.display().to_string();
+            host.dir(&dir, 0o755)?;
+            metrics_dir = Some(dir);
+        }
     }
     let unit_changed = host.changed_any(&[UNIT_FILE, DROPIN]);
+    let restart = unit_changed || metrics_dir.is_some_and(|d| host.changed_any(&[d.as_str()]));
     host.symlink(WANTS_LINK, unit)?;
 
     let mut service = ServiceReport {
@@ -161,10 +170,10 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
             if let Conf::Valid(_) = conf {
                 if !host.is_active() {
                     host.systemctl(&["start", UNIT_NAME], "start certagent.service")?;
-                } else if unit_changed {
+                } else if restart {
                     host.systemctl(
                         &["restart", UNIT_NAME],
-                        "restart certagent.service: its unit changed",
+                        "restart certagent.service: its unit or the directories it may write changed",
                     )?;
                 }
             }
