@@ -43,10 +43,12 @@ wait_for() {
   fail "$what (waited ${limit}s)"
 }
 expect_eq() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
-served_serial() { # served_serial PORT SNI
-  box sh -c "openssl s_client -connect 127.0.0.1:$1 -servername $2 </dev/null 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2"
-}
-file_serial() { box openssl x509 -noout -serial -in "$1" | cut -d= -f2; }
+# Serials as upper-case hex without leading zeros: openssl pads to whole bytes, certagent
+# (JSON, journal) does not.
+serial() { tr a-f A-F | sed 's/^0*//'; }
+SERVED='openssl s_client -connect 127.0.0.1:$0 -servername $1 </dev/null 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2'
+served_serial() { box sh -c "$SERVED" "$1" "$2" | serial; } # served_serial PORT SNI
+file_serial() { box openssl x509 -noout -serial -in "$1" | cut -d= -f2 | serial; }
 
 # --- packages -----------------------------------------------------------------------------
 # CERTAGENT_DEB: a .deb packaging/build.sh made (CI builds once); else build here.
@@ -63,7 +65,8 @@ deb=$work/$(basename "$built")
 cp "$built" "$deb" # cargo deb empties its output directory on the next run
 # The same binary as a later revision, to see an upgrade restart the service.
 mkdir "$work/upgrade"
-cargo deb --no-build --locked --quiet --deb-revision 99 --output "$work/upgrade/" >/dev/null
+cargo deb --no-build --locked --quiet --deb-revision 99 --output "$work/upgrade/" >/dev/null ||
+  fail "could not make the upgrade package (cargo deb --no-build needs packaging/build.sh's build)"
 upgrade=$(ls "$work"/upgrade/*.deb)
 
 say "scoring the unit on the host: systemd-analyze security --offline=true (at most 2.5)"
@@ -124,7 +127,7 @@ cert_file = "/etc/ssl/certagent/site.pem"
 key_file = "/etc/ssl/certagent/site.key"
 EOF
 mkdir -p /var/lib/prometheus/node-exporter'
-initial=$(served_serial 443 site.test)
+initial=$(box sh -c "$SERVED" 443 site.test)
 box systemctl start certagent || fail "systemctl start certagent failed"
 expect_eq "$(box systemctl is-active certagent)" active "service after start"
 pid=$(box systemctl show -p MainPID --value certagent)
@@ -133,7 +136,7 @@ say "deleting the key: the daemon re-issues and nginx serves the new certificate
 reloads=$(box journalctl -u nginx -o cat --no-pager | grep -c '^Reloaded' || true)
 box rm /etc/ssl/certagent/site.key
 wait_for 30 "a new certificate served after the key was deleted" \
-  sh -c "s=\$(openssl s_client -connect 127.0.0.1:443 -servername site.test </dev/null 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2); [ -n \"\$s\" ] && [ \"\$s\" != $initial ] && [ -e /etc/ssl/certagent/site.key ]"
+  sh -c "s=\$($SERVED); [ -n \"\$s\" ] && [ \"\$s\" != $initial ] && [ -e /etc/ssl/certagent/site.key ]" 443 site.test
 healed=$(served_serial 443 site.test)
 expect_eq "$healed" "$(file_serial /etc/ssl/certagent/site.pem)" "served serial = installed serial"
 box sh -c 'openssl x509 -noout -issuer -in /etc/ssl/certagent/site.pem' | grep -qi certagent ||
@@ -145,14 +148,14 @@ say "reading the structured fields back: journalctl -o json CERTAGENT_EVENT=inst
 event=$(box journalctl -u certagent -o json --no-pager CERTAGENT_EVENT=installed | tail -1)
 expect_eq "$(jq -r .CERTAGENT_CERT <<<"$event")" site "CERTAGENT_CERT"
 expect_eq "$(jq -r .CERTAGENT_REASON <<<"$event")" key-missing "CERTAGENT_REASON"
-expect_eq "$(jq -r .CERTAGENT_SERIAL <<<"$event" | tr a-f A-F)" "$healed" "CERTAGENT_SERIAL"
+expect_eq "$(jq -r .CERTAGENT_SERIAL <<<"$event" | serial)" "$healed" "CERTAGENT_SERIAL"
 expect_eq "$(jq -r .SYSLOG_IDENTIFIER <<<"$event")" certagent "SYSLOG_IDENTIFIER"
 
 say "certagent reissue --now from the shell (through the daemon's control socket)"
 out=$(box certagent reissue --now site --json) || fail "reissue --now exited $?: $out"
 expect_eq "$(jq -r .changed <<<"$out")" true "reissue --now changed"
 expect_eq "$(jq -r '.certificates[0].result' <<<"$out")" installed "reissue --now result"
-expect_eq "$(served_serial 443 site.test)" "$(jq -r '.certificates[0].serial' <<<"$out" | tr a-f A-F)" \
+expect_eq "$(served_serial 443 site.test)" "$(jq -r '.certificates[0].serial' <<<"$out" | serial)" \
   "served serial after reissue --now"
 
 say "reloading with a broken drop-in: the service keeps running, the error is in the journal"
