@@ -60,7 +60,12 @@ else
 fi
 [ -f "$built" ] || fail "packaging/build.sh made no .deb"
 work=$(mktemp -d /var/tmp/certagent-container-test.XXXXXX)
-trap 'rm -rf "$work"; bash "$SANDBOX" down' EXIT
+have_sandbox=0 # stop the sandbox at exit only once it is ours (see the lock below)
+cleanup() {
+  rm -rf "$work"
+  if [ "$have_sandbox" = 1 ]; then bash "$SANDBOX" down; fi
+}
+trap cleanup EXIT
 deb=$work/$(basename "$built")
 cp "$built" "$deb" # cargo deb empties its output directory on the next run
 # The same binary as a later revision, to see an upgrade restart the service.
@@ -74,7 +79,15 @@ systemd-analyze security --offline=true --threshold="$THRESHOLD" systemd/certage
   tail -1 | sed 's/^/  /' >&2 ||
   fail "systemd/certagent.service scores worse than 2.5"
 
+# One sandbox per host: a second run (another checkout's CI) waits for this one.
+exec 9>/var/tmp/certagent-sandbox.lock
+if ! flock -n 9; then
+  say "waiting for another container test to finish (flock /var/tmp/certagent-sandbox.lock)"
+  flock -w 900 9 || fail "another container test held the sandbox for 15 minutes"
+fi
+have_sandbox=1
 say "booting the container"
+bash "$SANDBOX" down >/dev/null 2>&1 # whatever a killed run left behind; we hold the lock
 bash "$SANDBOX" up
 
 # --- 1. install: enabled, idle -----------------------------------------------------------------

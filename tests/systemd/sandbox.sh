@@ -24,7 +24,8 @@
 #    127.0.0.1 inside it; nothing listens on the host.
 #  * If nspawn itself dies, the container's systemd lives on: `down` kills it by its
 #    recorded pid (and start time), never by name.
-#  * nspawn uses fixed cgroup names: one sandbox per host at a time.
+#  * nspawn uses fixed cgroup names: one sandbox per host at a time. Callers serialize on
+#    `flock /var/tmp/certagent-sandbox.lock` (container-test.sh does).
 set -euo pipefail
 
 DIR=${CERTAGENT_SANDBOX:-/var/tmp/certagent-sandbox}
@@ -138,7 +139,7 @@ in_container() {
 }
 
 up() {
-  if nspawn_pid >/dev/null; then say "a sandbox was left running: stopping it first"; fi
+  if nspawn_pid >/dev/null; then die "already running (nspawn pid $(nspawn_pid)); run: $0 down"; fi
   down quiet
   host_tools
   rootfs
