@@ -259,3 +259,30 @@ fn a_packaged_unit_is_left_to_the_package() {
         "certagent: failed to uninstall: certagent was installed from a package (its unit is /usr/lib/systemd/system/certagent.service)\n  hint: remove it with the package manager: apt-get remove certagent (apt-get purge to delete its state too)\n"
     );
 }
+
+#[test]
+fn the_metrics_directory_exists_before_the_service_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("etc/certagent")).unwrap();
+    std::fs::write(
+        root.join("etc/certagent/config.toml"),
+        "[agent]\nmetrics_file = \"/srv/metrics/certagent.prom\"\n",
+    )
+    .unwrap();
+    let run = certagent(root, &["install", "--json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(mode(&root.join("srv/metrics")), 0o755);
+    let granted = std::fs::read_to_string(
+        root.join("etc/systemd/system/certagent.service.d/certificate-paths.conf"),
+    )
+    .unwrap();
+    assert!(
+        granted.ends_with("ReadWritePaths=-/srv/metrics\n"),
+        "{granted}"
+    );
+    assert_eq!(
+        certagent(root, &["install", "--json"]).json()["changed"],
+        false
+    );
+}

@@ -112,10 +112,16 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
         None => {
             let exe = std::env::current_exe()
                 .context("failed to find the path of the running certagent")?;
-            // Into another root (image builds, tests) the unit is not run from here, so where
-            // this binary lives now says nothing about what the service will see.
-            let this_host = args.root.is_none();
-            host.file(UNIT_FILE, &render_unit(&exe, this_host)?, 0o644)?;
+            // The service would fail with 203/EXEC. (With --root the unit is for another
+            // system, where the binary may well be somewhere else.)
+            let shown = exe.display().to_string();
+            if args.root.is_none() && ["/tmp/", "/var/tmp/"].iter().any(|t| shown.starts_with(t)) {
+                return Err(Error::msg(format!(
+                    "failed to install the unit: certagent runs from {shown:?}, which the service cannot see (PrivateTmp=yes)"
+                ))
+                .with_hint("move the binary to /usr/local/bin/certagent and run it from there"));
+            }
+            host.file(UNIT_FILE, &render_unit(&exe)?, 0o644)?;
             UNIT_FILE
         }
     };
@@ -127,13 +133,22 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
         host.file(EXAMPLE_FILE, EXAMPLE, 0o644)?;
     }
     let conf = host.config();
+    // The metrics directory must exist before the service starts: ReadWritePaths= skips a
+    // missing one, leaving the file unwritable until the next restart.
+    let mut metrics_dir = None;
     if let Conf::Valid(config) = &conf {
         match dropin(&extra_writable(config)) {
             Some(text) => host.file(DROPIN, &text, 0o644)?,
             None => host.remove(DROPIN)?,
         };
+        if let Some(dir) = config.agent.metrics_file.as_deref().and_then(Path::parent) {
+            let dir = dir.display().to_string();
+            host.dir(&dir, 0o755)?;
+            metrics_dir = Some(dir);
+        }
     }
     let unit_changed = host.changed_any(&[UNIT_FILE, DROPIN]);
+    let restart = unit_changed || metrics_dir.is_some_and(|d| host.changed_any(&[d.as_str()]));
     host.symlink(WANTS_LINK, unit)?;
 
     let mut service = ServiceReport {
@@ -164,10 +179,10 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
             if let Conf::Valid(_) = conf {
                 if !host.is_active() {
                     host.systemctl(&["start", UNIT_NAME], "start certagent.service")?;
-                } else if unit_changed {
+                } else if restart {
                     host.systemctl(
                         &["restart", UNIT_NAME],
-                        "restart certagent.service: its unit changed",
+                        "restart certagent.service: its unit or the directories it may write changed",
                     )?;
                 }
             }
@@ -294,7 +309,7 @@ fn service_config_only(config_path: &Path) -> Result<()> {
 
 /// The shipped unit with `ExecStart` pointing at `exe`. A binary in a home directory (cargo
 /// install) is exposed on its own: the unit hides every home directory.
-fn render_unit(exe: &Path, this_host: bool) -> Result<String> {
+fn render_unit(exe: &Path) -> Result<String> {
     let path = exe
         .to_str()
         .filter(|s| {
@@ -308,12 +323,6 @@ fn render_unit(exe: &Path, this_host: bool) -> Result<String> {
             ))
             .with_hint("move the binary to a plain path such as /usr/local/bin/certagent and run it from there")
         })?;
-    if this_host && ["/tmp/", "/var/tmp/"].iter().any(|t| path.starts_with(t)) {
-        return Err(Error::msg(format!(
-            "failed to install the unit: certagent runs from {path:?}, which the service cannot see (PrivateTmp=yes)"
-        ))
-        .with_hint("move the binary to /usr/local/bin/certagent and run it from there"));
-    }
     let mut unit = UNIT.replacen(PACKAGED_EXEC, &format!("ExecStart={path} run"), 1);
     if ["/home/", "/root/"].iter().any(|h| path.starts_with(h)) {
         unit = unit.replacen(
@@ -664,24 +673,22 @@ mod tests {
 
     #[test]
     fn the_unit_is_rewritten_for_the_running_binary() {
-        let unit = render_unit(Path::new("/usr/local/bin/certagent"), true).unwrap();
+        let unit = render_unit(Path::new("/usr/local/bin/certagent")).unwrap();
         assert!(
             unit.contains("\nExecStart=/usr/local/bin/certagent run\n"),
             "{unit}"
         );
         assert!(unit.contains("\nProtectHome=yes\n"), "{unit}");
-        let unit = render_unit(Path::new("/root/.cargo/bin/certagent"), true).unwrap();
+        let unit = render_unit(Path::new("/root/.cargo/bin/certagent")).unwrap();
         assert!(
             unit.contains("\nProtectHome=tmpfs\nBindReadOnlyPaths=/root/.cargo/bin/certagent\n"),
             "{unit}"
         );
-        let err = render_unit(Path::new("/opt/my tools/certagent"), true).unwrap_err();
+        let err = render_unit(Path::new("/opt/my tools/certagent")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "failed to install the unit: the path of certagent, \"/opt/my tools/certagent\", needs quoting in a unit file"
         );
-        assert!(render_unit(Path::new("/tmp/certagent"), true).is_err());
-        assert!(render_unit(Path::new("/tmp/certagent"), false).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! state dir, a runtime dir, an nginx serving an initial certificate, and a config file the
 //! test can rewrite.
 
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
@@ -36,17 +37,63 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// When `CERTAGENT_TEST_OUTPUT_DIR` is set, a new file there (created with the directory) that
+/// gets everything one certagent process prints, after a header line (`#% capture: `, which
+/// the scan skips) naming the test binary, the test and the command line; CI scans these files
+/// for secrets (`tests/secrets.sh`). `None` when the variable is unset.
+fn capture_file(kind: &str, config: &Path, args: &[&str]) -> Option<std::fs::File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = PathBuf::from(std::env::var_os("CERTAGENT_TEST_OUTPUT_DIR")?);
+    std::fs::create_dir_all(&dir).expect("create CERTAGENT_TEST_OUTPUT_DIR");
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "test".into());
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let path = dir.join(format!(
+        "{exe}.{}.{nanos}.{seq}.{kind}.log",
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    writeln!(
+        f,
+        "#% capture: {exe} {test}: certagent --config {} {}",
+        config.display(),
+        args.join(" ")
+    )
+    .expect("write capture file");
+    Some(f)
+}
+
 pub fn run_certagent(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_certagent"));
     cmd.arg("--config")
         .arg(config)
         .args(args)
         .env_remove("JOURNAL_STREAM")
-        .env_remove("NOTIFY_SOCKET");
+        .env_remove("NOTIFY_SOCKET")
+        // The harness's, not certagent's (hooks would see it among their CERTAGENT_* vars).
+        .env_remove("CERTAGENT_TEST_OUTPUT_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out: Output = cmd.output().expect("run certagent");
+    if let Some(mut f) = capture_file("run", config, args) {
+        let _ = writeln!(f, "exit {:?}\n--- stdout", out.status.code());
+        let _ = f.write_all(&out.stdout);
+        let _ = f.write_all(b"\n--- stderr\n");
+        let _ = f.write_all(&out.stderr);
+    }
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -196,30 +243,44 @@ pub fn toml_list(items: &[String]) -> String {
 pub struct Daemon {
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// With `CERTAGENT_TEST_OUTPUT_DIR`: the capture file (it gets the daemon's stdout as it
+    /// goes) and a handle on the log, copied into it when the daemon has stopped (the handle
+    /// keeps the log readable even if the test's temp dir is gone by then).
+    capture: Option<(std::fs::File, std::fs::File)>,
 }
 
 impl Daemon {
     pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let err = std::fs::File::create(log).expect("daemon log file");
+        let capture = capture_file("daemon", config, &["-v", "run"]).map(|f| {
+            let log = std::fs::File::open(log).expect("daemon log file");
+            (f, log)
+        });
+        let stdout = match &capture {
+            Some((f, _)) => std::process::Stdio::from(f.try_clone().expect("capture file")),
+            None => std::process::Stdio::null(),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_certagent"));
         cmd.arg("--config")
             .arg(config)
             .arg("-v")
             .arg("run")
             .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET");
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CERTAGENT_TEST_OUTPUT_DIR");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(stdout)
             .stderr(err)
             .spawn()
             .expect("spawn daemon");
         let d = Daemon {
             child: Some(child),
             log: log.to_path_buf(),
+            capture,
         };
         d.wait_log("certagent daemon ready", Duration::from_secs(20));
         d
@@ -254,6 +315,17 @@ impl Daemon {
 
     /// SIGTERM and wait for the exit code.
     pub fn stop(&mut self) -> Option<i32> {
+        let code = self.stop_child();
+        if let Some((mut f, mut log)) = self.capture.take() {
+            let mut text = Vec::new();
+            let _ = log.rewind().and_then(|_| log.read_to_end(&mut text));
+            let _ = f.write_all(b"\n--- stderr\n");
+            let _ = f.write_all(&text);
+        }
+        code
+    }
+
+    fn stop_child(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         super::send_signal(child.id(), "TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
