@@ -150,9 +150,11 @@ async fn failures_back_off_exponentially_with_jitter() {
         "[issuer.down]\nkind = \"acme\"\ndirectory = \"https://127.0.0.1:{port}/dir\"\nlisten = \"127.0.0.1:{listen}\"\n"
     );
     let setup = setup(&issuer, "issuer = \"down\"");
+    // The fifth attempt comes at most 2 + 1.2 * (60 + 120 + 240 + 480) = 1082 s in, the sixth
+    // no earlier than 2 + 0.8 * (60 + ... + 960) = 1490 s: watch until between the two.
     let seen = observe_changes(
         &setup,
-        Duration::from_secs(1_000),
+        Duration::from_secs(1_300),
         Duration::from_secs(2),
         |j| j["failures"].as_u64(),
     )
