@@ -12,14 +12,26 @@ use std::time::{Duration, Instant};
 /// port, release it).
 ///
 /// There is an unavoidable window between releasing the port and the server
-/// binding it; with ephemeral ports handed out round-robin by the kernel this
-/// is not a problem in practice.
+/// binding it.
+///
+/// The kernel may hand out the same ephemeral port to two binds in a row once the first is
+/// closed, so ports given out by this process are remembered and never returned twice (a test
+/// that asked for two ports, as Pebble's directory and management listeners, got the same one).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+        let port = listener
+            .local_addr()
+            .expect("local_addr of a bound listener")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` (every 25 ms) until it returns `true` or `timeout` has elapsed.
