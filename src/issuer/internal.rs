@@ -1,6 +1,7 @@
 //! The embedded local CA: an ECDSA P-256 root created in the state directory on first use,
 //! which signs at once. The default issuer, so certagent works with no account and no network.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -32,19 +33,43 @@ impl LocalCa {
         self.dir.join("ca.pem")
     }
 
-    /// Load the CA, creating it the first time. The key is written 0600 before the
+    /// Load the CA's certificate and key, if both are there.
+    fn load(&self) -> Result<Option<(String, PrivateKey)>> {
+        let (Some(key), Some(cert)) = (
+            fsutil::read_capped(&self.dir.join("ca.key"), 64 << 10)?,
+            fsutil::read_capped(&self.ca_cert_path(), 64 << 10)?,
+        ) else {
+            return Ok(None);
+        };
+        let key = PrivateKey::from_pem(&String::from_utf8_lossy(&key))
+            .map_err(|e| Error::msg(format!("failed to load local CA key: {e}")))?;
+        Ok(Some((String::from_utf8_lossy(&cert).into_owned(), key)))
+    }
+
+    /// Load the CA, creating it the first time. Creation holds an exclusive `flock` on
+    /// `ca.lock`, so jobs issuing in parallel (threads or processes) create one CA, not a
+    /// key from one and a certificate from another. The key is written 0600 before the
     /// certificate, so a crash in between leaves no certificate without its key.
     fn load_or_create(&self, now: Timestamp) -> Result<(String, PrivateKey)> {
+        if let Some(ca) = self.load()? {
+            return Ok(ca);
+        }
+        let lock_path = self.dir.join("ca.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("failed to open {}", lock_path.display()))?;
+        let _held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("failed to lock {}", lock_path.display()))?;
+        if let Some(ca) = self.load()? {
+            return Ok(ca);
+        }
         let key_path = self.dir.join("ca.key");
         let cert_path = self.ca_cert_path();
-        if let (Some(key), Some(cert)) = (
-            fsutil::read_capped(&key_path, 64 << 10)?,
-            fsutil::read_capped(&cert_path, 64 << 10)?,
-        ) {
-            let key = PrivateKey::from_pem(&String::from_utf8_lossy(&key))
-                .map_err(|e| Error::msg(format!("failed to load local CA key: {e}")))?;
-            return Ok((String::from_utf8_lossy(&cert).into_owned(), key));
-        }
         let key = PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
         let host = nix::unistd::gethostname()
             .ok()
@@ -216,5 +241,42 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn parallel_first_issuances_create_one_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = InternalIssuer {
+            validity: Span::days(30),
+        };
+        let names: Vec<DomainName> = vec!["a.test".parse().unwrap()];
+        let now = 1_800_000_000;
+        let chains: Vec<Chain> = std::thread::scope(|s| {
+            let jobs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+                        LocalCa::new(tmp.path(), &cfg)
+                            .issue(&names, &key.spki_der(), now)
+                            .unwrap()
+                    })
+                })
+                .collect();
+            jobs.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        // Every job signed with the one CA that is on disk, and it still signs.
+        let on_disk = std::fs::read_to_string(tmp.path().join("ca.pem")).unwrap();
+        let ca_der = crate::keys::pem_blocks(on_disk.as_bytes()).unwrap()[0]
+            .contents()
+            .to_vec();
+        for chain in &chains {
+            assert_eq!(chain.certs[1], ca_der);
+            chain.check_links().unwrap();
+        }
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let later = LocalCa::new(tmp.path(), &cfg)
+            .issue(&names, &key.spki_der(), now)
+            .unwrap();
+        later.check_links().unwrap();
     }
 }
