@@ -414,11 +414,7 @@ impl Config {
     pub fn parse_sources(sources: &[(PathBuf, String)], errors: &mut Vec<ConfigError>) -> Config {
         let mut b = Builder::default();
         for (i, (file, text)) in sources.iter().enumerate() {
-            let mut cx = Ctx {
-                file,
-                src: text,
-                errors,
-            };
+            let mut cx = Ctx::new(file, text, errors);
             let doc = match DeTable::parse(text) {
                 Ok(doc) => doc,
                 Err(e) => {

@@ -12,14 +12,30 @@ use super::ConfigError;
 /// Where errors go while one file is read.
 pub struct Ctx<'a> {
     pub file: &'a Path,
-    pub src: &'a str,
     pub errors: &'a mut Vec<ConfigError>,
+    /// Byte offset of each line after the first, so a span's line is a binary search
+    /// (every certificate records its line: counting from the top each time was quadratic).
+    newlines: Vec<usize>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn new(file: &'a Path, src: &str, errors: &'a mut Vec<ConfigError>) -> Self {
+        let newlines = src
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        Ctx {
+            file,
+            errors,
+            newlines,
+        }
+    }
+
+    /// The 1-based line on which `span` starts.
     pub fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.src.len());
-        self.src[..end].bytes().filter(|&b| b == b'\n').count() + 1
+        self.newlines.partition_point(|&nl| nl < span.start) + 1
     }
 
     pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
@@ -288,4 +304,23 @@ pub fn check_path(s: &str) -> Result<PathBuf, String> {
         return Err(format!("path {s:?} is not a valid file name"));
     }
     Ok(p.components().collect())
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn a_span_is_on_the_line_where_it_starts() {
+        let src = "a = 1\n\nb = 2\nc";
+        let mut errors = Vec::new();
+        let cx = Ctx::new(Path::new("x.toml"), src, &mut errors);
+        let line = |at: usize| cx.line(&(at..at + 1));
+        assert_eq!(line(0), 1);
+        assert_eq!(line(5), 1, "the newline itself ends line 1");
+        assert_eq!(line(6), 2);
+        assert_eq!(line(7), 3);
+        assert_eq!(line(13), 4);
+        assert_eq!(line(99), 4, "past the end: the last line");
+    }
 }
