@@ -11,8 +11,13 @@ pub fn notify_ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Whether a service manager listens (`NOTIFY_SOCKET` is set).
+pub fn notifying() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 pub fn notify_status(status: &str) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+    if notifying() {
         let _ = sd_notify::notify(&[NotifyState::Status(status)]);
     }
 }

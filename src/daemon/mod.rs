@@ -325,6 +325,8 @@ impl Daemon {
                 self.act(&name, v).await;
             }
         }
+        // Once for the batch: the summary walks every certificate.
+        self.publish_status();
         self.write_metrics();
     }
 
@@ -344,6 +346,7 @@ impl Daemon {
         };
         let v = verdict(&self.config, &self.blocked, cert, self.clock.now());
         self.act(name, v).await;
+        self.publish_status();
     }
 
     async fn act(&mut self, name: &str, v: Verdict) {
@@ -362,7 +365,6 @@ impl Daemon {
             Verdict::Finish => self.start(name, Job::Finish),
             Verdict::Refresh => self.start(name, Job::Refresh),
         }
-        crate::systemd::notify_status(&self.summary());
     }
 
     fn start(&mut self, name: &str, job: Job) {
@@ -427,7 +429,7 @@ impl Daemon {
             // reminder (manual CA) or when the CA suggested.
             let wake = self.pending_wake(name, result.retry_in);
             self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
-            crate::systemd::notify_status(&self.summary());
+            self.publish_status();
             return;
         }
         if result.result == "refresh-failed" {
@@ -439,7 +441,7 @@ impl Daemon {
             self.evaluate(name).await;
         }
         self.write_metrics();
-        crate::systemd::notify_status(&self.summary());
+        self.publish_status();
     }
 
     /// Hand every complete file in the inbox to the certificate whose pending key it is
@@ -639,7 +641,7 @@ impl Daemon {
                 receivers.push(rx);
             }
         }
-        crate::systemd::notify_status(&self.summary());
+        self.publish_status();
         let reason = ask.reason;
         let reply = ask.reply;
         tokio::spawn(async move {
@@ -726,6 +728,14 @@ impl Daemon {
         };
         crate::systemd::notify_ready(&self.summary());
         applied
+    }
+
+    /// Tells systemd the summary, when there is a systemd to tell (the summary walks every
+    /// certificate, so it is not computed for nobody).
+    fn publish_status(&self) {
+        if crate::systemd::notifying() {
+            crate::systemd::notify_status(&self.summary());
+        }
     }
 
     /// One line for `systemctl status`: "12 certificates, 1 re-issuing, next check in 3h".
