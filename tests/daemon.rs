@@ -190,6 +190,80 @@ fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_or
     assert_eq!(pebble.orders_created(), 1);
 }
 
+/// With `max_parallel = 1`, a re-issue queued behind one that is waiting for the CA does not
+/// start once SIGTERM has arrived: no key generated, no order, nothing journalled; the next
+/// start takes it up.
+#[test]
+fn sigterm_leaves_queued_reissues_unstarted() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    let other_key = env.dir.path().join("other.key");
+    env.write_config(
+        "issuer = \"pebble\"",
+        &format!(
+            "{}\n[certificate.other]\nnames = [\"b.test\"]\nissuer = \"pebble\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            acme(&pebble),
+            env.dir.path().join("other.pem").display(),
+            other_key.display()
+        ),
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replacen(
+            "lock_timeout = \"5s\"",
+            "lock_timeout = \"5s\"\nmax_parallel = 1",
+            1,
+        ),
+    )
+    .unwrap();
+    // Both need a re-issue at start-up; whichever gets the one slot holds it at the CA.
+    std::fs::remove_file(&env.key_file).unwrap();
+    let mut daemon = Daemon::start(
+        &env.config,
+        &env.dir.path().join("daemon.log"),
+        &[("CERTAGENT_FAILPOINT", "after-order-created=sleep")],
+    );
+    daemon.wait_log(
+        "failpoint after-order-created: sleeping",
+        Duration::from_secs(20),
+    );
+    let queued = if daemon.log().contains("generated new key cert=site") {
+        "other"
+    } else {
+        "site"
+    };
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("cert={queued} reason=key-missing event=detected")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.log());
+    let text = daemon.log();
+    assert!(
+        !text.contains(&format!("re-issuing cert={queued} "))
+            && !text.contains(&format!("generated new key cert={queued} ")),
+        "the queued re-issue of {queued} started after SIGTERM:\n{text}"
+    );
+    assert_eq!(pebble.orders_created(), 1, "{text}");
+    let journal = env.state_dir().join(format!("certs/{queued}/state.json"));
+    if let Ok(json) = std::fs::read_to_string(&journal) {
+        let journal: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(journal["pending"].is_null(), "{journal}");
+    }
+
+    // The next start heals both.
+    let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon2.log"), &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || serves_key_file(&env)
+            && other_key.exists()),
+        "{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn systemd_hears_ready_status_reloading_and_stopping() {
     let env = Env::new(&["a.test"], None);

@@ -379,9 +379,15 @@ impl Daemon {
         state.wake_at = None;
         let executor = self.executor.clone();
         let semaphore = self.semaphore.clone();
+        let stop = self.stop_rx.clone();
         let name = name.to_string();
         self.jobs.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
+            // Queued when the daemon began to stop: do not start (no key, no order); the
+            // journal or the next evaluation picks it up at the next start.
+            if *stop.borrow() {
+                return (name.clone(), not_started(&name, &job));
+            }
             let result = match job {
                 Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
                 Job::Finish => ops::finish_one(&executor, &cert).await,
@@ -758,6 +764,31 @@ impl Daemon {
             None => {}
         }
         parts.join(", ")
+    }
+}
+
+/// The result of a job that was still queued when the daemon began to stop.
+fn not_started(name: &str, job: &Job) -> ReissueResult {
+    let reason = match job {
+        Job::Reissue(reason) => reason.as_str(),
+        Job::Finish => "finish",
+        Job::Refresh => "refresh",
+        Job::Import(..) => "import",
+    };
+    ReissueResult {
+        name: name.to_string(),
+        result: "failed".into(),
+        changed: false,
+        reason: reason.into(),
+        serial: None,
+        not_after: None,
+        generation: None,
+        error: Some(
+            "not started: certagent is shutting down; it is taken up again at the next start"
+                .into(),
+        ),
+        hint: None,
+        retry_in: None,
     }
 }
 
