@@ -1035,6 +1035,7 @@ impl Executor {
     /// it, ACME Renewal Information (the window and the point picked in it). Journalled with
     /// the time of the next fetch: the CRL's nextUpdate, ARI's Retry-After.
     pub async fn refresh(&self, cert: &Certificate) -> Result<()> {
+        crate::failpoint_async!("refreshing");
         let now = self.clock.now();
         let Some(bytes) = fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES)? else {
             return Ok(());

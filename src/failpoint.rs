@@ -23,7 +23,8 @@ pub fn hit(name: &str) {
 }
 
 /// Like `failpoint!`, and in async code also `CERTAGENT_FAILPOINT=NAME=sleep`: wait there for
-/// a minute (cancellable), to hold the process at that step while a test sends it a signal.
+/// a minute (cancellable), to hold the process at that step while a test sends it a signal;
+/// `NAME=sleep:SECS` waits that many seconds instead.
 #[macro_export]
 macro_rules! failpoint_async {
     ($name:literal) => {
@@ -35,10 +36,22 @@ macro_rules! failpoint_async {
 #[cfg(feature = "failpoints")]
 pub async fn hit_async(name: &str) {
     hit(name);
-    if std::env::var("CERTAGENT_FAILPOINT").is_ok_and(|v| v.strip_suffix("=sleep") == Some(name)) {
-        eprintln!("certagent: failpoint {name}: sleeping");
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-    }
+    let Ok(value) = std::env::var("CERTAGENT_FAILPOINT") else {
+        return;
+    };
+    let Some(sleep) = value
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix("=sleep"))
+    else {
+        return;
+    };
+    let secs = match sleep.strip_prefix(':') {
+        Some(n) => n.parse().unwrap_or(60),
+        None if sleep.is_empty() => 60,
+        None => return,
+    };
+    eprintln!("certagent: failpoint {name}: sleeping");
+    tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
 }
 
 /// Whether `CERTAGENT_FAILPOINT` names `name` (for failpoints that change behaviour instead

@@ -140,6 +140,30 @@ fn cli_racing_the_daemon_makes_one_reissue_not_two() {
     );
 }
 
+/// A forced re-issue that arrives while the daemon refreshes the CA's view of the
+/// certificate (ARI, CRL) is not answered by that refresh: the re-issue runs right after it.
+#[test]
+fn reissue_now_during_a_refresh_reissues() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    // At start-up the daemon asks the CA about the certificate it finds; hold that there.
+    let daemon = Daemon::start(
+        &env.config,
+        &env.dir.path().join("daemon.log"),
+        &[("CERTAGENT_FAILPOINT", "refreshing=sleep:2")],
+    );
+    daemon.wait_log("failpoint refreshing: sleeping", Duration::from_secs(10));
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", daemon.log());
+    let result = &run.json()["certificates"][0];
+    assert_eq!(result["result"], "installed", "{run:?}\n{}", daemon.log());
+    assert_eq!(result["reason"], "forced");
+    assert!(serves_key_file(&env));
+    assert_ne!(env.served(), env.initial_leaf);
+    assert_eq!(pebble.orders_created(), 1, "{}", daemon.log());
+}
+
 #[test]
 fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_order() {
     let pebble = Pebble::start(PebbleOpts::default());

@@ -50,12 +50,15 @@ struct ReissueAsk {
 #[derive(Default)]
 struct CertState {
     in_flight: bool,
+    /// The job in flight is a re-issue (not a refresh, finish or import): a forced re-issue
+    /// asked for now can wait for its outcome instead of starting a second one.
+    reissuing: bool,
     /// Control clients waiting for this certificate's current job.
     waiters: Vec<oneshot::Sender<ReissueResult>>,
     /// When to look at this certificate again by itself.
     wake_at: Option<Timestamp>,
-    /// A handed-in certificate that arrived while another job ran (it starts next), and the
-    /// clients waiting for its outcome.
+    /// A handed-in certificate, or a re-issue asked for, that arrived while another job ran
+    /// (it starts next), and the clients waiting for its outcome.
     queued: Option<(Job, Vec<oneshot::Sender<ReissueResult>>)>,
 }
 
@@ -376,6 +379,7 @@ impl Daemon {
             return;
         }
         state.in_flight = true;
+        state.reissuing = matches!(job, Job::Reissue(_));
         state.wake_at = None;
         let executor = self.executor.clone();
         let semaphore = self.semaphore.clone();
@@ -411,6 +415,9 @@ impl Daemon {
             let _ = w.send(result.clone());
         }
         if let Some((job, waiters)) = state.queued.take() {
+            if matches!(job, Job::Reissue(_)) {
+                self.clear_backoff(name);
+            }
             self.start(name, job);
             self.certs
                 .entry(name.to_string())
@@ -634,16 +641,24 @@ impl Daemon {
             self.start(name, Job::Import(data, source));
         }
         for name in &names {
-            // A job already running for this certificate is the re-issue asked for: wait for
-            // it rather than starting a second one.
-            let running = self.certs.get(name).is_some_and(|s| s.in_flight);
-            if !running {
+            let state = self.certs.entry(name.clone()).or_default();
+            let (tx, rx) = oneshot::channel();
+            if state.in_flight && state.reissuing {
+                // A re-issue already running for this certificate is the one asked for: wait
+                // for it rather than starting a second one.
+                state.waiters.push(tx);
+            } else if state.in_flight {
+                // A refresh, finish or import is running: the re-issue starts right after it.
+                match &mut state.queued {
+                    Some((_, waiters)) => waiters.push(tx),
+                    None => state.queued = Some((Job::Reissue(ask.reason), vec![tx])),
+                }
+            } else {
+                state.waiters.push(tx);
                 self.clear_backoff(name);
                 self.start(name, Job::Reissue(ask.reason));
             }
             if ask.wait {
-                let (tx, rx) = oneshot::channel();
-                self.certs.entry(name.clone()).or_default().waiters.push(tx);
                 receivers.push(rx);
             }
         }
