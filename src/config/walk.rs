@@ -39,12 +39,23 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+        let message = message.into();
+        // A key of the wrong type was reported where it was read; it is not also "missing".
+        if message.starts_with("missing")
+            && self
+                .errors
+                .iter()
+                .rev()
+                .any(|e| e.key == key && e.file == self.file)
+        {
+            return;
+        }
         let line = self.line(span);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             line,
             key: key.to_string(),
-            message: message.into(),
+            message,
         });
     }
 }
