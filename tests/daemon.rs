@@ -79,6 +79,16 @@ fn sighup_reloads_names_and_a_broken_config_keeps_the_old_one() {
         "SIGHUP received: configuration reloaded",
         Duration::from_secs(10),
     );
+    // Rewritten with the same content (config management converging): not a reload.
+    env.write_config("", "");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !daemon
+            .log()
+            .contains("changed on disk: configuration reloaded"),
+        "{}",
+        daemon.log()
+    );
 
     env.names = vec!["a.test".into(), "b.test".into()];
     env.write_config("", "");

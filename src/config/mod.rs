@@ -71,6 +71,8 @@ pub struct Config {
     pub servers: BTreeMap<String, Server>,
     pub certificates: BTreeMap<String, Certificate>,
     pub notify: BTreeMap<String, Notify>,
+    /// A hash of the files read (names and contents): equal fingerprints, same configuration.
+    pub fingerprint: u64,
 }
 
 /// Where to tell about events (`[notify.NAME]`).
@@ -431,13 +433,17 @@ impl Config {
             b.read_file(&mut cx, &mut root, i == 0);
             root.finish(&mut cx, "agent, issuer, server, certificate, notify");
         }
-        b.finish(
+        let mut config = b.finish(
             sources
                 .first()
                 .map(|(f, _)| f.as_path())
                 .unwrap_or(Path::new(DEFAULT_CONFIG)),
             errors,
-        )
+        );
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(sources, &mut hasher);
+        config.fingerprint = std::hash::Hasher::finish(&hasher);
+        config
     }
 
     pub fn certificate(&self, name: &str) -> Option<&Certificate> {
@@ -682,6 +688,7 @@ impl Builder {
                 .map(|(k, (v, _))| (k, v))
                 .collect(),
             notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            fingerprint: 0,
         }
     }
 }
@@ -1506,6 +1513,25 @@ key_file = "/etc/ssl/c.key"
                 "/c/config.toml:9: certificate.site: path \"/etc/ssl/site.pem\" is also written by certificate \"other\"",
             ]
         );
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_one_error_not_also_missing() {
+        let errors = parse(
+            "[certificate.site]\nnames = 1\ncert_file = 2\nkey_file = \"/etc/ssl/site.key\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0]
+                .contains("certificate.site.names: expected an array of strings, found integer"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].contains("certificate.site.cert_file: "),
+            "{errors:#?}"
+        );
+        assert!(errors.iter().all(|e| !e.contains("missing")), "{errors:#?}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub async fn run(
             () = sleep_until(settle_at) => {
                 settle_at = None;
                 if std::mem::take(&mut reload_pending) {
-                    d.reload("the configuration changed on disk").await;
+                    d.reload_if_changed().await;
                 }
                 // A blocklist or flag file may be what changed. And after a reload too: when
                 // the new configuration is invalid, nothing else looks at a certificate whose
@@ -711,6 +711,18 @@ impl Daemon {
             j.retry_at = None;
             let _ = store.save_journal(name, &j);
         }
+    }
+
+    /// A file of the configuration changed on disk: reload, unless the files say what the
+    /// configuration in use says (an editor touching a file; a SIGHUP that already did it).
+    async fn reload_if_changed(&mut self) {
+        if let Ok(new) = crate::cli::load_config(&self.config_path)
+            && new.fingerprint == self.config.fingerprint
+        {
+            log::debug!("the configuration files changed on disk, their content did not");
+            return;
+        }
+        self.reload("the configuration changed on disk").await;
     }
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
