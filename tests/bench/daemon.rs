@@ -534,9 +534,10 @@ fn bulk_config(dir: &Path, n: usize, max_parallel: usize) -> PathBuf {
 
 /// Creates the embedded CA in `DIR/state` with one certificate issued from the command line
 /// (a separate config with the same state and runtime dirs, so the bulk config's certificates
-/// are all still to be issued). Certagent 0.1.0 creates its CA on first use without a lock:
-/// parallel first issuances on an empty state dir can leave `ca.key` and `ca.pem` from
-/// different creators, and every later issuance then fails ("chain is broken").
+/// are all still to be issued), so that creating the CA is not part of what is timed. (Before
+/// c25d6f9 the CA was created without a lock, and parallel first issuances on an empty state
+/// dir could leave `ca.key` and `ca.pem` from different creators; now it is created under
+/// `STATE/ca.lock`.)
 fn seed_ca(dir: &Path) {
     let seed = dir.join("seed");
     std::fs::create_dir_all(&seed).unwrap();
