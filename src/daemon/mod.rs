@@ -620,25 +620,28 @@ impl Daemon {
         if let Some((data, source)) = ask.import.clone() {
             let name = &names[0];
             let state = self.certs.entry(name.clone()).or_default();
+            let (tx, rx) = oneshot::channel();
             if state.in_flight {
                 // Runs right after the current job (which may be the pending re-issue itself).
-                let (tx, rx) = oneshot::channel();
                 state.queued = Some((Job::Import(data, source), vec![tx]));
-                let reply = ask.reply;
-                tokio::spawn(async move {
-                    let results = rx.await.map(|r| vec![r]).unwrap_or_default();
-                    let (doc, code) = ops::reissue_doc(results);
-                    let document = serde_json::to_value(doc).unwrap_or_default();
-                    let _ = reply.send(Response {
-                        exit: code,
-                        document,
-                        error: None,
-                        hint: None,
-                    });
-                });
-                return;
+            } else {
+                self.start(name, Job::Import(data, source));
+                self.certs.entry(name.clone()).or_default().waiters.push(tx);
             }
-            self.start(name, Job::Import(data, source));
+            // The client waits for the import, and only for it.
+            let reply = ask.reply;
+            tokio::spawn(async move {
+                let results = rx.await.map(|r| vec![r]).unwrap_or_default();
+                let (doc, code) = ops::reissue_doc(results);
+                let document = serde_json::to_value(doc).unwrap_or_default();
+                let _ = reply.send(Response {
+                    exit: code,
+                    document,
+                    error: None,
+                    hint: None,
+                });
+            });
+            return;
         }
         for name in &names {
             let state = self.certs.entry(name.clone()).or_default();
