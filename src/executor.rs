@@ -179,6 +179,9 @@ pub fn refresh_due(
 /// How a re-issue ended.
 #[derive(Debug)]
 pub struct Installed {
+    /// Why this certificate was issued, as journalled: a resumed re-issue keeps its own
+    /// reason, and a compromised key in service makes any re-issue a compromise response.
+    pub reason: Reason,
     pub generation: u64,
     pub serial: String,
     pub not_after: Timestamp,
@@ -744,6 +747,7 @@ impl Executor {
             .and_then(|b| Chain::from_pem(&b).map_err(Error::msg))?;
         let leaf = chain.leaf().map_err(Error::msg)?;
         let installed = |loaded| Installed {
+            reason: flip.reason,
             generation: flip.to,
             serial: leaf.serial.clone(),
             not_after: leaf.not_after,

@@ -229,6 +229,7 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
                 "installed-not-loaded"
             });
             r.changed = true;
+            r.reason = i.reason.as_str().to_string();
             r.serial = Some(i.serial.clone());
             r.not_after = Some(rfc3339(i.not_after));
             r.generation = Some(i.generation);
@@ -247,7 +248,7 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
                 r,
                 Some(
                     Event::new("installed", &cert.name, msg, now)
-                        .reason(reason.as_str())
+                        .reason(i.reason.as_str())
                         .serial(i.serial),
                 ),
             )

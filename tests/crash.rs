@@ -5,7 +5,11 @@
 
 mod common;
 
-use common::{Env, Pebble, PebbleOpts, run_certagent, spki_of_cert_der, spki_of_key_pem};
+use std::time::Duration;
+
+use common::{
+    Daemon, Env, Pebble, PebbleOpts, run_certagent, spki_of_cert_der, spki_of_key_pem, wait_until,
+};
 
 fn setup() -> (Pebble, Env) {
     let pebble = Pebble::start(PebbleOpts::default());
@@ -146,4 +150,32 @@ fn hex_sha256(data: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// `reissue --now` that finds interrupted work resumes it, and says so truthfully: the
+/// result carries the reason the work began with, as the journal does.
+#[test]
+fn a_forced_run_that_resumes_reports_the_reason_the_work_began_with() {
+    let (pebble, env) = setup();
+    // The daemon starts the work for its own reason, and dies at the failpoint.
+    let mut daemon = Daemon::start(
+        &env.config,
+        &env.dir.path().join("daemon.log"),
+        &[("CERTAGENT_FAILPOINT", "after-order-created")],
+    );
+    std::fs::remove_file(&env.key_file).expect("delete key");
+    assert!(
+        wait_until(Duration::from_secs(20), || !daemon.is_running()),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(journal(&env)["pending"]["reason"], "key-missing");
+
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", pebble.log());
+    let result = &run.json()["certificates"][0];
+    assert_eq!(result["result"], "installed", "{run:?}");
+    assert_eq!(result["reason"], "key-missing", "{run:?}");
+    assert_eq!(journal(&env)["last"]["reason"], "key-missing");
+    assert_finished(&env, &pebble);
 }
