@@ -139,6 +139,8 @@ names = ["site.test"]
 server = "nginx"
 cert_file = "/etc/ssl/certagent/site.pem"
 key_file = "/etc/ssl/certagent/site.key"
+group = "ssl-cert"
+key_mode = "0640"
 EOF
 mkdir -p /var/lib/prometheus/node-exporter'
 initial=$(box sh -c "$SERVED" 443 site.test)
@@ -155,6 +157,8 @@ healed=$(served_serial 443 site.test)
 expect_eq "$healed" "$(file_serial /etc/ssl/certagent/site.pem)" "served serial = installed serial"
 box sh -c 'openssl x509 -noout -issuer -in /etc/ssl/certagent/site.pem' | grep -qi certagent ||
   fail "the new certificate is not from the embedded CA"
+# The unit's CAP_CHOWN at work: the new key belongs to the configured group.
+expect_eq "$(box stat -L -c '%a %U:%G' /etc/ssl/certagent/site.key)" "640 root:ssl-cert" "key mode and owner"
 now_reloads=$(box journalctl -u nginx -o cat --no-pager | grep -c '^Reloaded')
 [ "$now_reloads" -gt "$reloads" ] || fail "nginx was not reloaded through systemctl"
 
