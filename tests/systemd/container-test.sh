@@ -7,7 +7,8 @@
 #      served by nginx reloaded through systemctl; reads the structured fields back with
 #      journalctl -o json; runs `certagent reissue --now` from the shell; reloads with a
 #      broken drop-in (still running, the error in the journal); checks the metrics file;
-#   3. upgrades (restarts), removes (keeps config and state), purges (removes them);
+#   3. upgrades (restarts), removes (keeps config and state), purges (removes them); then
+#      `certagent install` from a plain binary (tarball, cargo install) and uninstall --purge;
 #   4. applies the Ansible role twice (the second run changes nothing) and re-issues through
 #      the role's reissue task (changed exactly once).
 # Needs root; without it, it says so and skips (exit 0). Anything else that keeps it from
@@ -70,7 +71,7 @@ deb=$work/$(basename "$built")
 cp "$built" "$deb" # cargo deb empties its output directory on the next run
 # The same binary as a later revision, to see an upgrade restart the service.
 mkdir "$work/upgrade"
-cargo deb --no-build --locked --quiet --deb-revision 99 --output "$work/upgrade/" >/dev/null ||
+cargo deb --no-build --locked --quiet --fast --deb-revision 99 --output "$work/upgrade/" >/dev/null ||
   fail "could not make the upgrade package (cargo deb --no-build needs packaging/build.sh's build)"
 upgrade=$(ls "$work"/upgrade/*.deb)
 
@@ -138,6 +139,8 @@ names = ["site.test"]
 server = "nginx"
 cert_file = "/etc/ssl/certagent/site.pem"
 key_file = "/etc/ssl/certagent/site.key"
+group = "ssl-cert"
+key_mode = "0640"
 EOF
 mkdir -p /var/lib/prometheus/node-exporter'
 initial=$(box sh -c "$SERVED" 443 site.test)
@@ -154,6 +157,8 @@ healed=$(served_serial 443 site.test)
 expect_eq "$healed" "$(file_serial /etc/ssl/certagent/site.pem)" "served serial = installed serial"
 box sh -c 'openssl x509 -noout -issuer -in /etc/ssl/certagent/site.pem' | grep -qi certagent ||
   fail "the new certificate is not from the embedded CA"
+# The unit's CAP_CHOWN at work: the new key belongs to the configured group.
+expect_eq "$(box stat -L -c '%a %U:%G' /etc/ssl/certagent/site.key)" "640 root:ssl-cert" "key mode and owner"
 now_reloads=$(box journalctl -u nginx -o cat --no-pager | grep -c '^Reloaded')
 [ "$now_reloads" -gt "$reloads" ] || fail "nginx was not reloaded through systemctl"
 
@@ -205,6 +210,35 @@ for gone in /etc/certagent /var/lib/certagent /etc/ssl/certagent; do
 done
 box rm -r /etc/nginx/sites-enabled/site /var/lib/prometheus
 box systemctl reload nginx
+
+# --- 3b. certagent install, as after a tarball or cargo install -----------------------------------
+say "certagent install from a plain binary: enabled, started once configured, idempotent; uninstall --purge"
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/certagent >"$work/certagent"
+push "$work/certagent" /usr/local/bin/certagent
+box chmod 755 /usr/local/bin/certagent
+json() { box /usr/local/bin/certagent "$@" --json; }
+out=$(json install) || fail "certagent install exited $?: $out"
+expect_eq "$(jq -r .changed <<<"$out")" true "first install changed"
+expect_eq "$(box systemctl is-enabled certagent)" enabled "enabled by certagent install"
+expect_eq "$(box systemctl is-active certagent || true)" inactive "not started without a config"
+box grep -qx 'ExecStart=/usr/local/bin/certagent run' /etc/systemd/system/certagent.service ||
+  fail "the installed unit does not run /usr/local/bin/certagent"
+# No man page without the package: verify everything else.
+verify=$(box systemd-analyze verify --man=no certagent.service 2>&1 || true)
+[ -z "$verify" ] || fail "systemd-analyze verify of the unit certagent install wrote printed: $verify"
+box sh -c 'mkdir -p /srv/tls && printf "%s\n" "[certificate.files]" "names = [\"files.test\"]" \
+  "cert_file = \"/srv/tls/files.pem\"" "key_file = \"/srv/tls/files.key\"" >/etc/certagent/config.toml'
+out=$(json install) || fail "certagent install with a config exited $?: $out"
+expect_eq "$(jq -r .service.active <<<"$out")" true "started once configured"
+wait_for 10 "the certificate issued into /srv/tls (granted by the drop-in)" test -e /srv/tls/files.key
+expect_eq "$(json install | jq -r .changed)" false "second install changed"
+out=$(json uninstall --purge) || fail "certagent uninstall --purge exited $?: $out"
+expect_eq "$(box systemctl is-active certagent || true)" inactive "stopped by uninstall"
+for gone in /etc/systemd/system/certagent.service /etc/certagent /var/lib/certagent /srv/tls/files.key; do
+  if box test -e "$gone"; then fail "uninstall --purge left $gone"; fi
+done
+expect_eq "$(json uninstall --purge | jq -r .changed)" false "second uninstall changed"
+box rm -r /usr/local/bin/certagent /srv/tls
 
 # --- 4. Ansible ------------------------------------------------------------------------------------
 say "Ansible: applying the role twice"
