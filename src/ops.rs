@@ -205,41 +205,36 @@ pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (Ch
     )
 }
 
+/// The result of an install: "installed", or "installed-not-loaded" when the server was not
+/// running. A failed post_install hook leaves the certificate installed (the result says so)
+/// and fails the run all the same (error set, exit 2).
+fn installed_result(cert: &Certificate, i: &crate::executor::Installed) -> ReissueResult {
+    let result = if i.loaded || cert.server.is_none() {
+        "installed"
+    } else {
+        "installed-not-loaded"
+    };
+    let mut r = ReissueResult::new(&cert.name, result, i.reason.as_str());
+    r.changed = true;
+    r.serial = Some(i.serial.clone());
+    r.not_after = Some(rfc3339(i.not_after));
+    r.generation = Some(i.generation);
+    r.error = i.hook_error.as_ref().map(|e| e.to_string());
+    r.hint = i
+        .hook_error
+        .as_ref()
+        .and_then(|e| e.hint().map(str::to_string));
+    r
+}
+
 /// Re-issue one certificate and describe the outcome (errors become part of the result).
 pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> ReissueResult {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
     let now = executor.clock.now();
-    let blank = |result: &str| ReissueResult {
-        name: cert.name.clone(),
-        result: result.to_string(),
-        changed: false,
-        reason: reason.as_str().to_string(),
-        serial: None,
-        not_after: None,
-        generation: None,
-        error: None,
-        hint: None,
-        retry_in: None,
-    };
+    let blank = |result: &str| ReissueResult::new(&cert.name, result, reason.as_str());
     let (result, event) = match executor.reissue(cert, reason).await {
         Ok(i) => {
-            let mut r = blank(if i.loaded || cert.server.is_none() {
-                "installed"
-            } else {
-                "installed-not-loaded"
-            });
-            r.changed = true;
-            r.reason = i.reason.as_str().to_string();
-            r.serial = Some(i.serial.clone());
-            r.not_after = Some(rfc3339(i.not_after));
-            r.generation = Some(i.generation);
-            // A failed post_install hook: the certificate is installed (result says so), and
-            // the run failed all the same (error set, exit 2).
-            r.error = i.hook_error.as_ref().map(|e| e.to_string());
-            r.hint = i
-                .hook_error
-                .as_ref()
-                .and_then(|e| e.hint().map(str::to_string));
+            let r = installed_result(cert, &i);
             let msg = format!(
                 "installed serial {} (generation {})",
                 i.serial, i.generation
@@ -294,35 +289,10 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
 /// Install a certificate handed back for a pending manual re-issue.
 pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> ReissueResult {
     let now = executor.clock.now();
-    let mut r = ReissueResult {
-        name: cert.name.clone(),
-        result: "failed".into(),
-        changed: false,
-        reason: "forced".into(),
-        serial: None,
-        not_after: None,
-        generation: None,
-        error: None,
-        hint: None,
-        retry_in: None,
-    };
+    let mut r = ReissueResult::new(&cert.name, "failed", Reason::Forced.as_str());
     let event = match executor.import(cert, data).await {
         Ok(i) => {
-            r.result = if i.loaded || cert.server.is_none() {
-                "installed"
-            } else {
-                "installed-not-loaded"
-            }
-            .into();
-            r.changed = true;
-            r.serial = Some(i.serial.clone());
-            r.not_after = Some(rfc3339(i.not_after));
-            r.generation = Some(i.generation);
-            r.error = i.hook_error.as_ref().map(|e| e.to_string());
-            r.hint = i
-                .hook_error
-                .as_ref()
-                .and_then(|e| e.hint().map(str::to_string));
+            r = installed_result(cert, &i);
             Event::new(
                 "installed",
                 &cert.name,
@@ -349,40 +319,24 @@ pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResul
         Ok(Some(Ok(_))) | Ok(None) => ("finished", None),
         Ok(Some(Err(e))) | Err(e) => ("finish-failed", Some(e)),
     };
-    ReissueResult {
-        name: cert.name.clone(),
-        result: result.into(),
-        changed: error.is_none(),
-        reason: "forced".into(),
-        serial: None,
-        not_after: None,
-        generation: None,
-        hint: error.as_ref().and_then(|e| e.hint().map(str::to_string)),
-        error: error.map(|e| e.to_string()),
-        retry_in: None,
-    }
+    let mut r = ReissueResult::new(&cert.name, result, Reason::Forced.as_str());
+    r.changed = error.is_none();
+    r.hint = error.as_ref().and_then(|e| e.hint().map(str::to_string));
+    r.error = error.map(|e| e.to_string());
+    r
 }
 
 /// Fetch the CA's view (CRL, ARI) of one certificate.
 pub async fn refresh_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
     let error = executor.refresh(cert).await.err();
-    ReissueResult {
-        name: cert.name.clone(),
-        result: if error.is_some() {
-            "refresh-failed"
-        } else {
-            "refreshed"
-        }
-        .into(),
-        changed: false,
-        reason: "forced".into(),
-        serial: None,
-        not_after: None,
-        generation: None,
-        hint: None,
-        error: error.map(|e| e.to_string()),
-        retry_in: None,
-    }
+    let result = if error.is_some() {
+        "refresh-failed"
+    } else {
+        "refreshed"
+    };
+    let mut r = ReissueResult::new(&cert.name, result, Reason::Forced.as_str());
+    r.error = error.map(|e| e.to_string());
+    r
 }
 
 pub fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {

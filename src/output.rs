@@ -125,6 +125,24 @@ pub struct ReissueResult {
     pub retry_in: Option<i64>,
 }
 
+impl ReissueResult {
+    /// A result that installed nothing (yet): its kind and reason, the rest empty.
+    pub fn new(name: &str, result: &str, reason: &str) -> ReissueResult {
+        ReissueResult {
+            name: name.to_string(),
+            result: result.to_string(),
+            changed: false,
+            reason: reason.to_string(),
+            serial: None,
+            not_after: None,
+            generation: None,
+            error: None,
+            hint: None,
+            retry_in: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReissueDoc {
     pub schema: u32,

@@ -672,18 +672,7 @@ impl Daemon {
             let results = if receivers.is_empty() {
                 names
                     .iter()
-                    .map(|n| ReissueResult {
-                        name: n.clone(),
-                        result: "started".into(),
-                        changed: false,
-                        reason: reason.as_str().into(),
-                        serial: None,
-                        not_after: None,
-                        generation: None,
-                        error: None,
-                        hint: None,
-                        retry_in: None,
-                    })
+                    .map(|n| ReissueResult::new(n, "started", reason.as_str()))
                     .collect()
             } else {
                 let mut out = Vec::new();
@@ -805,21 +794,11 @@ fn not_started(name: &str, job: &Job) -> ReissueResult {
         Job::Refresh => "refresh",
         Job::Import(..) => "import",
     };
-    ReissueResult {
-        name: name.to_string(),
-        result: "failed".into(),
-        changed: false,
-        reason: reason.into(),
-        serial: None,
-        not_after: None,
-        generation: None,
-        error: Some(
-            "not started: certagent is shutting down; it is taken up again at the next start"
-                .into(),
-        ),
-        hint: None,
-        retry_in: None,
-    }
+    let mut r = ReissueResult::new(name, "failed", reason);
+    r.error = Some(
+        "not started: certagent is shutting down; it is taken up again at the next start".into(),
+    );
+    r
 }
 
 /// Work the daemon runs for one certificate.
