@@ -48,7 +48,7 @@
 //! Messages not documented by DNSimple (wrong account, bad state, system records, …) are the
 //! fake's own; they are all `{"message": …}` with a status from DNSimple's documented set.
 //!
-//! Plain HTTP on a fresh `127.0.0.1` port, hand-written HTTP/1.1 like [`super::Front`] (request
+//! Plain HTTP on a fresh `127.0.0.1` port, hand-written HTTP/1.1 shared with [`super::Front`] (request
 //! line, headers, `Content-Length` bodies of at most 1 MiB, keep-alive). A tokio runtime on a
 //! thread of its own; dropping the [`FakeDnsimple`] stops it. All methods are blocking and
 //! usable from plain `#[test]`s and from inside a tokio runtime.
@@ -66,10 +66,10 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-/// Largest request head (request line + headers) accepted.
-const MAX_HEAD: usize = 64 * 1024;
+use super::http1::{self, Request, header};
+
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
 /// `X-RateLimit-Limit` (DNSimple's documented hourly limit for authenticated requests).
@@ -645,35 +645,18 @@ impl Drop for FakeDnsimple {
 // ---------------------------------------------------------------------------------------------
 // HTTP plumbing
 
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-
-    /// Query parameters, percent-decoded (`+` is a space).
-    fn query(&self) -> HashMap<String, String> {
-        let Some((_, q)) = self.target.split_once('?') else {
-            return HashMap::new();
-        };
-        q.split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect()
-    }
+/// Query parameters of a request target, percent-decoded (`+` is a space).
+fn query(req: &Request) -> HashMap<String, String> {
+    let Some((_, q)) = req.target.split_once('?') else {
+        return HashMap::new();
+    };
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -764,125 +747,28 @@ impl Response {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads one request; `buf` carries bytes over between requests on one connection.
-/// `Ok(None)` on a clean end of stream between requests.
-async fn read_request(
-    s: &mut tokio::net::TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<Option<Request>, String> {
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err("request head too large".into());
-        }
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed mid-request".into())
-            };
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).map_err(|_| "non-UTF-8 head")?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(format!("bad request line {request_line:?}"));
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(format!("unsupported request line {request_line:?}"));
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    if header(&headers, "transfer-encoding").is_some() {
-        return Err("chunked request bodies are not supported".into());
-    }
-    let len: usize = match header(&headers, "content-length") {
-        Some(v) => v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?,
-        None => 0,
-    };
-    if len > MAX_BODY {
-        return Err(format!("request body too large ({len} bytes)"));
-    }
-    let body_start = head_end + 4;
-    while buf.len() < body_start + len {
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-body".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf[body_start..body_start + len].to_vec();
-    buf.drain(..body_start + len);
-    Ok(Some(Request {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        headers,
-        body,
-    }))
-}
-
 async fn write_response(
     s: &mut tokio::net::TcpStream,
     resp: &Response,
     head_request: bool,
     close: bool,
 ) -> std::io::Result<()> {
-    let reason = http::StatusCode::from_u16(resp.status)
-        .ok()
-        .and_then(|c| c.canonical_reason())
-        .unwrap_or("");
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", resp.status);
-    for (k, v) in &resp.headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let bodyless = resp.status == 204 || resp.status == 304 || resp.status < 200;
-    if !bodyless {
-        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    }
-    out.push_str(if close {
-        "Connection: close\r\n"
-    } else {
-        "Connection: keep-alive\r\n"
-    });
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !bodyless && !head_request {
-        bytes.extend_from_slice(&resp.body);
-    }
-    s.write_all(&bytes).await?;
-    s.flush().await
+    http1::write_response(
+        s,
+        resp.status,
+        &resp.headers,
+        &resp.body,
+        head_request,
+        close,
+    )
+    .await
 }
 
 /// One client connection: requests until either side closes.
 async fn serve(shared: &Shared, mut s: tokio::net::TcpStream) {
     let mut buf = Vec::new();
     loop {
-        let req = match read_request(&mut s, &mut buf).await {
+        let req = match http1::read_request(&mut s, &mut buf, MAX_BODY).await {
             Ok(Some(req)) => req,
             Ok(None) => break,
             Err(e) => {
@@ -1183,7 +1069,7 @@ fn certificate_json(state: &State, cert: &Cert) -> Value {
 }
 
 fn pagination(req: &Request, total: usize) -> Result<(usize, usize, Value), Response> {
-    let q = req.query();
+    let q = query(req);
     let page: usize = match q.get("page") {
         Some(v) => match v.parse() {
             Ok(p) if p >= 1 => p,
@@ -1762,7 +1648,7 @@ fn records(
 }
 
 fn list_records(shared: &Shared, state: &State, req: &Request) -> Response {
-    let q = req.query();
+    let q = query(req);
     let matching: Vec<&Record> = state
         .records
         .values()

@@ -30,14 +30,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::http::https_get;
+use super::http1::{self, Request, header, hop_by_hop};
 use super::pebble::Pebble;
 use super::tls::{TlsCa, ensure_crypto_provider};
 
-/// Largest request head (request line + headers) the front accepts.
-const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body the front accepts (JWS bodies are a few KiB).
 const MAX_BODY: usize = 4 << 20;
 
@@ -343,24 +342,6 @@ pub fn cert_id(cert_der: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1, by hand
 
-struct Request {
-    method: String,
-    /// Request target as sent (origin form: path and query).
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-}
-
 struct Response {
     status: u16,
     headers: Vec<(String, String)>,
@@ -390,143 +371,28 @@ impl Response {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Connection-level headers that are not relayed in either direction (the body is always
-/// buffered and re-sent with a `Content-Length`).
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads one request from `s`; `buf` carries bytes over between requests on one connection.
-/// `Ok(None)` on a clean end of stream between requests.
-async fn read_request<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<Option<Request>, String> {
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err("request head too large".into());
-        }
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed mid-request".into())
-            };
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).map_err(|_| "non-UTF-8 head")?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(format!("bad request line {request_line:?}"));
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(format!("unsupported request line {request_line:?}"));
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    if header(&headers, "transfer-encoding").is_some() {
-        return Err("chunked request bodies are not supported".into());
-    }
-    let len: usize = match header(&headers, "content-length") {
-        Some(v) => v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?,
-        None => 0,
-    };
-    if len > MAX_BODY {
-        return Err(format!("request body too large ({len} bytes)"));
-    }
-    let body_start = head_end + 4;
-    while buf.len() < body_start + len {
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-body".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf[body_start..body_start + len].to_vec();
-    buf.drain(..body_start + len);
-    Ok(Some(Request {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        headers,
-        body,
-    }))
-}
-
 async fn write_response<S: AsyncWrite + Unpin>(
     s: &mut S,
     resp: &Response,
     head_request: bool,
     close: bool,
 ) -> std::io::Result<()> {
-    let reason = http::StatusCode::from_u16(resp.status)
-        .ok()
-        .and_then(|c| c.canonical_reason())
-        .unwrap_or("");
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", resp.status);
-    for (k, v) in &resp.headers {
-        if !hop_by_hop(k) && !k.eq_ignore_ascii_case("content-length") {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-    }
-    let bodyless = resp.status == 204 || resp.status == 304 || resp.status < 200;
-    if !bodyless {
-        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    }
-    if close {
-        out.push_str("Connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !bodyless && !head_request {
-        bytes.extend_from_slice(&resp.body);
-    }
-    s.write_all(&bytes).await?;
-    s.flush().await
+    http1::write_response(
+        s,
+        resp.status,
+        &resp.headers,
+        &resp.body,
+        head_request,
+        close,
+    )
+    .await
 }
 
 /// One client connection to the HTTPS front: requests until the client closes.
 async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut s: S) {
     let mut buf = Vec::new();
     loop {
-        let req = match read_request(&mut s, &mut buf).await {
+        let req = match http1::read_request(&mut s, &mut buf, MAX_BODY).await {
             Ok(Some(req)) => req,
             Ok(None) => break,
             Err(e) => {
@@ -760,7 +626,7 @@ async fn fresh_nonce(shared: &Shared) -> Result<String, String> {
 
 /// One plain-HTTP connection to the CRL listener: one request, then close.
 async fn serve_crl(shared: &Shared, mut s: tokio::net::TcpStream) {
-    let req = match read_request(&mut s, &mut Vec::new()).await {
+    let req = match http1::read_request(&mut s, &mut Vec::new(), MAX_BODY).await {
         Ok(Some(req)) => req,
         Ok(None) => return,
         Err(e) => {

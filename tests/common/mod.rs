@@ -41,6 +41,7 @@ mod apache;
 mod dnsimple;
 mod front;
 mod http;
+mod http1;
 mod nginx;
 mod pebble;
 mod process;
