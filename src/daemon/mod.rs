@@ -631,15 +631,7 @@ impl Daemon {
             // The client waits for the import, and only for it.
             let reply = ask.reply;
             tokio::spawn(async move {
-                let results = rx.await.map(|r| vec![r]).unwrap_or_default();
-                let (doc, code) = ops::reissue_doc(results);
-                let document = serde_json::to_value(doc).unwrap_or_default();
-                let _ = reply.send(Response {
-                    exit: code,
-                    document,
-                    error: None,
-                    hint: None,
-                });
+                answer(reply, rx.await.map(|r| vec![r]).unwrap_or_default());
             });
             return;
         }
@@ -683,14 +675,7 @@ impl Daemon {
                 }
                 out
             };
-            let (doc, code) = ops::reissue_doc(results);
-            let document = serde_json::to_value(doc).unwrap_or_default();
-            let _ = reply.send(Response {
-                exit: code,
-                document,
-                error: None,
-                hint: None,
-            });
+            answer(reply, results);
         });
     }
 
@@ -784,6 +769,18 @@ impl Daemon {
         }
         parts.join(", ")
     }
+}
+
+/// Answer a control client with the re-issue document of `results` and its exit code.
+fn answer(reply: oneshot::Sender<Response>, results: Vec<ReissueResult>) {
+    let (doc, code) = ops::reissue_doc(results);
+    let document = serde_json::to_value(doc).unwrap_or_default();
+    let _ = reply.send(Response {
+        exit: code,
+        document,
+        error: None,
+        hint: None,
+    });
 }
 
 /// The result of a job that was still queued when the daemon began to stop.

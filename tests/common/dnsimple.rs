@@ -747,23 +747,6 @@ impl Response {
     }
 }
 
-async fn write_response(
-    s: &mut tokio::net::TcpStream,
-    resp: &Response,
-    head_request: bool,
-    close: bool,
-) -> std::io::Result<()> {
-    http1::write_response(
-        s,
-        resp.status,
-        &resp.headers,
-        &resp.body,
-        head_request,
-        close,
-    )
-    .await
-}
-
 /// One client connection: requests until either side closes.
 async fn serve(shared: &Shared, mut s: tokio::net::TcpStream) {
     let mut buf = Vec::new();
@@ -774,7 +757,15 @@ async fn serve(shared: &Shared, mut s: tokio::net::TcpStream) {
             Err(e) => {
                 shared.state().errors.push(format!("bad request: {e}"));
                 let resp = Response::message(400, &format!("fake DNSimple: {e}"));
-                let _ = write_response(&mut s, &resp, false, true).await;
+                let _ = http1::write_response(
+                    &mut s,
+                    resp.status,
+                    &resp.headers,
+                    &resp.body,
+                    false,
+                    true,
+                )
+                .await;
                 break;
             }
         };
@@ -783,9 +774,16 @@ async fn serve(shared: &Shared, mut s: tokio::net::TcpStream) {
             || req
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if write_response(&mut s, &resp, req.method == "HEAD", close)
-            .await
-            .is_err()
+        if http1::write_response(
+            &mut s,
+            resp.status,
+            &resp.headers,
+            &resp.body,
+            req.method == "HEAD",
+            close,
+        )
+        .await
+        .is_err()
             || close
         {
             break;

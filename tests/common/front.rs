@@ -371,23 +371,6 @@ impl Response {
     }
 }
 
-async fn write_response<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    resp: &Response,
-    head_request: bool,
-    close: bool,
-) -> std::io::Result<()> {
-    http1::write_response(
-        s,
-        resp.status,
-        &resp.headers,
-        &resp.body,
-        head_request,
-        close,
-    )
-    .await
-}
-
 /// One client connection to the HTTPS front: requests until the client closes.
 async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut s: S) {
     let mut buf = Vec::new();
@@ -398,7 +381,15 @@ async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut s: S
             Err(e) => {
                 shared.state().log.push(format!("bad request: {e}"));
                 let resp = Response::front(400, "text/plain", format!("{e}\n").into_bytes());
-                let _ = write_response(&mut s, &resp, false, true).await;
+                let _ = http1::write_response(
+                    &mut s,
+                    resp.status,
+                    &resp.headers,
+                    &resp.body,
+                    false,
+                    true,
+                )
+                .await;
                 break;
             }
         };
@@ -413,9 +404,16 @@ async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut s: S
         let close = req
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if write_response(&mut s, &resp, req.method == "HEAD", close)
-            .await
-            .is_err()
+        if http1::write_response(
+            &mut s,
+            resp.status,
+            &resp.headers,
+            &resp.body,
+            req.method == "HEAD",
+            close,
+        )
+        .await
+        .is_err()
             || close
         {
             break;
@@ -631,7 +629,9 @@ async fn serve_crl(shared: &Shared, mut s: tokio::net::TcpStream) {
         Ok(None) => return,
         Err(e) => {
             let resp = Response::front(400, "text/plain", format!("{e}\n").into_bytes());
-            let _ = write_response(&mut s, &resp, false, true).await;
+            let _ =
+                http1::write_response(&mut s, resp.status, &resp.headers, &resp.body, false, true)
+                    .await;
             return;
         }
     };
@@ -658,5 +658,13 @@ async fn serve_crl(shared: &Shared, mut s: tokio::net::TcpStream) {
         state.log.push(line);
         resp
     };
-    let _ = write_response(&mut s, &resp, req.method == "HEAD", true).await;
+    let _ = http1::write_response(
+        &mut s,
+        resp.status,
+        &resp.headers,
+        &resp.body,
+        req.method == "HEAD",
+        true,
+    )
+    .await;
 }
