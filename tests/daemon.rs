@@ -174,6 +174,48 @@ fn reissue_now_during_a_refresh_reissues() {
     assert_eq!(pebble.orders_created(), 1, "{}", daemon.log());
 }
 
+/// Two clients queue behind a running refresh: a forced re-issue, then an import (which takes
+/// the one queue slot). Both get an answer with the outcome; neither is told "success" about
+/// work that never ran.
+#[test]
+fn clients_queued_behind_a_refresh_all_get_an_outcome() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    let daemon = Daemon::start(
+        &env.config,
+        &env.dir.path().join("daemon.log"),
+        &[("CERTAGENT_FAILPOINT", "refreshing=sleep:3")],
+    );
+    daemon.wait_log("failpoint refreshing: sleeping", Duration::from_secs(10));
+    let config = env.config.clone();
+    let forced = std::thread::spawn(move || {
+        common::run_certagent(&config, &["reissue", "--now", "site", "--json"], &[])
+    });
+    // Well inside the 3 s refresh: the re-issue is queued by then.
+    std::thread::sleep(Duration::from_millis(800));
+    let pem = env.dir.path().join("handed-in.pem");
+    std::fs::copy(&env.cert_file, &pem).unwrap();
+    let import = env.certagent(&["import", "site", pem.to_str().unwrap(), "--json"]);
+    let forced = forced.join().unwrap();
+    // ACME has no pending re-issue to import into: the import fails, and says why.
+    assert_eq!(import.code, 2, "{import:?}\n{}", daemon.log());
+    assert!(
+        import.stdout.contains("has no pending re-issue"),
+        "{import:?}"
+    );
+    // The forced re-issue's client was answered too, with the same outcome, not an empty
+    // success.
+    assert_eq!(forced.code, 2, "{forced:?}\n{}", daemon.log());
+    let doc = forced.json();
+    assert_eq!(
+        doc["certificates"].as_array().map(Vec::len),
+        Some(1),
+        "{doc}"
+    );
+    assert_eq!(doc["certificates"][0]["result"], "failed", "{doc}");
+}
+
 #[test]
 fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_order() {
     let pebble = Pebble::start(PebbleOpts::default());

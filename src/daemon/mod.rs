@@ -622,16 +622,22 @@ impl Daemon {
             let state = self.certs.entry(name.clone()).or_default();
             let (tx, rx) = oneshot::channel();
             if state.in_flight {
-                // Runs right after the current job (which may be the pending re-issue itself).
-                state.queued = Some((Job::Import(data, source), vec![tx]));
+                // Runs right after the current job (which may be the pending re-issue itself),
+                // in place of anything queued before; whoever waited for that gets its result.
+                let mut waiters = vec![tx];
+                if let Some((_, earlier)) = state.queued.take() {
+                    waiters.extend(earlier);
+                }
+                state.queued = Some((Job::Import(data, source), waiters));
             } else {
                 self.start(name, Job::Import(data, source));
                 self.certs.entry(name.clone()).or_default().waiters.push(tx);
             }
             // The client waits for the import, and only for it.
             let reply = ask.reply;
+            let name = name.clone();
             tokio::spawn(async move {
-                answer(reply, rx.await.map(|r| vec![r]).unwrap_or_default());
+                answer(reply, vec![outcome(&name, Reason::Forced, rx).await]);
             });
             return;
         }
@@ -654,7 +660,7 @@ impl Daemon {
                 self.start(name, Job::Reissue(ask.reason));
             }
             if ask.wait {
-                receivers.push(rx);
+                receivers.push((name.clone(), rx));
             }
         }
         self.publish_status();
@@ -668,10 +674,8 @@ impl Daemon {
                     .collect()
             } else {
                 let mut out = Vec::new();
-                for rx in receivers {
-                    if let Ok(r) = rx.await {
-                        out.push(r);
-                    }
+                for (name, rx) in receivers {
+                    out.push(outcome(&name, reason, rx).await);
                 }
                 out
             };
@@ -769,6 +773,21 @@ impl Daemon {
         }
         parts.join(", ")
     }
+}
+
+/// The outcome a control client waits for; a job that went away without one (replaced in
+/// the queue, or the daemon stopped) is a failure, never silence that reads as success.
+async fn outcome(
+    name: &str,
+    reason: Reason,
+    rx: oneshot::Receiver<ReissueResult>,
+) -> ReissueResult {
+    rx.await.unwrap_or_else(|_| {
+        let mut r = ReissueResult::new(name, "failed", reason.as_str());
+        r.error = Some("the daemon ended this request without an outcome".into());
+        r.hint = Some("run the command again; `certagent status` shows the state".into());
+        r
+    })
 }
 
 /// Answer a control client with the re-issue document of `results` and its exit code.
