@@ -51,6 +51,21 @@ pub struct Response {
 }
 
 impl Response {
+    /// The daemon's answer as the command's `--json` document and exit code; an error it
+    /// reported becomes the command's error, with its hint.
+    pub fn into_document<T: serde::de::DeserializeOwned>(self) -> Result<(T, u8)> {
+        if let Some(e) = self.error {
+            let err = Error::msg(e);
+            return Err(match self.hint {
+                Some(h) => err.with_hint(h),
+                None => err,
+            });
+        }
+        let doc = serde_json::from_value(self.document)
+            .map_err(|e| Error::msg(format!("the daemon's document does not parse: {e}")))?;
+        Ok((doc, self.exit))
+    }
+
     pub fn error(e: &Error) -> Response {
         Response {
             exit: e.exit_code(),

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::clock::Clock;
 use crate::control::{self, Request};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops;
 use crate::output::{self, CheckDoc};
 
@@ -33,16 +33,7 @@ async fn doc(config_path: &Path, args: &CheckArgs, status: bool) -> Result<(Chec
         }
     };
     if let Some(resp) = control::request(&config.agent.runtime_dir, &req).await? {
-        if let Some(e) = resp.error {
-            let err = Error::msg(e);
-            return Err(match resp.hint {
-                Some(h) => err.with_hint(h),
-                None => err,
-            });
-        }
-        let doc = serde_json::from_value(resp.document)
-            .map_err(|e| Error::msg(format!("the daemon's document does not parse: {e}")))?;
-        return Ok((doc, resp.exit));
+        return resp.into_document();
     }
     let certs = ops::select(&config, &args.names)?;
     Ok(ops::check_doc(&config, &certs, Clock::new().now()))

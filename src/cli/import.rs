@@ -43,18 +43,7 @@ pub async fn import(config_path: &Path, args: &ImportArgs) -> Result<u8> {
         certificate: text,
     };
     let (doc, code) = match control::request(&config.agent.runtime_dir, &req).await? {
-        Some(resp) => {
-            if let Some(e) = resp.error {
-                let err = Error::msg(e);
-                return Err(match resp.hint {
-                    Some(h) => err.with_hint(h),
-                    None => err,
-                });
-            }
-            let doc: ReissueDoc = serde_json::from_value(resp.document)
-                .map_err(|e| Error::msg(format!("the daemon's document does not parse: {e}")))?;
-            (doc, resp.exit)
-        }
+        Some(resp) => resp.into_document::<ReissueDoc>()?,
         None => {
             let lock_wait = Duration::from_secs(config.agent.lock_timeout.0.max(0) as u64);
             let _lock = Lock::acquire(&config.agent.runtime_dir, lock_wait).await?;

@@ -71,18 +71,7 @@ pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
         wait: !args.no_wait,
     };
     let (doc, code) = match control::request(&config.agent.runtime_dir, &req).await? {
-        Some(resp) => {
-            if let Some(e) = resp.error {
-                let err = Error::msg(e);
-                return Err(match resp.hint {
-                    Some(h) => err.with_hint(h),
-                    None => err,
-                });
-            }
-            let doc: ReissueDoc = serde_json::from_value(resp.document)
-                .map_err(|e| Error::msg(format!("the daemon's document does not parse: {e}")))?;
-            (doc, resp.exit)
-        }
+        Some(resp) => resp.into_document::<ReissueDoc>()?,
         None if args.no_wait => {
             return Err(Error::msg("--no-wait needs a running daemon")
                 .with_hint("start it with `systemctl start certagent`, or drop --no-wait"));
