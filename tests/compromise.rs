@@ -13,15 +13,6 @@ use common::{
     spki_of_key_pem, wait_until,
 };
 
-fn acme(pebble: &Pebble) -> String {
-    format!(
-        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
-        pebble.directory_url(),
-        pebble.ca_bundle().display(),
-        pebble.http_port()
-    )
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
         .as_ref()
@@ -34,7 +25,10 @@ fn sha256_hex(data: &[u8]) -> String {
 fn pebble_pair(extra: &str) -> (Pebble, Env, String, String) {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config(&format!("issuer = \"pebble\"\n{extra}"), &acme(&pebble));
+    env.write_config(
+        &format!("issuer = \"pebble\"\n{extra}"),
+        &pebble.issuer_table(),
+    );
     let run = env.certagent(&["reissue", "--now", "site"]);
     assert_eq!(run.code, 0, "{run:?}");
     let served = env.served();
@@ -210,7 +204,7 @@ fn the_compromised_key_never_comes_back() {
     let good = served_key_digest(&env);
     env.write_config_with_server(
         "issuer = \"pebble\"",
-        &acme(&pebble),
+        &pebble.issuer_table(),
         "test_command = [\"false\"]",
     );
     let run = env.certagent(&["reissue", "--now", "site"]);
@@ -219,7 +213,7 @@ fn the_compromised_key_never_comes_back() {
     assert_key_gone_from_service(&env, &digest);
 
     // An operator restores the old files by hand: certagent refuses them as compromised.
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     std::fs::remove_file(&env.cert_file).unwrap();
     std::fs::remove_file(&env.key_file).unwrap();
     std::fs::write(&env.cert_file, &old_cert).unwrap();

@@ -14,13 +14,7 @@ use common::{
 fn setup() -> (Pebble, Env) {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    let issuer = format!(
-        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
-        pebble.directory_url(),
-        pebble.ca_bundle().display(),
-        pebble.http_port()
-    );
-    env.write_config("issuer = \"pebble\"", &issuer);
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     (pebble, env)
 }
 

@@ -14,15 +14,6 @@ use common::{
     Daemon, Env, Pebble, PebbleOpts, san_dns_names, spki_of_cert_der, spki_of_key_pem, wait_until,
 };
 
-fn acme(pebble: &Pebble) -> String {
-    format!(
-        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
-        pebble.directory_url(),
-        pebble.ca_bundle().display(),
-        pebble.http_port()
-    )
-}
-
 fn serves_key_file(env: &Env) -> bool {
     let Ok(key) = std::fs::read_to_string(&env.key_file) else {
         return false;
@@ -37,7 +28,7 @@ fn serves_key_file(env: &Env) -> bool {
 fn deleted_key_is_replaced_and_served_with_no_command_run() {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
     // Healthy at start: nothing is ordered.
     assert_eq!(pebble.orders_created(), 0, "{}", daemon.log());
@@ -132,7 +123,7 @@ fn sighup_reloads_names_and_a_broken_config_keeps_the_old_one() {
 fn cli_racing_the_daemon_makes_one_reissue_not_two() {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
     std::fs::remove_file(&env.key_file).unwrap();
     let run = env.certagent(&["reissue", "--now", "site", "--json"]);
@@ -156,7 +147,7 @@ fn cli_racing_the_daemon_makes_one_reissue_not_two() {
 fn reissue_now_during_a_refresh_reissues() {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     // At start-up the daemon asks the CA about the certificate it finds; hold that there.
     let daemon = Daemon::start(
         &env.config,
@@ -181,7 +172,7 @@ fn reissue_now_during_a_refresh_reissues() {
 fn clients_queued_behind_a_refresh_all_get_an_outcome() {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     let daemon = Daemon::start(
         &env.config,
         &env.dir.path().join("daemon.log"),
@@ -220,7 +211,7 @@ fn clients_queued_behind_a_refresh_all_get_an_outcome() {
 fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_order() {
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
-    env.write_config("issuer = \"pebble\"", &acme(&pebble));
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
     let log = env.dir.path().join("daemon.log");
     let mut daemon = Daemon::start(
         &env.config,
@@ -278,7 +269,7 @@ fn sigterm_leaves_queued_reissues_unstarted() {
         "issuer = \"pebble\"",
         &format!(
             "{}\n[certificate.other]\nnames = [\"b.test\"]\nissuer = \"pebble\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            acme(&pebble),
+            pebble.issuer_table(),
             env.dir.path().join("other.pem").display(),
             other_key.display()
         ),

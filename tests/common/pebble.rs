@@ -235,6 +235,17 @@ impl Pebble {
         self.tls.ca_pem_path()
     }
 
+    /// `[issuer.pebble]` for certagent's config: this Pebble's directory and trust, http-01
+    /// answered by certagent's built-in responder on the port Pebble's VA connects to.
+    pub fn issuer_table(&self) -> String {
+        format!(
+            "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
+            self.directory_url(),
+            self.ca_bundle().display(),
+            self.http_port()
+        )
+    }
+
     /// Port Pebble's VA connects to (on 127.0.0.1) for http-01 challenges.
     pub fn http_port(&self) -> u16 {
         self.http_port
