@@ -29,6 +29,25 @@ impl Checks {
         }
     }
 
+    /// The run failed as it should: exit 2, stderr containing `says` (I7), the invariants
+    /// hold and the old certificate is still served (I2).
+    fn failed_cleanly(&mut self, case: &str, env: &Env, run: &Run, says: &str) {
+        self.exit(case, run, 2);
+        self.check(
+            case,
+            "I7 the error says why",
+            run.stderr.contains(says),
+            || format!("{run:?}"),
+        );
+        self.invariants(case, env);
+        self.check(
+            case,
+            "I2 the old certificate is still served",
+            env.served() == env.initial_leaf,
+            String::new,
+        );
+    }
+
     /// I1 pair integrity on disk, I2 served key retained, I3 server up, I5 key modes.
     fn invariants(&mut self, case: &str, env: &Env) {
         let cert = std::fs::read_to_string(&env.cert_file);
@@ -206,20 +225,7 @@ fn disk_full(c: &mut Checks) {
     let _m = Mount(state.clone());
     c.faults += 1;
     let run = reissue(&env, None);
-    c.exit(case, &run, 2);
-    c.check(
-        case,
-        "I7 the error says why",
-        run.stderr.contains("No space left on device"),
-        || format!("{run:?}"),
-    );
-    c.invariants(case, &env);
-    c.check(
-        case,
-        "I2 the old certificate is still served",
-        env.served() == env.initial_leaf,
-        String::new,
-    );
+    c.failed_cleanly(case, &env, &run, "No space left on device");
 }
 
 fn read_only_target_dir(c: &mut Checks) {
@@ -237,20 +243,7 @@ fn read_only_target_dir(c: &mut Checks) {
     let m = Mount(ssl.clone());
     c.faults += 1;
     let run = reissue(&env, None);
-    c.exit(case, &run, 2);
-    c.check(
-        case,
-        "I7 the error says why",
-        run.stderr.contains("Read-only file system"),
-        || format!("{run:?}"),
-    );
-    c.invariants(case, &env);
-    c.check(
-        case,
-        "I2 the old certificate is still served",
-        env.served() == env.initial_leaf,
-        String::new,
-    );
+    c.failed_cleanly(case, &env, &run, "Read-only file system");
     drop(m);
     let rerun = reissue(&env, None);
     c.exit(&format!("{case}, after remount rw"), &rerun, 0);
@@ -275,20 +268,7 @@ fn immutable_key(c: &mut Checks) {
     c.faults += 1;
     let run = reissue(&env, None);
     let _ = sh(&format!("chattr -i {}", env.key_file.display()));
-    c.exit(case, &run, 2);
-    c.check(
-        case,
-        "I7 the error says why",
-        run.stderr.contains("Operation not permitted"),
-        || format!("{run:?}"),
-    );
-    c.invariants(case, &env);
-    c.check(
-        case,
-        "I2 the old certificate is still served",
-        env.served() == env.initial_leaf,
-        String::new,
-    );
+    c.failed_cleanly(case, &env, &run, "Operation not permitted");
 }
 
 fn reload_hangs(c: &mut Checks) {
@@ -551,20 +531,7 @@ fn misbehaving_ca(c: &mut Checks) {
         env.write_config("", "");
         c.faults += 1;
         let run = reissue(&env, Some(point));
-        c.exit(&case, &run, 2);
-        c.check(
-            &case,
-            "I7 the rejection says why",
-            run.stderr.contains(want),
-            || format!("{run:?}"),
-        );
-        c.invariants(&case, &env);
-        c.check(
-            &case,
-            "I2 the old certificate is still served",
-            env.served() == env.initial_leaf,
-            String::new,
-        );
+        c.failed_cleanly(&case, &env, &run, want);
         let rerun = reissue(&env, None);
         c.exit(&format!("{case}, rerun with a sane CA"), &rerun, 0);
         c.invariants(&format!("{case}, rerun with a sane CA"), &env);
