@@ -35,20 +35,23 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "agent.rs"]
+mod agent;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use agent::{
+    Agent, BIN, Marker, Stats, clock_ticks_per_sec, cpu_ticks, in_path, loadavg, rss_kib, stats,
+    threads,
+};
 use common::{Env, Pebble, PebbleOpts, served_leaf, spki_of_cert_der, spki_of_key_pem};
-
-const BIN: &str = env!("CARGO_BIN_EXE_certagent");
 
 /// The whole run must end within 10 minutes: the measured part gets this much, the rest is
 /// for tearing down (removing ~100,000 files per 10,000 certificates) and the report.
@@ -65,237 +68,8 @@ fn note(msg: &str) {
 // ---------------------------------------------------------------------------------------------
 // The daemon, with its stderr timestamped line by line.
 
-/// Log lines counted (with the arrival time of each occurrence) as they arrive.
-#[derive(Clone, Copy, Debug)]
-enum Marker {
-    Ready,
-    Reissuing,
-    Flipped,
-    Installed,
-    Failed,
-}
-
-const MARKERS: [(Marker, &str); 5] = [
-    (Marker::Ready, "certagent daemon ready"),
-    (Marker::Reissuing, ": re-issuing cert="),
-    (Marker::Flipped, "event=flipped"),
-    (Marker::Installed, "event=installed"),
-    (Marker::Failed, "event=failed"),
-];
-
-#[derive(Default)]
-struct LogState {
-    lines: Vec<(Instant, String)>,
-    hits: [Vec<Instant>; MARKERS.len()],
-    eof: bool,
-}
-
-#[derive(Default)]
-struct Log {
-    state: Mutex<LogState>,
-    cv: Condvar,
-}
-
-/// `certagent --config C run` with stderr piped into a timestamping reader thread. Dropping it
-/// sends SIGTERM to its pid and waits (SIGKILL by pid after 60 s).
-struct Agent {
-    child: Option<std::process::Child>,
-    log: Arc<Log>,
-    reader: Option<thread::JoinHandle<()>>,
-    what: String,
-    spawned: Instant,
-}
-
-impl Agent {
-    fn spawn(config: &Path, what: &str) -> Agent {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let spawned = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Log::default());
-        let log2 = log.clone();
-        let reader = thread::spawn(move || {
-            let mut r = BufReader::with_capacity(1 << 16, stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let at = Instant::now();
-                        let mut s = log2.state.lock().unwrap();
-                        for (i, (_, needle)) in MARKERS.iter().enumerate() {
-                            if line.contains(needle) {
-                                s.hits[i].push(at);
-                            }
-                        }
-                        s.lines.push((at, line.trim_end().to_owned()));
-                        drop(s);
-                        log2.cv.notify_all();
-                    }
-                }
-            }
-            log2.state.lock().unwrap().eof = true;
-            log2.cv.notify_all();
-        });
-        Agent {
-            child: Some(child),
-            log,
-            reader: Some(reader),
-            what: what.to_owned(),
-            spawned,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn hits(&self, m: Marker) -> usize {
-        self.log.state.lock().unwrap().hits[m as usize].len()
-    }
-
-    fn hit_times(&self, m: Marker) -> Vec<Instant> {
-        self.log.state.lock().unwrap().hits[m as usize].clone()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let s = self.log.state.lock().unwrap();
-        let from = s.lines.len().saturating_sub(n);
-        s.lines[from..]
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The first line containing `needle`, if any.
-    fn first_line(&self, needle: &str) -> Option<String> {
-        let s = self.log.state.lock().unwrap();
-        s.lines
-            .iter()
-            .find(|(_, l)| l.contains(needle))
-            .map(|(_, l)| l.clone())
-    }
-
-    /// Waits until marker `m` has been seen `n` times; returns when the n-th arrived, or
-    /// `None` on timeout, on end of output, or as soon as `abort_on` has been seen at all.
-    fn try_wait_hits(
-        &self,
-        m: Marker,
-        n: usize,
-        timeout: Duration,
-        abort_on: Option<Marker>,
-    ) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.log.state.lock().unwrap();
-        loop {
-            if let Some(&at) = s.hits[m as usize].get(n.wrapping_sub(1)) {
-                return Some(at);
-            }
-            if s.eof || abort_on.is_some_and(|a| !s.hits[a as usize].is_empty()) {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            s = self.log.cv.wait_timeout(s, deadline - now).unwrap().0;
-        }
-    }
-
-    fn wait_hits(&self, m: Marker, n: usize, timeout: Duration) -> Instant {
-        self.try_wait_hits(m, n, timeout, Some(Marker::Failed))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: {m:?} was not logged {n} times within {timeout:?} (seen {}); last lines:\n{}",
-                    self.what,
-                    self.hits(m),
-                    self.tail(40)
-                )
-            })
-    }
-
-    /// SIGTERM, wait for the exit (SIGKILL by pid after 60 s); the exit code.
-    fn stop(&mut self) -> Option<i32> {
-        self.stop_within(Duration::from_secs(60))
-    }
-
-    /// SIGTERM, wait up to `grace` for the exit, then SIGKILL by pid; the exit code.
-    fn stop_within(&mut self, grace: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        let code = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break status.code();
-            }
-            if Instant::now() > deadline {
-                note(&format!(
-                    "{} did not stop within {grace:?}: SIGKILL",
-                    self.what
-                ));
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        code
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // /proc readings.
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); utime and stime are fields 14 and 15.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// A `Key:   N kB` (or plain number) field of /proc/PID/status.
-fn status_field(pid: u32, key: &str) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_field(pid, "VmRSS")
-}
-
-fn threads(pid: u32) -> u64 {
-    status_field(pid, "Threads")
-}
 
 /// /proc/PID/smaps_rollup as `field -> kB`.
 fn smaps_rollup(pid: u32) -> BTreeMap<String, u64> {
@@ -312,14 +86,6 @@ fn smaps_rollup(pid: u32) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn clock_ticks_per_sec() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map(|v| v as u64)
-        .unwrap_or(100)
-}
-
 /// CPU and I/O pressure (PSI "some" averages), to tell a quiet machine from a busy one.
 fn pressure() -> Value {
     let read = |what: &str| {
@@ -330,38 +96,8 @@ fn pressure() -> Value {
     json!({ "cpu": read("cpu"), "io": read("io") })
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Statistics and the report.
-
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(samples: &[f64]) -> Stats {
-    assert!(!samples.is_empty(), "no samples");
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let mid = s.len() / 2;
-    let median = if s.len().is_multiple_of(2) {
-        (s[mid - 1] + s[mid]) / 2.0
-    } else {
-        s[mid]
-    };
-    Stats {
-        median,
-        min: s[0],
-        max: s[s.len() - 1],
-    }
-}
 
 /// One row of the table: a figure, its target, and whether it was met.
 struct Row {
@@ -553,15 +289,6 @@ fn seed_ca(dir: &Path) {
     assert_eq!(run.code, 0, "seeding the embedded CA failed: {run:?}");
 }
 
-fn acme_issuer(pebble: &Pebble) -> String {
-    format!(
-        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
-        pebble.directory_url(),
-        pebble.ca_bundle().display(),
-        pebble.http_port()
-    )
-}
-
 fn tempdir(prefix: &str) -> tempfile::TempDir {
     tempdir_in(&std::env::temp_dir(), prefix)
 }
@@ -686,7 +413,7 @@ fn served_latency(plan: &Plan, report: &mut Report) {
     let env = Env::new(&["a.test"], None);
     env.write_config(
         "issuer = \"pebble\"\nkey_type = \"ecdsa-p256\"",
-        &acme_issuer(&pebble),
+        &pebble.issuer_table(),
     );
     let agent = Agent::spawn(&env.config, "served daemon");
     agent.wait_hits(Marker::Ready, 1, Duration::from_secs(30));
@@ -1082,11 +809,6 @@ fn startup(plan: &Plan, report: &mut Report, dir: Option<tempfile::TempDir>, bud
 }
 
 // ---------------------------------------------------------------------------------------------
-
-fn in_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")

@@ -38,22 +38,27 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "agent.rs"]
+mod agent;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use agent::{
+    Agent, BIN, Marker, Stats, clock_ticks_per_sec, cpu_ticks, in_path, loadavg, sched_ns, stats,
+    status_field,
+};
 use common::{
     Env, Nginx, Pebble, PebbleOpts, Site, free_port, served_leaf, spki_of_cert_der, spki_of_key_pem,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_certagent");
 const RUSAGE_ARG: &str = "__peers_rusage";
 const PREPARE_ARG: &str = "__peers_prepare";
 /// Stop adding optional work once this much time has gone by.
@@ -256,232 +261,7 @@ fn run_probed(
 }
 
 // =============================================================================================
-// certagent's daemon, its stderr read line by line with arrival times.
-
-#[derive(Clone, Copy, Debug)]
-enum Marker {
-    Ready,
-    Reissuing,
-    Installed,
-    Failed,
-}
-
-const MARKERS: [(Marker, &str); 4] = [
-    (Marker::Ready, "certagent daemon ready"),
-    (Marker::Reissuing, ": re-issuing cert="),
-    (Marker::Installed, "event=installed"),
-    (Marker::Failed, "event=failed"),
-];
-
-#[derive(Default)]
-struct LogState {
-    lines: Vec<String>,
-    hits: [Vec<Instant>; MARKERS.len()],
-    eof: bool,
-}
-
-#[derive(Default)]
-struct Log {
-    state: Mutex<LogState>,
-    cv: Condvar,
-}
-
-struct Agent {
-    child: Option<std::process::Child>,
-    log: Arc<Log>,
-    reader: Option<thread::JoinHandle<()>>,
-    spawned: Instant,
-    what: String,
-}
-
-impl Agent {
-    fn spawn(config: &Path, what: &str) -> Agent {
-        let spawned = Instant::now();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Log::default());
-        let log2 = log.clone();
-        let reader = thread::spawn(move || {
-            let mut r = BufReader::with_capacity(1 << 16, stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let at = Instant::now();
-                        let mut s = log2.state.lock().unwrap();
-                        for (i, (_, needle)) in MARKERS.iter().enumerate() {
-                            if line.contains(needle) {
-                                s.hits[i].push(at);
-                            }
-                        }
-                        s.lines.push(line.trim_end().to_owned());
-                        drop(s);
-                        log2.cv.notify_all();
-                    }
-                }
-            }
-            log2.state.lock().unwrap().eof = true;
-            log2.cv.notify_all();
-        });
-        Agent {
-            child: Some(child),
-            log,
-            reader: Some(reader),
-            spawned,
-            what: what.to_owned(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn hits(&self, m: Marker) -> usize {
-        self.log.state.lock().unwrap().hits[m as usize].len()
-    }
-
-    fn hit_times(&self, m: Marker) -> Vec<Instant> {
-        self.log.state.lock().unwrap().hits[m as usize].clone()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let s = self.log.state.lock().unwrap();
-        s.lines[s.lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// When marker `m` was seen for the `n`-th time; `None` on timeout, end of output or a
-    /// failure event.
-    fn try_wait_hits(&self, m: Marker, n: usize, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.log.state.lock().unwrap();
-        loop {
-            if let Some(&at) = s.hits[m as usize].get(n.wrapping_sub(1)) {
-                return Some(at);
-            }
-            if s.eof || !s.hits[Marker::Failed as usize].is_empty() {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            s = self.log.cv.wait_timeout(s, deadline - now).unwrap().0;
-        }
-    }
-
-    fn wait_hits(&self, m: Marker, n: usize, timeout: Duration) -> Instant {
-        self.try_wait_hits(m, n, timeout).unwrap_or_else(|| {
-            panic!(
-                "{}: {m:?} not logged {n} times within {timeout:?} (seen {}):\n{}",
-                self.what,
-                self.hits(m),
-                self.tail(30)
-            )
-        })
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!("peers: {} did not stop within 60 s: SIGKILL", self.what);
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-// /proc readings ------------------------------------------------------------------------------
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// Sum of the on-CPU nanoseconds of every live thread (/proc/PID/task/*/schedstat).
-fn sched_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map(|v| v as f64)
-        .unwrap_or(100.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-// =============================================================================================
 // Statistics and the report.
-
-fn stats(samples: &[f64]) -> (f64, f64, f64) {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let mid = s.len() / 2;
-    let median = if s.len().is_multiple_of(2) {
-        (s[mid - 1] + s[mid]) / 2.0
-    } else {
-        s[mid]
-    };
-    (median, s[0], s[s.len() - 1])
-}
 
 fn num(v: f64) -> String {
     let a = v.abs();
@@ -512,7 +292,7 @@ enum V {
 impl V {
     fn median(&self) -> Option<f64> {
         match self {
-            V::Samples(s) if !s.is_empty() => Some(stats(s).0),
+            V::Samples(s) if !s.is_empty() => Some(stats(s).median),
             _ => None,
         }
     }
@@ -520,7 +300,11 @@ impl V {
         match self {
             V::Samples(s) if s.len() == 1 => num(s[0]),
             V::Samples(s) if !s.is_empty() => {
-                let (m, lo, hi) = stats(s);
+                let Stats {
+                    median: m,
+                    min: lo,
+                    max: hi,
+                } = stats(s);
                 format!("{} ({}–{}, n={})", num(m), num(lo), num(hi), s.len())
             }
             V::Samples(_) => "no samples".into(),
@@ -530,7 +314,11 @@ impl V {
     fn json(&self) -> Value {
         match self {
             V::Samples(s) if !s.is_empty() => {
-                let (m, lo, hi) = stats(s);
+                let Stats {
+                    median: m,
+                    min: lo,
+                    max: hi,
+                } = stats(s);
                 json!({ "samples": s, "median": m, "min": lo, "max": hi })
             }
             V::Samples(_) => json!({ "samples": [] }),
@@ -1138,9 +926,9 @@ fn scenario2(
         samples(&got.certbot, |d| d.served_ms),
         samples(&got.lego, |d| d.served_ms),
     );
-    let (am, _, _) = stats(&agent_figure);
-    let cbm = stats(&got.certbot.iter().map(|d| d.served_ms).collect::<Vec<_>>()).0;
-    let lgm = stats(&got.lego.iter().map(|d| d.served_ms).collect::<Vec<_>>()).0;
+    let am = stats(&agent_figure).median;
+    let cbm = stats(&got.certbot.iter().map(|d| d.served_ms).collect::<Vec<_>>()).median;
+    let lgm = stats(&got.lego.iter().map(|d| d.served_ms).collect::<Vec<_>>()).median;
     report.target(
         "≥ 3× faster than certbot and faster than lego (medians)",
         cbm / am >= 3.0 && lgm > am,
@@ -1251,7 +1039,7 @@ fn scenario3(plan: &Plan, a: &AgentSide, report: &mut Report) -> Agent {
         certbot,
         lego,
     );
-    let m = stats(&served).0;
+    let m = stats(&served).median;
     report.target(
         "median < 1 s",
         m < 1000.0,
@@ -1370,12 +1158,12 @@ fn idle_start(agent: &Agent, window: Duration) -> thread::JoinHandle<IdleWindow>
     thread::spawn(move || {
         let t0 = Instant::now();
         let (k0, s0) = (cpu_ticks(pid), sched_ns(pid));
-        let mut rss = vec![status_kib(pid, "VmRSS")];
+        let mut rss = vec![status_field(pid, "VmRSS")];
         let mut k = 1;
         while t0.elapsed() < window {
             let next = t0 + Duration::from_secs(k).min(window);
             thread::sleep(next.saturating_duration_since(Instant::now()));
-            rss.push(status_kib(pid, "VmRSS"));
+            rss.push(status_field(pid, "VmRSS"));
             k += 1;
         }
         IdleWindow {
@@ -1440,12 +1228,12 @@ fn scenario4_report(
     report: &mut Report,
 ) {
     let day = 86_400.0;
-    let cpu_window = w.ticks as f64 / clk_tck();
+    let cpu_window = w.ticks as f64 / (clock_ticks_per_sec() as f64);
     let agent_cpu_day = cpu_window * day / w.secs;
     let agent_sched_day = w.sched_ns as f64 / 1e9 * day / w.secs;
     let rss_mib: Vec<f64> = w.rss_kib.iter().map(|&k| k as f64 / 1024.0).collect();
     let rss_max = rss_mib.iter().cloned().fold(0.0, f64::max);
-    let threads = status_kib(agent.pid(), "Threads");
+    let threads = status_field(agent.pid(), "Threads");
     let cpu_c: Vec<f64> = c.iter().map(|m| m.cpu_s * 2.0).collect();
     let cpu_l: Vec<f64> = l.iter().map(|m| m.cpu_s).collect();
     report.row(
@@ -1456,7 +1244,7 @@ fn scenario4_report(
         V::Samples(cpu_c.clone()),
         V::Samples(cpu_l),
     );
-    let cb_med = stats(&cpu_c).0;
+    let cb_med = stats(&cpu_c).median;
     report.target(
         "< 1/10 of certbot's",
         agent_cpu_day < cb_med / 10.0,
@@ -1498,7 +1286,7 @@ fn scenario4_report(
     );
     report.detail("s4", json!({
         "certagent": {
-            "window_s": w.secs, "cpu_ticks": w.ticks, "clock_ticks_per_s": clk_tck(),
+            "window_s": w.secs, "cpu_ticks": w.ticks, "clock_ticks_per_s": (clock_ticks_per_sec() as f64),
             "sched_ns_live_threads": w.sched_ns, "cpu_s_per_day_from_schedstat": agent_sched_day,
             "rss_kib_each_second": w.rss_kib, "threads": threads,
             "what": "certagent run with the one site certificate (Pebble ACME issuer, nginx server), settled",
@@ -1529,7 +1317,7 @@ fn fsync_ms(dir: &Path) -> f64 {
         ms.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let _ = std::fs::remove_dir_all(&probe);
-    stats(&ms).0
+    stats(&ms).median
 }
 
 fn scale_config(dir: &Path, n: usize, par: usize) -> PathBuf {
@@ -1637,11 +1425,11 @@ fn start_daemon(config: &Path, what: &str) -> (Agent, Start) {
     let agent = Agent::spawn(config, what);
     let at = agent.wait_hits(Marker::Ready, 1, Duration::from_secs(180));
     let ready_ms = (at - agent.spawned).as_secs_f64() * 1e3;
-    let cpu = cpu_ticks(agent.pid()) as f64 / clk_tck();
+    let cpu = cpu_ticks(agent.pid()) as f64 / (clock_ticks_per_sec() as f64);
     thread::sleep(Duration::from_secs(1));
     let s = Start {
         ready_ms,
-        rss_mib: status_kib(agent.pid(), "VmRSS") as f64 / 1024.0,
+        rss_mib: status_field(agent.pid(), "VmRSS") as f64 / 1024.0,
         cpu_s_at_ready: cpu,
         reissued_at_start: agent.hits(Marker::Reissuing),
     };
@@ -1708,8 +1496,8 @@ fn scenario5(plan: &Plan, started: Instant, report: &mut Report) {
             let first = agent.hit_times(Marker::Reissuing)[n_re];
             let span = (last - first).as_secs_f64();
             let rate = plan.batch as f64 / span;
-            let rss_after = status_kib(agent.pid(), "VmRSS") as f64 / 1024.0;
-            let cpu_after = cpu_ticks(agent.pid()) as f64 / clk_tck();
+            let rss_after = status_field(agent.pid(), "VmRSS") as f64 / 1024.0;
+            let cpu_after = cpu_ticks(agent.pid()) as f64 / (clock_ticks_per_sec() as f64);
             eprintln!(
                 "peers: [5] {n} certificates, max_parallel={par}: {} re-issued in {span:.1} s = {rate:.1}/s (CLI {cli_s:.1} s)",
                 plan.batch
@@ -1743,10 +1531,10 @@ fn scenario5(plan: &Plan, started: Instant, report: &mut Report) {
         must(&validate, "config validate");
         let ready: Vec<f64> = starts.iter().map(|s| s.ready_ms).collect();
         let rss: Vec<f64> = starts.iter().map(|s| s.rss_mib).collect();
-        startup_med.insert(n, stats(&ready).0);
+        startup_med.insert(n, stats(&ready).median);
         let cpu: Vec<f64> = starts.iter().map(|s| s.cpu_s_at_ready).collect();
-        cpu_med.insert(n, stats(&cpu).0);
-        rss_med.insert(n, stats(&rss).0);
+        cpu_med.insert(n, stats(&cpu).median);
+        rss_med.insert(n, stats(&rss).median);
         per_size.insert(
             n.to_string(),
             json!({
@@ -1863,11 +1651,6 @@ fn scenario5(plan: &Plan, started: Instant, report: &mut Report) {
 }
 
 // =============================================================================================
-
-fn in_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
 
 fn sh(cmd: &str) -> String {
     Command::new("sh")
