@@ -66,7 +66,6 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
 };
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
 use super::http1::{self, Request, header};
 
@@ -748,48 +747,28 @@ impl Response {
 }
 
 /// One client connection: requests until either side closes.
-async fn serve(shared: &Shared, mut s: tokio::net::TcpStream) {
-    let mut buf = Vec::new();
-    loop {
-        let req = match http1::read_request(&mut s, &mut buf, MAX_BODY).await {
-            Ok(Some(req)) => req,
-            Ok(None) => break,
+async fn serve(shared: &Shared, s: tokio::net::TcpStream) {
+    http1::serve(s, MAX_BODY, shared).await
+}
+
+impl http1::Handler for Shared {
+    async fn answer(&self, req: Result<Request, String>) -> http1::Answer {
+        let resp = match req {
+            Ok(req) => handle(self, &req).await,
             Err(e) => {
-                shared.state().errors.push(format!("bad request: {e}"));
-                let resp = Response::message(400, &format!("fake DNSimple: {e}"));
-                let _ = http1::write_response(
-                    &mut s,
-                    resp.status,
-                    &resp.headers,
-                    &resp.body,
-                    false,
-                    true,
-                )
-                .await;
-                break;
+                self.state().errors.push(format!("bad request: {e}"));
+                let mut resp = Response::message(400, &format!("fake DNSimple: {e}"));
+                resp.close = true;
+                resp
             }
         };
-        let resp = handle(shared, &req).await;
-        let close = resp.close
-            || req
-                .header("connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if http1::write_response(
-            &mut s,
-            resp.status,
-            &resp.headers,
-            &resp.body,
-            req.method == "HEAD",
-            close,
-        )
-        .await
-        .is_err()
-            || close
-        {
-            break;
+        http1::Answer {
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
+            close: resp.close,
         }
     }
-    let _ = s.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------

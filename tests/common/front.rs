@@ -364,6 +364,15 @@ impl Response {
         header(&self.headers, name)
     }
 
+    fn answer(self, close: bool) -> http1::Answer {
+        http1::Answer {
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+            close,
+        }
+    }
+
     /// Replaces the body with `v` (Content-Length is computed when writing).
     fn set_json(&mut self, v: &Value) {
         self.body = serde_json::to_vec(v).expect("serialize JSON");
@@ -372,54 +381,35 @@ impl Response {
 }
 
 /// One client connection to the HTTPS front: requests until the client closes.
-async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut s: S) {
-    let mut buf = Vec::new();
-    loop {
-        let req = match http1::read_request(&mut s, &mut buf, MAX_BODY).await {
-            Ok(Some(req)) => req,
-            Ok(None) => break,
+async fn serve_acme<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, s: S) {
+    http1::serve(s, MAX_BODY, &Acme(shared)).await
+}
+
+/// The HTTPS front's requests: relayed to Pebble or answered by the front.
+struct Acme<'a>(&'a Shared);
+
+impl http1::Handler for Acme<'_> {
+    async fn answer(&self, req: Result<Request, String>) -> http1::Answer {
+        let shared = self.0;
+        let resp = match req {
+            Ok(req) => {
+                let resp = handle(shared, &req).await;
+                shared.state().log.push(format!(
+                    "{} {} -> {}{}",
+                    req.method,
+                    req.target,
+                    resp.status,
+                    if resp.by_front { " [front]" } else { "" }
+                ));
+                resp
+            }
             Err(e) => {
                 shared.state().log.push(format!("bad request: {e}"));
-                let resp = Response::front(400, "text/plain", format!("{e}\n").into_bytes());
-                let _ = http1::write_response(
-                    &mut s,
-                    resp.status,
-                    &resp.headers,
-                    &resp.body,
-                    false,
-                    true,
-                )
-                .await;
-                break;
+                Response::front(400, "text/plain", format!("{e}\n").into_bytes())
             }
         };
-        let resp = handle(shared, &req).await;
-        shared.state().log.push(format!(
-            "{} {} -> {}{}",
-            req.method,
-            req.target,
-            resp.status,
-            if resp.by_front { " [front]" } else { "" }
-        ));
-        let close = req
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if http1::write_response(
-            &mut s,
-            resp.status,
-            &resp.headers,
-            &resp.body,
-            req.method == "HEAD",
-            close,
-        )
-        .await
-        .is_err()
-            || close
-        {
-            break;
-        }
+        resp.answer(false)
     }
-    let _ = s.shutdown().await;
 }
 
 async fn handle(shared: &Shared, req: &Request) -> Response {
@@ -623,48 +613,46 @@ async fn fresh_nonce(shared: &Shared) -> Result<String, String> {
 }
 
 /// One plain-HTTP connection to the CRL listener: one request, then close.
-async fn serve_crl(shared: &Shared, mut s: tokio::net::TcpStream) {
-    let req = match http1::read_request(&mut s, &mut Vec::new(), MAX_BODY).await {
-        Ok(Some(req)) => req,
-        Ok(None) => return,
-        Err(e) => {
-            let resp = Response::front(400, "text/plain", format!("{e}\n").into_bytes());
-            let _ =
-                http1::write_response(&mut s, resp.status, &resp.headers, &resp.body, false, true)
-                    .await;
-            return;
-        }
-    };
-    let name = req
-        .path()
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(".crl"))
-        .filter(|n| !n.is_empty() && !n.contains('/'));
-    let resp = {
-        let mut state = shared.state();
-        let resp = match name {
-            Some(name) if req.method == "GET" || req.method == "HEAD" => {
-                if req.method == "GET" {
-                    *state.crl_fetches.entry(name.to_owned()).or_default() += 1;
-                }
-                match state.crls.get(name) {
-                    Some(der) => Response::front(200, "application/pkix-crl", der.clone()),
-                    None => Response::front(404, "text/plain", b"no such CRL\n".to_vec()),
-                }
+async fn serve_crl(shared: &Shared, s: tokio::net::TcpStream) {
+    http1::serve(s, MAX_BODY, &Crl(shared)).await
+}
+
+/// The CRL listener's requests.
+struct Crl<'a>(&'a Shared);
+
+impl http1::Handler for Crl<'_> {
+    async fn answer(&self, req: Result<Request, String>) -> http1::Answer {
+        let shared = self.0;
+        let req = match req {
+            Ok(req) => req,
+            Err(e) => {
+                return Response::front(400, "text/plain", format!("{e}\n").into_bytes())
+                    .answer(true);
             }
-            _ => Response::front(404, "text/plain", b"not found\n".to_vec()),
         };
-        let line = format!("CRL {} {} -> {}", req.method, req.target, resp.status);
-        state.log.push(line);
-        resp
-    };
-    let _ = http1::write_response(
-        &mut s,
-        resp.status,
-        &resp.headers,
-        &resp.body,
-        req.method == "HEAD",
-        true,
-    )
-    .await;
+        let name = req
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_suffix(".crl"))
+            .filter(|n| !n.is_empty() && !n.contains('/'));
+        let resp = {
+            let mut state = shared.state();
+            let resp = match name {
+                Some(name) if req.method == "GET" || req.method == "HEAD" => {
+                    if req.method == "GET" {
+                        *state.crl_fetches.entry(name.to_owned()).or_default() += 1;
+                    }
+                    match state.crls.get(name) {
+                        Some(der) => Response::front(200, "application/pkix-crl", der.clone()),
+                        None => Response::front(404, "text/plain", b"no such CRL\n".to_vec()),
+                    }
+                }
+                _ => Response::front(404, "text/plain", b"not found\n".to_vec()),
+            };
+            let line = format!("CRL {} {} -> {}", req.method, req.target, resp.status);
+            state.log.push(line);
+            resp
+        };
+        resp.answer(true)
+    }
 }

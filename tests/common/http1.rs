@@ -166,3 +166,52 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     s.write_all(&bytes).await?;
     s.flush().await
 }
+
+/// What one request is answered with.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Close the connection after this answer.
+    pub close: bool,
+}
+
+/// Answers the requests of one fake.
+pub trait Handler: Sync {
+    /// The answer to a request, or to why one could not be read (then the connection is
+    /// closed after it).
+    fn answer(
+        &self,
+        req: Result<Request, String>,
+    ) -> impl std::future::Future<Output = Answer> + Send;
+}
+
+/// Serves one connection: requests until either side closes (or an answer says close).
+pub async fn serve<S, H>(mut s: S, max_body: usize, handler: &H)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut buf = Vec::new();
+    loop {
+        let (answer, head_request, close) = match read_request(&mut s, &mut buf, max_body).await {
+            Ok(None) => break,
+            Ok(Some(req)) => {
+                let head_request = req.method == "HEAD";
+                let client_closes = req
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                let answer = handler.answer(Ok(req)).await;
+                let close = answer.close || client_closes;
+                (answer, head_request, close)
+            }
+            Err(e) => (handler.answer(Err(e)).await, false, true),
+        };
+        let a = &answer;
+        let sent = write_response(&mut s, a.status, &a.headers, &a.body, head_request, close).await;
+        if sent.is_err() || close {
+            break;
+        }
+    }
+    let _ = s.shutdown().await;
+}
