@@ -697,19 +697,27 @@ impl Daemon {
     /// A file of the configuration changed on disk: reload, unless the files say what the
     /// configuration in use says (an editor touching a file; a SIGHUP that already did it).
     async fn reload_if_changed(&mut self) {
-        if let Ok(new) = crate::cli::load_config(&self.config_path)
-            && new.fingerprint == self.config.fingerprint
+        let loaded = crate::cli::load_config(&self.config_path);
+        if loaded
+            .as_ref()
+            .is_ok_and(|new| new.fingerprint == self.config.fingerprint)
         {
             log::debug!("the configuration files changed on disk, their content did not");
             return;
         }
-        self.reload("the configuration changed on disk").await;
+        self.apply(loaded, "the configuration changed on disk").await;
     }
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
     async fn reload(&mut self, why: &str) -> bool {
+        let loaded = crate::cli::load_config(&self.config_path);
+        self.apply(loaded, why).await
+    }
+
+    /// Switch to a configuration just read, or log why not and keep the old one.
+    async fn apply(&mut self, loaded: Result<crate::config::Config>, why: &str) -> bool {
         crate::systemd::notify_reloading();
-        let applied = match crate::cli::load_config(&self.config_path) {
+        let applied = match loaded {
             Ok(new) => {
                 let new = Arc::new(new);
                 match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
@@ -805,12 +813,10 @@ fn answer(reply: oneshot::Sender<Response>, results: Vec<ReissueResult>) {
 /// The result of a job that was still queued when the daemon began to stop.
 fn not_started(name: &str, job: &Job) -> ReissueResult {
     let reason = match job {
-        Job::Reissue(reason) => reason.as_str(),
-        Job::Finish => "finish",
-        Job::Refresh => "refresh",
-        Job::Import(..) => "import",
+        Job::Reissue(reason) => *reason,
+        Job::Finish | Job::Refresh | Job::Import(..) => Reason::Forced,
     };
-    let mut r = ReissueResult::new(name, "failed", reason);
+    let mut r = ReissueResult::new(name, "failed", reason.as_str());
     r.error = Some(
         "not started: certagent is shutting down; it is taken up again at the next start".into(),
     );
