@@ -192,6 +192,7 @@ pub async fn run(
                 for name in std::mem::take(&mut dirty) {
                     d.evaluate(&name).await;
                 }
+                d.publish_status();
             }
             () = sleep_until(wake) => {
                 let now = clock.now();
@@ -202,6 +203,7 @@ pub async fn run(
                 for name in due {
                     d.evaluate(&name).await;
                 }
+                d.publish_status();
             }
             Some(done) = d.jobs.join_next() => {
                 match done {
@@ -340,6 +342,8 @@ impl Daemon {
         }
     }
 
+    /// Look at one certificate and act on what is found. The caller tells systemd once it
+    /// has evaluated all it meant to (the status line walks every certificate).
     async fn evaluate(&mut self, name: &str) {
         if self.certs.get(name).is_some_and(|s| s.in_flight) {
             return;
@@ -349,7 +353,6 @@ impl Daemon {
         };
         let v = verdict(&self.config, &self.blocked, cert, self.clock.now());
         self.act(name, v).await;
-        self.publish_status();
     }
 
     async fn act(&mut self, name: &str, v: Verdict) {
