@@ -189,10 +189,7 @@ pub async fn run(
                 // the new configuration is invalid, nothing else looks at a certificate whose
                 // files changed in the same settle window.
                 d.blocked = Arc::new(Blocked::load(&d.config));
-                for name in std::mem::take(&mut dirty) {
-                    d.evaluate(&name).await;
-                }
-                d.publish_status();
+                d.evaluate_many(std::mem::take(&mut dirty).into_iter().collect()).await;
             }
             () = sleep_until(wake) => {
                 let now = clock.now();
@@ -200,10 +197,7 @@ pub async fn run(
                     .filter(|(_, s)| !s.in_flight && s.wake_at.is_some_and(|w| w <= now))
                     .map(|(n, _)| n.clone())
                     .collect();
-                for name in due {
-                    d.evaluate(&name).await;
-                }
-                d.publish_status();
+                d.evaluate_many(due).await;
             }
             Some(done) = d.jobs.join_next() => {
                 match done {
@@ -301,22 +295,32 @@ impl Daemon {
         let names: Vec<String> = self.config.certificates.keys().cloned().collect();
         self.certs
             .retain(|n, s| s.in_flight || self.config.certificates.contains_key(n));
-        let now = self.clock.now();
         self.blocked = Arc::new(Blocked::load(&self.config));
-        let chunks: Vec<Vec<String>> = names.chunks(256).map(<[String]>::to_vec).collect();
+        self.evaluate_many(names).await;
+        self.write_metrics();
+    }
+
+    /// Look at these certificates (those without a job in flight) and act on what is found.
+    /// The verdicts (file reads, parses, the pair check) run on the blocking pool, so a
+    /// rescan of thousands neither stalls the loop nor uses one core only; systemd hears the
+    /// status once, after the batch (it walks every certificate).
+    async fn evaluate_many(&mut self, names: Vec<String>) {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.certs.get(n).is_some_and(|s| s.in_flight))
+            .collect();
+        let now = self.clock.now();
         let mut tasks = JoinSet::new();
-        for chunk in chunks {
+        for chunk in names.chunks(256) {
+            let chunk = chunk.to_vec();
             let config = self.config.clone();
             let blocked = self.blocked.clone();
             tasks.spawn_blocking(move || {
                 chunk
                     .into_iter()
-                    .map(|name| {
-                        let verdict = config
-                            .certificates
-                            .get(&name)
-                            .map(|c| verdict(&config, &blocked, c, now));
-                        (name, verdict)
+                    .filter_map(|name| {
+                        let cert = config.certificates.get(&name)?;
+                        Some((name, verdict(&config, &blocked, cert, now)))
                     })
                     .collect::<Vec<_>>()
             });
@@ -325,14 +329,10 @@ impl Daemon {
         while let Some(Ok(part)) = tasks.join_next().await {
             verdicts.extend(part);
         }
-        for (name, verdict) in verdicts {
-            if let Some(v) = verdict {
-                self.act(&name, v).await;
-            }
+        for (name, v) in verdicts {
+            self.act(&name, v).await;
         }
-        // Once for the batch: the summary walks every certificate.
         self.publish_status();
-        self.write_metrics();
     }
 
     /// Rewrite the metrics file (when configured); a failure is logged, never fatal.
@@ -342,8 +342,8 @@ impl Daemon {
         }
     }
 
-    /// Look at one certificate and act on what is found. The caller tells systemd once it
-    /// has evaluated all it meant to (the status line walks every certificate).
+    /// Look at one certificate (after its job ended) and act on what is found. The caller
+    /// tells systemd.
     async fn evaluate(&mut self, name: &str) {
         if self.certs.get(name).is_some_and(|s| s.in_flight) {
             return;
