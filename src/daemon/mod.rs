@@ -708,7 +708,8 @@ impl Daemon {
             log::debug!("the configuration files changed on disk, their content did not");
             return;
         }
-        self.apply(loaded, "the configuration changed on disk").await;
+        self.apply(loaded, "the configuration changed on disk")
+            .await;
     }
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
