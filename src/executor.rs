@@ -840,11 +840,21 @@ impl Executor {
     ) -> Result<Served> {
         let old_workers = server.workers();
         server.reload().await?;
-        server
+        let retired = server
             .wait_retired(&old_workers, server.verify_timeout())
             .await;
+        let settle = if retired {
+            std::time::Duration::ZERO
+        } else {
+            server.verify_settle()
+        };
         Ok(server
-            .wait_served(&cert.names, chain.leaf_der(), server.verify_timeout())
+            .wait_served(
+                &cert.names,
+                chain.leaf_der(),
+                server.verify_timeout(),
+                settle,
+            )
             .await)
     }
 

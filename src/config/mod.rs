@@ -235,6 +235,9 @@ pub struct Server {
     pub command_timeout: Span,
     /// How long to wait for the new certificate to be served after a reload.
     pub verify_timeout: Span,
+    /// How long the new certificate must be served without a break when certagent cannot see
+    /// the old workers retire (`kind = "command"`, or their /proc entries unreadable).
+    pub verify_settle: Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,8 +501,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file";
 const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
-const SERVER_KEYS: &str =
-    "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout";
+const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
 const ENDPOINT_KEYS: &str = "address, sni";
 const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, pre_install, post_install, hook_timeout";
 
@@ -1168,6 +1170,9 @@ fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
     let verify_timeout = s
         .parsed::<Span>(cx, "verify_timeout")
         .unwrap_or(Span::secs(15));
+    let verify_settle = s
+        .parsed::<Span>(cx, "verify_settle")
+        .unwrap_or(Span::secs(1));
     name_ok.then(|| Server {
         name: name.to_string(),
         kind,
@@ -1178,6 +1183,7 @@ fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
         pid_file,
         command_timeout,
         verify_timeout,
+        verify_settle,
     })
 }
 

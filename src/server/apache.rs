@@ -131,24 +131,30 @@ fn holds_listener(pid: Pid, listeners: &HashSet<u64>) -> Option<bool> {
 /// closes its listening sockets within milliseconds and exits once its connections are done
 /// (seconds, with keep-alive). From the moment they have closed the listeners, every new
 /// connection reaches a child of the new generation, which has the new certificate: so
-/// that, not their exit, is what is waited for. Returns false at the deadline.
-pub async fn wait_retired(parent: Pid, old: &[Pid], within: Duration) -> bool {
+/// that, not their exit, is what is waited for. Returns `Some(false)` at the deadline, and
+/// `None` when it cannot tell: the parent's listening sockets or a child's descriptors could
+/// not be read (certagent not root), so the caller watches the endpoints for longer.
+pub async fn wait_retired(parent: Pid, old: &[Pid], within: Duration) -> Option<bool> {
     let listeners = listening_inodes(parent);
     if listeners.is_empty() {
-        return true;
+        return None;
     }
     let deadline = Instant::now() + within;
     loop {
-        // A child whose descriptors cannot be read (certagent not root) counts as retired:
-        // the probe's confirm rounds are the remaining safeguard.
-        let busy = old
-            .iter()
-            .any(|pid| holds_listener(*pid, &listeners) == Some(true));
+        let mut unknown = false;
+        let mut busy = false;
+        for pid in old {
+            match holds_listener(*pid, &listeners) {
+                Some(true) => busy = true,
+                Some(false) => {}
+                None => unknown = true,
+            }
+        }
         if !busy {
-            return true;
+            return if unknown { None } else { Some(true) };
         }
         if Instant::now() >= deadline {
-            return false;
+            return Some(false);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -212,20 +212,40 @@ impl WebServer {
     /// Apache child of the old generation closes them on the graceful restart (see
     /// `apache::wait_retired`). Without this, a probe can meet a new worker while the next
     /// client still meets an old one (seen in tests).
-    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) {
+    ///
+    /// Returns whether the retirement was seen. It is not for `kind = "command"` (certagent
+    /// knows nothing of its processes), nor when the old workers could not be found or read,
+    /// nor at the deadline: then `wait_served` has to watch the endpoints for `verify_settle`.
+    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) -> bool {
         let started = Instant::now();
         let retired = match (self.cfg.kind, old.master) {
-            (ServerKind::Apache, Some(master)) => {
+            (ServerKind::Apache, Some(master)) if !old.pids.is_empty() => {
                 apache::wait_retired(master, &old.pids, within).await
             }
-            (ServerKind::Nginx, _) => wait_nginx_retired(&old.pids, within).await,
-            _ => true,
+            (ServerKind::Nginx, Some(_)) if !old.pids.is_empty() => {
+                wait_nginx_retired(&old.pids, within).await
+            }
+            _ => None,
         };
-        if retired {
-            log::debug!(server = self.cfg.name.as_str(), workers = old.pids.len(), waited_ms = started.elapsed().as_millis() as u64; "old workers stopped accepting connections");
-        } else {
-            log::warn!(server = self.cfg.name.as_str(); "old {} workers still accept connections after the reload", self.cfg.kind.as_str());
+        let server = self.cfg.name.as_str();
+        match retired {
+            Some(true) => {
+                log::debug!(server, workers = old.pids.len(), waited_ms = started.elapsed().as_millis() as u64; "old workers stopped accepting connections");
+            }
+            Some(false) => {
+                log::warn!(server; "old {} workers still accept connections after the reload", self.cfg.kind.as_str());
+            }
+            None => {
+                log::debug!(server; "cannot see the old workers retire; the endpoints are watched for {}", self.cfg.verify_settle);
+            }
         }
+        retired == Some(true)
+    }
+
+    /// How long the new certificate must be served without a break before it counts as in
+    /// service, when the old workers could not be seen to retire.
+    pub fn verify_settle(&self) -> Duration {
+        Duration::from_secs(self.cfg.verify_settle.0.max(0) as u64)
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
@@ -238,16 +258,20 @@ impl WebServer {
     }
 
     /// Probe every endpoint of the certificate with `names` until each presents `leaf_der`
-    /// in `CONFIRM_ROUNDS` consecutive rounds, or `within` passes. Nothing reports that a
-    /// reload finished, so this looks; it never just sleeps and hopes. One sighting is not
-    /// enough: for a few milliseconds after a reload nginx's old workers still accept
-    /// connections next to the new ones (seen in the tests), so a single handshake can show
-    /// the new leaf while the next shows the old one.
+    /// in `CONFIRM_ROUNDS` consecutive rounds spanning at least `settle`, or `within` + `settle`
+    /// passes.
+    /// Nothing reports that a reload finished, so this looks; it never just sleeps and hopes.
+    /// One sighting is not enough: after a reload old and new workers accept connections side
+    /// by side for a while (nginx's master starts the new workers and waits 100 ms before it
+    /// tells the old ones to stop), so a handshake can show the new leaf while the next shows
+    /// the old one. When the old workers were seen to retire, `settle` is zero; otherwise
+    /// the new leaf must be served without a break for `settle`.
     pub async fn wait_served(
         &self,
         names: &[DomainName],
         leaf_der: &[u8],
         within: Duration,
+        settle: Duration,
     ) -> Served {
         const CONFIRM_ROUNDS: u32 = 3;
         let endpoints = self.endpoints_for(names);
@@ -258,9 +282,11 @@ impl WebServer {
                 self.cfg.name
             ));
         }
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + within + settle;
         let mut confirmed = 0;
+        let mut since = Instant::now();
         loop {
+            let round = Instant::now();
             let mut last = None;
             for (addr, sni) in &endpoints {
                 let left = deadline
@@ -278,11 +304,15 @@ impl WebServer {
                 }
             }
             match last {
+                None if confirmed == 0 => {
+                    confirmed = 1;
+                    since = round;
+                }
                 None => confirmed += 1,
                 Some(why) if Instant::now() >= deadline => return Served::Not(why),
                 Some(_) => confirmed = 0,
             }
-            if confirmed == CONFIRM_ROUNDS {
+            if confirmed >= CONFIRM_ROUNDS && since.elapsed() >= settle {
                 return Served::All;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -290,7 +320,7 @@ impl WebServer {
     }
 }
 
-async fn wait_nginx_retired(old: &[Pid], within: Duration) -> bool {
+async fn wait_nginx_retired(old: &[Pid], within: Duration) -> Option<bool> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let busy = old.iter().any(|pid| {
@@ -299,11 +329,11 @@ async fn wait_nginx_retired(old: &[Pid], within: Duration) -> bool {
             })
         });
         if !busy {
-            return true;
+            return Some(true);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
+    Some(false)
 }
 
 /// Processes whose parent is `parent`, from /proc (no helper binaries, no shell).
