@@ -19,6 +19,15 @@ struct Files {
     key: PathBuf,
 }
 
+/// A temporary directory with a test CA in `testca/` and an empty `ssl/` for the pairs.
+fn scratch() -> (tempfile::TempDir, TlsCa, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TlsCa::new(&dir.path().join("testca"));
+    let ssl = dir.path().join("ssl");
+    std::fs::create_dir_all(&ssl).unwrap();
+    (dir, ca, ssl)
+}
+
 fn leaf(ca: &TlsCa, names: &[&str], dir: &Path, stem: &str) -> (Files, Leaf) {
     let now = SystemTime::now();
     let leaf = ca.issue_leaf(
@@ -89,10 +98,7 @@ struct TwoPorts {
 
 impl TwoPorts {
     fn new() -> TwoPorts {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TlsCa::new(&dir.path().join("testca"));
-        let ssl = dir.path().join("ssl");
-        std::fs::create_dir_all(&ssl).unwrap();
+        let (dir, ca, ssl) = scratch();
         let (shared, initial) = leaf(&ca, &["a.test", "b.test"], &ssl, "shared");
         let (fallback_files, fallback) = leaf(&ca, &["fallback.test"], &ssl, "fallback");
         let (p1, p2) = (free_port(), free_port());
@@ -175,10 +181,7 @@ fn probing_an_endpoint_with_the_wrong_sni_sees_another_certificate_and_rolls_bac
 
 #[test]
 fn two_certificates_share_one_server_and_each_is_probed_at_its_own_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TlsCa::new(&dir.path().join("testca"));
-    let ssl = dir.path().join("ssl");
-    std::fs::create_dir_all(&ssl).unwrap();
+    let (dir, ca, ssl) = scratch();
     let (a, a_leaf) = leaf(&ca, &["a.test"], &ssl, "a");
     let (b, b_leaf) = leaf(&ca, &["b.test"], &ssl, "b");
     let (p1, p2) = (free_port(), free_port());
@@ -510,10 +513,7 @@ impl LingeringServer {
 /// server test above did, now and then, against nginx's 100 ms overlap).
 #[test]
 fn a_command_server_is_verified_only_once_the_new_certificate_is_served_steadily() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TlsCa::new(&dir.path().join("testca"));
-    let ssl = dir.path().join("ssl");
-    std::fs::create_dir_all(&ssl).unwrap();
+    let (dir, ca, ssl) = scratch();
     let (files, initial) = leaf(&ca, &["a.test"], &ssl, "site");
     let server = LingeringServer::start(&files.cert, &files.key, &dir.path().join("reloaded"));
     let addr = format!("127.0.0.1:{}", server.port);
