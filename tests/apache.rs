@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Apache, Run, Site, TlsCa, free_port, run_certagent, send_signal, served_leaf, spki_of_cert_der,
-    spki_of_key_pem, toml_list, wait_until,
+    Apache, Run, Site, TlsCa, free_port, run_certagent, run_certagent_under, send_signal,
+    served_leaf, spki_of_cert_der, spki_of_key_pem, toml_list, wait_until, with_unit_capabilities,
 };
 
 /// Apache serving one site on loopback with a certificate from a test CA, and a certagent
@@ -234,6 +234,41 @@ fn reissue_is_served_by_apache_whose_parent_survives() {
         "apache was restarted, not reloaded"
     );
     assert_eq!(env.certagent(&["check"], &[]).code, 0);
+}
+
+/// Under the unit's capabilities certagent (root, without CAP_SYS_PTRACE) cannot read the
+/// descriptors of Apache's children (user nobody): listing /proc/PID/fd works, each link is
+/// EACCES. That used to read as "holds no listener", so the old children counted as retired
+/// at once and three quick handshakes were the only proof. Now it is "cannot tell", and the
+/// new leaf has to be served steadily for verify_settle.
+#[test]
+fn with_the_units_capabilities_unreadable_children_are_not_taken_for_retired() {
+    let env = ApacheEnv::new(true);
+    env.write_config(&env.test_command());
+    let setpriv = with_unit_capabilities();
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let run = run_certagent_under(
+        &setpriv,
+        &env.config,
+        &["-vv", "reissue", "--now", "site", "--json"],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}\n{}", env.apache.log());
+    assert_eq!(run.json()["certificates"][0]["result"], "installed");
+    assert!(
+        run.stderr
+            .contains("cannot see the old workers retire; the endpoints are watched for 1s"),
+        "{run:?}"
+    );
+    assert!(
+        !run.stderr
+            .contains("old workers stopped accepting connections"),
+        "{run:?}"
+    );
+    let served = env.served();
+    assert_ne!(served, env.initial_leaf);
+    let key = std::fs::read_to_string(&env.key_file).unwrap();
+    assert_eq!(spki_of_cert_der(&served), spki_of_key_pem(&key));
 }
 
 #[test]

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Env, Leaf, Nginx, Run, Site, TlsCa, cert_serial_hex, free_port, run_certagent, served_leaf,
-    spki_of_cert_der, spki_of_key_pem, toml_list,
+    Env, Leaf, Nginx, Run, Site, TlsCa, cert_serial_hex, free_port, run_certagent,
+    run_certagent_under, served_leaf, spki_of_cert_der, spki_of_key_pem, toml_list,
+    with_unit_capabilities,
 };
 
 struct Files {
@@ -70,6 +71,15 @@ test_command = {test}
         run = dir.join("run").display(),
         pid = nginx.pid_file().display(),
         test = toml_list(&nginx.test_command()),
+    )
+}
+
+/// `[agent]` in `dir` and a `[server.web]` of kind command probed at `addr`, run by `commands`.
+fn command_server(dir: &Path, addr: &str, commands: &str) -> String {
+    format!(
+        "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[server.web]\nkind = \"command\"\nverify = [\"{addr}\"]\n{commands}\nverify_timeout = \"5s\"\n",
+        dir.join("state").display(),
+        dir.join("run").display(),
     )
 }
 
@@ -237,35 +247,49 @@ fn two_certificates_share_one_server_and_each_is_probed_at_its_own_endpoint() {
 #[test]
 fn a_command_server_is_tested_and_reloaded_with_its_commands_only() {
     let env = Env::new(&["a.test"], None);
-    let text = format!(
-        r#"[agent]
-state_dir = "{state}"
-runtime_dir = "{run}"
-
-[server.web]
-kind = "command"
-verify = ["{addr}"]
-test_command = {test}
-reload_command = {reload}
-verify_timeout = "5s"
-
-[certificate.site]
-names = ["a.test"]
-server = "web"
-cert_file = "{cert}"
-key_file = "{key}"
-"#,
-        state = env.state_dir().display(),
-        run = env.dir.path().join("run").display(),
-        addr = env.addr(),
-        test = toml_list(&env.nginx.test_command()),
-        reload = toml_list(&env.nginx.reload_command()),
-        cert = env.cert_file.display(),
-        key = env.key_file.display(),
+    let commands = format!(
+        "test_command = {}\nreload_command = {}",
+        toml_list(&env.nginx.test_command()),
+        toml_list(&env.nginx.reload_command())
     );
+    let files = Files {
+        cert: env.cert_file.clone(),
+        key: env.key_file.clone(),
+    };
+    let text = command_server(env.dir.path(), &env.addr(), &commands)
+        + &certificate("site", &["a.test"], &files, "");
     std::fs::write(&env.config, text).unwrap();
     let run = env.certagent(&["reissue", "--now", "site"]);
     assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(env.served(), env.initial_leaf);
+    assert!(env.serves_key_file());
+}
+
+/// nginx's workers (user nobody) stay visible to certagent with only the unit's capabilities
+/// (their /proc stat and cmdline need none), so it still sees them retire and adds no
+/// verify_settle: the waiting for a command server is not paid by nginx.
+#[test]
+fn with_the_units_capabilities_nginx_workers_are_still_seen_to_retire() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let setpriv = with_unit_capabilities();
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let run = run_certagent_under(
+        &setpriv,
+        &env.config,
+        &["-vv", "reissue", "--now", "site", "--json"],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("old workers stopped accepting connections server=web workers=1 "),
+        "{run:?}"
+    );
+    assert!(
+        !run.stderr.contains("cannot see the old workers retire"),
+        "{run:?}"
+    );
     assert_ne!(env.served(), env.initial_leaf);
     assert!(env.serves_key_file());
 }
@@ -519,25 +543,13 @@ fn a_command_server_is_verified_only_once_the_new_certificate_is_served_steadily
     let addr = format!("127.0.0.1:{}", server.port);
     assert_eq!(served_leaf(&addr, "a.test").unwrap(), initial.cert_der);
     let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-state_dir = "{state}"
-runtime_dir = "{run}"
-
-[server.web]
-kind = "command"
-verify = ["{addr}"]
-reload_command = ["touch", "{flag}"]
-verify_timeout = "5s"
-"#,
-            state = dir.path().join("state").display(),
-            run = dir.path().join("run").display(),
-            flag = server.flag.display(),
-        ) + &certificate("site", &["a.test"], &files, ""),
-    )
-    .unwrap();
+    let reload = format!(
+        "reload_command = [\"touch\", \"{}\"]",
+        server.flag.display()
+    );
+    let text =
+        command_server(dir.path(), &addr, &reload) + &certificate("site", &["a.test"], &files, "");
+    std::fs::write(&config, text).unwrap();
 
     let run = run_certagent(&config, &["reissue", "--now", "site", "--json"], &[]);
     assert_eq!(run.code, 0, "{run:?}");

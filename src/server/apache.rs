@@ -108,22 +108,31 @@ fn listening_inodes(pid: Pid) -> HashSet<u64> {
 }
 
 /// Whether `pid` still holds one of `listeners` open: `Some(false)` once it exited or closed
-/// them, `None` when its descriptors cannot be read.
+/// them, `None` when its descriptors cannot be read. Reading them takes CAP_SYS_PTRACE for
+/// another user's process, which certagent's unit does not grant: the directory lists, each
+/// link answers EACCES, so a denied link is "cannot tell", never "not a listener".
 fn holds_listener(pid: Pid, listeners: &HashSet<u64>) -> Option<bool> {
     let entries = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(false),
         Err(_) => return None,
     };
-    Some(entries.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
-                .and_then(|i| i.parse::<u64>().ok())
-                .is_some_and(|i| listeners.contains(&i))
-        })
-    }))
+    for fd in entries.flatten() {
+        let target = match std::fs::read_link(fd.path()) {
+            Ok(t) => t,
+            // Closed since the directory was read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+            .and_then(|i| i.parse::<u64>().ok());
+        if inode.is_some_and(|i| listeners.contains(&i)) {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// Wait until none of the children of the old generation (`old`, taken before the graceful

@@ -76,7 +76,52 @@ fn capture_file(kind: &str, config: &Path, args: &[&str]) -> Option<std::fs::Fil
 }
 
 pub fn run_certagent(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certagent"));
+    run_certagent_under(&[], config, args, env)
+}
+
+/// `setpriv` argv that runs a command as root with only the capabilities of the shipped unit
+/// (`CapabilityBoundingSet=` of systemd/certagent.service), for `run_certagent_under`.
+pub fn with_unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/certagent.service"
+    ))
+    .expect("read systemd/certagent.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.iter().any(|c| c == "+sys_ptrace"), "{caps:?}");
+    [
+        "setpriv",
+        &format!("--bounding-set=-all,{}", caps.join(",")),
+        "--inh-caps=-all",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `run_certagent` with the binary run by `wrapper` (e.g. `setpriv` with the unit's
+/// capabilities): `wrapper... certagent --config CONFIG args...`.
+pub fn run_certagent_under(
+    wrapper: &[&str],
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
+    let bin = env!("CARGO_BIN_EXE_certagent");
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     cmd.arg("--config")
         .arg(config)
         .args(args)

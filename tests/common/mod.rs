@@ -47,7 +47,9 @@ mod pebble;
 mod process;
 mod tls;
 
-pub use agent::{Daemon, Env, Run, run_certagent, toml_list};
+pub use agent::{
+    Daemon, Env, Run, run_certagent, run_certagent_under, toml_list, with_unit_capabilities,
+};
 pub use apache::Apache;
 pub use dnsimple::*;
 pub use front::*;
