@@ -840,14 +840,9 @@ impl Executor {
     ) -> Result<Served> {
         let old_workers = server.workers();
         server.reload().await?;
-        let retired = server
+        let settle = server
             .wait_retired(&old_workers, server.verify_timeout())
             .await;
-        let settle = if retired {
-            std::time::Duration::ZERO
-        } else {
-            server.verify_settle()
-        };
         Ok(server
             .wait_served(
                 &cert.names,

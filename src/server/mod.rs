@@ -213,10 +213,11 @@ impl WebServer {
     /// `apache::wait_retired`). Without this, a probe can meet a new worker while the next
     /// client still meets an old one (seen in tests).
     ///
-    /// Returns whether the retirement was seen. It is not for `kind = "command"` (certagent
-    /// knows nothing of its processes), nor when the old workers could not be found or read,
-    /// nor at the deadline: then `wait_served` has to watch the endpoints for `verify_settle`.
-    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) -> bool {
+    /// Returns how long `wait_served` must then see the new leaf without a break: zero when
+    /// the retirement was seen, `verify_settle` when it was not — `kind = "command"` (certagent
+    /// knows nothing of its processes), old workers that could not be found or read, or the
+    /// deadline passed.
+    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) -> Duration {
         let started = Instant::now();
         let retired = match (self.cfg.kind, old.master) {
             (ServerKind::Apache, Some(master)) if !old.pids.is_empty() => {
@@ -239,13 +240,11 @@ impl WebServer {
                 log::debug!(server; "cannot see the old workers retire; the endpoints are watched for {}", self.cfg.verify_settle);
             }
         }
-        retired == Some(true)
-    }
-
-    /// How long the new certificate must be served without a break before it counts as in
-    /// service, when the old workers could not be seen to retire.
-    pub fn verify_settle(&self) -> Duration {
-        Duration::from_secs(self.cfg.verify_settle.0.max(0) as u64)
+        if retired == Some(true) {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(self.cfg.verify_settle.0.max(0) as u64)
+        }
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
@@ -304,11 +303,12 @@ impl WebServer {
                 }
             }
             match last {
-                None if confirmed == 0 => {
-                    confirmed = 1;
-                    since = round;
+                None => {
+                    if confirmed == 0 {
+                        since = round;
+                    }
+                    confirmed += 1;
                 }
-                None => confirmed += 1,
                 Some(why) if Instant::now() >= deadline => return Served::Not(why),
                 Some(_) => confirmed = 0,
             }
