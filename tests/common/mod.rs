@@ -18,6 +18,7 @@
 //! * [`https_get`]: a blocking HTTPS GET that trusts one given CA (`http.rs`);
 //! * [`Front`]: an HTTPS reverse proxy in front of Pebble adding ACME Renewal Information
 //!   (`renewalInfo`, `replaces`, `alreadyReplaced`) and a CRL server (`front.rs`);
+//! * [`TestUser`]: an unprivileged local user for one test, removed on drop (`user.rs`);
 //! * [`FakeDnsimple`]: an in-process fake of DNSimple's API v2 (Let's Encrypt certificates
 //!   with DNSimple-generated keys, zone records mirrored to `pebble-challtestsrv`, fault
 //!   injection) (`dnsimple.rs`).
@@ -46,6 +47,7 @@ mod nginx;
 mod pebble;
 mod process;
 mod tls;
+mod user;
 
 pub use agent::{
     Daemon, Env, Run, run_certagent, run_certagent_under, toml_list, with_unit_capabilities,
@@ -58,6 +60,7 @@ pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
 pub use process::{Child, free_port, pid_alive, send_signal, wait_until};
 pub use tls::{
-    Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, pem_to_der, san_dns_names,
-    served_leaf, spki_of_cert_der, spki_of_key_pem,
+    HeldConnection, Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider,
+    hold_connection, pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,
 };
+pub use user::TestUser;

@@ -309,6 +309,45 @@ impl ServerCertVerifier for AcceptAnyCert {
 /// leaf certificate the server presented. Any certificate is accepted.
 /// Returns `None` if the connection or handshake fails (5 s timeouts).
 pub fn served_leaf(addr: &str, sni: &str) -> Option<Vec<u8>> {
+    let (mut conn, mut sock) = handshake(addr, sni)?;
+    let leaf = conn.peer_certificates()?.first()?.to_vec();
+    // Polite close; failures are irrelevant.
+    conn.send_close_notify();
+    let _ = conn.complete_io(&mut sock);
+    let _ = sock.flush();
+    Some(leaf)
+}
+
+/// A TLS connection held open in the middle of an HTTP request: the server process that
+/// accepted it stays busy with it (waiting for the rest of the request headers) until it is
+/// dropped. Tests use it to keep an old web-server worker alive across a reload, so that
+/// what certagent sees of the old workers does not depend on how fast they exit.
+pub struct HeldConnection {
+    pub leaf: Vec<u8>,
+    _conn: rustls::ClientConnection,
+    _sock: TcpStream,
+}
+
+/// Connects like [`served_leaf`], then sends the start of an HTTP request and keeps the
+/// connection open. `None` if the connection or handshake fails.
+pub fn hold_connection(addr: &str, sni: &str) -> Option<HeldConnection> {
+    let (mut conn, mut sock) = handshake(addr, sni)?;
+    let leaf = conn.peer_certificates()?.first()?.to_vec();
+    conn.writer()
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\n").as_bytes())
+        .ok()?;
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).ok()?;
+    }
+    sock.flush().ok()?;
+    Some(HeldConnection {
+        leaf,
+        _conn: conn,
+        _sock: sock,
+    })
+}
+
+fn handshake(addr: &str, sni: &str) -> Option<(rustls::ClientConnection, TcpStream)> {
     ensure_crypto_provider();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(AcceptAnyCert(provider.signature_verification_algorithms));
@@ -330,10 +369,5 @@ pub fn served_leaf(addr: &str, sni: &str) -> Option<Vec<u8>> {
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).ok()?;
     }
-    let leaf = conn.peer_certificates()?.first()?.to_vec();
-    // Polite close; failures are irrelevant.
-    conn.send_close_notify();
-    let _ = conn.complete_io(&mut sock);
-    let _ = sock.flush();
-    Some(leaf)
+    Some((conn, sock))
 }
