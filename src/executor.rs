@@ -285,6 +285,8 @@ impl Executor {
                 reason
             }
         };
+        // Refuse now what the install would refuse later, before a key or an order exists.
+        crate::adopt::preflight(cert)?;
         let issuer_cfg = self
             .config
             .issuers
@@ -610,6 +612,8 @@ impl Executor {
             fullchain: Some(chain.to_pem().into_bytes()),
             leaf: Some(chain.leaf_pem().into_bytes()),
             chain: Some(chain.intermediates_pem().into_bytes()),
+            key_perms: None,
+            adopted: false,
         };
         self.store.save_journal(&cert.name, journal)?;
         let files = self.store.publish_generation(cert, number, &content)?;
@@ -692,25 +696,14 @@ impl Executor {
         if !foreign && self.store.current_generation(&cert.name).is_some() {
             return Ok(());
         }
-        // Only what parses as what it claims to be is kept: a configured path that points at
-        // some other file (a symlink to /etc/shadow, say) is never copied anywhere.
-        let read = |p: &std::path::Path| fsutil::read_capped(p, keys::MAX_PEM_BYTES).ok().flatten();
-        let read_certs = |p: &std::path::Path| read(p).filter(|b| Chain::from_pem(b).is_ok());
-        let key = read(&cert.key_file)
-            .filter(|b| PrivateKey::from_pem(&String::from_utf8_lossy(b)).is_ok());
-        let fullchain = read_certs(&cert.cert_file);
-        if key.is_none() && fullchain.is_none() {
+        // Only what is certainly this certificate's becomes a generation; anything else
+        // that would be replaced is kept verbatim, and what cannot be replaced is an error.
+        let Some(content) = crate::adopt::take_over(&self.store, cert)? else {
             return Ok(()); // nothing to keep; the first flip creates everything
-        }
+        };
         let number = journal.next_generation;
         journal.next_generation += 1;
         self.store.save_journal(&cert.name, journal)?;
-        let content = GenerationContent {
-            key: key.map(zeroize::Zeroizing::new),
-            fullchain,
-            leaf: cert.leaf_file.as_deref().and_then(read_certs),
-            chain: cert.chain_file.as_deref().and_then(read_certs),
-        };
         self.store.publish_generation(cert, number, &content)?;
         self.store.flip(&cert.name, number)?;
         self.store.link_outputs(cert)?;
@@ -943,6 +936,8 @@ impl Executor {
         let removed =
             self.store
                 .gc(&cert.name, self.config.agent.keep_generations + 1, &protect)?;
+        // Older generations kept for rollback follow a changed owner, group or mode too.
+        self.fix_permissions(cert)?;
         let event = match kind {
             OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
             _ => "installed",
@@ -953,6 +948,16 @@ impl Executor {
             "{message}"
         );
         Ok(())
+    }
+
+    /// Give every kept generation of `cert` the configured owner, group and modes (no new
+    /// key; adopted generations are only narrowed). Returns how many files changed.
+    pub fn fix_permissions(&self, cert: &Certificate) -> Result<usize> {
+        let fixed = self.store.fix_permissions(cert)?;
+        for d in &fixed {
+            log::info!(cert = cert.name.as_str(), generation = d.generation, event = "permissions-fixed"; "fixed the access of {}", d.describe());
+        }
+        Ok(fixed.len())
     }
 
     /// Flip back to the previous generation, reload if the new one was loaded, and record

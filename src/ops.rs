@@ -93,22 +93,42 @@ pub fn report(
         &Signals::for_cert(config, blocked, journal, &cert.name),
     );
     let pending = journal.and_then(|j| j.pending.as_ref());
-    let healthy = obs.decision.is_healthy();
-    let action = match (healthy, pending.is_some()) {
+    // A changed owner, group or mode is work too, but no re-issue: fixed in place.
+    let drift = match Store::at(&config.agent.state_dir).permission_drift(cert) {
+        Ok(d) => d.iter().map(|d| d.describe()).collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    let mut problems: Vec<String> = [obs.cert_problem, obs.key_problem]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut reasons: Vec<String> = obs
+        .decision
+        .reasons
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+    let mut reason = obs.decision.reason().map(|r| r.as_str().to_string());
+    let mut healthy = obs.decision.is_healthy();
+    let mut action = match (healthy, pending.is_some()) {
         (_, true) => "resume",
         (false, false) => "reissue",
         (true, false) => "none",
     };
+    if !drift.is_empty() {
+        reasons.push(PERMISSIONS_CHANGED.to_string());
+        problems.extend(drift);
+        if healthy {
+            reason = Some(PERMISSIONS_CHANGED.to_string());
+            action = "fix-permissions";
+            healthy = false;
+        }
+    }
     CertificateReport {
         name: cert.name.clone(),
         healthy,
-        reason: obs.decision.reason().map(|r| r.as_str().to_string()),
-        reasons: obs
-            .decision
-            .reasons
-            .iter()
-            .map(|r| r.as_str().to_string())
-            .collect(),
+        reason,
+        reasons,
         action: action.to_string(),
         names: cert.names.iter().map(|n| n.to_string()).collect(),
         key_type: cert.key_type.as_str().to_string(),
@@ -117,10 +137,7 @@ pub fn report(
         serial: obs.leaf.as_ref().map(|l| l.serial.clone()),
         not_after: obs.decision.not_after.map(rfc3339),
         renew_at: obs.decision.renew_at.map(rfc3339),
-        problems: [obs.cert_problem, obs.key_problem]
-            .into_iter()
-            .flatten()
-            .collect(),
+        problems,
         generation: journal.and_then(|j| j.current),
         next_check: Some(rfc3339(next_check(
             healthy || pending.is_some(),
@@ -327,6 +344,23 @@ pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResul
 }
 
 /// Fetch the CA's view (CRL, ARI) of one certificate.
+/// The reason `check` gives for kept generations whose access differs from the config.
+pub const PERMISSIONS_CHANGED: &str = "permissions-changed";
+
+/// Apply a changed owner, group or mode to every kept generation (the daemon's job for
+/// `permissions-changed`).
+pub fn fix_permissions_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
+    let mut r = ReissueResult::new(&cert.name, "permissions-fixed", PERMISSIONS_CHANGED);
+    match executor.fix_permissions(cert) {
+        Ok(n) => r.changed = n > 0,
+        Err(e) => {
+            r.result = "failed".into();
+            r.error = Some(e.to_string());
+        }
+    }
+    r
+}
+
 pub async fn refresh_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
     let error = executor.refresh(cert).await.err();
     let result = if error.is_some() {
@@ -384,7 +418,12 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
             );
             continue;
         }
-        let mut line = format!("{}: needs re-issue: {}", r.name, r.reasons.join(", "));
+        let needs = if r.action == "fix-permissions" {
+            "needs its access fixed (no new key)"
+        } else {
+            "needs re-issue"
+        };
+        let mut line = format!("{}: {needs}: {}", r.name, r.reasons.join(", "));
         if !r.problems.is_empty() {
             line.push_str(&format!(" ({})", r.problems.join("; ")));
         }

@@ -435,7 +435,29 @@ fn hostile_files(c: &mut Checks) {
             || problems.clone(),
         );
         let run = reissue(&env, None);
+        if case.ends_with("FIFO") {
+            // F22: a FIFO (device, socket, directory) at a configured path is refused, and
+            // stays; a regular file is kept verbatim in STATE/kept/ and then replaced.
+            c.exit(&format!("{case}, refused"), &run, 2);
+            c.check(
+                case,
+                "F22 the FIFO is refused by name and left in place",
+                run.stderr.contains("it is a FIFO")
+                    && std::fs::symlink_metadata(&env.cert_file)
+                        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())),
+                || format!("{run:?}"),
+            );
+            continue;
+        }
         c.exit(&format!("{case}, re-issued"), &run, 0);
+        c.check(
+            case,
+            "I5 the replaced file is kept verbatim",
+            walk(&env.state_dir().join("kept"))
+                .iter()
+                .any(|p| std::fs::read(p).is_ok_and(|b| b == content)),
+            String::new,
+        );
         c.invariants(&format!("{case}, re-issued"), &env);
     }
 }

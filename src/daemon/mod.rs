@@ -370,6 +370,7 @@ impl Daemon {
             }
             Verdict::Finish => self.start(name, Job::Finish),
             Verdict::Refresh => self.start(name, Job::Refresh),
+            Verdict::FixPermissions => self.start(name, Job::FixPermissions),
         }
     }
 
@@ -399,6 +400,7 @@ impl Daemon {
                 Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
                 Job::Finish => ops::finish_one(&executor, &cert).await,
                 Job::Refresh => ops::refresh_one(&executor, &cert).await,
+                Job::FixPermissions => ops::fix_permissions_one(&executor, &cert),
                 Job::Import(data, source) => {
                     let r = ops::import_one(&executor, &cert, &data).await;
                     if let Some(path) = source {
@@ -818,7 +820,7 @@ fn answer(reply: oneshot::Sender<Response>, results: Vec<ReissueResult>) {
 fn not_started(name: &str, job: &Job) -> ReissueResult {
     let reason = match job {
         Job::Reissue(reason) => *reason,
-        Job::Finish | Job::Refresh | Job::Import(..) => Reason::Forced,
+        Job::Finish | Job::Refresh | Job::Import(..) | Job::FixPermissions => Reason::Forced,
     };
     let mut r = ReissueResult::new(name, "failed", reason.as_str());
     r.error = Some(
@@ -836,6 +838,8 @@ enum Job {
     /// Install a handed-in certificate; the inbox file (if any) is removed on success and
     /// moved to `inbox/rejected/` otherwise.
     Import(Arc<Vec<u8>>, Option<PathBuf>),
+    /// Give the kept generations the configured owner, group and modes (no new key).
+    FixPermissions,
 }
 
 /// What the daemon should do about one certificate now.
@@ -851,6 +855,8 @@ enum Verdict {
     Finish,
     /// Fetch the CA's view of the certificate (CRL, ARI), then look again.
     Refresh,
+    /// Healthy, but kept generations do not have the configured owner, group or modes.
+    FixPermissions,
 }
 
 fn verdict(
@@ -907,6 +913,18 @@ fn verdict(
         None => Err(None),
     };
     let Some(reason) = obs.decision.reason() else {
+        // An error here (an owner that no longer exists) is for `check` to show; the
+        // daemon cannot fix it.
+        let store = Store::at(&config.agent.state_dir);
+        if store.permission_drift(cert).is_ok_and(|d| !d.is_empty()) {
+            // A fix that failed backs off like a failed re-issue, never loops.
+            return match retry_at {
+                None => Verdict::FixPermissions,
+                Some(until) => Verdict::Fine {
+                    wake_at: Some(until),
+                },
+            };
+        }
         if refresh.is_ok() {
             return Verdict::Refresh;
         }

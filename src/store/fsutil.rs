@@ -93,6 +93,49 @@ pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// `replace_symlink` inside a directory already opened by `trusted::parent`: the temporary
+/// link and the rename happen in that directory, whatever its path names by now.
+pub fn replace_symlink_at(
+    parent: &super::trusted::Parent,
+    link: &Path,
+    target: &Path,
+) -> Result<()> {
+    use nix::fcntl::{OFlag, openat, renameat};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
+    let shown = || link.display().to_string();
+    let tmp = format!(".{}.certagent-tmp", parent.name.to_string_lossy());
+    let _ = unlinkat(&parent.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    trace::record(trace::Op::Symlink(temp_sibling(link), target.to_path_buf()));
+    symlinkat(target, &parent.dir, tmp.as_str())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("failed to create a symlink beside {:?}", shown()))?;
+    trace::record(trace::Op::Rename(temp_sibling(link), link.to_path_buf()));
+    if let Err(e) = renameat(
+        &parent.dir,
+        tmp.as_str(),
+        &parent.dir,
+        parent.name.as_os_str(),
+    ) {
+        let _ = unlinkat(&parent.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(std::io::Error::from(e))
+            .with_context(|| format!("failed to replace {:?}", shown()));
+    }
+    trace::record(trace::Op::FsyncDir(
+        link.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    ));
+    openat(
+        &parent.dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(std::io::Error::from)
+    .and_then(|d| d.sync_all())
+    .with_context(|| format!("failed to sync the directory of {:?}", shown()))
+}
+
 fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()

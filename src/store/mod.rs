@@ -13,8 +13,10 @@
 
 pub mod fsutil;
 mod lock;
+mod perms;
 #[cfg(test)]
 mod powerloss;
+pub mod trusted;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,6 +30,7 @@ use crate::error::{Context, Error, Result};
 use crate::keys::{Chain, SecretPem};
 pub use fsutil::Perms;
 pub use lock::Lock;
+pub use perms::Drift;
 
 /// Journal and file caps: a journal is a few hundred bytes.
 const MAX_JOURNAL_BYTES: usize = 1 << 20;
@@ -373,11 +376,11 @@ impl Store {
         )
         .context("failed to set staging mode")?;
         let (uid, gid) = fsutil::ids(cert.owner.as_deref(), cert.group.as_deref())?;
-        let key_perms = Perms {
+        let key_perms = files.key_perms.unwrap_or(Perms {
             mode: cert.key_mode,
             uid,
             gid,
-        };
+        });
         let cert_perms = Perms {
             mode: cert.cert_mode,
             uid,
@@ -398,6 +401,13 @@ impl Store {
             }
             if let Some(chain) = &files.chain {
                 fsutil::create_new(&g.chain(), chain, cert_perms)?;
+            }
+            if files.adopted {
+                fsutil::create_new(
+                    &staging.join(perms::ADOPTED_MARKER),
+                    b"",
+                    Perms::mode(0o600),
+                )?;
             }
             fsutil::fsync_dir(&staging)?;
             crate::failpoint!("before-publish");
@@ -453,34 +463,79 @@ impl Store {
 
     /// Replace each configured path with a symlink into `current/`. Content is unchanged at
     /// every instant when `current` already holds copies of the files (adoption).
+    ///
+    /// The paths are reached without following a symlink root does not own (a user who can
+    /// write a directory on the way cannot redirect root's rename), and only a symlink, a
+    /// regular file (kept by adoption first) or nothing is ever replaced: a directory, device,
+    /// FIFO or socket at a configured path is an error, and stays as it is.
     pub fn link_outputs(&self, cert: &Certificate) -> Result<()> {
+        use nix::fcntl::{AtFlags, readlinkat};
+        use nix::sys::stat::fstatat;
         for (path, target) in self.output_links(cert) {
-            if fs::read_link(&path).is_ok_and(|t| t == target) {
-                continue;
-            }
+            let shown = path.display().to_string();
             if let Some(parent) = path.parent()
                 && !parent.is_dir()
             {
                 return Err(Error::msg(format!(
-                    "failed to install {:?}: directory {:?} does not exist",
-                    path.display().to_string(),
+                    "failed to install {shown:?}: directory {:?} does not exist",
                     parent.display().to_string()
                 ))
                 .with_hint(
                     "create the directory, or point cert_file/key_file at an existing one",
                 ));
             }
-            if let Ok(m) = fs::symlink_metadata(&path)
-                && m.is_dir()
-            {
-                return Err(Error::msg(format!(
-                    "failed to install {:?}: it is a directory",
-                    path.display().to_string()
-                )));
+            let parent = trusted::parent(&path)
+                .map_err(|e| e.context(format!("failed to install {shown:?}")))?;
+            match fstatat(
+                &parent.dir,
+                parent.name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) if trusted::kind_name(&st) == "symlink" => {
+                    if readlinkat(&parent.dir, parent.name.as_os_str())
+                        .is_ok_and(|t| Path::new(&t) == target)
+                    {
+                        continue;
+                    }
+                }
+                Ok(st) if trusted::kind_name(&st) == "regular file" => {}
+                Ok(st) => {
+                    return Err(Error::msg(format!(
+                        "refusing to replace {shown:?}: it is a {}, not a certificate or key file",
+                        trusted::kind_name(&st)
+                    ))
+                    .with_hint(
+                        "point cert_file/key_file (and chain_file/leaf_file) at paths that hold the certificate and key, or at paths that do not exist yet",
+                    ));
+                }
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(Error::msg(format!(
+                        "failed to install {shown:?}: {}",
+                        std::io::Error::from(e)
+                    )));
+                }
             }
-            fsutil::replace_symlink(&path, &target)?;
+            fsutil::replace_symlink_at(&parent, &path, &target)?;
         }
         Ok(())
+    }
+
+    /// Keep a file certagent is about to replace but cannot adopt, byte for byte, in
+    /// `STATE/kept/NAME/` (root only, never pruned). Returns where it went.
+    pub fn keep_verbatim(&self, name: &str, role: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let kept = self.root.join("kept");
+        fsutil::ensure_dir(&kept, 0o700)?;
+        let dir = kept.join(name);
+        fsutil::ensure_dir(&dir, 0o700)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = dir.join(format!("{stamp}-{role}"));
+        fsutil::create_new(&path, bytes, Perms::mode(0o600))?;
+        fsutil::fsync_dir(&dir)?;
+        Ok(path)
     }
 
     /// Remove staging leftovers of a crashed run (never referenced, so always safe).
@@ -552,6 +607,11 @@ impl Store {
 #[derive(Default)]
 pub struct GenerationContent {
     pub key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The key's owner and mode when not the configured ones (an adopted key keeps its own).
+    pub key_perms: Option<Perms>,
+    /// Files found at the configured paths, not made by certagent: their access is only ever
+    /// narrowed (`perms`).
+    pub adopted: bool,
     pub fullchain: Option<Vec<u8>>,
     pub leaf: Option<Vec<u8>>,
     pub chain: Option<Vec<u8>>,
