@@ -473,11 +473,21 @@ fn a_truncated_staged_key_never_reaches_apache() {
 #[test]
 fn apache_that_is_not_running_gets_the_files_and_is_not_started() {
     let env = ApacheEnv::new(false);
-    // `apache2 -k graceful` would start it: certagent must look at the pid file first.
+    // `apache2 -k graceful` would start it: certagent must look at the pid file first. The
+    // reload command leaves a mark when it runs, so "never ran" is a fact to check once
+    // certagent has exited, not a guess after a pause.
+    let ran = env.dir.path().join("reload-ran");
+    let mut reload = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!("touch '{}' && exec \"$@\"", ran.display()),
+        "sh".to_string(),
+    ];
+    reload.extend(env.apache.graceful_command());
     env.write_config(&format!(
         "{}\nreload_command = {}",
         env.test_command(),
-        toml_list(&env.apache.graceful_command())
+        toml_list(&reload)
     ));
     std::fs::remove_file(&env.key_file).unwrap();
     let run = env.certagent(&["reissue", "--now", "site"], &[]);
@@ -492,7 +502,7 @@ fn apache_that_is_not_running_gets_the_files_and_is_not_started() {
             .contains("web server is not running: installed, not loaded"),
         "{run:?}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(!ran.exists(), "the reload command ran: {run:?}");
     assert!(
         TcpStream::connect(env.addr()).is_err(),
         "something listens on {}: apache was started",

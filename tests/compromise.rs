@@ -156,8 +156,9 @@ fn flag_file_and_blocklist_are_picked_up_by_the_daemon() {
         Duration::from_secs(10),
     );
     assert_key_gone_from_service(&env, &digest);
-    // The flag stays in place but is answered once.
-    std::thread::sleep(Duration::from_millis(500));
+    // The flag stays in place but is answered once: once the daemon has handled every file
+    // change since, a second response would have been started.
+    daemon.quiesce(&env.config);
     assert_eq!(
         daemon.log().matches("event=compromised").count(),
         1,

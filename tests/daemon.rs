@@ -71,8 +71,13 @@ fn sighup_reloads_names_and_a_broken_config_keeps_the_old_one() {
         Duration::from_secs(10),
     );
     // Rewritten with the same content (config management converging): not a reload.
+    let offset = daemon.log_len();
     env.write_config("", "");
-    std::thread::sleep(Duration::from_millis(300));
+    daemon.wait_log_after(
+        offset,
+        "the configuration files changed on disk, their content did not",
+        Duration::from_secs(10),
+    );
     assert!(
         !daemon
             .log()
@@ -130,8 +135,15 @@ fn cli_racing_the_daemon_makes_one_reissue_not_two() {
     assert_eq!(run.code, 0, "{run:?}\n{}", daemon.log());
     assert_eq!(run.json()["certificates"][0]["result"], "installed");
     assert!(serves_key_file(&env));
-    // Give the daemon a moment to (wrongly) start a second one, then count orders.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the daemon has handled every file change (the deleted key, the new links), a
+    // second re-issue would have been started and logged: there must be none.
+    let offset = daemon.log_len();
+    daemon.quiesce(&env.config);
+    assert!(
+        !daemon.log()[offset..].contains("re-issue needed"),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(pebble.orders_created(), 1, "{}", daemon.log());
     assert_eq!(
         daemon.log().matches("event=installed").count(),
@@ -183,8 +195,11 @@ fn clients_queued_behind_a_refresh_all_get_an_outcome() {
     let forced = std::thread::spawn(move || {
         common::run_certagent(&config, &["reissue", "--now", "site", "--json"], &[])
     });
-    // Well inside the 3 s refresh: the re-issue is queued by then.
-    std::thread::sleep(Duration::from_millis(800));
+    // The re-issue is queued behind the refresh (still sleeping in its failpoint).
+    daemon.wait_log(
+        "re-issue queued behind the job in flight",
+        Duration::from_secs(10),
+    );
     let pem = env.dir.path().join("handed-in.pem");
     std::fs::copy(&env.cert_file, &pem).unwrap();
     let import = env.certagent(&["import", "site", pem.to_str().unwrap(), "--json"]);

@@ -218,14 +218,23 @@ fn a_held_lock_makes_the_command_busy() {
         .args(["sleep", "30"])
         .spawn()
         .unwrap();
+    // Held: /proc/locks lists a lock on the lock file's inode (…:MAJ:MIN:INODE …).
     assert!(common::wait_until(
         std::time::Duration::from_secs(5),
         || {
-            std::fs::read_to_string("/proc/locks").is_ok_and(|l| l.lines().count() > 0)
-                && run_dir.join("lock").exists()
+            use std::os::unix::fs::MetadataExt;
+            let Ok(ino) = std::fs::metadata(run_dir.join("lock")).map(|m| m.ino()) else {
+                return false;
+            };
+            std::fs::read_to_string("/proc/locks").is_ok_and(|l| {
+                l.lines().any(|line| {
+                    line.split_whitespace()
+                        .nth(5)
+                        .is_some_and(|dev| dev.ends_with(&format!(":{ino}")))
+                })
+            })
         }
     ));
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let run = env.certagent(&["reissue", "--now", "site", "--json"]);
     holder.kill().unwrap();
     holder.wait().unwrap();

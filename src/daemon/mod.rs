@@ -189,7 +189,13 @@ pub async fn run(
                 // the new configuration is invalid, nothing else looks at a certificate whose
                 // files changed in the same settle window.
                 d.blocked = Arc::new(Blocked::load(&d.config));
-                d.evaluate_many(std::mem::take(&mut dirty).into_iter().collect()).await;
+                let dirty: Vec<String> = std::mem::take(&mut dirty).into_iter().collect();
+                let certificates = dirty.len();
+                d.evaluate_many(dirty).await;
+                // Everything inotify reported up to here has been looked at (and any work it
+                // called for started): tests wait for this line before they check that
+                // something did not happen.
+                log::debug!(certificates; "file changes handled");
             }
             () = sleep_until(wake) => {
                 let now = clock.now();
@@ -448,6 +454,7 @@ impl Daemon {
             let wake = self.pending_wake(name, result.retry_in);
             self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
             self.publish_status();
+            log::debug!(cert = name, result = result.result.as_str(); "job finished");
             return;
         }
         if result.result == "refresh-failed" {
@@ -460,6 +467,9 @@ impl Daemon {
         }
         self.write_metrics();
         self.publish_status();
+        // After the evaluation that follows a job: tests wait for this line before they check
+        // that nothing else was started.
+        log::debug!(cert = name, result = result.result.as_str(); "job finished");
     }
 
     /// Hand every complete file in the inbox to the certificate whose pending key it is
@@ -659,6 +669,7 @@ impl Daemon {
                     Some((_, waiters)) => waiters.push(tx),
                     None => state.queued = Some((Job::Reissue(ask.reason), vec![tx])),
                 }
+                log::debug!(cert = name.as_str(); "re-issue queued behind the job in flight");
             } else {
                 state.waiters.push(tx);
                 self.clear_backoff(name);

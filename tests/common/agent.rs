@@ -345,6 +345,44 @@ impl Daemon {
         assert!(found, "daemon log never said {needle:?}:\n{}", self.log());
     }
 
+    /// Wait until `needle` appears in the log after byte `offset` (from `log_len`).
+    pub fn wait_log_after(&self, offset: usize, needle: &str, timeout: Duration) {
+        let found = super::wait_until(timeout, || {
+            self.log().get(offset..).is_some_and(|l| l.contains(needle))
+        });
+        assert!(
+            found,
+            "daemon log never said {needle:?} after byte {offset}:\n{}",
+            self.log()
+        );
+    }
+
+    /// How much the daemon has logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log().len()
+    }
+
+    /// A positive signal that the daemon has handled every file change made before this
+    /// call: rewrite `config` with the same bytes (a change the daemon reads and finds
+    /// unchanged), and wait for the end of the batch that carried it. inotify reports events
+    /// in order, so every earlier change was in that batch or an earlier one, and whatever
+    /// work they called for has been started (and logged) by then. Check that something did
+    /// not happen only after this.
+    pub fn quiesce(&self, config: &Path) {
+        let offset = self.log_len();
+        let bytes = std::fs::read(config).expect("read config");
+        std::fs::write(config, bytes).expect("rewrite config");
+        let found = super::wait_until(Duration::from_secs(20), || {
+            let log = self.log();
+            let Some(tail) = log.get(offset..) else {
+                return false;
+            };
+            tail.find("their content did not")
+                .is_some_and(|i| tail[i..].contains("file changes handled"))
+        });
+        assert!(found, "the daemon did not settle:\n{}", self.log());
+    }
+
     pub fn signal(&self, sig: &str) {
         assert!(
             super::send_signal(self.pid(), sig),
