@@ -99,6 +99,7 @@ verify_timeout = "3s"
 
 [certificate.site]
 names = ["a.test"]
+issuer = "internal"
 server = "web"
 cert_file = "{cert}"
 key_file = "{key}"

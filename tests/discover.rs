@@ -32,8 +32,25 @@ fn discover(args: &[&str]) -> common::Run {
     run_certagent(Path::new("/nonexistent/config.toml"), &all, &[])
 }
 
-/// The discovered TOML with an [agent] table in front, as a config file.
+/// The discovered TOML with an [agent] table in front, as a config file. The test CA is no
+/// public CA discover could name: as an operator would, the test chooses the embedded local
+/// CA for its certificates by name (without it, `config validate` refuses them).
 fn adopt(dir: &Path, toml: &str) -> std::path::PathBuf {
+    let toml: String = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("[certificate.") {
+                format!("{l}\nissuer = \"internal\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    adopt_as_is(dir, &toml)
+}
+
+/// The discovered TOML with an [agent] table in front, unchanged.
+fn adopt_as_is(dir: &Path, toml: &str) -> std::path::PathBuf {
     let config = dir.join("etc/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(
@@ -207,8 +224,27 @@ http {{
             .is_file()
     );
 
-    // Ready to use: valid, healthy, and a re-issue through it is proven served on both
-    // addresses of the shop.
+    // As discovered, the certificates of a CA discover cannot name are refused: the embedded
+    // local CA would replace them with certificates no browser trusts.
+    let config = adopt_as_is(dir, &toml.stdout);
+    let refused = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(refused.code, 78, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "certificate.shop-test.issuer: not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by \"CN=certagent test CA\"",
+            dir.join("certs/shop.pem").display().to_string()
+        )),
+        "{refused:?}"
+    );
+    assert!(
+        toml.stdout
+            .contains("# problem: issued by CN=certagent test CA: name the CA that issues it"),
+        "{}",
+        toml.stdout
+    );
+
+    // Ready to use once the issuer is named: valid, healthy, and a re-issue through it is
+    // proven served on both addresses of the shop.
     let config = adopt(dir, &toml.stdout);
     let valid = run_certagent(&config, &["config", "validate"], &[]);
     assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
@@ -435,4 +471,100 @@ fn discover_says_what_it_cannot_read_or_manage() {
     let config = adopt(tmp.path(), &toml.stdout);
     let valid = run_certagent(&config, &["config", "validate"], &[]);
     assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+}
+
+/// A site certbot manages, with a Let's Encrypt–like chain: discover names the CA from
+/// certbot's renewal configuration (directory and webroot), points the certificate at it, and
+/// takes over the lineage as a whole (cert.pem and chain.pem too), saying that certbot must
+/// stop renewing it. What it prints validates as it is and is healthy.
+#[test]
+fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let le = TlsCa::lets_encrypt_like(&dir.join("le-ca"));
+    let root = dir.join("letsencrypt");
+    let archive = root.join("archive/shop.test");
+    let live = root.join("live/shop.test");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::create_dir_all(root.join("renewal")).unwrap();
+    let shop = leaf(
+        &le,
+        &["shop.test"],
+        &archive.join("cert1.pem"),
+        &archive.join("privkey1.pem"),
+    );
+    std::fs::write(archive.join("chain1.pem"), le.ca_pem()).unwrap();
+    std::fs::write(
+        archive.join("fullchain1.pem"),
+        format!("{}{}", shop.cert_pem, le.ca_pem()),
+    )
+    .unwrap();
+    for f in ["cert", "chain", "fullchain", "privkey"] {
+        std::os::unix::fs::symlink(
+            format!("../../archive/shop.test/{f}1.pem"),
+            live.join(format!("{f}.pem")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        root.join("renewal/shop.test.conf"),
+        format!(
+            "version = 2.1.0\narchive_dir = {0}\ncert = {1}/cert.pem\nprivkey = {1}/privkey.pem\n\
+             chain = {1}/chain.pem\nfullchain = {1}/fullchain.pem\n\n[renewalparams]\n\
+             account = 0123abcd\nauthenticator = webroot\nwebroot_path = {2},\n\
+             server = https://acme-v02.api.letsencrypt.org/directory\n[[webroot_map]]\nshop.test = {2}\n",
+            archive.display(),
+            live.display(),
+            dir.join("www").display()
+        ),
+    )
+    .unwrap();
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let port = free_port();
+    std::fs::write(
+        prefix.join("nginx.conf"),
+        format!(
+            "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nuser root;\n\
+             events {{ worker_connections 64; }}\nhttp {{\n    access_log off;\n    client_body_temp_path {p}/tmp/body;\n\
+             proxy_temp_path {p}/tmp/proxy;\n    fastcgi_temp_path {p}/tmp/fastcgi;\n    uwsgi_temp_path {p}/tmp/uwsgi;\n\
+             scgi_temp_path {p}/tmp/scgi;\n    server {{\n        listen 127.0.0.1:{port} ssl;\n        server_name shop.test;\n\
+             ssl_certificate {l}/fullchain.pem;\n        ssl_certificate_key {l}/privkey.pem;\n    }}\n}}\n",
+            p = prefix.display(),
+            l = live.display()
+        ),
+    )
+    .unwrap();
+    let _nginx = Nginx::start_custom(&prefix, &prefix.join("nginx.conf"), &[port]);
+
+    let toml = discover(&["--nginx-conf", prefix.join("nginx.conf").to_str().unwrap()]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    let out = &toml.stdout;
+    assert!(
+        out.contains(&format!(
+            "[issuer.letsencrypt]\nkind = \"acme\"\ndirectory = \"https://acme-v02.api.letsencrypt.org/directory\"\n# contact = [\"mailto:you@example.com\"]\nwebroot = \"{}\"\n",
+            dir.join("www").display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "[certificate.shop-test]\nnames = [\"shop.test\"]\nissuer = \"letsencrypt\"\nserver = \"nginx\"\nkey_type = \"ecdsa-p256\"\ncert_file = \"{0}/fullchain.pem\"\nkey_file = \"{0}/privkey.pem\"\nchain_file = \"{0}/chain.pem\"\nleaf_file = \"{0}/cert.pem\"\n",
+            live.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "# problem: a certbot lineage ({}): stop certbot renewing it",
+            live.display()
+        )),
+        "{out}"
+    );
+    let config = adopt_as_is(dir, out);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{out}");
+    let check = run_certagent(&config, &["check"], &[]);
+    assert_eq!(check.code, 0, "{check:?}");
 }

@@ -265,3 +265,55 @@ fn a_closed_stdout_is_not_a_crash() {
     assert_eq!(stdout.trim(), "exit=0", "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The first hour of adopting a site a public CA certified: without `issuer`, the embedded
+/// local CA would have replaced its certificate with one no browser trusts. Validation refuses
+/// that configuration, naming the CA in service and what to write; nothing is touched.
+#[test]
+fn a_certificate_from_another_ca_is_not_replaced_by_the_local_ca_unless_asked() {
+    let env = Env::new(&["a.test"], None);
+    let le = common::TlsCa::lets_encrypt_like(&env.dir.path().join("le"));
+    let now = std::time::SystemTime::now();
+    let leaf = le.issue_leaf(
+        &["a.test"],
+        now - std::time::Duration::from_secs(86_400),
+        now + std::time::Duration::from_secs(60 * 86_400),
+    );
+    leaf.write(&env.cert_file, &env.key_file);
+    env.write_config("", "");
+    let implicit = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("issuer = \"internal\"\n", "");
+    std::fs::write(&env.config, &implicit).unwrap();
+    let before = std::fs::read(&env.cert_file).unwrap();
+
+    let validate = env.certagent(&["config", "validate"]);
+    assert_eq!(validate.code, 78, "{validate:?}");
+    let line = implicit
+        .lines()
+        .position(|l| l == "[certificate.site]")
+        .unwrap()
+        + 1;
+    let want = format!(
+        "{}:{line}: certificate.site.issuer: not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by \"CN=R11, C=US, O=Let's Encrypt\", and browsers do not trust the local CA; name the CA that issues it (issuer = \"letsencrypt\" with [issuer.letsencrypt] kind = \"acme\", directory = \"https://acme-v02.api.letsencrypt.org/directory\"), or write issuer = \"internal\" to replace it with a local certificate on purpose",
+        env.config.display(),
+        env.cert_file.display().to_string()
+    );
+    assert!(validate.stderr.contains(&want), "{validate:?}\n{want}");
+    for args in [&["reissue", "--now", "site"][..], &["check"][..]] {
+        let run = env.certagent(args);
+        assert_eq!(run.code, 78, "{args:?}: {run:?}");
+    }
+    assert_eq!(std::fs::read(&env.cert_file).unwrap(), before);
+    assert!(!env.state_dir().join("live/site").exists());
+
+    // Asked for by name, the local CA is the operator's choice.
+    env.write_config("", "");
+    assert_eq!(env.certagent(&["config", "validate"]).code, 0);
+
+    // A self-signed certificate (a snakeoil) is no loss: the default stands.
+    std::fs::write(&env.cert_file, le.ca_pem()).unwrap();
+    std::fs::write(&env.config, &implicit).unwrap();
+    let snakeoil = env.certagent(&["config", "validate"]);
+    assert_eq!(snakeoil.code, 0, "{snakeoil:?}");
+}

@@ -288,10 +288,7 @@ fn a_forged_crl_is_not_believed() {
         "{}",
         daemon.log()
     );
-    daemon.wait_log(
-        "job finished cert=site result=",
-        Duration::from_secs(20),
-    );
+    daemon.wait_log("job finished cert=site result=", Duration::from_secs(20));
     assert_eq!(env.served(), leaf.der().to_vec());
     assert!(!daemon.log().contains("re-issuing"), "{}", daemon.log());
 }

@@ -86,7 +86,7 @@ fn command_server(dir: &Path, addr: &str, commands: &str) -> String {
 fn certificate(name: &str, names: &[&str], files: &Files, extra: &str) -> String {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     format!(
-        "\n[certificate.{name}]\nnames = {}\nserver = \"web\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{extra}\n",
+        "\n[certificate.{name}]\nnames = {}\nissuer = \"internal\"\nserver = \"web\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{extra}\n",
         toml_list(&names),
         files.cert.display(),
         files.key.display()

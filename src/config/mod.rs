@@ -3,6 +3,7 @@
 //! each with file, line and key; unknown keys are errors. Nothing here touches the network or
 //! writes anything.
 
+mod in_service;
 mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -486,6 +487,8 @@ struct Builder {
     notify: BTreeMap<String, (Notify, Origin)>,
     /// (certificate, key, span origin) for cross-checks after all files are read.
     refs: Vec<(String, String, Origin, &'static str)>,
+    /// Certificates whose issuer is the built-in default, not written in the file.
+    implicit_issuer: Vec<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -553,6 +556,9 @@ impl Builder {
                 file: cx.file.to_path_buf(),
                 line: cx.line(&s.span),
             };
+            if !s_has(&mut s, "issuer") {
+                self.implicit_issuer.push(name.clone());
+            }
             if let Some(cert) = read_certificate(cx, &mut s, &name) {
                 self.refs
                     .push((name.clone(), cert.issuer.clone(), origin.clone(), "issuer"));
@@ -679,6 +685,20 @@ impl Builder {
             }
         }
         let agent = self.agent.unwrap_or_else(default_agent);
+        // The local CA by default only where no other CA's certificate is in service.
+        for name in &self.implicit_issuer {
+            let Some((cert, origin)) = self.certificates.get(name) else {
+                continue;
+            };
+            if let Some(by) = in_service::foreign_issuer(&cert.cert_file, &agent.state_dir) {
+                errors.push(ConfigError {
+                    file: origin.file.clone(),
+                    line: origin.line,
+                    key: format!("certificate.{name}.issuer"),
+                    message: in_service::message(&cert.cert_file, &by),
+                });
+            }
+        }
         Config {
             files: Vec::new(),
             agent,

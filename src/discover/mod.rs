@@ -4,6 +4,7 @@
 //! never starts or signals a server.
 
 mod apache;
+mod lineage;
 mod nginx;
 
 use std::collections::BTreeSet;
@@ -143,6 +144,8 @@ pub struct DiscoverDoc {
     pub changed: bool,
     pub servers: Vec<ServerReport>,
     pub certificates: Vec<CertificateFound>,
+    /// The `[issuer.*]` tables the certificates point at: the CA each was issued by.
+    pub issuers: Vec<lineage::IssuerFound>,
     /// Problems that concern no single certificate (unreadable files, parse errors).
     pub problems: Vec<String>,
 }
@@ -182,6 +185,14 @@ pub struct CertificateFound {
     pub serial: Option<String>,
     pub not_after: Option<String>,
     pub issuer: Option<String>,
+    /// The `[issuer.NAME]` it is to be re-issued by: the CA that issued it. `None` for a
+    /// self-signed certificate (the embedded local CA replaces it) and for a CA discover
+    /// cannot name (`config validate` then asks for one).
+    pub issuer_table: Option<String>,
+    /// The certbot lineage (`…/live/NAME`) it belongs to: taken over as a whole.
+    pub certbot_lineage: Option<String>,
+    pub chain_file: Option<String>,
+    pub leaf_file: Option<String>,
     /// "file:line" of each directive that names the certificate.
     pub sources: Vec<String>,
     pub endpoints: Vec<EndpointReport>,
@@ -198,6 +209,7 @@ pub fn discover(targets: &Targets) -> DiscoverDoc {
     let mut taken_names = BTreeSet::new();
     let mut taken_files = BTreeSet::new();
     let mut scans = Vec::new();
+    let mut issuers = Vec::new();
     if let Some(conf) = &targets.nginx_conf {
         let mut s = Scan::default();
         nginx::scan(conf, &mut s);
@@ -235,7 +247,14 @@ pub fn discover(targets: &Targets) -> DiscoverDoc {
         problems.extend(scan.problems.iter().cloned());
         let mut verify: Vec<EndpointReport> = Vec::new();
         for group in group_sites(&scan.sites) {
-            let found = describe(server, &group, &mut taken_names, &mut taken_files);
+            let (found, issuer) = describe(server, &group, &mut taken_names, &mut taken_files);
+            if let Some(i) = issuer.filter(|_| found.usable)
+                && !issuers
+                    .iter()
+                    .any(|x: &lineage::IssuerFound| x.name == i.name)
+            {
+                issuers.push(i);
+            }
             if found.usable {
                 for e in &found.endpoints {
                     if !verify.contains(e) {
@@ -266,6 +285,7 @@ pub fn discover(targets: &Targets) -> DiscoverDoc {
         changed: false,
         servers,
         certificates,
+        issuers,
         problems,
     }
 }
@@ -291,7 +311,7 @@ fn describe(
     sites: &[Site],
     taken_names: &mut BTreeSet<String>,
     taken_files: &mut BTreeSet<PathBuf>,
-) -> CertificateFound {
+) -> (CertificateFound, Option<lineage::IssuerFound>) {
     let first = &sites[0];
     let mut problems: Vec<String> = Vec::new();
     for s in sites {
@@ -406,7 +426,40 @@ fn describe(
             usable = false;
         }
     }
-    CertificateFound {
+    let issuer_dn = leaf
+        .as_ref()
+        .and_then(|(_, i)| i.as_ref().map(|(dn, _)| dn.clone()));
+    let self_signed = leaf
+        .as_ref()
+        .is_some_and(|(_, i)| i.as_ref().is_some_and(|(_, s)| *s));
+    let lineage = lineage::certbot_lineage(&first.cert_file);
+    let issuer = match (&issuer_dn, self_signed) {
+        (Some(dn), false) => lineage::issuer_for(dn, lineage.as_ref()),
+        _ => None,
+    };
+    if let Some(l) = &lineage {
+        problems.push(format!(
+            "a certbot lineage ({}): stop certbot renewing it before certagent takes over (systemctl disable --now certbot.timer, or certbot delete --cert-name {} once certagent has re-issued it); certagent then replaces all of its links",
+            l.live.display(),
+            l.live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+    }
+    if let (Some(dn), None, false) = (&issuer_dn, &issuer, self_signed) {
+        problems.push(format!(
+            "issued by {dn}: name the CA that issues it with issuer = \"NAME\" and an [issuer.NAME] table; without one, config validate refuses it (the embedded local CA would replace a trusted certificate)"
+        ));
+    }
+    let found = CertificateFound {
+        issuer_table: issuer.as_ref().map(|i| i.name.clone()),
+        certbot_lineage: lineage.as_ref().map(|l| l.live.display().to_string()),
+        chain_file: lineage
+            .as_ref()
+            .and_then(|l| l.chain_file.as_ref())
+            .map(|p| p.display().to_string()),
+        leaf_file: lineage
+            .as_ref()
+            .and_then(|l| l.leaf_file.as_ref())
+            .map(|p| p.display().to_string()),
         name,
         server: server.to_string(),
         names: names.iter().map(|n| n.to_string()).collect(),
@@ -416,18 +469,23 @@ fn describe(
         key_type: key_spec.map(|k| k.as_str().to_string()),
         serial: leaf.as_ref().map(|(f, _)| f.serial.clone()),
         not_after: leaf.as_ref().map(|(f, _)| rfc3339(f.not_after)),
-        issuer: leaf.as_ref().and_then(|(_, i)| i.clone()),
+        issuer: issuer_dn.clone(),
         sources: sites.iter().map(|s| s.directive.to_string()).collect(),
         endpoints,
         usable,
         problems,
-    }
+    };
+    (found, issuer)
 }
 
-fn issuer_of(der: &[u8]) -> Option<String> {
+/// The issuer's name, and whether the certificate is self-signed (issuer = subject).
+fn issuer_of(der: &[u8]) -> Option<(String, bool)> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(cert.issuer().to_string())
+    Some((
+        cert.issuer().to_string(),
+        cert.issuer().as_raw() == cert.subject().as_raw(),
+    ))
 }
 
 /// A `[certificate.NAME]` name from a DNS name: `shop.example.com` -> `shop-example-com`,
@@ -502,6 +560,33 @@ pub fn render_toml(doc: &DiscoverDoc) -> String {
             let _ = writeln!(t, "pid_file = {p:?}");
         }
     }
+    for i in &doc.issuers {
+        let _ = writeln!(t);
+        let _ = writeln!(t, "# The CA that issued certificates below ({}).", i.from);
+        let _ = writeln!(t, "[issuer.{}]", i.name);
+        let _ = writeln!(t, "kind = {:?}", i.kind);
+        let _ = writeln!(t, "directory = {:?}", i.directory);
+        let _ = writeln!(t, "# contact = [\"mailto:you@example.com\"]");
+        match &i.webroot {
+            Some(w) => {
+                let _ = writeln!(t, "webroot = {w:?}");
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "# http-01: how the CA reaches this host; config validate asks for one of:"
+                );
+                let _ = writeln!(
+                    t,
+                    "# webroot = \"/var/www/html\"   # the server serves /.well-known/acme-challenge/ from it"
+                );
+                let _ = writeln!(
+                    t,
+                    "# listen = \"127.0.0.1:80\"     # or certagent answers on a port the server forwards to"
+                );
+            }
+        }
+    }
     for c in &doc.certificates {
         let _ = writeln!(t);
         let comment = if c.usable { "" } else { "# " };
@@ -532,6 +617,9 @@ pub fn render_toml(doc: &DiscoverDoc) -> String {
         }
         let _ = writeln!(t, "{comment}[certificate.{}]", c.name);
         let _ = writeln!(t, "{comment}names = {}", toml_array(&c.names));
+        if let Some(i) = &c.issuer_table {
+            let _ = writeln!(t, "{comment}issuer = {i:?}");
+        }
         let _ = writeln!(t, "{comment}server = {:?}", c.server);
         let _ = writeln!(
             t,
@@ -546,6 +634,12 @@ pub fn render_toml(doc: &DiscoverDoc) -> String {
             None => {
                 let _ = writeln!(t, "{comment}key_file = \"\"");
             }
+        }
+        if let Some(f) = &c.chain_file {
+            let _ = writeln!(t, "{comment}chain_file = {f:?}");
+        }
+        if let Some(f) = &c.leaf_file {
+            let _ = writeln!(t, "{comment}leaf_file = {f:?}");
         }
     }
     t

@@ -259,7 +259,7 @@ fn bulk_config(dir: &Path, n: usize, max_parallel: usize) -> PathBuf {
     for i in 0..n {
         let _ = write!(
             text,
-            "[certificate.c{i:05}]\nnames = [\"c{i:05}.test\"]\nkey_type = \"ecdsa-p256\"\ncert_file = \"{ssl}/c{i:05}.pem\"\nkey_file = \"{ssl}/c{i:05}.key\"\n\n",
+            "[certificate.c{i:05}]\nnames = [\"c{i:05}.test\"]\nissuer = \"internal\"\nkey_type = \"ecdsa-p256\"\ncert_file = \"{ssl}/c{i:05}.pem\"\nkey_file = \"{ssl}/c{i:05}.key\"\n\n",
             ssl = ssl.display()
         );
     }
@@ -280,7 +280,7 @@ fn seed_ca(dir: &Path) {
     let mut text = agent_table(dir, 1);
     let _ = write!(
         text,
-        "[certificate.seed]\nnames = [\"seed.test\"]\ncert_file = \"{0}/seed.pem\"\nkey_file = \"{0}/seed.key\"\n",
+        "[certificate.seed]\nnames = [\"seed.test\"]\nissuer = \"internal\"\ncert_file = \"{0}/seed.pem\"\nkey_file = \"{0}/seed.key\"\n",
         seed.display()
     );
     let config = seed.join("config.toml");

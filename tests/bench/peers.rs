@@ -1332,7 +1332,7 @@ fn scale_config(dir: &Path, n: usize, par: usize) -> PathBuf {
     for i in 0..n {
         let _ = write!(
             text,
-            "[certificate.c{i:05}]\nnames = [\"c{i:05}.test\"]\nkey_type = \"ecdsa-p256\"\ncert_file = \"{s}/c{i:05}.pem\"\nkey_file = \"{s}/c{i:05}.key\"\n\n",
+            "[certificate.c{i:05}]\nnames = [\"c{i:05}.test\"]\nissuer = \"internal\"\nkey_type = \"ecdsa-p256\"\ncert_file = \"{s}/c{i:05}.pem\"\nkey_file = \"{s}/c{i:05}.key\"\n\n",
             s = ssl.display()
         );
     }
@@ -1353,7 +1353,7 @@ fn scale_prepare(dir: &Path, n: usize) -> f64 {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[certificate.seed]\nnames = [\"seed.test\"]\ncert_file = \"{s}/seed.pem\"\nkey_file = \"{s}/seed.key\"\n",
+            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[certificate.seed]\nnames = [\"seed.test\"]\nissuer = \"internal\"\ncert_file = \"{s}/seed.pem\"\nkey_file = \"{s}/seed.key\"\n",
             dir.join("state").display(),
             dir.join("run").display(),
             s = seed.display()

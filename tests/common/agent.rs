@@ -223,6 +223,12 @@ impl Env {
         extra_tables: &str,
         server_extra: &str,
     ) {
+        // The test CA's certificate is in service: the local CA must be asked for by name.
+        let cert_extra = if cert_extra.contains("issuer") {
+            cert_extra.to_string()
+        } else {
+            format!("issuer = \"internal\"\n{cert_extra}")
+        };
         let text = format!(
             r#"[agent]
 state_dir = "{state}"

@@ -79,13 +79,31 @@ impl TlsCa {
     /// one hour ago for 30 days) and writes `ca.pem`, `localhost.pem` and
     /// `localhost.key` into `dir` (created if needed).
     pub fn new(dir: &Path) -> TlsCa {
+        TlsCa::named(dir, &[(DnType::CommonName, "certagent test CA")])
+    }
+
+    /// A CA with Let's Encrypt's intermediate's name (`C=US, O=Let's Encrypt, CN=R11`), for
+    /// tests of what certagent does with a site a public CA certified.
+    pub fn lets_encrypt_like(dir: &Path) -> TlsCa {
+        TlsCa::named(
+            dir,
+            &[
+                (DnType::CountryName, "US"),
+                (DnType::OrganizationName, "Let's Encrypt"),
+                (DnType::CommonName, "R11"),
+            ],
+        )
+    }
+
+    /// `new` with the given subject name.
+    pub fn named(dir: &Path, subject: &[(DnType, &str)]) -> TlsCa {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("create CA dir {}: {e}", dir.display()));
 
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty CA params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "certagent test CA");
+        for (ty, value) in subject {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
