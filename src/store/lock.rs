@@ -26,6 +26,9 @@ impl Lock {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                // Never through a symlink, whoever planted it (the directory is checked at
+                // config load; this is the last line).
+                .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits())
                 .open(&path)
                 .with_context(|| {
                     format!("failed to open lock file {:?}", path.display().to_string())

@@ -15,6 +15,7 @@ pub mod fsutil;
 mod lock;
 #[cfg(test)]
 mod powerloss;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::fs;
