@@ -4,11 +4,12 @@
 # proves served by TLS handshake, and re-issues after the key is lost.
 #
 # Touches nothing outside /var/tmp/certagent-demo, except installing nginx from Debian when it
-# is missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards.
+# is missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards; PORT picks
+# the port, DEMO_DIR another directory, CERTAGENT_BIN a certagent already built (the tests).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo $0)" >&2; exit 1; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
-demo=/var/tmp/certagent-demo
+demo=${DEMO_DIR:-/var/tmp/certagent-demo}
 port=${PORT:-8443}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -27,9 +28,13 @@ if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then
   rm -f /usr/sbin/policy-rc.d; trap - EXIT
 fi
 
-step "building certagent"
-cargo build --release --locked --manifest-path "$repo/Cargo.toml"
-bin=$repo/target/release/certagent
+if [ -n "${CERTAGENT_BIN:-}" ]; then
+  bin=$CERTAGENT_BIN
+else
+  step "building certagent"
+  cargo build --release --locked --manifest-path "$repo/Cargo.toml"
+  bin=$repo/target/release/certagent
+fi
 
 # A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
 if [ -f "$demo/nginx/nginx.pid" ]; then
