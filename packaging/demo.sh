@@ -36,12 +36,22 @@ else
   bin=$repo/target/release/certagent
 fi
 
-# A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
-if [ -f "$demo/nginx/nginx.pid" ]; then
-  pid=$(cat "$demo/nginx/nginx.pid")
-  if [ -n "$pid" ] && grep -q nginx "/proc/$pid/comm" 2>/dev/null; then kill -QUIT "$pid" || true; sleep 0.5; fi
+# The demo directory is root's own. Any user can create it in /var/tmp before us, with a pid
+# file naming a process of their choosing: what is there is trusted only if root made it
+# (root-owned, writable by root alone, no symlinks on the way to the pid file); anything else
+# is removed unread.
+root_only() { [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] && [ $((0$(stat -c %a "$1") & 022)) = 0 ]; }
+pidfile=$demo/nginx/nginx.pid
+if [ -d "$demo" ] && root_only "$demo" && root_only "$demo/nginx" && [ -f "$pidfile" ] && root_only "$pidfile"; then
+  # A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
+  pid=$(cat "$pidfile")
+  if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then kill -QUIT "$pid" || true; sleep 0.5; fi
+elif [ -e "$demo" ] || [ -L "$demo" ]; then
+  echo "demo: $demo is not root's own: removed unread" >&2
 fi
 rm -rf "$demo"
+# Without -p: if anyone created it again in the meantime, stop here.
+mkdir -m 0755 "$demo"
 mkdir -p "$demo/ssl" "$demo/nginx/logs" "$demo/etc"
 
 cat > "$demo/nginx/nginx.conf" <<CONF
