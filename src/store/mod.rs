@@ -53,7 +53,8 @@ pub struct Journal {
     /// `Retry-After` (seconds) of the last failure, if the server sent one.
     #[serde(default)]
     pub server_retry_after: Option<i64>,
-    /// The compromise flag file that was already answered (one flag, one response).
+    /// The compromise flag file that was already answered, as last seen: it stays answered
+    /// while it is there, however it is rewritten (`compromise::track_flag`).
     #[serde(default)]
     pub handled_flag: Option<crate::compromise::FlagId>,
     /// The CA revoked the serial in service (seen on its CRL).
