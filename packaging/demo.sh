@@ -42,12 +42,16 @@ fi
 # is removed unread.
 root_only() { [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] && [ $((0$(stat -c %a "$1") & 022)) = 0 ]; }
 pidfile=$demo/nginx/nginx.pid
-if [ -d "$demo" ] && root_only "$demo" && root_only "$demo/nginx" && [ -f "$pidfile" ] && root_only "$pidfile"; then
-  # A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
-  pid=$(cat "$pidfile")
-  if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then kill -QUIT "$pid" || true; sleep 0.5; fi
-elif [ -e "$demo" ] || [ -L "$demo" ]; then
-  echo "demo: $demo is not root's own: removed unread" >&2
+if [ -e "$demo" ] || [ -L "$demo" ]; then
+  if [ -d "$demo" ] && root_only "$demo"; then
+    # A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
+    if [ -f "$pidfile" ] && root_only "$demo/nginx" && root_only "$pidfile"; then
+      pid=$(cat "$pidfile")
+      if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then kill -QUIT "$pid" || true; sleep 0.5; fi
+    fi
+  else
+    echo "demo: $demo is not root's own: removed unread" >&2
+  fi
 fi
 rm -rf "$demo"
 # Without -p: if anyone created it again in the meantime, stop here.
