@@ -232,6 +232,7 @@ impl Store {
     /// listable) the state directory.
     pub fn open(root: &Path) -> Result<Store> {
         fsutil::ensure_dir(root, 0o711)?;
+        trust::require_trusted_dir(root, "the state directory")?;
         fsutil::ensure_dir(&root.join("certs"), 0o700)?;
         fsutil::ensure_dir(&root.join("live"), 0o711)?;
         Ok(Store {

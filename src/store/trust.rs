@@ -267,6 +267,13 @@ pub fn check_trusted_dir(dir: &Path) -> Result<(), Distrust> {
     Ok(())
 }
 
+/// `check_trusted_dir` as an error for the commands: `what` names the directory's role.
+pub fn require_trusted_dir(dir: &Path, what: &str) -> crate::error::Result<()> {
+    check_trusted_dir(dir).map_err(|d| {
+        crate::error::Error::msg(format!("refusing to use {what}: {}", d.message)).with_hint(d.hint)
+    })
+}
+
 /// The names along `p`, with `..` kept (a symlink's target may climb) and `.` dropped.
 fn normal_components(p: &Path) -> VecDeque<OsString> {
     p.components()
