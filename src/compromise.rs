@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,6 @@ pub fn flag(config: &Config, cert: &str) -> Option<FlagId> {
             size: m.size(),
         });
     }
-    use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
     let what = if t.is_symlink() {
         "a symlink (flags are not followed)"
