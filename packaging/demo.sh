@@ -4,11 +4,12 @@
 # proves served by TLS handshake, and re-issues after the key is lost.
 #
 # Touches nothing outside /var/tmp/certagent-demo, except installing nginx from Debian when it
-# is missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards.
+# is missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards; PORT picks
+# the port, DEMO_DIR another directory, CERTAGENT_BIN a certagent already built (the tests).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo $0)" >&2; exit 1; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
-demo=/var/tmp/certagent-demo
+demo=${DEMO_DIR:-/var/tmp/certagent-demo}
 port=${PORT:-8443}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -27,16 +28,34 @@ if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then
   rm -f /usr/sbin/policy-rc.d; trap - EXIT
 fi
 
-step "building certagent"
-cargo build --release --locked --manifest-path "$repo/Cargo.toml"
-bin=$repo/target/release/certagent
+if [ -n "${CERTAGENT_BIN:-}" ]; then
+  bin=$CERTAGENT_BIN
+else
+  step "building certagent"
+  cargo build --release --locked --manifest-path "$repo/Cargo.toml"
+  bin=$repo/target/release/certagent
+fi
 
-# A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
-if [ -f "$demo/nginx/nginx.pid" ]; then
-  pid=$(cat "$demo/nginx/nginx.pid")
-  if [ -n "$pid" ] && grep -q nginx "/proc/$pid/comm" 2>/dev/null; then kill -QUIT "$pid" || true; sleep 0.5; fi
+# The demo directory is root's own. Any user can create it in /var/tmp before us, with a pid
+# file naming a process of their choosing: what is there is trusted only if root made it
+# (root-owned, writable by root alone, no symlinks on the way to the pid file); anything else
+# is removed unread.
+root_only() { [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] && [ $((0$(stat -c %a "$1") & 022)) = 0 ]; }
+pidfile=$demo/nginx/nginx.pid
+if [ -e "$demo" ] || [ -L "$demo" ]; then
+  if [ -d "$demo" ] && root_only "$demo"; then
+    # A previous demo's nginx, stopped by its recorded pid (and only if it is nginx).
+    if [ -f "$pidfile" ] && root_only "$demo/nginx" && root_only "$pidfile"; then
+      pid=$(cat "$pidfile")
+      if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then kill -QUIT "$pid" || true; sleep 0.5; fi
+    fi
+  else
+    echo "demo: $demo is not root's own: removed unread" >&2
+  fi
 fi
 rm -rf "$demo"
+# Without -p: if anyone created it again in the meantime, stop here.
+mkdir -m 0755 "$demo"
 mkdir -p "$demo/ssl" "$demo/nginx/logs" "$demo/etc"
 
 cat > "$demo/nginx/nginx.conf" <<CONF

@@ -7,14 +7,14 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Context, Result};
-use crate::store::{Perms, Store, fsutil};
+use crate::store::{Journal, Perms, Store, fsutil};
 
 /// Blocklists and the memory are lists of digests; a few MiB is already a lot of keys.
 const MAX_LIST_BYTES: usize = 16 << 20;
@@ -80,8 +80,9 @@ pub fn remember(store: &Store, digest: &str) -> Result<()> {
     fsutil::replace_file(&path, text.as_bytes(), Perms::mode(0o600))
 }
 
-/// Identity of a flag file, so that one flag triggers one response (config management may
-/// leave the file in place; rewriting it with new content counts as a new flag).
+/// Identity of a flag file as last seen. One flag, one response: once answered, a flag stays
+/// answered however often it is rewritten (config management rewriting it on every run must
+/// not burn a new key each time); after certagent has seen it gone, a flag is a new one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlagId {
     pub ino: u64,
@@ -89,14 +90,63 @@ pub struct FlagId {
     pub size: u64,
 }
 
-/// The flag file for `cert` in `compromised_dir`, if present.
+/// The flag file for `cert` in `compromised_dir`, if present. Only a regular file is a flag:
+/// a symlink is not followed, and a FIFO, directory or device is not read; each is ignored
+/// with a warning saying so.
 pub fn flag(config: &Config, cert: &str) -> Option<FlagId> {
-    let m = fs::symlink_metadata(config.agent.compromised_dir.join(cert)).ok()?;
-    m.is_file().then(|| FlagId {
-        ino: m.ino(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        size: m.size(),
-    })
+    let path = config.agent.compromised_dir.join(cert);
+    let m = fs::symlink_metadata(&path).ok()?;
+    if m.is_file() {
+        return Some(FlagId {
+            ino: m.ino(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            size: m.size(),
+        });
+    }
+    let t = m.file_type();
+    let what = if t.is_symlink() {
+        "a symlink (flags are not followed)"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    log::warn!(
+        cert = cert, path = path.display().to_string().as_str();
+        "ignored compromise flag {:?}: it is {what}, not a regular file; write a regular file to flag the key",
+        path.display().to_string()
+    );
+    None
+}
+
+/// Keep the journal's record of the answered flag in step with `compromised_dir`: a flag
+/// seen gone re-arms (the next one is answered), a rewritten one stays answered. Called where
+/// certagent may write the journal (the daemon's evaluation, a re-issue), never by `check`.
+pub fn track_flag(store: &Store, config: &Config, cert: &str, journal: &mut Journal) {
+    let Some(handled) = &journal.handled_flag else {
+        return;
+    };
+    match flag(config, cert) {
+        None => {
+            log::info!(cert = cert; "compromise flag removed: the next flag for this certificate is answered as a new one");
+            journal.handled_flag = None;
+        }
+        Some(now) if &now != handled => {
+            log::info!(
+                cert = cert;
+                "compromise flag rewritten: already answered, its key was replaced and is never used again; to flag the key in service, remove the flag and write it again once this log says it is removed, or run `certagent reissue --now {cert} --reason key-compromise`"
+            );
+            journal.handled_flag = Some(now);
+        }
+        Some(_) => return,
+    }
+    if let Err(e) = store.save_journal(cert, journal) {
+        log::warn!(cert = cert; "failed to record the compromise flag's state: {e}");
+    }
 }
 
 fn quarantine_dir(store: &Store) -> Result<PathBuf> {

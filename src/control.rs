@@ -101,6 +101,17 @@ pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Respons
             .with_hint("the control socket is for root only"));
         }
     };
+    // Whoever answers must be root or certagent's own user: a socket planted by anyone else
+    // would capture the request and answer with text of their choosing. Checked before a byte
+    // is sent.
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| {
+            Error::msg(format!(
+                "failed to identify the process behind {:?}: {e}",
+                path.display().to_string()
+            ))
+        })?;
+    check_peer(&path, peer.uid(), nix::unistd::geteuid().as_raw())?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(req)
         .map_err(|e| Error::msg(format!("failed to encode request: {e}")))?;
@@ -124,6 +135,26 @@ pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Respons
     serde_json::from_str(&answer)
         .map(Some)
         .map_err(|e| Error::msg(format!("the daemon's answer does not parse: {e}")))
+}
+
+/// The daemon runs as root; a peer of any other user (but the one we run as) is not it.
+fn check_peer(path: &Path, peer_uid: u32, own_uid: u32) -> Result<()> {
+    if peer_uid == 0 || peer_uid == own_uid {
+        return Ok(());
+    }
+    let who = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer_uid)) {
+        Ok(Some(u)) => format!("uid {peer_uid} ({})", u.name),
+        _ => format!("uid {peer_uid}"),
+    };
+    Err(Error::msg(format!(
+        "refusing to talk to {:?}: the process listening on it runs as {who}, not root; nothing was sent",
+        path.display().to_string()
+    ))
+    .with_hint(format!(
+        "that is not certagent's daemon: find it with `ss -xlp src {}`, stop it, and check who can write {:?}",
+        path.display(),
+        path.parent().unwrap_or(Path::new("/")).display().to_string()
+    )))
 }
 
 /// Read one request line from a client, bounded in size and time.
@@ -153,6 +184,24 @@ pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_root_or_our_own_user_is_taken_for_the_daemon() {
+        let sock = Path::new("/run/certagent/control.sock");
+        check_peer(sock, 0, 0).unwrap();
+        check_peer(sock, 0, 1000).unwrap();
+        check_peer(sock, 1000, 1000).unwrap();
+        let e = check_peer(sock, 4242, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refusing to talk to \"/run/certagent/control.sock\": the process listening on it runs as uid 4242, not root; nothing was sent"
+        );
+        assert!(
+            e.hint().unwrap().contains("\"/run/certagent\""),
+            "{:?}",
+            e.hint()
+        );
+    }
 
     #[test]
     fn requests_have_a_stable_wire_form() {

@@ -118,10 +118,10 @@ pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observa
     };
     let blocked =
         |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
-    let unhandled_flag = signals
-        .flag
-        .as_ref()
-        .is_some_and(|f| signals.journal.and_then(|j| j.handled_flag.as_ref()) != Some(f));
+    // One flag, one response: an answered flag stays answered while it is there, whatever is
+    // written to it (see `compromise::track_flag`).
+    let unhandled_flag =
+        signals.flag.is_some() && signals.journal.is_none_or(|j| j.handled_flag.is_none());
     let revocation = signals
         .journal
         .and_then(|j| j.revoked.as_ref())
@@ -273,7 +273,10 @@ impl Executor {
         // Whatever the caller's reason, a compromised key in service gets the full response.
         let reason = {
             let blocked = Blocked::load(&self.config);
-            let journal = self.store.journal(&cert.name).ok();
+            let mut journal = self.store.journal(&cert.name).ok();
+            if let Some(j) = journal.as_mut() {
+                compromise::track_flag(&self.store, &self.config, &cert.name, j);
+            }
             let signals = Signals::for_cert(&self.config, &blocked, journal.as_ref(), &cert.name);
             let compromised = observe(cert, now, &signals)
                 .decision

@@ -215,9 +215,11 @@ fn disk_full(c: &mut Checks) {
     env.write_config("", "");
     let state = env.state_dir();
     std::fs::create_dir_all(&state).unwrap();
+    // A fresh tmpfs is 1777, which certagent refuses as a state directory; a real one is
+    // root's alone.
     assert!(
         sh(&format!(
-            "mount -t tmpfs -o size=12k tmpfs {}",
+            "mount -t tmpfs -o size=12k,mode=0700 tmpfs {}",
             state.display()
         )),
         "{case}: mount tmpfs (needs root)"

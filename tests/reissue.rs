@@ -295,7 +295,7 @@ fn a_certificate_from_another_ca_is_not_replaced_by_the_local_ca_unless_asked() 
         .unwrap()
         + 1;
     let want = format!(
-        "{}:{line}: certificate.site.issuer: not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by \"CN=R11, C=US, O=Let's Encrypt\", and browsers do not trust the local CA; name the CA that issues it (issuer = \"letsencrypt\" with [issuer.letsencrypt] kind = \"acme\", directory = \"https://acme-v02.api.letsencrypt.org/directory\"), or write issuer = \"internal\" to replace it with a local certificate on purpose",
+        "{}:{line}: certificate.site.issuer: not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by \"CN=R11, C=US, O=Let's Encrypt\", and browsers do not trust the local CA\n    hint: name the CA that issues it (issuer = \"letsencrypt\" with [issuer.letsencrypt] kind = \"acme\", directory = \"https://acme-v02.api.letsencrypt.org/directory\"), or write issuer = \"internal\" to replace it with a local certificate on purpose",
         env.config.display(),
         env.cert_file.display().to_string()
     );

@@ -39,15 +39,20 @@ pub fn foreign_issuer(cert_file: &Path, state_dir: &Path) -> Option<String> {
 }
 
 /// The configuration error for a certificate whose issuer defaulted to the local CA while
-/// `issued_by` has one in service.
-pub fn message(cert_file: &Path, issued_by: &str) -> String {
+/// `issued_by` has one in service: the message and the hint.
+pub fn message(cert_file: &Path, issued_by: &str) -> (String, String) {
     let acme = if issued_by.contains("Let's Encrypt") {
         "issuer = \"letsencrypt\" with [issuer.letsencrypt] kind = \"acme\", directory = \"https://acme-v02.api.letsencrypt.org/directory\""
     } else {
         "issuer = \"NAME\" with an [issuer.NAME] table for that CA (kind = \"acme\", \"dnsimple\" or \"manual\")"
     };
-    format!(
-        "not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by {issued_by:?}, and browsers do not trust the local CA; name the CA that issues it ({acme}), or write issuer = \"internal\" to replace it with a local certificate on purpose",
-        cert_file.display().to_string()
+    (
+        format!(
+            "not set, so the embedded local CA would issue this certificate, but {:?} holds one issued by {issued_by:?}, and browsers do not trust the local CA",
+            cert_file.display().to_string()
+        ),
+        format!(
+            "name the CA that issues it ({acme}), or write issuer = \"internal\" to replace it with a local certificate on purpose"
+        ),
     )
 }

@@ -29,12 +29,15 @@ pub struct ConfigError {
     pub line: usize,
     pub key: String,
     pub message: String,
+    /// What to do about it, when that is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)?;
         } else {
             write!(
                 f,
@@ -43,7 +46,11 @@ impl fmt::Display for ConfigError {
                 self.line,
                 self.key,
                 self.message
-            )
+            )?;
+        }
+        match &self.hint {
+            Some(hint) => write!(f, "\n    hint: {hint}"),
+            None => Ok(()),
         }
     }
 }
@@ -119,6 +126,10 @@ pub struct Agent {
     pub keep_generations: usize,
     /// Prometheus textfile the daemon rewrites on every state change (`None`: no metrics).
     pub metrics_file: Option<PathBuf>,
+    /// The line of each directory setting in the main file (`state_dir`, `runtime_dir`,
+    /// `compromised_dir`, `metrics_file`), for errors found when the directories are
+    /// looked at after parsing; a default has none.
+    pub lines: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -366,6 +377,7 @@ impl Config {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => errors.push(ConfigError {
+                hint: None,
                 file: dropin_dir.clone(),
                 line: 0,
                 key: String::new(),
@@ -382,6 +394,7 @@ impl Config {
                 files[1..].sort();
             } else {
                 errors.push(ConfigError {
+                    hint: None,
                     file: target.to_path_buf(),
                     line: 0,
                     key: String::new(),
@@ -401,6 +414,7 @@ impl Config {
             match read_capped(source) {
                 Ok(text) => texts.push((file.clone(), text)),
                 Err(message) => errors.push(ConfigError {
+                    hint: None,
                     file: file.clone(),
                     line: 0,
                     key: String::new(),
@@ -409,6 +423,7 @@ impl Config {
             }
         }
         let config = Self::parse_sources(&texts, &mut errors);
+        check_directories(&config.agent, path, &mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -452,6 +467,39 @@ impl Config {
 
     pub fn certificate(&self, name: &str) -> Option<&Certificate> {
         self.certificates.get(name)
+    }
+}
+
+/// The directories certagent keeps root's files in (and takes compromise flags from) must be
+/// its own and root's alone, and the metrics file must not go into a shared system directory
+/// (see `store::trust`). They are looked at on this host, so `load` does this, not
+/// `parse_sources`.
+fn check_directories(agent: &Agent, main: &Path, errors: &mut Vec<ConfigError>) {
+    use crate::store::trust;
+    let mut report = |key: &'static str, d: trust::Distrust| {
+        errors.push(ConfigError {
+            file: main.to_path_buf(),
+            line: agent.lines.get(key).copied().unwrap_or(0),
+            key: format!("agent.{key}"),
+            message: d.message,
+            hint: Some(d.hint),
+        })
+    };
+    let private = [
+        ("state_dir", &agent.state_dir),
+        ("runtime_dir", &agent.runtime_dir),
+        ("compromised_dir", &agent.compromised_dir),
+    ];
+    for (key, dir) in private {
+        if let Err(d) = trust::refuse_shared(dir, key).and_then(|()| trust::check_trusted_dir(dir))
+        {
+            report(key, d);
+        }
+    }
+    if let Some(dir) = agent.metrics_file.as_deref().and_then(Path::parent)
+        && let Err(d) = trust::refuse_shared(dir, "metrics_file")
+    {
+        report("metrics_file", d);
     }
 }
 
@@ -626,6 +674,7 @@ impl Builder {
                     .collect::<Vec<_>>()
                     .join(", ");
                 errors.push(ConfigError {
+                    hint: None,
                     file: origin.file.clone(),
                     line: origin.line,
                     key: format!("certificate.{cert}.{what}"),
@@ -651,6 +700,7 @@ impl Builder {
             {
                 let names: Vec<&str> = cert.names.iter().map(|n| n.as_str()).collect();
                 errors.push(ConfigError {
+                    hint: None,
                     file: origin.file.clone(),
                     line: origin.line,
                     key: format!("certificate.{name}.server"),
@@ -673,6 +723,7 @@ impl Builder {
             for path in outputs.into_iter().flatten() {
                 if let Some(other) = seen.insert(path, name) {
                     errors.push(ConfigError {
+                        hint: None,
                         file: origin.file.clone(),
                         line: origin.line,
                         key: format!("certificate.{name}"),
@@ -691,11 +742,13 @@ impl Builder {
                 continue;
             };
             if let Some(by) = in_service::foreign_issuer(&cert.cert_file, &agent.state_dir) {
+                let (message, hint) = in_service::message(&cert.cert_file, &by);
                 errors.push(ConfigError {
                     file: origin.file.clone(),
                     line: origin.line,
                     key: format!("certificate.{name}.issuer"),
-                    message: in_service::message(&cert.cert_file, &by),
+                    message,
+                    hint: Some(hint),
                 });
             }
         }
@@ -725,11 +778,22 @@ fn default_agent() -> Agent {
         lock_timeout: Span::secs(120),
         keep_generations: 3,
         metrics_file: None,
+        lines: BTreeMap::new(),
     }
 }
 
 fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
     let mut a = default_agent();
+    for key in [
+        "state_dir",
+        "runtime_dir",
+        "compromised_dir",
+        "metrics_file",
+    ] {
+        if let Some(span) = s.span_of(key) {
+            a.lines.insert(key, cx.line(&span));
+        }
+    }
     if let Some(p) = s.path(cx, "state_dir") {
         a.state_dir = p;
     }
@@ -1817,5 +1881,76 @@ mod example_tests {
                 assert!(documented, "config.example.toml does not document {key:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn shared_or_open_directories_are_config_errors_with_file_line_key_and_hint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let main = tmp.path().join("config.toml");
+        let o = open.display();
+        std::fs::write(
+            &main,
+            format!(
+                "[agent]\nmax_parallel = 2\nstate_dir = \"/var/tmp\"\nruntime_dir = \"{o}\"\ncompromised_dir = \"{o}/flags\"\nmetrics_file = \"/run/certagent.prom\"\n"
+            ),
+        )
+        .unwrap();
+        let errors = Config::load(&main).unwrap_err().0;
+        let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "agent.state_dir"),
+                (4, "agent.runtime_dir"),
+                (5, "agent.compromised_dir"),
+                (6, "agent.metrics_file")
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors.iter().all(|e| e.file == main && e.hint.is_some()));
+        assert_eq!(
+            errors[0].to_string(),
+            format!(
+                "{}:3: agent.state_dir: \"/var/tmp\" is a shared system directory, not one of certagent's own\n    hint: use a directory only certagent uses (certagent creates it with the modes it needs): /var/lib/certagent",
+                main.display()
+            )
+        );
+        assert_eq!(
+            errors[1].message,
+            format!(
+                "\"{o}\" is writable by group or others (mode 1777): another user could plant files in it"
+            )
+        );
+        assert!(
+            errors[2]
+                .message
+                .ends_with("another user could create it first"),
+            "{}",
+            errors[2].message
+        );
+        assert_eq!(
+            errors[3].message,
+            "\"/run\" is a shared system directory, not one of certagent's own"
+        );
+
+        // The same directories, certagent's own and root's alone: valid.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(
+            &main,
+            format!(
+                "[agent]\nstate_dir = \"{o}/state\"\nruntime_dir = \"{o}\"\ncompromised_dir = \"{o}/flags\"\nmetrics_file = \"{o}/m/certagent.prom\"\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&main).unwrap();
     }
 }

@@ -52,6 +52,7 @@ impl<'a> Ctx<'a> {
         }
         let line = self.line(span);
         self.errors.push(ConfigError {
+            hint: None,
             file: self.file.to_path_buf(),
             line,
             key: key.to_string(),
@@ -87,6 +88,11 @@ impl<'t, 'i> Section<'t, 'i> {
         } else {
             format!("{}.{name}", self.key)
         }
+    }
+
+    /// Where `name`'s value is, without marking it read.
+    pub fn span_of(&self, name: &str) -> Option<Range<usize>> {
+        self.table.get(name).map(|v| v.span())
     }
 
     pub fn raw(&mut self, name: &str) -> Option<&'t Value<'i>> {

@@ -876,7 +876,11 @@ fn verdict(
     cert: &crate::config::Certificate,
     now: Timestamp,
 ) -> Verdict {
-    let journal = Store::at(&config.agent.state_dir).journal(&cert.name).ok();
+    let store = Store::at(&config.agent.state_dir);
+    let mut journal = store.journal(&cert.name).ok();
+    if let Some(j) = journal.as_mut() {
+        crate::compromise::track_flag(&store, config, &cert.name, j);
+    }
     let retry_at = journal
         .as_ref()
         .and_then(|j| j.retry_at)

@@ -184,19 +184,14 @@ pub fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// `mkdir -p` with a mode for the directories it creates; an existing directory's mode is
-/// narrowed to `mode` if it is wider (never widened).
+/// `mkdir -p` with a mode for the directories it creates. An existing directory is left as
+/// it is: it is the operator's (or systemd's, `StateDirectory=`), and its mode and setgid bit
+/// may be what other programs rely on; whether it is safe to use is checked at config load
+/// (`store::trust`), not repaired here.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     let shown = || format!("failed to create directory {:?}", dir.display().to_string());
     match fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() => {
-            let cur = m.permissions().mode() & 0o777;
-            if cur & !mode != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(cur & mode))
-                    .with_context(shown)?;
-            }
-            Ok(())
-        }
+        Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(crate::error::Error::msg(format!(
             "{}: exists and is not a directory",
             shown()
@@ -207,9 +202,11 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
             }
             match fs::DirBuilder::new().mode(mode).create(dir) {
                 Ok(()) => trace::record(trace::Op::Mkdir(dir.to_path_buf())),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // Another process made it in the meantime: theirs, not ours to chmod.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
                 Err(e) => return Err(e).with_context(shown),
             }
+            // The umask may have narrowed the mode: this one is ours, set it exactly.
             fs::set_permissions(dir, fs::Permissions::from_mode(mode)).with_context(shown)
         }
     }
@@ -287,5 +284,32 @@ pub mod trace {
     #[cfg(test)]
     pub fn take() -> Vec<Op> {
         OPS.with(|o| o.borrow_mut().take().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn existing_directories_keep_their_mode_and_new_ones_get_exactly_the_one_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let metrics = tmp.path().join("textfile");
+        fs::create_dir(&metrics).unwrap();
+        fs::set_permissions(&metrics, fs::Permissions::from_mode(0o2775)).unwrap();
+        ensure_dir(&metrics, 0o755).unwrap();
+        assert_eq!(mode_of(&metrics), 0o2775, "setgid and group write kept");
+        let state = tmp.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&state, 0o711).unwrap();
+        assert_eq!(mode_of(&state), 0o755);
+        let fresh = tmp.path().join("a/b/run");
+        ensure_dir(&fresh, 0o700).unwrap();
+        assert_eq!(mode_of(&fresh), 0o700);
     }
 }

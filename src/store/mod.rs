@@ -16,6 +16,7 @@ mod lock;
 mod perms;
 #[cfg(test)]
 mod powerloss;
+pub mod trust;
 pub mod trusted;
 
 use std::collections::BTreeMap;
@@ -55,7 +56,8 @@ pub struct Journal {
     /// `Retry-After` (seconds) of the last failure, if the server sent one.
     #[serde(default)]
     pub server_retry_after: Option<i64>,
-    /// The compromise flag file that was already answered (one flag, one response).
+    /// The compromise flag file that was already answered, as last seen: it stays answered
+    /// while it is there, however it is rewritten (`compromise::track_flag`).
     #[serde(default)]
     pub handled_flag: Option<crate::compromise::FlagId>,
     /// The CA revoked the serial in service (seen on its CRL).
@@ -233,6 +235,7 @@ impl Store {
     /// listable) the state directory.
     pub fn open(root: &Path) -> Result<Store> {
         fsutil::ensure_dir(root, 0o711)?;
+        trust::require_trusted_dir(root, "the state directory")?;
         fsutil::ensure_dir(&root.join("certs"), 0o700)?;
         fsutil::ensure_dir(&root.join("live"), 0o711)?;
         Ok(Store {
