@@ -5,7 +5,7 @@
 //! write the directory: a symlink to a root-only key, a hard link to one, a FIFO, an nginx
 //! config mistaken for `cert_file`. So only material that is certainly this certificate's is
 //! adopted as a generation, reached without following a symlink root does not own
-//! (`store::trusted`), a regular file with one link, owned by root or the configured owner,
+//! (`store::nofollow`), a regular file with one link, owned by root or the configured owner,
 //! parsing as what its path claims; the adopted key keeps the access it had (never wider).
 //! Any other regular file is copied verbatim into `STATE/kept/NAME/` (root only) before its
 //! path is replaced, so nothing is ever lost; a directory, device, FIFO or socket is an error
@@ -21,7 +21,7 @@ use nix::sys::stat::FileStat;
 use crate::config::Certificate;
 use crate::error::{Context, Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
-use crate::store::trusted::{self, Entry};
+use crate::store::nofollow::{self, Entry};
 use crate::store::{GenerationContent, Perms, Store, fsutil};
 
 /// Largest file kept verbatim; anything larger at a configured path is refused.
@@ -108,7 +108,7 @@ fn classify(cert: &Certificate, role: &str, path: &Path, owner: Option<u32>) -> 
             "point the path at the certificate's own file, or at a path that does not exist yet; certagent replaces only certificates, keys and symlinks",
         )
     };
-    let (entry, via_link) = trusted::entry(path)
+    let (entry, via_link) = nofollow::entry(path)
         .map_err(|e| e.context(format!("failed to inspect {role} of {:?}", cert.name)))?;
     let (mut file, stat) = match entry {
         Entry::Missing => return Ok(Found::Nothing),

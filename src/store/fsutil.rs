@@ -93,10 +93,10 @@ pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
     fsync_dir(dir)
 }
 
-/// `replace_symlink` inside a directory already opened by `trusted::parent`: the temporary
+/// `replace_symlink` inside a directory already opened by `nofollow::parent`: the temporary
 /// link and the rename happen in that directory, whatever its path names by now.
 pub fn replace_symlink_at(
-    parent: &super::trusted::Parent,
+    parent: &super::nofollow::Parent,
     link: &Path,
     target: &Path,
 ) -> Result<()> {

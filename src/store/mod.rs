@@ -13,11 +13,11 @@
 
 pub mod fsutil;
 mod lock;
+pub mod nofollow;
 mod perms;
 #[cfg(test)]
 mod powerloss;
 pub mod trust;
-pub mod trusted;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -487,25 +487,25 @@ impl Store {
                     "create the directory, or point cert_file/key_file at an existing one",
                 ));
             }
-            let parent = trusted::parent(&path)
+            let parent = nofollow::parent(&path)
                 .map_err(|e| e.context(format!("failed to install {shown:?}")))?;
             match fstatat(
                 &parent.dir,
                 parent.name.as_os_str(),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
-                Ok(st) if trusted::kind_name(&st) == "symlink" => {
+                Ok(st) if nofollow::kind_name(&st) == "symlink" => {
                     if readlinkat(&parent.dir, parent.name.as_os_str())
                         .is_ok_and(|t| Path::new(&t) == target)
                     {
                         continue;
                     }
                 }
-                Ok(st) if trusted::kind_name(&st) == "regular file" => {}
+                Ok(st) if nofollow::kind_name(&st) == "regular file" => {}
                 Ok(st) => {
                     return Err(Error::msg(format!(
                         "refusing to replace {shown:?}: it is a {}, not a certificate or key file",
-                        trusted::kind_name(&st)
+                        nofollow::kind_name(&st)
                     ))
                     .with_hint(
                         "point cert_file/key_file (and chain_file/leaf_file) at paths that hold the certificate and key, or at paths that do not exist yet",
