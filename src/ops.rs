@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, Timestamp, humanize};
+use crate::core::{Reason, RenewalRule, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
 use crate::notify::{self, Event};
@@ -94,7 +94,10 @@ pub fn report(
     );
     let pending = journal.and_then(|j| j.pending.as_ref());
     let healthy = obs.decision.is_healthy();
+    // Nothing is re-issued while it cannot be told whether the new key would be listed.
+    let hold = obs.decision.reasons.contains(&Reason::CompromiseUnknown);
     let action = match (healthy, pending.is_some()) {
+        _ if hold => "hold",
         (_, true) => "resume",
         (false, false) => "reissue",
         (true, false) => "none",
@@ -117,7 +120,7 @@ pub fn report(
         serial: obs.leaf.as_ref().map(|l| l.serial.clone()),
         not_after: obs.decision.not_after.map(rfc3339),
         renew_at: obs.decision.renew_at.map(rfc3339),
-        problems: [obs.cert_problem, obs.key_problem]
+        problems: [obs.compromise_problem, obs.cert_problem, obs.key_problem]
             .into_iter()
             .flatten()
             .collect(),
@@ -234,6 +237,7 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
     let blank = |result: &str| ReissueResult::new(&cert.name, result, reason.as_str());
     let (result, event) = match executor.reissue(cert, reason).await {
         Ok(i) => {
+            warn_if_due_at_install(executor, cert);
             let r = installed_result(cert, &i);
             let msg = format!(
                 "installed serial {} (generation {})",
@@ -286,12 +290,38 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
     result
 }
 
+/// A certificate that was already due for renewal when it was installed is renewed half-way
+/// through what was left of its lifetime (never in a loop): say so, and what to change.
+fn warn_if_due_at_install(executor: &Executor, cert: &Certificate) {
+    let journal = executor.store.journal(&cert.name).ok();
+    let signals = Signals {
+        journal: journal.as_ref(),
+        ..Signals::default()
+    };
+    let obs = observe(cert, executor.clock.now(), &signals);
+    let (Some(RenewalRule::AfterInstall), Some(at), Some(leaf)) =
+        (obs.decision.renewal_rule, obs.decision.renew_at, &obs.leaf)
+    else {
+        return;
+    };
+    let window = match cert.renew_before {
+        Some(b) => format!("renew_before = \"{b}\""),
+        None => "a third of its lifetime".into(),
+    };
+    log::warn!(
+        cert = cert.name.as_str(), serial = leaf.serial.as_str(), event = "due-at-install";
+        "the new certificate, valid for {}, was already inside its renewal window ({window}) when it was installed: it is renewed at {}, half-way through what was left of its lifetime; hint: make renew_before shorter than the lifetime of the certificates issuer {:?} sends",
+        humanize(leaf.not_after - leaf.not_before), rfc3339(at), cert.issuer
+    );
+}
+
 /// Install a certificate handed back for a pending manual re-issue.
 pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> ReissueResult {
     let now = executor.clock.now();
     let mut r = ReissueResult::new(&cert.name, "failed", Reason::Forced.as_str());
     let event = match executor.import(cert, data).await {
         Ok(i) => {
+            warn_if_due_at_install(executor, cert);
             r = installed_result(cert, &i);
             Event::new(
                 "installed",
@@ -384,9 +414,17 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
             );
             continue;
         }
-        let mut line = format!("{}: needs re-issue: {}", r.name, r.reasons.join(", "));
+        let what = if r.action == "hold" {
+            "unhealthy"
+        } else {
+            "needs re-issue"
+        };
+        let mut line = format!("{}: {what}: {}", r.name, r.reasons.join(", "));
         if !r.problems.is_empty() {
             line.push_str(&format!(" ({})", r.problems.join("; ")));
+        }
+        if r.action == "hold" {
+            line.push_str("; nothing is re-issued until the list can be read");
         }
         if r.action == "resume" {
             line.push_str("; a re-issue is pending and will be resumed");
@@ -408,6 +446,9 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.reasons.join(", ")
             }
         );
+        for p in &r.problems {
+            out!("  problem:     {p}");
+        }
         out!(
             "  in service:  generation {}, serial {}, expires {}",
             r.generation
