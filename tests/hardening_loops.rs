@@ -163,8 +163,7 @@ fn a_failed_attempt_neither_holds_back_a_new_trigger_nor_outlives_a_restart() {
     // pending re-issue waits for its retry.
     let failed = wait_until(Duration::from_secs(10), || {
         let log = daemon.log();
-        log.matches("re-issue failed, retrying in").count() == 1
-            && log.contains("retry scheduled")
+        log.matches("re-issue failed, retrying in").count() == 1 && log.contains("retry scheduled")
     });
     assert!(failed, "{}", daemon.log());
     std::fs::remove_file(&veto).unwrap();

@@ -1749,7 +1749,7 @@ key_file = "/etc/ssl/c.key"
             )
         };
         let c = parse(&config(&list)).unwrap();
-        assert_eq!(c.agent.key_blocklist, [list.clone()]);
+        assert_eq!(c.agent.key_blocklist, vec![list.clone()]);
         let typo = dir.path().join("blocked.txy");
         assert_eq!(
             parse(&config(&typo)).unwrap_err(),
