@@ -230,6 +230,16 @@ fn a_list_of_compromised_keys_that_cannot_be_read_fails_closed() {
         "{run:?}"
     );
     assert_eq!(site.key().as_deref(), Some(key.as_str()));
+    let status = site.certagent(&["status", "--json"]).json();
+    let last = &status["certificates"][0]["last"];
+    assert_eq!(last["result"], "failed", "{status}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot tell which keys are compromised"),
+        "the refusal is the last outcome, not the install before it: {status}"
+    );
 
     // certagent's own memory of compromised keys, unreadable: the same.
     std::fs::write(&list, "# nothing leaked yet\n").unwrap();
@@ -245,13 +255,11 @@ fn a_list_of_compromised_keys_that_cannot_be_read_fails_closed() {
         "{check:?}"
     );
 
-    // The daemon holds too: a deleted key is not replaced while the list is unreadable...
+    // The daemon holds too: a deleted key is not replaced while the memory is unreadable...
     let daemon = site.daemon("daemon.log", &[]);
     let held = "nothing is re-issued until it can be read";
     daemon.wait_log(held, Duration::from_secs(10));
     std::fs::remove_file(&site.key_file).unwrap();
-    std::fs::write(&list, "#".repeat(17 << 20)).unwrap();
-    std::fs::remove_dir(&memory).unwrap();
     let again = wait_until(Duration::from_secs(20), || {
         daemon.log().matches(held).count() >= 2
     });
@@ -262,8 +270,9 @@ fn a_list_of_compromised_keys_that_cannot_be_read_fails_closed() {
         daemon.log()
     );
     assert!(site.key().is_none());
-    // ... and is, once it can be read again.
-    std::fs::write(&list, "# nothing leaked yet\n").unwrap();
+    // ... and is, once it can be read again (a blocklist written makes the daemon look).
+    std::fs::remove_dir(&memory).unwrap();
+    std::fs::write(&list, "# still nothing leaked\n").unwrap();
     daemon.wait_log("event=installed", Duration::from_secs(20));
     assert_eq!(site.certagent(&["check"]).code, 0);
 }
