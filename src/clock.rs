@@ -38,11 +38,10 @@ impl Clock {
     pub fn instant_at(&self, ts: Timestamp) -> Instant {
         let now = Instant::now();
         let wait = ts - self.now();
-        if wait <= 0 {
-            now
-        } else {
-            now + std::time::Duration::from_secs(wait as u64)
-        }
+        // Far-future deadlines are capped at a year: the loop looks again long before then,
+        // and an `Instant` that far out would overflow.
+        let wait = wait.clamp(0, 365 * 86_400);
+        now + std::time::Duration::from_secs(wait as u64)
     }
 }
 

@@ -19,31 +19,55 @@ use crate::store::{Journal, Perms, Store, fsutil};
 /// Blocklists and the memory are lists of digests; a few MiB is already a lot of keys.
 const MAX_LIST_BYTES: usize = 16 << 20;
 
-/// Digests of keys that must never serve: the configured blocklists plus certagent's memory.
+/// Digests of keys that must never serve: the configured blocklists plus certagent's memory,
+/// and what could not be read of them. A list that cannot be read fails closed: while any
+/// is unreadable, no key can be shown not to be listed (`unknown`).
 #[derive(Clone, Debug, Default)]
-pub struct Blocked(HashSet<String>);
+pub struct Blocked {
+    digests: HashSet<String>,
+    problems: Vec<String>,
+}
 
 impl Blocked {
     pub fn load(config: &Config) -> Blocked {
-        let mut set = HashSet::new();
-        let mut files: Vec<PathBuf> = config.agent.key_blocklist.clone();
-        files.push(memory_path(&config.agent.state_dir));
-        for f in files {
-            match fsutil::read_capped(&f, MAX_LIST_BYTES) {
-                Ok(Some(bytes)) => set.extend(parse_digests(&String::from_utf8_lossy(&bytes))),
-                Ok(None) => {}
-                Err(e) => log::warn!("cannot read key blocklist: {e}"),
+        let mut b = Blocked::default();
+        for f in &config.agent.key_blocklist {
+            match fsutil::read_capped(f, MAX_LIST_BYTES) {
+                Ok(Some(bytes)) => b.extend(&bytes),
+                Ok(None) => b.problems.push(format!(
+                    "key blocklist {:?} does not exist",
+                    f.display().to_string()
+                )),
+                Err(e) => b.problems.push(format!("key blocklist: {e}")),
             }
         }
-        Blocked(set)
+        // Absent until the first compromise; anything else unreadable is a lost memory.
+        match fsutil::read_capped(&memory_path(&config.agent.state_dir), MAX_LIST_BYTES) {
+            Ok(Some(bytes)) => b.extend(&bytes),
+            Ok(None) => {}
+            Err(e) => b
+                .problems
+                .push(format!("certagent's list of compromised keys: {e}")),
+        }
+        b
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.digests
+            .extend(parse_digests(&String::from_utf8_lossy(bytes)));
+    }
+
+    /// Why the lists are incomplete, if they are.
+    pub fn unknown(&self) -> Option<String> {
+        (!self.problems.is_empty()).then(|| self.problems.join("; "))
     }
 
     pub fn contains(&self, digest: &str) -> bool {
-        self.0.contains(digest)
+        self.digests.contains(digest)
     }
 
     pub fn insert(&mut self, digest: &str) {
-        self.0.insert(digest.to_string());
+        self.digests.insert(digest.to_string());
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Observation {
     pub leaf: Option<core::LeafFacts>,
     pub cert_problem: Option<String>,
     pub key_problem: Option<String>,
+    /// Why it cannot be told whether a key is compromised (a list that cannot be read).
+    pub compromise_problem: Option<String>,
 }
 
 pub fn desired(cert: &Certificate) -> Desired {
@@ -126,7 +128,17 @@ pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observa
         .journal
         .and_then(|j| j.revoked.as_ref())
         .filter(|r| leaf.as_ref().is_some_and(|l| l.serial == r.serial));
+    let compromise_problem = signals.blocked.and_then(Blocked::unknown);
+    let installed_at = signals
+        .journal
+        .filter(|j| {
+            j.installed_serial.is_some()
+                && j.installed_serial.as_deref() == leaf.as_ref().map(|l| l.serial.as_str())
+        })
+        .and_then(|j| j.last_success);
     let observed = Observed {
+        compromise_unknown: compromise_problem.is_some(),
+        installed_at,
         cert: cert_fact,
         key: key_fact,
         compromised: unhandled_flag
@@ -147,6 +159,7 @@ pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observa
         leaf,
         cert_problem,
         key_problem,
+        compromise_problem,
     }
 }
 
@@ -262,10 +275,48 @@ impl Executor {
     /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
     /// run was killed after its flip, finishing that install is the re-issue asked for.
     pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
-        if let Some(interrupted) = self.recover(cert).await? {
-            return interrupted;
+        let result = match self.recover(cert).await {
+            Ok(Some(interrupted)) => interrupted,
+            Ok(None) => self.reissue_fresh(cert, reason).await,
+            Err(e) => Err(e),
+        };
+        // A failure the steps did not journal themselves (a file that could not be opened,
+        // say) is journalled here, so `status` never shows an older outcome as the last one.
+        if let Err(e) = &result
+            && !matches!(e, Error::Pending { .. })
+            && !*self.shutdown.borrow()
+        {
+            let message = e.to_string();
+            let recorded = self.store.journal(&cert.name).ok().and_then(|j| j.last);
+            let already = recorded.is_some_and(|l| {
+                matches!(l.result, OutcomeKind::Failed | OutcomeKind::RolledBack)
+                    && l.message == message
+            });
+            if !already {
+                self.record_failure(&cert.name, reason, &message);
+            }
         }
-        self.reissue_fresh(cert, reason).await
+        result
+    }
+
+    /// Journal a failed attempt that ended without journalling its outcome. Best effort: the
+    /// failure may be that the journal cannot be written.
+    pub fn record_failure(&self, name: &str, reason: Reason, message: &str) {
+        let Ok(mut journal) = self.store.journal(name) else {
+            return;
+        };
+        journal.failures += 1;
+        journal.record_outcome(Outcome {
+            at: self.clock.now(),
+            result: OutcomeKind::Failed,
+            reason,
+            message: message.to_string(),
+            serial: None,
+            generation: None,
+        });
+        if let Err(e) = self.store.save_journal(name, &journal) {
+            log::warn!(cert = name; "failed to journal the failure: {e}");
+        }
     }
 
     async fn reissue_fresh(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
@@ -273,6 +324,16 @@ impl Executor {
         // Whatever the caller's reason, a compromised key in service gets the full response.
         let reason = {
             let blocked = Blocked::load(&self.config);
+            // Fail closed: a new key may be on the list that cannot be read.
+            if let Some(why) = blocked.unknown() {
+                return Err(Error::msg(format!(
+                    "failed to re-issue {:?}: cannot tell which keys are compromised: {why}",
+                    cert.name
+                ))
+                .with_hint(
+                    "nothing was installed; make the file readable (a list of at most 16 MiB), or remove it from key_blocklist",
+                ));
+            }
             let mut journal = self.store.journal(&cert.name).ok();
             if let Some(j) = journal.as_mut() {
                 compromise::track_flag(&self.store, &self.config, &cert.name, j);

@@ -3,7 +3,7 @@
 //! SIGKILL when it reaches `failpoint!("NAME")`, exactly like a power cut or an OOM kill would
 //! stop it. A few named faults change behaviour instead: `issue-foreign-key` (the internal CA
 //! signs a different key, like a broken CA) and `truncate-staged-key` (the published key file
-//! is cut short, like an unnoticed short write).
+//! is cut short, like an unnoticed short write). `NAME=panic` panics there instead.
 
 /// Die here (SIGKILL, no destructors, no flush) when `CERTAGENT_FAILPOINT` names this point.
 #[macro_export]
@@ -16,9 +16,17 @@ macro_rules! failpoint {
 
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
-    if std::env::var("CERTAGENT_FAILPOINT").is_ok_and(|v| v == name) {
+    let Ok(value) = std::env::var("CERTAGENT_FAILPOINT") else {
+        return;
+    };
+    if value == name {
         eprintln!("certagent: failpoint {name}: killing myself");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    // `NAME=panic`: a bug, as an overflow or an unexpected `None` would be one.
+    #[allow(clippy::panic)]
+    if value.strip_prefix(name) == Some("=panic") {
+        panic!("failpoint {name}");
     }
 }
 

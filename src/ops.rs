@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, Timestamp, humanize};
+use crate::core::{Reason, RenewalRule, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
 use crate::notify::{self, Event};
@@ -98,7 +98,7 @@ pub fn report(
         Ok(d) => d.iter().map(|d| d.describe()).collect(),
         Err(e) => vec![e.to_string()],
     };
-    let mut problems: Vec<String> = [obs.cert_problem, obs.key_problem]
+    let mut problems: Vec<String> = [obs.compromise_problem, obs.cert_problem, obs.key_problem]
         .into_iter()
         .flatten()
         .collect();
@@ -110,7 +110,10 @@ pub fn report(
         .collect();
     let mut reason = obs.decision.reason().map(|r| r.as_str().to_string());
     let mut healthy = obs.decision.is_healthy();
+    // Nothing is re-issued while it cannot be told whether the new key would be listed.
+    let hold = obs.decision.reasons.contains(&Reason::CompromiseUnknown);
     let mut action = match (healthy, pending.is_some()) {
+        _ if hold => "hold",
         (_, true) => "resume",
         (false, false) => "reissue",
         (true, false) => "none",
@@ -251,6 +254,7 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
     let blank = |result: &str| ReissueResult::new(&cert.name, result, reason.as_str());
     let (result, event) = match executor.reissue(cert, reason).await {
         Ok(i) => {
+            warn_if_due_at_install(executor, cert);
             let r = installed_result(cert, &i);
             let msg = format!(
                 "installed serial {} (generation {})",
@@ -303,12 +307,38 @@ pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason
     result
 }
 
+/// A certificate that was already due for renewal when it was installed is renewed half-way
+/// through what was left of its lifetime (never in a loop): say so, and what to change.
+fn warn_if_due_at_install(executor: &Executor, cert: &Certificate) {
+    let journal = executor.store.journal(&cert.name).ok();
+    let signals = Signals {
+        journal: journal.as_ref(),
+        ..Signals::default()
+    };
+    let obs = observe(cert, executor.clock.now(), &signals);
+    let (Some(RenewalRule::AfterInstall), Some(at), Some(leaf)) =
+        (obs.decision.renewal_rule, obs.decision.renew_at, &obs.leaf)
+    else {
+        return;
+    };
+    let window = match cert.renew_before {
+        Some(b) => format!("renew_before = \"{b}\""),
+        None => "a third of its lifetime".into(),
+    };
+    log::warn!(
+        cert = cert.name.as_str(), serial = leaf.serial.as_str(), event = "due-at-install";
+        "the new certificate, valid for {}, was already inside its renewal window ({window}) when it was installed: it is renewed at {}, half-way through what was left of its lifetime; hint: make renew_before shorter than the lifetime of the certificates issuer {:?} sends",
+        humanize(leaf.not_after - leaf.not_before), rfc3339(at), cert.issuer
+    );
+}
+
 /// Install a certificate handed back for a pending manual re-issue.
 pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> ReissueResult {
     let now = executor.clock.now();
     let mut r = ReissueResult::new(&cert.name, "failed", Reason::Forced.as_str());
     let event = match executor.import(cert, data).await {
         Ok(i) => {
+            warn_if_due_at_install(executor, cert);
             r = installed_result(cert, &i);
             Event::new(
                 "installed",
@@ -418,14 +448,17 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
             );
             continue;
         }
-        let needs = if r.action == "fix-permissions" {
-            "needs its access fixed (no new key)"
-        } else {
-            "needs re-issue"
+        let what = match r.action.as_str() {
+            "hold" => "unhealthy",
+            "fix-permissions" => "needs its access fixed (no new key)",
+            _ => "needs re-issue",
         };
-        let mut line = format!("{}: {needs}: {}", r.name, r.reasons.join(", "));
+        let mut line = format!("{}: {what}: {}", r.name, r.reasons.join(", "));
         if !r.problems.is_empty() {
             line.push_str(&format!(" ({})", r.problems.join("; ")));
+        }
+        if r.action == "hold" {
+            line.push_str("; nothing is re-issued until the list can be read");
         }
         if r.action == "resume" {
             line.push_str("; a re-issue is pending and will be resumed");
@@ -447,6 +480,9 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.reasons.join(", ")
             }
         );
+        for p in &r.problems {
+            out!("  problem:     {p}");
+        }
         out!(
             "  in service:  generation {}, serial {}, expires {}",
             r.generation

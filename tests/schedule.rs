@@ -228,3 +228,33 @@ async fn pending_approval_reminds_on_schedule() {
     let j = journal(&setup.state);
     assert_eq!(j["last"]["result"], "pending", "{j}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_due_again_at_once_is_reissued_at_most_the_hourly_limit() {
+    // 1-hour certificates renewed 59m59s before expiry: each is due a second after it is
+    // issued. Validation cannot know every such case (an ACME CA's lifetimes); the guard can.
+    let setup = setup(
+        "[issuer.internal]\nkind = \"internal\"\nvalidity = \"1h\"\n",
+        "renew_before = \"59m59s\"",
+    );
+    let seen = observe_changes(
+        &setup,
+        Duration::from_secs(3600 + 1800),
+        Duration::from_secs(10),
+        |j| j["next_generation"].as_u64(),
+    )
+    .await;
+    // Five in the first hour (the default max_reissues_per_hour), five more once the first
+    // have left the hour, then held again.
+    let at = |secs: u64| {
+        seen.iter()
+            .take_while(|(t, _)| *t <= secs)
+            .last()
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(at(1800), Some(5), "{seen:?}");
+    assert_eq!(at(5400), Some(10), "{seen:?}");
+    let j = journal(&setup.state);
+    let started = j["auto_reissues"].as_array().unwrap();
+    assert_eq!(started.len(), 5, "{j}");
+}

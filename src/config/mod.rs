@@ -22,6 +22,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
 pub const BUILTIN_ISSUER: &str = "internal";
 /// Config files larger than this are refused (a config is a few KiB).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Upper bounds of durations, so that no configured value overflows a deadline: waits and
+/// timeouts, reminders, and certificate lifetimes and renewal windows.
+const MAX_TIMEOUT: Span = Span::days(1);
+const MAX_REMIND: Span = Span::days(365);
+const MAX_LIFETIME: Span = Span::days(3_650);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
@@ -130,6 +135,9 @@ pub struct Agent {
     /// `compromised_dir`, `metrics_file`), for errors found when the directories are
     /// looked at after parsing; a default has none.
     pub lines: BTreeMap<&'static str, usize>,
+    /// How many re-issues the daemon starts by itself for one certificate in any hour; more
+    /// wait (an operator's `reissue --now` does not).
+    pub max_reissues_per_hour: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -537,6 +545,9 @@ struct Builder {
     refs: Vec<(String, String, Origin, &'static str)>,
     /// Certificates whose issuer is the built-in default, not written in the file.
     implicit_issuer: Vec<String>,
+    /// Where each certificate's `renew_before` is set, to check it against its issuer's
+    /// lifetime once every issuer is known.
+    renew_before_at: BTreeMap<String, Origin>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -550,7 +561,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file";
+const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file, max_reissues_per_hour";
 const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
 const ENDPOINT_KEYS: &str = "address, sni";
@@ -608,6 +619,13 @@ impl Builder {
                 self.implicit_issuer.push(name.clone());
             }
             if let Some(cert) = read_certificate(cx, &mut s, &name) {
+                if let Some(span) = s.value_span("renew_before") {
+                    let at = Origin {
+                        file: cx.file.to_path_buf(),
+                        line: cx.line(&span),
+                    };
+                    self.renew_before_at.insert(name.clone(), at);
+                }
                 self.refs
                     .push((name.clone(), cert.issuer.clone(), origin.clone(), "issuer"));
                 if let Some(server) = &cert.server {
@@ -682,6 +700,34 @@ impl Builder {
                         "no [{what}.{target}] is defined (defined: {})",
                         if list.is_empty() { "none" } else { &list }
                     ),
+                });
+            }
+        }
+        // A renewal window as long as the issuer's certificates live makes every new
+        // certificate due the moment it is issued: a re-issue loop.
+        for (name, (cert, _)) in &self.certificates {
+            let (Some(before), Some(at)) = (cert.renew_before, self.renew_before_at.get(name))
+            else {
+                continue;
+            };
+            let Some((issuer, _)) = self.issuers.get(&cert.issuer) else {
+                continue;
+            };
+            if let IssuerKind::Internal(internal) = &issuer.kind
+                && before >= internal.validity
+            {
+                errors.push(ConfigError {
+                    file: at.file.clone(),
+                    line: at.line,
+                    key: format!("certificate.{name}.renew_before"),
+                    message: format!(
+                        "\"{before}\" is not shorter than the lifetime of the certificates issuer {:?} signs (validity = \"{}\"): each would be due for renewal as soon as it is issued",
+                        issuer.name, internal.validity,
+                    ),
+                    hint: Some(format!(
+                        "make renew_before shorter than the validity, e.g. a third of it (\"{}\"), or leave it out",
+                        Span(internal.validity.0 / 3),
+                    )),
                 });
             }
         }
@@ -779,6 +825,7 @@ fn default_agent() -> Agent {
         keep_generations: 3,
         metrics_file: None,
         lines: BTreeMap::new(),
+        max_reissues_per_hour: 5,
     }
 }
 
@@ -808,19 +855,39 @@ fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
     }
     if let Some(list) = s.strings(cx, "key_blocklist") {
         for (p, span) in list {
+            // A list that is not there protects nothing: a mistyped path must not pass.
             match walk::check_path(&p) {
-                Ok(p) => a.key_blocklist.push(p),
+                Ok(p) if std::fs::metadata(&p).is_ok_and(|m| m.is_file()) => {
+                    a.key_blocklist.push(p)
+                }
+                Ok(p) => {
+                    let why = match std::fs::metadata(&p) {
+                        Ok(_) => "is not a regular file".to_string(),
+                        Err(e) => format!("cannot be read: {e}"),
+                    };
+                    cx.error(
+                        &span,
+                        &s.full_key("key_blocklist"),
+                        format!(
+                            "{:?} {why}; hint: fix the path, or remove it from key_blocklist",
+                            p.display().to_string()
+                        ),
+                    );
+                }
                 Err(e) => cx.error(&span, &s.full_key("key_blocklist"), e),
             }
         }
     }
-    if let Some(d) = s.parsed::<Span>(cx, "lock_timeout") {
+    if let Some(d) = s.span(cx, "lock_timeout", MAX_TIMEOUT) {
         a.lock_timeout = d;
     }
     if let Some(n) = s.integer(cx, "keep_generations", 1..101) {
         a.keep_generations = n as usize;
     }
     a.metrics_file = s.path(cx, "metrics_file");
+    if let Some(n) = s.integer(cx, "max_reissues_per_hour", 1..1001) {
+        a.max_reissues_per_hour = n as u32;
+    }
     a
 }
 
@@ -853,7 +920,9 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
     };
     let kind = match kind.as_str() {
         "internal" => {
-            let validity = s.parsed::<Span>(cx, "validity").unwrap_or(Span::days(90));
+            let validity = s
+                .span(cx, "validity", MAX_LIFETIME)
+                .unwrap_or(Span::days(90));
             if validity.0 < 3_600 {
                 cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
             }
@@ -903,7 +972,7 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
                             .string(cx, "dns_zone")
                             .map(|(z, _)| z.trim_end_matches('.').to_ascii_lowercase());
                         let propagation_timeout = s
-                            .parsed::<Span>(cx, "propagation_timeout")
+                            .span(cx, "propagation_timeout", MAX_TIMEOUT)
                             .unwrap_or(Span::secs(600));
                         api.map(|api| Challenge::Dns01 {
                             api,
@@ -954,7 +1023,9 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
                     None
                 }
             };
-            let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(600));
+            let timeout = s
+                .span(cx, "timeout", MAX_TIMEOUT)
+                .unwrap_or(Span::secs(600));
             IssuerKind::Acme(AcmeIssuer {
                 directory: directory?,
                 contact: contact.into_iter().map(|(c, _)| c).collect(),
@@ -966,7 +1037,7 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
         }
         "manual" => {
             let remind_every = s
-                .parsed::<Span>(cx, "remind_every")
+                .span(cx, "remind_every", MAX_REMIND)
                 .unwrap_or(Span::days(1));
             if remind_every.0 < 60 {
                 cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
@@ -990,7 +1061,9 @@ fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
                     None
                 }
             };
-            let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(300));
+            let timeout = s
+                .span(cx, "timeout", MAX_TIMEOUT)
+                .unwrap_or(Span::secs(300));
             IssuerKind::Dnsimple(DnsimpleIssuer {
                 api: api?,
                 domain: domain?,
@@ -1166,7 +1239,7 @@ fn read_notify(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Notify> {
             );
         }
     }
-    let timeout = s.parsed::<Span>(cx, "timeout").unwrap_or(Span::secs(10));
+    let timeout = s.span(cx, "timeout", MAX_TIMEOUT).unwrap_or(Span::secs(10));
     let retries = s.integer(cx, "retries", 0..11).unwrap_or(3) as u32;
     let target = target?;
     name_ok.then(|| Notify {
@@ -1249,13 +1322,13 @@ fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
         );
     }
     let command_timeout = s
-        .parsed::<Span>(cx, "command_timeout")
+        .span(cx, "command_timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(60));
     let verify_timeout = s
-        .parsed::<Span>(cx, "verify_timeout")
+        .span(cx, "verify_timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(15));
     let verify_settle = s
-        .parsed::<Span>(cx, "verify_settle")
+        .span(cx, "verify_settle", MAX_TIMEOUT)
         .unwrap_or(Span::secs(1));
     name_ok.then(|| Server {
         name: name.to_string(),
@@ -1425,7 +1498,7 @@ fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certifi
     }
     let chain_file = s.path(cx, "chain_file");
     let leaf_file = s.path(cx, "leaf_file");
-    let renew_before = s.parsed::<Span>(cx, "renew_before");
+    let renew_before = s.span(cx, "renew_before", MAX_LIFETIME);
     let owner = s.string(cx, "owner").map(|(v, _)| v);
     let group = s.string(cx, "group").map(|(v, _)| v);
     let mut mode = |cx: &mut Ctx, key: &str, default: u32| match s.string(cx, key) {
@@ -1441,7 +1514,7 @@ fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certifi
     let pre_install = s.command(cx, "pre_install");
     let post_install = s.command(cx, "post_install");
     let hook_timeout = s
-        .parsed::<Span>(cx, "hook_timeout")
+        .span(cx, "hook_timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(60));
     if key_mode & 0o007 != 0 {
         cx.error(
@@ -1557,7 +1630,7 @@ key_mode = "0644"
         let errors = parse(text).unwrap_err();
         let want = [
             "/etc/certagent/config.toml:3: agent.max_parallel: 0 is out of range (1 to 1024)",
-            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file",
+            "/etc/certagent/config.toml:4: agent.colour: unknown key; known keys here: state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file, max_reissues_per_hour",
             "/etc/certagent/config.toml:7: certificate.site.names: invalid DNS name \"bad..name\": label \"\" must be 1 to 63 letters, digits or inner hyphens (a wildcard is allowed only as the whole first label)",
             "/etc/certagent/config.toml:9: certificate.site.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
             "/etc/certagent/config.toml:10: certificate.site.cert_file: path \"relative/site.pem\" must be absolute",
@@ -1653,6 +1726,144 @@ key_file = "/etc/ssl/c.key"
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_with_file_line_and_key() {
+        const ABSURD: &str = "15250284452471w";
+        // (table, key): every duration the configuration takes.
+        let cases = [
+            ("[agent]", "lock_timeout"),
+            ("[issuer.ca]\nkind = \"internal\"", "validity"),
+            ("[issuer.ca]\nkind = \"manual\"", "remind_every"),
+            (
+                "[issuer.ca]\nkind = \"acme\"\ndirectory = \"https://ca.test/dir\"\nwebroot = \"/var/www\"",
+                "timeout",
+            ),
+            (
+                "[issuer.ca]\nkind = \"dnsimple\"\ndomain = \"example.com\"\ntoken_file = \"/etc/t\"",
+                "timeout",
+            ),
+            (
+                "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]",
+                "command_timeout",
+            ),
+            (
+                "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]",
+                "verify_timeout",
+            ),
+            (
+                "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]",
+                "verify_settle",
+            ),
+            (
+                "[notify.ops]\nkind = \"webhook\"\nurl = \"https://hooks.test/x\"",
+                "timeout",
+            ),
+            (
+                "[certificate.c]\nnames = [\"c.test\"]\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"",
+                "renew_before",
+            ),
+            (
+                "[certificate.c]\nnames = [\"c.test\"]\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"",
+                "hook_timeout",
+            ),
+        ];
+        for (table, key) in cases {
+            let text = format!("{table}\n{key} = \"{ABSURD}\"\n");
+            let line = text.lines().count();
+            let errors = parse(&text).unwrap_err();
+            let section = table
+                .lines()
+                .next()
+                .unwrap()
+                .trim_matches(['[', ']'])
+                .to_string();
+            let want = format!(
+                "/etc/certagent/config.toml:{line}: {section}.{key}: \"{ABSURD}\" is too long: at most "
+            );
+            assert!(
+                errors.len() == 1 && errors[0].starts_with(&want),
+                "{key}: {errors:#?}"
+            );
+        }
+        let errors = parse("[agent]\nlock_timeout = \"2d\"\n").unwrap_err();
+        assert_eq!(
+            errors,
+            ["/etc/certagent/config.toml:2: agent.lock_timeout: \"2d\" is too long: at most 1d"]
+        );
+        let c = parse(
+            "[issuer.ca]\nkind = \"internal\"\nvalidity = \"3650d\"\n[agent]\nlock_timeout = \"24h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.lock_timeout, Span::days(1));
+    }
+
+    #[test]
+    fn a_renewal_window_as_long_as_the_internal_lifetime_is_refused() {
+        let cert = |before: &str, issuer: &str| {
+            format!(
+                "[issuer.short]\nkind = \"internal\"\nvalidity = \"1h\"\n\n[certificate.c]\nnames = [\"c.test\"]\nissuer = \"{issuer}\"\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\nrenew_before = \"{before}\"\n"
+            )
+        };
+        assert_eq!(
+            parse(&cert("2h", "short")).unwrap_err(),
+            [
+                "/etc/certagent/config.toml:10: certificate.c.renew_before: \"2h\" is not shorter than the lifetime of the certificates issuer \"short\" signs (validity = \"1h\"): each would be due for renewal as soon as it is issued\n    hint: make renew_before shorter than the validity, e.g. a third of it (\"20m\"), or leave it out"
+            ]
+        );
+        assert_eq!(parse(&cert("1h", "short")).unwrap_err().len(), 1);
+        assert!(parse(&cert("20m", "short")).is_ok());
+        // The embedded CA signs for 90 days.
+        let errors = parse(&cert("90d", "internal")).unwrap_err();
+        assert!(
+            errors[0].contains("certificate.c.renew_before: \"90d\" is not shorter than the lifetime of the certificates issuer \"internal\" signs (validity = \"90d\")"),
+            "{errors:#?}"
+        );
+        assert!(parse(&cert("30d", "internal")).is_ok());
+    }
+
+    #[test]
+    fn a_blocklist_that_is_not_a_readable_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("blocked.txt");
+        std::fs::write(&list, "# none\n").unwrap();
+        let config = |path: &Path| {
+            format!(
+                "[agent]\nkey_blocklist = [{:?}]\n",
+                path.display().to_string()
+            )
+        };
+        let c = parse(&config(&list)).unwrap();
+        assert_eq!(c.agent.key_blocklist, vec![list.clone()]);
+        let typo = dir.path().join("blocked.txy");
+        assert_eq!(
+            parse(&config(&typo)).unwrap_err(),
+            [format!(
+                "/etc/certagent/config.toml:2: agent.key_blocklist: {:?} cannot be read: No such file or directory (os error 2); hint: fix the path, or remove it from key_blocklist",
+                typo.display().to_string()
+            )]
+        );
+        assert_eq!(
+            parse(&config(dir.path())).unwrap_err(),
+            [format!(
+                "/etc/certagent/config.toml:2: agent.key_blocklist: {:?} is not a regular file; hint: fix the path, or remove it from key_blocklist",
+                dir.path().display().to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_hourly_reissue_limit_has_a_default_and_a_range() {
+        assert_eq!(parse(GOOD).unwrap().agent.max_reissues_per_hour, 5);
+        let c = parse("[agent]\nmax_reissues_per_hour = 2\n").unwrap();
+        assert_eq!(c.agent.max_reissues_per_hour, 2);
+        assert_eq!(
+            parse("[agent]\nmax_reissues_per_hour = 0\n").unwrap_err(),
+            [
+                "/etc/certagent/config.toml:2: agent.max_reissues_per_hour: 0 is out of range (1 to 1000)"
+            ]
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::ConfigError;
+use crate::core::Span;
 
 /// Where errors go while one file is read.
 pub struct Ctx<'a> {
@@ -130,6 +131,33 @@ impl<'t, 'i> Section<'t, 'i> {
                 None
             }
         }
+    }
+
+    /// A duration no longer than `max`: every span ends up in time arithmetic (deadlines,
+    /// renewal points), and one absurd value ("15250284452471w") would overflow there.
+    pub fn span(&mut self, cx: &mut Ctx, name: &str, max: Span) -> Option<Span> {
+        let (s, span) = self.string(cx, name)?;
+        match s.parse::<Span>() {
+            Ok(v) if v <= max => Some(v),
+            Ok(_) => {
+                cx.error(
+                    &span,
+                    &self.full_key(name),
+                    format!("{s:?} is too long: at most {max}"),
+                );
+                None
+            }
+            Err(e) => {
+                cx.error(&span, &self.full_key(name), e);
+                None
+            }
+        }
+    }
+
+    /// The span of the value of `name`, if the table has it (for cross-checks made after
+    /// every file is read).
+    pub fn value_span(&self, name: &str) -> Option<Range<usize>> {
+        self.table.get(name).map(|v| v.span())
     }
 
     pub fn strings(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<(String, Range<usize>)>> {

@@ -71,6 +71,10 @@ pub struct Observed {
     /// When the CA's ARI window says to renew (the point picked in it), for the leaf in
     /// service; it replaces the lifetime rule.
     pub suggested_renewal: Option<Timestamp>,
+    /// A list of compromised keys could not be read: whether a key is on it is unknown.
+    pub compromise_unknown: bool,
+    /// When certagent installed the leaf in service (`None`: not known, e.g. adopted files).
+    pub installed_at: Option<Timestamp>,
 }
 
 /// The outcome of `decide`: every reason that applies (most urgent first) and when the
@@ -80,7 +84,32 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// When the certificate enters its renewal window (present only with a parseable leaf).
     pub renew_at: Option<Timestamp>,
+    /// Which rule chose `renew_at`.
+    pub renewal_rule: Option<RenewalRule>,
     pub not_after: Option<Timestamp>,
+}
+
+/// How the renewal point of a certificate was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewalRule {
+    /// The point picked in the CA's ARI window.
+    Ari,
+    /// `renew_before` ahead of expiry.
+    Configured,
+    /// A share of the lifetime (no `renew_before`).
+    Lifetime,
+    /// The configured or lifetime point had already passed when certagent installed the
+    /// certificate (a window as long as the lifetime, a CA issuing shorter certificates than
+    /// expected): half of what was left of its lifetime then, so that it is not re-issued
+    /// in a loop.
+    AfterInstall,
+}
+
+/// A renewal point and the rule that chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub at: Timestamp,
+    pub rule: RenewalRule,
 }
 
 impl Decision {
@@ -111,7 +140,7 @@ pub fn renewal_time(
     renew_before: Option<Span>,
 ) -> Timestamp {
     match renew_before {
-        Some(Span(before)) => not_after - before,
+        Some(Span(before)) => not_after.saturating_sub(before),
         None => {
             let lifetime = (not_after - not_before).max(0);
             let left = if lifetime < 10 * 86_400 {
@@ -124,6 +153,31 @@ pub fn renewal_time(
     }
 }
 
+/// When a certificate installed at `installed_at` should be renewed: as `renewal_time` says,
+/// unless that point had already passed at installation — a new certificate that is due at
+/// once would be re-issued in a loop — then halfway through what was left of its lifetime.
+pub fn renewal_point(
+    not_before: Timestamp,
+    not_after: Timestamp,
+    renew_before: Option<Span>,
+    installed_at: Option<Timestamp>,
+) -> Renewal {
+    let at = renewal_time(not_before, not_after, renew_before);
+    match installed_at {
+        Some(installed) if at <= installed && installed < not_after => Renewal {
+            at: installed + (not_after - installed) / 2,
+            rule: RenewalRule::AfterInstall,
+        },
+        _ => Renewal {
+            at,
+            rule: match renew_before {
+                Some(_) => RenewalRule::Configured,
+                None => RenewalRule::Lifetime,
+            },
+        },
+    }
+}
+
 /// Decide what a certificate needs. Pure: same inputs, same answer.
 pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decision {
     let mut reasons = BTreeSet::new();
@@ -132,6 +186,9 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
     }
     if observed.revoked {
         reasons.insert(Reason::Revoked);
+    }
+    if observed.compromise_unknown {
+        reasons.insert(Reason::CompromiseUnknown);
     }
     // The key type in service, as far as it can be told: `Some(None)` is a key of a type or
     // size certagent does not issue (RSA-512, P-521, Ed25519...), which must be replaced too.
@@ -153,7 +210,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             }
         }
     }
-    let (mut renew_at, mut not_after) = (None, None);
+    let (mut renewal, mut not_after) = (None, None);
     match &observed.cert {
         CertFact::Missing | CertFact::Invalid(_) => {
             reasons.insert(Reason::CertMissing);
@@ -167,13 +224,22 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             if wanted != have {
                 reasons.insert(Reason::NamesChanged);
             }
-            let at = observed.suggested_renewal.unwrap_or_else(|| {
-                renewal_time(leaf.not_before, leaf.not_after, desired.renew_before)
-            });
-            if now >= at {
+            let point = match observed.suggested_renewal {
+                Some(at) => Renewal {
+                    at,
+                    rule: RenewalRule::Ari,
+                },
+                None => renewal_point(
+                    leaf.not_before,
+                    leaf.not_after,
+                    desired.renew_before,
+                    observed.installed_at,
+                ),
+            };
+            if now >= point.at {
                 reasons.insert(Reason::Expiring);
             }
-            renew_at = Some(at);
+            renewal = Some(point);
             not_after = Some(leaf.not_after);
         }
     }
@@ -182,9 +248,43 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
     }
     Decision {
         reasons: reasons.into_iter().collect(),
-        renew_at,
+        renew_at: renewal.map(|r| r.at),
+        renewal_rule: renewal.map(|r| r.rule),
         not_after,
     }
+}
+
+/// Whether a scheduled retry still holds back a re-issue: only while the certificate needs
+/// nothing it did not already need when the attempt failed (`failed_with`). A new trigger —
+/// a key deleted after a failed renewal, a failure while the certificate was healthy — is
+/// acted on at once; the next failure backs off with the new reasons.
+pub fn backoff_holds(failed_with: &[Reason], needed_now: &[Reason]) -> bool {
+    needed_now.iter().all(|r| failed_with.contains(r))
+}
+
+/// Whether the daemon may start one more re-issue of a certificate by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    Allowed,
+    /// `limit` re-issues started in the last hour; the next may start at this time.
+    HeldUntil(Timestamp),
+}
+
+/// The hourly guard against re-issue loops: at most `limit` re-issues started by the daemon
+/// in any hour (`started`: their start times, in any order).
+pub fn reissue_budget(started: &[Timestamp], limit: u32, now: Timestamp) -> Budget {
+    let mut recent: Vec<Timestamp> = started
+        .iter()
+        .copied()
+        .filter(|&t| t > now - 3_600 && t <= now)
+        .collect();
+    let limit = limit.max(1) as usize;
+    if recent.len() < limit {
+        return Budget::Allowed;
+    }
+    recent.sort_unstable();
+    // Once the oldest `len - limit + 1` have left the hour, one more may start.
+    Budget::HeldUntil(recent[recent.len() - limit] + 3_600)
 }
 
 /// The point in an ARI suggested window at which to renew: uniformly random (the sample in
@@ -255,6 +355,8 @@ mod tests {
             compromised: false,
             revoked: false,
             suggested_renewal: None,
+            compromise_unknown: false,
+            installed_at: None,
         }
     }
 
@@ -328,6 +430,11 @@ mod tests {
                 "revoked",
                 Box::new(|o, _| o.revoked = true),
                 Reason::Revoked,
+            ),
+            (
+                "a blocklist cannot be read",
+                Box::new(|o, _| o.compromise_unknown = true),
+                Reason::CompromiseUnknown,
             ),
             (
                 "inside window",
@@ -442,6 +549,170 @@ mod tests {
         let at_edge = decide(&desired(), &healthy(), at);
         assert_eq!(at_edge.reasons, vec![Reason::Expiring]);
         assert_eq!(at_edge.next_check(at), None);
+    }
+
+    #[test]
+    fn a_certificate_due_when_installed_is_renewed_halfway_through_what_was_left() {
+        const HOUR: i64 = 3_600;
+        // (what, not_before, not_after, renew_before, installed_at, want at, want rule)
+        let cases = [
+            (
+                "window longer than the lifetime (1h certificate, renew_before 2h)",
+                NOW - 60,
+                NOW + HOUR,
+                Some(Span::secs(2 * HOUR)),
+                Some(NOW),
+                NOW + HOUR / 2,
+                RenewalRule::AfterInstall,
+            ),
+            (
+                "window exactly the lifetime",
+                NOW,
+                NOW + HOUR,
+                Some(Span::secs(HOUR)),
+                Some(NOW),
+                NOW + HOUR / 2,
+                RenewalRule::AfterInstall,
+            ),
+            (
+                "6-day certificate, renew_before 7d, installed an hour after issuance",
+                NOW - HOUR,
+                NOW - HOUR + 6 * DAY,
+                Some(Span::days(7)),
+                Some(NOW),
+                NOW + (6 * DAY - HOUR) / 2,
+                RenewalRule::AfterInstall,
+            ),
+            (
+                "a sane window is kept",
+                NOW,
+                NOW + 90 * DAY,
+                Some(Span::days(30)),
+                Some(NOW),
+                NOW + 60 * DAY,
+                RenewalRule::Configured,
+            ),
+            (
+                "due since, but not when installed: renew now",
+                NOW - 80 * DAY,
+                NOW + 10 * DAY,
+                Some(Span::days(30)),
+                Some(NOW - 80 * DAY),
+                NOW - 20 * DAY,
+                RenewalRule::Configured,
+            ),
+            (
+                "install time unknown (adopted files): the rule as configured",
+                NOW,
+                NOW + HOUR,
+                Some(Span::secs(2 * HOUR)),
+                None,
+                NOW - HOUR,
+                RenewalRule::Configured,
+            ),
+            (
+                "lifetime rule",
+                NOW,
+                NOW + 90 * DAY,
+                None,
+                Some(NOW),
+                NOW + 60 * DAY,
+                RenewalRule::Lifetime,
+            ),
+            (
+                "installed after expiry: nothing to wait for",
+                NOW - 2 * HOUR,
+                NOW - HOUR,
+                None,
+                Some(NOW),
+                NOW - 90 * 60,
+                RenewalRule::Lifetime,
+            ),
+            (
+                "an absurd window does not overflow",
+                -20,
+                -10,
+                Some(Span(i64::MAX)),
+                None,
+                i64::MIN,
+                RenewalRule::Configured,
+            ),
+        ];
+        for (what, nb, na, before, installed, at, rule) in cases {
+            assert_eq!(
+                renewal_point(nb, na, before, installed),
+                Renewal { at, rule },
+                "{what}"
+            );
+        }
+        // Through decide: installed inside its window, healthy until half-way, not Expiring.
+        let mut o = healthy();
+        if let CertFact::Present(l) = &mut o.cert {
+            l.not_before = NOW - 60;
+            l.not_after = NOW + HOUR;
+        }
+        o.installed_at = Some(NOW);
+        let mut d = desired();
+        d.renew_before = Some(Span::secs(2 * HOUR));
+        let fresh = decide(&d, &o, NOW);
+        assert!(fresh.is_healthy(), "{fresh:?}");
+        assert_eq!(fresh.renew_at, Some(NOW + HOUR / 2));
+        assert_eq!(fresh.renewal_rule, Some(RenewalRule::AfterInstall));
+        assert_eq!(
+            decide(&d, &o, NOW + HOUR / 2).reasons,
+            vec![Reason::Expiring]
+        );
+    }
+
+    #[test]
+    fn a_backoff_holds_only_for_what_failed() {
+        use Reason::*;
+        let cases: [(&[Reason], &[Reason], bool); 6] = [
+            (&[], &[], true),
+            (&[KeyMissing], &[KeyMissing], true),
+            (&[KeyMissing, CertMissing], &[KeyMissing], true),
+            // A healthy certificate's failed attempt does not hold back a deleted key.
+            (&[], &[KeyMissing], false),
+            (&[Expiring], &[KeyMissing, Expiring], false),
+            (&[Forced], &[NamesChanged], false),
+        ];
+        for (failed, now, holds) in cases {
+            assert_eq!(backoff_holds(failed, now), holds, "{failed:?} then {now:?}");
+        }
+    }
+
+    #[test]
+    fn at_most_the_limit_of_reissues_start_in_any_hour() {
+        let cases: [(&[Timestamp], u32, Budget); 7] = [
+            (&[], 5, Budget::Allowed),
+            (&[NOW - 10, NOW - 5, NOW - 1, NOW], 5, Budget::Allowed),
+            (
+                &[NOW - 100, NOW - 10, NOW - 5, NOW - 1, NOW],
+                5,
+                Budget::HeldUntil(NOW - 100 + 3_600),
+            ),
+            // Out of order, and older than an hour: not counted.
+            (
+                &[NOW, NOW - 7_200, NOW - 50, NOW - 3_600, NOW - 20],
+                3,
+                Budget::HeldUntil(NOW - 50 + 3_600),
+            ),
+            (&[NOW - 3_600, NOW - 3_700], 1, Budget::Allowed),
+            // More than the limit (it was lowered): wait until enough have left the hour.
+            (
+                &[NOW - 30, NOW - 20, NOW - 10],
+                1,
+                Budget::HeldUntil(NOW - 10 + 3_600),
+            ),
+            (&[NOW - 1], 0, Budget::HeldUntil(NOW - 1 + 3_600)),
+        ];
+        for (started, limit, want) in cases {
+            assert_eq!(
+                reissue_budget(started, limit, NOW),
+                want,
+                "{started:?} limit {limit}"
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,9 @@ impl FromStr for KeySpec {
 pub enum Reason {
     /// The key was flagged compromised: it must never serve again.
     KeyCompromised,
+    /// A blocklist or certagent's memory of compromised keys cannot be read: whether the key
+    /// in service (or any new key) is listed cannot be told. Nothing is re-issued until it can.
+    CompromiseUnknown,
     /// The CA revoked the certificate (or ARI says renew now).
     Revoked,
     /// The key file is absent or unreadable.
@@ -91,6 +94,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::KeyCompromised => "key-compromised",
+            Reason::CompromiseUnknown => "compromise-unknown",
             Reason::Revoked => "revoked",
             Reason::KeyMissing => "key-missing",
             Reason::CertMissing => "cert-missing",

@@ -72,6 +72,9 @@ struct Daemon {
     semaphore: Arc<Semaphore>,
     certs: HashMap<String, CertState>,
     jobs: JoinSet<(String, ReissueResult)>,
+    /// The certificate and job of each task in `jobs`, so that a task that panicked is still
+    /// answered for: its certificate leaves "in flight" and its job is reported failed.
+    job_of: HashMap<tokio::task::Id, (String, Job)>,
     watcher: watch::Watcher,
     /// Blocklists and remembered compromised keys, re-read when they may have changed.
     blocked: Arc<Blocked>,
@@ -143,10 +146,12 @@ pub async fn run(
         stop_rx,
         certs: HashMap::new(),
         jobs: JoinSet::new(),
+        job_of: HashMap::new(),
         watcher,
         blocked: Arc::default(),
     };
     d.watcher.watch(&d.config, &d.config_path);
+    d.forget_backoffs();
     d.evaluate_all().await;
     crate::systemd::notify_ready(&d.summary());
     let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
@@ -205,12 +210,7 @@ pub async fn run(
                     .collect();
                 d.evaluate_many(due).await;
             }
-            Some(done) = d.jobs.join_next() => {
-                match done {
-                    Ok((name, result)) => d.finished(&name, result).await,
-                    Err(e) => log::error!("a re-issue task failed: {e}"),
-                }
-            }
+            Some(done) = d.jobs.join_next_with_id() => d.joined(done).await,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     tokio::spawn(serve_client(stream, config_rx.clone(), clock, ask_tx.clone()));
@@ -233,10 +233,8 @@ pub async fn run(
         log::info!(jobs = in_flight; "waiting for re-issues in progress to reach a safe point");
     }
     let _ = stop_tx.send(true);
-    while let Some(done) = d.jobs.join_next().await {
-        if let Ok((name, result)) = done {
-            d.finished(&name, result).await;
-        }
+    while let Some(done) = d.jobs.join_next_with_id().await {
+        d.joined(done).await;
     }
     drop(listener);
     let _ = std::fs::remove_file(&sock);
@@ -370,9 +368,27 @@ impl Daemon {
                 log::debug!(cert = name, reason = reason.as_str(); "needs a re-issue, retry scheduled at {}", crate::output::rfc3339(until));
                 self.certs.entry(name.to_string()).or_default().wake_at = Some(until);
             }
-            Verdict::Act { reason, detail } => {
-                log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
-                self.start(name, Job::Reissue(reason));
+            Verdict::Act { reason, detail } => match self.take_budget(name) {
+                core::Budget::Allowed => {
+                    log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
+                    self.start(name, Job::Reissue(reason));
+                }
+                core::Budget::HeldUntil(until) => {
+                    log::warn!(
+                        cert = name, reason = reason.as_str(), event = "held";
+                        "re-issue held back until {}: {} re-issues started in the last hour (max_reissues_per_hour); re-issue needed: {detail}; hint: `certagent reissue --now {name}` is not limited; a loop usually means renew_before is as long as the certificates the issuer sends",
+                        crate::output::rfc3339(until), self.config.agent.max_reissues_per_hour
+                    );
+                    self.certs.entry(name.to_string()).or_default().wake_at = Some(until);
+                }
+            },
+            Verdict::Hold { why } => {
+                log::error!(
+                    cert = name, reason = Reason::CompromiseUnknown.as_str();
+                    "cannot tell whether a key of {name} is compromised: {why}; nothing is re-issued until it can be read"
+                );
+                self.certs.entry(name.to_string()).or_default().wake_at =
+                    Some(self.clock.now() + 3_600);
             }
             Verdict::Finish => self.start(name, Job::Finish),
             Verdict::Refresh => self.start(name, Job::Refresh),
@@ -395,7 +411,8 @@ impl Daemon {
         let semaphore = self.semaphore.clone();
         let stop = self.stop_rx.clone();
         let name = name.to_string();
-        self.jobs.spawn(async move {
+        let remembered = (name.clone(), job.clone());
+        let task = self.jobs.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
             // Queued when the daemon began to stop: do not start (no key, no order); the
             // journal or the next evaluation picks it up at the next start.
@@ -417,6 +434,46 @@ impl Daemon {
             };
             (name, result)
         });
+        self.job_of.insert(task.id(), remembered);
+    }
+
+    /// A job's task ended: with its result, or by a panic, which is reported as the job's
+    /// failure (never a certificate left "in flight" for ever, never a client left waiting).
+    async fn joined(
+        &mut self,
+        done: std::result::Result<
+            (tokio::task::Id, (String, ReissueResult)),
+            tokio::task::JoinError,
+        >,
+    ) {
+        let (id, (name, result)) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                let Some((name, job)) = self.job_of.remove(&e.id()) else {
+                    log::error!("a job ended abnormally: {e}");
+                    return;
+                };
+                let why = match e.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into()),
+                    Err(e) => e.to_string(),
+                };
+                let result = crashed(&name, &job, &why);
+                let message = result.error.clone().unwrap_or_default();
+                log::error!(cert = name.as_str(), event = "failed"; "{message}");
+                if matches!(job, Job::Reissue(_) | Job::Import(..)) {
+                    self.executor
+                        .record_failure(&name, job_reason(&job), &message);
+                }
+                self.finished(&name, result).await;
+                return;
+            }
+        };
+        self.job_of.remove(&id);
+        self.finished(&name, result).await;
     }
 
     async fn finished(&mut self, name: &str, result: ReissueResult) {
@@ -446,7 +503,7 @@ impl Daemon {
         let reissue_failed =
             result.error.is_some() && matches!(result.result.as_str(), "failed" | "rolled-back");
         if reissue_failed && !stopping {
-            self.schedule_retry(name);
+            self.schedule_retry(name, result.error.as_deref().unwrap_or("no reason given"));
         }
         if result.result == "pending" && !stopping {
             // Waiting on a human or a slow CA: no backoff, no loop; look again at the next
@@ -573,46 +630,91 @@ impl Daemon {
         started + (i64::from(due) + 1) * every
     }
 
-    /// After a failure: back off (exponentially, with jitter, honouring the server's
-    /// Retry-After), journalled so a restart keeps the schedule; escalate the log level as
-    /// expiry approaches.
-    fn schedule_retry(&mut self, name: &str) {
+    /// After a failure (`why`): back off (exponentially, with jitter, honouring the server's
+    /// Retry-After), journalled so that a new trigger can be told from what failed; escalate
+    /// the log level as expiry approaches. The message an operator reads says why.
+    fn schedule_retry(&mut self, name: &str, why: &str) {
         let store = &self.executor.store;
-        let Ok(mut journal) = store.journal(name) else {
-            return;
-        };
         let now = self.clock.now();
+        let mut journal = match store.journal(name) {
+            Ok(j) => j,
+            Err(e) => {
+                log::error!(cert = name, event = "failed"; "re-issue failed: {why}; and failed to schedule the retry: {e}");
+                return;
+            }
+        };
         let delay = core::retry_delay(
             journal.failures.max(1),
             rand::random::<f64>(),
             journal.server_retry_after,
         );
         journal.retry_at = Some(now + delay);
+        let observation = self.config.certificates.get(name).map(|c| {
+            let signals = Signals::for_cert(&self.config, &self.blocked, Some(&journal), name);
+            observe(c, now, &signals)
+        });
+        journal.retry_reasons = observation
+            .as_ref()
+            .map(|o| o.decision.reasons.clone())
+            .unwrap_or_default();
         if let Err(e) = store.save_journal(name, &journal) {
             log::error!(cert = name; "failed to journal the retry time: {e}");
         }
-        let left = self
-            .config
-            .certificates
-            .get(name)
-            .and_then(|c| observe(c, now, &Signals::default()).decision.not_after)
+        let left = observation
+            .and_then(|o| o.decision.not_after)
             .map(|na| na - now);
-        let message = journal
-            .last
-            .as_ref()
-            .map(|l| l.message.clone())
-            .unwrap_or_default();
         let when = humanize(delay);
         match left {
             Some(l) if l < 7 * 86_400 => log::error!(
                 cert = name, event = "failed", failures = journal.failures;
-                "re-issue failed, certificate expires in {}, retrying in {when}: {message}", humanize(l)
+                "re-issue failed, certificate expires in {}, retrying in {when}: {why}", humanize(l)
             ),
             _ => log::warn!(
                 cert = name, event = "failed", failures = journal.failures;
-                "re-issue failed, retrying in {when}: {message}"
+                "re-issue failed, retrying in {when}: {why}"
             ),
         }
+    }
+
+    /// At start: a backoff journalled by the previous run is not waited out. What changed
+    /// since (a fix, `certagent install` widening what the unit may write) is new
+    /// information; the hourly guard still bounds a restart loop.
+    fn forget_backoffs(&self) {
+        let store = &self.executor.store;
+        for name in self.config.certificates.keys() {
+            let Ok(mut j) = store.journal(name) else {
+                continue;
+            };
+            if j.retry_at.take().is_some() {
+                log::info!(cert = name.as_str(); "not waiting out the retry delay of the previous run");
+                if let Err(e) = store.save_journal(name, &j) {
+                    log::warn!(cert = name.as_str(); "failed to journal the retry time: {e}");
+                }
+            }
+        }
+    }
+
+    /// The hourly guard: may the daemon start one more re-issue of `name` by itself? When
+    /// it may, the start is journalled.
+    fn take_budget(&self, name: &str) -> core::Budget {
+        let store = &self.executor.store;
+        let Ok(mut j) = store.journal(name) else {
+            return core::Budget::Allowed;
+        };
+        let now = self.clock.now();
+        let budget = core::reissue_budget(
+            &j.auto_reissues,
+            self.config.agent.max_reissues_per_hour,
+            now,
+        );
+        if budget == core::Budget::Allowed {
+            j.auto_reissues.retain(|&t| t > now - 3_600 && t <= now);
+            j.auto_reissues.push(now);
+            if let Err(e) = store.save_journal(name, &j) {
+                log::warn!(cert = name; "failed to journal the start of a re-issue: {e}");
+            }
+        }
+        budget
     }
 
     fn ask(&mut self, ask: ReissueAsk) {
@@ -829,11 +931,7 @@ fn answer(reply: oneshot::Sender<Response>, results: Vec<ReissueResult>) {
 
 /// The result of a job that was still queued when the daemon began to stop.
 fn not_started(name: &str, job: &Job) -> ReissueResult {
-    let reason = match job {
-        Job::Reissue(reason) => *reason,
-        Job::Finish | Job::Refresh | Job::Import(..) | Job::FixPermissions => Reason::Forced,
-    };
-    let mut r = ReissueResult::new(name, "failed", reason.as_str());
+    let mut r = ReissueResult::new(name, "failed", job_reason(job).as_str());
     r.error = Some(
         "not started: certagent is shutting down; it is taken up again at the next start".into(),
     );
@@ -868,6 +966,32 @@ enum Verdict {
     Refresh,
     /// Healthy, but kept generations do not have the configured owner, group or modes.
     FixPermissions,
+    /// Unhealthy, but a re-issue could install a listed key: a list of compromised keys
+    /// cannot be read (`why`). Fail closed; look again when it changes, or in an hour.
+    Hold { why: String },
+}
+
+/// The reason a job is reported under.
+fn job_reason(job: &Job) -> Reason {
+    match job {
+        Job::Reissue(reason) => *reason,
+        Job::Finish | Job::Refresh | Job::Import(..) | Job::FixPermissions => Reason::Forced,
+    }
+}
+
+/// The result of a job whose task panicked.
+fn crashed(name: &str, job: &Job, why: &str) -> ReissueResult {
+    let result = match job {
+        Job::Reissue(_) | Job::Import(..) | Job::FixPermissions => "failed",
+        Job::Finish => "finish-failed",
+        Job::Refresh => "refresh-failed",
+    };
+    let mut r = ReissueResult::new(name, result, job_reason(job).as_str());
+    r.error = Some(format!("the job for {name:?} crashed: {why}"));
+    r.hint = Some(
+        "this is a bug in certagent; the journal keeps the work, it is retried with backoff".into(),
+    );
+    r
 }
 
 fn verdict(
@@ -902,7 +1026,17 @@ fn verdict(
         now,
         &Signals::for_cert(config, blocked, journal.as_ref(), &cert.name),
     );
+    if let Some(why) = obs.compromise_problem.clone() {
+        return Verdict::Hold { why };
+    }
     let compromised = obs.decision.reason() == Some(Reason::KeyCompromised);
+    // A backoff holds back only what failed: a new trigger is acted on at once.
+    let failed_with = journal
+        .as_ref()
+        .map(|j| j.retry_reasons.as_slice())
+        .unwrap_or_default();
+    let held = retry_at.filter(|_| core::backoff_holds(failed_with, &obs.decision.reasons));
+    let new_trigger = retry_at.is_some() && held.is_none();
     // Interrupted or failed work is resumed (its key and order are journalled); news of a
     // compromise does not wait for a retry slot.
     if let Some(p) = journal.as_ref().and_then(|j| j.pending.as_ref()) {
@@ -912,12 +1046,16 @@ fn verdict(
                 detail: "the key in service is compromised".into(),
             };
         }
-        return match retry_at {
-            Some(until) => Verdict::Wait {
+        return match (held, obs.decision.reason()) {
+            (Some(until), _) => Verdict::Wait {
                 until,
                 reason: p.reason,
             },
-            None => Verdict::Act {
+            (None, Some(reason)) if new_trigger => Verdict::Act {
+                reason,
+                detail: problem_detail(reason, obs.key_problem, obs.cert_problem),
+            },
+            (None, _) => Verdict::Act {
                 reason: p.reason,
                 detail: "resuming a pending re-issue".into(),
             },
@@ -949,29 +1087,36 @@ fn verdict(
             .min();
         return Verdict::Fine { wake_at };
     };
-    match retry_at {
+    match held {
         Some(until) if !compromised => Verdict::Wait { until, reason },
-        _ => {
-            let detail = match reason {
-                Reason::KeyCompromised => {
-                    "the key in service is compromised (flag file, blocklist or CA)".to_string()
-                }
-                Reason::Revoked => "the CA revoked the certificate in service".to_string(),
-                _ => [obs.key_problem, obs.cert_problem]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            };
-            Verdict::Act {
-                reason,
-                detail: if detail.is_empty() {
-                    reason.as_str().to_string()
-                } else {
-                    detail
-                },
-            }
+        _ => Verdict::Act {
+            reason,
+            detail: problem_detail(reason, obs.key_problem, obs.cert_problem),
+        },
+    }
+}
+
+/// What an operator reads about why a re-issue is needed.
+fn problem_detail(
+    reason: Reason,
+    key_problem: Option<String>,
+    cert_problem: Option<String>,
+) -> String {
+    let detail = match reason {
+        Reason::KeyCompromised => {
+            "the key in service is compromised (flag file, blocklist or CA)".to_string()
         }
+        Reason::Revoked => "the CA revoked the certificate in service".to_string(),
+        _ => [key_problem, cert_problem]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    if detail.is_empty() {
+        reason.as_str().to_string()
+    } else {
+        detail
     }
 }
 

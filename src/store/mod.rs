@@ -77,9 +77,18 @@ pub struct Journal {
     /// counters behind the metrics; never reset).
     #[serde(default)]
     pub tally: BTreeMap<Reason, BTreeMap<OutcomeKind, u64>>,
-    /// When a new certificate was last installed.
+    /// When a new certificate was last installed, and its serial.
     #[serde(default)]
     pub last_success: Option<Timestamp>,
+    #[serde(default)]
+    pub installed_serial: Option<String>,
+    /// What the certificate needed when the failure behind `retry_at` happened: the backoff
+    /// holds back only these (`core::backoff_holds`).
+    #[serde(default)]
+    pub retry_reasons: Vec<Reason>,
+    /// When the daemon started re-issues by itself in the last hour (the hourly guard).
+    #[serde(default)]
+    pub auto_reissues: Vec<Timestamp>,
 }
 
 impl Journal {
@@ -96,6 +105,7 @@ impl Journal {
             OutcomeKind::Installed | OutcomeKind::InstalledNotLoaded
         ) {
             self.last_success = Some(outcome.at);
+            self.installed_serial = outcome.serial.clone();
         }
         self.last = Some(outcome);
     }
