@@ -996,19 +996,13 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
     };
     let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
     let base_url = match s.string(cx, "api_url") {
-        Some((u, span))
-            if !(u.starts_with("https://")
-                || u.starts_with("http://127.")
-                || u.starts_with("http://localhost")) =>
-        {
-            cx.error(
-                &span,
-                &s.full_key("api_url"),
-                format!("{u:?} must be an https:// URL"),
-            );
-            None
-        }
-        Some((u, _)) => Some(u.trim_end_matches('/').to_string()),
+        Some((u, span)) => match check_api_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.error(&span, &s.full_key("api_url"), why);
+                None
+            }
+        },
         None => Some("https://api.dnsimple.com/v2".to_string()),
     };
     Some(DnsimpleApi {
@@ -1016,6 +1010,28 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
         account_id,
         base_url: base_url?,
     })
+}
+
+/// An API URL must be https://, except plain http:// to a loopback host (a local fake or
+/// proxy in tests). The host is compared after parsing, never by prefix:
+/// `http://localhost@attacker.example/` and `http://localhost.attacker.example/` are remote.
+fn check_api_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    // `host_str` is the parsed host: lowercased, IPv4 normalised, IPv6 in brackets.
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{text:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+        )),
+    }
 }
 
 const NOTIFY_KEYS: &str = "kind, url, command, events, timeout, retries";
@@ -1568,6 +1584,52 @@ key_file = "/etc/ssl/c.key"
                 )
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dnsimple_plain_http_is_allowed_to_loopback_hosts_only() {
+        let config = |url: &str| {
+            format!(
+                "[issuer.d]\nkind = \"dnsimple\"\ndomain = \"a.test\"\ntoken_file = \"/t\"\napi_url = \"{url}\"\n"
+            )
+        };
+        for remote in [
+            "http://localhost@attacker.example/v2",
+            "http://localhost.attacker.example/v2",
+            "http://127.0.0.1.attacker.example/v2",
+            "http://attacker.example/v2",
+            "ftp://localhost/v2",
+        ] {
+            let errors = parse(&config(remote)).unwrap_err();
+            assert_eq!(
+                errors,
+                vec![format!(
+                    "/etc/certagent/config.toml:5: issuer.d.api_url: {remote:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+                )]
+            );
+        }
+        let errors = parse(&config("localhost/v2")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:5: issuer.d.api_url: \"localhost/v2\" is not a URL: relative URL without a base"
+            ]
+        );
+        for local in [
+            "http://localhost/v2",
+            "http://127.0.0.1:1234/v2",
+            "http://127.1.2.3/v2",
+            "http://[::1]:99/v2",
+            "https://api.dnsimple.com/v2/",
+        ] {
+            let c = parse(&config(local)).unwrap_or_else(|e| panic!("{local}: {e:#?}"));
+            match &c.issuers["d"].kind {
+                IssuerKind::Dnsimple(d) => {
+                    assert_eq!(d.api.base_url, local.trim_end_matches('/'))
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 }
