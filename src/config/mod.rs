@@ -456,7 +456,8 @@ impl Config {
 
 fn read_capped(file: &Path) -> Result<String, String> {
     use std::io::Read;
-    let f = std::fs::File::open(file).map_err(|e| format!("failed to read config file: {e}"))?;
+    let f = crate::store::fsutil::open_regular(file)
+        .map_err(|e| format!("failed to read config file: {e}"))?;
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)
@@ -1816,6 +1817,44 @@ mod candidate_tests {
                 .message
                 .starts_with("is neither the config file nor a drop-in"),
             "{errors}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod dropin_tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_drop_in_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        std::fs::write(&main, "").unwrap();
+        std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
+        let fifo = tmp.path().join("conf.d/a.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(tmp.path().join("conf.d/b.toml")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let errors = Config::load(&main).map(|_| ()).unwrap_err();
+            let _ = tx.send(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+        });
+        // Generous: a hang (blocked in open(2) until a writer comes) is what this catches.
+        let errors = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("loading the config blocked on a FIFO drop-in");
+        assert_eq!(
+            errors,
+            vec![
+                format!(
+                    "{}:0: failed to read config file: not a regular file (a FIFO)",
+                    fifo.display()
+                ),
+                format!(
+                    "{}:0: failed to read config file: not a regular file (a directory)",
+                    tmp.path().join("conf.d/b.toml").display()
+                ),
+            ]
         );
     }
 }
