@@ -364,12 +364,9 @@ fn read_server(
 
 /// The compiled-in configuration path of the nginx in PATH (`nginx -V`), if it says.
 pub fn default_conf() -> Option<PathBuf> {
-    let out = std::process::Command::new("nginx")
-        .arg("-V")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (_, stderr) =
+        crate::child::stderr_tail(crate::child::std_command("nginx").arg("-V")).ok()?;
+    let text = String::from_utf8_lossy(&stderr).into_owned();
     text.split_whitespace()
         .find_map(|w| w.strip_prefix("--conf-path="))
         .map(PathBuf::from)

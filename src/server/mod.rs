@@ -16,9 +16,6 @@ use crate::config::{ApacheLayout, Server, ServerKind};
 use crate::core::DomainName;
 use crate::error::{Error, Result};
 
-/// Output kept from a failing command (the tail is what explains the failure).
-const MAX_OUTPUT: usize = 4096;
-
 pub struct WebServer {
     cfg: Server,
     /// Apache only: the layout in force (configured, else detected).
@@ -393,12 +390,9 @@ pub async fn run_with_env(
     let Some((program, args)) = argv.split_first() else {
         return Err(Error::msg("failed to run a command: the argv is empty"));
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+    let mut cmd = crate::child::command(program);
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    let out = match tokio::time::timeout(timeout, crate::child::output(&mut cmd)).await {
         Err(_) => {
             return Err(Error::msg(format!(
                 "`{shown}` did not finish within {}s and was killed",
@@ -411,28 +405,18 @@ pub async fn run_with_env(
     if out.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stdout));
-    let text = text.trim();
-    // The last MAX_OUTPUT bytes, cut at a character boundary (slicing inside a multi-byte
-    // character would panic).
-    let mut start = text.len().saturating_sub(MAX_OUTPUT);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    let tail = &text[start..];
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
     };
+    let tail = out.message_tail(true);
     if tail.is_empty() {
         return Err(Error::msg(format!(
             "`{shown}` failed with {status} and printed nothing"
         )));
     }
     Err(Error::msg(format!(
-        "`{shown}` failed with {status}: {}",
-        tail.replace('\n', " | ")
+        "`{shown}` failed with {status}: {tail}"
     )))
 }
 

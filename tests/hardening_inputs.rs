@@ -1,0 +1,80 @@
+//! Hostile or careless inputs (issue #14): the environment children inherit, processes that
+//! merely mention nginx, a flood of names on the control socket, control characters in
+//! config keys. Each test is the regression test of one finding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Env, run_certagent, toml_list};
+
+/// `sh -c` that appends `NAME=${CREDENTIALS_DIRECTORY-unset}` to `out`, then runs `then`.
+fn recorder(out: &Path, name: &str, then: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo {name}=${{CREDENTIALS_DIRECTORY-unset}}${{NOTIFY_SOCKET-}} >> {}; {then}",
+            out.display()
+        ),
+    ]
+}
+
+#[test]
+fn hooks_notifications_and_server_commands_do_not_see_the_credentials_directory() {
+    let env = Env::new(&["a.test"], None);
+    let creds = env.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("certagent_dnsimple"), "secret-token\n").unwrap();
+    let out = env.dir.path().join("seen");
+    let test = recorder(&out, "test", &env.nginx.test_command().join(" "));
+    let reload = recorder(
+        &out,
+        "reload",
+        &format!("kill -HUP $(cat {})", env.nginx.pid_file().display()),
+    );
+    env.write_config_with_server(
+        &format!(
+            "pre_install = {}\npost_install = {}",
+            toml_list(&recorder(&out, "pre_install", "true")),
+            toml_list(&recorder(&out, "post_install", "true")),
+        ),
+        &format!(
+            "[notify.cmd]\nkind = \"command\"\ncommand = {}\nevents = [\"installed\"]\n",
+            toml_list(&recorder(&out, "notify", "true"))
+        ),
+        &format!(
+            "test_command = {}\nreload_command = {}",
+            toml_list(&test),
+            toml_list(&reload)
+        ),
+    );
+    let run = run_certagent(
+        &env.config,
+        &["reissue", "--now", "site"],
+        &[
+            ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+            ("NOTIFY_SOCKET", "/nonexistent/notify"),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut seen: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [
+            "notify=unset",
+            "post_install=unset",
+            "pre_install=unset",
+            "reload=unset",
+            "test=unset"
+        ]
+    );
+}
