@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Env, run_certagent, toml_list};
+use common::{Child, Env, run_certagent, toml_list};
 
 /// `sh -c` that appends `NAME=${CREDENTIALS_DIRECTORY-unset}` to `out`, then runs `then`.
 fn recorder(out: &Path, name: &str, then: &str) -> Vec<String> {
@@ -77,4 +77,39 @@ fn hooks_notifications_and_server_commands_do_not_see_the_credentials_directory(
             "test=unset"
         ]
     );
+}
+
+#[test]
+fn a_process_that_only_mentions_nginx_in_its_command_line_is_not_signalled() {
+    let env = Env::new(&["a.test"], None);
+    // The pid file names a process whose command line mentions nginx (a recycled pid).
+    let log = env.dir.path().join("var/log/nginx/access.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "").unwrap();
+    let mut decoy = Child::spawn(
+        "tail",
+        std::process::Command::new("tail").arg("-f").arg(&log),
+    );
+    let pid_file = env.dir.path().join("stale-nginx.pid");
+    std::fs::write(&pid_file, format!("{}\n", decoy.pid())).unwrap();
+    env.write_config("", "");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("pid_file = \"{}\"", env.nginx.pid_file().display()),
+        &format!("pid_file = \"{}\"", pid_file.display()),
+    );
+    std::fs::write(&env.config, text).unwrap();
+
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    // The reload was refused (and the install rolled back): the run is over.
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "reload of server \"web\" failed: pid {} from {:?} is not an nginx master; not signalling it",
+            decoy.pid(),
+            pid_file.display().to_string()
+        )),
+        "{run:?}"
+    );
+    assert!(decoy.is_running(), "the decoy got a signal");
+    assert_eq!(env.served(), env.initial_leaf);
 }
