@@ -113,3 +113,21 @@ fn a_process_that_only_mentions_nginx_in_its_command_line_is_not_signalled() {
     assert!(decoy.is_running(), "the decoy got a signal");
     assert_eq!(env.served(), env.initial_leaf);
 }
+
+#[test]
+fn a_certificate_named_many_times_is_looked_at_once() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let mut args = vec!["status", "--json"];
+    args.extend(std::iter::repeat_n("site", 1000));
+    let run = env.certagent(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    let names: Vec<&str> = doc["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["site"]);
+}

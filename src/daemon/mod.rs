@@ -150,6 +150,7 @@ pub async fn run(
     d.evaluate_all().await;
     crate::systemd::notify_ready(&d.summary());
     let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
+    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CLIENTS));
     // Certificates dropped into the inbox while the daemon was down.
     d.scan_inbox(&ask_tx);
     log::info!(certificates = d.config.certificates.len(); "certagent daemon ready");
@@ -207,7 +208,16 @@ pub async fn run(
             }
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_client(stream, config_rx.clone(), clock, ask_tx.clone()));
+                    let client = serve_client(stream, config_rx.clone(), clock, ask_tx.clone());
+                    let clients = clients.clone();
+                    tokio::spawn(async move {
+                        // Requests and answers of at most this many clients are in memory at
+                        // once: a burst of clients waits here holding only its connection.
+                        let Ok(_permit) = clients.acquire_owned().await else {
+                            return;
+                        };
+                        client.await
+                    });
                 }
             }
             Some(ask) = ask_rx.recv() => d.ask(ask),
@@ -941,6 +951,9 @@ fn verdict(
         }
     }
 }
+
+/// Control connections served at once (the others wait their turn).
+const MAX_CONTROL_CLIENTS: usize = 8;
 
 /// One control connection: check and status are answered from a snapshot of the config
 /// (read-only, off the event loop); reissue goes through the loop.
