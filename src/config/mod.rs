@@ -14,7 +14,7 @@ use serde::Serialize;
 use toml::de::DeTable;
 
 use crate::core::{DomainName, KeySpec, Span};
-use walk::{Ctx, Section};
+use walk::{Ctx, Section, shown};
 
 pub const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
 /// Name of the issuer that always exists: the embedded local CA.
@@ -32,17 +32,13 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A drop-in's file name is the operator's, like a key: shown escaped.
+        let file = self.file.display().to_string();
+        let file = shown(&file);
         if self.key.is_empty() {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+            write!(f, "{file}:{}: {}", self.line, self.message)
         } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                self.key,
-                self.message
-            )
+            write!(f, "{file}:{}: {}: {}", self.line, self.key, self.message)
         }
     }
 }
@@ -617,15 +613,16 @@ impl Builder {
             if !known.contains(&target) {
                 let list = known
                     .iter()
-                    .map(|k| k.as_str())
+                    .map(|k| shown(k))
                     .collect::<Vec<_>>()
                     .join(", ");
                 errors.push(ConfigError {
                     file: origin.file.clone(),
                     line: origin.line,
-                    key: format!("certificate.{cert}.{what}"),
+                    key: format!("certificate.{}.{what}", shown(cert)),
                     message: format!(
-                        "no [{what}.{target}] is defined (defined: {})",
+                        "no [{what}.{}] is defined (defined: {})",
+                        shown(target),
                         if list.is_empty() { "none" } else { &list }
                     ),
                 });
@@ -648,7 +645,7 @@ impl Builder {
                 errors.push(ConfigError {
                     file: origin.file.clone(),
                     line: origin.line,
-                    key: format!("certificate.{name}.server"),
+                    key: format!("certificate.{}.server", shown(name)),
                     message: format!(
                         "none of server {:?}'s verify endpoints is for {names:?}: add one without sni, or with sni = one of these names",
                         server.name
@@ -670,7 +667,7 @@ impl Builder {
                     errors.push(ConfigError {
                         file: origin.file.clone(),
                         line: origin.line,
-                        key: format!("certificate.{name}"),
+                        key: format!("certificate.{}", shown(name)),
                         message: format!(
                             "path {:?} is also written by certificate {other:?}",
                             path.display().to_string()
@@ -1824,6 +1821,43 @@ mod candidate_tests {
 #[cfg(test)]
 mod dropin_tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_keys_names_and_file_names_are_shown_escaped() {
+        let mut errors = Vec::new();
+        Config::parse_sources(
+            &[
+                (
+                    PathBuf::from("/etc/certagent/config.toml"),
+                    "[server.\"a\\nb\"]\nkind = \"none\"\n\"x\\u001b[2Jy\" = 1\n\n[certificate.\"c\\rd\"]\nnames = [\"a.test\"]\ncert_file = \"/s/c.pem\"\nkey_file = \"/s/c.key\"\n\n[certificate.ok]\nnames = [\"b.test\"]\nserver = \"w\\u202eeb\"\ncert_file = \"/s/o.pem\"\nkey_file = \"/s/o.key\"\n\n[notify]\n\"n\\u0000\" = 3\n"
+                        .to_string(),
+                ),
+                (
+                    PathBuf::from("/etc/certagent/conf.d/evil\n/etc/certagent/config.toml:1: forged.toml"),
+                    "[agent]\n".to_string(),
+                ),
+            ],
+            &mut errors,
+        );
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        for line in &shown {
+            assert!(
+                !line.contains(['\n', '\r', '\u{1b}', '\0', '\u{202e}']),
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            shown,
+            [
+                "/etc/certagent/config.toml:1: server.a\\nb: invalid server name \"a\\nb\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
+                "/etc/certagent/config.toml:3: server.a\\nb.x\\u{1b}[2Jy: unknown key; known keys here: kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle",
+                "/etc/certagent/config.toml:17: notify.n\\0: expected a table [notify.n\\0], found integer",
+                "/etc/certagent/config.toml:5: certificate.c\\rd: invalid certificate name \"c\\rd\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
+                "/etc/certagent/conf.d/evil\\n/etc/certagent/config.toml:1: forged.toml:1: agent: [agent] may only be set in the main config file, not in a drop-in",
+                "/etc/certagent/config.toml:10: certificate.ok.server: no [server.w\\u{202e}eb] is defined (defined: none)",
+            ]
+        );
+    }
 
     #[test]
     fn a_fifo_drop_in_is_an_error_not_a_hang() {
