@@ -7,8 +7,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::{Child, Env, run_certagent, toml_list};
+use common::{Child, Daemon, Env, run_certagent, toml_list};
 
 /// `sh -c` that appends `NAME=${CREDENTIALS_DIRECTORY-unset}` to `out`, then runs `then`.
 fn recorder(out: &Path, name: &str, then: &str) -> Vec<String> {
@@ -130,4 +131,70 @@ fn a_certificate_named_many_times_is_looked_at_once() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["site"]);
+}
+
+#[test]
+fn a_fifo_dropped_into_conf_d_is_refused_and_the_daemon_keeps_answering() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let dropins = env.config.parent().unwrap().join("conf.d");
+    std::fs::create_dir(&dropins).unwrap();
+    let mut daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    daemon.wait_log("certagent daemon ready", Duration::from_secs(20));
+
+    let fifo = dropins.join("zz.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    daemon.signal("HUP");
+    // Before the fix the reload blocked in open(2), waiting for a writer, on the event loop.
+    daemon.wait_log(
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(20),
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("failed to read config file: not a regular file (a FIFO)"),
+        "{}",
+        daemon.log()
+    );
+    // The CLI reads the configuration too (and would refuse the FIFO): remove it, then ask.
+    std::fs::remove_file(&fifo).unwrap();
+    let status = env.certagent(&["status", "--json", "site"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()["certificates"][0]["name"], "site");
+    assert!(daemon.is_running());
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[test]
+fn a_drop_in_whose_name_holds_a_newline_is_logged_on_one_line() {
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let dropins = env.config.parent().unwrap().join("conf.d");
+    std::fs::create_dir(&dropins).unwrap();
+    let mut daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    daemon.wait_log("certagent daemon ready", Duration::from_secs(20));
+
+    // [agent] is not allowed in a drop-in: an error that names the file. Without a space the
+    // field is printed as it is, so a raw newline would start a forged line.
+    std::fs::write(dropins.join("x\ncertagent:forged.toml"), "[agent]\n").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log(
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(20),
+    );
+    daemon.wait_log(
+        "may only be set in the main config file",
+        Duration::from_secs(20),
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            " file={}/x\\ncertagent:forged.toml ",
+            dropins.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("\ncertagent:forged.toml"), "{log}");
+    assert_eq!(daemon.stop(), Some(0));
 }

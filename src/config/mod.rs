@@ -5,6 +5,8 @@
 
 mod walk;
 
+pub use walk::shown;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use serde::Serialize;
 use toml::de::DeTable;
 
 use crate::core::{DomainName, KeySpec, Span};
-use walk::{Ctx, Section, shown};
+use walk::{Ctx, Section};
 
 pub const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
 /// Name of the issuer that always exists: the embedded local CA.

@@ -754,7 +754,9 @@ impl Daemon {
                 log::error!("{why}: the new configuration is invalid, keeping the old one");
                 if let Error::Config(errors) = &e {
                     for err in &errors.0 {
-                        log::error!(file = err.file.display().to_string().as_str(), line = err.line, key = err.key.as_str(); "{}", err.message);
+                        let file = err.file.display().to_string();
+                        let file = crate::config::shown(&file);
+                        log::error!(file = file.as_ref(), line = err.line, key = err.key.as_str(); "{}", err.message);
                     }
                 } else {
                     log::error!("{e}");
