@@ -509,8 +509,16 @@ mod tests {
                 .unwrap(),
         );
         let decoy_pid = Pid::from_raw(decoy.0.id() as i32);
-        // What the old check matched on: the command line mentions nginx.
-        let cmdline = std::fs::read(format!("/proc/{decoy_pid}/cmdline")).unwrap();
+        // What the old check matched on: the command line mentions nginx. The parent resumes
+        // inside execve(2), before the kernel has set up the new argv: wait until it is there.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cmdline = loop {
+            let c = std::fs::read(format!("/proc/{decoy_pid}/cmdline")).unwrap();
+            if !c.is_empty() || Instant::now() > deadline {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert!(
             String::from_utf8_lossy(&cmdline).contains("/nginx/access.log"),
             "{cmdline:?}"
