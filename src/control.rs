@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A status document for 10,000 certificates is a few MiB.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Distinct names one request may list (`--all` covers any number of certificates).
+pub const MAX_NAMES: usize = 10_000;
+/// How long a client has to take its response; one that reads nothing is dropped rather
+/// than holding the daemon's buffer for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
@@ -48,6 +53,29 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default)]
     pub hint: Option<String>,
+}
+
+impl Request {
+    /// Each name once, in the order first given, and no more than `MAX_NAMES` of them: a name
+    /// repeated 100,000 times is one certificate's work and one entry in the answer.
+    pub fn dedup_names(mut self) -> Result<Request> {
+        let names = match &mut self {
+            Request::Check { names } | Request::Status { names } => names,
+            Request::Reissue { names, .. } => names,
+            Request::Import { .. } => return Ok(self),
+        };
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names.shrink_to_fit();
+        if names.len() > MAX_NAMES {
+            return Err(Error::msg(format!(
+                "the request names {} certificates, more than {MAX_NAMES}",
+                names.len()
+            ))
+            .with_hint("use --all, or ask in several runs"));
+        }
+        Ok(self)
+    }
 }
 
 impl Response {
@@ -113,7 +141,8 @@ pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Respons
         })?;
     check_peer(&path, peer.uid(), nix::unistd::geteuid().as_raw())?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(req)
+    let req = req.clone().dedup_names()?;
+    let mut line = serde_json::to_vec(&req)
         .map_err(|e| Error::msg(format!("failed to encode request: {e}")))?;
     line.push(b'\n');
     write
@@ -168,22 +197,94 @@ pub async fn read_request(stream: &mut UnixStream) -> Result<Request> {
     if line.len() > MAX_REQUEST_BYTES {
         return Err(Error::msg("control request too large"));
     }
-    serde_json::from_str(&line).map_err(|e| Error::msg(format!("invalid control request: {e}")))
+    let req: Request = serde_json::from_str(&line)
+        .map_err(|e| Error::msg(format!("invalid control request: {e}")))?;
+    req.dedup_names()
 }
 
+/// Send the response line; a client that does not take it within `WRITE_TIMEOUT` is given up
+/// (the buffer is freed with the connection).
 pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> Result<()> {
     let mut line = serde_json::to_vec(resp)
         .map_err(|e| Error::msg(format!("failed to encode response: {e}")))?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line))
         .await
+        .map_err(|_| {
+            Error::msg(format!(
+                "control client did not read its response within {}s; dropped it",
+                WRITE_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| Error::msg(format!("failed to answer control client: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Send `req` as one line while the caller reads it (it is larger than the socket buffer).
+    fn send_line(mut client: UnixStream, req: serde_json::Value) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut line = req.to_string().into_bytes();
+            line.push(b'\n');
+            let _ = client.write_all(&line).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn repeated_names_are_asked_once_and_their_number_is_capped() {
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let mut names = vec!["www"; 100_000];
+        names.insert(1, "api");
+        let _sender = send_line(
+            client,
+            serde_json::json!({"command": "status", "names": names}),
+        );
+        assert_eq!(
+            read_request(&mut daemon).await.unwrap(),
+            Request::Status {
+                names: vec!["www".into(), "api".into()]
+            }
+        );
+
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let names: Vec<String> = (0..=MAX_NAMES).map(|i| format!("c{i}")).collect();
+        let req = serde_json::json!({
+            "command": "reissue", "names": names, "all": false, "reason": "forced", "wait": true
+        });
+        let _sender = send_line(client, req);
+        let err = read_request(&mut daemon).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the request names 10001 certificates, more than 10000"
+        );
+        assert_eq!(err.hint(), Some("use --all, or ask in several runs"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_its_response_is_dropped() {
+        let (_client, mut daemon) = UnixStream::pair().unwrap();
+        // Far more than the socket buffer holds: the write can only finish if the client reads.
+        let resp = Response {
+            exit: 0,
+            document: serde_json::Value::String("x".repeat(16 << 20)),
+            error: None,
+            hint: None,
+        };
+        // Time is paused and advances when every task waits: a write without a timeout of its
+        // own would be cut by this outer one, an hour later.
+        let written = tokio::time::timeout(
+            Duration::from_secs(3600),
+            write_response(&mut daemon, &resp),
+        )
+        .await
+        .expect("the daemon waited an hour for a client that reads nothing");
+        assert_eq!(
+            written.unwrap_err().to_string(),
+            "control client did not read its response within 10s; dropped it"
+        );
+    }
 
     #[test]
     fn only_root_or_our_own_user_is_taken_for_the_daemon() {

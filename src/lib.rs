@@ -4,6 +4,7 @@
 //! Functional core, imperative shell: `core` decides (pure), everything else observes and acts.
 
 pub mod adopt; //      taking over files at the configured paths, never through a planted link
+pub mod child; //      every child process: scrubbed environment, output tail kept
 pub mod cli; //        command line definitions and subcommands
 pub mod clock; //      wall time derived from tokio's clock (pausable in tests)
 pub mod compromise; // compromised keys: flag files, blocklists, memory, quarantine

@@ -113,19 +113,15 @@ async fn webhook(url: &str, event: &Event, timeout: Duration) -> Result<(), Stri
 }
 
 async fn command(argv: &[String], event: &Event, timeout: Duration) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
+    let mut cmd = crate::child::command(&argv[0]);
     cmd.args(&argv[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .env("CERTAGENT_EVENT", event.event)
         .env("CERTAGENT_CERT", &event.certificate)
         .env("CERTAGENT_MESSAGE", &event.message)
         .env("CERTAGENT_AT", &event.at)
         .env("CERTAGENT_REASON", event.reason.as_deref().unwrap_or(""))
         .env("CERTAGENT_SERIAL", event.serial.as_deref().unwrap_or(""));
-    let out = tokio::time::timeout(timeout, cmd.output())
+    let out = tokio::time::timeout(timeout, crate::child::output(&mut cmd))
         .await
         .map_err(|_| {
             format!(
@@ -141,7 +137,7 @@ async fn command(argv: &[String], event: &Event, timeout: Duration) -> Result<()
         Err(format!(
             "`{}` failed: {}",
             argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.message_tail(false)
         ))
     }
 }

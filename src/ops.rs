@@ -29,8 +29,11 @@ pub fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Certif
     if names.is_empty() {
         return Ok(config.certificates.values().collect());
     }
+    // Each certificate once, however often it is named.
+    let mut seen = std::collections::HashSet::new();
     names
         .iter()
+        .filter(|n| seen.insert(n.as_str()))
         .map(|n| {
             config.certificate(n).ok_or_else(|| {
                 let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();

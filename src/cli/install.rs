@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::Args;
 
@@ -626,12 +625,11 @@ impl Host {
     fn systemctl(&mut self, args: &[&str], detail: &str) -> Result<()> {
         let verb = args.join(" ");
         if !self.dry_run {
-            let out = Command::new("systemctl")
-                .args(args)
-                .output()
-                .with_context(|| format!("failed to run systemctl {verb}"))?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
+            let (status, stderr) =
+                crate::child::stderr_tail(crate::child::std_command("systemctl").args(args))
+                    .with_context(|| format!("failed to run systemctl {verb}"))?;
+            if !status.success() {
+                let stderr = String::from_utf8_lossy(&stderr);
                 return Err(Error::msg(format!(
                     "failed to {detail}: systemctl {verb}: {}",
                     stderr.trim()
@@ -649,7 +647,7 @@ impl Host {
 
     fn is_active(&self) -> bool {
         self.systemd
-            && Command::new("systemctl")
+            && crate::child::std_command("systemctl")
                 .args(["is-active", "--quiet", UNIT_NAME])
                 .status()
                 .is_ok_and(|s| s.success())

@@ -6,6 +6,8 @@
 mod in_service;
 mod walk;
 
+pub use walk::shown;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,17 +43,13 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A drop-in's file name is the operator's, like a key: shown escaped.
+        let file = self.file.display().to_string();
+        let file = shown(&file);
         if self.key.is_empty() {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)?;
+            write!(f, "{file}:{}: {}", self.line, self.message)?;
         } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                self.key,
-                self.message
-            )?;
+            write!(f, "{file}:{}: {}: {}", self.line, self.key, self.message)?;
         }
         match &self.hint {
             Some(hint) => write!(f, "\n    hint: {hint}"),
@@ -513,7 +511,8 @@ fn check_directories(agent: &Agent, main: &Path, errors: &mut Vec<ConfigError>) 
 
 fn read_capped(file: &Path) -> Result<String, String> {
     use std::io::Read;
-    let f = std::fs::File::open(file).map_err(|e| format!("failed to read config file: {e}"))?;
+    let f = crate::store::fsutil::open_regular(file)
+        .map_err(|e| format!("failed to read config file: {e}"))?;
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)
@@ -688,16 +687,17 @@ impl Builder {
             if !known.contains(&target) {
                 let list = known
                     .iter()
-                    .map(|k| k.as_str())
+                    .map(|k| shown(k))
                     .collect::<Vec<_>>()
                     .join(", ");
                 errors.push(ConfigError {
                     hint: None,
                     file: origin.file.clone(),
                     line: origin.line,
-                    key: format!("certificate.{cert}.{what}"),
+                    key: format!("certificate.{}.{what}", shown(cert)),
                     message: format!(
-                        "no [{what}.{target}] is defined (defined: {})",
+                        "no [{what}.{}] is defined (defined: {})",
+                        shown(target),
                         if list.is_empty() { "none" } else { &list }
                     ),
                 });
@@ -749,7 +749,7 @@ impl Builder {
                     hint: None,
                     file: origin.file.clone(),
                     line: origin.line,
-                    key: format!("certificate.{name}.server"),
+                    key: format!("certificate.{}.server", shown(name)),
                     message: format!(
                         "none of server {:?}'s verify endpoints is for {names:?}: add one without sni, or with sni = one of these names",
                         server.name
@@ -772,7 +772,7 @@ impl Builder {
                         hint: None,
                         file: origin.file.clone(),
                         line: origin.line,
-                        key: format!("certificate.{name}"),
+                        key: format!("certificate.{}", shown(name)),
                         message: format!(
                             "path {:?} is also written by certificate {other:?}",
                             path.display().to_string()
@@ -1153,19 +1153,13 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
     };
     let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
     let base_url = match s.string(cx, "api_url") {
-        Some((u, span))
-            if !(u.starts_with("https://")
-                || u.starts_with("http://127.")
-                || u.starts_with("http://localhost")) =>
-        {
-            cx.error(
-                &span,
-                &s.full_key("api_url"),
-                format!("{u:?} must be an https:// URL"),
-            );
-            None
-        }
-        Some((u, _)) => Some(u.trim_end_matches('/').to_string()),
+        Some((u, span)) => match check_api_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.error(&span, &s.full_key("api_url"), why);
+                None
+            }
+        },
         None => Some("https://api.dnsimple.com/v2".to_string()),
     };
     Some(DnsimpleApi {
@@ -1173,6 +1167,28 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
         account_id,
         base_url: base_url?,
     })
+}
+
+/// An API URL must be https://, except plain http:// to a loopback host (a local fake or
+/// proxy in tests). The host is compared after parsing, never by prefix:
+/// `http://localhost@attacker.example/` and `http://localhost.attacker.example/` are remote.
+fn check_api_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    // `host_str` is the parsed host: lowercased, IPv4 normalised, IPv6 in brackets.
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{text:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+        )),
+    }
 }
 
 const NOTIFY_KEYS: &str = "kind, url, command, events, timeout, retries";
@@ -1865,6 +1881,52 @@ key_file = "/etc/ssl/c.key"
             ]
         );
     }
+
+    #[test]
+    fn dnsimple_plain_http_is_allowed_to_loopback_hosts_only() {
+        let config = |url: &str| {
+            format!(
+                "[issuer.d]\nkind = \"dnsimple\"\ndomain = \"a.test\"\ntoken_file = \"/t\"\napi_url = \"{url}\"\n"
+            )
+        };
+        for remote in [
+            "http://localhost@attacker.example/v2",
+            "http://localhost.attacker.example/v2",
+            "http://127.0.0.1.attacker.example/v2",
+            "http://attacker.example/v2",
+            "ftp://localhost/v2",
+        ] {
+            let errors = parse(&config(remote)).unwrap_err();
+            assert_eq!(
+                errors,
+                vec![format!(
+                    "/etc/certagent/config.toml:5: issuer.d.api_url: {remote:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+                )]
+            );
+        }
+        let errors = parse(&config("localhost/v2")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:5: issuer.d.api_url: \"localhost/v2\" is not a URL: relative URL without a base"
+            ]
+        );
+        for local in [
+            "http://localhost/v2",
+            "http://127.0.0.1:1234/v2",
+            "http://127.1.2.3/v2",
+            "http://[::1]:99/v2",
+            "https://api.dnsimple.com/v2/",
+        ] {
+            let c = parse(&config(local)).unwrap_or_else(|e| panic!("{local}: {e:#?}"));
+            match &c.issuers["d"].kind {
+                IssuerKind::Dnsimple(d) => {
+                    assert_eq!(d.api.base_url, local.trim_end_matches('/'))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2049,6 +2111,81 @@ mod candidate_tests {
                 .message
                 .starts_with("is neither the config file nor a drop-in"),
             "{errors}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod dropin_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_keys_names_and_file_names_are_shown_escaped() {
+        let mut errors = Vec::new();
+        Config::parse_sources(
+            &[
+                (
+                    PathBuf::from("/etc/certagent/config.toml"),
+                    "[server.\"a\\nb\"]\nkind = \"none\"\n\"x\\u001b[2Jy\" = 1\n\n[certificate.\"c\\rd\"]\nnames = [\"a.test\"]\ncert_file = \"/s/c.pem\"\nkey_file = \"/s/c.key\"\n\n[certificate.ok]\nnames = [\"b.test\"]\nserver = \"w\\u202eeb\"\ncert_file = \"/s/o.pem\"\nkey_file = \"/s/o.key\"\n\n[notify]\n\"n\\u0000\" = 3\n"
+                        .to_string(),
+                ),
+                (
+                    PathBuf::from("/etc/certagent/conf.d/evil\n/etc/certagent/config.toml:1: forged.toml"),
+                    "[agent]\n".to_string(),
+                ),
+            ],
+            &mut errors,
+        );
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        for line in &shown {
+            assert!(
+                !line.contains(['\n', '\r', '\u{1b}', '\0', '\u{202e}']),
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            shown,
+            [
+                "/etc/certagent/config.toml:1: server.a\\nb: invalid server name \"a\\nb\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
+                "/etc/certagent/config.toml:3: server.a\\nb.x\\u{1b}[2Jy: unknown key; known keys here: kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle",
+                "/etc/certagent/config.toml:17: notify.n\\0: expected a table [notify.n\\0], found integer",
+                "/etc/certagent/config.toml:5: certificate.c\\rd: invalid certificate name \"c\\rd\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
+                "/etc/certagent/conf.d/evil\\n/etc/certagent/config.toml:1: forged.toml:1: agent: [agent] may only be set in the main config file, not in a drop-in",
+                "/etc/certagent/config.toml:10: certificate.ok.server: no [server.w\\u{202e}eb] is defined (defined: none)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fifo_drop_in_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        std::fs::write(&main, "").unwrap();
+        std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
+        let fifo = tmp.path().join("conf.d/a.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(tmp.path().join("conf.d/b.toml")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let errors = Config::load(&main).map(|_| ()).unwrap_err();
+            let _ = tx.send(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+        });
+        // Generous: a hang (blocked in open(2) until a writer comes) is what this catches.
+        let errors = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("loading the config blocked on a FIFO drop-in");
+        assert_eq!(
+            errors,
+            vec![
+                format!(
+                    "{}:0: failed to read config file: not a regular file (a FIFO)",
+                    fifo.display()
+                ),
+                format!(
+                    "{}:0: failed to read config file: not a regular file (a directory)",
+                    tmp.path().join("conf.d/b.toml").display()
+                ),
+            ]
         );
     }
 }

@@ -83,9 +83,11 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
+    /// The dotted key of `name` in this section, for messages (see `shown`).
     pub fn full_key(&self, name: &str) -> String {
+        let name = shown(name);
         if self.key.is_empty() {
-            name.to_string()
+            name.into_owned()
         } else {
             format!("{}.{name}", self.key)
         }
@@ -288,7 +290,7 @@ impl<'t, 'i> Section<'t, 'i> {
         };
         let mut out = Vec::new();
         for (k, item) in table.iter() {
-            let sub = format!("{key}.{}", k.get_ref());
+            let sub = format!("{key}.{}", shown(k.get_ref()));
             match item.get_ref().as_table() {
                 Some(t) => out.push((k.get_ref().to_string(), Section::new(sub, t, k.span()))),
                 None => cx.error(
@@ -333,6 +335,30 @@ impl<'t, 'i> Section<'t, 'i> {
             }
         }
     }
+}
+
+/// A name from the config file as it may appear in a message or a log line: control
+/// characters (a table named "a\nb" would forge a line of its own) and invisible
+/// direction or width changes escaped the way `str::escape_debug` writes them; anything
+/// else as it is. Every key and name taken from the file goes through this before it is
+/// shown.
+pub fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !name.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if hidden(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 pub fn check_path(s: &str) -> Result<PathBuf, String> {

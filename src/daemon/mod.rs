@@ -155,6 +155,7 @@ pub async fn run(
     d.evaluate_all().await;
     crate::systemd::notify_ready(&d.summary());
     let (ask_tx, mut ask_rx) = mpsc::channel::<ReissueAsk>(64);
+    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CLIENTS));
     // Certificates dropped into the inbox while the daemon was down.
     d.scan_inbox(&ask_tx);
     log::info!(certificates = d.config.certificates.len(); "certagent daemon ready");
@@ -213,7 +214,16 @@ pub async fn run(
             Some(done) = d.jobs.join_next_with_id() => d.joined(done).await,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_client(stream, config_rx.clone(), clock, ask_tx.clone()));
+                    let client = serve_client(stream, config_rx.clone(), clock, ask_tx.clone());
+                    let clients = clients.clone();
+                    tokio::spawn(async move {
+                        // Requests and answers of at most this many clients are in memory at
+                        // once: a burst of clients waits here holding only its connection.
+                        let Ok(_permit) = clients.acquire_owned().await else {
+                            return;
+                        };
+                        client.await
+                    });
                 }
             }
             Some(ask) = ask_rx.recv() => d.ask(ask),
@@ -859,7 +869,9 @@ impl Daemon {
                 log::error!("{why}: the new configuration is invalid, keeping the old one");
                 if let Error::Config(errors) = &e {
                     for err in &errors.0 {
-                        log::error!(file = err.file.display().to_string().as_str(), line = err.line, key = err.key.as_str(); "{}", err.message);
+                        let file = err.file.display().to_string();
+                        let file = crate::config::shown(&file);
+                        log::error!(file = file.as_ref(), line = err.line, key = err.key.as_str(); "{}", err.message);
                     }
                 } else {
                     log::error!("{e}");
@@ -1119,6 +1131,9 @@ fn problem_detail(
         detail
     }
 }
+
+/// Control connections served at once (the others wait their turn).
+const MAX_CONTROL_CLIENTS: usize = 8;
 
 /// One control connection: check and status are answered from a snapshot of the config
 /// (read-only, off the event loop); reissue goes through the loop.

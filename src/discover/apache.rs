@@ -126,6 +126,10 @@ impl Reader<'_> {
                 return;
             }
         };
+        if let Err(cycle) = self.scan.enter(path) {
+            self.scan.problem(format!("apache: {cycle}"));
+            return;
+        }
         self.scan.files.push(path.to_path_buf());
         let mut pending = String::new();
         let mut first_line = 0;
@@ -146,6 +150,7 @@ impl Reader<'_> {
             }
             self.directive(line, Source::new(path, first_line), depth);
         }
+        self.scan.leave();
     }
 
     fn directive(&mut self, line: &str, source: Source, depth: usize) {
@@ -280,7 +285,7 @@ fn read_envvars(text: &str) -> HashMap<String, String> {
 
 /// Scan the Apache configuration whose main file is `conf`, with `root` as ServerRoot.
 pub fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
-    let envvars = std::fs::read_to_string(root.join("envvars"))
+    let envvars = super::read_text(&root.join("envvars"))
         .map(|t| read_envvars(&t))
         .unwrap_or_default();
     let mut r = Reader {
@@ -357,6 +362,39 @@ pub fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_includes_itself_is_reported_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = tmp.path().join("httpd.conf");
+        std::fs::write(
+            &conf,
+            "Include httpd.conf\nIncludeOptional conf.d/*.conf\nInclude httpd.conf\n",
+        )
+        .unwrap();
+        std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
+        std::fs::write(tmp.path().join("conf.d/x.conf"), "Include conf.d\n").unwrap();
+        let mut s = Scan::default();
+        scan(tmp.path(), &conf, &mut s);
+        let q = |name: &str| format!("{:?}", tmp.path().join(name).display().to_string());
+        let main_cycle = format!(
+            "apache: include cycle {} -> {}; not followed",
+            q("httpd.conf"),
+            q("httpd.conf")
+        );
+        assert_eq!(
+            s.problems,
+            vec![
+                main_cycle.clone(),
+                format!(
+                    "apache: include cycle {} -> {}; not followed",
+                    q("conf.d/x.conf"),
+                    q("conf.d/x.conf")
+                ),
+                main_cycle,
+            ]
+        );
+    }
 
     #[test]
     fn debian_envvars_are_read_like_the_shell_would() {

@@ -84,11 +84,37 @@ pub struct Scan {
     pub files: Vec<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub problems: Vec<String>,
+    /// The canonical paths of the files being read, outermost first: a file that includes
+    /// one of these is an include cycle.
+    including: Vec<PathBuf>,
 }
 
 impl Scan {
     fn problem(&mut self, p: String) {
         self.problems.push(p);
+    }
+
+    /// Note that `file` is about to be read, or `Err` with the cycle when it is being read
+    /// already (a file that includes itself, directly or through others). Call `leave` after.
+    fn enter(&mut self, file: &Path) -> Result<(), String> {
+        let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        if let Some(i) = self.including.iter().position(|f| *f == canonical) {
+            let chain: Vec<String> = self.including[i..]
+                .iter()
+                .chain([&canonical])
+                .map(|f| format!("{:?}", f.display().to_string()))
+                .collect();
+            return Err(format!(
+                "include cycle {}; not followed",
+                chain.join(" -> ")
+            ));
+        }
+        self.including.push(canonical);
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.including.pop();
     }
 }
 
@@ -654,7 +680,8 @@ fn toml_array(items: &[String]) -> String {
 fn read_text(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let shown = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| format!("failed to read {shown:?}: {e}"))?;
+    let f = crate::store::fsutil::open_regular(path)
+        .map_err(|e| format!("failed to read {shown:?}: {e}"))?;
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES as u64 + 1)
         .read_to_string(&mut text)

@@ -178,9 +178,13 @@ fn load(file: &Path, conf_dir: &Path, depth: usize, scan: &mut Scan) -> Vec<Dire
             return Vec::new();
         }
     };
+    if let Err(cycle) = scan.enter(file) {
+        scan.problem(format!("nginx: {cycle}"));
+        return Vec::new();
+    }
     scan.files.push(file.to_path_buf());
     let parsed = tokenize(&text).and_then(|t| parse(&t, file));
-    match parsed {
+    let out = match parsed {
         Ok(directives) => expand(directives, conf_dir, depth, scan),
         Err(e) => {
             scan.problem(format!(
@@ -189,7 +193,9 @@ fn load(file: &Path, conf_dir: &Path, depth: usize, scan: &mut Scan) -> Vec<Dire
             ));
             Vec::new()
         }
-    }
+    };
+    scan.leave();
+    out
 }
 
 fn expand(
@@ -358,12 +364,9 @@ fn read_server(
 
 /// The compiled-in configuration path of the nginx in PATH (`nginx -V`), if it says.
 pub fn default_conf() -> Option<PathBuf> {
-    let out = std::process::Command::new("nginx")
-        .arg("-V")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (_, stderr) =
+        crate::child::stderr_tail(crate::child::std_command("nginx").arg("-V")).ok()?;
+    let text = String::from_utf8_lossy(&stderr).into_owned();
     text.split_whitespace()
         .find_map(|w| w.strip_prefix("--conf-path="))
         .map(PathBuf::from)
@@ -372,6 +375,68 @@ pub fn default_conf() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn include_cycles_are_reported_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = tmp.path().join("nginx.conf");
+        // Twice: before cycles were detected, each level doubled the work (2^16 reads).
+        std::fs::write(
+            &conf,
+            "include nginx.conf;\ninclude a.conf;\ninclude nginx.conf;\n",
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("a.conf"), "include b.conf;\n").unwrap();
+        std::fs::write(tmp.path().join("b.conf"), "include ./a.conf;\n").unwrap();
+        let mut s = Scan::default();
+        scan(&conf, &mut s);
+        let q = |name: &str| format!("{:?}", tmp.path().join(name).display().to_string());
+        let main_cycle = format!(
+            "nginx: include cycle {} -> {}; not followed",
+            q("nginx.conf"),
+            q("nginx.conf")
+        );
+        assert_eq!(
+            s.problems,
+            vec![
+                main_cycle.clone(),
+                format!(
+                    "nginx: include cycle {} -> {} -> {}; not followed",
+                    q("a.conf"),
+                    q("b.conf"),
+                    q("a.conf")
+                ),
+                main_cycle,
+            ]
+        );
+        assert_eq!(s.files.len(), 3, "{:?}", s.files);
+    }
+
+    #[test]
+    fn an_include_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = tmp.path().join("nginx.conf");
+        std::fs::write(&conf, "include pipe.conf;\n").unwrap();
+        let pipe = tmp.path().join("pipe.conf");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = Scan::default();
+            scan(&conf, &mut s);
+            let _ = tx.send(s.problems);
+        });
+        // Generous: a hang (blocked in open(2) on the FIFO) is what this catches.
+        let problems = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("discover blocked on a FIFO include");
+        assert_eq!(
+            problems,
+            vec![format!(
+                "nginx: failed to read {:?}: not a regular file (a FIFO)",
+                pipe.display().to_string()
+            )]
+        );
+    }
 
     #[test]
     fn tokens_keep_quotes_comments_and_lines_apart() {

@@ -16,9 +16,6 @@ use crate::config::{ApacheLayout, Server, ServerKind};
 use crate::core::DomainName;
 use crate::error::{Error, Result};
 
-/// Output kept from a failing command (the tail is what explains the failure).
-const MAX_OUTPUT: usize = 4096;
-
 pub struct WebServer {
     cfg: Server,
     /// Apache only: the layout in force (configured, else detected).
@@ -358,18 +355,26 @@ fn children_of(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// Whether `pid` runs nginx (by its executable, else its command line).
+/// Whether `pid` runs nginx, by the name of its executable: the basename of
+/// `/proc/PID/exe`, or when that cannot be read (another user's process, or a master with
+/// more capabilities than the hardened unit grants) the kernel's `comm`, which is the same
+/// name. Never the command line: any process can mention nginx there ("tail -f
+/// /var/log/nginx/access.log").
 fn is_nginx(pid: Pid) -> bool {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    if exe
-        .as_ref()
-        .and_then(|e| e.file_name())
-        .is_some_and(|n| n.to_string_lossy().starts_with("nginx"))
-    {
-        return true;
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe.file_name().is_some_and(|n| {
+            // After a package upgrade the running master's binary is " (deleted)".
+            let name = n.to_string_lossy();
+            is_nginx_name(name.strip_suffix(" (deleted)").unwrap_or(&name))
+        }),
+        Err(_) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| is_nginx_name(comm.trim_end_matches('\n'))),
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nginx"))
+}
+
+/// `nginx`, or a distribution's variant such as `nginx-debug`.
+fn is_nginx_name(name: &str) -> bool {
+    name == "nginx" || name.starts_with("nginx-")
 }
 
 fn read_pid(path: &Path) -> Option<Pid> {
@@ -393,12 +398,9 @@ pub async fn run_with_env(
     let Some((program, args)) = argv.split_first() else {
         return Err(Error::msg("failed to run a command: the argv is empty"));
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+    let mut cmd = crate::child::command(program);
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    let out = match tokio::time::timeout(timeout, crate::child::output(&mut cmd)).await {
         Err(_) => {
             return Err(Error::msg(format!(
                 "`{shown}` did not finish within {}s and was killed",
@@ -411,28 +413,18 @@ pub async fn run_with_env(
     if out.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stdout));
-    let text = text.trim();
-    // The last MAX_OUTPUT bytes, cut at a character boundary (slicing inside a multi-byte
-    // character would panic).
-    let mut start = text.len().saturating_sub(MAX_OUTPUT);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    let tail = &text[start..];
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
     };
+    let tail = out.message_tail(true);
     if tail.is_empty() {
         return Err(Error::msg(format!(
             "`{shown}` failed with {status} and printed nothing"
         )));
     }
     Err(Error::msg(format!(
-        "`{shown}` failed with {status}: {}",
-        tail.replace('\n', " | ")
+        "`{shown}` failed with {status}: {tail}"
     )))
 }
 
@@ -491,6 +483,66 @@ mod tests {
                 .starts_with("failed to run `/nonexistent/x`"),
             "{err}"
         );
+    }
+
+    /// A child of the test, killed and reaped (by its pid) when the test ends, panics included.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn only_a_process_whose_executable_is_nginx_is_taken_for_nginx() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("nginx/access.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "").unwrap();
+        let decoy = Reaped(
+            std::process::Command::new("tail")
+                .arg("-f")
+                .arg(&log)
+                .spawn()
+                .unwrap(),
+        );
+        let decoy_pid = Pid::from_raw(decoy.0.id() as i32);
+        // What the old check matched on: the command line mentions nginx. The parent resumes
+        // inside execve(2), before the kernel has set up the new argv: wait until it is there.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cmdline = loop {
+            let c = std::fs::read(format!("/proc/{decoy_pid}/cmdline")).unwrap();
+            if !c.is_empty() || Instant::now() > deadline {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("/nginx/access.log"),
+            "{cmdline:?}"
+        );
+        assert!(!is_nginx(decoy_pid));
+
+        // A binary named nginx is, also once it is deleted (upgraded under the master).
+        let binary = tmp.path().join("nginx-debug");
+        std::fs::copy("/bin/sleep", &binary).unwrap();
+        let spawn = || loop {
+            match std::process::Command::new(&binary).arg("30").spawn() {
+                // Another test thread may hold a copy's write descriptor across its fork.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => continue,
+                other => break other.unwrap(),
+            }
+        };
+        let real = Reaped(spawn());
+        let pid = Pid::from_raw(real.0.id() as i32);
+        assert!(is_nginx(pid));
+        std::fs::remove_file(&binary).unwrap();
+        assert!(is_nginx(pid));
+        assert!(is_nginx_name("nginx"));
+        assert!(!is_nginx_name("nginxfoo"));
+        assert!(!is_nginx_name("tail"));
     }
 
     #[test]

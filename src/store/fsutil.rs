@@ -144,6 +144,34 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.certagent-tmp"))
 }
 
+/// Open `path` for reading only if it is a regular file. `O_NONBLOCK` makes opening a FIFO
+/// return at once instead of waiting for a writer (which would wedge the caller, the daemon's
+/// event loop included); `fstat` on the open descriptor then refuses FIFOs, sockets, devices
+/// and directories with an error that says what the path is.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)?;
+    let kind = f.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(f);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_fifo() {
+        "not a regular file (a FIFO)"
+    } else if kind.is_socket() {
+        "not a regular file (a socket)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "not a regular file (a device)"
+    } else if kind.is_dir() {
+        "not a regular file (a directory)"
+    } else {
+        "not a regular file"
+    };
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what))
+}
+
 /// Read a regular file, refusing symlinks to odd places, FIFOs, devices and anything larger
 /// than `cap` bytes. `Ok(None)` when it does not exist.
 pub fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
