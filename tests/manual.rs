@@ -138,8 +138,9 @@ fn the_re_issue_waits_for_the_human_across_restarts_and_installs_what_comes_back
     assert!(installed, "{}", daemon.log());
     daemon.wait_log("event=installed", Duration::from_secs(10));
     assert_eq!(env.served(), common::pem_to_der(&signed));
+    // The inbox file is removed once the import has finished, just after it is logged.
     assert!(
-        !inbox.join("site.pem").exists(),
+        wait_until(Duration::from_secs(10), || !inbox.join("site.pem").exists()),
         "the inbox file was not consumed"
     );
     assert!(
