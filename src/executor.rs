@@ -407,6 +407,7 @@ impl Executor {
                     issued: false,
                     compromise: None,
                     reminders: 0,
+                    next_look: None,
                 });
                 self.store.save_journal(&cert.name, &journal)?;
                 log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");

@@ -18,6 +18,7 @@ pub mod executor; //   observe a certificate; the re-issue and install transacti
 pub mod failpoint; //  crash points for fault-injection tests (feature "failpoints")
 pub mod issuer; //     ACME and the embedded local CA
 pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing
+pub mod lifecycle; //  what comes next for a certificate: the core's answer from the disk's facts
 pub mod logging; //    journald or stderr, with structured fields
 pub mod metrics; //    Prometheus textfile for fleets, rewritten on every state change
 pub mod notify; //     webhook and command notifications of events

@@ -186,6 +186,7 @@ mod tests {
                 issued: false,
                 compromise: None,
                 reminders: 0,
+                next_look: None,
             }),
             ..Journal::default()
         };

@@ -67,22 +67,6 @@ pub fn outcome_str(k: OutcomeKind) -> &'static str {
     }
 }
 
-/// When certagent looks at a certificate next by itself: a due retry, the renewal window, or
-/// now (something is wrong and no retry is scheduled).
-pub fn next_check(
-    healthy: bool,
-    renew_at: Option<Timestamp>,
-    journal: Option<&Journal>,
-    now: Timestamp,
-) -> Timestamp {
-    let retry = journal.and_then(|j| j.retry_at).filter(|&r| r > now);
-    match (healthy, retry, renew_at) {
-        (_, Some(r), _) => r,
-        (true, None, Some(at)) => at.max(now),
-        _ => now,
-    }
-}
-
 pub fn report(
     config: &Config,
     blocked: &Blocked,
@@ -90,17 +74,12 @@ pub fn report(
     journal: Option<&Journal>,
     now: Timestamp,
 ) -> CertificateReport {
-    let obs = observe(
-        cert,
-        now,
-        &Signals::for_cert(config, blocked, journal, &cert.name),
-    );
+    let crate::lifecycle::Next {
+        observation: obs,
+        step,
+        drift,
+    } = crate::lifecycle::next(config, blocked, cert, journal, now);
     let pending = journal.and_then(|j| j.pending.as_ref());
-    // A changed owner, group or mode is work too, but no re-issue: fixed in place.
-    let drift = match Store::at(&config.agent.state_dir).permission_drift(cert) {
-        Ok(d) => d.iter().map(|d| d.describe()).collect(),
-        Err(e) => vec![e.to_string()],
-    };
     let mut problems: Vec<String> = [obs.compromise_problem, obs.cert_problem, obs.key_problem]
         .into_iter()
         .flatten()
@@ -113,14 +92,8 @@ pub fn report(
         .collect();
     let mut reason = obs.decision.reason().map(|r| r.as_str().to_string());
     let mut healthy = obs.decision.is_healthy();
-    // Nothing is re-issued while it cannot be told whether the new key would be listed.
-    let hold = obs.decision.reasons.contains(&Reason::CompromiseUnknown);
-    let mut action = match (healthy, pending.is_some()) {
-        _ if hold => "hold",
-        (_, true) => "resume",
-        (false, false) => "reissue",
-        (true, false) => "none",
-    };
+    let mut action = step.action();
+    // A changed owner, group or mode is work too, but no re-issue: fixed in place.
     if !drift.is_empty() {
         reasons.push(PERMISSIONS_CHANGED.to_string());
         problems.extend(drift);
@@ -145,12 +118,7 @@ pub fn report(
         renew_at: obs.decision.renew_at.map(rfc3339),
         problems,
         generation: journal.and_then(|j| j.current),
-        next_check: Some(rfc3339(next_check(
-            healthy || pending.is_some(),
-            obs.decision.renew_at,
-            journal,
-            now,
-        ))),
+        next_check: step.next_look(now).map(rfc3339),
         failures: journal.map(|j| j.failures).unwrap_or(0),
         pending: pending.map(|p| PendingReport {
             reason: p.reason.as_str().to_string(),

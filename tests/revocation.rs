@@ -63,7 +63,13 @@ fn an_ari_window_in_the_future_schedules_the_renewal_inside_it() {
     assert!((start..=end).contains(&renew_at), "{ari}");
     assert_eq!(rfc3339_secs(&ari["window_start"]), start);
     assert_eq!(
-        status["certificates"][0]["next_check"], ari["renew_at"],
+        status["certificates"][0]["renew_at"], ari["renew_at"],
+        "{status}"
+    );
+    // The next look is the earlier of the renewal point and the next ARI fetch (the CA said
+    // to ask again in an hour): what the daemon schedules, `status` reports.
+    assert_eq!(
+        status["certificates"][0]["next_check"], ari["next_fetch"],
         "{status}"
     );
     // Inside its lifetime and before the window: nothing is re-issued. The daemon looks at

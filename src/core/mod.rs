@@ -5,6 +5,7 @@
 //! is tested with tables. The shell (executor, daemon) gathers the facts and carries out the
 //! decision.
 
+pub mod lifecycle;
 mod types;
 
 use std::collections::BTreeSet;

@@ -7,6 +7,7 @@
 //! concurrently across certificates, bounded by `max_parallel`; one certificate never has
 //! two jobs.
 
+mod schedule;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -25,12 +26,15 @@ use crate::clock::Clock;
 use crate::compromise::Blocked;
 use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::core::lifecycle::Step;
 use crate::core::{self, Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Signals, observe};
 use crate::ops;
 use crate::output::ReissueResult;
-use crate::store::{Lock, Store};
+use crate::store::Lock;
+
+use schedule::{Plan, human_wait, next_step, plan};
 
 /// Events arriving this close together are handled as one (an editor or config management
 /// replacing cert and key with two renames, our own flip touching several links).
@@ -252,18 +256,6 @@ pub async fn run(
     Ok(())
 }
 
-/// "2 days", "5 hours", "40 minutes".
-fn human_wait(secs: i64) -> String {
-    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    if secs >= 86_400 {
-        plural(secs / 86_400, "day")
-    } else if secs >= 3_600 {
-        plural(secs / 3_600, "hour")
-    } else {
-        plural((secs / 60).max(1), "minute")
-    }
-}
-
 /// After an inbox file was tried: gone when installed, else kept in `inbox/rejected/` with
 /// the reason next to it, so nothing an operator dropped there is silently lost.
 fn settle_inbox_file(path: &Path, error: Option<&str>) {
@@ -334,7 +326,7 @@ impl Daemon {
                     .into_iter()
                     .filter_map(|name| {
                         let cert = config.certificates.get(&name)?;
-                        Some((name, verdict(&config, &blocked, cert, now)))
+                        Some((name, next_step(&config, &blocked, cert, now)))
                     })
                     .collect::<Vec<_>>()
             });
@@ -343,8 +335,8 @@ impl Daemon {
         while let Some(Ok(part)) = tasks.join_next().await {
             verdicts.extend(part);
         }
-        for (name, v) in verdicts {
-            self.act(&name, v).await;
+        for (name, (step, detail)) in verdicts {
+            self.act(&name, step, detail).await;
         }
         self.publish_status();
     }
@@ -365,44 +357,44 @@ impl Daemon {
         let Some(cert) = self.config.certificates.get(name) else {
             return;
         };
-        let v = verdict(&self.config, &self.blocked, cert, self.clock.now());
-        self.act(name, v).await;
+        let (step, detail) = next_step(&self.config, &self.blocked, cert, self.clock.now());
+        self.act(name, step, detail).await;
     }
 
-    async fn act(&mut self, name: &str, v: Verdict) {
-        match v {
-            Verdict::Fine { wake_at } => {
+    /// Carry out a certificate's next step: start its job, or sleep until its time.
+    async fn act(&mut self, name: &str, step: Step, detail: String) {
+        let now = self.clock.now();
+        match plan(&step, now) {
+            Plan::Start(job) => {
+                if let Job::Reissue(reason) = job {
+                    log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
+                    self.record_start(name);
+                }
+                self.start(name, job);
+            }
+            Plan::WakeAt(wake_at) => {
+                self.log_wait(name, &step, &detail);
                 self.certs.entry(name.to_string()).or_default().wake_at = wake_at;
             }
-            Verdict::Wait { until, reason } => {
-                log::debug!(cert = name, reason = reason.as_str(); "needs a re-issue, retry scheduled at {}", crate::output::rfc3339(until));
-                self.certs.entry(name.to_string()).or_default().wake_at = Some(until);
+        }
+    }
+
+    /// What an operator reads about a certificate that needs work but waits.
+    fn log_wait(&self, name: &str, step: &Step, detail: &str) {
+        match step {
+            Step::Backoff { until, reason } => {
+                log::debug!(cert = name, reason = reason.as_str(); "needs a re-issue, retry scheduled at {}", crate::output::rfc3339(*until));
             }
-            Verdict::Act { reason, detail } => match self.take_budget(name) {
-                core::Budget::Allowed => {
-                    log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
-                    self.start(name, Job::Reissue(reason));
-                }
-                core::Budget::HeldUntil(until) => {
-                    log::warn!(
-                        cert = name, reason = reason.as_str(), event = "held";
-                        "re-issue held back until {}: {} re-issues started in the last hour (max_reissues_per_hour); re-issue needed: {detail}; hint: `certagent reissue --now {name}` is not limited; a loop usually means renew_before is as long as the certificates the issuer sends",
-                        crate::output::rfc3339(until), self.config.agent.max_reissues_per_hour
-                    );
-                    self.certs.entry(name.to_string()).or_default().wake_at = Some(until);
-                }
-            },
-            Verdict::Hold { why } => {
-                log::error!(
-                    cert = name, reason = Reason::CompromiseUnknown.as_str();
-                    "cannot tell whether a key of {name} is compromised: {why}; nothing is re-issued until it can be read"
-                );
-                self.certs.entry(name.to_string()).or_default().wake_at =
-                    Some(self.clock.now() + 3_600);
-            }
-            Verdict::Finish => self.start(name, Job::Finish),
-            Verdict::Refresh => self.start(name, Job::Refresh),
-            Verdict::FixPermissions => self.start(name, Job::FixPermissions),
+            Step::RateLimited { until, reason } => log::warn!(
+                cert = name, reason = reason.as_str(), event = "held";
+                "re-issue held back until {}: {} re-issues started in the last hour (max_reissues_per_hour); re-issue needed: {detail}; hint: `certagent reissue --now {name}` is not limited; a loop usually means renew_before is as long as the certificates the issuer sends",
+                crate::output::rfc3339(*until), self.config.agent.max_reissues_per_hour
+            ),
+            Step::Hold { why, .. } => log::error!(
+                cert = name, reason = Reason::CompromiseUnknown.as_str();
+                "cannot tell whether a key of {name} is compromised: {why}; nothing is re-issued until it can be read"
+            ),
+            _ => {}
         }
     }
 
@@ -516,13 +508,14 @@ impl Daemon {
             self.schedule_retry(name, result.error.as_deref().unwrap_or("no reason given"));
         }
         if result.result == "pending" && !stopping {
-            // Waiting on a human or a slow CA: no backoff, no loop; look again at the next
-            // reminder (manual CA) or when the CA suggested.
-            let wake = self.pending_wake(name, result.retry_in);
-            self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
-            self.publish_status();
-            log::debug!(cert = name, result = result.result.as_str(); "job finished");
-            return;
+            // Waiting on a human or a slow CA: no backoff, no loop; the journal says when to
+            // look again (the next reminder, or when the CA suggested).
+            if let Err(wake) = self.pending_wake(name, result.retry_in) {
+                self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
+                self.publish_status();
+                log::debug!(cert = name, result = result.result.as_str(); "job finished");
+                return;
+            }
         }
         if result.result == "refresh-failed" {
             // The CA's view could not be fetched or recorded: try again in an hour, not now.
@@ -596,10 +589,15 @@ impl Daemon {
         }
     }
 
-    /// For a pending re-issue: send the reminder that is due (manual CA, every
-    /// `remind_every` since it started: "pending approval for 2 days") and return when to look
-    /// again.
-    fn pending_wake(&mut self, name: &str, retry_in: Option<i64>) -> Timestamp {
+    /// A re-issue ended pending: send the reminder that is due (manual CA, every
+    /// `remind_every` since it started: "pending approval for 2 days") and journal when to
+    /// look again (the next reminder, or when the CA suggested), which the lifecycle then
+    /// waits for. `Err(at)`: it could not be journalled; look again at `at`.
+    fn pending_wake(
+        &mut self,
+        name: &str,
+        retry_in: Option<i64>,
+    ) -> std::result::Result<(), Timestamp> {
         let now = self.clock.now();
         let every = match self
             .config
@@ -608,36 +606,41 @@ impl Daemon {
             .and_then(|c| self.config.issuers.get(&c.issuer))
             .map(|i| &i.kind)
         {
-            Some(crate::config::IssuerKind::Manual(m)) => m.remind_every.0.max(60),
-            _ => return now + retry_in.unwrap_or(300).clamp(10, 86_400),
+            Some(crate::config::IssuerKind::Manual(m)) => Some(m.remind_every.0.max(60)),
+            _ => None,
         };
+        let fallback = now + every.unwrap_or_else(|| retry_in.unwrap_or(300).clamp(10, 86_400));
         let store = &self.executor.store;
         let Ok(mut journal) = store.journal(name) else {
-            return now + every;
+            return Err(fallback);
         };
         let Some(p) = journal.pending.as_mut() else {
-            return now + every;
+            return Err(fallback);
+        };
+        let Some(every) = every else {
+            p.next_look = Some(fallback);
+            return store.save_journal(name, &journal).map_err(|_| fallback);
         };
         let waited = (now - p.started_at).max(0);
         let due = (waited / every) as u32;
-        if due > p.reminders {
+        p.next_look = Some(p.started_at + (i64::from(due) + 1) * every);
+        let remind = due > p.reminders;
+        if remind {
             p.reminders = due;
+        }
+        let reason = p.reason;
+        let saved = store.save_journal(name, &journal).map_err(|_| fallback);
+        if remind {
             let message = format!(
                 "re-issue of {name} pending approval for {}: check the approval e-mail sent by the CA",
                 human_wait(waited)
             );
-            log::warn!(cert = name, event = "reminder", reason = p.reason.as_str(); "{message}");
-            let _ = store.save_journal(name, &journal);
+            log::warn!(cert = name, event = "reminder", reason = reason.as_str(); "{message}");
             let config = self.config.clone();
             let event = crate::notify::Event::new("reminder", name, message, now);
             tokio::spawn(async move { crate::notify::emit(&config, event).await });
         }
-        let started = journal
-            .pending
-            .as_ref()
-            .map(|p| p.started_at)
-            .unwrap_or(now);
-        started + (i64::from(due) + 1) * every
+        saved
     }
 
     /// After a failure (`why`): back off (exponentially, with jitter, honouring the server's
@@ -695,36 +698,36 @@ impl Daemon {
             let Ok(mut j) = store.journal(name) else {
                 continue;
             };
-            if j.retry_at.take().is_some() {
+            let waited = j
+                .pending
+                .as_mut()
+                .and_then(|p| p.next_look.take())
+                .is_some();
+            let backed_off = j.retry_at.take().is_some();
+            if backed_off {
                 log::info!(cert = name.as_str(); "not waiting out the retry delay of the previous run");
-                if let Err(e) = store.save_journal(name, &j) {
-                    log::warn!(cert = name.as_str(); "failed to journal the retry time: {e}");
-                }
+            }
+            if (backed_off || waited)
+                && let Err(e) = store.save_journal(name, &j)
+            {
+                log::warn!(cert = name.as_str(); "failed to journal the retry time: {e}");
             }
         }
     }
 
-    /// The hourly guard: may the daemon start one more re-issue of `name` by itself? When
-    /// it may, the start is journalled.
-    fn take_budget(&self, name: &str) -> core::Budget {
+    /// The hourly guard counts the re-issues the daemon starts by itself: journal this one
+    /// (the lifecycle allowed it).
+    fn record_start(&self, name: &str) {
         let store = &self.executor.store;
         let Ok(mut j) = store.journal(name) else {
-            return core::Budget::Allowed;
+            return;
         };
         let now = self.clock.now();
-        let budget = core::reissue_budget(
-            &j.auto_reissues,
-            self.config.agent.max_reissues_per_hour,
-            now,
-        );
-        if budget == core::Budget::Allowed {
-            j.auto_reissues.retain(|&t| t > now - 3_600 && t <= now);
-            j.auto_reissues.push(now);
-            if let Err(e) = store.save_journal(name, &j) {
-                log::warn!(cert = name; "failed to journal the start of a re-issue: {e}");
-            }
+        j.auto_reissues.retain(|&t| t > now - 3_600 && t <= now);
+        j.auto_reissues.push(now);
+        if let Err(e) = store.save_journal(name, &j) {
+            log::warn!(cert = name; "failed to journal the start of a re-issue: {e}");
         }
-        budget
     }
 
     fn ask(&mut self, ask: ReissueAsk) {
@@ -963,26 +966,6 @@ enum Job {
     FixPermissions,
 }
 
-/// What the daemon should do about one certificate now.
-enum Verdict {
-    /// Healthy; look again at `wake_at` (the renewal window).
-    Fine { wake_at: Option<Timestamp> },
-    /// Needs a re-issue, but a retry is scheduled.
-    Wait { until: Timestamp, reason: Reason },
-    /// Start a re-issue now.
-    Act { reason: Reason, detail: String },
-    /// Finish journalled work: an unverified install, or revoking and purging a compromised
-    /// predecessor.
-    Finish,
-    /// Fetch the CA's view of the certificate (CRL, ARI), then look again.
-    Refresh,
-    /// Healthy, but kept generations do not have the configured owner, group or modes.
-    FixPermissions,
-    /// Unhealthy, but a re-issue could install a listed key: a list of compromised keys
-    /// cannot be read (`why`). Fail closed; look again when it changes, or in an hour.
-    Hold { why: String },
-}
-
 /// The reason a job is reported under.
 fn job_reason(job: &Job) -> Reason {
     match job {
@@ -1004,132 +987,6 @@ fn crashed(name: &str, job: &Job, why: &str) -> ReissueResult {
         "this is a bug in certagent; the journal keeps the work, it is retried with backoff".into(),
     );
     r
-}
-
-fn verdict(
-    config: &Config,
-    blocked: &Blocked,
-    cert: &crate::config::Certificate,
-    now: Timestamp,
-) -> Verdict {
-    let store = Store::at(&config.agent.state_dir);
-    let mut journal = store.journal(&cert.name).ok();
-    if let Some(j) = journal.as_mut() {
-        crate::compromise::track_flag(&store, config, &cert.name, j);
-    }
-    let retry_at = journal
-        .as_ref()
-        .and_then(|j| j.retry_at)
-        .filter(|&r| r > now);
-    if journal.as_ref().is_some_and(|j| j.flip.is_some()) {
-        return Verdict::Finish;
-    }
-    if journal.as_ref().is_some_and(|j| j.post.is_some()) {
-        return match retry_at {
-            Some(until) => Verdict::Wait {
-                until,
-                reason: Reason::KeyCompromised,
-            },
-            None => Verdict::Finish,
-        };
-    }
-    let obs = observe(
-        cert,
-        now,
-        &Signals::for_cert(config, blocked, journal.as_ref(), &cert.name),
-    );
-    if let Some(why) = obs.compromise_problem.clone() {
-        return Verdict::Hold { why };
-    }
-    let compromised = obs.decision.reason() == Some(Reason::KeyCompromised);
-    // A backoff holds back only what failed: a new trigger is acted on at once.
-    let failed_with = journal
-        .as_ref()
-        .map(|j| j.retry_reasons.as_slice())
-        .unwrap_or_default();
-    let held = retry_at.filter(|_| core::backoff_holds(failed_with, &obs.decision.reasons));
-    let new_trigger = retry_at.is_some() && held.is_none();
-    // Interrupted or failed work is resumed (its key and order are journalled); news of a
-    // compromise does not wait for a retry slot.
-    if let Some(p) = journal.as_ref().and_then(|j| j.pending.as_ref()) {
-        if compromised && p.compromise.is_none() {
-            return Verdict::Act {
-                reason: Reason::KeyCompromised,
-                detail: "the key in service is compromised".into(),
-            };
-        }
-        return match (held, obs.decision.reason()) {
-            (Some(until), _) => Verdict::Wait {
-                until,
-                reason: p.reason,
-            },
-            (None, Some(reason)) if new_trigger => Verdict::Act {
-                reason,
-                detail: problem_detail(reason, obs.key_problem, obs.cert_problem),
-            },
-            (None, _) => Verdict::Act {
-                reason: p.reason,
-                detail: "resuming a pending re-issue".into(),
-            },
-        };
-    }
-    let refresh = match &obs.leaf {
-        Some(leaf) => crate::executor::refresh_due(config, cert, leaf, journal.as_ref(), now),
-        None => Err(None),
-    };
-    let Some(reason) = obs.decision.reason() else {
-        // An error here (an owner that no longer exists) is for `check` to show; the
-        // daemon cannot fix it.
-        let store = Store::at(&config.agent.state_dir);
-        if store.permission_drift(cert).is_ok_and(|d| !d.is_empty()) {
-            // A fix that failed backs off like a failed re-issue, never loops.
-            return match retry_at {
-                None => Verdict::FixPermissions,
-                Some(until) => Verdict::Fine {
-                    wake_at: Some(until),
-                },
-            };
-        }
-        if refresh.is_ok() {
-            return Verdict::Refresh;
-        }
-        let wake_at = [obs.decision.next_check(now), refresh.err().flatten()]
-            .into_iter()
-            .flatten()
-            .min();
-        return Verdict::Fine { wake_at };
-    };
-    match held {
-        Some(until) if !compromised => Verdict::Wait { until, reason },
-        _ => Verdict::Act {
-            reason,
-            detail: problem_detail(reason, obs.key_problem, obs.cert_problem),
-        },
-    }
-}
-
-/// What an operator reads about why a re-issue is needed.
-fn problem_detail(
-    reason: Reason,
-    key_problem: Option<String>,
-    cert_problem: Option<String>,
-) -> String {
-    let detail = match reason {
-        Reason::KeyCompromised => {
-            "the key in service is compromised (flag file, blocklist or CA)".to_string()
-        }
-        Reason::Revoked => "the CA revoked the certificate in service".to_string(),
-        _ => [key_problem, cert_problem]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join("; "),
-    };
-    if detail.is_empty() {
-        reason.as_str().to_string()
-    } else {
-        detail
-    }
 }
 
 /// Control connections served at once (the others wait their turn).

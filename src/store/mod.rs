@@ -174,6 +174,10 @@ pub struct Pending {
     /// Reminders sent while waiting for a human (manual CA).
     #[serde(default)]
     pub reminders: u32,
+    /// When the daemon looks at it again after an attempt that ended pending: the next
+    /// reminder (manual CA) or the CA's Retry-After. Cleared at start.
+    #[serde(default)]
+    pub next_look: Option<Timestamp>,
 }
 
 /// The compromised key being replaced, captured before anything else happens.
