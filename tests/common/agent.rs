@@ -151,7 +151,6 @@ pub fn run_certagent_under(
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub nginx: Nginx,
-    pub ca: TlsCa,
     pub port: u16,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -189,7 +188,6 @@ impl Env {
         Env {
             dir,
             nginx,
-            ca,
             port,
             cert_file,
             key_file,

@@ -57,7 +57,6 @@ pub struct Pebble {
     listen_port: u16,
     mgmt_port: u16,
     http_port: u16,
-    tls_port: u16,
     dns_port: u16,
     challtestsrv_mgmt_port: u16,
     pebble_log: PathBuf,
@@ -179,7 +178,6 @@ impl Pebble {
             listen_port,
             mgmt_port,
             http_port,
-            tls_port,
             dns_port,
             challtestsrv_mgmt_port,
             pebble_log,
@@ -249,11 +247,6 @@ impl Pebble {
     /// Port Pebble's VA connects to (on 127.0.0.1) for http-01 challenges.
     pub fn http_port(&self) -> u16 {
         self.http_port
-    }
-
-    /// Port Pebble's VA connects to (on 127.0.0.1) for tls-alpn-01.
-    pub fn tls_port(&self) -> u16 {
-        self.tls_port
     }
 
     /// Base URL of Pebble's management API, `https://127.0.0.1:B`.

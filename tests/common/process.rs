@@ -119,22 +119,9 @@ impl Child {
         }
     }
 
-    /// Wraps an already spawned child.
-    pub fn from_std(name: &str, inner: std::process::Child) -> Child {
-        Child {
-            inner,
-            name: name.to_owned(),
-        }
-    }
-
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.inner.id()
-    }
-
-    /// A short name for messages.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// `None` while running, `Some(status)` once it has exited (and is reaped).
