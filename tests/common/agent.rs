@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use super::{Nginx, Site, TlsCa, free_port, served_leaf, spki_of_cert_der, spki_of_key_pem};
+use super::{Nginx, Site, TlsCa, reserved_port, served_leaf, spki_of_cert_der, spki_of_key_pem};
 
 /// The outcome of one certagent run.
 pub struct Run {
@@ -175,7 +175,7 @@ impl Env {
             now + Duration::from_secs(60 * 86_400),
         );
         leaf.write(&cert_file, &key_file);
-        let port = free_port();
+        let port = reserved_port();
         let site = Site {
             port,
             server_names: names.iter().map(|s| s.to_string()).collect(),

@@ -3,7 +3,7 @@
 //! Everything an integration test needs to stand up a realistic environment on
 //! loopback only, with no state shared between tests:
 //!
-//! * [`free_port`], [`wait_until`] and the [`Child`] process guard
+//! * [`reserved_port`], [`wait_until`] and the [`Child`] process guard
 //!   (`process.rs`);
 //! * [`TlsCa`]: a throw-away CA generated with rcgen at test time, plus
 //!   helpers to inspect certificates and keys ([`served_leaf`],
@@ -56,7 +56,7 @@ pub use front::*;
 pub use http::{http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
-pub use process::{Child, free_port, pid_alive, send_signal, wait_until};
+pub use process::{Child, pid_alive, reserved_port, send_signal, wait_until};
 pub use tls::{
     Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, hold_connection,
     pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::http::https_get;
-use super::process::{Child, free_port, wait_until};
+use super::process::{Child, reserved_port, wait_until};
 use super::tls::TlsCa;
 
 /// How long to wait for the servers to come up.
@@ -91,12 +91,12 @@ impl Pebble {
             .expect("create Pebble temp dir");
         let tls = TlsCa::new(&dir.path().join("tls"));
 
-        let listen_port = free_port();
-        let mgmt_port = free_port();
-        let http_port = opts.http_port.unwrap_or_else(free_port);
-        let tls_port = opts.tls_port.unwrap_or_else(free_port);
-        let dns_port = free_port();
-        let challtestsrv_mgmt_port = free_port();
+        let listen_port = reserved_port();
+        let mgmt_port = reserved_port();
+        let http_port = opts.http_port.unwrap_or_else(reserved_port);
+        let tls_port = opts.tls_port.unwrap_or_else(reserved_port);
+        let dns_port = reserved_port();
+        let challtestsrv_mgmt_port = reserved_port();
 
         // DNS for the VA: every A query answers 127.0.0.1, no AAAA answers,
         // and no challenge-response servers of its own.

@@ -90,7 +90,7 @@ fn key_deleted_reissued_through_acme_with_built_in_http01_responder() {
 
 #[test]
 fn names_and_key_type_changes_through_acme_with_nginx_webroot() {
-    let http_port = common::free_port();
+    let http_port = common::reserved_port();
     let pebble = Pebble::start(PebbleOpts {
         http_port: Some(http_port),
         ..PebbleOpts::default()
