@@ -61,4 +61,7 @@ pub use tls::{
     Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, hold_connection,
     pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,
 };
-pub use user::{TestUser, user_db_lock};
+pub use user::TestUser;
+// Only the fault tests (a failpoints module) hold it themselves.
+#[cfg(feature = "failpoints")]
+pub use user::user_db_lock;
