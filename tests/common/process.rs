@@ -8,11 +8,32 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Ports handed out by [`reserved_port`] come from here: below Linux's ephemeral range
-/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), so the kernel never gives one to
-/// another socket (a `bind` to port 0, an outgoing connection), and above the ports services
-/// conventionally use.
-const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_768;
+/// Where [`reserved_port`] takes its ports: outside Linux's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), so that the kernel never gives one
+/// to another socket (a `bind` to port 0, an outgoing connection), and above 10000, clear of
+/// the ports services conventionally use. The larger of the two gaps around the ephemeral
+/// range (20000–32767 by default, as the span is capped at 12768 ports).
+fn reservable_ports() -> std::ops::Range<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("read /proc/sys/net/ipv4/ip_local_port_range");
+    let mut bounds = range.split_whitespace().map(|n| n.parse::<u32>());
+    let (Some(Ok(lo)), Some(Ok(hi))) = (bounds.next(), bounds.next()) else {
+        panic!("unexpected ip_local_port_range {range:?}");
+    };
+    let below = 10_000.max(lo.saturating_sub(12_768))..lo.max(10_000);
+    let above = (hi + 1)..65_536.min(hi + 1 + 12_768);
+    let gap = if below.len() >= above.len() {
+        below
+    } else {
+        above
+    };
+    assert!(
+        gap.len() >= 1_000,
+        "the ephemeral port range {lo}-{hi} leaves too few ports for the tests' servers \
+         (they need 1000 outside it, above 10000): narrow net.ipv4.ip_local_port_range"
+    );
+    gap
+}
 
 /// A TCP and UDP port on 127.0.0.1 that no other test, in this process or any other test
 /// process on the machine, is given until this process exits: for servers that are given their
@@ -20,7 +41,7 @@ const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_768;
 /// handed a bound socket. (In-process servers bind `127.0.0.1:0` and keep the listener.)
 ///
 /// Race-free where binding port 0 and dropping the listener is not: the port is outside the
-/// kernel's ephemeral range (see [`RESERVED_PORTS`]), and it is reserved by an exclusive
+/// kernel's ephemeral range (see [`reservable_ports`]), and it is reserved by an exclusive
 /// `flock` on `$TMPDIR/certagent-test-ports/PORT`, held for the rest of this process's life
 /// (the kernel releases it at exit, however the process ends). A port some other program
 /// listens on already is skipped; only a program that binds a fixed port in the range later,
@@ -30,12 +51,13 @@ pub fn reserved_port() -> u16 {
     static HELD: std::sync::Mutex<Vec<Flock<std::fs::File>>> = std::sync::Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("certagent-test-ports");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
+    let ports = reservable_ports();
+    let span = ports.end - ports.start;
     // Start at a random place so that concurrent test processes rarely contend.
     let first = rand::random_range(0..span);
     let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..span {
-        let port = RESERVED_PORTS.start + (first + i) % span;
+        let port = u16::try_from(ports.start + (first + i) % span).expect("a port number");
         let path = dir.join(port.to_string());
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -54,7 +76,7 @@ pub fn reserved_port() -> u16 {
             return port;
         }
     }
-    panic!("no free port in {RESERVED_PORTS:?}");
+    panic!("no free port in {ports:?}");
 }
 
 /// Polls `f` (every 25 ms) until it returns `true` or `timeout` has elapsed.
