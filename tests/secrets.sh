@@ -27,7 +27,7 @@ while IFS= read -r tok; do
 done < <(
   {
     grep -hoE 'token: "[^"]+"' "$root/tests/common/dnsimple.rs" | sed -E 's/token: "(.*)"/\1/'
-    grep -hiE -A3 'eab|mac' "$root"/tests/*.rs "$root"/tests/common/*.rs |
+    grep -hiE -A3 'eab|mac' "$root"/tests/integration/*.rs "$root"/tests/common/*.rs |
       grep -oE '"[A-Za-z0-9_-]{32,}"' | tr -d '"'
   } | sort -u
 )

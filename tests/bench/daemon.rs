@@ -32,6 +32,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The benches use only part of the test harness.
+#[allow(dead_code, unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
 

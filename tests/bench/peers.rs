@@ -35,6 +35,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The benches use only part of the test harness.
+#[allow(dead_code, unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -56,7 +58,8 @@ use agent::{
     status_field,
 };
 use common::{
-    Env, Nginx, Pebble, PebbleOpts, Site, free_port, served_leaf, spki_of_cert_der, spki_of_key_pem,
+    Env, Nginx, Pebble, PebbleOpts, Site, reserved_port, served_leaf, spki_of_cert_der,
+    spki_of_key_pem,
 };
 
 const RUSAGE_ARG: &str = "__peers_rusage";
@@ -627,7 +630,7 @@ fn setup_certbot(bed: &Bed) -> PeerSide {
         issue_dir: base.join("issue"),
         name: "certbot.test".into(),
         nginx: None,
-        port: free_port(),
+        port: reserved_port(),
     };
     // Registers the account and issues the site's first certificate; nginx then serves it.
     let m = certbot_certonly(bed, &side.site_dir, &side.name, &side.name)
@@ -653,7 +656,7 @@ fn setup_lego(bed: &Bed) -> PeerSide {
         issue_dir: base.join("issue"),
         name: "lego.test".into(),
         nginx: None,
-        port: free_port(),
+        port: reserved_port(),
     };
     let m = lego_base(bed, &side.site_dir, &side.name)
         .arg("run")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use super::{Nginx, Site, TlsCa, free_port, served_leaf, spki_of_cert_der, spki_of_key_pem};
+use super::{Nginx, Site, TlsCa, reserved_port, served_leaf, spki_of_cert_der, spki_of_key_pem};
 
 /// The outcome of one certagent run.
 pub struct Run {
@@ -151,7 +151,6 @@ pub fn run_certagent_under(
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub nginx: Nginx,
-    pub ca: TlsCa,
     pub port: u16,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -176,7 +175,7 @@ impl Env {
             now + Duration::from_secs(60 * 86_400),
         );
         leaf.write(&cert_file, &key_file);
-        let port = free_port();
+        let port = reserved_port();
         let site = Site {
             port,
             server_names: names.iter().map(|s| s.to_string()).collect(),
@@ -189,7 +188,6 @@ impl Env {
         Env {
             dir,
             nginx,
-            ca,
             port,
             cert_file,
             key_file,

@@ -133,11 +133,6 @@ impl Apache {
         );
     }
 
-    /// The ServerRoot.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn conf_path(&self) -> PathBuf {
         self.root.join("apache2.conf")
     }

@@ -108,7 +108,7 @@ pub struct FakeDnsimpleOpts {
     /// The one domain and zone the fake knows. Default `"a.test"`.
     pub domain: String,
     /// `GET …/certificates/:id` answers `requesting` this many times after `issue`, then
-    /// `issued` (see [`FakeDnsimple::set_polls_until_issued`]). Default 2.
+    /// `issued` . Default 2.
     pub polls_until_issued: usize,
     /// false: the Let's Encrypt POST endpoints answer 412. Default true.
     pub letsencrypt_enabled: bool,
@@ -142,12 +142,8 @@ impl Default for FakeDnsimpleOpts {
 pub struct IssuedCert {
     /// Certificate id.
     pub id: u64,
-    /// Subject CN (the certificate's `common_name`).
-    pub common_name: String,
     /// DNS names in the subjectAltName, in order.
     pub names: Vec<String>,
-    /// `"ECDSA"` or `"RSA"`.
-    pub signature_algorithm: String,
     /// PEM of the leaf (`download`'s `server`).
     pub cert_pem: String,
     /// DER of the leaf.
@@ -484,11 +480,6 @@ impl FakeDnsimple {
         format!("http://{}/v2", self.addr)
     }
 
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The account id paths must carry.
     pub fn account_id(&self) -> u64 {
         self.shared.account_id
@@ -582,11 +573,6 @@ impl FakeDnsimple {
     /// `…/distribution` answers `{"distributed":false}` `n` more times before `true`.
     pub fn set_undistributed(&self, n: usize) {
         self.shared.state().undistributed_left = n;
-    }
-
-    /// Polls answered `requesting` for certificates issued from now on.
-    pub fn set_polls_until_issued(&self, n: usize) {
-        self.shared.state().polls_until_issued = n;
     }
 
     /// State a requesting certificate ends in after its polls: `"issued"` (the default) or a
@@ -1434,9 +1420,7 @@ fn issue_leaf(shared: &Shared, cert: &Cert) -> (IssuedCert, String) {
     (
         IssuedCert {
             id: cert.id,
-            common_name: cert.common_name.clone(),
             names: cert.san.clone(),
-            signature_algorithm: cert.signature_algorithm.clone(),
             cert_pem: leaf.pem(),
             cert_der: leaf.der().to_vec(),
             key_pem,

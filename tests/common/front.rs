@@ -30,7 +30,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::http::https_get;
 use super::http1::{self, Request, header, hop_by_hop};
@@ -92,7 +92,6 @@ impl Shared {
 /// A running front (see the module docs). Dropping it stops its listeners and tasks.
 pub struct Front {
     shared: Arc<Shared>,
-    port: u16,
     crl_port: u16,
     ca_bundle: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -232,7 +231,6 @@ impl Front {
 
         Front {
             shared,
-            port,
             crl_port,
             ca_bundle,
             shutdown: Some(shutdown),
@@ -249,11 +247,6 @@ impl Front {
     /// PEM bundle the client must trust: the front's own test CA (plus Pebble's).
     pub fn ca_bundle(&self) -> PathBuf {
         self.ca_bundle.clone()
-    }
-
-    /// The HTTPS port.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Changes the suggested window (None: no `renewalInfo` in the directory, 404 for

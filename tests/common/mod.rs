@@ -3,7 +3,7 @@
 //! Everything an integration test needs to stand up a realistic environment on
 //! loopback only, with no state shared between tests:
 //!
-//! * [`free_port`], [`wait_until`] and the [`Child`] process guard
+//! * [`reserved_port`], [`wait_until`] and the [`Child`] process guard
 //!   (`process.rs`);
 //! * [`TlsCa`]: a throw-away CA generated with rcgen at test time, plus
 //!   helpers to inspect certificates and keys ([`served_leaf`],
@@ -28,11 +28,9 @@
 //! meant for test code only. Every process the harness spawns is owned by a
 //! guard that ends it *by pid* on drop; nothing is ever killed by name.
 //!
-//! Use it from an integration test with `mod common;`.
+//! The integration tests (`tests/integration/main.rs`) include it as their module `common`;
+//! the benches include it with `#[path]` too, and allow what they leave unused.
 
-// Each integration test compiles its own copy of this module and uses only
-// part of it.
-#![allow(dead_code, unused_imports)]
 // Test support: a failed `expect` is a test failure with a message, which is
 // exactly what we want here.
 #![allow(clippy::expect_used)]
@@ -55,12 +53,15 @@ pub use agent::{
 pub use apache::Apache;
 pub use dnsimple::*;
 pub use front::*;
-pub use http::{HttpResponse, http_get, https_get};
+pub use http::{http_get, https_get};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
-pub use process::{Child, free_port, pid_alive, send_signal, wait_until};
+pub use process::{Child, pid_alive, reserved_port, send_signal, wait_until};
 pub use tls::{
-    HeldConnection, Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider,
-    hold_connection, pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,
+    Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, hold_connection,
+    pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,
 };
 pub use user::TestUser;
+// Only the fault tests (a failpoints module) hold it themselves.
+#[cfg(feature = "failpoints")]
+pub use user::user_db_lock;

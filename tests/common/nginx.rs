@@ -194,11 +194,6 @@ impl Nginx {
         &self.conf_path
     }
 
-    /// The `-p` prefix directory.
-    pub fn prefix(&self) -> &Path {
-        &self.prefix
-    }
-
     /// `PREFIX/nginx.pid`.
     pub fn pid_file(&self) -> PathBuf {
         self.prefix.join("nginx.pid")
@@ -223,16 +218,6 @@ impl Nginx {
     /// (i.e. challenge files go to `webroot/.well-known/acme-challenge/<token>`).
     pub fn webroot(&self) -> PathBuf {
         self.prefix.join("webroot")
-    }
-
-    /// The plain-HTTP port, if one was configured.
-    pub fn http_port(&self) -> Option<u16> {
-        self.http_port
-    }
-
-    /// The sites nginx was started with.
-    pub fn sites(&self) -> &[Site] {
-        &self.sites
     }
 
     /// `["nginx", "-t", "-q", "-p", PREFIX, "-c", CONF]`.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::http::https_get;
-use super::process::{Child, free_port, wait_until};
+use super::process::{Child, reserved_port, wait_until};
 use super::tls::TlsCa;
 
 /// How long to wait for the servers to come up.
@@ -57,7 +57,6 @@ pub struct Pebble {
     listen_port: u16,
     mgmt_port: u16,
     http_port: u16,
-    tls_port: u16,
     dns_port: u16,
     challtestsrv_mgmt_port: u16,
     pebble_log: PathBuf,
@@ -92,12 +91,12 @@ impl Pebble {
             .expect("create Pebble temp dir");
         let tls = TlsCa::new(&dir.path().join("tls"));
 
-        let listen_port = free_port();
-        let mgmt_port = free_port();
-        let http_port = opts.http_port.unwrap_or_else(free_port);
-        let tls_port = opts.tls_port.unwrap_or_else(free_port);
-        let dns_port = free_port();
-        let challtestsrv_mgmt_port = free_port();
+        let listen_port = reserved_port();
+        let mgmt_port = reserved_port();
+        let http_port = opts.http_port.unwrap_or_else(reserved_port);
+        let tls_port = opts.tls_port.unwrap_or_else(reserved_port);
+        let dns_port = reserved_port();
+        let challtestsrv_mgmt_port = reserved_port();
 
         // DNS for the VA: every A query answers 127.0.0.1, no AAAA answers,
         // and no challenge-response servers of its own.
@@ -179,7 +178,6 @@ impl Pebble {
             listen_port,
             mgmt_port,
             http_port,
-            tls_port,
             dns_port,
             challtestsrv_mgmt_port,
             pebble_log,
@@ -249,11 +247,6 @@ impl Pebble {
     /// Port Pebble's VA connects to (on 127.0.0.1) for http-01 challenges.
     pub fn http_port(&self) -> u16 {
         self.http_port
-    }
-
-    /// Port Pebble's VA connects to (on 127.0.0.1) for tls-alpn-01.
-    pub fn tls_port(&self) -> u16 {
-        self.tls_port
     }
 
     /// Base URL of Pebble's management API, `https://127.0.0.1:B`.

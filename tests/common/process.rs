@@ -1,4 +1,4 @@
-//! Process and port helpers: [`free_port`], [`wait_until`], the [`Child`]
+//! Process and port helpers: [`reserved_port`], [`wait_until`], the [`Child`]
 //! guard, and pid-based signalling/liveness checks.
 //!
 //! Only processes spawned by the harness are ever signalled, always by pid.
@@ -8,30 +8,75 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Returns a currently free TCP port on 127.0.0.1 (bind to port 0, read the
-/// port, release it).
+/// Where [`reserved_port`] takes its ports: outside Linux's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), so that the kernel never gives one
+/// to another socket (a `bind` to port 0, an outgoing connection), and above 10000, clear of
+/// the ports services conventionally use. The larger of the two gaps around the ephemeral
+/// range (20000–32767 by default, as the span is capped at 12768 ports).
+fn reservable_ports() -> std::ops::Range<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("read /proc/sys/net/ipv4/ip_local_port_range");
+    let mut bounds = range.split_whitespace().map(|n| n.parse::<u32>());
+    let (Some(Ok(lo)), Some(Ok(hi))) = (bounds.next(), bounds.next()) else {
+        panic!("unexpected ip_local_port_range {range:?}");
+    };
+    let below = 10_000.max(lo.saturating_sub(12_768))..lo.max(10_000);
+    let above = (hi + 1)..65_536.min(hi + 1 + 12_768);
+    let gap = if below.len() >= above.len() {
+        below
+    } else {
+        above
+    };
+    assert!(
+        gap.len() >= 1_000,
+        "the ephemeral port range {lo}-{hi} leaves too few ports for the tests' servers \
+         (they need 1000 outside it, above 10000): narrow net.ipv4.ip_local_port_range"
+    );
+    gap
+}
+
+/// A TCP and UDP port on 127.0.0.1 that no other test, in this process or any other test
+/// process on the machine, is given until this process exits: for servers that are given their
+/// port on a command line or in a config (nginx, Apache, Pebble, a script), which cannot be
+/// handed a bound socket. (In-process servers bind `127.0.0.1:0` and keep the listener.)
 ///
-/// There is an unavoidable window between releasing the port and the server
-/// binding it.
-///
-/// The kernel may hand out the same ephemeral port to two binds in a row once the first is
-/// closed, so ports given out by this process are remembered and never returned twice (a test
-/// that asked for two ports, as Pebble's directory and management listeners, got the same one).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-        let port = listener
-            .local_addr()
-            .expect("local_addr of a bound listener")
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
+/// Race-free where binding port 0 and dropping the listener is not: the port is outside the
+/// kernel's ephemeral range (see [`reservable_ports`]), and it is reserved by an exclusive
+/// `flock` on `$TMPDIR/certagent-test-ports/PORT`, held for the rest of this process's life
+/// (the kernel releases it at exit, however the process ends). A port some other program
+/// listens on already is skipped; only a program that binds a fixed port in the range later,
+/// outside the tests, could still collide.
+pub fn reserved_port() -> u16 {
+    use nix::fcntl::{Flock, FlockArg};
+    static HELD: std::sync::Mutex<Vec<Flock<std::fs::File>>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("certagent-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let ports = reservable_ports();
+    let span = ports.end - ports.start;
+    // Start at a random place so that concurrent test processes rarely contend.
+    let first = rand::random_range(0..span);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = u16::try_from(ports.start + (first + i) % span).expect("a port number");
+        let path = dir.join(port.to_string());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue; // another test process holds it
+        };
+        // Not in use by anything outside the tests (the lock only keeps tests apart).
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            held.push(lock);
             return port;
         }
     }
+    panic!("no free port in {ports:?}");
 }
 
 /// Polls `f` (every 25 ms) until it returns `true` or `timeout` has elapsed.
@@ -119,22 +164,9 @@ impl Child {
         }
     }
 
-    /// Wraps an already spawned child.
-    pub fn from_std(name: &str, inner: std::process::Child) -> Child {
-        Child {
-            inner,
-            name: name.to_owned(),
-        }
-    }
-
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.inner.id()
-    }
-
-    /// A short name for messages.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// `None` while running, `Some(status)` once it has exited (and is reaped).

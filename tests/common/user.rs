@@ -11,6 +11,15 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// Held while this process adds or removes a user, and by a test that needs /etc/passwd,
+/// /etc/group and /etc/shadow unchanged for a while (the fault test comparing /etc/shadow
+/// before and after certagent ran): all tests share one process, so another test's `useradd`
+/// would otherwise change the file under it.
+pub fn user_db_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct TestUser {
     pub name: String,
     pub uid: u32,
@@ -29,6 +38,7 @@ impl TestUser {
         );
         let mut last = String::new();
         for _ in 0..100 {
+            let lock = user_db_lock();
             let out = Command::new("useradd")
                 .args(["--system", "--no-create-home", "--user-group"])
                 .args(["--shell", "/usr/sbin/nologin", &name])
@@ -48,6 +58,7 @@ impl TestUser {
                     name,
                 };
             }
+            drop(lock);
             last = String::from_utf8_lossy(&out.stderr).into_owned();
             // Exit 10: cannot lock /etc/passwd (another test is adding or removing a user).
             std::thread::sleep(Duration::from_millis(50));
@@ -82,7 +93,10 @@ impl TestUser {
 impl Drop for TestUser {
     fn drop(&mut self) {
         for _ in 0..100 {
-            let status = Command::new("userdel").arg(&self.name).output();
+            let status = {
+                let _lock = user_db_lock();
+                Command::new("userdel").arg(&self.name).output()
+            };
             match status {
                 Ok(out) if out.status.success() => return,
                 // 6: no such user (already gone).

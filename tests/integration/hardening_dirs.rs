@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Child, Daemon, TestUser, free_port, run_certagent, wait_until};
+use common::{Child, Daemon, TestUser, reserved_port, run_certagent, wait_until};
 
 /// A temp directory (root's, 0755 so a test user can reach what it is given inside) with a
 /// certificate for the embedded CA, no server; `agent` is the `[agent]` table's body.
@@ -421,7 +421,7 @@ fn the_demo_never_signals_a_pid_another_user_planted() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/demo.sh"))
         .env("DEMO_DIR", &demo)
         .env("CERTAGENT_BIN", env!("CARGO_BIN_EXE_certagent"))
-        .env("PORT", free_port().to_string())
+        .env("PORT", reserved_port().to_string())
         .env_remove("KEEP")
         .env_remove("CERTAGENT_CONFIG")
         .output()

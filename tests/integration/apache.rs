@@ -7,14 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Apache, Run, Site, TlsCa, free_port, hold_connection, run_certagent, run_certagent_under,
+    Apache, Run, Site, TlsCa, hold_connection, reserved_port, run_certagent, run_certagent_under,
     send_signal, served_leaf, spki_of_cert_der, spki_of_key_pem, toml_list, wait_until,
     with_unit_capabilities,
 };
@@ -46,7 +46,7 @@ impl ApacheEnv {
             now + Duration::from_secs(60 * 86_400),
         );
         leaf.write(&cert_file, &key_file);
-        let port = free_port();
+        let port = reserved_port();
         let site = Site {
             port,
             server_names: vec!["a.test".into()],

@@ -135,17 +135,13 @@ async fn renewal_happens_at_the_computed_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_with_jitter() {
-    // An ACME CA that refuses connections: every attempt fails at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An ACME CA that refuses connections: every attempt fails at once. The port is bound
+    // (so nothing else can take it) but not listening (so connections are refused).
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = refusing.local_addr().unwrap().port();
+    // Never reached (the directory request fails first); reserved all the same.
+    let listen = crate::common::reserved_port();
     let issuer = format!(
         "[issuer.down]\nkind = \"acme\"\ndirectory = \"https://127.0.0.1:{port}/dir\"\nlisten = \"127.0.0.1:{listen}\"\n"
     );

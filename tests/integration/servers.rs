@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Env, Leaf, Nginx, Run, Site, TlsCa, cert_serial_hex, free_port, run_certagent,
+    Env, Leaf, Nginx, Run, Site, TlsCa, cert_serial_hex, reserved_port, run_certagent,
     run_certagent_under, served_leaf, spki_of_cert_der, spki_of_key_pem, toml_list,
     with_unit_capabilities,
 };
@@ -111,7 +111,7 @@ impl TwoPorts {
         let (dir, ca, ssl) = scratch();
         let (shared, initial) = leaf(&ca, &["a.test", "b.test"], &ssl, "shared");
         let (fallback_files, fallback) = leaf(&ca, &["fallback.test"], &ssl, "fallback");
-        let (p1, p2) = (free_port(), free_port());
+        let (p1, p2) = (reserved_port(), reserved_port());
         let nginx = Nginx::start(
             &dir.path().join("nginx"),
             &[
@@ -194,7 +194,7 @@ fn two_certificates_share_one_server_and_each_is_probed_at_its_own_endpoint() {
     let (dir, ca, ssl) = scratch();
     let (a, a_leaf) = leaf(&ca, &["a.test"], &ssl, "a");
     let (b, b_leaf) = leaf(&ca, &["b.test"], &ssl, "b");
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2) = (reserved_port(), reserved_port());
     let nginx = Nginx::start(
         &dir.path().join("nginx"),
         &[site(p1, &["a.test"], &a), site(p2, &["b.test"], &b)],

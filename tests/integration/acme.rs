@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Env, Pebble, PebbleOpts, san_dns_names, spki_of_cert_der, spki_of_key_pem};
 
@@ -90,7 +90,7 @@ fn key_deleted_reissued_through_acme_with_built_in_http01_responder() {
 
 #[test]
 fn names_and_key_type_changes_through_acme_with_nginx_webroot() {
-    let http_port = common::free_port();
+    let http_port = common::reserved_port();
     let pebble = Pebble::start(PebbleOpts {
         http_port: Some(http_port),
         ..PebbleOpts::default()

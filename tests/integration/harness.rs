@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -75,7 +75,7 @@ fn pebble_starts_and_answers() {
 
 #[test]
 fn pebble_honours_options() {
-    let http_port = free_port();
+    let http_port = reserved_port();
     let pebble = Pebble::start(PebbleOpts {
         always_valid: true,
         validity_period_secs: Some(3600),
@@ -124,7 +124,7 @@ fn nginx_serves_sites_and_reloads() {
     let leaf_a = ca.issue_leaf(&["a.test"], now - DAY, now + 30 * DAY);
     let leaf_b = ca.issue_leaf(&["b.test", "www.b.test"], now - DAY, now + 30 * DAY);
     let site = |name: &str| Site {
-        port: free_port(),
+        port: reserved_port(),
         server_names: vec![name.to_owned()],
         cert_file: certs.join(format!("{name}.pem")),
         key_file: certs.join(format!("{name}.key")),
@@ -135,7 +135,7 @@ fn nginx_serves_sites_and_reloads() {
     leaf_a.write(&site_a.cert_file, &site_a.key_file);
     leaf_b.write(&site_b.cert_file, &site_b.key_file);
 
-    let http_port = free_port();
+    let http_port = reserved_port();
     let nginx = Nginx::start_with_http(
         &tmp.path().join("nginx"),
         &[site_a.clone(), site_b.clone()],
@@ -310,7 +310,7 @@ fn process_helpers() {
     assert!(start.elapsed() >= Duration::from_millis(200));
 
     // A free port has nothing listening: no TLS leaf.
-    let port = free_port();
+    let port = reserved_port();
     assert_ne!(port, 0);
     assert_eq!(served_leaf(&format!("127.0.0.1:{port}"), "localhost"), None);
 }

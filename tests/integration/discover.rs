@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::{Apache, Leaf, Nginx, TlsCa, free_port, run_certagent, served_leaf};
+use common::{Apache, Leaf, Nginx, TlsCa, reserved_port, run_certagent, served_leaf};
 
 fn leaf(ca: &TlsCa, names: &[&str], cert: &Path, key: &Path) -> Leaf {
     let now = SystemTime::now();
@@ -90,7 +90,7 @@ fn nginx_sites_from_includes_and_relative_paths_become_certificates() {
         &prefix.join("ssl/blog.pem"),
         &prefix.join("ssl/blog.key"),
     );
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let (p1, p2, p3) = (reserved_port(), reserved_port(), reserved_port());
     std::fs::create_dir_all(prefix.join("sites")).unwrap();
     std::fs::write(
         prefix.join("nginx.conf"),
@@ -290,7 +290,7 @@ fn apache_virtual_hosts_from_includes_and_relative_paths_become_certificates() {
         &root.join("ssl/blog.pem"),
         &root.join("ssl/blog.key"),
     );
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let (p1, p2, p3) = (reserved_port(), reserved_port(), reserved_port());
     std::fs::create_dir_all(root.join("sites-enabled")).unwrap();
     std::fs::create_dir_all(root.join("logs")).unwrap();
     let modules = "/usr/lib/apache2/modules";
@@ -522,7 +522,7 @@ fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
     .unwrap();
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(&prefix).unwrap();
-    let port = free_port();
+    let port = reserved_port();
     std::fs::write(
         prefix.join("nginx.conf"),
         format!(

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{
     Env, FakeDnsimple, FakeDnsimpleOpts, Pebble, PebbleOpts, san_dns_names, spki_of_cert_der,

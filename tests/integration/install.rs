@@ -108,7 +108,7 @@ fn install_puts_everything_in_place_once() {
     }
     assert_eq!(
         std::fs::read_to_string(root.join("etc/certagent/config.example.toml")).unwrap(),
-        include_str!("../config.example.toml")
+        include_str!("../../config.example.toml")
     );
     assert!(!root.join("etc/certagent/config.toml").exists());
 

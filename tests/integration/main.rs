@@ -1,0 +1,36 @@
+//! certagent's integration tests, as one test binary (one link, one copy of the harness in
+//! `tests/common/`). Each former `tests/NAME.rs` is the module `NAME` here, so a test keeps
+//! its name under that module path (`cargo test --test integration acme::`).
+//!
+//! The tests of all modules share this process: nothing may change process-global state
+//! (environment, umask, current directory, signal dispositions); resources that cannot be
+//! shared (a mount point, the immutable flag) are serialized where they are used.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod acme;
+mod apache;
+mod compromise;
+#[cfg(feature = "failpoints")]
+mod crash;
+mod daemon;
+mod discover;
+mod dnsimple;
+mod dnsimple_selftest;
+#[cfg(feature = "failpoints")]
+mod faults;
+mod front_selftest;
+mod hardening;
+mod hardening_dirs;
+mod hardening_inputs;
+#[cfg(feature = "failpoints")]
+mod hardening_loops;
+mod harness;
+mod install;
+mod manual;
+mod notify;
+mod reissue;
+mod revocation;
+mod schedule;
+mod servers;
