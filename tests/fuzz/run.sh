@@ -5,7 +5,7 @@
 # for more than 10 s on one input). Crashing inputs go to tests/fuzz/artifacts/TARGET/;
 # reproduce one with `cargo fuzz run --fuzz-dir tests/fuzz -s none TARGET FILE`, minimize it
 # with `cargo fuzz tmin --fuzz-dir tests/fuzz -s none TARGET FILE`, then add it as a test to
-# tests/fuzz_regressions.rs.
+# a new module tests/integration/fuzz_regressions.rs (declared in tests/integration/main.rs).
 #
 # Usage: tests/fuzz/run.sh SECONDS [TARGET...]     (default: every target)
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). The corpora live in
