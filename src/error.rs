@@ -39,6 +39,12 @@ pub enum Error {
     },
 }
 
+impl From<ConfigErrors> for Error {
+    fn from(errors: ConfigErrors) -> Self {
+        Error::Config(errors)
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
