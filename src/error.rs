@@ -155,14 +155,3 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
         self.map_err(|e| Error::msg(format!("{}: {e}", what())))
     }
 }
-
-/// Like `Context`, for results that already carry our `Error` (keeps the hint).
-pub trait ErrorContext<T> {
-    fn ctx(self, what: impl fmt::Display) -> Result<T>;
-}
-
-impl<T> ErrorContext<T> for Result<T> {
-    fn ctx(self, what: impl fmt::Display) -> Result<T> {
-        self.map_err(|e| e.context(what))
-    }
-}

@@ -272,7 +272,6 @@ impl Builder {
             }
         }
         Config {
-            files: Vec::new(),
             agent,
             issuers: self.issuers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             servers: self.servers.into_iter().map(|(k, (v, _))| (k, v)).collect(),

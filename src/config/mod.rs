@@ -92,8 +92,6 @@ impl fmt::Display for ConfigErrors {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The files that were read, main file first.
-    pub files: Vec<PathBuf>,
     pub agent: Agent,
     pub issuers: BTreeMap<String, Issuer>,
     pub servers: BTreeMap<String, Server>,
