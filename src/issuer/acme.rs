@@ -17,10 +17,10 @@ use instant_acme::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::http::Http;
 use crate::config::{AcmeIssuer, Challenge, Http01};
 use crate::core::DomainName;
 use crate::error::{Context, Error, Result};
+use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
 
@@ -389,7 +389,7 @@ impl Acme {
             let rsp = http.client().head(new_nonce).send().await.map_err(|e| {
                 Error::msg(format!(
                     "failed to get a nonce: {}",
-                    super::http::describe_reqwest(&e)
+                    crate::http::describe_reqwest(&e)
                 ))
             })?;
             nonce_of(rsp.headers()).ok_or_else(|| Error::msg("the CA sent no Replay-Nonce"))
@@ -411,7 +411,7 @@ impl Acme {
                 .map_err(|e| {
                     Error::msg(format!(
                         "failed to revoke: {}",
-                        super::http::describe_reqwest(&e)
+                        crate::http::describe_reqwest(&e)
                     ))
                 })?;
             if rsp.status().is_success() {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{MAX_BODY_BYTES, describe_reqwest};
 use crate::config::{DnsimpleApi, DnsimpleIssuer};
 use crate::core::{DomainName, KeySpec};
 use crate::error::{Error, Result};
+use crate::http::{MAX_BODY_BYTES, Timeouts, describe_reqwest};
 use crate::keys::{Chain, SecretPem};
 use crate::store::fsutil;
 
@@ -69,13 +69,7 @@ fn read_token(api: &DnsimpleApi) -> Result<Zeroizing<String>> {
 impl Client {
     pub async fn connect(api: &DnsimpleApi) -> Result<Client> {
         let token = read_token(api)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::msg(format!("failed to set up HTTPS client: {e}")))?;
+        let http = crate::http::client(Timeouts::API, None)?;
         let mut client = Client {
             http,
             base: api.base_url.clone(),

@@ -3,7 +3,8 @@
 
 pub mod acme;
 pub mod dnsimple;
-pub mod http;
+/// Moved to `crate::http`; this path is kept for callers not yet changed.
+pub use crate::http;
 pub mod internal;
 pub mod jws;
 pub mod manual;

@@ -1,6 +1,7 @@
-//! One HTTP stack for every outbound call (ACME today; DNSimple, CRLs and webhooks later):
-//! reqwest on rustls/aws-lc-rs, with timeouts, a body-size cap, and the `Retry-After` of the
-//! last throttled answer kept for the scheduler (instant-acme does not surface it).
+//! One HTTP stack for every outbound call — ACME, DNSimple, CRL and ARI fetches, webhooks:
+//! reqwest on rustls/aws-lc-rs, built in one place (user agent, timeouts, no redirects, the
+//! TLS roots or a `ca_bundle`), with a body-size cap, and the `Retry-After` of the last
+//! throttled answer kept for the scheduler (instant-acme does not surface it).
 
 use std::future::Future;
 use std::path::Path;
@@ -18,6 +19,48 @@ use crate::store::fsutil;
 /// No answer certagent expects is larger than this (a chain is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// How long a client waits; the one setting in which callers differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the TCP and TLS handshakes; `None`: only `total` applies.
+    pub connect: Option<Duration>,
+    /// For a whole request, answer included.
+    pub total: Duration,
+}
+
+impl Timeouts {
+    /// ACME, DNSimple, CRLs and ARI.
+    pub const API: Timeouts = Timeouts {
+        connect: Some(Duration::from_secs(10)),
+        total: Duration::from_secs(60),
+    };
+}
+
+/// The one place a reqwest client is built: certagent's user agent, `timeouts`, redirects
+/// not followed, and the system's TLS roots or, with `ca_bundle`, only the CAs in that file.
+pub fn client(timeouts: Timeouts, ca_bundle: Option<&Path>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeouts.total)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(connect) = timeouts.connect {
+        builder = builder.connect_timeout(connect);
+    }
+    if let Some(path) = ca_bundle {
+        let pem = fsutil::read_capped(path, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
+            Error::msg(format!(
+                "failed to read ca_bundle {:?}: no such file",
+                path.display().to_string()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!("failed to read ca_bundle {:?}", path.display().to_string())
+        })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("failed to set up HTTPS client")
+}
+
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
@@ -27,24 +70,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(ca_bundle: Option<&Path>) -> Result<Http> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = ca_bundle {
-            let pem = fsutil::read_capped(path, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
-                Error::msg(format!(
-                    "failed to read ca_bundle {:?}: no such file",
-                    path.display().to_string()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!("failed to read ca_bundle {:?}", path.display().to_string())
-            })?;
-            builder = builder.tls_certs_only(certs);
-        }
-        let client = builder.build().context("failed to set up HTTPS client")?;
+        let client = client(Timeouts::API, ca_bundle)?;
         Ok(Http {
             client,
             retry_after: Arc::new(Mutex::new(None)),
