@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 
+use crate::clock::Clock;
 use crate::error::{Context, Error, Result};
 use crate::store::fsutil;
 
@@ -66,14 +67,17 @@ pub struct Http {
     client: reqwest::Client,
     /// Seconds from the last 429/503 `Retry-After` header seen.
     pub retry_after: Arc<Mutex<Option<i64>>>,
+    /// "Now" for a `Retry-After` given as a date.
+    clock: Clock,
 }
 
 impl Http {
-    pub fn new(ca_bundle: Option<&Path>) -> Result<Http> {
+    pub fn new(ca_bundle: Option<&Path>, clock: Clock) -> Result<Http> {
         let client = client(Timeouts::API, ca_bundle)?;
         Ok(Http {
             client,
             retry_after: Arc::new(Mutex::new(None)),
+            clock,
         })
     }
 }
@@ -164,6 +168,7 @@ impl HttpClient for Http {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let client = self.client.clone();
         let retry_after = self.retry_after.clone();
+        let clock = self.clock;
         Box::pin(async move {
             let other = |e: String| instant_acme::Error::Other(e.into());
             let (parts, body) = req.into_parts();
@@ -186,7 +191,7 @@ impl HttpClient for Http {
                     .headers()
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                    .and_then(|v| parse_retry_after(v, system_time(clock.now())));
                 if let Ok(mut slot) = retry_after.lock() {
                     *slot = ra;
                 }
@@ -222,6 +227,11 @@ impl HttpClient for Http {
             Ok(BytesResponse::from(rsp))
         })
     }
+}
+
+/// `now` (Unix seconds) as the `SystemTime` that `parse_retry_after` compares dates with.
+fn system_time(now: crate::core::Timestamp) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(now).unwrap_or(0))
 }
 
 /// reqwest's Display hides the cause ("error sending request"); walk the chain.
@@ -268,7 +278,7 @@ mod tests {
                 .to_vec(),
         )
         .await;
-        let client = Http::new(None).unwrap();
+        let client = Http::new(None, Clock::new()).unwrap();
         let rsp = client.request(get(port)).await.unwrap();
         assert_eq!(rsp.parts.status, 429);
         assert_eq!(*client.retry_after.lock().unwrap(), Some(120));
@@ -283,7 +293,7 @@ mod tests {
         .into_bytes();
         answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
         let port = serve(answer).await;
-        let err = Http::new(None)
+        let err = Http::new(None, Clock::new())
             .unwrap()
             .request(get(port))
             .await
@@ -297,7 +307,7 @@ mod tests {
         let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
         answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
         let port = serve(answer).await;
-        let err = Http::new(None)
+        let err = Http::new(None, Clock::new())
             .unwrap()
             .request(get(port))
             .await

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use crate::clock::Clock;
 use crate::config::{DnsimpleApi, DnsimpleIssuer};
 use crate::core::{DomainName, KeySpec};
 use crate::error::{Error, Result};
@@ -22,6 +23,8 @@ pub struct Client {
     base: String,
     token: Zeroizing<String>,
     account: u64,
+    /// "Now" to tell how long a used-up rate limit lasts.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Client {
@@ -67,7 +70,7 @@ fn read_token(api: &DnsimpleApi) -> Result<Zeroizing<String>> {
 }
 
 impl Client {
-    pub async fn connect(api: &DnsimpleApi) -> Result<Client> {
+    pub async fn connect(api: &DnsimpleApi, clock: Clock) -> Result<Client> {
         let token = read_token(api)?;
         let http = crate::http::client(Timeouts::API, None)?;
         let mut client = Client {
@@ -75,6 +78,7 @@ impl Client {
             base: api.base_url.clone(),
             token,
             account: api.account_id.unwrap_or(0),
+            clock,
         };
         if api.account_id.is_none() {
             let who = client.call(reqwest::Method::GET, "/whoami", None).await?;
@@ -157,7 +161,7 @@ impl Client {
             412 => Err(Error::msg(format!("{what}: {}", message.unwrap_or_else(|| "a feature of the DNSimple plan is missing".into())))
                 .with_hint("this needs a DNSimple plan feature (Let's Encrypt, custom names, wildcards or SANs)")),
             429 => {
-                let now = crate::clock::Clock::new().now();
+                let now = self.clock.now();
                 let wait = reset.map(|r| (r - now).max(1)).unwrap_or(60);
                 Err(Error::msg(format!("{what}: DNSimple's rate limit is used up until {}", crate::output::rfc3339(now + wait)))
                     .with_retry_after(Some(wait)))
@@ -244,6 +248,7 @@ pub fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec
 
 pub struct Dnsimple {
     cfg: DnsimpleIssuer,
+    clock: Clock,
 }
 
 /// The order handle journalled for a DNSimple issuance (like an ACME order URL).
@@ -252,8 +257,11 @@ fn handle(id: u64) -> String {
 }
 
 impl Dnsimple {
-    pub fn new(cfg: &DnsimpleIssuer) -> Dnsimple {
-        Dnsimple { cfg: cfg.clone() }
+    pub fn new(cfg: &DnsimpleIssuer, clock: Clock) -> Dnsimple {
+        Dnsimple {
+            cfg: cfg.clone(),
+            clock,
+        }
     }
 
     /// Buy and issue (or resume the journalled purchase), wait up to `timeout` for
@@ -276,7 +284,7 @@ impl Dnsimple {
                 .with_hint("set key_type to \"ecdsa-p256\" or \"rsa-2048\""));
             }
         };
-        let client = Client::connect(&self.cfg.api).await?;
+        let client = Client::connect(&self.cfg.api, self.clock).await?;
         let domain = &self.cfg.domain;
         let base = client.domain_path(domain);
         let resumed = resume
