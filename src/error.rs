@@ -39,6 +39,12 @@ pub enum Error {
     },
 }
 
+impl From<ConfigErrors> for Error {
+    fn from(errors: ConfigErrors) -> Self {
+        Error::Config(errors)
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
@@ -147,16 +153,5 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
 
     fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
         self.map_err(|e| Error::msg(format!("{}: {e}", what())))
-    }
-}
-
-/// Like `Context`, for results that already carry our `Error` (keeps the hint).
-pub trait ErrorContext<T> {
-    fn ctx(self, what: impl fmt::Display) -> Result<T>;
-}
-
-impl<T> ErrorContext<T> for Result<T> {
-    fn ctx(self, what: impl fmt::Display) -> Result<T> {
-        self.map_err(|e| e.context(what))
     }
 }

@@ -613,7 +613,7 @@ impl Executor {
         journal: &mut Journal,
         now: Timestamp,
     ) -> Result<crate::issuer::Issued> {
-        let issuer = Issuer::open(issuer_cfg, &self.store)?;
+        let issuer = Issuer::open(issuer_cfg, &self.store, self.clock)?;
         let csr = key.csr_der(&cert.names).map_err(Error::msg)?;
         let spki = key.spki_der();
         let resume = journal.pending.as_ref().and_then(|p| p.order_url.clone());
@@ -1128,8 +1128,10 @@ impl Executor {
             Some(crate::config::IssuerKind::Acme(a)) => Some(a.clone()),
             _ => None,
         };
-        let http =
-            crate::issuer::http::Http::new(acme.as_ref().and_then(|a| a.ca_bundle.as_deref()))?;
+        let http = crate::issuer::http::Http::new(
+            acme.as_ref().and_then(|a| a.ca_bundle.as_deref()),
+            self.clock,
+        )?;
         let mut next: Option<Timestamp> = None;
         let mut errors = Vec::new();
         let mut soonest = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
@@ -1310,7 +1312,7 @@ impl Executor {
             .issuers
             .get(&cert.issuer)
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
-        let issuer = Issuer::open(issuer_cfg, &self.store)?;
+        let issuer = Issuer::open(issuer_cfg, &self.store, self.clock)?;
         match issuer.revoke(&der, key.as_ref()).await? {
             RevokeOutcome::Revoked { by_key } => {
                 let event = crate::notify::Event::new(

@@ -318,8 +318,8 @@ pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
         }
     }
     let spki = cert.public_key().raw;
-    let crl_urls = crate::revocation::crl_urls(&cert);
-    let cert_id = crate::revocation::cert_id(&cert);
+    let crl_urls = crl_urls(&cert);
+    let cert_id = cert_id(&cert);
     Ok(LeafFacts {
         crl_urls,
         cert_id,
@@ -330,6 +330,49 @@ pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
         key_spec: spec_of_spki(spki),
         spki_sha256: sha256_hex(spki),
     })
+}
+
+/// http(s) URLs from the certificate's CRL Distribution Points.
+pub fn crl_urls(cert: &X509Certificate) -> Vec<String> {
+    let mut urls = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for p in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
+                    for n in names {
+                        if let GeneralName::URI(u) = n
+                            && (u.starts_with("http://") || u.starts_with("https://"))
+                            && u.len() < 2048
+                        {
+                            urls.push(u.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    urls
+}
+
+/// RFC 9773 §4.1 CertID: base64url(AKI keyIdentifier) "." base64url(serial content bytes).
+pub fn cert_id(cert: &X509Certificate) -> Option<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })?;
+    // raw_serial() is the INTEGER's content octets, leading 0x00 pad included.
+    Some(format!(
+        "{}.{}",
+        b64.encode(aki),
+        b64.encode(cert.raw_serial())
+    ))
 }
 
 /// Serial number as lower-case hex without leading zeros (how Pebble and most tools print it).
@@ -528,5 +571,27 @@ mod tests {
     fn serials_print_without_leading_zeros() {
         assert_eq!(serial_hex(&[0x00, 0x8d, 0xed]), "8ded");
         assert_eq!(serial_hex(&[0]), "0");
+    }
+
+    /// RFC 9773 Appendix A.
+    const RFC9773_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBQzCB66ADAgECAgUAh2VDITAKBggqhkjOPQQDAjAVMRMwEQYDVQQDEwpFeGFt
+cGxlIENBMCIYDzAwMDEwMTAxMDAwMDAwWhgPMDAwMTAxMDEwMDAwMDBaMBYxFDAS
+BgNVBAMTC2V4YW1wbGUuY29tMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEeBZu
+7cbpAYNXZLbbh8rNIzuOoqOOtmxA1v7cRm//AwyMwWxyHz4zfwmBhcSrf47NUAFf
+qzLQ2PPQxdTXREYEnKMjMCEwHwYDVR0jBBgwFoAUaYhba4dGQEHhs3uEe6CuLN4B
+yNQwCgYIKoZIzj0EAwIDRwAwRAIge09+S5TZAlw5tgtiVvuERV6cT4mfutXIlwTb
++FYN/8oCIClDsqBklhB9KAelFiYt9+6FDj3z4KGVelYM5MdsO3pK
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn cert_id_matches_the_rfc_9773_example() {
+        let chain = crate::keys::Chain::from_pem(RFC9773_CERT.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(chain.leaf_der()).unwrap();
+        assert_eq!(
+            cert_id(&cert).unwrap(),
+            "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+        );
     }
 }

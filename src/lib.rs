@@ -16,6 +16,7 @@ pub mod discover; //   the certificates nginx and Apache already serve, as certa
 pub mod error; //      the error type and the exit codes
 pub mod executor; //   observe a certificate; the re-issue and install transaction
 pub mod failpoint; //  crash points for fault-injection tests (feature "failpoints")
+pub mod http; //       the one outbound HTTP client: ACME, DNSimple, CRLs, webhooks
 pub mod issuer; //     ACME and the embedded local CA
 pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing
 pub mod lifecycle; //  what comes next for a certificate: the core's answer from the disk's facts

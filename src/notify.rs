@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Notify, NotifyTarget};
 use crate::core::Timestamp;
+use crate::http::Timeouts;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -91,12 +92,12 @@ async fn deliver(n: &Notify, event: &Event) {
 }
 
 async fn webhook(url: &str, event: &Event, timeout: Duration) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
+    // The notifier's own timeout covers the whole request, connecting included.
+    let timeouts = Timeouts {
+        connect: None,
+        total: timeout,
+    };
+    let client = crate::http::client(timeouts, None).map_err(|e| e.to_string())?;
     let body = serde_json::to_string(event).map_err(|e| e.to_string())?;
     let rsp = client
         .post(url)
@@ -104,7 +105,7 @@ async fn webhook(url: &str, event: &Event, timeout: Duration) -> Result<(), Stri
         .body(body)
         .send()
         .await
-        .map_err(|e| crate::issuer::http::describe_reqwest(&e))?;
+        .map_err(|e| crate::http::describe_reqwest(&e))?;
     if rsp.status().is_success() {
         Ok(())
     } else {

@@ -22,7 +22,7 @@ pub struct CheckArgs {
 }
 
 async fn doc(config_path: &Path, args: &CheckArgs, status: bool) -> Result<(CheckDoc, u8)> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::Config::load(config_path)?;
     let req = if status {
         Request::Status {
             names: args.names.clone(),

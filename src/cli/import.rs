@@ -28,7 +28,7 @@ pub struct ImportArgs {
 }
 
 pub async fn import(config_path: &Path, args: &ImportArgs) -> Result<u8> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::Config::load(config_path)?;
     let cert = ops::select(&config, std::slice::from_ref(&args.name))?[0].clone();
     let data = fsutil::read_capped(&args.file, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
         Error::msg(format!(

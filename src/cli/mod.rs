@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, DEFAULT_CONFIG};
-use crate::error::{Error, Result, exit};
+use crate::config::DEFAULT_CONFIG;
+use crate::error::{Result, exit};
 
 /// Exit codes, for `--help` and the man page (values from `error::exit`).
 pub const EXIT_CODES: [(u8, &str); 6] = [
@@ -235,12 +235,6 @@ pub enum ReasonArg {
     NamesChange,
     /// Routine replacement.
     Superseded,
-}
-
-pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    let mut config = Config::load(path).map_err(Error::Config)?;
-    config.files = vec![path.to_path_buf()];
-    Ok(config)
 }
 
 pub async fn run(cli: Cli) -> Result<u8> {

@@ -56,7 +56,7 @@ pub fn core_reason(r: ReasonArg) -> Reason {
 }
 
 pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::Config::load(config_path)?;
     let names: &[String] = if args.all { &[] } else { &args.names };
     let certs = ops::select(&config, names)?;
     if certs.is_empty() {

@@ -106,7 +106,7 @@ pub async fn run(
     clock: Clock,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let config = Arc::new(crate::cli::load_config(config_path)?);
+    let config = Arc::new(crate::config::Config::load(config_path)?);
     let agent = &config.agent;
     let lock_wait = Duration::from_secs(agent.lock_timeout.0.max(0) as u64);
     let _lock = Lock::acquire(&agent.runtime_dir, lock_wait)
@@ -828,7 +828,7 @@ impl Daemon {
     /// A file of the configuration changed on disk: reload, unless the files say what the
     /// configuration in use says (an editor touching a file; a SIGHUP that already did it).
     async fn reload_if_changed(&mut self) {
-        let loaded = crate::cli::load_config(&self.config_path);
+        let loaded = crate::config::Config::load(&self.config_path).map_err(Error::Config);
         if loaded
             .as_ref()
             .is_ok_and(|new| new.fingerprint == self.config.fingerprint)
@@ -842,7 +842,7 @@ impl Daemon {
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
     async fn reload(&mut self, why: &str) -> bool {
-        let loaded = crate::cli::load_config(&self.config_path);
+        let loaded = crate::config::Config::load(&self.config_path).map_err(Error::Config);
         self.apply(loaded, why).await
     }
 

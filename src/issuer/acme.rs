@@ -17,10 +17,11 @@ use instant_acme::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::http::Http;
+use crate::clock::Clock;
 use crate::config::{AcmeIssuer, Challenge, Http01};
 use crate::core::DomainName;
 use crate::error::{Context, Error, Result};
+use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
 
@@ -28,6 +29,7 @@ pub struct Acme {
     name: String,
     cfg: AcmeIssuer,
     dir: PathBuf,
+    clock: Clock,
 }
 
 /// Render an instant-acme error for humans, keeping the CA's problem document.
@@ -50,11 +52,12 @@ fn describe(e: instant_acme::Error) -> String {
 }
 
 impl Acme {
-    pub fn new(name: &str, cfg: &AcmeIssuer, dir: &Path) -> Acme {
+    pub fn new(name: &str, cfg: &AcmeIssuer, dir: &Path, clock: Clock) -> Acme {
         Acme {
             name: name.to_string(),
             cfg: cfg.clone(),
             dir: dir.to_path_buf(),
+            clock,
         }
     }
 
@@ -133,7 +136,7 @@ impl Acme {
         replaces: Option<&str>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
-        let http = Http::new(self.cfg.ca_bundle.as_deref())?;
+        let http = Http::new(self.cfg.ca_bundle.as_deref(), self.clock)?;
         let throttle = http.retry_after.clone();
         let result = self
             .issue_with(&http, names, csr_der, resume, replaces, on_order)
@@ -256,7 +259,7 @@ impl Acme {
 
     /// Answer every pending authorization with http-01 and wait for the order to be ready.
     async fn solve(&self, order: &mut Order, policy: &RetryPolicy) -> Result<()> {
-        let mut responder = Responder::start(&self.cfg.challenge).await?;
+        let mut responder = Responder::start(&self.cfg.challenge, self.clock).await?;
         let kind = responder.challenge_type();
         let mut result = Ok(());
         {
@@ -335,7 +338,7 @@ impl Acme {
         key: Option<&crate::keys::PrivateKey>,
     ) -> Result<super::RevokeOutcome> {
         use super::RevokeOutcome;
-        let http = Http::new(self.cfg.ca_bundle.as_deref())?;
+        let http = Http::new(self.cfg.ca_bundle.as_deref(), self.clock)?;
         if let Some(key) = key {
             match self.revoke_with_key(&http, leaf_der, key).await? {
                 RevokeOutcome::Refused(why) => log::warn!(
@@ -389,7 +392,7 @@ impl Acme {
             let rsp = http.client().head(new_nonce).send().await.map_err(|e| {
                 Error::msg(format!(
                     "failed to get a nonce: {}",
-                    super::http::describe_reqwest(&e)
+                    crate::http::describe_reqwest(&e)
                 ))
             })?;
             nonce_of(rsp.headers()).ok_or_else(|| Error::msg("the CA sent no Replay-Nonce"))
@@ -411,7 +414,7 @@ impl Acme {
                 .map_err(|e| {
                     Error::msg(format!(
                         "failed to revoke: {}",
-                        super::http::describe_reqwest(&e)
+                        crate::http::describe_reqwest(&e)
                     ))
                 })?;
             if rsp.status().is_success() {
@@ -492,7 +495,7 @@ fn check_token(token: &str) -> Result<()> {
 }
 
 impl Responder {
-    async fn start(cfg: &Challenge) -> Result<Responder> {
+    async fn start(cfg: &Challenge, clock: Clock) -> Result<Responder> {
         match cfg {
             Challenge::Http01(Http01::Webroot(root)) => {
                 let dir = root.join(".well-known").join("acme-challenge");
@@ -521,7 +524,7 @@ impl Responder {
                 zone,
                 propagation_timeout,
             } => Ok(Responder::Dns {
-                client: super::dnsimple::Client::connect(api).await?,
+                client: super::dnsimple::Client::connect(api, clock).await?,
                 zone: zone.clone(),
                 propagation: Duration::from_secs(propagation_timeout.0.max(1) as u64),
                 created: Vec::new(),
@@ -699,7 +702,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut r = Responder::start(&Challenge::Http01(Http01::Listen(addr)))
+        let mut r = Responder::start(&Challenge::Http01(Http01::Listen(addr)), Clock::new())
             .await
             .unwrap();
         r.add("a.test", "tok", "tok.thumb", "unused").await.unwrap();

@@ -10,10 +10,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{MAX_BODY_BYTES, describe_reqwest};
+use crate::clock::Clock;
 use crate::config::{DnsimpleApi, DnsimpleIssuer};
 use crate::core::{DomainName, KeySpec};
 use crate::error::{Error, Result};
+use crate::http::{MAX_BODY_BYTES, Timeouts, describe_reqwest};
 use crate::keys::{Chain, SecretPem};
 use crate::store::fsutil;
 
@@ -22,6 +23,8 @@ pub struct Client {
     base: String,
     token: Zeroizing<String>,
     account: u64,
+    /// "Now" to tell how long a used-up rate limit lasts.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Client {
@@ -67,20 +70,15 @@ fn read_token(api: &DnsimpleApi) -> Result<Zeroizing<String>> {
 }
 
 impl Client {
-    pub async fn connect(api: &DnsimpleApi) -> Result<Client> {
+    pub async fn connect(api: &DnsimpleApi, clock: Clock) -> Result<Client> {
         let token = read_token(api)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::msg(format!("failed to set up HTTPS client: {e}")))?;
+        let http = crate::http::client(Timeouts::API, None)?;
         let mut client = Client {
             http,
             base: api.base_url.clone(),
             token,
             account: api.account_id.unwrap_or(0),
+            clock,
         };
         if api.account_id.is_none() {
             let who = client.call(reqwest::Method::GET, "/whoami", None).await?;
@@ -163,7 +161,7 @@ impl Client {
             412 => Err(Error::msg(format!("{what}: {}", message.unwrap_or_else(|| "a feature of the DNSimple plan is missing".into())))
                 .with_hint("this needs a DNSimple plan feature (Let's Encrypt, custom names, wildcards or SANs)")),
             429 => {
-                let now = crate::clock::Clock::new().now();
+                let now = self.clock.now();
                 let wait = reset.map(|r| (r - now).max(1)).unwrap_or(60);
                 Err(Error::msg(format!("{what}: DNSimple's rate limit is used up until {}", crate::output::rfc3339(now + wait)))
                     .with_retry_after(Some(wait)))
@@ -250,6 +248,7 @@ pub fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec
 
 pub struct Dnsimple {
     cfg: DnsimpleIssuer,
+    clock: Clock,
 }
 
 /// The order handle journalled for a DNSimple issuance (like an ACME order URL).
@@ -258,8 +257,11 @@ fn handle(id: u64) -> String {
 }
 
 impl Dnsimple {
-    pub fn new(cfg: &DnsimpleIssuer) -> Dnsimple {
-        Dnsimple { cfg: cfg.clone() }
+    pub fn new(cfg: &DnsimpleIssuer, clock: Clock) -> Dnsimple {
+        Dnsimple {
+            cfg: cfg.clone(),
+            clock,
+        }
     }
 
     /// Buy and issue (or resume the journalled purchase), wait up to `timeout` for
@@ -282,7 +284,7 @@ impl Dnsimple {
                 .with_hint("set key_type to \"ecdsa-p256\" or \"rsa-2048\""));
             }
         };
-        let client = Client::connect(&self.cfg.api).await?;
+        let client = Client::connect(&self.cfg.api, self.clock).await?;
         let domain = &self.cfg.domain;
         let base = client.domain_path(domain);
         let resumed = resume

@@ -3,11 +3,13 @@
 
 pub mod acme;
 pub mod dnsimple;
-pub mod http;
+/// Moved to `crate::http`; this path is kept for callers not yet changed.
+pub use crate::http;
 pub mod internal;
 pub mod jws;
 pub mod manual;
 
+use crate::clock::Clock;
 use crate::config::{Issuer as IssuerConfig, IssuerKind};
 use crate::core::{DomainName, KeySpec, Timestamp};
 use crate::error::Result;
@@ -55,19 +57,21 @@ pub enum Issuer {
 }
 
 impl Issuer {
-    pub fn open(cfg: &IssuerConfig, store: &Store) -> Result<Issuer> {
+    /// `clock` is the "now" of the HTTP issuers' rate-limit waits.
+    pub fn open(cfg: &IssuerConfig, store: &Store, clock: Clock) -> Result<Issuer> {
         Ok(match &cfg.kind {
             IssuerKind::Acme(a) => Issuer::Acme(acme::Acme::new(
                 &cfg.name,
                 a,
                 &store.issuer_dir("acme", &cfg.name)?,
+                clock,
             )),
             IssuerKind::Internal(i) => Issuer::Internal(internal::LocalCa::new(
                 &store.issuer_dir("ca", &cfg.name)?,
                 i,
             )),
             IssuerKind::Manual(m) => Issuer::Manual(manual::Manual::new(store.root(), m)),
-            IssuerKind::Dnsimple(d) => Issuer::Dnsimple(dnsimple::Dnsimple::new(d)),
+            IssuerKind::Dnsimple(d) => Issuer::Dnsimple(dnsimple::Dnsimple::new(d, clock)),
         })
     }
 

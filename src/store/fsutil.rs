@@ -54,6 +54,8 @@ pub fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
         std::os::unix::fs::fchown(&f, perms.uid, perms.gid).with_context(what)?;
     }
     f.write_all(data).with_context(what)?;
+    // Only tests record: elsewhere no copy of the data (a private key, say) is made.
+    #[cfg(test)]
     trace::record(trace::Op::Write(path.to_path_buf(), data.to_vec()));
     f.sync_all().with_context(what)?;
     trace::record(trace::Op::FsyncFile(path.to_path_buf()));
@@ -269,7 +271,8 @@ pub fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Opt
 }
 
 /// A record of the mutating filesystem operations, in order, for the power-loss model in the
-/// store's tests (`store::powerloss`). Compiled to nothing outside tests.
+/// store's tests (`store::powerloss`, its only reader). Compiled to nothing outside tests; the
+/// data of a recorded write (key files among them) is zeroized when the record is dropped.
 pub mod trace {
     use std::path::PathBuf;
 
@@ -282,6 +285,14 @@ pub mod trace {
         Rename(PathBuf, PathBuf),
         Symlink(PathBuf, PathBuf),
         FsyncDir(PathBuf),
+    }
+
+    impl Drop for Op {
+        fn drop(&mut self) {
+            if let Op::Write(_, data) = self {
+                zeroize::Zeroize::zeroize(data);
+            }
+        }
     }
 
     #[cfg(test)]

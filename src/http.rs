@@ -1,6 +1,7 @@
-//! One HTTP stack for every outbound call (ACME today; DNSimple, CRLs and webhooks later):
-//! reqwest on rustls/aws-lc-rs, with timeouts, a body-size cap, and the `Retry-After` of the
-//! last throttled answer kept for the scheduler (instant-acme does not surface it).
+//! One HTTP stack for every outbound call — ACME, DNSimple, CRL and ARI fetches, webhooks:
+//! reqwest on rustls/aws-lc-rs, built in one place (user agent, timeouts, no redirects, the
+//! TLS roots or a `ca_bundle`), with a body-size cap, and the `Retry-After` of the last
+//! throttled answer kept for the scheduler (instant-acme does not surface it).
 
 use std::future::Future;
 use std::path::Path;
@@ -12,42 +13,71 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 
+use crate::clock::Clock;
 use crate::error::{Context, Error, Result};
 use crate::store::fsutil;
 
 /// No answer certagent expects is larger than this (a chain is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// How long a client waits; the one setting in which callers differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the TCP and TLS handshakes; `None`: only `total` applies.
+    pub connect: Option<Duration>,
+    /// For a whole request, answer included.
+    pub total: Duration,
+}
+
+impl Timeouts {
+    /// ACME, DNSimple, CRLs and ARI.
+    pub const API: Timeouts = Timeouts {
+        connect: Some(Duration::from_secs(10)),
+        total: Duration::from_secs(60),
+    };
+}
+
+/// The one place a reqwest client is built: certagent's user agent, `timeouts`, redirects
+/// not followed, and the system's TLS roots or, with `ca_bundle`, only the CAs in that file.
+pub fn client(timeouts: Timeouts, ca_bundle: Option<&Path>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeouts.total)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(connect) = timeouts.connect {
+        builder = builder.connect_timeout(connect);
+    }
+    if let Some(path) = ca_bundle {
+        let pem = fsutil::read_capped(path, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
+            Error::msg(format!(
+                "failed to read ca_bundle {:?}: no such file",
+                path.display().to_string()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!("failed to read ca_bundle {:?}", path.display().to_string())
+        })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("failed to set up HTTPS client")
+}
+
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
     /// Seconds from the last 429/503 `Retry-After` header seen.
     pub retry_after: Arc<Mutex<Option<i64>>>,
+    /// "Now" for a `Retry-After` given as a date.
+    clock: Clock,
 }
 
 impl Http {
-    pub fn new(ca_bundle: Option<&Path>) -> Result<Http> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = ca_bundle {
-            let pem = fsutil::read_capped(path, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {
-                Error::msg(format!(
-                    "failed to read ca_bundle {:?}: no such file",
-                    path.display().to_string()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!("failed to read ca_bundle {:?}", path.display().to_string())
-            })?;
-            builder = builder.tls_certs_only(certs);
-        }
-        let client = builder.build().context("failed to set up HTTPS client")?;
+    pub fn new(ca_bundle: Option<&Path>, clock: Clock) -> Result<Http> {
+        let client = client(Timeouts::API, ca_bundle)?;
         Ok(Http {
             client,
             retry_after: Arc::new(Mutex::new(None)),
+            clock,
         })
     }
 }
@@ -138,6 +168,7 @@ impl HttpClient for Http {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let client = self.client.clone();
         let retry_after = self.retry_after.clone();
+        let clock = self.clock;
         Box::pin(async move {
             let other = |e: String| instant_acme::Error::Other(e.into());
             let (parts, body) = req.into_parts();
@@ -160,7 +191,7 @@ impl HttpClient for Http {
                     .headers()
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                    .and_then(|v| parse_retry_after(v, system_time(clock.now())));
                 if let Ok(mut slot) = retry_after.lock() {
                     *slot = ra;
                 }
@@ -196,6 +227,11 @@ impl HttpClient for Http {
             Ok(BytesResponse::from(rsp))
         })
     }
+}
+
+/// `now` (Unix seconds) as the `SystemTime` that `parse_retry_after` compares dates with.
+fn system_time(now: crate::core::Timestamp) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(now).unwrap_or(0))
 }
 
 /// reqwest's Display hides the cause ("error sending request"); walk the chain.
@@ -242,7 +278,7 @@ mod tests {
                 .to_vec(),
         )
         .await;
-        let client = Http::new(None).unwrap();
+        let client = Http::new(None, Clock::new()).unwrap();
         let rsp = client.request(get(port)).await.unwrap();
         assert_eq!(rsp.parts.status, 429);
         assert_eq!(*client.retry_after.lock().unwrap(), Some(120));
@@ -257,7 +293,7 @@ mod tests {
         .into_bytes();
         answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
         let port = serve(answer).await;
-        let err = Http::new(None)
+        let err = Http::new(None, Clock::new())
             .unwrap()
             .request(get(port))
             .await
@@ -271,7 +307,7 @@ mod tests {
         let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
         answer.extend(vec![b'x'; 2 * MAX_BODY_BYTES]);
         let port = serve(answer).await;
-        let err = Http::new(None)
+        let err = Http::new(None, Clock::new())
             .unwrap()
             .request(get(port))
             .await

@@ -1,0 +1,175 @@
+//! `[certificate.NAME]`: the names, the files the web server reads and their owners and
+//! modes, the issuer and server it goes with, and install hooks.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::build::{s_has, valid_name};
+use super::walk::{Ctx, Section};
+use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
+use crate::core::{DomainName, KeySpec, Span};
+
+pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, pre_install, post_install, hook_timeout";
+
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub name: String,
+    pub names: Vec<DomainName>,
+    pub issuer: String,
+    /// `None`: install only, nothing to reload or probe.
+    pub server: Option<String>,
+    pub key_type: KeySpec,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub chain_file: Option<PathBuf>,
+    pub leaf_file: Option<PathBuf>,
+    pub renew_before: Option<Span>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub key_mode: u32,
+    pub cert_mode: u32,
+    /// For a compromised key: revoke the old certificate before replacing it.
+    pub revoke_first: bool,
+    /// Run before the flip (the new files exist, nothing the server reads has changed); a
+    /// non-zero exit vetoes the install.
+    pub pre_install: Option<Vec<String>>,
+    /// Run after the new certificate is installed (and verified, when there is a server);
+    /// a failure is reported as one.
+    pub post_install: Option<Vec<String>>,
+    /// Limit for each hook.
+    pub hook_timeout: Span,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
+        .map_err(|_| format!("invalid file mode {s:?}: expected octal like \"0640\""))?;
+    if m > 0o777 {
+        return Err(format!(
+            "invalid file mode {s:?}: only permission bits (0000 to 0777) are allowed"
+        ));
+    }
+    Ok(m)
+}
+
+pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certificate> {
+    let name_ok = valid_name(cx, s, "certificate", name);
+    let mut names = Vec::new();
+    match s.strings(cx, "names") {
+        Some(list) if !list.is_empty() => {
+            let mut seen = BTreeSet::new();
+            for (n, span) in list {
+                match n.parse::<DomainName>() {
+                    Ok(d) if seen.insert(d.clone()) => names.push(d),
+                    Ok(d) => cx.error(
+                        &span,
+                        &s.full_key("names"),
+                        format!("{:?} is listed twice", d.as_str()),
+                    ),
+                    Err(e) => cx.error(&span, &s.full_key("names"), e),
+                }
+            }
+            if names.len() > 100 {
+                cx.error(
+                    &s.span,
+                    &s.full_key("names"),
+                    "at most 100 names per certificate",
+                );
+            }
+        }
+        Some(_) => cx.error(
+            &s.span,
+            &s.full_key("names"),
+            "must list at least one DNS name",
+        ),
+        None => cx.error(
+            &s.span,
+            &s.full_key("names"),
+            "missing; the DNS names the certificate is for",
+        ),
+    }
+    let issuer = s
+        .string(cx, "issuer")
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| BUILTIN_ISSUER.to_string());
+    let server = s.string(cx, "server").map(|(v, _)| v);
+    let key_type = s
+        .parsed::<KeySpec>(cx, "key_type")
+        .unwrap_or(KeySpec::EcdsaP256);
+    let cert_file = s.path(cx, "cert_file");
+    let key_file = s.path(cx, "key_file");
+    if !s_has(s, "cert_file") {
+        cx.error(
+            &s.span,
+            &s.full_key("cert_file"),
+            "missing; the certificate chain file the web server reads",
+        );
+    }
+    if !s_has(s, "key_file") {
+        cx.error(
+            &s.span,
+            &s.full_key("key_file"),
+            "missing; the private key file the web server reads",
+        );
+    }
+    let chain_file = s.path(cx, "chain_file");
+    let leaf_file = s.path(cx, "leaf_file");
+    let renew_before = s.span(cx, "renew_before", MAX_LIFETIME);
+    let owner = s.string(cx, "owner").map(|(v, _)| v);
+    let group = s.string(cx, "group").map(|(v, _)| v);
+    let mut mode = |cx: &mut Ctx, key: &str, default: u32| match s.string(cx, key) {
+        Some((m, span)) => parse_mode(&m).unwrap_or_else(|e| {
+            cx.error(&span, &s.full_key(key), e);
+            default
+        }),
+        None => default,
+    };
+    let key_mode = mode(cx, "key_mode", 0o600);
+    let cert_mode = mode(cx, "cert_mode", 0o644);
+    let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
+    let pre_install = s.command(cx, "pre_install");
+    let post_install = s.command(cx, "post_install");
+    let hook_timeout = s
+        .span(cx, "hook_timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(60));
+    if key_mode & 0o007 != 0 {
+        cx.error(
+            &s.span,
+            &s.full_key("key_mode"),
+            format!(
+                "{key_mode:04o} lets every user read the private key; use 0600 or 0640 with a group"
+            ),
+        );
+    }
+    if let (Some(c), Some(k)) = (&cert_file, &key_file)
+        && c == k
+    {
+        cx.error(
+            &s.span,
+            &s.key,
+            "cert_file and key_file must be different files",
+        );
+    }
+    if !name_ok || names.is_empty() {
+        return None;
+    }
+    Some(Certificate {
+        name: name.to_string(),
+        names,
+        issuer,
+        server,
+        key_type,
+        cert_file: cert_file?,
+        key_file: key_file?,
+        chain_file,
+        leaf_file,
+        renew_before,
+        owner,
+        group,
+        key_mode,
+        cert_mode,
+        revoke_first,
+        pre_install,
+        post_install,
+        hook_timeout,
+    })
+}

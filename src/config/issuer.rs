@@ -1,0 +1,468 @@
+//! `[issuer.NAME]`: ACME CAs (http-01 or dns-01), the embedded local CA, manual CAs, and
+//! DNSimple; the URLs and credentials each needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::build::valid_name;
+use super::walk::{self, Ctx, Section};
+use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
+use crate::core::{DomainName, Span};
+
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    pub name: String,
+    pub kind: IssuerKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum IssuerKind {
+    Acme(AcmeIssuer),
+    Internal(InternalIssuer),
+    Manual(ManualIssuer),
+    Dnsimple(DnsimpleIssuer),
+}
+
+impl IssuerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IssuerKind::Acme(_) => "acme",
+            IssuerKind::Internal(_) => "internal",
+            IssuerKind::Manual(_) => "manual",
+            IssuerKind::Dnsimple(_) => "dnsimple",
+        }
+    }
+}
+
+/// A CA reached by a human: the CSR goes out, the certificate comes back by `import` or the
+/// inbox, possibly days later (approval e-mail).
+#[derive(Clone, Debug)]
+pub struct ManualIssuer {
+    /// How often to remind while approval is pending.
+    pub remind_every: Span,
+}
+
+/// Access to DNSimple's API v2.
+#[derive(Clone, Debug)]
+pub struct DnsimpleApi {
+    /// An absolute path, or the name of a systemd credential (`$CREDENTIALS_DIRECTORY/NAME`).
+    pub token_file: String,
+    /// Numeric account id; looked up with `/whoami` when absent.
+    pub account_id: Option<u64>,
+    pub base_url: String,
+}
+
+/// Let's Encrypt certificates bought and issued through DNSimple. DNSimple generates the key
+/// (its API takes no CSR) and keeps a copy.
+#[derive(Clone, Debug)]
+pub struct DnsimpleIssuer {
+    pub api: DnsimpleApi,
+    /// The DNSimple domain the certificates belong to (every name must be in it).
+    pub domain: String,
+    /// How long one job waits for DNSimple to issue before it reports "pending" and checks
+    /// again later.
+    pub timeout: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct AcmeIssuer {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub challenge: Challenge,
+    pub eab: Option<Eab>,
+    /// How long one issuance may take before it is retried later.
+    pub timeout: Span,
+}
+
+/// How ACME challenges are answered.
+#[derive(Clone, Debug)]
+pub enum Challenge {
+    Http01(Http01),
+    /// TXT records through DNSimple's zone API; waits until DNSimple reports them distributed.
+    Dns01 {
+        api: DnsimpleApi,
+        zone: Option<String>,
+        propagation_timeout: Span,
+    },
+}
+
+/// How http-01 challenges are answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Http01 {
+    /// Token files are written to `WEBROOT/.well-known/acme-challenge/`.
+    Webroot(PathBuf),
+    /// certagent answers on this address itself.
+    Listen(SocketAddr),
+}
+
+#[derive(Clone, Debug)]
+pub struct Eab {
+    pub kid: String,
+    /// File holding the base64url MAC key. Under the unit, a file in
+    /// `/etc/certagent/credentials/` is read from its systemd credential.
+    pub hmac_key_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct InternalIssuer {
+    pub validity: Span,
+}
+
+pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
+    let name_ok = valid_name(cx, s, "issuer", name);
+    let Some((kind, kind_span)) = s.string(cx, "kind") else {
+        cx.error(
+            &s.span,
+            &s.full_key("kind"),
+            "missing; one of \"acme\", \"internal\"",
+        );
+        return None;
+    };
+    let kind = match kind.as_str() {
+        "internal" => {
+            let validity = s
+                .span(cx, "validity", MAX_LIFETIME)
+                .unwrap_or(Span::days(90));
+            if validity.0 < 3_600 {
+                cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
+            }
+            IssuerKind::Internal(InternalIssuer { validity })
+        }
+        "acme" => {
+            let directory = match s.string(cx, "directory") {
+                Some((d, span)) if d.starts_with("https://") => {
+                    if d.len() < 2048 {
+                        Some(d)
+                    } else {
+                        cx.error(&span, &s.full_key("directory"), "URL is too long");
+                        None
+                    }
+                }
+                Some((d, span)) => {
+                    cx.error(
+                        &span,
+                        &s.full_key("directory"),
+                        format!("{d:?} must be an https:// URL"),
+                    );
+                    None
+                }
+                None => {
+                    cx.error(&s.span, &s.full_key("directory"), "missing; the ACME directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"");
+                    None
+                }
+            };
+            let contact = s.strings(cx, "contact").unwrap_or_default();
+            for (c, span) in &contact {
+                if !c.starts_with("mailto:") {
+                    cx.error(
+                        span,
+                        &s.full_key("contact"),
+                        format!("{c:?} must be a mailto: URL"),
+                    );
+                }
+            }
+            let ca_bundle = s.path(cx, "ca_bundle");
+            let challenge = s.string(cx, "challenge");
+            let challenge = match challenge.as_ref().map(|(c, span)| (c.as_str(), span)) {
+                None | Some(("http-01", _)) => read_http01(cx, s).map(Challenge::Http01),
+                Some(("dns-01", span)) => match s.string(cx, "dns_provider") {
+                    Some((p, _)) if p == "dnsimple" => {
+                        let api = read_dnsimple_api(cx, s);
+                        let zone = s
+                            .string(cx, "dns_zone")
+                            .map(|(z, _)| z.trim_end_matches('.').to_ascii_lowercase());
+                        let propagation_timeout = s
+                            .span(cx, "propagation_timeout", MAX_TIMEOUT)
+                            .unwrap_or(Span::secs(600));
+                        api.map(|api| Challenge::Dns01 {
+                            api,
+                            zone,
+                            propagation_timeout,
+                        })
+                    }
+                    Some((p, pspan)) => {
+                        cx.error(
+                            &pspan,
+                            &s.full_key("dns_provider"),
+                            format!("unknown DNS provider {p:?}; expected \"dnsimple\""),
+                        );
+                        None
+                    }
+                    None => {
+                        cx.error(
+                            span,
+                            &s.full_key("dns_provider"),
+                            "dns-01 needs dns_provider = \"dnsimple\"",
+                        );
+                        None
+                    }
+                },
+                Some((c, span)) => {
+                    let msg = if c == "tls-alpn-01" {
+                        format!(
+                            "{c:?} is not supported by this version of certagent; use \"http-01\" or \"dns-01\""
+                        )
+                    } else {
+                        format!("unknown challenge {c:?}; expected \"http-01\" or \"dns-01\"")
+                    };
+                    cx.error(span, &s.full_key("challenge"), msg);
+                    None
+                }
+            };
+            let eab_kid = s.string(cx, "eab_kid").map(|(k, _)| k);
+            let eab_file = s.path(cx, "eab_hmac_key_file");
+            let eab = match (eab_kid, eab_file) {
+                (Some(kid), Some(hmac_key_file)) => Some(Eab { kid, hmac_key_file }),
+                (None, None) => None,
+                _ => {
+                    cx.error(
+                        &s.span,
+                        &s.key,
+                        "external account binding needs both eab_kid and eab_hmac_key_file",
+                    );
+                    None
+                }
+            };
+            let timeout = s
+                .span(cx, "timeout", MAX_TIMEOUT)
+                .unwrap_or(Span::secs(600));
+            IssuerKind::Acme(AcmeIssuer {
+                directory: directory?,
+                contact: contact.into_iter().map(|(c, _)| c).collect(),
+                ca_bundle,
+                challenge: challenge?,
+                eab,
+                timeout,
+            })
+        }
+        "manual" => {
+            let remind_every = s
+                .span(cx, "remind_every", MAX_REMIND)
+                .unwrap_or(Span::days(1));
+            if remind_every.0 < 60 {
+                cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
+            }
+            IssuerKind::Manual(ManualIssuer { remind_every })
+        }
+        "dnsimple" => {
+            let api = read_dnsimple_api(cx, s);
+            let domain = match s.parsed::<DomainName>(cx, "domain") {
+                Some(d) if !d.as_str().starts_with("*.") => Some(d.to_string()),
+                Some(_) => {
+                    cx.error(
+                        &s.span,
+                        &s.full_key("domain"),
+                        "the DNSimple domain cannot be a wildcard",
+                    );
+                    None
+                }
+                None => {
+                    cx.error(&s.span, &s.full_key("domain"), "missing; the DNSimple domain the certificates belong to, e.g. \"example.com\"");
+                    None
+                }
+            };
+            let timeout = s
+                .span(cx, "timeout", MAX_TIMEOUT)
+                .unwrap_or(Span::secs(300));
+            IssuerKind::Dnsimple(DnsimpleIssuer {
+                api: api?,
+                domain: domain?,
+                timeout,
+            })
+        }
+        other => {
+            cx.error(
+                &kind_span,
+                &s.full_key("kind"),
+                format!("unknown issuer kind {other:?}; expected \"acme\", \"internal\", \"manual\" or \"dnsimple\""),
+            );
+            return None;
+        }
+    };
+    name_ok.then(|| Issuer {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+/// `webroot` or `listen` for http-01.
+fn read_http01(cx: &mut Ctx, s: &mut Section) -> Option<Http01> {
+    let webroot = s.path(cx, "webroot");
+    let listen = s
+        .string(cx, "listen")
+        .and_then(|(l, span)| match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.error(
+                    &span,
+                    &s.full_key("listen"),
+                    format!("{l:?} is not an address like \"127.0.0.1:80\""),
+                );
+                None
+            }
+        });
+    match (webroot, listen) {
+        (Some(w), None) => Some(Http01::Webroot(w)),
+        (None, Some(l)) => Some(Http01::Listen(l)),
+        (Some(_), Some(_)) => {
+            cx.error(
+                &s.span,
+                &s.key,
+                "set either webroot or listen for http-01, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.error(
+                &s.span,
+                &s.key,
+                "http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+            );
+            None
+        }
+    }
+}
+
+/// `token_file`, `account_id`, `api_url` for DNSimple.
+fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
+    let token_file = match s.string(cx, "token_file") {
+        Some((t, span)) if t.contains('/') => match walk::check_path(&t) {
+            Ok(_) => Some(t),
+            Err(e) => {
+                cx.error(&span, &s.full_key("token_file"), e);
+                None
+            }
+        },
+        Some((t, span)) if t.is_empty() || t.starts_with('.') => {
+            cx.error(
+                &span,
+                &s.full_key("token_file"),
+                "expected an absolute path or a systemd credential name",
+            );
+            None
+        }
+        Some((t, _)) => Some(t),
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("token_file"),
+                "missing; a file (or systemd credential) holding the DNSimple API token",
+            );
+            None
+        }
+    };
+    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
+    let base_url = match s.string(cx, "api_url") {
+        Some((u, span)) => match check_api_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.error(&span, &s.full_key("api_url"), why);
+                None
+            }
+        },
+        None => Some("https://api.dnsimple.com/v2".to_string()),
+    };
+    Some(DnsimpleApi {
+        token_file: token_file?,
+        account_id,
+        base_url: base_url?,
+    })
+}
+
+/// An API URL must be https://, except plain http:// to a loopback host (a local fake or
+/// proxy in tests). The host is compared after parsing, never by prefix:
+/// `http://localhost@attacker.example/` and `http://localhost.attacker.example/` are remote.
+fn check_api_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    // `host_str` is the parsed host: lowercased, IPv4 normalised, IPv6 in brackets.
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{text:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::parse;
+    use super::*;
+
+    #[test]
+    fn acme_issuer_needs_directory_and_a_challenge_responder() {
+        let errors = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"http://x\"\n").unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:3: issuer.le.directory: \"http://x\" must be an https:// URL",
+                "/etc/certagent/config.toml:1: issuer.le: http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+            ]
+        );
+        let ok = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"https://x/dir\"\nlisten = \"127.0.0.1:80\"\n").unwrap();
+        match &ok.issuers["le"].kind {
+            IssuerKind::Acme(a) => {
+                assert!(
+                    matches!(&a.challenge, Challenge::Http01(Http01::Listen(l)) if l.to_string() == "127.0.0.1:80")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dnsimple_plain_http_is_allowed_to_loopback_hosts_only() {
+        let config = |url: &str| {
+            format!(
+                "[issuer.d]\nkind = \"dnsimple\"\ndomain = \"a.test\"\ntoken_file = \"/t\"\napi_url = \"{url}\"\n"
+            )
+        };
+        for remote in [
+            "http://localhost@attacker.example/v2",
+            "http://localhost.attacker.example/v2",
+            "http://127.0.0.1.attacker.example/v2",
+            "http://attacker.example/v2",
+            "ftp://localhost/v2",
+        ] {
+            let errors = parse(&config(remote)).unwrap_err();
+            assert_eq!(
+                errors,
+                vec![format!(
+                    "/etc/certagent/config.toml:5: issuer.d.api_url: {remote:?} must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or [::1])"
+                )]
+            );
+        }
+        let errors = parse(&config("localhost/v2")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:5: issuer.d.api_url: \"localhost/v2\" is not a URL: relative URL without a base"
+            ]
+        );
+        for local in [
+            "http://localhost/v2",
+            "http://127.0.0.1:1234/v2",
+            "http://127.1.2.3/v2",
+            "http://[::1]:99/v2",
+            "https://api.dnsimple.com/v2/",
+        ] {
+            let c = parse(&config(local)).unwrap_or_else(|e| panic!("{local}: {e:#?}"));
+            match &c.issuers["d"].kind {
+                IssuerKind::Dnsimple(d) => {
+                    assert_eq!(d.api.base_url, local.trim_end_matches('/'))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

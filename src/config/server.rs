@@ -1,0 +1,413 @@
+//! `[server.NAME]`: the web server a certificate is installed into — how it is tested,
+//! reloaded and probed, and which TLS endpoints show the new certificate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::MAX_TIMEOUT;
+use super::build::valid_name;
+use super::walk::{Ctx, Section};
+use crate::core::{DomainName, Span};
+
+pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
+pub(super) const ENDPOINT_KEYS: &str = "address, sni";
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub name: String,
+    pub kind: ServerKind,
+    /// Apache only: which distribution's commands and paths are the defaults. `None` means
+    /// detect from the installed binaries when needed.
+    pub layout: Option<ApacheLayout>,
+    pub verify: Vec<Endpoint>,
+    pub test_command: Option<Vec<String>>,
+    pub reload_command: Option<Vec<String>>,
+    pub pid_file: Option<PathBuf>,
+    /// Limit for each test/reload command.
+    pub command_timeout: Span,
+    /// How long to wait for the new certificate to be served after a reload.
+    pub verify_timeout: Span,
+    /// How long the new certificate must be served without a break when certagent cannot see
+    /// the old workers retire (`kind = "command"`, or their /proc entries unreadable).
+    pub verify_settle: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Nginx,
+    Apache,
+    Command,
+    None,
+}
+
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Nginx => "nginx",
+            ServerKind::Apache => "apache",
+            ServerKind::Command => "command",
+            ServerKind::None => "none",
+        }
+    }
+}
+
+/// Where Apache lives: Debian/Ubuntu (`apache2`, `apache2ctl`, unit `apache2`) or
+/// RHEL/Fedora (`httpd`, `apachectl`, unit `httpd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApacheLayout {
+    Debian,
+    Rhel,
+}
+
+/// A TLS endpoint probed after a reload. Without `sni` it is probed for every certificate
+/// of the server, with the certificate's first name; with `sni` only for the certificates
+/// that carry that name, with that name (so one server can list the endpoints of many
+/// virtual hosts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub sni: Option<DomainName>,
+}
+
+impl Endpoint {
+    /// The SNI to probe this endpoint with while installing a certificate for `names`, or
+    /// `None` when the endpoint belongs to another certificate.
+    pub fn sni_for(&self, names: &[DomainName]) -> Option<String> {
+        match &self.sni {
+            None => names.first().map(|n| probe_sni(n.as_str())),
+            Some(sni) => names
+                .iter()
+                .any(|n| name_covers(n.as_str(), sni.as_str()))
+                .then(|| sni.to_string()),
+        }
+    }
+}
+
+/// The SNI to probe with for a name: the name itself, or for a wildcard a concrete label.
+pub fn probe_sni(name: &str) -> String {
+    match name.strip_prefix("*.") {
+        Some(rest) => format!("certagent-probe.{rest}"),
+        None => name.to_string(),
+    }
+}
+
+/// Whether a certificate name (possibly `*.example.com`) is valid for the host `host`.
+pub fn name_covers(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(rest) => host
+            .split_once('.')
+            .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+        None => name == host,
+    }
+}
+
+pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
+    let name_ok = valid_name(cx, s, "server", name);
+    const KINDS: &str = "\"nginx\", \"apache\", \"command\" or \"none\"";
+    let kind = match s.string(cx, "kind") {
+        Some((k, span)) => match k.as_str() {
+            "nginx" => ServerKind::Nginx,
+            "apache" => ServerKind::Apache,
+            "command" => ServerKind::Command,
+            "none" => ServerKind::None,
+            other => {
+                cx.error(
+                    &span,
+                    &s.full_key("kind"),
+                    format!("unknown server kind {other:?}; expected {KINDS}"),
+                );
+                return None;
+            }
+        },
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("kind"),
+                format!("missing; one of {KINDS}"),
+            );
+            return None;
+        }
+    };
+    let layout = match s.string(cx, "layout") {
+        None => None,
+        Some((l, span)) => {
+            let layout = match l.as_str() {
+                "debian" => Some(ApacheLayout::Debian),
+                "rhel" => Some(ApacheLayout::Rhel),
+                other => {
+                    cx.error(
+                        &span,
+                        &s.full_key("layout"),
+                        format!("unknown layout {other:?}; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)"),
+                    );
+                    None
+                }
+            };
+            if kind != ServerKind::Apache {
+                cx.error(
+                    &span,
+                    &s.full_key("layout"),
+                    "only kind = \"apache\" has a layout",
+                );
+            }
+            layout
+        }
+    };
+    let verify = read_endpoints(cx, s);
+    let test_command = s.command(cx, "test_command");
+    let reload_command = s.command(cx, "reload_command");
+    let pid_file = s.path(cx, "pid_file");
+    if kind == ServerKind::Command && reload_command.is_none() {
+        cx.error(
+            &s.span,
+            &s.full_key("reload_command"),
+            "missing; kind = \"command\" needs the argv that reloads the server",
+        );
+    }
+    if kind != ServerKind::None && verify.is_empty() {
+        cx.error(
+            &s.span,
+            &s.full_key("verify"),
+            "missing; list the TLS endpoints to probe after a reload, e.g. [\"127.0.0.1:443\"]",
+        );
+    }
+    let command_timeout = s
+        .span(cx, "command_timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(60));
+    let verify_timeout = s
+        .span(cx, "verify_timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(15));
+    let verify_settle = s
+        .span(cx, "verify_settle", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(1));
+    name_ok.then(|| Server {
+        name: name.to_string(),
+        kind,
+        layout,
+        verify,
+        test_command,
+        reload_command,
+        pid_file,
+        command_timeout,
+        verify_timeout,
+        verify_settle,
+    })
+}
+
+/// `verify`: each element is an address string, or a table `{ address = "...", sni = "..." }`.
+fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
+    let key = s.full_key("verify");
+    let Some(v) = s.raw("verify") else {
+        return Vec::new();
+    };
+    let Some(array) = v.get_ref().as_array() else {
+        cx.error(
+            &v.span(),
+            &key,
+            format!(
+                "expected an array of addresses, found {}",
+                v.get_ref().type_str()
+            ),
+        );
+        return Vec::new();
+    };
+    let address = |cx: &mut Ctx, text: &str, span: &std::ops::Range<usize>| match text
+        .parse::<SocketAddr>()
+    {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.error(
+                span,
+                &key,
+                format!("{text:?} is not an address like \"127.0.0.1:443\""),
+            );
+            None
+        }
+    };
+    let mut out = Vec::new();
+    for item in array.iter() {
+        if let Some(text) = item.get_ref().as_str() {
+            if let Some(a) = address(cx, text, &item.span()) {
+                out.push(Endpoint {
+                    address: a,
+                    sni: None,
+                });
+            }
+            continue;
+        }
+        let Some(table) = item.get_ref().as_table() else {
+            cx.error(
+                &item.span(),
+                &key,
+                format!(
+                    "expected an address string or a table {{ address = \"127.0.0.1:443\", sni = \"www.example.com\" }}, found {}",
+                    item.get_ref().type_str()
+                ),
+            );
+            continue;
+        };
+        let mut t = Section::new(key.clone(), table, item.span());
+        let addr = match t.string(cx, "address") {
+            Some((a, span)) => address(cx, &a, &span),
+            None => {
+                cx.error(
+                    &item.span(),
+                    &t.full_key("address"),
+                    "missing; the endpoint's address, like \"127.0.0.1:443\"",
+                );
+                None
+            }
+        };
+        let sni = match t.string(cx, "sni") {
+            None => None,
+            Some((n, span)) => {
+                match n.parse::<DomainName>() {
+                    Ok(d) if d.as_str().starts_with("*.") => {
+                        cx.error(
+                        &span,
+                        &t.full_key("sni"),
+                        format!("{n:?} is a wildcard; an SNI names one host, e.g. \"www.example.com\""),
+                    );
+                        None
+                    }
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        cx.error(&span, &t.full_key("sni"), e);
+                        None
+                    }
+                }
+            }
+        };
+        t.finish(cx, ENDPOINT_KEYS);
+        if let Some(address) = addr {
+            out.push(Endpoint { address, sni });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::super::test_util::parse_as;
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        parse_as("/c/config.toml", text)
+    }
+
+    const TWO_SITES: &str = r#"
+[server.web]
+kind = "apache"
+layout = "rhel"
+verify = ["127.0.0.1:443", { address = "127.0.0.1:8443", sni = "Shop.Example.com" }]
+
+[certificate.shop]
+names = ["shop.example.com"]
+server = "web"
+cert_file = "/etc/ssl/shop.pem"
+key_file = "/etc/ssl/shop.key"
+pre_install = ["/usr/local/bin/check", "--strict"]
+post_install = ["systemctl", "reload", "haproxy"]
+hook_timeout = "30s"
+"#;
+
+    #[test]
+    fn verify_takes_addresses_and_tables_with_an_sni() {
+        let c = parse(TWO_SITES).unwrap();
+        let web = &c.servers["web"];
+        assert_eq!(web.kind, ServerKind::Apache);
+        assert_eq!(web.layout, Some(ApacheLayout::Rhel));
+        assert_eq!(
+            web.verify,
+            vec![
+                Endpoint {
+                    address: "127.0.0.1:443".parse().unwrap(),
+                    sni: None
+                },
+                Endpoint {
+                    address: "127.0.0.1:8443".parse().unwrap(),
+                    sni: Some("shop.example.com".parse().unwrap())
+                },
+            ]
+        );
+        let shop = &c.certificates["shop"];
+        assert_eq!(
+            shop.pre_install.as_deref(),
+            Some(&["/usr/local/bin/check".to_string(), "--strict".into()][..])
+        );
+        assert_eq!(shop.post_install.as_ref().unwrap()[2], "haproxy");
+        assert_eq!(shop.hook_timeout, Span::secs(30));
+    }
+
+    #[test]
+    fn an_endpoint_with_an_sni_is_probed_only_for_certificates_with_that_name() {
+        let names = |list: &[&str]| -> Vec<DomainName> {
+            list.iter().map(|n| n.parse().unwrap()).collect()
+        };
+        let plain = Endpoint {
+            address: "127.0.0.1:443".parse().unwrap(),
+            sni: None,
+        };
+        let shop = Endpoint {
+            address: "127.0.0.1:443".parse().unwrap(),
+            sni: Some("shop.example.com".parse().unwrap()),
+        };
+        assert_eq!(
+            plain.sni_for(&names(&["*.example.com"])).as_deref(),
+            Some("certagent-probe.example.com")
+        );
+        assert_eq!(
+            shop.sni_for(&names(&["www.example.com", "*.example.com"]))
+                .as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(shop.sni_for(&names(&["www.example.com"])), None);
+        assert_eq!(shop.sni_for(&names(&["*.shop.example.com"])), None);
+        assert!(name_covers("*.example.com", "a.example.com"));
+        assert!(!name_covers("*.example.com", "example.com"));
+        assert!(!name_covers("*.example.com", "a.b.example.com"));
+        assert_eq!(probe_sni("www.example.com"), "www.example.com");
+    }
+
+    #[test]
+    fn bad_endpoints_layouts_and_hooks_are_reported_with_their_keys() {
+        let text = r#"
+[server.web]
+kind = "nginx"
+layout = "debian"
+verify = ["127.0.0.1", { address = "127.0.0.1:8443", sni = "*.example.com", port = 1 }, { sni = "a.example.com" }, 443]
+
+[server.ap]
+kind = "apache"
+layout = "arch"
+verify = [{ address = "127.0.0.1:443", sni = "other.example.com" }]
+
+[certificate.site]
+names = ["site.example.com"]
+server = "ap"
+cert_file = "/etc/ssl/site.pem"
+key_file = "/etc/ssl/site.key"
+pre_install = []
+"#;
+        let errors = parse(text).unwrap_err();
+        let want = [
+            "/c/config.toml:4: server.web.layout: only kind = \"apache\" has a layout",
+            "/c/config.toml:5: server.web.verify: \"127.0.0.1\" is not an address like \"127.0.0.1:443\"",
+            "/c/config.toml:5: server.web.verify.sni: \"*.example.com\" is a wildcard; an SNI names one host, e.g. \"www.example.com\"",
+            "/c/config.toml:5: server.web.verify.port: unknown key; known keys here: address, sni",
+            "/c/config.toml:5: server.web.verify.address: missing; the endpoint's address, like \"127.0.0.1:443\"",
+            "/c/config.toml:5: server.web.verify: expected an address string or a table { address = \"127.0.0.1:443\", sni = \"www.example.com\" }, found integer",
+            "/c/config.toml:9: server.ap.layout: unknown layout \"arch\"; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)",
+            "/c/config.toml:17: certificate.site.pre_install: expected a non-empty argv array, e.g. [\"nginx\", \"-t\"]",
+            "/c/config.toml:12: certificate.site.server: none of server \"ap\"'s verify endpoints is for [\"site.example.com\"]: add one without sni, or with sni = one of these names",
+        ];
+        for w in want {
+            assert!(
+                errors.iter().any(|e| e == w),
+                "missing {w:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+}
