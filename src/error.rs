@@ -4,8 +4,9 @@
 //! `hint:` that tells the operator what to do. Nothing here may carry key material.
 
 use std::fmt;
+use std::path::PathBuf;
 
-use crate::config::ConfigErrors;
+use serde::Serialize;
 
 /// Exit codes documented in the README and relied on by scripts.
 pub mod exit {
@@ -154,4 +155,72 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
         self.map_err(|e| Error::msg(format!("{}: {e}", what())))
     }
+}
+
+/// One problem in the configuration: file, line, key, what is wrong and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+    /// What to do about it, when that is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A drop-in's file name is the operator's, like a key: shown escaped.
+        let file = self.file.display().to_string();
+        let file = shown(&file);
+        if self.key.is_empty() {
+            write!(f, "{file}:{}: {}", self.line, self.message)?;
+        } else {
+            write!(f, "{file}:{}: {}: {}", self.line, self.key, self.message)?;
+        }
+        match &self.hint {
+            Some(hint) => write!(f, "\n    hint: {hint}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A name from the config file as it may appear in a message or a log line: control
+/// characters (a table named "a\nb" would forge a line of its own) and invisible
+/// direction or width changes escaped the way `str::escape_debug` writes them; anything
+/// else as it is. Every key and name taken from the file goes through this before it is
+/// shown.
+pub fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !name.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if hidden(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

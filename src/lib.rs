@@ -15,7 +15,8 @@ pub mod daemon; //     the event loop: inotify, deadlines, control socket, signa
 pub mod discover; //   the certificates nginx and Apache already serve, as certagent config
 pub mod error; //      the error type and the exit codes
 pub mod executor; //   observe a certificate; the re-issue and install transaction
-pub mod failpoint; //  crash points for fault-injection tests (feature "failpoints")
+pub mod failpoint;
+pub mod files; //      crash-safe writes, no-follow walks, trusted directories //  crash points for fault-injection tests (feature "failpoints")
 pub mod http; //       the one outbound HTTP client: ACME, DNSimple, CRLs, webhooks
 pub mod issuer; //     ACME and the embedded local CA
 pub mod keys; //       keys, CSRs, chains, pair checks, bounded PEM parsing

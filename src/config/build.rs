@@ -9,12 +9,13 @@ use super::certificate::{CERT_KEYS, read_certificate};
 use super::issuer::{ISSUER_KEYS, read_issuer};
 use super::notify::{NOTIFY_KEYS, read_notify};
 use super::server::{SERVER_KEYS, read_server};
-use super::walk::{Ctx, Section, shown};
+use super::walk::{Ctx, Section};
 use super::{
     Agent, BUILTIN_ISSUER, Certificate, Config, ConfigError, InternalIssuer, Issuer, IssuerKind,
     Notify, Server, ServerKind, in_service,
 };
 use crate::core::Span;
+use crate::error::shown;
 
 /// Where a named table was first defined, to report duplicates across drop-ins.
 #[derive(Clone, Debug)]

@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
+use crate::files as fsutil;
 use crate::keys::{self, Chain};
-use crate::store::fsutil;
 
 /// The issuer's distinguished name of the certificate in `cert_file`, when it was issued by a
 /// CA other than the embedded one of `state_dir`; `None` when there is no such certificate,

@@ -15,6 +15,7 @@ mod notify;
 mod server;
 mod walk;
 
+pub use crate::error::{ConfigError, ConfigErrors, shown};
 pub use agent::Agent;
 pub use certificate::Certificate;
 pub use issuer::{
@@ -23,13 +24,10 @@ pub use issuer::{
 };
 pub use notify::{EVENTS, Notify, NotifyTarget};
 pub use server::{ApacheLayout, Endpoint, Server, ServerKind, name_covers, probe_sni};
-pub use walk::shown;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use toml::de::DeTable;
 
 use crate::core::Span;
@@ -46,49 +44,6 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 const MAX_TIMEOUT: Span = Span::days(1);
 const MAX_REMIND: Span = Span::days(365);
 const MAX_LIFETIME: Span = Span::days(3_650);
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub key: String,
-    pub message: String,
-    /// What to do about it, when that is known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A drop-in's file name is the operator's, like a key: shown escaped.
-        let file = self.file.display().to_string();
-        let file = shown(&file);
-        if self.key.is_empty() {
-            write!(f, "{file}:{}: {}", self.line, self.message)?;
-        } else {
-            write!(f, "{file}:{}: {}: {}", self.line, self.key, self.message)?;
-        }
-        match &self.hint {
-            Some(hint) => write!(f, "\n    hint: {hint}"),
-            None => Ok(()),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "  {e}")?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -223,10 +178,10 @@ impl Config {
 
 /// The directories certagent keeps root's files in (and takes compromise flags from) must be
 /// its own and root's alone, and the metrics file must not go into a shared system directory
-/// (see `store::trust`). They are looked at on this host, so `load` does this, not
+/// (see `files::trust`). They are looked at on this host, so `load` does this, not
 /// `parse_sources`.
 fn check_directories(agent: &Agent, main: &Path, errors: &mut Vec<ConfigError>) {
-    use crate::store::trust;
+    use crate::files::trust;
     let mut report = |key: &'static str, d: trust::Distrust| {
         errors.push(ConfigError {
             file: main.to_path_buf(),
@@ -256,8 +211,8 @@ fn check_directories(agent: &Agent, main: &Path, errors: &mut Vec<ConfigError>) 
 
 fn read_capped(file: &Path) -> Result<String, String> {
     use std::io::Read;
-    let f = crate::store::fsutil::open_regular(file)
-        .map_err(|e| format!("failed to read config file: {e}"))?;
+    let f =
+        crate::files::open_regular(file).map_err(|e| format!("failed to read config file: {e}"))?;
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)

@@ -9,6 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::ConfigError;
 use crate::core::Span;
+use crate::error::shown;
 
 /// Where errors go while one file is read.
 pub struct Ctx<'a> {
@@ -335,30 +336,6 @@ impl<'t, 'i> Section<'t, 'i> {
             }
         }
     }
-}
-
-/// A name from the config file as it may appear in a message or a log line: control
-/// characters (a table named "a\nb" would forge a line of its own) and invisible
-/// direction or width changes escaped the way `str::escape_debug` writes them; anything
-/// else as it is. Every key and name taken from the file goes through this before it is
-/// shown.
-pub fn shown(name: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-    };
-    if !name.chars().any(hidden) {
-        return std::borrow::Cow::Borrowed(name);
-    }
-    let mut out = String::with_capacity(name.len() + 8);
-    for c in name.chars() {
-        if hidden(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 pub fn check_path(s: &str) -> Result<PathBuf, String> {

@@ -11,13 +11,10 @@
 //!
 //! This module does file work only; what to do and in which order is the executor's job.
 
-pub mod fsutil;
 mod lock;
-pub mod nofollow;
 mod perms;
 #[cfg(test)]
 mod powerloss;
-pub mod trust;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::Certificate;
 use crate::core::{KeySpec, Reason, Timestamp};
 use crate::error::{Context, Error, Result};
+pub use crate::files as fsutil;
+pub use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub use fsutil::Perms;
 pub use lock::Lock;

@@ -1,6 +1,8 @@
 //! File primitives with the crash-safety recipe: create with the final mode and `O_EXCL |
 //! O_NOFOLLOW`, write, fsync, rename, fsync the directory. Nothing here follows a symlink it
-//! did not create.
+//! did not create. Below the store and the config, which both use it: `nofollow` walks a
+//! configured path trusting only root's links, `trust` says whether a directory may hold root's
+//! files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -10,6 +12,9 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 
 use crate::error::{Context, Result};
+
+pub mod nofollow;
+pub mod trust;
 
 /// Owner and mode a written file gets.
 #[derive(Clone, Copy, Debug)]
@@ -97,11 +102,7 @@ pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
 
 /// `replace_symlink` inside a directory already opened by `nofollow::parent`: the temporary
 /// link and the rename happen in that directory, whatever its path names by now.
-pub fn replace_symlink_at(
-    parent: &super::nofollow::Parent,
-    link: &Path,
-    target: &Path,
-) -> Result<()> {
+pub fn replace_symlink_at(parent: &nofollow::Parent, link: &Path, target: &Path) -> Result<()> {
     use nix::fcntl::{OFlag, openat, renameat};
     use nix::sys::stat::Mode;
     use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
