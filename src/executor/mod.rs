@@ -1,0 +1,230 @@
+//! The imperative shell around the core: observe a certificate on disk, and carry out a
+//! re-issue with the install transaction (stage, validate, publish, flip, test, reload,
+//! verify, roll back). Shared by the CLI and the daemon; the caller holds the lock.
+//!
+//! Every step that matters is journalled before the next one starts, so a process killed at
+//! any point resumes (recovery) instead of repeating work or leaving a half-installed pair.
+//!
+//! One file per phase of the transaction (DESIGN.md): `observe` (what is on disk),
+//! `obtain` (pending key, order, accepted chain), `install` (generation, flip, test,
+//! reload, proof, rollback, hooks), `compromise` (quarantine, revoke, purge) and `refresh`
+//! (the CA's view: CRL, ARI). This file holds the entry points.
+
+mod compromise;
+mod install;
+mod observe;
+mod obtain;
+mod refresh;
+
+pub use observe::{Observation, Signals, desired, observe};
+pub use refresh::refresh_due;
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{Certificate, Config};
+use crate::core::{Reason, Timestamp};
+use crate::error::{Error, Result};
+use crate::keys::{Chain, PrivateKey};
+use crate::server::WebServer;
+use crate::store::{Journal, Outcome, OutcomeKind, Store};
+
+/// How a re-issue ended.
+#[derive(Debug)]
+pub struct Installed {
+    /// Why this certificate was issued, as journalled: a resumed re-issue keeps its own
+    /// reason, and a compromised key in service makes any re-issue a compromise response.
+    pub reason: Reason,
+    pub generation: u64,
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub loaded: bool,
+    /// The post_install hook failed (the certificate is installed all the same).
+    pub hook_error: Option<Error>,
+}
+
+/// Carries out re-issues. Cheap to clone: jobs of the daemon each hold one.
+#[derive(Clone)]
+pub struct Executor {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: Clock,
+    /// Becomes true when the daemon shuts down: work that has not flipped yet stops (it is
+    /// journalled and resumes next time); an install that has flipped completes or rolls back.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Executor {
+    pub fn new(
+        config: Arc<Config>,
+        clock: Clock,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Executor> {
+        let store = Store::open(&config.agent.state_dir)?;
+        Ok(Executor {
+            config,
+            store,
+            clock,
+            shutdown,
+        })
+    }
+
+    fn stopping(&self) -> Result<()> {
+        if *self.shutdown.borrow() {
+            return Err(Error::msg(
+                "stopped: certagent is shutting down; the re-issue resumes at the next start",
+            ));
+        }
+        Ok(())
+    }
+
+    fn server(&self, cert: &Certificate) -> Option<WebServer> {
+        cert.server
+            .as_ref()
+            .and_then(|s| self.config.servers.get(s))
+            .map(WebServer::new)
+    }
+
+    /// Finish what a killed process left: remove staging, settle an unverified flip. Returns
+    /// the outcome of the interrupted install, if there was one.
+    pub async fn recover(&self, cert: &Certificate) -> Result<Option<Result<Installed>>> {
+        let removed = self.store.remove_staging(&cert.name)?;
+        if removed > 0 {
+            log::info!(cert = cert.name.as_str(), removed = removed; "removed staging leftovers of an interrupted run");
+        }
+        let mut journal = self.store.journal(&cert.name)?;
+        let Some(flip) = journal.flip.clone() else {
+            if journal.post.is_some() {
+                log::warn!(cert = cert.name.as_str(); "finishing the response to a compromised key");
+                self.run_post_actions(cert).await?;
+            }
+            return Ok(None);
+        };
+        // Journalled just before the flip: if `current` does not point at the new generation,
+        // the process died before the commit point and nothing was installed.
+        if self.store.current_generation(&cert.name) != Some(flip.to) {
+            log::info!(cert = cert.name.as_str(), generation = flip.to; "an interrupted run stopped before its flip; nothing to undo");
+            journal.flip = None;
+            self.store.save_journal(&cert.name, &journal)?;
+            return Ok(None);
+        }
+        log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an interrupted install, finishing it");
+        Ok(Some(self.settle_flip(cert, &mut journal, &flip).await))
+    }
+
+    /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
+    /// run was killed after its flip, finishing that install is the re-issue asked for.
+    pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
+        let result = match self.recover(cert).await {
+            Ok(Some(interrupted)) => interrupted,
+            Ok(None) => self.reissue_fresh(cert, reason).await,
+            Err(e) => Err(e),
+        };
+        // A failure the steps did not journal themselves (a file that could not be opened,
+        // say) is journalled here, so `status` never shows an older outcome as the last one.
+        if let Err(e) = &result
+            && !matches!(e, Error::Pending { .. })
+            && !*self.shutdown.borrow()
+        {
+            let message = e.to_string();
+            let recorded = self.store.journal(&cert.name).ok().and_then(|j| j.last);
+            let already = recorded.is_some_and(|l| {
+                matches!(l.result, OutcomeKind::Failed | OutcomeKind::RolledBack)
+                    && l.message == message
+            });
+            if !already {
+                self.record_failure(&cert.name, reason, &message);
+            }
+        }
+        result
+    }
+
+    /// Journal a failed attempt that ended without journalling its outcome. Best effort: the
+    /// failure may be that the journal cannot be written.
+    pub fn record_failure(&self, name: &str, reason: Reason, message: &str) {
+        let Ok(mut journal) = self.store.journal(name) else {
+            return;
+        };
+        journal.failures += 1;
+        journal.record_outcome(Outcome {
+            at: self.clock.now(),
+            result: OutcomeKind::Failed,
+            reason,
+            message: message.to_string(),
+            serial: None,
+            generation: None,
+        });
+        if let Err(e) = self.store.save_journal(name, &journal) {
+            log::warn!(cert = name; "failed to journal the failure: {e}");
+        }
+    }
+
+    /// A certificate handed back by a human for a pending re-issue (`certagent import`, the
+    /// inbox): accepted only if it is for the pending key and the configured names, then
+    /// installed with the full transaction. The caller holds the lock.
+    pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Result<Installed> {
+        let now = self.clock.now();
+        let mut journal = self.store.journal(&cert.name)?;
+        let Some(pending) = journal.pending.clone() else {
+            return Err(Error::msg(format!(
+                "{:?} has no pending re-issue to import a certificate for",
+                cert.name
+            ))
+            .with_hint(format!(
+                "start one with `certagent reissue --now {}`",
+                cert.name
+            )));
+        };
+        let key = self
+            .store
+            .pending_key(&cert.name)?
+            .and_then(|pem| PrivateKey::from_pem(pem.as_str()).ok())
+            .filter(|k| k.spki_sha256() == pending.key_spki_sha256)
+            .ok_or_else(|| Error::msg(format!("the pending key of {:?} is missing", cert.name)))?;
+        let chain = Chain::from_pem(data)
+            .map_err(|e| Error::msg(format!("failed to read the certificate: {e}")))?;
+        if chain.leaf().map_err(Error::msg)?.spki_sha256 != key.spki_sha256() {
+            return Err(Error::msg(format!(
+                "the certificate is not for the pending key of {:?}: nothing was installed",
+                cert.name
+            ))
+            .with_hint("it was probably issued for another CSR; submit STATE/outbox/NAME.csr"));
+        }
+        self.accept_chain(cert, &mut journal, &key, chain, now, pending.reason)?;
+        log::info!(cert = cert.name.as_str(), event = "imported"; "accepted the certificate for the pending re-issue");
+        self.reissue_fresh(cert, pending.reason).await
+    }
+
+    /// Give every kept generation of `cert` the configured owner, group and modes (no new
+    /// key; adopted generations are only narrowed). Returns how many files changed.
+    pub fn fix_permissions(&self, cert: &Certificate) -> Result<usize> {
+        let fixed = self.store.fix_permissions(cert)?;
+        for d in &fixed {
+            log::info!(cert = cert.name.as_str(), generation = d.generation, event = "permissions-fixed"; "fixed the access of {}", d.describe());
+        }
+        Ok(fixed.len())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        result: OutcomeKind,
+        reason: Reason,
+        message: &str,
+        serial: Option<String>,
+        generation: Option<u64>,
+    ) -> Result<()> {
+        journal.failures += 1;
+        journal.record_outcome(Outcome {
+            at: self.clock.now(),
+            result,
+            reason,
+            message: message.to_string(),
+            serial,
+            generation,
+        });
+        self.store.save_journal(&cert.name, journal)
+    }
+}

@@ -1,0 +1,150 @@
+//! Phase 1: read the configured files (never writing anything) and decide what they need.
+
+use crate::compromise::{self, Blocked, FlagId};
+use crate::config::{Certificate, Config};
+use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Timestamp};
+use crate::keys::{self, Chain, PrivateKey};
+use crate::store::{Journal, fsutil};
+
+/// What is on disk for one certificate, with the problems found reading it.
+pub struct Observation {
+    pub observed: Observed,
+    pub decision: Decision,
+    pub leaf: Option<core::LeafFacts>,
+    pub cert_problem: Option<String>,
+    pub key_problem: Option<String>,
+    /// Why it cannot be told whether a key is compromised (a list that cannot be read).
+    pub compromise_problem: Option<String>,
+}
+
+pub fn desired(cert: &Certificate) -> Desired {
+    Desired {
+        names: cert.names.iter().cloned().collect(),
+        key_spec: cert.key_type,
+        renew_before: cert.renew_before,
+    }
+}
+
+/// What, besides the files themselves, says a certificate's key or serial must go.
+#[derive(Default)]
+pub struct Signals<'a> {
+    /// Digests from the blocklists and certagent's memory of compromised keys.
+    pub blocked: Option<&'a Blocked>,
+    /// The flag file in `compromised_dir`, if present.
+    pub flag: Option<FlagId>,
+    pub journal: Option<&'a Journal>,
+}
+
+impl<'a> Signals<'a> {
+    pub fn for_cert(
+        config: &Config,
+        blocked: &'a Blocked,
+        journal: Option<&'a Journal>,
+        cert: &str,
+    ) -> Signals<'a> {
+        Signals {
+            blocked: Some(blocked),
+            flag: compromise::flag(config, cert),
+            journal,
+        }
+    }
+}
+
+/// Read the configured files (never writing anything) and decide.
+pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
+    let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
+        Ok(None) => (CertFact::Missing, None),
+        Err(e) => (CertFact::Invalid(e.to_string()), None),
+        Ok(Some(bytes)) => match Chain::from_pem(&bytes).and_then(|c| c.leaf().map(|l| (l, c))) {
+            Ok((leaf, chain)) => (CertFact::Present(leaf), Some(chain)),
+            Err(e) => (CertFact::Invalid(e), None),
+        },
+    };
+    let key_fact = match fsutil::read_capped(&cert.key_file, keys::MAX_PEM_BYTES) {
+        Ok(None) => KeyFact::Missing,
+        Err(e) => KeyFact::Invalid(e.to_string()),
+        Ok(Some(bytes)) => {
+            match PrivateKey::from_pem(&String::from_utf8_lossy(&zeroize::Zeroizing::new(bytes))) {
+                Ok(key) => {
+                    let verifies = chain
+                        .as_ref()
+                        .and_then(|c| c.leaf_spki_der().ok())
+                        .map(|spki| key.verifies_with(&spki));
+                    KeyFact::Present {
+                        key_spec: key.spec,
+                        spki_sha256: key.spki_sha256(),
+                        verifies_with_cert: verifies,
+                    }
+                }
+                Err(e) => KeyFact::Invalid(e),
+            }
+        }
+    };
+    let cert_problem = match &cert_fact {
+        CertFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.cert_file.display().to_string()
+        )),
+        CertFact::Invalid(e) => Some(e.clone()),
+        CertFact::Present(_) => None,
+    };
+    let key_problem = match &key_fact {
+        KeyFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.key_file.display().to_string()
+        )),
+        KeyFact::Invalid(e) => Some(e.clone()),
+        KeyFact::Present { .. } => None,
+    };
+    let leaf = match &cert_fact {
+        CertFact::Present(l) => Some(l.clone()),
+        _ => None,
+    };
+    let key_digest = match &key_fact {
+        KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.clone()),
+        _ => None,
+    };
+    let blocked =
+        |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
+    // One flag, one response: an answered flag stays answered while it is there, whatever is
+    // written to it (see `compromise::track_flag`).
+    let unhandled_flag =
+        signals.flag.is_some() && signals.journal.is_none_or(|j| j.handled_flag.is_none());
+    let revocation = signals
+        .journal
+        .and_then(|j| j.revoked.as_ref())
+        .filter(|r| leaf.as_ref().is_some_and(|l| l.serial == r.serial));
+    let compromise_problem = signals.blocked.and_then(Blocked::unknown);
+    let installed_at = signals
+        .journal
+        .filter(|j| {
+            j.installed_serial.is_some()
+                && j.installed_serial.as_deref() == leaf.as_ref().map(|l| l.serial.as_str())
+        })
+        .and_then(|j| j.last_success);
+    let observed = Observed {
+        compromise_unknown: compromise_problem.is_some(),
+        installed_at,
+        cert: cert_fact,
+        key: key_fact,
+        compromised: unhandled_flag
+            || blocked(key_digest.as_deref())
+            || blocked(leaf.as_ref().map(|l| l.spki_sha256.as_str()))
+            || revocation.is_some_and(|r| r.reason == Some(1)),
+        revoked: revocation.is_some(),
+        suggested_renewal: signals
+            .journal
+            .and_then(|j| j.ari.as_ref())
+            .filter(|a| leaf.as_ref().is_some_and(|l| l.serial == a.serial))
+            .map(|a| a.renew_at),
+    };
+    let decision = core::decide(&desired(cert), &observed, now);
+    Observation {
+        observed,
+        decision,
+        leaf,
+        cert_problem,
+        key_problem,
+        compromise_problem,
+    }
+}
