@@ -3,15 +3,67 @@
 
 use crate::compromise::{self, Blocked};
 use crate::config::Certificate;
-use crate::core;
+use crate::core::{self, Reason, Timestamp};
 use crate::error::{Error, Result};
 use crate::issuer::{Issuer, RevokeOutcome};
-use crate::keys::{self, Chain, PrivateKey};
-use crate::store::{CompromiseWork, Journal, fsutil};
+use crate::keys::{self, PrivateKey};
+use crate::store::{CompromiseWork, Journal};
 
 use super::Executor;
+use super::observe::InService;
 
 impl Executor {
+    /// For a compromise response (once per pending re-issue): capture the key in service and
+    /// tell the operators; then, with `revoke_first`, revoke its certificate before
+    /// replacing it.
+    pub(super) async fn answer_compromise(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &mut Blocked,
+        in_service: &InService,
+        reason: Reason,
+        now: Timestamp,
+    ) -> Result<()> {
+        if reason == Reason::KeyCompromised
+            && journal
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.compromise.is_none())
+        {
+            let work = self.capture_compromise(cert, journal, blocked, in_service)?;
+            let event = crate::notify::Event::new(
+                "compromised",
+                &cert.name,
+                "key marked compromised; replacing it",
+                now,
+            )
+            .reason(Reason::KeyCompromised.as_str());
+            crate::notify::emit(&self.config, event).await;
+            if let Some(p) = journal.pending.as_mut() {
+                p.reason = Reason::KeyCompromised;
+                p.compromise = Some(work);
+            }
+            self.store.save_journal(&cert.name, journal)?;
+        }
+        let work = journal
+            .pending
+            .as_ref()
+            .and_then(|p| p.compromise.clone())
+            .filter(|c| cert.revoke_first && !c.revoked_first && c.old_leaf.is_some());
+        if let Some(work) = work {
+            // The key is known to be in an attacker's hands: revoke before replacing, so
+            // nothing signed by it is trusted a minute longer than necessary.
+            self.revoke_compromised(cert, &work.old_spki_sha256, work.old_leaf.as_deref())
+                .await?;
+            if let Some(c) = journal.pending.as_mut().and_then(|p| p.compromise.as_mut()) {
+                c.revoked_first = true;
+            }
+            self.store.save_journal(&cert.name, journal)?;
+        }
+        Ok(())
+    }
+
     /// The key in service is compromised: remember its digest (it is never used again),
     /// keep a copy in quarantine (to sign its certificate's revocation), and note the flag
     /// file that reported it as answered.
@@ -20,13 +72,11 @@ impl Executor {
         cert: &Certificate,
         journal: &mut Journal,
         blocked: &mut Blocked,
+        in_service: &InService,
     ) -> Result<CompromiseWork> {
-        let read = |p: &std::path::Path| fsutil::read_capped(p, keys::MAX_PEM_BYTES).ok().flatten();
-        let key_pem = read(&cert.key_file);
-        let key = key_pem
-            .as_ref()
-            .and_then(|p| PrivateKey::from_pem(&String::from_utf8_lossy(p)).ok());
-        let chain = read(&cert.cert_file).and_then(|b| Chain::from_pem(&b).ok());
+        let key_pem = &in_service.key_pem;
+        let key = &in_service.private_key;
+        let chain = &in_service.chain;
         let leaf_digest = chain
             .as_ref()
             .and_then(|c| c.leaf().ok())
@@ -43,7 +93,7 @@ impl Executor {
             })?;
         compromise::remember(&self.store, &digest)?;
         blocked.insert(&digest);
-        if let (Some(pem), Some(k)) = (&key_pem, &key)
+        if let (Some(pem), Some(k)) = (key_pem, key)
             && k.spki_sha256() == digest
         {
             compromise::quarantine_copy(&self.store, &cert.name, &digest, pem)?;
@@ -56,7 +106,9 @@ impl Executor {
         use base64::Engine;
         Ok(CompromiseWork {
             old_spki_sha256: digest,
-            old_leaf: chain.map(|c| base64::engine::general_purpose::STANDARD.encode(c.leaf_der())),
+            old_leaf: chain
+                .as_ref()
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c.leaf_der())),
             revoked_first: false,
         })
     }
@@ -117,8 +169,11 @@ impl Executor {
 
     /// Finish the answer to a compromised key once its successor serves: revoke the old
     /// certificate, then remove the old key from every generation. Each step is journalled.
-    pub async fn run_post_actions(&self, cert: &Certificate) -> Result<()> {
-        let mut journal = self.store.journal(&cert.name)?;
+    pub(super) async fn run_post_actions(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+    ) -> Result<()> {
         let Some(mut post) = journal.post.clone() else {
             return Ok(());
         };
@@ -138,7 +193,7 @@ impl Executor {
                 }
             }
             journal.post = Some(post.clone());
-            self.store.save_journal(&cert.name, &journal)?;
+            self.store.save_journal(&cert.name, journal)?;
         }
         if !post.purged {
             let purged =
@@ -147,6 +202,6 @@ impl Executor {
             log::info!(cert = cert.name.as_str(), event = "quarantined", generations = format!("{purged:?}").as_str(); "removed the compromised key from every kept generation");
         }
         journal.post = (post.revoke.is_some() || !post.purged).then_some(post);
-        self.store.save_journal(&cert.name, &journal)
+        self.store.save_journal(&cert.name, journal)
     }
 }

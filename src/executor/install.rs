@@ -8,10 +8,22 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    Flip, GenFiles, GenerationContent, Journal, Outcome, OutcomeKind, PostActions, fsutil,
+    self, Flip, GenFiles, GenerationContent, Journal, OutcomeKind, PostActions, fsutil,
 };
 
-use super::{Executor, Installed};
+use super::{Attempt, Executor, Installed, Stop};
+
+/// What loading a flipped generation came to.
+enum Load {
+    /// No server is configured for the certificate.
+    NoServer,
+    /// Its server is of kind "none": install only.
+    InstallOnly,
+    /// The server is not running: installed, not loaded.
+    NotRunning,
+    /// Reloaded and proven served.
+    Served,
+}
 
 impl Executor {
     /// Steps 4–9 of the transaction: adopt existing files, publish, check the published pair,
@@ -23,7 +35,7 @@ impl Executor {
         key: &PrivateKey,
         chain: &Chain,
         reason: Reason,
-    ) -> Result<Installed> {
+    ) -> Attempt {
         self.adopt(cert, journal)?;
         let number = journal.next_generation;
         journal.next_generation += 1;
@@ -39,26 +51,9 @@ impl Executor {
         let files = self.store.publish_generation(cert, number, &content)?;
         #[cfg(feature = "failpoints")]
         crate::failpoint::truncate_if("truncate-staged-key", &files.key());
-        // The files exactly as the server will read them. Apache says "Syntax OK" for a
-        // mismatched or truncated pair and its parent exits on the graceful restart that
-        // follows, so this check, not the server's config test, is what protects it.
-        if let Err(why) = check_generation(&files) {
-            let e = Error::msg(format!(
-                "the new files of generation {number} are not a usable pair: {why}"
-            ));
-            return Err(self.veto(cert, journal, number, reason, e));
-        }
-        let serial = chain.leaf().map_err(Error::msg)?.serial;
-        if let Some(argv) = &cert.pre_install {
-            let env = hook_env(cert, "pre_install", reason, &serial, number, &files);
-            if let Err(e) = server::run_with_env(argv, &env, hook_timeout(cert)).await {
-                let e = e.context(format!(
-                    "pre_install hook of {:?} vetoed the install",
-                    cert.name
-                ));
-                return Err(self.veto(cert, journal, number, reason, e));
-            }
-        }
+        self.vet(cert, journal, chain, reason, number, &files)
+            .await
+            .map_err(Stop::Failed)?;
         let flip = Flip {
             from: self.store.current_generation(&cert.name),
             to: number,
@@ -74,10 +69,44 @@ impl Executor {
         self.settle_flip(cert, journal, &flip).await
     }
 
+    /// The published generation before it is flipped in: the pair check, then the
+    /// pre_install hook. A refusal removes it (`veto`).
+    async fn vet(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        chain: &Chain,
+        reason: Reason,
+        number: u64,
+        files: &GenFiles,
+    ) -> Result<()> {
+        // The files exactly as the server will read them. Apache says "Syntax OK" for a
+        // mismatched or truncated pair and its parent exits on the graceful restart that
+        // follows, so this check, not the server's config test, is what protects it.
+        if let Err(why) = check_generation(files) {
+            let e = Error::msg(format!(
+                "the new files of generation {number} are not a usable pair: {why}"
+            ));
+            return Err(self.veto(cert, journal, number, reason, e));
+        }
+        let serial = chain.leaf().map_err(Error::msg)?.serial;
+        if let Some(argv) = &cert.pre_install {
+            let env = hook_env(cert, "pre_install", reason, &serial, number, files);
+            if let Err(e) = server::run_with_env(argv, &env, hook_timeout(cert)).await {
+                let e = e.context(format!(
+                    "pre_install hook of {:?} vetoed the install",
+                    cert.name
+                ));
+                return Err(self.veto(cert, journal, number, reason, e));
+            }
+        }
+        Ok(())
+    }
+
     /// An install stopped before its flip: the published generation goes away, the server's
     /// files never changed. The issued certificate stays pending, so the next attempt
     /// installs it without asking the CA again.
-    pub(super) fn veto(
+    fn veto(
         &self,
         cert: &Certificate,
         journal: &mut Journal,
@@ -90,15 +119,7 @@ impl Executor {
         }
         let message = cause.to_string();
         log::error!(cert = cert.name.as_str(), reason = reason.as_str(), generation = number, event = "failed"; "install stopped before the flip: {message}");
-        let _ = self.record(
-            cert,
-            journal,
-            OutcomeKind::Failed,
-            reason,
-            &message,
-            None,
-            None,
-        );
+        let _ = self.record(cert, journal, OutcomeKind::Failed, reason, &message, None);
         Error::msg(message)
             .with_hint("nothing was installed; the certificate in service is unchanged")
     }
@@ -134,79 +155,74 @@ impl Executor {
     }
 
     /// After `current` points at `flip.to`: config test, reload, verify; roll back to
-    /// `flip.from` if any of them fails. Also used by recovery after a crash.
+    /// `flip.from` if any of them fails. Also used by recovery after a crash. Then the
+    /// post_install hook and what is left of a compromise response.
     pub(super) async fn settle_flip(
         &self,
         cert: &Certificate,
         journal: &mut Journal,
         flip: &Flip,
-    ) -> Result<Installed> {
-        let installed = self.settle_flip_inner(cert, journal, flip).await?;
-        if let Err(e) = self.run_post_actions(cert).await {
-            log::error!(cert = cert.name.as_str(); "after the install: {e}");
-        }
-        Ok(installed)
-    }
-
-    pub(super) async fn settle_flip_inner(
-        &self,
-        cert: &Certificate,
-        journal: &mut Journal,
-        flip: &Flip,
-    ) -> Result<Installed> {
+    ) -> Attempt {
         let files = self.store.generation(&cert.name, flip.to);
-        let chain = fsutil::read_capped(&files.fullchain(), keys::MAX_PEM_BYTES)?
-            .ok_or_else(|| Error::msg(format!("generation {} has no certificate", flip.to)))
-            .and_then(|b| Chain::from_pem(&b).map_err(Error::msg))?;
+        let fullchain = fsutil::read_capped(&files.fullchain(), keys::MAX_PEM_BYTES)?
+            .ok_or_else(|| Error::msg(format!("generation {} has no certificate", flip.to)))?;
+        let chain = Chain::from_pem(&fullchain).map_err(Error::msg)?;
         let leaf = chain.leaf().map_err(Error::msg)?;
-        let installed = |loaded| Installed {
-            reason: flip.reason,
-            generation: flip.to,
-            serial: leaf.serial.clone(),
-            not_after: leaf.not_after,
-            loaded,
-            hook_error: None,
-        };
-        let server = self.server(cert);
         // Recovery meets files written by a process that was killed: never load them unseen.
-        if let Err(why) = check_generation(&files) {
+        if let Err(why) = check_pair(&files, &fullchain) {
             let e = Error::msg(format!(
                 "generation {} is not a usable pair: {why}",
                 flip.to
             ));
             return Err(self.rollback(cert, journal, flip, None, false, e).await);
         }
-        let Some(server) = server else {
-            self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
-            return Ok(self
-                .post_install(cert, journal, flip, installed(false))
-                .await);
+        let load = self.load(cert, journal, flip, &chain).await?;
+        let kind = match load {
+            Load::NotRunning => OutcomeKind::InstalledNotLoaded,
+            Load::NoServer | Load::InstallOnly | Load::Served => OutcomeKind::Installed,
+        };
+        self.commit(cert, journal, flip, kind, &leaf.serial)?;
+        let installed = Installed {
+            reason: flip.reason,
+            generation: flip.to,
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+            // Install only (server kind "none"): there is nothing to load, so nothing is
+            // "not loaded".
+            loaded: matches!(load, Load::Served | Load::InstallOnly),
+            hook_error: None,
+        };
+        let installed = self.post_install(cert, journal, flip, installed).await;
+        if let Err(e) = self.run_post_actions(cert, journal).await {
+            log::error!(cert = cert.name.as_str(); "after the install: {e}");
+        }
+        Ok(installed)
+    }
+
+    /// Have the server load the flipped generation: config test, reload, proof (reloading
+    /// once more if the proof fails); any failure rolls back.
+    async fn load(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        chain: &Chain,
+    ) -> Result<Load, Stop> {
+        let Some(server) = self.server(cert) else {
+            return Ok(Load::NoServer);
         };
         if server.kind() == crate::config::ServerKind::None {
-            // Install only: there is nothing to load, so nothing is "not loaded".
-            self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
-            return Ok(self
-                .post_install(cert, journal, flip, installed(true))
-                .await);
+            return Ok(Load::InstallOnly);
         }
         if server.is_running() == Some(false) {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
-            self.finish(
-                cert,
-                journal,
-                flip,
-                OutcomeKind::InstalledNotLoaded,
-                &leaf.serial,
-            )?;
-            return Ok(self
-                .post_install(cert, journal, flip, installed(false))
-                .await);
+            return Ok(Load::NotRunning);
         }
         if let Err(e) = server.config_test().await {
             let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
             return Err(rolled.await);
         }
-        let mut served = match self.reload_and_probe(&server, cert, &chain).await {
+        let mut served = match self.reload_and_probe(&server, cert, chain).await {
             Ok(s) => s,
             Err(e) => {
                 let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
@@ -216,31 +232,24 @@ impl Executor {
         crate::failpoint!("after-reload");
         if let Served::Not(why) = &served {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "new certificate not served after reload ({why}), reloading once more");
-            if let Ok(again) = self.reload_and_probe(&server, cert, &chain).await {
+            if let Ok(again) = self.reload_and_probe(&server, cert, chain).await {
                 served = again;
             }
         }
-        match served {
-            Served::All => {
-                self.finish(cert, journal, flip, OutcomeKind::Installed, &leaf.serial)?;
-                Ok(self
-                    .post_install(cert, journal, flip, installed(true))
-                    .await)
-            }
-            Served::Not(why) => {
-                let mut message = format!(
-                    "server {:?} does not serve the new certificate: {why}",
-                    server.name()
-                );
-                if server.is_running() == Some(false) {
-                    message.push_str(&exited_note(&server));
-                }
-                let e = Error::msg(message);
-                Err(self
-                    .rollback(cert, journal, flip, Some(&server), true, e)
-                    .await)
-            }
+        let Served::Not(why) = served else {
+            return Ok(Load::Served);
+        };
+        let mut message = format!(
+            "server {:?} does not serve the new certificate: {why}",
+            server.name()
+        );
+        if server.is_running() == Some(false) {
+            message.push_str(&exited_note(&server));
         }
+        let e = Error::msg(message);
+        Err(self
+            .rollback(cert, journal, flip, Some(&server), true, e)
+            .await)
     }
 
     /// One reload and its proof: note the workers serving now, reload, wait until those have
@@ -304,7 +313,9 @@ impl Executor {
         installed
     }
 
-    pub(super) fn finish(
+    /// Journal the flipped generation as installed (and what a compromise response still
+    /// owes), clear the pending re-issue, collect old generations.
+    fn commit(
         &self,
         cert: &Certificate,
         journal: &mut Journal,
@@ -341,7 +352,7 @@ impl Executor {
             }
             _ => "installed and verified in service",
         };
-        journal.record_outcome(Outcome {
+        journal.record_outcome(store::Outcome {
             at: self.clock.now(),
             result: kind,
             reason: flip.reason,
@@ -357,7 +368,7 @@ impl Executor {
             self.store
                 .gc(&cert.name, self.config.agent.keep_generations + 1, &protect)?;
         // Older generations kept for rollback follow a changed owner, group or mode too.
-        self.fix_permissions(cert)?;
+        self.fix_generations(cert)?;
         let event = match kind {
             OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
             _ => "installed",
@@ -382,7 +393,7 @@ impl Executor {
         server: Option<&WebServer>,
         reloaded: bool,
         cause: Error,
-    ) -> Error {
+    ) -> Stop {
         let new_usable = check_generation(&self.store.generation(&cert.name, flip.to)).is_ok();
         let previous_unusable = flip.from.and_then(|prev| {
             check_generation(&self.store.generation(&cert.name, prev))
@@ -403,12 +414,11 @@ impl Executor {
                 OutcomeKind::Failed,
                 flip.reason,
                 &message,
-                None,
                 Some(flip.to),
             );
-            return Error::msg(message).with_hint(
+            return Stop::Failed(Error::msg(message).with_hint(
                 "the new pair is valid and stays in place; see the web server's error log",
-            );
+            ));
         }
         let mut notes = Vec::new();
         let flipped = match flip.from {
@@ -441,17 +451,16 @@ impl Executor {
             OutcomeKind::RolledBack,
             flip.reason,
             &message,
-            None,
             Some(flip.to),
         );
         let hint = cause.hint().map(str::to_string);
         let e = Error::msg(message);
-        match hint {
+        Stop::RolledBack(match hint {
             Some(h) => e.with_hint(h),
             None => e.with_hint(
                 "the previous certificate and key are in place; see the web server's error log",
             ),
-        }
+        })
     }
 }
 
@@ -503,9 +512,16 @@ pub(super) fn check_generation(files: &GenFiles) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{what} {:?} is missing", path.display().to_string()))
     };
-    let fullchain = read(&files.fullchain(), "certificate")?;
-    keys::check_generation(&fullchain, || {
-        read(&files.key(), "key").map(zeroize::Zeroizing::new)
+    check_pair(files, &read(&files.fullchain(), "certificate")?)
+}
+
+/// The pair check of a generation whose certificate was already read.
+fn check_pair(files: &GenFiles, fullchain: &[u8]) -> Result<(), String> {
+    keys::check_generation(fullchain, || {
+        fsutil::read_capped(&files.key(), keys::MAX_PEM_BYTES)
+            .map_err(|e| e.to_string())?
+            .map(zeroize::Zeroizing::new)
+            .ok_or_else(|| format!("key {:?} is missing", files.key().display().to_string()))
     })
 }
 

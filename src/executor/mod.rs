@@ -14,34 +14,24 @@ mod compromise;
 mod install;
 mod observe;
 mod obtain;
+mod outcome;
 mod refresh;
 
 pub use observe::{Observation, Signals, desired, observe};
+pub use outcome::{Installed, Outcome, Waiting};
 pub use refresh::refresh_due;
+
+use outcome::{Attempt, Stop};
 
 use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, Timestamp};
+use crate::core::Reason;
 use crate::error::{Error, Result};
 use crate::keys::{Chain, PrivateKey};
 use crate::server::WebServer;
-use crate::store::{Journal, Outcome, OutcomeKind, Store};
-
-/// How a re-issue ended.
-#[derive(Debug)]
-pub struct Installed {
-    /// Why this certificate was issued, as journalled: a resumed re-issue keeps its own
-    /// reason, and a compromised key in service makes any re-issue a compromise response.
-    pub reason: Reason,
-    pub generation: u64,
-    pub serial: String,
-    pub not_after: Timestamp,
-    pub loaded: bool,
-    /// The post_install hook failed (the certificate is installed all the same).
-    pub hook_error: Option<Error>,
-}
+use crate::store::{self, Journal, OutcomeKind, Store};
 
 /// Carries out re-issues. Cheap to clone: jobs of the daemon each hold one.
 #[derive(Clone)]
@@ -52,6 +42,12 @@ pub struct Executor {
     /// Becomes true when the daemon shuts down: work that has not flipped yet stops (it is
     /// journalled and resumes next time); an install that has flipped completes or rolls back.
     shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What recovery found: an interrupted install it settled, or a clean journal to go on with.
+enum Recovered {
+    Interrupted(Attempt),
+    Clean(Box<Journal>),
 }
 
 impl Executor {
@@ -85,9 +81,8 @@ impl Executor {
             .map(WebServer::new)
     }
 
-    /// Finish what a killed process left: remove staging, settle an unverified flip. Returns
-    /// the outcome of the interrupted install, if there was one.
-    pub async fn recover(&self, cert: &Certificate) -> Result<Option<Result<Installed>>> {
+    /// Finish what a killed process left: remove staging, settle an unverified flip.
+    async fn recover(&self, cert: &Certificate) -> Result<Recovered> {
         let removed = self.store.remove_staging(&cert.name)?;
         if removed > 0 {
             log::info!(cert = cert.name.as_str(), removed = removed; "removed staging leftovers of an interrupted run");
@@ -96,9 +91,9 @@ impl Executor {
         let Some(flip) = journal.flip.clone() else {
             if journal.post.is_some() {
                 log::warn!(cert = cert.name.as_str(); "finishing the response to a compromised key");
-                self.run_post_actions(cert).await?;
+                self.run_post_actions(cert, &mut journal).await?;
             }
-            return Ok(None);
+            return Ok(Recovered::Clean(Box::new(journal)));
         };
         // Journalled just before the flip: if `current` does not point at the new generation,
         // the process died before the commit point and nothing was installed.
@@ -106,24 +101,34 @@ impl Executor {
             log::info!(cert = cert.name.as_str(), generation = flip.to; "an interrupted run stopped before its flip; nothing to undo");
             journal.flip = None;
             self.store.save_journal(&cert.name, &journal)?;
-            return Ok(None);
+            return Ok(Recovered::Clean(Box::new(journal)));
         }
         log::warn!(cert = cert.name.as_str(), generation = flip.to; "found an interrupted install, finishing it");
-        Ok(Some(self.settle_flip(cert, &mut journal, &flip).await))
+        let settled = self.settle_flip(cert, &mut journal, &flip).await;
+        Ok(Recovered::Interrupted(settled))
+    }
+
+    /// Finish journalled work (an interrupted install, the revocation and purge of a
+    /// compromised predecessor) without starting a re-issue.
+    pub async fn finish(&self, cert: &Certificate) -> Outcome {
+        match self.recover(cert).await {
+            Ok(Recovered::Clean(_)) | Ok(Recovered::Interrupted(Ok(_))) => Outcome::Finished,
+            Ok(Recovered::Interrupted(Err(stop))) => Outcome::FinishFailed(stop.into_error()),
+            Err(e) => Outcome::FinishFailed(e),
+        }
     }
 
     /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
     /// run was killed after its flip, finishing that install is the re-issue asked for.
-    pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Result<Installed> {
-        let result = match self.recover(cert).await {
-            Ok(Some(interrupted)) => interrupted,
-            Ok(None) => self.reissue_fresh(cert, reason).await,
-            Err(e) => Err(e),
+    pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Outcome {
+        let attempt = match self.recover(cert).await {
+            Ok(Recovered::Interrupted(interrupted)) => interrupted,
+            Ok(Recovered::Clean(journal)) => self.reissue_fresh(cert, reason, *journal).await,
+            Err(e) => Err(Stop::from(e)),
         };
         // A failure the steps did not journal themselves (a file that could not be opened,
         // say) is journalled here, so `status` never shows an older outcome as the last one.
-        if let Err(e) = &result
-            && !matches!(e, Error::Pending { .. })
+        if let Err(Stop::Failed(e) | Stop::RolledBack(e)) = &attempt
             && !*self.shutdown.borrow()
         {
             let message = e.to_string();
@@ -136,7 +141,7 @@ impl Executor {
                 self.record_failure(&cert.name, reason, &message);
             }
         }
-        result
+        Outcome::of(cert, attempt)
     }
 
     /// Journal a failed attempt that ended without journalling its outcome. Best effort: the
@@ -146,7 +151,7 @@ impl Executor {
             return;
         };
         journal.failures += 1;
-        journal.record_outcome(Outcome {
+        journal.record_outcome(store::Outcome {
             at: self.clock.now(),
             result: OutcomeKind::Failed,
             reason,
@@ -162,18 +167,24 @@ impl Executor {
     /// A certificate handed back by a human for a pending re-issue (`certagent import`, the
     /// inbox): accepted only if it is for the pending key and the configured names, then
     /// installed with the full transaction. The caller holds the lock.
-    pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Result<Installed> {
+    pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Outcome {
+        Outcome::of(cert, self.import_chain(cert, data).await)
+    }
+
+    async fn import_chain(&self, cert: &Certificate, data: &[u8]) -> Attempt {
         let now = self.clock.now();
         let mut journal = self.store.journal(&cert.name)?;
         let Some(pending) = journal.pending.clone() else {
-            return Err(Error::msg(format!(
-                "{:?} has no pending re-issue to import a certificate for",
-                cert.name
-            ))
-            .with_hint(format!(
-                "start one with `certagent reissue --now {}`",
-                cert.name
-            )));
+            return Err(Stop::from(
+                Error::msg(format!(
+                    "{:?} has no pending re-issue to import a certificate for",
+                    cert.name
+                ))
+                .with_hint(format!(
+                    "start one with `certagent reissue --now {}`",
+                    cert.name
+                )),
+            ));
         };
         let key = self
             .store
@@ -184,20 +195,30 @@ impl Executor {
         let chain = Chain::from_pem(data)
             .map_err(|e| Error::msg(format!("failed to read the certificate: {e}")))?;
         if chain.leaf().map_err(Error::msg)?.spki_sha256 != key.spki_sha256() {
-            return Err(Error::msg(format!(
-                "the certificate is not for the pending key of {:?}: nothing was installed",
-                cert.name
-            ))
-            .with_hint("it was probably issued for another CSR; submit STATE/outbox/NAME.csr"));
+            return Err(Stop::from(
+                Error::msg(format!(
+                    "the certificate is not for the pending key of {:?}: nothing was installed",
+                    cert.name
+                ))
+                .with_hint("it was probably issued for another CSR; submit STATE/outbox/NAME.csr"),
+            ));
         }
         self.accept_chain(cert, &mut journal, &key, chain, now, pending.reason)?;
         log::info!(cert = cert.name.as_str(), event = "imported"; "accepted the certificate for the pending re-issue");
-        self.reissue_fresh(cert, pending.reason).await
+        self.reissue_fresh(cert, pending.reason, journal).await
     }
 
     /// Give every kept generation of `cert` the configured owner, group and modes (no new
-    /// key; adopted generations are only narrowed). Returns how many files changed.
-    pub fn fix_permissions(&self, cert: &Certificate) -> Result<usize> {
+    /// key; adopted generations are only narrowed).
+    pub fn fix_permissions(&self, cert: &Certificate) -> Outcome {
+        match self.fix_generations(cert) {
+            Ok(changed) => Outcome::PermissionsFixed { changed },
+            Err(e) => Outcome::PermissionsFailed(e),
+        }
+    }
+
+    /// Returns how many files changed.
+    fn fix_generations(&self, cert: &Certificate) -> Result<usize> {
         let fixed = self.store.fix_permissions(cert)?;
         for d in &fixed {
             log::info!(cert = cert.name.as_str(), generation = d.generation, event = "permissions-fixed"; "fixed the access of {}", d.describe());
@@ -205,7 +226,7 @@ impl Executor {
         Ok(fixed.len())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Journal a failed or rolled-back attempt.
     fn record(
         &self,
         cert: &Certificate,
@@ -213,16 +234,15 @@ impl Executor {
         result: OutcomeKind,
         reason: Reason,
         message: &str,
-        serial: Option<String>,
         generation: Option<u64>,
     ) -> Result<()> {
         journal.failures += 1;
-        journal.record_outcome(Outcome {
+        journal.record_outcome(store::Outcome {
             at: self.clock.now(),
             result,
             reason,
             message: message.to_string(),
-            serial,
+            serial: None,
             generation,
         });
         self.store.save_journal(&cert.name, journal)

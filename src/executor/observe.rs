@@ -5,6 +5,7 @@ use crate::config::{Certificate, Config};
 use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Timestamp};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::store::{Journal, fsutil};
+use zeroize::Zeroizing;
 
 /// What is on disk for one certificate, with the problems found reading it.
 pub struct Observation {
@@ -50,57 +51,87 @@ impl<'a> Signals<'a> {
     }
 }
 
-/// Read the configured files (never writing anything) and decide.
-pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
-    let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
-        Ok(None) => (CertFact::Missing, None),
-        Err(e) => (CertFact::Invalid(e.to_string()), None),
-        Ok(Some(bytes)) => match Chain::from_pem(&bytes).and_then(|c| c.leaf().map(|l| (l, c))) {
-            Ok((leaf, chain)) => (CertFact::Present(leaf), Some(chain)),
-            Err(e) => (CertFact::Invalid(e), None),
-        },
-    };
-    let key_fact = match fsutil::read_capped(&cert.key_file, keys::MAX_PEM_BYTES) {
-        Ok(None) => KeyFact::Missing,
-        Err(e) => KeyFact::Invalid(e.to_string()),
-        Ok(Some(bytes)) => {
-            match PrivateKey::from_pem(&String::from_utf8_lossy(&zeroize::Zeroizing::new(bytes))) {
-                Ok(key) => {
-                    let verifies = chain
-                        .as_ref()
-                        .and_then(|c| c.leaf_spki_der().ok())
-                        .map(|spki| key.verifies_with(&spki));
-                    KeyFact::Present {
-                        key_spec: key.spec,
-                        spki_sha256: key.spki_sha256(),
-                        verifies_with_cert: verifies,
+/// The configured files as read, once: what `observe` decides from, and what a re-issue
+/// needs of the pair in service (the key to quarantine, the leaf to revoke or replace).
+pub struct InService {
+    pub cert: CertFact,
+    /// The certificate file as parsed (its leaf may still be unusable: see `cert`).
+    pub chain: Option<Chain>,
+    pub key: KeyFact,
+    pub key_pem: Option<Zeroizing<Vec<u8>>>,
+    pub private_key: Option<PrivateKey>,
+}
+
+impl InService {
+    /// Read the configured files, never writing anything.
+    pub fn read(cert: &Certificate) -> InService {
+        let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
+            Ok(None) => (CertFact::Missing, None),
+            Err(e) => (CertFact::Invalid(e.to_string()), None),
+            Ok(Some(bytes)) => match Chain::from_pem(&bytes) {
+                Ok(chain) => match chain.leaf() {
+                    Ok(leaf) => (CertFact::Present(leaf), Some(chain)),
+                    Err(e) => (CertFact::Invalid(e), Some(chain)),
+                },
+                Err(e) => (CertFact::Invalid(e), None),
+            },
+        };
+        let leaf_chain = matches!(cert_fact, CertFact::Present(_)).then_some(chain.as_ref());
+        let (key_fact, key_pem, private_key) =
+            match fsutil::read_capped(&cert.key_file, keys::MAX_PEM_BYTES) {
+                Ok(None) => (KeyFact::Missing, None, None),
+                Err(e) => (KeyFact::Invalid(e.to_string()), None, None),
+                Ok(Some(bytes)) => {
+                    let pem = Zeroizing::new(bytes);
+                    match PrivateKey::from_pem(&String::from_utf8_lossy(&pem)) {
+                        Ok(key) => {
+                            let verifies = leaf_chain
+                                .flatten()
+                                .and_then(|c| c.leaf_spki_der().ok())
+                                .map(|spki| key.verifies_with(&spki));
+                            let fact = KeyFact::Present {
+                                key_spec: key.spec,
+                                spki_sha256: key.spki_sha256(),
+                                verifies_with_cert: verifies,
+                            };
+                            (fact, Some(pem), Some(key))
+                        }
+                        Err(e) => (KeyFact::Invalid(e), Some(pem), None),
                     }
                 }
-                Err(e) => KeyFact::Invalid(e),
-            }
+            };
+        InService {
+            cert: cert_fact,
+            chain,
+            key: key_fact,
+            key_pem,
+            private_key,
         }
-    };
-    let cert_problem = match &cert_fact {
-        CertFact::Missing => Some(format!(
-            "{:?} does not exist",
-            cert.cert_file.display().to_string()
-        )),
-        CertFact::Invalid(e) => Some(e.clone()),
-        CertFact::Present(_) => None,
-    };
-    let key_problem = match &key_fact {
-        KeyFact::Missing => Some(format!(
-            "{:?} does not exist",
-            cert.key_file.display().to_string()
-        )),
-        KeyFact::Invalid(e) => Some(e.clone()),
-        KeyFact::Present { .. } => None,
-    };
-    let leaf = match &cert_fact {
-        CertFact::Present(l) => Some(l.clone()),
-        _ => None,
-    };
-    let key_digest = match &key_fact {
+    }
+
+    pub fn leaf(&self) -> Option<&core::LeafFacts> {
+        match &self.cert {
+            CertFact::Present(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// Read the configured files (never writing anything) and decide.
+pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
+    decide(cert, &InService::read(cert), now, signals)
+}
+
+/// Decide from files already read.
+pub fn decide(
+    cert: &Certificate,
+    files: &InService,
+    now: Timestamp,
+    signals: &Signals,
+) -> Observation {
+    let (cert_problem, key_problem) = problems(cert, files);
+    let leaf = files.leaf().cloned();
+    let key_digest = match &files.key {
         KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.clone()),
         _ => None,
     };
@@ -125,8 +156,8 @@ pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observa
     let observed = Observed {
         compromise_unknown: compromise_problem.is_some(),
         installed_at,
-        cert: cert_fact,
-        key: key_fact,
+        cert: files.cert.clone(),
+        key: files.key.clone(),
         compromised: unhandled_flag
             || blocked(key_digest.as_deref())
             || blocked(leaf.as_ref().map(|l| l.spki_sha256.as_str()))
@@ -147,4 +178,25 @@ pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observa
         key_problem,
         compromise_problem,
     }
+}
+
+/// What `check` says about files that are missing or unreadable.
+fn problems(cert: &Certificate, files: &InService) -> (Option<String>, Option<String>) {
+    let cert_problem = match &files.cert {
+        CertFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.cert_file.display().to_string()
+        )),
+        CertFact::Invalid(e) => Some(e.clone()),
+        CertFact::Present(_) => None,
+    };
+    let key_problem = match &files.key {
+        KeyFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.key_file.display().to_string()
+        )),
+        KeyFact::Invalid(e) => Some(e.clone()),
+        KeyFact::Present { .. } => None,
+    };
+    (cert_problem, key_problem)
 }

@@ -4,62 +4,112 @@
 
 use crate::compromise::{self, Blocked};
 use crate::config::Certificate;
-use crate::core::{Reason, Timestamp};
+use crate::core::{LeafFacts, Reason, Timestamp};
 use crate::error::{Error, Result};
-use crate::issuer::{IssueRequest, Issuer};
+use crate::issuer::{IssueRequest, Issued, Issuer};
 use crate::keys::{self, Chain, PrivateKey};
-use crate::store::{Journal, Outcome, OutcomeKind, Pending, fsutil};
+use crate::store::{self, Journal, OutcomeKind, Pending};
 
-use super::{Executor, Installed, Signals, observe};
+use super::observe::{InService, decide};
+use super::{Attempt, Executor, Signals, Stop, Waiting};
 
 impl Executor {
+    /// A re-issue after recovery: observe the pair in service once, then key, order, chain
+    /// and install, each step journalled. `journal` is the one recovery read.
     pub(super) async fn reissue_fresh(
         &self,
         cert: &Certificate,
         reason: Reason,
-    ) -> Result<Installed> {
+        mut journal: Journal,
+    ) -> Attempt {
         let now = self.clock.now();
-        // Whatever the caller's reason, a compromised key in service gets the full response.
-        let reason = {
-            let blocked = Blocked::load(&self.config);
-            // Fail closed: a new key may be on the list that cannot be read.
-            if let Some(why) = blocked.unknown() {
-                return Err(Error::msg(format!(
-                    "failed to re-issue {:?}: cannot tell which keys are compromised: {why}",
-                    cert.name
-                ))
-                .with_hint(
-                    "nothing was installed; make the file readable (a list of at most 16 MiB), or remove it from key_blocklist",
-                ));
-            }
-            let mut journal = self.store.journal(&cert.name).ok();
-            if let Some(j) = journal.as_mut() {
-                compromise::track_flag(&self.store, &self.config, &cert.name, j);
-            }
-            let signals = Signals::for_cert(&self.config, &blocked, journal.as_ref(), &cert.name);
-            let compromised = observe(cert, now, &signals)
-                .decision
-                .reasons
-                .contains(&Reason::KeyCompromised);
-            if compromised {
-                Reason::KeyCompromised
-            } else {
-                reason
-            }
-        };
+        let mut blocked = Blocked::load(&self.config);
+        let in_service = InService::read(cert);
+        let reason =
+            self.effective_reason(cert, reason, &mut journal, &blocked, &in_service, now)?;
         // Refuse now what the install would refuse later, before a key or an order exists.
         crate::adopt::preflight(cert)?;
-        let issuer_cfg = self
+        let issuer = self
             .config
             .issuers
             .get(&cert.issuer)
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
-        let mut journal = self.store.journal(&cert.name)?;
-        let wanted: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
-        let mut blocked = Blocked::load(&self.config);
+        let key = self.pending_key(cert, &mut journal, &blocked, reason, now)?;
+        crate::failpoint!("after-key-persisted");
+        self.answer_compromise(cert, &mut journal, &mut blocked, &in_service, reason, now)
+            .await?;
+        let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
+        let saved = match journal.pending.as_ref().is_some_and(|p| p.issued) {
+            true => self.store.pending_chain(&cert.name)?,
+            false => None,
+        };
+        let (key, chain) = match saved {
+            Some(chain) => (key, chain),
+            None => {
+                let ask = Ask {
+                    cert,
+                    issuer,
+                    key,
+                    blocked: &blocked,
+                    in_service: in_service.leaf(),
+                    reason,
+                    now,
+                };
+                self.order(ask, &mut journal).await?
+            }
+        };
+        // Validate again: a saved chain is input from disk like any other.
+        keys::validate_chain(&cert.names, &key, &chain, now)
+            .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
+        self.stopping()?;
+        self.install(cert, &mut journal, &key, &chain, reason).await
+    }
 
-        // A pending re-issue for the same names, key type and issuer is resumed: its key is
-        // already on disk and the CA may already have an order for it.
+    /// Whatever the caller's reason, a compromised key in service gets the full response.
+    fn effective_reason(
+        &self,
+        cert: &Certificate,
+        reason: Reason,
+        journal: &mut Journal,
+        blocked: &Blocked,
+        in_service: &InService,
+        now: Timestamp,
+    ) -> Result<Reason> {
+        // Fail closed: a new key may be on the list that cannot be read.
+        if let Some(why) = blocked.unknown() {
+            return Err(Error::msg(format!(
+                "failed to re-issue {:?}: cannot tell which keys are compromised: {why}",
+                cert.name
+            ))
+            .with_hint(
+                "nothing was installed; make the file readable (a list of at most 16 MiB), or remove it from key_blocklist",
+            ));
+        }
+        compromise::track_flag(&self.store, &self.config, &cert.name, journal);
+        let signals = Signals::for_cert(&self.config, blocked, Some(journal), &cert.name);
+        let compromised = decide(cert, in_service, now, &signals)
+            .decision
+            .reasons
+            .contains(&Reason::KeyCompromised);
+        Ok(if compromised {
+            Reason::KeyCompromised
+        } else {
+            reason
+        })
+    }
+
+    /// The key of this re-issue: the pending one when a pending re-issue for the same names,
+    /// key type and issuer is resumed (the CA may already have an order for it), else a new
+    /// one, persisted and journalled before it is used.
+    fn pending_key(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &Blocked,
+        reason: Reason,
+        now: Timestamp,
+    ) -> Result<PrivateKey> {
+        let wanted: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
         let reusable = journal.pending.as_ref().is_some_and(|p| {
             p.names == wanted
                 && p.key_spec == cert.key_type
@@ -70,159 +120,122 @@ impl Executor {
             (true, Some(pem)) => PrivateKey::from_pem(pem.as_str()).ok(),
             _ => None,
         };
-        let key = match key {
-            Some(k)
-                if journal
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.key_spki_sha256 == k.spki_sha256()) =>
-            {
-                log::info!(cert = cert.name.as_str(); "resuming pending re-issue");
-                k
-            }
-            _ => {
-                if journal.pending.is_some() {
-                    log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
-                }
-                self.store.clear_pending(&cert.name)?;
-                // Never a key that was ever compromised (a collision is only theoretical).
-                let key = loop {
-                    let key = PrivateKey::generate(cert.key_type).map_err(Error::msg)?;
-                    if !blocked.contains(&key.spki_sha256()) {
-                        break key;
-                    }
-                };
-                self.store.save_pending_key(&cert.name, &key.to_pem())?;
-                journal.pending = Some(Pending {
-                    reason,
-                    started_at: now,
-                    issuer: cert.issuer.clone(),
-                    key_spec: cert.key_type,
-                    key_spki_sha256: key.spki_sha256(),
-                    names: wanted.clone(),
-                    attempts: 0,
-                    order_url: None,
-                    issued: false,
-                    compromise: None,
-                    reminders: 0,
-                });
-                self.store.save_journal(&cert.name, &journal)?;
-                log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
-                key
-            }
-        };
-        crate::failpoint!("after-key-persisted");
-        if reason == Reason::KeyCompromised
+        if let Some(k) = key
             && journal
                 .pending
                 .as_ref()
-                .is_some_and(|p| p.compromise.is_none())
+                .is_some_and(|p| p.key_spki_sha256 == k.spki_sha256())
         {
-            let work = self.capture_compromise(cert, &mut journal, &mut blocked)?;
-            let event = crate::notify::Event::new(
-                "compromised",
-                &cert.name,
-                "key marked compromised; replacing it",
-                now,
-            )
-            .reason(Reason::KeyCompromised.as_str());
-            crate::notify::emit(&self.config, event).await;
-            if let Some(p) = journal.pending.as_mut() {
-                p.reason = Reason::KeyCompromised;
-                p.compromise = Some(work);
-            }
-            self.store.save_journal(&cert.name, &journal)?;
+            log::info!(cert = cert.name.as_str(); "resuming pending re-issue");
+            return Ok(k);
         }
-        let revoke_now = cert.revoke_first
-            && journal
-                .pending
-                .as_ref()
-                .and_then(|p| p.compromise.as_ref())
-                .is_some_and(|c| !c.revoked_first && c.old_leaf.is_some());
-        if revoke_now {
-            // The key is known to be in an attacker's hands: revoke before replacing, so
-            // nothing signed by it is trusted a minute longer than necessary.
-            let work = journal.pending.as_ref().and_then(|p| p.compromise.clone());
-            if let Some(work) = work {
-                self.revoke_compromised(cert, &work.old_spki_sha256, work.old_leaf.as_deref())
-                    .await?;
-                if let Some(c) = journal.pending.as_mut().and_then(|p| p.compromise.as_mut()) {
-                    c.revoked_first = true;
-                }
-                self.store.save_journal(&cert.name, &journal)?;
-            }
+        if journal.pending.is_some() {
+            log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
         }
-        let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
+        self.store.clear_pending(&cert.name)?;
+        // Never a key that was ever compromised (a collision is only theoretical).
+        let key = loop {
+            let key = PrivateKey::generate(cert.key_type).map_err(Error::msg)?;
+            if !blocked.contains(&key.spki_sha256()) {
+                break key;
+            }
+        };
+        self.store.save_pending_key(&cert.name, &key.to_pem())?;
+        journal.pending = Some(Pending {
+            reason,
+            started_at: now,
+            issuer: cert.issuer.clone(),
+            key_spec: cert.key_type,
+            key_spki_sha256: key.spki_sha256(),
+            names: wanted,
+            attempts: 0,
+            order_url: None,
+            issued: false,
+            compromise: None,
+            reminders: 0,
+        });
+        self.store.save_journal(&cert.name, journal)?;
+        log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
+        Ok(key)
+    }
 
-        let mut key = key;
-        let chain = match journal.pending.as_ref().is_some_and(|p| p.issued) {
-            true => self.store.pending_chain(&cert.name)?,
-            false => None,
-        };
-        let chain = match chain {
-            Some(c) => c,
-            None => {
-                let mut shutdown = self.shutdown.clone();
-                let result = tokio::select! {
-                    r = self.obtain(cert, issuer_cfg, &key, &mut journal, now) => r,
-                    _ = shutdown.wait_for(|stop| *stop) => {
-                        return Err(Error::msg("stopped while waiting for the CA; the re-issue resumes at the next start"));
-                    }
-                };
-                let issued = match result {
-                    Ok(i) => i,
-                    Err(e @ Error::Pending { .. }) => {
-                        // Not a failure: the old certificate stays in service meanwhile.
-                        journal.last = Some(Outcome {
-                            at: self.clock.now(),
-                            result: OutcomeKind::Pending,
-                            reason,
-                            message: e.to_string(),
-                            serial: None,
-                            generation: None,
-                        });
-                        self.store.save_journal(&cert.name, &journal)?;
-                        return Err(e);
-                    }
-                    Err(e) => {
-                        journal.server_retry_after = e.retry_after();
-                        self.record(
-                            cert,
-                            &mut journal,
-                            OutcomeKind::Failed,
-                            reason,
-                            &e.to_string(),
-                            None,
-                            None,
-                        )?;
-                        return Err(e);
-                    }
-                };
-                if let Some(theirs) = issued.key {
-                    // The issuer made the key (DNSimple): it replaces ours as the pending key,
-                    // unless it is one we know to be compromised.
-                    let k = PrivateKey::from_pem(theirs.as_str()).map_err(|e| {
-                        Error::msg(format!("the issuer's private key is unusable: {e}"))
-                    })?;
-                    if blocked.contains(&k.spki_sha256()) {
-                        return Err(Error::msg(
-                            "the issuer sent a key that is known to be compromised",
-                        ));
-                    }
-                    self.store.save_pending_key(&cert.name, &theirs)?;
-                    if let Some(p) = journal.pending.as_mut() {
-                        p.key_spki_sha256 = k.spki_sha256();
-                    }
-                    key = k;
-                }
-                self.accept_chain(cert, &mut journal, &key, issued.chain, now, reason)?
+    /// Ask the issuer for a certificate (stopping, journalled, when the daemon shuts down),
+    /// and accept what it sends. A pending order is journalled as pending, not as a failure.
+    async fn order(
+        &self,
+        ask: Ask<'_>,
+        journal: &mut Journal,
+    ) -> Result<(PrivateKey, Chain), Stop> {
+        let (cert, reason) = (ask.cert, ask.reason);
+        let mut shutdown = self.shutdown.clone();
+        let result = tokio::select! {
+            r = self.obtain(&ask, journal) => r,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                return Err(Stop::from(Error::msg("stopped while waiting for the CA; the re-issue resumes at the next start")));
             }
         };
-        // Validate again: a saved chain is input from disk like any other.
-        keys::validate_chain(&cert.names, &key, &chain, now)
-            .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
-        self.stopping()?;
-        self.install(cert, &mut journal, &key, &chain, reason).await
+        let issued = match result.map_err(Stop::from) {
+            Ok(i) => i,
+            Err(Stop::Pending(w)) => return Err(self.journal_pending(cert, journal, reason, w)?),
+            Err(stop) => {
+                let e = stop.into_error();
+                journal.server_retry_after = e.retry_after();
+                let message = e.to_string();
+                self.record(cert, journal, OutcomeKind::Failed, reason, &message, None)?;
+                return Err(Stop::Failed(e));
+            }
+        };
+        let key = self.issuer_key(cert, journal, ask.blocked, ask.key, issued.key)?;
+        let chain = self.accept_chain(cert, journal, &key, issued.chain, ask.now, reason)?;
+        Ok((key, chain))
+    }
+
+    /// Not a failure: the old certificate stays in service meanwhile.
+    fn journal_pending(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        reason: Reason,
+        waiting: Waiting,
+    ) -> Result<Stop> {
+        journal.last = Some(store::Outcome {
+            at: self.clock.now(),
+            result: OutcomeKind::Pending,
+            reason,
+            // As `Error::Pending` displays.
+            message: format!("pending: {}", waiting.message),
+            serial: None,
+            generation: None,
+        });
+        self.store.save_journal(&cert.name, journal)?;
+        Ok(Stop::Pending(waiting))
+    }
+
+    /// The issuer made the key (DNSimple): it replaces ours as the pending key, unless it is
+    /// one we know to be compromised.
+    fn issuer_key(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &Blocked,
+        ours: PrivateKey,
+        theirs: Option<keys::SecretPem>,
+    ) -> Result<PrivateKey> {
+        let Some(theirs) = theirs else {
+            return Ok(ours);
+        };
+        let k = PrivateKey::from_pem(theirs.as_str())
+            .map_err(|e| Error::msg(format!("the issuer's private key is unusable: {e}")))?;
+        if blocked.contains(&k.spki_sha256()) {
+            return Err(Error::msg(
+                "the issuer sent a key that is known to be compromised",
+            ));
+        }
+        self.store.save_pending_key(&cert.name, &theirs)?;
+        if let Some(p) = journal.pending.as_mut() {
+            p.key_spki_sha256 = k.spki_sha256();
+        }
+        Ok(k)
     }
 
     /// Step 3 for a chain that just arrived (from the CA or a human): it must be for our
@@ -253,7 +266,6 @@ impl Executor {
                 reason,
                 &e.to_string(),
                 None,
-                None,
             )?;
             return Err(e);
         }
@@ -266,26 +278,20 @@ impl Executor {
         Ok(chain)
     }
 
-    pub(super) async fn obtain(
-        &self,
-        cert: &Certificate,
-        issuer_cfg: &crate::config::Issuer,
-        key: &PrivateKey,
-        journal: &mut Journal,
-        now: Timestamp,
-    ) -> Result<crate::issuer::Issued> {
-        let issuer = Issuer::open(issuer_cfg, &self.store)?;
-        let csr = key.csr_der(&cert.names).map_err(Error::msg)?;
-        let spki = key.spki_der();
+    /// One attempt at the issuer. The order URL is journalled as soon as it exists, so a
+    /// restart resumes the order instead of placing a new one.
+    async fn obtain(&self, ask: &Ask<'_>, journal: &mut Journal) -> Result<Issued> {
+        let cert = ask.cert;
+        let issuer = Issuer::open(ask.issuer, &self.store)?;
+        let csr = ask.key.csr_der(&cert.names).map_err(Error::msg)?;
+        let spki = ask.key.spki_der();
         let resume = journal.pending.as_ref().and_then(|p| p.order_url.clone());
         // With ARI, the new order names its predecessor (RFC 9773 §5): the serial in service
         // whose renewal information this CA gave us.
-        let replaces = fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES)
-            .ok()
-            .flatten()
-            .and_then(|b| Chain::from_pem(&b).ok()?.leaf().ok())
+        let replaces = ask
+            .in_service
             .filter(|l| journal.ari.as_ref().is_some_and(|a| a.serial == l.serial))
-            .and_then(|l| l.cert_id);
+            .and_then(|l| l.cert_id.clone());
         if let Some(p) = journal.pending.as_mut() {
             p.attempts += 1;
         }
@@ -296,27 +302,34 @@ impl Executor {
             names: &cert.names,
             csr_der: &csr,
             spki_der: &spki,
-            now,
+            now: ask.now,
             resume_order: resume.as_deref(),
             replaces: replaces.as_deref(),
         };
         let store = &self.store;
-        let name = cert.name.clone();
-        let mut journal_copy = journal.clone();
         let mut on_order = |url: &str| -> Result<()> {
-            if let Some(p) = journal_copy.pending.as_mut() {
+            if let Some(p) = journal.pending.as_mut() {
                 p.order_url = Some(url.to_string());
             }
-            store.save_journal(&name, &journal_copy)
+            store.save_journal(&cert.name, journal)
         };
-        let chain = issuer.issue(&req, &mut on_order).await.map_err(|e| {
+        issuer.issue(&req, &mut on_order).await.map_err(|e| {
             e.context(format!(
                 "failed to obtain a certificate for {:?} from issuer {:?}",
                 cert.name, cert.issuer
             ))
-        });
-        // Pick up what the callback journalled.
-        *journal = self.store.journal(&cert.name)?;
-        chain
+        })
     }
+}
+
+/// What an order is placed with.
+struct Ask<'a> {
+    cert: &'a Certificate,
+    issuer: &'a crate::config::Issuer,
+    key: PrivateKey,
+    blocked: &'a Blocked,
+    /// The leaf in service, which an ARI-aware order replaces.
+    in_service: Option<&'a LeafFacts>,
+    reason: Reason,
+    now: Timestamp,
 }
