@@ -91,12 +91,12 @@ impl Executor {
                     cert.name
                 ))
             })?;
-        compromise::remember(&self.store, &digest)?;
+        self.store.remember_compromised(&digest)?;
         blocked.insert(&digest);
         if let (Some(pem), Some(k)) = (key_pem, key)
             && k.spki_sha256() == digest
         {
-            compromise::quarantine_copy(&self.store, &cert.name, &digest, pem)?;
+            self.store.quarantine_key(&cert.name, &digest, pem)?;
         }
         journal.handled_flag = compromise::flag(&self.config, &cert.name);
         log::warn!(
@@ -130,7 +130,9 @@ impl Executor {
             .decode(leaf_b64)
             .map_err(|_| Error::msg("journalled certificate is not base64"))?;
         let serial = keys::leaf_facts(&der).map(|l| l.serial).unwrap_or_default();
-        let key = compromise::quarantined_key(&self.store, &cert.name, digest)
+        let key = self
+            .store
+            .quarantined_key(&cert.name, digest)
             .and_then(|pem| PrivateKey::from_pem(&String::from_utf8_lossy(&pem)).ok());
         let issuer_cfg = self
             .config
@@ -196,8 +198,7 @@ impl Executor {
             self.store.save_journal(&cert.name, journal)?;
         }
         if !post.purged {
-            let purged =
-                compromise::purge_generations(&self.store, &cert.name, &post.old_spki_sha256)?;
+            let purged = self.store.purge_key(&cert.name, &post.old_spki_sha256)?;
             post.purged = true;
             log::info!(cert = cert.name.as_str(), event = "quarantined", generations = format!("{purged:?}").as_str(); "removed the compromised key from every kept generation");
         }

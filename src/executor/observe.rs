@@ -1,10 +1,10 @@
 //! Phase 1: read the configured files (never writing anything) and decide what they need.
 
-use crate::compromise::{self, Blocked, FlagId};
+use crate::compromise::{self, Blocked};
 use crate::config::{Certificate, Config};
 use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Timestamp};
 use crate::keys::{self, Chain, PrivateKey};
-use crate::store::{Journal, fsutil};
+use crate::store::{FlagId, Journal, fsutil};
 use zeroize::Zeroizing;
 
 /// What is on disk for one certificate, with the problems found reading it.
