@@ -31,20 +31,8 @@ impl Executor {
                 .as_ref()
                 .is_some_and(|p| p.compromise.is_none())
         {
-            let work = self.capture_compromise(cert, journal, blocked, in_service)?;
-            let event = crate::notify::Event::new(
-                "compromised",
-                &cert.name,
-                "key marked compromised; replacing it",
-                now,
-            )
-            .reason(Reason::KeyCompromised.as_str());
-            crate::notify::emit(&self.config, event).await;
-            if let Some(p) = journal.pending.as_mut() {
-                p.reason = Reason::KeyCompromised;
-                p.compromise = Some(work);
-            }
-            self.store.save_journal(&cert.name, journal)?;
+            self.capture_and_tell(cert, journal, blocked, in_service, now)
+                .await?;
         }
         let work = journal
             .pending
@@ -61,6 +49,33 @@ impl Executor {
             }
             self.store.save_journal(&cert.name, journal)?;
         }
+        Ok(())
+    }
+
+    /// Capture the compromised key in service, journal the re-issue as a compromise
+    /// response, and tell the operators.
+    async fn capture_and_tell(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &mut Blocked,
+        in_service: &InService,
+        now: Timestamp,
+    ) -> Result<()> {
+        let work = self.capture_compromise(cert, journal, blocked, in_service)?;
+        let event = crate::notify::Event::new(
+            "compromised",
+            &cert.name,
+            "key marked compromised; replacing it",
+            now,
+        )
+        .reason(Reason::KeyCompromised.as_str());
+        crate::notify::emit(&self.config, event).await;
+        if let Some(p) = journal.pending.as_mut() {
+            p.reason = Reason::KeyCompromised;
+            p.compromise = Some(work);
+        }
+        self.store.save_journal(&cert.name, journal)?;
         Ok(())
     }
 
@@ -140,7 +155,14 @@ impl Executor {
             .get(&cert.issuer)
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
         let issuer = Issuer::open(issuer_cfg, &self.store)?;
-        match issuer.revoke(&der, key.as_ref()).await? {
+        let outcome = issuer.revoke(&der, key.as_ref()).await?;
+        self.revocation_done(cert, &serial, outcome).await;
+        Ok(())
+    }
+
+    /// Log (and for a revocation, notify) how the CA answered. A refusal is for a human.
+    async fn revocation_done(&self, cert: &Certificate, serial: &str, outcome: RevokeOutcome) {
+        match outcome {
             RevokeOutcome::Revoked { by_key } => {
                 let event = crate::notify::Event::new(
                     "revoked",
@@ -149,24 +171,23 @@ impl Executor {
                     self.clock.now(),
                 )
                 .reason("key-compromised")
-                .serial(serial.clone());
+                .serial(serial.to_string());
                 crate::notify::emit(&self.config, event).await;
                 log::warn!(
-                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
+                cert = cert.name.as_str(), serial = serial, event = "revoked";
                 "revoked the compromised certificate at the CA (reason keyCompromise, signed with {})",
                 if by_key { "the compromised key" } else { "the account key" }
                 );
             }
             RevokeOutcome::AlreadyRevoked => log::info!(
-                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoked";
+                cert = cert.name.as_str(), serial = serial, event = "revoked";
                 "the compromised certificate was already revoked"
             ),
             RevokeOutcome::Refused(why) => log::error!(
-                cert = cert.name.as_str(), serial = serial.as_str(), event = "revoke-refused";
+                cert = cert.name.as_str(), serial = serial, event = "revoke-refused";
                 "the CA refused to revoke the compromised certificate: {why}; revoke it where it was issued"
             ),
         }
-        Ok(())
     }
 
     /// Finish the answer to a compromised key once its successor serves: revoke the old

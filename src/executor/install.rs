@@ -25,6 +25,21 @@ enum Load {
     Served,
 }
 
+impl Load {
+    fn kind(&self) -> OutcomeKind {
+        match self {
+            Load::NotRunning => OutcomeKind::InstalledNotLoaded,
+            Load::NoServer | Load::InstallOnly | Load::Served => OutcomeKind::Installed,
+        }
+    }
+
+    /// Install only (server kind "none"): there is nothing to load, so nothing is "not
+    /// loaded".
+    fn loaded(&self) -> bool {
+        matches!(self, Load::Served | Load::InstallOnly)
+    }
+}
+
 impl Executor {
     /// Steps 4–9 of the transaction: adopt existing files, publish, check the published pair,
     /// run the pre_install hook, flip, test, reload, verify, and roll back on failure.
@@ -39,16 +54,10 @@ impl Executor {
         self.adopt(cert, journal)?;
         let number = journal.next_generation;
         journal.next_generation += 1;
-        let content = GenerationContent {
-            key: Some(zeroize::Zeroizing::new(key.to_pem().as_bytes().to_vec())),
-            fullchain: Some(chain.to_pem().into_bytes()),
-            leaf: Some(chain.leaf_pem().into_bytes()),
-            chain: Some(chain.intermediates_pem().into_bytes()),
-            key_perms: None,
-            adopted: false,
-        };
         self.store.save_journal(&cert.name, journal)?;
-        let files = self.store.publish_generation(cert, number, &content)?;
+        let files = self
+            .store
+            .publish_generation(cert, number, &content(key, chain))?;
         #[cfg(feature = "failpoints")]
         crate::failpoint::truncate_if("truncate-staged-key", &files.key());
         self.vet(cert, journal, chain, reason, number, &files)
@@ -177,19 +186,13 @@ impl Executor {
             return Err(self.rollback(cert, journal, flip, None, false, e).await);
         }
         let load = self.load(cert, journal, flip, &chain).await?;
-        let kind = match load {
-            Load::NotRunning => OutcomeKind::InstalledNotLoaded,
-            Load::NoServer | Load::InstallOnly | Load::Served => OutcomeKind::Installed,
-        };
-        self.commit(cert, journal, flip, kind, &leaf.serial)?;
+        self.commit(cert, journal, flip, load.kind(), &leaf.serial)?;
         let installed = Installed {
             reason: flip.reason,
             generation: flip.to,
             serial: leaf.serial,
             not_after: leaf.not_after,
-            // Install only (server kind "none"): there is nothing to load, so nothing is
-            // "not loaded".
-            loaded: matches!(load, Load::Served | Load::InstallOnly),
+            loaded: load.loaded(),
             hook_error: None,
         };
         let installed = self.post_install(cert, journal, flip, installed).await;
@@ -218,11 +221,11 @@ impl Executor {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
             return Ok(Load::NotRunning);
         }
-        if let Err(e) = server.config_test().await {
-            let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
-            return Err(rolled.await);
-        }
-        let mut served = match self.reload_and_probe(&server, cert, chain).await {
+        let first = match server.config_test().await {
+            Ok(()) => self.reload_and_probe(&server, cert, chain).await,
+            Err(e) => Err(e),
+        };
+        let mut served = match first {
             Ok(s) => s,
             Err(e) => {
                 let rolled = self.rollback(cert, journal, flip, Some(&server), false, e);
@@ -236,20 +239,32 @@ impl Executor {
                 served = again;
             }
         }
-        let Served::Not(why) = served else {
-            return Ok(Load::Served);
-        };
+        match served {
+            Served::All => Ok(Load::Served),
+            Served::Not(why) => Err(self.not_served(cert, journal, flip, &server, &why).await),
+        }
+    }
+
+    /// The new certificate is still not served after two reloads: roll back, saying whether
+    /// the server exited.
+    async fn not_served(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        server: &WebServer,
+        why: &str,
+    ) -> Stop {
         let mut message = format!(
             "server {:?} does not serve the new certificate: {why}",
             server.name()
         );
         if server.is_running() == Some(false) {
-            message.push_str(&exited_note(&server));
+            message.push_str(&exited_note(server));
         }
         let e = Error::msg(message);
-        Err(self
-            .rollback(cert, journal, flip, Some(&server), true, e)
-            .await)
+        self.rollback(cert, journal, flip, Some(server), true, e)
+            .await
     }
 
     /// One reload and its proof: note the workers serving now, reload, wait until those have
@@ -323,43 +338,21 @@ impl Executor {
         kind: OutcomeKind,
         serial: &str,
     ) -> Result<()> {
-        journal.current = Some(flip.to);
-        journal.flip = None;
-        // A compromised predecessor still has to be revoked and purged: journalled in the
-        // same write that records the new generation, so a crash cannot lose it.
-        if let Some(work) = journal.pending.as_ref().and_then(|p| p.compromise.clone()) {
-            journal.post = Some(PostActions {
-                old_spki_sha256: work.old_spki_sha256,
-                revoke: if work.revoked_first {
-                    None
-                } else {
-                    work.old_leaf
-                },
-                revoke_attempts: 0,
-                purged: false,
-            });
-        }
-        journal.pending = None;
-        journal.revoked = None;
-        journal.ari = None;
-        journal.refresh = None;
-        journal.failures = 0;
-        journal.retry_at = None;
-        journal.server_retry_after = None;
         let message = match kind {
             OutcomeKind::InstalledNotLoaded => {
                 "installed, not loaded: the web server is not running"
             }
             _ => "installed and verified in service",
         };
-        journal.record_outcome(store::Outcome {
+        let installed = store::Outcome {
             at: self.clock.now(),
             result: kind,
             reason: flip.reason,
             message: message.into(),
             serial: Some(serial.to_string()),
             generation: Some(flip.to),
-        });
+        };
+        journal_installed(journal, flip, installed);
         self.store.save_journal(&cert.name, journal)?;
         self.store.clear_pending(&cert.name)?;
         let mut protect = vec![flip.to];
@@ -401,25 +394,69 @@ impl Executor {
                 .map(|why| (prev, why))
         });
         if let (true, Some((prev, why))) = (new_usable, previous_unusable) {
-            let message = format!(
-                "{cause}; kept generation {}: the previous generation {prev} is not a usable pair ({why}), restoring it would break the server",
-                flip.to
-            );
-            journal.current = Some(flip.to);
-            journal.flip = None;
-            log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "failed"; "install failed: {message}");
-            let _ = self.record(
-                cert,
-                journal,
-                OutcomeKind::Failed,
-                flip.reason,
-                &message,
-                Some(flip.to),
-            );
-            return Stop::Failed(Error::msg(message).with_hint(
-                "the new pair is valid and stays in place; see the web server's error log",
-            ));
+            return self.keep_new(cert, journal, flip, cause, prev, &why);
         }
+        let notes = self.undo_flip(cert, flip, server, reloaded).await;
+        journal.current = flip.from;
+        journal.flip = None;
+        let message = format!("{cause}; {}", notes.join(", "));
+        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "rolled-back"; "install failed: {message}");
+        let _ = self.record(
+            cert,
+            journal,
+            OutcomeKind::RolledBack,
+            flip.reason,
+            &message,
+            Some(flip.to),
+        );
+        let hint = cause.hint().unwrap_or(
+            "the previous certificate and key are in place; see the web server's error log",
+        );
+        Stop::RolledBack(Error::msg(message).with_hint(hint))
+    }
+
+    /// The new pair is usable and the previous one is not: keep the new one in place (a
+    /// failure, not a rollback).
+    fn keep_new(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        flip: &Flip,
+        cause: Error,
+        prev: u64,
+        why: &str,
+    ) -> Stop {
+        let message = format!(
+            "{cause}; kept generation {}: the previous generation {prev} is not a usable pair ({why}), restoring it would break the server",
+            flip.to
+        );
+        journal.current = Some(flip.to);
+        journal.flip = None;
+        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "failed"; "install failed: {message}");
+        let _ = self.record(
+            cert,
+            journal,
+            OutcomeKind::Failed,
+            flip.reason,
+            &message,
+            Some(flip.to),
+        );
+        Stop::Failed(
+            Error::msg(message).with_hint(
+                "the new pair is valid and stays in place; see the web server's error log",
+            ),
+        )
+    }
+
+    /// Flip back (or remove the new files when there was nothing before), and reload if the
+    /// new pair was loaded. Returns what was done, for the message.
+    async fn undo_flip(
+        &self,
+        cert: &Certificate,
+        flip: &Flip,
+        server: Option<&WebServer>,
+        reloaded: bool,
+    ) -> Vec<String> {
         let mut notes = Vec::new();
         let flipped = match flip.from {
             Some(prev) => self
@@ -441,26 +478,7 @@ impl Executor {
                 Err(e) => notes.push(format!("reload after rollback failed: {e}")),
             }
         }
-        journal.current = flip.from;
-        journal.flip = None;
-        let message = format!("{cause}; {}", notes.join(", "));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "rolled-back"; "install failed: {message}");
-        let _ = self.record(
-            cert,
-            journal,
-            OutcomeKind::RolledBack,
-            flip.reason,
-            &message,
-            Some(flip.to),
-        );
-        let hint = cause.hint().map(str::to_string);
-        let e = Error::msg(message);
-        Stop::RolledBack(match hint {
-            Some(h) => e.with_hint(h),
-            None => e.with_hint(
-                "the previous certificate and key are in place; see the web server's error log",
-            ),
-        })
+        notes
     }
 }
 
@@ -492,6 +510,47 @@ fn hook_env(
 
 fn hook_timeout(cert: &Certificate) -> std::time::Duration {
     std::time::Duration::from_secs(cert.hook_timeout.0.max(1) as u64)
+}
+
+/// The journal of an installed generation: current, nothing pending, no failures, the
+/// outcome recorded, and what a compromise response still owes.
+fn journal_installed(journal: &mut Journal, flip: &Flip, installed: store::Outcome) {
+    journal.current = Some(flip.to);
+    journal.flip = None;
+    // A compromised predecessor still has to be revoked and purged: journalled in the
+    // same write that records the new generation, so a crash cannot lose it.
+    if let Some(work) = journal.pending.as_ref().and_then(|p| p.compromise.clone()) {
+        journal.post = Some(PostActions {
+            old_spki_sha256: work.old_spki_sha256,
+            revoke: if work.revoked_first {
+                None
+            } else {
+                work.old_leaf
+            },
+            revoke_attempts: 0,
+            purged: false,
+        });
+    }
+    journal.pending = None;
+    journal.revoked = None;
+    journal.ari = None;
+    journal.refresh = None;
+    journal.failures = 0;
+    journal.retry_at = None;
+    journal.server_retry_after = None;
+    journal.record_outcome(installed);
+}
+
+/// The files of a new generation.
+fn content(key: &PrivateKey, chain: &Chain) -> GenerationContent {
+    GenerationContent {
+        key: Some(zeroize::Zeroizing::new(key.to_pem().as_bytes().to_vec())),
+        fullchain: Some(chain.to_pem().into_bytes()),
+        leaf: Some(chain.leaf_pem().into_bytes()),
+        chain: Some(chain.intermediates_pem().into_bytes()),
+        key_perms: None,
+        adopted: false,
+    }
 }
 
 /// What to add to an error when the server's master process is gone after a reload.

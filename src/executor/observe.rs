@@ -131,16 +131,6 @@ pub fn decide(
 ) -> Observation {
     let (cert_problem, key_problem) = problems(cert, files);
     let leaf = files.leaf().cloned();
-    let key_digest = match &files.key {
-        KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.clone()),
-        _ => None,
-    };
-    let blocked =
-        |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
-    // One flag, one response: an answered flag stays answered while it is there, whatever is
-    // written to it (see `compromise::track_flag`).
-    let unhandled_flag =
-        signals.flag.is_some() && signals.journal.is_none_or(|j| j.handled_flag.is_none());
     let revocation = signals
         .journal
         .and_then(|j| j.revoked.as_ref())
@@ -158,10 +148,7 @@ pub fn decide(
         installed_at,
         cert: files.cert.clone(),
         key: files.key.clone(),
-        compromised: unhandled_flag
-            || blocked(key_digest.as_deref())
-            || blocked(leaf.as_ref().map(|l| l.spki_sha256.as_str()))
-            || revocation.is_some_and(|r| r.reason == Some(1)),
+        compromised: compromised(files, signals) || revocation.is_some_and(|r| r.reason == Some(1)),
         revoked: revocation.is_some(),
         suggested_renewal: signals
             .journal
@@ -178,6 +165,22 @@ pub fn decide(
         key_problem,
         compromise_problem,
     }
+}
+
+/// Whether the key in service (or its certificate's key) is listed, or an unanswered flag
+/// says it is compromised.
+fn compromised(files: &InService, signals: &Signals) -> bool {
+    let key_digest = match &files.key {
+        KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.as_str()),
+        _ => None,
+    };
+    let blocked =
+        |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
+    // One flag, one response: an answered flag stays answered while it is there, whatever is
+    // written to it (see `compromise::track_flag`).
+    let unhandled_flag =
+        signals.flag.is_some() && signals.journal.is_none_or(|j| j.handled_flag.is_none());
+    unhandled_flag || blocked(key_digest) || blocked(files.leaf().map(|l| l.spki_sha256.as_str()))
 }
 
 /// What `check` says about files that are missing or unreadable.

@@ -39,25 +39,16 @@ impl Executor {
         self.answer_compromise(cert, &mut journal, &mut blocked, &in_service, reason, now)
             .await?;
         let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
-        let saved = match journal.pending.as_ref().is_some_and(|p| p.issued) {
-            true => self.store.pending_chain(&cert.name)?,
-            false => None,
+        let ask = Ask {
+            cert,
+            issuer,
+            key,
+            blocked: &blocked,
+            in_service: in_service.leaf(),
+            reason,
+            now,
         };
-        let (key, chain) = match saved {
-            Some(chain) => (key, chain),
-            None => {
-                let ask = Ask {
-                    cert,
-                    issuer,
-                    key,
-                    blocked: &blocked,
-                    in_service: in_service.leaf(),
-                    reason,
-                    now,
-                };
-                self.order(ask, &mut journal).await?
-            }
-        };
+        let (key, chain) = self.chain(ask, &mut journal).await?;
         // Validate again: a saved chain is input from disk like any other.
         keys::validate_chain(&cert.names, &key, &chain, now)
             .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
@@ -132,6 +123,20 @@ impl Executor {
         if journal.pending.is_some() {
             log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
         }
+        self.new_key(cert, journal, blocked, reason, now, wanted)
+    }
+
+    /// A new pending key, never one that was ever compromised (a collision is only
+    /// theoretical), on disk and journalled before the CA is contacted.
+    fn new_key(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        blocked: &Blocked,
+        reason: Reason,
+        now: Timestamp,
+        names: Vec<String>,
+    ) -> Result<PrivateKey> {
         self.store.clear_pending(&cert.name)?;
         // Never a key that was ever compromised (a collision is only theoretical).
         let key = loop {
@@ -147,7 +152,7 @@ impl Executor {
             issuer: cert.issuer.clone(),
             key_spec: cert.key_type,
             key_spki_sha256: key.spki_sha256(),
-            names: wanted,
+            names,
             attempts: 0,
             order_url: None,
             issued: false,
@@ -157,6 +162,20 @@ impl Executor {
         self.store.save_journal(&cert.name, journal)?;
         log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
         Ok(key)
+    }
+
+    /// The certificate for the pending key: saved by an earlier attempt, or ordered now.
+    async fn chain(
+        &self,
+        ask: Ask<'_>,
+        journal: &mut Journal,
+    ) -> Result<(PrivateKey, Chain), Stop> {
+        if journal.pending.as_ref().is_some_and(|p| p.issued)
+            && let Some(chain) = self.store.pending_chain(&ask.cert.name)?
+        {
+            return Ok((ask.key, chain));
+        }
+        self.order(ask, journal).await
     }
 
     /// Ask the issuer for a certificate (stopping, journalled, when the daemon shuts down),

@@ -192,6 +192,37 @@ impl CaView {
         self.soonest(self.checked_at + 3_600);
     }
 
+    /// A renewal window from ARI. One random point per window: kept while the window is
+    /// unchanged.
+    fn ari_window(&mut self, name: &str, journal: &mut Journal, ri: RenewalInfo, sample: f64) {
+        let now = self.checked_at;
+        let serial = self.leaf.serial.clone();
+        let renew_at = match &journal.ari {
+            Some(old)
+                if old.serial == serial
+                    && old.window_start == ri.start
+                    && old.window_end == ri.end =>
+            {
+                old.renew_at
+            }
+            _ => core::ari_renewal_time(ri.start, ri.end, sample),
+        };
+        log::info!(
+            cert = name, serial = serial.as_str(), event = "ari";
+            "renewal window {} .. {}, renewing at {}",
+            crate::output::rfc3339(ri.start), crate::output::rfc3339(ri.end), crate::output::rfc3339(renew_at)
+        );
+        self.soonest(now + ri.retry_after);
+        journal.ari = Some(Ari {
+            serial,
+            window_start: ri.start,
+            window_end: ri.end,
+            renew_at,
+            next_fetch: now + ri.retry_after,
+            explanation_url: ri.explanation_url,
+        });
+    }
+
     /// Record the view in the journal. `sample` (uniform in [0, 1)) picks the point in a new
     /// ARI window; the point of an unchanged window is kept.
     fn apply(mut self, name: &str, journal: &mut Journal, sample: f64) {
@@ -202,34 +233,7 @@ impl CaView {
         match std::mem::replace(&mut self.ari, AriNews::Unchanged) {
             AriNews::Unchanged => {}
             AriNews::NotOffered => journal.ari = None,
-            AriNews::Window(ri) => {
-                let serial = self.leaf.serial.clone();
-                // One random point per window: keep it while the window is unchanged.
-                let renew_at = match &journal.ari {
-                    Some(old)
-                        if old.serial == serial
-                            && old.window_start == ri.start
-                            && old.window_end == ri.end =>
-                    {
-                        old.renew_at
-                    }
-                    _ => core::ari_renewal_time(ri.start, ri.end, sample),
-                };
-                log::info!(
-                    cert = name, serial = serial.as_str(), event = "ari";
-                    "renewal window {} .. {}, renewing at {}",
-                    crate::output::rfc3339(ri.start), crate::output::rfc3339(ri.end), crate::output::rfc3339(renew_at)
-                );
-                self.soonest(now + ri.retry_after);
-                journal.ari = Some(Ari {
-                    serial,
-                    window_start: ri.start,
-                    window_end: ri.end,
-                    renew_at,
-                    next_fetch: now + ri.retry_after,
-                    explanation_url: ri.explanation_url,
-                });
-            }
+            AriNews::Window(ri) => self.ari_window(name, journal, ri, sample),
         }
         if !self.errors.is_empty() {
             log::warn!(cert = name; "could not learn the CA's view of the certificate: {}", self.errors.join("; "));
