@@ -9,7 +9,6 @@ use crate::config::{Certificate, Config};
 use crate::core::{Reason, RenewalRule, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Installed, Outcome, Signals, observe};
-use crate::notify::{self, Event};
 
 /// `println!` that does not panic when stdout is closed (`certagent check | head`).
 macro_rules! out {
@@ -287,37 +286,12 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
     r
 }
 
-/// Re-issue one certificate, and tell the operators how it went.
+/// Re-issue one certificate (the executor tells the operators how it went).
 pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> Outcome {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-    let now = executor.clock.now();
     let outcome = executor.reissue(cert, reason).await;
-    let event = match &outcome {
-        Outcome::Installed(i) | Outcome::InstalledNotLoaded(i) => {
-            warn_if_due_at_install(executor, cert);
-            let msg = format!(
-                "installed serial {} (generation {})",
-                i.serial, i.generation
-            );
-            Some(
-                Event::new("installed", &cert.name, msg, now)
-                    .reason(i.reason.as_str())
-                    .serial(i.serial.clone()),
-            )
-        }
-        Outcome::Pending(w) => w.news.then(|| {
-            Event::new("pending-approval", &cert.name, w.message.clone(), now)
-                .reason(reason.as_str())
-        }),
-        Outcome::RolledBack(e) => {
-            Some(Event::new("rolled-back", &cert.name, e.to_string(), now).reason(reason.as_str()))
-        }
-        other => other
-            .error()
-            .map(|e| Event::new("failed", &cert.name, e.to_string(), now).reason(reason.as_str())),
-    };
-    if let Some(event) = event {
-        notify::emit(&executor.config, event).await;
+    if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
+        warn_if_due_at_install(executor, cert);
     }
     outcome
 }
@@ -350,33 +324,10 @@ fn warn_if_due_at_install(executor: &Executor, cert: &Certificate) {
 /// Install a certificate handed back for a pending manual re-issue. Whatever stopped it is
 /// reported as a failure (reason `forced`).
 pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> Outcome {
-    let now = executor.clock.now();
-    let outcome = match executor.import(cert, data).await {
-        Outcome::RolledBack(e) => Outcome::Failed(e),
-        Outcome::Pending(w) => Outcome::Failed(Error::Pending {
-            message: w.message,
-            retry_in: w.retry_in,
-            news: w.news,
-        }),
-        other => other,
-    };
-    let event = match &outcome {
-        Outcome::Installed(i) | Outcome::InstalledNotLoaded(i) => {
-            warn_if_due_at_install(executor, cert);
-            Event::new(
-                "installed",
-                &cert.name,
-                format!("installed the imported certificate, serial {}", i.serial),
-                now,
-            )
-            .serial(i.serial.clone())
-        }
-        other => {
-            let message = other.error().map(|e| e.to_string()).unwrap_or_default();
-            Event::new("failed", &cert.name, message, now)
-        }
-    };
-    notify::emit(&executor.config, event).await;
+    let outcome = executor.import(cert, data).await;
+    if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
+        warn_if_due_at_install(executor, cert);
+    }
     outcome
 }
 

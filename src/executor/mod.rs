@@ -27,9 +27,10 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Certificate, Config};
-use crate::core::Reason;
+use crate::core::{Reason, Timestamp};
 use crate::error::{Error, Result};
 use crate::keys::{Chain, PrivateKey};
+use crate::notify::{self, Event};
 use crate::server::WebServer;
 use crate::store::{self, Journal, OutcomeKind, Store};
 
@@ -121,6 +122,7 @@ impl Executor {
     /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
     /// run was killed after its flip, finishing that install is the re-issue asked for.
     pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Outcome {
+        let started = self.clock.now();
         let attempt = match self.recover(cert).await {
             Ok(Recovered::Interrupted(interrupted)) => interrupted,
             Ok(Recovered::Clean(journal)) => self.reissue_fresh(cert, reason, *journal).await,
@@ -141,7 +143,47 @@ impl Executor {
                 self.record_failure(&cert.name, reason, &message);
             }
         }
-        Outcome::of(cert, attempt)
+        let outcome = Outcome::of(cert, attempt);
+        self.announce_reissue(cert, reason, started, &outcome).await;
+        outcome
+    }
+
+    /// Tell the operators how a re-issue ended (`notify`: installed, pending-approval when
+    /// there is news, failed, rolled-back), stamped with the time it started.
+    async fn announce_reissue(
+        &self,
+        cert: &Certificate,
+        reason: Reason,
+        started: Timestamp,
+        outcome: &Outcome,
+    ) {
+        let event = match outcome {
+            Outcome::Installed(i) | Outcome::InstalledNotLoaded(i) => {
+                let msg = format!(
+                    "installed serial {} (generation {})",
+                    i.serial, i.generation
+                );
+                Some(
+                    Event::new("installed", &cert.name, msg, started)
+                        .reason(i.reason.as_str())
+                        .serial(i.serial.clone()),
+                )
+            }
+            Outcome::Pending(w) => w.news.then(|| {
+                Event::new("pending-approval", &cert.name, w.message.clone(), started)
+                    .reason(reason.as_str())
+            }),
+            Outcome::RolledBack(e) => Some(
+                Event::new("rolled-back", &cert.name, e.to_string(), started)
+                    .reason(reason.as_str()),
+            ),
+            other => other.error().map(|e| {
+                Event::new("failed", &cert.name, e.to_string(), started).reason(reason.as_str())
+            }),
+        };
+        if let Some(event) = event {
+            notify::emit(&self.config, event).await;
+        }
     }
 
     /// Journal a failed attempt that ended without journalling its outcome. Best effort: the
@@ -167,8 +209,33 @@ impl Executor {
     /// A certificate handed back by a human for a pending re-issue (`certagent import`, the
     /// inbox): accepted only if it is for the pending key and the configured names, then
     /// installed with the full transaction. The caller holds the lock.
+    /// Whatever stopped it is a failure.
     pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Outcome {
-        Outcome::of(cert, self.import_chain(cert, data).await)
+        let started = self.clock.now();
+        let outcome = match Outcome::of(cert, self.import_chain(cert, data).await) {
+            Outcome::RolledBack(e) => Outcome::Failed(e),
+            Outcome::Pending(w) => Outcome::Failed(Error::Pending {
+                message: w.message,
+                retry_in: w.retry_in,
+                news: w.news,
+            }),
+            other => other,
+        };
+        let event = match &outcome {
+            Outcome::Installed(i) | Outcome::InstalledNotLoaded(i) => Event::new(
+                "installed",
+                &cert.name,
+                format!("installed the imported certificate, serial {}", i.serial),
+                started,
+            )
+            .serial(i.serial.clone()),
+            other => {
+                let message = other.error().map(|e| e.to_string()).unwrap_or_default();
+                Event::new("failed", &cert.name, message, started)
+            }
+        };
+        notify::emit(&self.config, event).await;
+        outcome
     }
 
     async fn import_chain(&self, cert: &Certificate, data: &[u8]) -> Attempt {
