@@ -8,7 +8,9 @@
 //! One file per phase of the transaction (DESIGN.md): `observe` (what is on disk),
 //! `obtain` (pending key, order, accepted chain), `install` (generation, flip, test,
 //! reload, proof, rollback, hooks), `compromise` (quarantine, revoke, purge) and `refresh`
-//! (the CA's view: CRL, ARI). This file holds the entry points.
+//! (the CA's view: CRL, ARI). This file holds the entry points, which return an `Outcome`
+//! (`outcome`), and announces how a re-issue or import ended (the compromise phase announces
+//! its own events); the JSON document is made from the Outcome by `ops`, never here.
 
 mod compromise;
 mod install;
