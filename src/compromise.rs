@@ -1,23 +1,15 @@
 //! Compromised keys: where the news comes from (operator flag files in `compromised_dir`,
-//! SPKI blocklists, certagent's own memory of every key it ever saw compromised) and where a
-//! compromised key ends up (a 0700 quarantine directory, out of every generation).
+//! SPKI blocklists, certagent's own memory of every key it ever saw compromised).
 //!
-//! The memory (`STATE/compromised-keys`, one SPKI SHA-256 hex digest per line) only grows:
-//! a digest in it is never generated, accepted or installed again.
+//! The memory and the quarantine belong to the state directory (`store`, whose API this
+//! uses): a digest in the memory is never generated, accepted or installed again.
 
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::{Context, Result};
-use crate::store::{Journal, Perms, Store, fsutil};
-
-/// Blocklists and the memory are lists of digests; a few MiB is already a lot of keys.
-const MAX_LIST_BYTES: usize = 16 << 20;
+use crate::store::{FlagId, Journal, MAX_LIST_BYTES, Store, fsutil, parse_digests};
 
 /// Digests of keys that must never serve: the configured blocklists plus certagent's memory,
 /// and what could not be read of them. A list that cannot be read fails closed: while any
@@ -42,7 +34,7 @@ impl Blocked {
             }
         }
         // Absent until the first compromise; anything else unreadable is a lost memory.
-        match fsutil::read_capped(&memory_path(&config.agent.state_dir), MAX_LIST_BYTES) {
+        match Store::at(&config.agent.state_dir).compromised_memory() {
             Ok(Some(bytes)) => b.extend(&bytes),
             Ok(None) => {}
             Err(e) => b
@@ -69,49 +61,6 @@ impl Blocked {
     pub fn insert(&mut self, digest: &str) {
         self.digests.insert(digest.to_string());
     }
-}
-
-/// One digest per line; `#` comments and blank lines ignored; `sha256:` prefixes and colons
-/// (as `openssl` prints them) accepted; anything that is not 64 hex digits is skipped.
-pub fn parse_digests(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.lines().filter_map(|line| {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let line = line.strip_prefix("sha256:").unwrap_or(line);
-        let hex: String = line
-            .chars()
-            .filter(|c| *c != ':')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
-    })
-}
-
-fn memory_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("compromised-keys")
-}
-
-/// Remember `digest` as compromised, durably, before anything else is done about it.
-pub fn remember(store: &Store, digest: &str) -> Result<()> {
-    let path = memory_path(store.root());
-    let mut text = fsutil::read_capped(&path, MAX_LIST_BYTES)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    if parse_digests(&text).any(|d| d == digest) {
-        return Ok(());
-    }
-    text.push_str(digest);
-    text.push('\n');
-    fsutil::replace_file(&path, text.as_bytes(), Perms::mode(0o600))
-}
-
-/// Identity of a flag file as last seen. One flag, one response: once answered, a flag stays
-/// answered however often it is rewritten (config management rewriting it on every run must
-/// not burn a new key each time); after certagent has seen it gone, a flag is a new one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlagId {
-    pub ino: u64,
-    pub mtime_ns: i64,
-    pub size: u64,
 }
 
 /// The flag file for `cert` in `compromised_dir`, if present. Only a regular file is a flag:
@@ -170,81 +119,5 @@ pub fn track_flag(store: &Store, config: &Config, cert: &str, journal: &mut Jour
     }
     if let Err(e) = store.save_journal(cert, journal) {
         log::warn!(cert = cert; "failed to record the compromise flag's state: {e}");
-    }
-}
-
-fn quarantine_dir(store: &Store) -> Result<PathBuf> {
-    let dir = store.root().join("quarantine");
-    fsutil::ensure_dir(&dir, 0o700)?;
-    Ok(dir)
-}
-
-/// Keep a copy of a compromised key (0600 in the 0700 quarantine directory): it may still be
-/// needed to sign the revocation of its certificate.
-pub fn quarantine_copy(store: &Store, cert: &str, digest: &str, key_pem: &[u8]) -> Result<PathBuf> {
-    let path =
-        quarantine_dir(store)?.join(format!("{cert}-{}.key", &digest[..16.min(digest.len())]));
-    fsutil::replace_file(&path, key_pem, Perms::mode(0o600))?;
-    Ok(path)
-}
-
-pub fn quarantined_key(store: &Store, cert: &str, digest: &str) -> Option<Vec<u8>> {
-    let path = store
-        .root()
-        .join("quarantine")
-        .join(format!("{cert}-{}.key", &digest[..16.min(digest.len())]));
-    fsutil::read_capped(&path, crate::keys::MAX_PEM_BYTES)
-        .ok()
-        .flatten()
-}
-
-/// Remove every copy of the key with `digest` from the generations of `cert`. Returns the
-/// generations it was removed from.
-pub fn purge_generations(store: &Store, cert: &str, digest: &str) -> Result<Vec<String>> {
-    let live = store.live_dir(cert);
-    let mut purged = Vec::new();
-    let Ok(entries) = fs::read_dir(&live) else {
-        return Ok(purged);
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("gen-") {
-            continue;
-        }
-        let key = e.path().join("key.pem");
-        let Some(pem) = fsutil::read_capped(&key, crate::keys::MAX_PEM_BYTES)? else {
-            continue;
-        };
-        let matches = crate::keys::PrivateKey::from_pem(&String::from_utf8_lossy(&pem))
-            .is_ok_and(|k| k.spki_sha256() == digest);
-        if matches {
-            fs::remove_file(&key)
-                .with_context(|| format!("failed to remove compromised key from {name}"))?;
-            fsutil::fsync_dir(&e.path())?;
-            purged.push(name);
-        }
-    }
-    Ok(purged)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_lists_accept_common_spellings_and_skip_junk() {
-        let d = "ab".repeat(32);
-        let colons = d
-            .as_bytes()
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
-            .collect::<Vec<_>>()
-            .join(":");
-        let text = format!(
-            "# blocked keys\n{d}\nsha256:{d}  # again\n{colons}\nnot-a-digest\n{}\n\n",
-            "ab".repeat(31)
-        );
-        let got: Vec<String> = parse_digests(&text).collect();
-        assert_eq!(got, vec![d.clone(), d.clone(), d]);
     }
 }

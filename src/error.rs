@@ -31,6 +31,13 @@ pub enum Error {
         retry_in: Option<i64>,
         news: bool,
     },
+    /// An ACME server refused: `context` says what was being done, `problem` is the server's
+    /// problem document (RFC 8555 §6.7), kept as data until it is displayed.
+    Acme {
+        context: String,
+        problem: Box<Problem>,
+        hint: Option<String>,
+    },
     /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
     /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
@@ -68,6 +75,13 @@ impl Error {
                 hint: Some(hint.into()),
                 retry_after,
             },
+            Error::Acme {
+                context, problem, ..
+            } => Error::Acme {
+                context,
+                problem,
+                hint: Some(hint.into()),
+            },
             other => other,
         }
     }
@@ -96,13 +110,13 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
             Error::Pending { .. } => exit::PENDING,
-            Error::Failed { .. } => exit::ERROR,
+            Error::Failed { .. } | Error::Acme { .. } => exit::ERROR,
         }
     }
 
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Error::Failed { hint, .. } => hint.as_deref(),
+            Error::Failed { hint, .. } | Error::Acme { hint, .. } => hint.as_deref(),
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
             }
@@ -123,6 +137,15 @@ impl Error {
                 hint,
                 retry_after,
             },
+            Error::Acme {
+                context,
+                problem,
+                hint,
+            } => Error::Acme {
+                context: format!("{what}: {context}"),
+                problem,
+                hint,
+            },
             other => other,
         }
     }
@@ -135,11 +158,41 @@ impl fmt::Display for Error {
             Error::Busy(what) => write!(f, "busy: {what}"),
             Error::Pending { message, .. } => write!(f, "pending: {message}"),
             Error::Failed { message, .. } => f.write_str(message),
+            Error::Acme {
+                context, problem, ..
+            } => write!(f, "{context}: {problem}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// A server's problem document (RFC 7807; ACME's in RFC 8555 §6.7): its type without the
+/// `urn:ietf:params:acme:error:` prefix, its detail, and the per-identifier subproblems.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: String,
+    pub detail: Option<String>,
+    pub status: Option<u16>,
+    pub subproblems: Vec<Subproblem>,
+}
+
+/// One identifier's part of a problem (RFC 8555 §6.7.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subproblem {
+    pub identifier: Option<String>,
+    pub kind: String,
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "the CA answered {}: {d}", self.kind),
+            None => write!(f, "the CA answered {}", self.kind),
+        }
+    }
+}
 
 /// Attach "what we were doing" to any displayable error.
 pub trait Context<T> {

@@ -470,6 +470,71 @@ pub mod pem_rfc7468_like {
     }
 }
 
+/// Step 3 of the transaction: the chain must be for our key and our names, currently valid,
+/// and linked; the key must sign for the leaf. What fails here never reaches the server.
+pub fn validate_chain(
+    names: &[DomainName],
+    key: &PrivateKey,
+    chain: &Chain,
+    now: crate::core::Timestamp,
+) -> Result<(), String> {
+    let leaf = chain.leaf()?;
+    if leaf.spki_sha256 != key.spki_sha256() {
+        return Err("the certificate is for a different key".into());
+    }
+    let wanted: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    if leaf.names != wanted {
+        let have: Vec<&String> = leaf.names.iter().collect();
+        return Err(format!(
+            "the certificate is for {have:?}, not the configured names {:?}",
+            wanted.iter().collect::<Vec<_>>()
+        ));
+    }
+    // CAs back-date by up to an hour; more than a day ahead means a clock problem.
+    if leaf.not_before > now + 86_400 {
+        return Err(format!(
+            "the certificate is not valid until {} (check the clock)",
+            crate::output::rfc3339(leaf.not_before)
+        ));
+    }
+    if leaf.not_after <= now {
+        return Err(format!(
+            "the certificate expired at {}",
+            crate::output::rfc3339(leaf.not_after)
+        ));
+    }
+    chain.check_links()?;
+    if !key.verifies_with(&chain.leaf_spki_der()?) {
+        return Err(
+            "the key does not sign for the certificate (sign/verify round trip failed)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The pair check of a generation, the question nginx and mod_ssl ask when they load it: the
+/// certificate parses, the key (read only once the certificate parsed) parses, the key is the
+/// leaf's key, and (for the key types certagent issues) it signs what the leaf's key verifies.
+pub fn check_generation(
+    fullchain_pem: &[u8],
+    key_pem: impl FnOnce() -> Result<Zeroizing<Vec<u8>>, String>,
+) -> Result<(), String> {
+    let chain = Chain::from_pem(fullchain_pem).map_err(|e| format!("certificate: {e}"))?;
+    let key_pem = key_pem()?;
+    let key = PrivateKey::from_pem(&String::from_utf8_lossy(&key_pem))
+        .map_err(|e| format!("key: {e}"))?;
+    let leaf = chain.leaf()?;
+    if leaf.spki_sha256 != key.spki_sha256() {
+        return Err("the key does not belong to the certificate".into());
+    }
+    if key.spec.is_some() && !key.verifies_with(&chain.leaf_spki_der()?) {
+        return Err(
+            "the key does not sign for the certificate (sign/verify round trip failed)".into(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,7 @@ use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
 use crate::core::{Reason, RenewalRule, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
-use crate::executor::{Executor, Signals, observe};
-use crate::notify::{self, Event};
+use crate::executor::{Executor, Installed, Outcome, Signals, observe};
 
 /// `println!` that does not panic when stdout is closed (`certagent check | head`).
 macro_rules! out {
@@ -196,16 +195,53 @@ pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (Ch
     )
 }
 
-/// The result of an install: "installed", or "installed-not-loaded" when the server was not
-/// running. A failed post_install hook leaves the certificate installed (the result says so)
-/// and fails the run all the same (error set, exit 2).
-fn installed_result(cert: &Certificate, i: &crate::executor::Installed) -> ReissueResult {
-    let result = if i.loaded || cert.server.is_none() {
-        "installed"
-    } else {
-        "installed-not-loaded"
+/// The document of one outcome: the one place an `Outcome` becomes a `ReissueResult`.
+/// `reason` is the reason the work was asked for; an install reports the reason it was
+/// journalled with, a permission fix `permissions-changed`. A failed post_install hook leaves
+/// the certificate installed (the result says so) and fails the run all the same (error
+/// set, exit 2).
+pub fn document(name: &str, reason: Reason, outcome: &Outcome) -> ReissueResult {
+    let blank = |result: &str| ReissueResult::new(name, result, reason.as_str());
+    let failed = |result: &str, e: &Error| {
+        let mut r = blank(result);
+        r.error = Some(e.to_string());
+        r.hint = e.hint().map(str::to_string);
+        r
     };
-    let mut r = ReissueResult::new(&cert.name, result, i.reason.as_str());
+    match outcome {
+        Outcome::Installed(i) => installed(name, "installed", i),
+        Outcome::InstalledNotLoaded(i) => installed(name, "installed-not-loaded", i),
+        Outcome::Pending(w) => {
+            let mut r = blank("pending");
+            r.hint = Some(w.message.clone());
+            r.retry_in = w.retry_in;
+            r
+        }
+        Outcome::Failed(e) => failed("failed", e),
+        Outcome::RolledBack(e) => failed("rolled-back", e),
+        Outcome::Finished => {
+            let mut r = blank("finished");
+            r.changed = true;
+            r
+        }
+        Outcome::FinishFailed(e) => failed("finish-failed", e),
+        Outcome::Refreshed => blank("refreshed"),
+        Outcome::RefreshFailed(e) => failed("refresh-failed", e),
+        Outcome::PermissionsFixed { changed } => {
+            let mut r = ReissueResult::new(name, "permissions-fixed", PERMISSIONS_CHANGED);
+            r.changed = *changed > 0;
+            r
+        }
+        Outcome::PermissionsFailed(e) => {
+            let mut r = ReissueResult::new(name, "failed", PERMISSIONS_CHANGED);
+            r.error = Some(e.to_string());
+            r
+        }
+    }
+}
+
+fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
+    let mut r = ReissueResult::new(name, result, i.reason.as_str());
     r.changed = true;
     r.serial = Some(i.serial.clone());
     r.not_after = Some(rfc3339(i.not_after));
@@ -218,64 +254,14 @@ fn installed_result(cert: &Certificate, i: &crate::executor::Installed) -> Reiss
     r
 }
 
-/// Re-issue one certificate and describe the outcome (errors become part of the result).
-pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> ReissueResult {
+/// Re-issue one certificate (the executor tells the operators how it went).
+pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> Outcome {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-    let now = executor.clock.now();
-    let blank = |result: &str| ReissueResult::new(&cert.name, result, reason.as_str());
-    let (result, event) = match executor.reissue(cert, reason).await {
-        Ok(i) => {
-            warn_if_due_at_install(executor, cert);
-            let r = installed_result(cert, &i);
-            let msg = format!(
-                "installed serial {} (generation {})",
-                i.serial, i.generation
-            );
-            (
-                r,
-                Some(
-                    Event::new("installed", &cert.name, msg, now)
-                        .reason(i.reason.as_str())
-                        .serial(i.serial),
-                ),
-            )
-        }
-        Err(Error::Pending {
-            message,
-            retry_in,
-            news,
-        }) => {
-            let mut r = blank("pending");
-            r.hint = Some(message.clone());
-            r.retry_in = retry_in;
-            (
-                r,
-                news.then(|| {
-                    Event::new("pending-approval", &cert.name, message, now).reason(reason.as_str())
-                }),
-            )
-        }
-        Err(e) => {
-            let rolled_back = executor
-                .store
-                .journal(&cert.name)
-                .ok()
-                .and_then(|j| j.last)
-                .is_some_and(|l| l.result == OutcomeKind::RolledBack);
-            let mut r = blank(if rolled_back { "rolled-back" } else { "failed" });
-            r.error = Some(e.to_string());
-            r.hint = e.hint().map(str::to_string);
-            let kind = if rolled_back { "rolled-back" } else { "failed" };
-            (
-                r,
-                Some(Event::new(kind, &cert.name, e.to_string(), now).reason(reason.as_str())),
-            )
-        }
-    };
-    if let Some(event) = event {
-        notify::emit(&executor.config, event).await;
+    let outcome = executor.reissue(cert, reason).await;
+    if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
+        warn_if_due_at_install(executor, cert);
     }
-    result
+    outcome
 }
 
 /// A certificate that was already due for renewal when it was installed is renewed half-way
@@ -303,76 +289,18 @@ fn warn_if_due_at_install(executor: &Executor, cert: &Certificate) {
     );
 }
 
-/// Install a certificate handed back for a pending manual re-issue.
-pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> ReissueResult {
-    let now = executor.clock.now();
-    let mut r = ReissueResult::new(&cert.name, "failed", Reason::Forced.as_str());
-    let event = match executor.import(cert, data).await {
-        Ok(i) => {
-            warn_if_due_at_install(executor, cert);
-            r = installed_result(cert, &i);
-            Event::new(
-                "installed",
-                &cert.name,
-                format!("installed the imported certificate, serial {}", i.serial),
-                now,
-            )
-            .serial(i.serial)
-        }
-        Err(e) => {
-            r.error = Some(e.to_string());
-            r.hint = e.hint().map(str::to_string);
-            Event::new("failed", &cert.name, e.to_string(), now)
-        }
-    };
-    notify::emit(&executor.config, event).await;
-    r
+/// Install a certificate handed back for a pending manual re-issue. Whatever stopped it is
+/// reported as a failure (reason `forced`).
+pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> Outcome {
+    let outcome = executor.import(cert, data).await;
+    if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
+        warn_if_due_at_install(executor, cert);
+    }
+    outcome
 }
 
-/// Finish journalled work for one certificate (an interrupted install, the revocation and
-/// purge of a compromised predecessor) without starting a re-issue.
-pub async fn finish_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
-    let outcome = executor.recover(cert).await;
-    let (result, error) = match outcome {
-        Ok(Some(Ok(_))) | Ok(None) => ("finished", None),
-        Ok(Some(Err(e))) | Err(e) => ("finish-failed", Some(e)),
-    };
-    let mut r = ReissueResult::new(&cert.name, result, Reason::Forced.as_str());
-    r.changed = error.is_none();
-    r.hint = error.as_ref().and_then(|e| e.hint().map(str::to_string));
-    r.error = error.map(|e| e.to_string());
-    r
-}
-
-/// Fetch the CA's view (CRL, ARI) of one certificate.
 /// The reason `check` gives for kept generations whose access differs from the config.
 pub const PERMISSIONS_CHANGED: &str = "permissions-changed";
-
-/// Apply a changed owner, group or mode to every kept generation (the daemon's job for
-/// `permissions-changed`).
-pub fn fix_permissions_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
-    let mut r = ReissueResult::new(&cert.name, "permissions-fixed", PERMISSIONS_CHANGED);
-    match executor.fix_permissions(cert) {
-        Ok(n) => r.changed = n > 0,
-        Err(e) => {
-            r.result = "failed".into();
-            r.error = Some(e.to_string());
-        }
-    }
-    r
-}
-
-pub async fn refresh_one(executor: &Executor, cert: &Certificate) -> ReissueResult {
-    let error = executor.refresh(cert).await.err();
-    let result = if error.is_some() {
-        "refresh-failed"
-    } else {
-        "refreshed"
-    };
-    let mut r = ReissueResult::new(&cert.name, result, Reason::Forced.as_str());
-    r.error = error.map(|e| e.to_string());
-    r
-}
 
 pub fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {
     let ok = certificates.iter().all(|r| r.error.is_none());
@@ -564,5 +492,125 @@ pub fn render_reissue(doc: &ReissueDoc) {
                 eprintln!("  hint: {h}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Waiting;
+
+    fn installed(hook_error: Option<Error>) -> Installed {
+        Installed {
+            reason: Reason::KeyCompromised,
+            generation: 7,
+            serial: "8ded".into(),
+            not_after: 1_800_000_000,
+            loaded: true,
+            hook_error,
+        }
+    }
+
+    fn doc(reason: Reason, outcome: Outcome) -> serde_json::Value {
+        serde_json::to_value(document("site", reason, &outcome)).unwrap()
+    }
+
+    #[test]
+    fn an_install_reports_its_own_reason_serial_and_generation() {
+        let d = doc(Reason::Forced, Outcome::Installed(installed(None)));
+        assert_eq!(d["result"], "installed");
+        assert_eq!(d["reason"], "key-compromised");
+        assert_eq!(d["changed"], true);
+        assert_eq!(d["serial"], "8ded");
+        assert_eq!(d["generation"], 7);
+        assert_eq!(d["not_after"], rfc3339(1_800_000_000));
+        assert!(d["error"].is_null());
+        let d = doc(Reason::Forced, Outcome::InstalledNotLoaded(installed(None)));
+        assert_eq!(d["result"], "installed-not-loaded");
+    }
+
+    #[test]
+    fn a_failed_post_install_hook_is_an_install_with_an_error() {
+        let hook = Error::msg("post_install hook of \"site\" failed: exit 1").with_hint("fix it");
+        let r = document(
+            "site",
+            Reason::Forced,
+            &Outcome::Installed(installed(Some(hook))),
+        );
+        assert_eq!(r.result, "installed");
+        assert!(r.changed);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("post_install hook of \"site\" failed: exit 1")
+        );
+        assert_eq!(r.hint.as_deref(), Some("fix it"));
+        let (_, code) = reissue_doc(vec![r]);
+        assert_eq!(code, exit::ERROR);
+    }
+
+    #[test]
+    fn pending_is_no_error_and_carries_when_to_look_again() {
+        let waiting = Waiting {
+            message: "submit the CSR".into(),
+            retry_in: Some(600),
+            news: true,
+        };
+        let r = document("site", Reason::Expiring, &Outcome::Pending(waiting));
+        assert_eq!(r.result, "pending");
+        assert_eq!(r.reason, "expiring");
+        assert_eq!(r.hint.as_deref(), Some("submit the CSR"));
+        assert_eq!(r.retry_in, Some(600));
+        assert!(r.error.is_none() && !r.changed);
+        let (_, code) = reissue_doc(vec![r]);
+        assert_eq!(code, exit::PENDING);
+    }
+
+    #[test]
+    fn failures_carry_the_asked_reason_the_error_and_its_hint() {
+        let e = || Error::msg("boom").with_hint("look");
+        for (outcome, result) in [
+            (Outcome::Failed(e()), "failed"),
+            (Outcome::RolledBack(e()), "rolled-back"),
+            (Outcome::FinishFailed(e()), "finish-failed"),
+            (Outcome::RefreshFailed(e()), "refresh-failed"),
+        ] {
+            let r = document("site", Reason::Forced, &outcome);
+            assert_eq!(r.result, result);
+            assert_eq!(r.reason, "forced");
+            assert_eq!(r.error.as_deref(), Some("boom"));
+            assert_eq!(r.hint.as_deref(), Some("look"));
+            assert!(!r.changed && r.serial.is_none());
+        }
+    }
+
+    #[test]
+    fn finishing_refreshing_and_fixing_permissions_have_their_own_results() {
+        let r = document("site", Reason::Forced, &Outcome::Finished);
+        assert_eq!((r.result.as_str(), r.changed), ("finished", true));
+        let r = document("site", Reason::Forced, &Outcome::Refreshed);
+        assert_eq!((r.result.as_str(), r.changed), ("refreshed", false));
+        let r = document(
+            "site",
+            Reason::Forced,
+            &Outcome::PermissionsFixed { changed: 2 },
+        );
+        assert_eq!(
+            (r.result.as_str(), r.reason.as_str(), r.changed),
+            ("permissions-fixed", PERMISSIONS_CHANGED, true)
+        );
+        let r = document(
+            "site",
+            Reason::Forced,
+            &Outcome::PermissionsFixed { changed: 0 },
+        );
+        assert!(!r.changed);
+        let failed = Outcome::PermissionsFailed(Error::msg("chown").with_hint("not shown"));
+        let r = document("site", Reason::Forced, &failed);
+        assert_eq!(
+            (r.result.as_str(), r.reason.as_str()),
+            ("failed", PERMISSIONS_CHANGED)
+        );
+        assert_eq!(r.error.as_deref(), Some("chown"));
+        assert!(r.hint.is_none());
     }
 }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::clock::Clock;
 use crate::control::{self, Request};
+use crate::core::Reason;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::ops;
@@ -50,7 +51,8 @@ pub async fn import(config_path: &Path, args: &ImportArgs) -> Result<u8> {
             let config = Arc::new(config);
             let (_keep, never) = tokio::sync::watch::channel(false);
             let executor = Executor::new(config.clone(), Clock::new(), never)?;
-            ops::reissue_doc(vec![ops::import_one(&executor, &cert, &data).await])
+            let outcome = ops::import_one(&executor, &cert, &data).await;
+            ops::reissue_doc(vec![ops::document(&cert.name, Reason::Forced, &outcome)])
         }
     };
     if args.json {

@@ -86,7 +86,8 @@ pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
             let mut results = Vec::new();
             for name in &names {
                 if let Some(cert) = config.certificate(name) {
-                    results.push(ops::reissue_one(&executor, cert, reason).await);
+                    let outcome = ops::reissue_one(&executor, cert, reason).await;
+                    results.push(ops::document(&cert.name, reason, &outcome));
                 }
             }
             ops::reissue_doc(results)

@@ -29,7 +29,7 @@ use crate::control::{self, Request, Response};
 use crate::core::lifecycle::Step;
 use crate::core::{self, Reason, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
-use crate::executor::{Executor, Signals, observe};
+use crate::executor::{Executor, Outcome, Signals, observe};
 use crate::ops;
 use crate::output::ReissueResult;
 use crate::store::Lock;
@@ -75,7 +75,7 @@ struct Daemon {
     stop_rx: tokio::sync::watch::Receiver<bool>,
     semaphore: Arc<Semaphore>,
     certs: HashMap<String, CertState>,
-    jobs: JoinSet<(String, ReissueResult)>,
+    jobs: JoinSet<Ended>,
     /// The certificate and job of each task in `jobs`, so that a task that panicked is still
     /// answered for: its certificate leaves "in flight" and its job is reported failed.
     job_of: HashMap<tokio::task::Id, (String, Job)>,
@@ -418,23 +418,33 @@ impl Daemon {
             let _permit = semaphore.acquire_owned().await;
             // Queued when the daemon began to stop: do not start (no key, no order); the
             // journal or the next evaluation picks it up at the next start.
+            let reason = job_reason(&job);
             if *stop.borrow() {
-                return (name.clone(), not_started(&name, &job));
+                return Ended {
+                    outcome: not_started(),
+                    name,
+                    reason,
+                };
             }
-            let result = match job {
+            let outcome = match job {
                 Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
-                Job::Finish => ops::finish_one(&executor, &cert).await,
-                Job::Refresh => ops::refresh_one(&executor, &cert).await,
-                Job::FixPermissions => ops::fix_permissions_one(&executor, &cert),
+                Job::Finish => executor.finish(&cert).await,
+                Job::Refresh => executor.refresh(&cert).await,
+                Job::FixPermissions => executor.fix_permissions(&cert),
                 Job::Import(data, source) => {
-                    let r = ops::import_one(&executor, &cert, &data).await;
+                    let outcome = ops::import_one(&executor, &cert, &data).await;
                     if let Some(path) = source {
-                        settle_inbox_file(&path, r.error.as_deref());
+                        let error = outcome.error().map(|e| e.to_string());
+                        settle_inbox_file(&path, error.as_deref());
                     }
-                    r
+                    outcome
                 }
             };
-            (name, result)
+            Ended {
+                name,
+                reason,
+                outcome,
+            }
         });
         self.job_of.insert(task.id(), remembered);
     }
@@ -443,12 +453,9 @@ impl Daemon {
     /// failure (never a certificate left "in flight" for ever, never a client left waiting).
     async fn joined(
         &mut self,
-        done: std::result::Result<
-            (tokio::task::Id, (String, ReissueResult)),
-            tokio::task::JoinError,
-        >,
+        done: std::result::Result<(tokio::task::Id, Ended), tokio::task::JoinError>,
     ) {
-        let (id, (name, result)) = match done {
+        let (id, ended) = match done {
             Ok(done) => done,
             Err(e) => {
                 let Some((name, job)) = self.job_of.remove(&e.id()) else {
@@ -463,22 +470,29 @@ impl Daemon {
                         .unwrap_or_else(|| "no message".into()),
                     Err(e) => e.to_string(),
                 };
-                let result = crashed(&name, &job, &why);
-                let message = result.error.clone().unwrap_or_default();
+                let outcome = crashed(&name, &job, &why);
+                let message = outcome.error().map(|e| e.to_string()).unwrap_or_default();
                 log::error!(cert = name.as_str(), event = "failed"; "{message}");
                 if matches!(job, Job::Reissue(_) | Job::Import(..)) {
                     self.executor
                         .record_failure(&name, job_reason(&job), &message);
                 }
-                self.finished(&name, result).await;
+                let ended = Ended {
+                    reason: job_reason(&job),
+                    name,
+                    outcome,
+                };
+                self.finished(ended).await;
                 return;
             }
         };
         self.job_of.remove(&id);
-        self.finished(&name, result).await;
+        self.finished(ended).await;
     }
 
-    async fn finished(&mut self, name: &str, result: ReissueResult) {
+    async fn finished(&mut self, ended: Ended) {
+        let name = ended.name.as_str();
+        let result = ops::document(name, ended.reason, &ended.outcome);
         let state = self.certs.entry(name.to_string()).or_default();
         state.in_flight = false;
         for w in state.waiters.drain(..) {
@@ -502,24 +516,30 @@ impl Daemon {
         let stopping = *self.stop_rx.borrow();
         // Only a failed re-issue backs off here; finishing and refreshing keep their own
         // schedule in the journal.
-        let reissue_failed =
-            result.error.is_some() && matches!(result.result.as_str(), "failed" | "rolled-back");
-        if reissue_failed && !stopping {
-            self.schedule_retry(name, result.error.as_deref().unwrap_or("no reason given"));
+        let failed = match &ended.outcome {
+            Outcome::Failed(e) | Outcome::RolledBack(e) | Outcome::PermissionsFailed(e) => Some(e),
+            _ => None,
+        };
+        if let Some(e) = failed
+            && !stopping
+        {
+            self.schedule_retry(name, &e.to_string());
         }
-        if result.result == "pending" && !stopping {
+        if let Outcome::Pending(waiting) = &ended.outcome
+            && !stopping
+        {
             // Waiting on a human or a slow CA: no backoff, no loop; the journal says when to
             // look again (the next reminder, or when the CA suggested).
-            if let Err(wake) = self.pending_wake(name, result.retry_in) {
+            if let Err(wake) = self.pending_wake(name, waiting.retry_in) {
                 self.certs.entry(name.to_string()).or_default().wake_at = Some(wake);
                 self.publish_status();
                 log::debug!(cert = name, result = result.result.as_str(); "job finished");
                 return;
             }
         }
-        if result.result == "refresh-failed" {
+        if let Outcome::RefreshFailed(e) = &ended.outcome {
             // The CA's view could not be fetched or recorded: try again in an hour, not now.
-            log::warn!(cert = name; "{}", result.error.as_deref().unwrap_or("refresh failed"));
+            log::warn!(cert = name; "{e}");
             self.certs.entry(name.to_string()).or_default().wake_at =
                 Some(self.clock.now() + 3_600);
         } else if !stopping {
@@ -944,13 +964,18 @@ fn answer(reply: oneshot::Sender<Response>, results: Vec<ReissueResult>) {
     });
 }
 
-/// The result of a job that was still queued when the daemon began to stop.
-fn not_started(name: &str, job: &Job) -> ReissueResult {
-    let mut r = ReissueResult::new(name, "failed", job_reason(job).as_str());
-    r.error = Some(
-        "not started: certagent is shutting down; it is taken up again at the next start".into(),
-    );
-    r
+/// The outcome of a job that was still queued when the daemon began to stop.
+fn not_started() -> Outcome {
+    Outcome::Failed(Error::msg(
+        "not started: certagent is shutting down; it is taken up again at the next start",
+    ))
+}
+
+/// A job that ended: for which certificate, the reason it is reported under, and how.
+struct Ended {
+    name: String,
+    reason: Reason,
+    outcome: Outcome,
 }
 
 /// Work the daemon runs for one certificate.
@@ -974,19 +999,16 @@ fn job_reason(job: &Job) -> Reason {
     }
 }
 
-/// The result of a job whose task panicked.
-fn crashed(name: &str, job: &Job, why: &str) -> ReissueResult {
-    let result = match job {
-        Job::Reissue(_) | Job::Import(..) | Job::FixPermissions => "failed",
-        Job::Finish => "finish-failed",
-        Job::Refresh => "refresh-failed",
-    };
-    let mut r = ReissueResult::new(name, result, job_reason(job).as_str());
-    r.error = Some(format!("the job for {name:?} crashed: {why}"));
-    r.hint = Some(
-        "this is a bug in certagent; the journal keeps the work, it is retried with backoff".into(),
+/// The outcome of a job whose task panicked.
+fn crashed(name: &str, job: &Job, why: &str) -> Outcome {
+    let e = Error::msg(format!("the job for {name:?} crashed: {why}")).with_hint(
+        "this is a bug in certagent; the journal keeps the work, it is retried with backoff",
     );
-    r
+    match job {
+        Job::Reissue(_) | Job::Import(..) | Job::FixPermissions => Outcome::Failed(e),
+        Job::Finish => Outcome::FinishFailed(e),
+        Job::Refresh => Outcome::RefreshFailed(e),
+    }
 }
 
 /// Control connections served at once (the others wait their turn).

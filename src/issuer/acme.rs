@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::clock::Clock;
 use crate::config::{AcmeIssuer, Challenge, Http01};
 use crate::core::DomainName;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, Problem, Result, Subproblem};
 use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
@@ -32,21 +32,51 @@ pub struct Acme {
     clock: Clock,
 }
 
-/// Render an instant-acme error for humans, keeping the CA's problem document.
+/// The ACME error type without its URN prefix.
+fn problem_kind(kind: Option<&str>) -> String {
+    kind.unwrap_or("problem")
+        .trim_start_matches("urn:ietf:params:acme:error:")
+        .to_string()
+}
+
+/// The CA's problem document as data.
+fn problem(p: instant_acme::Problem) -> Problem {
+    Problem {
+        kind: problem_kind(p.r#type.as_deref()),
+        detail: p.detail,
+        status: p.status,
+        subproblems: p
+            .subproblems
+            .into_iter()
+            .map(|s| Subproblem {
+                identifier: s.identifier.map(|i| match i {
+                    Identifier::Dns(name) => name,
+                    other => format!("{other:?}"),
+                }),
+                kind: problem_kind(s.r#type.as_deref()),
+                detail: s.detail,
+            })
+            .collect(),
+    }
+}
+
+/// `context: <what went wrong>`, keeping the CA's problem document as data.
+fn failed(context: impl Into<String>, e: instant_acme::Error) -> Error {
+    let context = context.into();
+    match e {
+        instant_acme::Error::Api(p) => Error::Acme {
+            context,
+            problem: Box::new(problem(p)),
+            hint: None,
+        },
+        other => Error::msg(format!("{context}: {other}")),
+    }
+}
+
+/// Render an instant-acme error for humans (a log line), keeping the CA's problem document.
 fn describe(e: instant_acme::Error) -> String {
     match e {
-        instant_acme::Error::Api(p) => {
-            let kind = p
-                .r#type
-                .as_deref()
-                .unwrap_or("problem")
-                .trim_start_matches("urn:ietf:params:acme:error:")
-                .to_string();
-            match p.detail {
-                Some(d) => format!("the CA answered {kind}: {d}"),
-                None => format!("the CA answered {kind}"),
-            }
-        }
+        instant_acme::Error::Api(p) => problem(p).to_string(),
         other => other.to_string(),
     }
 }
@@ -77,9 +107,7 @@ impl Acme {
                 return Account::builder_with_http(Box::new(http.clone()))
                     .from_credentials(stored.credentials)
                     .await
-                    .map_err(|e| {
-                        Error::msg(format!("failed to load ACME account: {}", describe(e)))
-                    });
+                    .map_err(|e| failed("failed to load ACME account", e));
             }
             log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
         }
@@ -110,11 +138,13 @@ impl Acme {
             .create(&new, self.cfg.directory.clone(), eab.as_ref())
             .await
             .map_err(|e| {
-                Error::msg(format!(
-                    "failed to register ACME account at {:?}: {}",
-                    self.cfg.directory,
-                    describe(e)
-                ))
+                failed(
+                    format!(
+                        "failed to register ACME account at {:?}",
+                        self.cfg.directory
+                    ),
+                    e,
+                )
             })?;
         let stored = Stored {
             directory: self.cfg.directory.clone(),
@@ -198,14 +228,15 @@ impl Acme {
             self.solve(&mut order, &policy).await?;
         }
         if order.state().status == OrderStatus::Ready {
-            order.finalize_csr(csr_der).await.map_err(|e| {
-                Error::msg(format!("failed to finalize ACME order: {}", describe(e)))
-            })?;
+            order
+                .finalize_csr(csr_der)
+                .await
+                .map_err(|e| failed("failed to finalize ACME order", e))?;
         }
         let pem = order
             .poll_certificate(&policy)
             .await
-            .map_err(|e| Error::msg(format!("failed to download certificate: {}", describe(e))))?;
+            .map_err(|e| failed("failed to download certificate", e))?;
         Chain::from_pem(pem.as_bytes())
             .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))
     }
@@ -218,7 +249,7 @@ impl Acme {
         ids: &[Identifier],
         replaces: Option<&str>,
     ) -> Result<Order> {
-        let fail = |e| Error::msg(format!("failed to create ACME order: {}", describe(e)));
+        let fail = |e| failed("failed to create ACME order", e);
         let Some(cid) = replaces else {
             return account.new_order(&NewOrder::new(ids)).await.map_err(fail);
         };
@@ -268,10 +299,7 @@ impl Acme {
                 let mut authz = match authz {
                     Ok(a) => a,
                     Err(e) => {
-                        result = Err(Error::msg(format!(
-                            "failed to fetch authorization: {}",
-                            describe(e)
-                        )));
+                        result = Err(failed("failed to fetch authorization", e));
                         break;
                     }
                 };
@@ -295,10 +323,10 @@ impl Acme {
                     break;
                 }
                 if let Err(e) = challenge.set_ready().await {
-                    result = Err(Error::msg(format!(
-                        "failed to start validation of {ident:?}: {}",
-                        describe(e)
-                    )));
+                    result = Err(failed(
+                        format!("failed to start validation of {ident:?}"),
+                        e,
+                    ));
                     break;
                 }
             }
@@ -318,10 +346,7 @@ impl Acme {
                         _ => "check that the names resolve to this host and the http-01 responder is reachable on port 80",
                     }))
                 }
-                Err(e) => Err(Error::msg(format!(
-                    "failed waiting for validation: {}",
-                    describe(e)
-                ))),
+                Err(e) => Err(failed("failed waiting for validation", e)),
             };
         }
         responder.cleanup().await;
@@ -364,7 +389,7 @@ impl Acme {
                 Ok(RevokeOutcome::AlreadyRevoked)
             }
             Err(e @ instant_acme::Error::Api(_)) => Ok(RevokeOutcome::Refused(describe(e))),
-            Err(e) => Err(Error::msg(format!("failed to revoke: {}", describe(e)))),
+            Err(e) => Err(failed("failed to revoke", e)),
         }
     }
 
@@ -675,6 +700,52 @@ async fn serve_challenge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 8555 §6.7.1, the example of a problem with subproblems.
+    #[test]
+    fn the_cas_problem_document_stays_data_until_displayed() {
+        let doc = r#"{
+            "type": "urn:ietf:params:acme:error:malformed",
+            "detail": "Some of the identifiers requested were rejected",
+            "subproblems": [
+                {
+                    "type": "urn:ietf:params:acme:error:malformed",
+                    "detail": "Invalid underscore in DNS name \"_example.org\"",
+                    "identifier": { "type": "dns", "value": "_example.org" }
+                },
+                {
+                    "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+                    "detail": "This CA will not issue for \"example.net\"",
+                    "identifier": { "type": "dns", "value": "example.net" }
+                }
+            ]
+        }"#;
+        let p: instant_acme::Problem = serde_json::from_str(doc).unwrap();
+        let e = failed("failed to create ACME order", instant_acme::Error::Api(p))
+            .context("failed to obtain a certificate for \"site\" from issuer \"le\"");
+        assert_eq!(
+            e.to_string(),
+            "failed to obtain a certificate for \"site\" from issuer \"le\": failed to create ACME order: the CA answered malformed: Some of the identifiers requested were rejected"
+        );
+        let Error::Acme { problem, .. } = &e else {
+            panic!("not kept as a problem: {e:?}");
+        };
+        assert_eq!(problem.kind, "malformed");
+        let sub: Vec<(Option<&str>, &str)> = problem
+            .subproblems
+            .iter()
+            .map(|s| (s.identifier.as_deref(), s.kind.as_str()))
+            .collect();
+        assert_eq!(
+            sub,
+            vec![
+                (Some("_example.org"), "malformed"),
+                (Some("example.net"), "rejectedIdentifier")
+            ]
+        );
+        assert_eq!(e.exit_code(), crate::error::exit::ERROR);
+        assert_eq!(e.with_hint("h").hint(), Some("h"));
+    }
 
     #[test]
     fn tokens_that_could_name_other_files_are_refused() {

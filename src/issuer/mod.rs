@@ -3,8 +3,6 @@
 
 pub mod acme;
 pub mod dnsimple;
-/// Moved to `crate::http`; this path is kept for callers not yet changed.
-pub use crate::http;
 pub mod internal;
 pub mod jws;
 pub mod manual;

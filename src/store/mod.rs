@@ -15,6 +15,7 @@ mod lock;
 mod perms;
 #[cfg(test)]
 mod powerloss;
+mod quarantine;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,6 +32,7 @@ use crate::keys::{Chain, SecretPem};
 pub use fsutil::Perms;
 pub use lock::Lock;
 pub use perms::Drift;
+pub use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
 
 /// Journal and file caps: a journal is a few hundred bytes.
 const MAX_JOURNAL_BYTES: usize = 1 << 20;
@@ -58,7 +60,7 @@ pub struct Journal {
     /// The compromise flag file that was already answered, as last seen: it stays answered
     /// while it is there, however it is rewritten (`compromise::track_flag`).
     #[serde(default)]
-    pub handled_flag: Option<crate::compromise::FlagId>,
+    pub handled_flag: Option<FlagId>,
     /// The CA revoked the serial in service (seen on its CRL).
     #[serde(default)]
     pub revoked: Option<Revoked>,

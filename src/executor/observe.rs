@@ -1,0 +1,205 @@
+//! Phase 1: read the configured files (never writing anything) and decide what they need.
+
+use crate::compromise::{self, Blocked};
+use crate::config::{Certificate, Config};
+use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Timestamp};
+use crate::keys::{self, Chain, PrivateKey};
+use crate::store::{FlagId, Journal, fsutil};
+use zeroize::Zeroizing;
+
+/// What is on disk for one certificate, with the problems found reading it.
+pub struct Observation {
+    pub observed: Observed,
+    pub decision: Decision,
+    pub leaf: Option<core::LeafFacts>,
+    pub cert_problem: Option<String>,
+    pub key_problem: Option<String>,
+    /// Why it cannot be told whether a key is compromised (a list that cannot be read).
+    pub compromise_problem: Option<String>,
+}
+
+pub fn desired(cert: &Certificate) -> Desired {
+    Desired {
+        names: cert.names.iter().cloned().collect(),
+        key_spec: cert.key_type,
+        renew_before: cert.renew_before,
+    }
+}
+
+/// What, besides the files themselves, says a certificate's key or serial must go.
+#[derive(Default)]
+pub struct Signals<'a> {
+    /// Digests from the blocklists and certagent's memory of compromised keys.
+    pub blocked: Option<&'a Blocked>,
+    /// The flag file in `compromised_dir`, if present.
+    pub flag: Option<FlagId>,
+    pub journal: Option<&'a Journal>,
+}
+
+impl<'a> Signals<'a> {
+    pub fn for_cert(
+        config: &Config,
+        blocked: &'a Blocked,
+        journal: Option<&'a Journal>,
+        cert: &str,
+    ) -> Signals<'a> {
+        Signals {
+            blocked: Some(blocked),
+            flag: compromise::flag(config, cert),
+            journal,
+        }
+    }
+}
+
+/// The configured files as read, once: what `observe` decides from, and what a re-issue
+/// needs of the pair in service (the key to quarantine, the leaf to revoke or replace).
+pub struct InService {
+    pub cert: CertFact,
+    /// The certificate file as parsed (its leaf may still be unusable: see `cert`).
+    pub chain: Option<Chain>,
+    pub key: KeyFact,
+    pub key_pem: Option<Zeroizing<Vec<u8>>>,
+    pub private_key: Option<PrivateKey>,
+}
+
+impl InService {
+    /// Read the configured files, never writing anything.
+    pub fn read(cert: &Certificate) -> InService {
+        let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
+            Ok(None) => (CertFact::Missing, None),
+            Err(e) => (CertFact::Invalid(e.to_string()), None),
+            Ok(Some(bytes)) => match Chain::from_pem(&bytes) {
+                Ok(chain) => match chain.leaf() {
+                    Ok(leaf) => (CertFact::Present(leaf), Some(chain)),
+                    Err(e) => (CertFact::Invalid(e), Some(chain)),
+                },
+                Err(e) => (CertFact::Invalid(e), None),
+            },
+        };
+        let leaf_chain = matches!(cert_fact, CertFact::Present(_)).then_some(chain.as_ref());
+        let (key_fact, key_pem, private_key) =
+            match fsutil::read_capped(&cert.key_file, keys::MAX_PEM_BYTES) {
+                Ok(None) => (KeyFact::Missing, None, None),
+                Err(e) => (KeyFact::Invalid(e.to_string()), None, None),
+                Ok(Some(bytes)) => {
+                    let pem = Zeroizing::new(bytes);
+                    match PrivateKey::from_pem(&String::from_utf8_lossy(&pem)) {
+                        Ok(key) => {
+                            let verifies = leaf_chain
+                                .flatten()
+                                .and_then(|c| c.leaf_spki_der().ok())
+                                .map(|spki| key.verifies_with(&spki));
+                            let fact = KeyFact::Present {
+                                key_spec: key.spec,
+                                spki_sha256: key.spki_sha256(),
+                                verifies_with_cert: verifies,
+                            };
+                            (fact, Some(pem), Some(key))
+                        }
+                        Err(e) => (KeyFact::Invalid(e), Some(pem), None),
+                    }
+                }
+            };
+        InService {
+            cert: cert_fact,
+            chain,
+            key: key_fact,
+            key_pem,
+            private_key,
+        }
+    }
+
+    pub fn leaf(&self) -> Option<&core::LeafFacts> {
+        match &self.cert {
+            CertFact::Present(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// Read the configured files (never writing anything) and decide.
+pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
+    decide(cert, &InService::read(cert), now, signals)
+}
+
+/// Decide from files already read.
+pub fn decide(
+    cert: &Certificate,
+    files: &InService,
+    now: Timestamp,
+    signals: &Signals,
+) -> Observation {
+    let (cert_problem, key_problem) = problems(cert, files);
+    let leaf = files.leaf().cloned();
+    let revocation = signals
+        .journal
+        .and_then(|j| j.revoked.as_ref())
+        .filter(|r| leaf.as_ref().is_some_and(|l| l.serial == r.serial));
+    let compromise_problem = signals.blocked.and_then(Blocked::unknown);
+    let installed_at = signals
+        .journal
+        .filter(|j| {
+            j.installed_serial.is_some()
+                && j.installed_serial.as_deref() == leaf.as_ref().map(|l| l.serial.as_str())
+        })
+        .and_then(|j| j.last_success);
+    let observed = Observed {
+        compromise_unknown: compromise_problem.is_some(),
+        installed_at,
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        compromised: compromised(files, signals) || revocation.is_some_and(|r| r.reason == Some(1)),
+        revoked: revocation.is_some(),
+        suggested_renewal: signals
+            .journal
+            .and_then(|j| j.ari.as_ref())
+            .filter(|a| leaf.as_ref().is_some_and(|l| l.serial == a.serial))
+            .map(|a| a.renew_at),
+    };
+    let decision = core::decide(&desired(cert), &observed, now);
+    Observation {
+        observed,
+        decision,
+        leaf,
+        cert_problem,
+        key_problem,
+        compromise_problem,
+    }
+}
+
+/// Whether the key in service (or its certificate's key) is listed, or an unanswered flag
+/// says it is compromised.
+fn compromised(files: &InService, signals: &Signals) -> bool {
+    let key_digest = match &files.key {
+        KeyFact::Present { spki_sha256, .. } => Some(spki_sha256.as_str()),
+        _ => None,
+    };
+    let blocked =
+        |d: Option<&str>| d.is_some_and(|d| signals.blocked.is_some_and(|b| b.contains(d)));
+    // One flag, one response: an answered flag stays answered while it is there, whatever is
+    // written to it (see `compromise::track_flag`).
+    let unhandled_flag =
+        signals.flag.is_some() && signals.journal.is_none_or(|j| j.handled_flag.is_none());
+    unhandled_flag || blocked(key_digest) || blocked(files.leaf().map(|l| l.spki_sha256.as_str()))
+}
+
+/// What `check` says about files that are missing or unreadable.
+fn problems(cert: &Certificate, files: &InService) -> (Option<String>, Option<String>) {
+    let cert_problem = match &files.cert {
+        CertFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.cert_file.display().to_string()
+        )),
+        CertFact::Invalid(e) => Some(e.clone()),
+        CertFact::Present(_) => None,
+    };
+    let key_problem = match &files.key {
+        KeyFact::Missing => Some(format!(
+            "{:?} does not exist",
+            cert.key_file.display().to_string()
+        )),
+        KeyFact::Invalid(e) => Some(e.clone()),
+        KeyFact::Present { .. } => None,
+    };
+    (cert_problem, key_problem)
+}
