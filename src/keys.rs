@@ -494,13 +494,13 @@ pub fn validate_chain(
     if leaf.not_before > now + 86_400 {
         return Err(format!(
             "the certificate is not valid until {} (check the clock)",
-            crate::output::rfc3339(leaf.not_before)
+            crate::core::rfc3339(leaf.not_before)
         ));
     }
     if leaf.not_after <= now {
         return Err(format!(
             "the certificate expired at {}",
-            crate::output::rfc3339(leaf.not_after)
+            crate::core::rfc3339(leaf.not_after)
         ));
     }
     chain.check_links()?;

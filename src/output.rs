@@ -3,19 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::Timestamp;
-
 pub const SCHEMA: u32 = 1;
 
-pub fn rfc3339(ts: Timestamp) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
-}
+pub use crate::core::rfc3339;
 
 /// One certificate in `check` and `status`.
 #[derive(Serialize, Deserialize, Debug, Clone)]

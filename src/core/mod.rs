@@ -10,7 +10,7 @@ mod types;
 
 use std::collections::BTreeSet;
 
-pub use types::{DomainName, KeySpec, Reason, Span, Timestamp, humanize};
+pub use types::{DomainName, KeySpec, Reason, Span, Timestamp, humanize, rfc3339};
 
 /// What the configuration asks for.
 #[derive(Clone, Debug)]

@@ -259,6 +259,17 @@ pub fn humanize(secs: i64) -> String {
     if neg { format!("-{text}") } else { text }
 }
 
+/// A timestamp as RFC 3339 UTC ("2026-12-02T20:30:00Z"); out of range: the number itself.
+pub fn rfc3339(ts: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

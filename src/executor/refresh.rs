@@ -186,7 +186,7 @@ impl CaView {
         log::info!(
             cert = name, serial = serial.as_str(), event = "ari";
             "renewal window {} .. {}, renewing at {}",
-            crate::output::rfc3339(ri.start), crate::output::rfc3339(ri.end), crate::output::rfc3339(renew_at)
+            crate::core::rfc3339(ri.start), crate::core::rfc3339(ri.end), crate::core::rfc3339(renew_at)
         );
         self.soonest(now + ri.retry_after);
         journal.ari = Some(Ari {

@@ -163,7 +163,7 @@ impl Client {
             429 => {
                 let now = self.clock.now();
                 let wait = reset.map(|r| (r - now).max(1)).unwrap_or(60);
-                Err(Error::msg(format!("{what}: DNSimple's rate limit is used up until {}", crate::output::rfc3339(now + wait)))
+                Err(Error::msg(format!("{what}: DNSimple's rate limit is used up until {}", crate::core::rfc3339(now + wait)))
                     .with_retry_after(Some(wait)))
             }
             code => {
