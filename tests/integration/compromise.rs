@@ -9,8 +9,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    Daemon, Env, Pebble, PebbleOpts, cert_serial_hex, run_certagent, spki_of_cert_der,
-    spki_of_key_pem, wait_until,
+    Daemon, Env, Pebble, PebbleOpts, cert_serial_hex, spki_of_cert_der, spki_of_key_pem, wait_until,
 };
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -227,11 +226,12 @@ fn the_compromised_key_never_comes_back() {
     assert_key_gone_from_service(&env, &digest);
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn a_crash_between_install_and_revocation_resumes_the_revocation() {
     let (pebble, env, serial, digest) = pebble_pair("");
     let orders = pebble.orders_created();
-    let run = run_certagent(
+    let run = common::run_certagent(
         &env.config,
         &["reissue", "--now", "site", "--reason", "key-compromise"],
         &[("CERTAGENT_FAILPOINT", "before-revoke")],

@@ -155,6 +155,7 @@ fn cli_racing_the_daemon_makes_one_reissue_not_two() {
 
 /// A forced re-issue that arrives while the daemon refreshes the CA's view of the
 /// certificate (ARI, CRL) is not answered by that refresh: the re-issue runs right after it.
+#[cfg(feature = "failpoints")]
 #[test]
 fn reissue_now_during_a_refresh_reissues() {
     let pebble = Pebble::start(PebbleOpts::default());
@@ -180,6 +181,7 @@ fn reissue_now_during_a_refresh_reissues() {
 /// Two clients queue behind a running refresh: a forced re-issue, then an import (which takes
 /// the one queue slot). Both get an answer with the outcome; neither is told "success" about
 /// work that never ran.
+#[cfg(feature = "failpoints")]
 #[test]
 fn clients_queued_behind_a_refresh_all_get_an_outcome() {
     let pebble = Pebble::start(PebbleOpts::default());
@@ -222,6 +224,7 @@ fn clients_queued_behind_a_refresh_all_get_an_outcome() {
     assert_eq!(doc["certificates"][0]["result"], "failed", "{doc}");
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_order() {
     let pebble = Pebble::start(PebbleOpts::default());
@@ -275,6 +278,7 @@ fn sigterm_while_waiting_for_the_ca_stops_cleanly_and_the_restart_resumes_the_or
 /// With `max_parallel = 1`, a re-issue queued behind one that is waiting for the CA does not
 /// start once SIGTERM has arrived: no key generated, no order, nothing journalled; the next
 /// start takes it up.
+#[cfg(feature = "failpoints")]
 #[test]
 fn sigterm_leaves_queued_reissues_unstarted() {
     let pebble = Pebble::start(PebbleOpts::default());
