@@ -2,13 +2,18 @@
 //! wake-up at the time `status` reports), and the words it logs about it. The step itself is
 //! the lifecycle's (`core::lifecycle`); nothing here decides it.
 
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::Daemon;
+use super::jobs::Job;
 use crate::compromise::Blocked;
 use crate::config::Config;
 use crate::core::lifecycle::Step;
-use crate::core::{Reason, Timestamp};
+use crate::core::{self, Reason, Timestamp, humanize};
+use crate::executor::{Signals, observe};
 use crate::store::Store;
-
-use super::Job;
 
 /// What the daemon does about a step: start a job now, or look again at a time (`None`:
 /// only when something changes). Every step that is work starts now; every wait wakes at the
@@ -95,6 +100,264 @@ pub(super) fn human_wait(secs: i64) -> String {
         plural(secs / 3_600, "hour")
     } else {
         plural((secs / 60).max(1), "minute")
+    }
+}
+
+impl Daemon {
+    pub(super) fn next_wake(&self) -> Option<Timestamp> {
+        self.certs
+            .values()
+            .filter(|s| !s.in_flight)
+            .filter_map(|s| s.wake_at)
+            .min()
+    }
+
+    /// Recover and look at every certificate (start-up, config reload). Observation reads
+    /// and checks every pair, so it is spread over the blocking pool.
+    pub(super) async fn evaluate_all(&mut self) {
+        let names: Vec<String> = self.config.certificates.keys().cloned().collect();
+        self.certs
+            .retain(|n, s| s.in_flight || self.config.certificates.contains_key(n));
+        self.blocked = Arc::new(Blocked::load(&self.config));
+        self.evaluate_many(names).await;
+        self.write_metrics();
+    }
+
+    /// Look at these certificates (those without a job in flight) and act on what is found.
+    /// The verdicts (file reads, parses, the pair check) run on the blocking pool, so a
+    /// rescan of thousands neither stalls the loop nor uses one core only; systemd hears the
+    /// status once, after the batch (it walks every certificate).
+    pub(super) async fn evaluate_many(&mut self, names: Vec<String>) {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.certs.get(n).is_some_and(|s| s.in_flight))
+            .collect();
+        let now = self.clock.now();
+        let mut tasks = JoinSet::new();
+        for chunk in names.chunks(256) {
+            let chunk = chunk.to_vec();
+            let config = self.config.clone();
+            let blocked = self.blocked.clone();
+            tasks.spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .filter_map(|name| {
+                        let cert = config.certificates.get(&name)?;
+                        Some((name, next_step(&config, &blocked, cert, now)))
+                    })
+                    .collect::<Vec<_>>()
+            });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(Ok(part)) = tasks.join_next().await {
+            verdicts.extend(part);
+        }
+        for (name, (step, detail)) in verdicts {
+            self.act(&name, step, detail).await;
+        }
+        self.publish_status();
+    }
+
+    /// Look at one certificate (after its job ended) and act on what is found. The caller
+    /// tells systemd.
+    pub(super) async fn evaluate(&mut self, name: &str) {
+        if self.certs.get(name).is_some_and(|s| s.in_flight) {
+            return;
+        }
+        let Some(cert) = self.config.certificates.get(name) else {
+            return;
+        };
+        let (step, detail) = next_step(&self.config, &self.blocked, cert, self.clock.now());
+        self.act(name, step, detail).await;
+    }
+
+    /// Carry out a certificate's next step: start its job, or sleep until its time.
+    async fn act(&mut self, name: &str, step: Step, detail: String) {
+        let now = self.clock.now();
+        match plan(&step, now) {
+            Plan::Start(job) => {
+                if let Job::Reissue(reason) = job {
+                    log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
+                    self.record_start(name);
+                }
+                self.start(name, job);
+            }
+            Plan::WakeAt(wake_at) => {
+                self.log_wait(name, &step, &detail);
+                self.certs.entry(name.to_string()).or_default().wake_at = wake_at;
+            }
+        }
+    }
+
+    /// What an operator reads about a certificate that needs work but waits.
+    fn log_wait(&self, name: &str, step: &Step, detail: &str) {
+        match step {
+            Step::Backoff { until, reason } => {
+                log::debug!(cert = name, reason = reason.as_str(); "needs a re-issue, retry scheduled at {}", crate::output::rfc3339(*until));
+            }
+            Step::RateLimited { until, reason } => log::warn!(
+                cert = name, reason = reason.as_str(), event = "held";
+                "re-issue held back until {}: {} re-issues started in the last hour (max_reissues_per_hour); re-issue needed: {detail}; hint: `certagent reissue --now {name}` is not limited; a loop usually means renew_before is as long as the certificates the issuer sends",
+                crate::output::rfc3339(*until), self.config.agent.max_reissues_per_hour
+            ),
+            Step::Hold { why, .. } => log::error!(
+                cert = name, reason = Reason::CompromiseUnknown.as_str();
+                "cannot tell whether a key of {name} is compromised: {why}; nothing is re-issued until it can be read"
+            ),
+            _ => {}
+        }
+    }
+
+    /// A re-issue ended pending: send the reminder that is due (manual CA, every
+    /// `remind_every` since it started: "pending approval for 2 days") and journal when to
+    /// look again (the next reminder, or when the CA suggested), which the lifecycle then
+    /// waits for. `Err(at)`: it could not be journalled; look again at `at`.
+    pub(super) fn pending_wake(
+        &mut self,
+        name: &str,
+        retry_in: Option<i64>,
+    ) -> std::result::Result<(), Timestamp> {
+        let now = self.clock.now();
+        let every = match self
+            .config
+            .certificates
+            .get(name)
+            .and_then(|c| self.config.issuers.get(&c.issuer))
+            .map(|i| &i.kind)
+        {
+            Some(crate::config::IssuerKind::Manual(m)) => Some(m.remind_every.0.max(60)),
+            _ => None,
+        };
+        let fallback = now + every.unwrap_or_else(|| retry_in.unwrap_or(300).clamp(10, 86_400));
+        let store = &self.executor.store;
+        let Ok(mut journal) = store.journal(name) else {
+            return Err(fallback);
+        };
+        let Some(p) = journal.pending.as_mut() else {
+            return Err(fallback);
+        };
+        let Some(every) = every else {
+            p.next_look = Some(fallback);
+            return store.save_journal(name, &journal).map_err(|_| fallback);
+        };
+        let waited = (now - p.started_at).max(0);
+        let due = (waited / every) as u32;
+        p.next_look = Some(p.started_at + (i64::from(due) + 1) * every);
+        let remind = due > p.reminders;
+        if remind {
+            p.reminders = due;
+        }
+        let reason = p.reason;
+        let saved = store.save_journal(name, &journal).map_err(|_| fallback);
+        if remind {
+            let message = format!(
+                "re-issue of {name} pending approval for {}: check the approval e-mail sent by the CA",
+                human_wait(waited)
+            );
+            log::warn!(cert = name, event = "reminder", reason = reason.as_str(); "{message}");
+            let config = self.config.clone();
+            let event = crate::notify::Event::new("reminder", name, message, now);
+            tokio::spawn(async move { crate::notify::emit(&config, event).await });
+        }
+        saved
+    }
+
+    /// After a failure (`why`): back off (exponentially, with jitter, honouring the server's
+    /// Retry-After), journalled so that a new trigger can be told from what failed; escalate
+    /// the log level as expiry approaches. The message an operator reads says why.
+    pub(super) fn schedule_retry(&mut self, name: &str, why: &str) {
+        let store = &self.executor.store;
+        let now = self.clock.now();
+        let mut journal = match store.journal(name) {
+            Ok(j) => j,
+            Err(e) => {
+                log::error!(cert = name, event = "failed"; "re-issue failed: {why}; and failed to schedule the retry: {e}");
+                return;
+            }
+        };
+        let delay = core::retry_delay(
+            journal.failures.max(1),
+            rand::random::<f64>(),
+            journal.server_retry_after,
+        );
+        journal.retry_at = Some(now + delay);
+        let observation = self.config.certificates.get(name).map(|c| {
+            let signals = Signals::for_cert(&self.config, &self.blocked, Some(&journal), name);
+            observe(c, now, &signals)
+        });
+        journal.retry_reasons = observation
+            .as_ref()
+            .map(|o| o.decision.reasons.clone())
+            .unwrap_or_default();
+        if let Err(e) = store.save_journal(name, &journal) {
+            log::error!(cert = name; "failed to journal the retry time: {e}");
+        }
+        let left = observation
+            .and_then(|o| o.decision.not_after)
+            .map(|na| na - now);
+        let when = humanize(delay);
+        match left {
+            Some(l) if l < 7 * 86_400 => log::error!(
+                cert = name, event = "failed", failures = journal.failures;
+                "re-issue failed, certificate expires in {}, retrying in {when}: {why}", humanize(l)
+            ),
+            _ => log::warn!(
+                cert = name, event = "failed", failures = journal.failures;
+                "re-issue failed, retrying in {when}: {why}"
+            ),
+        }
+    }
+
+    /// At start: a backoff journalled by the previous run is not waited out. What changed
+    /// since (a fix, `certagent install` widening what the unit may write) is new
+    /// information; the hourly guard still bounds a restart loop.
+    pub(super) fn forget_backoffs(&self) {
+        let store = &self.executor.store;
+        for name in self.config.certificates.keys() {
+            let Ok(mut j) = store.journal(name) else {
+                continue;
+            };
+            let waited = j
+                .pending
+                .as_mut()
+                .and_then(|p| p.next_look.take())
+                .is_some();
+            let backed_off = j.retry_at.take().is_some();
+            if backed_off {
+                log::info!(cert = name.as_str(); "not waiting out the retry delay of the previous run");
+            }
+            if (backed_off || waited)
+                && let Err(e) = store.save_journal(name, &j)
+            {
+                log::warn!(cert = name.as_str(); "failed to journal the retry time: {e}");
+            }
+        }
+    }
+
+    /// The hourly guard counts the re-issues the daemon starts by itself: journal this one
+    /// (the lifecycle allowed it).
+    fn record_start(&self, name: &str) {
+        let store = &self.executor.store;
+        let Ok(mut j) = store.journal(name) else {
+            return;
+        };
+        let now = self.clock.now();
+        j.auto_reissues.retain(|&t| t > now - 3_600 && t <= now);
+        j.auto_reissues.push(now);
+        if let Err(e) = store.save_journal(name, &j) {
+            log::warn!(cert = name; "failed to journal the start of a re-issue: {e}");
+        }
+    }
+
+    /// An operator asking is new information: forget the backoff.
+    pub(super) fn clear_backoff(&self, name: &str) {
+        let store = &self.executor.store;
+        if let Ok(mut j) = store.journal(name)
+            && j.retry_at.is_some()
+        {
+            j.retry_at = None;
+            let _ = store.save_journal(name, &j);
+        }
     }
 }
 
