@@ -54,7 +54,7 @@ fn outputs(cert: &Certificate) -> Vec<(&'static str, &Path)> {
 /// Before any key is generated or order placed: every configured path can be taken over.
 /// Refuses what an install would refuse later (a device, a directory, a path through a
 /// symlink root does not own), so no CA work is wasted on it.
-pub fn preflight(cert: &Certificate) -> Result<()> {
+pub(crate) fn preflight(cert: &Certificate) -> Result<()> {
     for (role, path) in outputs(cert) {
         if let Some(dir) = path.parent()
             && !dir.is_dir()
@@ -69,7 +69,7 @@ pub fn preflight(cert: &Certificate) -> Result<()> {
 
 /// Read what is at `cert`'s paths: the content to publish as the adopted generation (`None`
 /// when nothing is adoptable), after copying every other regular file into `STATE/kept/`.
-pub fn take_over(store: &Store, cert: &Certificate) -> Result<Option<GenerationContent>> {
+pub(crate) fn take_over(store: &Store, cert: &Certificate) -> Result<Option<GenerationContent>> {
     let (owner, _) = fsutil::ids(cert.owner.as_deref(), None)?;
     let mut content = GenerationContent {
         adopted: true,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Environment variables a child must not inherit: where systemd put certagent's secrets
 /// (the DNSimple token, the ACME EAB key), and certagent's own channel to systemd (a child
 /// must not speak to the service manager as the daemon).
-pub const SCRUBBED_ENV: &[&str] = &[
+pub(crate) const SCRUBBED_ENV: &[&str] = &[
     "CREDENTIALS_DIRECTORY",
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
@@ -21,14 +21,14 @@ pub const SCRUBBED_ENV: &[&str] = &[
 
 /// How much of each output stream of a child is kept: the tail, which is what explains a
 /// failure. The rest is read and dropped, so the child never blocks on a full pipe.
-pub const OUTPUT_TAIL: usize = 64 << 10;
+pub(crate) const OUTPUT_TAIL: usize = 64 << 10;
 
 /// Output shown in an error message (the tail of what was kept).
 const MESSAGE_TAIL: usize = 4096;
 
 /// An async command for `program`: scrubbed environment, stdin from /dev/null, killed when
 /// dropped (a timeout drops it).
-pub fn command(program: impl AsRef<OsStr>) -> tokio::process::Command {
+pub(crate) fn command(program: impl AsRef<OsStr>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     for name in SCRUBBED_ENV {
         cmd.env_remove(name);
@@ -39,7 +39,7 @@ pub fn command(program: impl AsRef<OsStr>) -> tokio::process::Command {
 
 /// A blocking command for `program`, for the CLI's short system tools: scrubbed environment,
 /// stdin from /dev/null.
-pub fn std_command(program: impl AsRef<OsStr>) -> std::process::Command {
+pub(crate) fn std_command(program: impl AsRef<OsStr>) -> std::process::Command {
     let mut cmd = std::process::Command::new(program);
     for name in SCRUBBED_ENV {
         cmd.env_remove(name);
@@ -50,16 +50,16 @@ pub fn std_command(program: impl AsRef<OsStr>) -> std::process::Command {
 
 /// What a finished child printed: the last `OUTPUT_TAIL` bytes of each stream.
 #[derive(Debug)]
-pub struct Output {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
 }
 
 impl Output {
     /// The stderr then stdout tail as one line (`|` for newlines), at most `MESSAGE_TAIL`
     /// bytes, cut at a character boundary; empty when the child printed nothing.
-    pub fn message_tail(&self, with_stdout: bool) -> String {
+    pub(crate) fn message_tail(&self, with_stdout: bool) -> String {
         let mut text = String::from_utf8_lossy(&self.stderr).into_owned();
         if with_stdout {
             text.push_str(&String::from_utf8_lossy(&self.stdout));
@@ -76,7 +76,7 @@ impl Output {
 
 /// Run `cmd` to the end with stdout and stderr piped, reading both as they come and keeping
 /// the tail of each. Wrap it in a timeout: dropping the future kills the child.
-pub async fn output(cmd: &mut tokio::process::Command) -> io::Result<Output> {
+pub(crate) async fn output(cmd: &mut tokio::process::Command) -> io::Result<Output> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let (stdout, stderr) = tokio::join!(
@@ -120,7 +120,7 @@ fn keep_tail(kept: &mut Vec<u8>, data: &[u8]) {
 
 /// Run a blocking `cmd` to the end with stdout discarded and stderr piped, keeping the tail
 /// of stderr.
-pub fn stderr_tail(cmd: &mut std::process::Command) -> io::Result<(ExitStatus, Vec<u8>)> {
+pub(crate) fn stderr_tail(cmd: &mut std::process::Command) -> io::Result<(ExitStatus, Vec<u8>)> {
     use std::io::Read;
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;

@@ -27,7 +27,7 @@ impl Clock {
         }
     }
 
-    pub fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         self.wall0
             + Instant::now()
                 .saturating_duration_since(self.inst0)
@@ -35,7 +35,7 @@ impl Clock {
     }
 
     /// The monotonic instant at which wall time `ts` arrives (now, if it has passed).
-    pub fn instant_at(&self, ts: Timestamp) -> Instant {
+    pub(crate) fn instant_at(&self, ts: Timestamp) -> Instant {
         let now = Instant::now();
         let wait = ts - self.now();
         // Far-future deadlines are capped at a year: the loop looks again long before then,

@@ -15,13 +15,13 @@ use crate::store::{FlagId, Journal, MAX_LIST_BYTES, Store, fsutil, parse_digests
 /// and what could not be read of them. A list that cannot be read fails closed: while any
 /// is unreadable, no key can be shown not to be listed (`unknown`).
 #[derive(Clone, Debug, Default)]
-pub struct Blocked {
+pub(crate) struct Blocked {
     digests: HashSet<String>,
     problems: Vec<String>,
 }
 
 impl Blocked {
-    pub fn load(config: &Config) -> Blocked {
+    pub(crate) fn load(config: &Config) -> Blocked {
         let mut b = Blocked::default();
         for f in &config.agent.key_blocklist {
             match fsutil::read_capped(f, MAX_LIST_BYTES) {
@@ -50,15 +50,15 @@ impl Blocked {
     }
 
     /// Why the lists are incomplete, if they are.
-    pub fn unknown(&self) -> Option<String> {
+    pub(crate) fn unknown(&self) -> Option<String> {
         (!self.problems.is_empty()).then(|| self.problems.join("; "))
     }
 
-    pub fn contains(&self, digest: &str) -> bool {
+    pub(crate) fn contains(&self, digest: &str) -> bool {
         self.digests.contains(digest)
     }
 
-    pub fn insert(&mut self, digest: &str) {
+    pub(crate) fn insert(&mut self, digest: &str) {
         self.digests.insert(digest.to_string());
     }
 }
@@ -66,7 +66,7 @@ impl Blocked {
 /// The flag file for `cert` in `compromised_dir`, if present. Only a regular file is a flag:
 /// a symlink is not followed, and a FIFO, directory or device is not read; each is ignored
 /// with a warning saying so.
-pub fn flag(config: &Config, cert: &str) -> Option<FlagId> {
+pub(crate) fn flag(config: &Config, cert: &str) -> Option<FlagId> {
     let path = config.agent.compromised_dir.join(cert);
     let m = fs::symlink_metadata(&path).ok()?;
     if m.is_file() {
@@ -99,7 +99,7 @@ pub fn flag(config: &Config, cert: &str) -> Option<FlagId> {
 /// Keep the journal's record of the answered flag in step with `compromised_dir`: a flag
 /// seen gone re-arms (the next one is answered), a rewritten one stays answered. Called where
 /// certagent may write the journal (the daemon's evaluation, a re-issue), never by `check`.
-pub fn track_flag(store: &Store, config: &Config, cert: &str, journal: &mut Journal) {
+pub(crate) fn track_flag(store: &Store, config: &Config, cert: &str, journal: &mut Journal) {
     let Some(handled) = &journal.handled_flag else {
         return;
     };

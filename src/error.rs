@@ -10,12 +10,12 @@ use serde::Serialize;
 
 /// Exit codes documented in the README and relied on by scripts.
 pub mod exit {
-    pub const OK: u8 = 0;
-    pub const NEEDS_ACTION: u8 = 1;
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const NEEDS_ACTION: u8 = 1;
     pub const ERROR: u8 = 2;
-    pub const BUSY: u8 = 3;
-    pub const PENDING: u8 = 75;
-    pub const CONFIG: u8 = 78;
+    pub(crate) const BUSY: u8 = 3;
+    pub(crate) const PENDING: u8 = 75;
+    pub(crate) const CONFIG: u8 = 78;
 }
 
 #[derive(Debug)]
@@ -53,10 +53,10 @@ impl From<ConfigErrors> for Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn msg(message: impl Into<String>) -> Self {
+    pub(crate) fn msg(message: impl Into<String>) -> Self {
         Error::Failed {
             message: message.into(),
             hint: None,
@@ -64,7 +64,7 @@ impl Error {
         }
     }
 
-    pub fn with_hint(self, hint: impl Into<String>) -> Self {
+    pub(crate) fn with_hint(self, hint: impl Into<String>) -> Self {
         match self {
             Error::Failed {
                 message,
@@ -87,7 +87,7 @@ impl Error {
     }
 
     /// Attach a server's `Retry-After` (seconds).
-    pub fn with_retry_after(self, secs: Option<i64>) -> Self {
+    pub(crate) fn with_retry_after(self, secs: Option<i64>) -> Self {
         match self {
             Error::Failed { message, hint, .. } => Error::Failed {
                 message,
@@ -98,7 +98,7 @@ impl Error {
         }
     }
 
-    pub fn retry_after(&self) -> Option<i64> {
+    pub(crate) fn retry_after(&self) -> Option<i64> {
         match self {
             Error::Failed { retry_after, .. } => *retry_after,
             _ => None,
@@ -126,7 +126,7 @@ impl Error {
     }
 
     /// Prefix the message with what we were doing: `failed to X: <old message>`.
-    pub fn context(self, what: impl fmt::Display) -> Self {
+    pub(crate) fn context(self, what: impl fmt::Display) -> Self {
         match self {
             Error::Failed {
                 message,
@@ -171,18 +171,18 @@ impl std::error::Error for Error {}
 /// `urn:ietf:params:acme:error:` prefix, its detail, and the per-identifier subproblems.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub kind: String,
-    pub detail: Option<String>,
-    pub status: Option<u16>,
-    pub subproblems: Vec<Subproblem>,
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) status: Option<u16>,
+    pub(crate) subproblems: Vec<Subproblem>,
 }
 
 /// One identifier's part of a problem (RFC 8555 §6.7.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subproblem {
-    pub identifier: Option<String>,
-    pub kind: String,
-    pub detail: Option<String>,
+    pub(crate) identifier: Option<String>,
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
 }
 
 impl fmt::Display for Problem {
@@ -195,7 +195,7 @@ impl fmt::Display for Problem {
 }
 
 /// Attach "what we were doing" to any displayable error.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     fn context(self, what: impl fmt::Display) -> Result<T>;
     fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
 }
@@ -215,11 +215,11 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: usize,
-    pub key: String,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
     /// What to do about it, when that is known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
+    pub(crate) hint: Option<String>,
 }
 
 impl fmt::Display for ConfigError {

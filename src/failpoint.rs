@@ -15,7 +15,7 @@ macro_rules! failpoint {
 }
 
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     let Ok(value) = std::env::var("CERTAGENT_FAILPOINT") else {
         return;
     };
@@ -42,7 +42,7 @@ macro_rules! failpoint_async {
 }
 
 #[cfg(feature = "failpoints")]
-pub async fn hit_async(name: &str) {
+pub(crate) async fn hit_async(name: &str) {
     hit(name);
     let Ok(value) = std::env::var("CERTAGENT_FAILPOINT") else {
         return;
@@ -65,14 +65,14 @@ pub async fn hit_async(name: &str) {
 /// Whether `CERTAGENT_FAILPOINT` names `name` (for failpoints that change behaviour instead
 /// of killing the process).
 #[cfg(feature = "failpoints")]
-pub fn active(name: &str) -> bool {
+pub(crate) fn active(name: &str) -> bool {
     std::env::var("CERTAGENT_FAILPOINT").is_ok_and(|v| v == name)
 }
 
 /// Cut the file at `path` to half its length when `CERTAGENT_FAILPOINT` names `name`: a
 /// short write that went unnoticed, as a full disk or a power cut can leave one.
 #[cfg(feature = "failpoints")]
-pub fn truncate_if(name: &str, path: &std::path::Path) {
+pub(crate) fn truncate_if(name: &str, path: &std::path::Path) {
     if !active(name) {
         return;
     }

@@ -16,15 +16,15 @@ use zeroize::Zeroizing;
 use crate::core::{DomainName, KeySpec, LeafFacts};
 
 /// Files we read are capped: a chain is a few KiB.
-pub const MAX_PEM_BYTES: usize = 1 << 20;
+pub(crate) const MAX_PEM_BYTES: usize = 1 << 20;
 /// A chain longer than this is not a certificate chain.
-pub const MAX_PEM_BLOCKS: usize = 16;
+pub(crate) const MAX_PEM_BLOCKS: usize = 16;
 
 /// A PEM-encoded private key. Zeroized on drop; `Debug` is redacted.
 pub struct SecretPem(Zeroizing<String>);
 
 impl SecretPem {
-    pub fn new(pem: String) -> Self {
+    pub(crate) fn new(pem: String) -> Self {
         SecretPem(Zeroizing::new(pem))
     }
     pub fn as_str(&self) -> &str {
@@ -130,7 +130,7 @@ impl PrivateKey {
     }
 
     /// A CSR for `names` (first name as CN as well, for CAs that still want one).
-    pub fn csr_der(&self, names: &[DomainName]) -> Result<Vec<u8>, String> {
+    pub(crate) fn csr_der(&self, names: &[DomainName]) -> Result<Vec<u8>, String> {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .map_err(|e| format!("failed to build CSR: {e}"))?;
@@ -176,12 +176,12 @@ impl PrivateKey {
     }
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))
 }
 
 /// Which of our key specs a DER SubjectPublicKeyInfo is, if any.
-pub fn spec_of_spki(spki_der: &[u8]) -> Option<KeySpec> {
+pub(crate) fn spec_of_spki(spki_der: &[u8]) -> Option<KeySpec> {
     let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).ok()?;
     match spki.parsed().ok()? {
         x509_parser::public_key::PublicKey::EC(point) => {
@@ -205,7 +205,7 @@ pub fn spec_of_spki(spki_der: &[u8]) -> Option<KeySpec> {
 }
 
 /// PEM blocks of a file, with the size and block-count caps applied.
-pub fn pem_blocks(data: &[u8]) -> Result<Vec<pem_rfc7468_like::Block>, String> {
+pub(crate) fn pem_blocks(data: &[u8]) -> Result<Vec<pem_rfc7468_like::Block>, String> {
     pem_rfc7468_like::parse(data)
 }
 
@@ -236,7 +236,7 @@ impl Chain {
         Ok(Chain { certs })
     }
 
-    pub fn leaf_der(&self) -> &[u8] {
+    pub(crate) fn leaf_der(&self) -> &[u8] {
         &self.certs[0]
     }
 
@@ -306,7 +306,7 @@ pub fn pem_encode(tag: &str, der: &[u8]) -> String {
     out
 }
 
-pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
+pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
     let mut names = BTreeSet::new();
@@ -333,7 +333,7 @@ pub fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
 }
 
 /// http(s) URLs from the certificate's CRL Distribution Points.
-pub fn crl_urls(cert: &X509Certificate) -> Vec<String> {
+pub(crate) fn crl_urls(cert: &X509Certificate) -> Vec<String> {
     let mut urls = Vec::new();
     for ext in cert.extensions() {
         if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
@@ -355,7 +355,7 @@ pub fn crl_urls(cert: &X509Certificate) -> Vec<String> {
 }
 
 /// RFC 9773 §4.1 CertID: base64url(AKI keyIdentifier) "." base64url(serial content bytes).
-pub fn cert_id(cert: &X509Certificate) -> Option<String> {
+pub(crate) fn cert_id(cert: &X509Certificate) -> Option<String> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let aki = cert
@@ -376,7 +376,7 @@ pub fn cert_id(cert: &X509Certificate) -> Option<String> {
 }
 
 /// Serial number as lower-case hex without leading zeros (how Pebble and most tools print it).
-pub fn serial_hex(raw: &[u8]) -> String {
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
     let s = hex::encode(raw);
     let t = s.trim_start_matches('0');
     if t.is_empty() {
@@ -388,12 +388,12 @@ pub fn serial_hex(raw: &[u8]) -> String {
 
 /// A tiny, bounded PEM reader: we need block boundaries and base64 bodies, with caps, and
 /// nothing that echoes input back into error messages.
-pub mod pem_rfc7468_like {
+pub(crate) mod pem_rfc7468_like {
     use base64::Engine;
 
     use super::{MAX_PEM_BLOCKS, MAX_PEM_BYTES};
 
-    pub struct Block {
+    pub(crate) struct Block {
         tag: String,
         contents: zeroize::Zeroizing<Vec<u8>>,
     }
@@ -405,15 +405,15 @@ pub mod pem_rfc7468_like {
     }
 
     impl Block {
-        pub fn tag(&self) -> &str {
+        pub(crate) fn tag(&self) -> &str {
             &self.tag
         }
-        pub fn contents(&self) -> &[u8] {
+        pub(crate) fn contents(&self) -> &[u8] {
             &self.contents
         }
     }
 
-    pub fn parse(data: &[u8]) -> Result<Vec<Block>, String> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Vec<Block>, String> {
         if data.len() > MAX_PEM_BYTES {
             return Err(format!(
                 "PEM data is larger than {} KiB",
@@ -472,7 +472,7 @@ pub mod pem_rfc7468_like {
 
 /// Step 3 of the transaction: the chain must be for our key and our names, currently valid,
 /// and linked; the key must sign for the leaf. What fails here never reaches the server.
-pub fn validate_chain(
+pub(crate) fn validate_chain(
     names: &[DomainName],
     key: &PrivateKey,
     chain: &Chain,
@@ -515,7 +515,7 @@ pub fn validate_chain(
 /// The pair check of a generation, the question nginx and mod_ssl ask when they load it: the
 /// certificate parses, the key (read only once the certificate parsed) parses, the key is the
 /// leaf's key, and (for the key types certagent issues) it signs what the leaf's key verifies.
-pub fn check_generation(
+pub(crate) fn check_generation(
     fullchain_pem: &[u8],
     key_pem: impl FnOnce() -> Result<Zeroizing<Vec<u8>>, String>,
 ) -> Result<(), String> {

@@ -10,17 +10,17 @@ use crate::executor::{Observation, Signals, observe};
 use crate::store::{Journal, Store};
 
 /// A certificate's observation and its next step.
-pub struct Next {
-    pub observation: Observation,
-    pub step: Step,
+pub(crate) struct Next {
+    pub(crate) observation: Observation,
+    pub(crate) step: Step,
     /// Kept generations whose owner, group or modes differ from the configuration (or why
     /// that cannot be told), as an operator reads them.
-    pub drift: Vec<String>,
+    pub(crate) drift: Vec<String>,
 }
 
 /// Observe `cert` and decide its next step. `journal` is the certificate's journal as read
 /// by the caller (it may have just tracked a compromise flag in it).
-pub fn next(
+pub(crate) fn next(
     config: &Config,
     blocked: &Blocked,
     cert: &Certificate,

@@ -13,16 +13,16 @@ use crate::store::Journal;
 use crate::store::fsutil::{self, Perms};
 
 /// What the metrics say about one certificate.
-pub struct CertFacts<'a> {
-    pub name: &'a str,
+pub(crate) struct CertFacts<'a> {
+    pub(crate) name: &'a str,
     /// Expiry of the certificate in `cert_file`, when it parses.
-    pub not_after: Option<Timestamp>,
-    pub journal: Option<Journal>,
+    pub(crate) not_after: Option<Timestamp>,
+    pub(crate) journal: Option<Journal>,
 }
 
 /// Read what the metrics need and replace `metrics_file` (when configured) in one rename, so
 /// a scrape never sees half a file.
-pub fn write(config: &Config, now: Timestamp) -> Result<()> {
+pub(crate) fn write(config: &Config, now: Timestamp) -> Result<()> {
     let Some(path) = &config.agent.metrics_file else {
         return Ok(());
     };
@@ -51,7 +51,7 @@ fn not_after(cert: &Certificate) -> Option<Timestamp> {
 
 /// The textfile (exposition format 0.0.4), one family after another, certificates in name
 /// order.
-pub fn render(certs: &[CertFacts], now: Timestamp) -> String {
+pub(crate) fn render(certs: &[CertFacts], now: Timestamp) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, i64)>| {
         let _ = writeln!(out, "# HELP {name} {help}");

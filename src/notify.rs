@@ -12,20 +12,20 @@ use crate::core::Timestamp;
 use crate::http::Timeouts;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Event {
-    pub schema: u32,
+pub(crate) struct Event {
+    pub(crate) schema: u32,
     /// One of `config::EVENTS`.
-    pub event: &'static str,
-    pub certificate: String,
-    pub reason: Option<String>,
-    pub serial: Option<String>,
-    pub message: String,
-    pub at: String,
-    pub host: String,
+    pub(crate) event: &'static str,
+    pub(crate) certificate: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) serial: Option<String>,
+    pub(crate) message: String,
+    pub(crate) at: String,
+    pub(crate) host: String,
 }
 
 impl Event {
-    pub fn new(
+    pub(crate) fn new(
         event: &'static str,
         certificate: &str,
         message: impl Into<String>,
@@ -46,19 +46,19 @@ impl Event {
         }
     }
 
-    pub fn reason(mut self, r: impl Into<String>) -> Event {
+    pub(crate) fn reason(mut self, r: impl Into<String>) -> Event {
         self.reason = Some(r.into());
         self
     }
 
-    pub fn serial(mut self, s: impl Into<String>) -> Event {
+    pub(crate) fn serial(mut self, s: impl Into<String>) -> Event {
         self.serial = Some(s.into());
         self
     }
 }
 
 /// Deliver `event` to every subscribed notifier, one after the other, waiting for each.
-pub async fn emit(config: &Config, event: Event) {
+pub(crate) async fn emit(config: &Config, event: Event) {
     let targets: Vec<&Notify> = config
         .notify
         .values()

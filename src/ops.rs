@@ -24,7 +24,7 @@ use crate::output::{
 use crate::store::{Journal, OutcomeKind, Store};
 
 /// Resolve NAME arguments against the config (all certificates when empty).
-pub fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Certificate>> {
+pub(crate) fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Certificate>> {
     if names.is_empty() {
         return Ok(config.certificates.values().collect());
     }
@@ -49,14 +49,14 @@ pub fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Certif
 }
 
 /// The journal, read-only: never create the state directory just to look.
-pub fn journal_of(state_dir: &Path, name: &str) -> Option<Journal> {
+pub(crate) fn journal_of(state_dir: &Path, name: &str) -> Option<Journal> {
     state_dir
         .is_dir()
         .then(|| Store::at(state_dir).journal(name).ok())
         .flatten()
 }
 
-pub fn outcome_str(k: OutcomeKind) -> &'static str {
+pub(crate) fn outcome_str(k: OutcomeKind) -> &'static str {
     match k {
         OutcomeKind::Pending => "pending",
         OutcomeKind::Installed => "installed",
@@ -66,7 +66,7 @@ pub fn outcome_str(k: OutcomeKind) -> &'static str {
     }
 }
 
-pub fn report(
+pub(crate) fn report(
     config: &Config,
     blocked: &Blocked,
     cert: &Certificate,
@@ -164,7 +164,7 @@ pub fn report(
     }
 }
 
-pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (CheckDoc, u8) {
+pub(crate) fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (CheckDoc, u8) {
     let blocked = Blocked::load(config);
     let certificates: Vec<CertificateReport> = certs
         .iter()
@@ -200,7 +200,7 @@ pub fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (Ch
 /// journalled with, a permission fix `permissions-changed`. A failed post_install hook leaves
 /// the certificate installed (the result says so) and fails the run all the same (error
 /// set, exit 2).
-pub fn document(name: &str, reason: Reason, outcome: &Outcome) -> ReissueResult {
+pub(crate) fn document(name: &str, reason: Reason, outcome: &Outcome) -> ReissueResult {
     let blank = |result: &str| ReissueResult::new(name, result, reason.as_str());
     let failed = |result: &str, e: &Error| {
         let mut r = blank(result);
@@ -255,7 +255,11 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
 }
 
 /// Re-issue one certificate (the executor tells the operators how it went).
-pub async fn reissue_one(executor: &Executor, cert: &Certificate, reason: Reason) -> Outcome {
+pub(crate) async fn reissue_one(
+    executor: &Executor,
+    cert: &Certificate,
+    reason: Reason,
+) -> Outcome {
     log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
     let outcome = executor.reissue(cert, reason).await;
     if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
@@ -291,7 +295,7 @@ fn warn_if_due_at_install(executor: &Executor, cert: &Certificate) {
 
 /// Install a certificate handed back for a pending manual re-issue. Whatever stopped it is
 /// reported as a failure (reason `forced`).
-pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> Outcome {
+pub(crate) async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) -> Outcome {
     let outcome = executor.import(cert, data).await;
     if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
         warn_if_due_at_install(executor, cert);
@@ -300,9 +304,9 @@ pub async fn import_one(executor: &Executor, cert: &Certificate, data: &[u8]) ->
 }
 
 /// The reason `check` gives for kept generations whose access differs from the config.
-pub const PERMISSIONS_CHANGED: &str = "permissions-changed";
+pub(crate) const PERMISSIONS_CHANGED: &str = "permissions-changed";
 
-pub fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {
+pub(crate) fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {
     let ok = certificates.iter().all(|r| r.error.is_none());
     let changed = certificates.iter().any(|r| r.changed);
     let pending = certificates.iter().any(|r| r.result == "pending");
@@ -330,7 +334,7 @@ fn relative(ts: &str, now: Timestamp) -> String {
     }
 }
 
-pub fn render_check(doc: &CheckDoc, now: Timestamp) {
+pub(crate) fn render_check(doc: &CheckDoc, now: Timestamp) {
     if doc.certificates.is_empty() {
         out!("no certificates configured");
     }
@@ -366,7 +370,7 @@ pub fn render_check(doc: &CheckDoc, now: Timestamp) {
     }
 }
 
-pub fn render_status(doc: &CheckDoc, now: Timestamp) {
+pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
     for r in &doc.certificates {
         out!("{}", r.name);
         out!("  names:       {}", r.names.join(", "));
@@ -461,7 +465,7 @@ pub fn render_status(doc: &CheckDoc, now: Timestamp) {
     }
 }
 
-pub fn render_reissue(doc: &ReissueDoc) {
+pub(crate) fn render_reissue(doc: &ReissueDoc) {
     for r in &doc.certificates {
         let what = match r.result.as_str() {
             "started" => {

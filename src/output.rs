@@ -5,119 +5,119 @@ use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: u32 = 1;
 
-pub use crate::core::rfc3339;
+pub(crate) use crate::core::rfc3339;
 
 /// One certificate in `check` and `status`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct CertificateReport {
-    pub name: String,
-    pub healthy: bool,
+pub(crate) struct CertificateReport {
+    pub(crate) name: String,
+    pub(crate) healthy: bool,
     /// The reason that wins, if any.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Every reason that applies, most urgent first.
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
     /// What certagent would do / does next: "none", "reissue", "resume".
-    pub action: String,
-    pub names: Vec<String>,
-    pub key_type: String,
-    pub cert_file: String,
-    pub key_file: String,
-    pub serial: Option<String>,
-    pub not_after: Option<String>,
-    pub renew_at: Option<String>,
-    pub problems: Vec<String>,
-    pub generation: Option<u64>,
+    pub(crate) action: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) key_type: String,
+    pub(crate) cert_file: String,
+    pub(crate) key_file: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) not_after: Option<String>,
+    pub(crate) renew_at: Option<String>,
+    pub(crate) problems: Vec<String>,
+    pub(crate) generation: Option<u64>,
     /// When certagent next looks at this certificate by itself (renewal window or retry).
-    pub next_check: Option<String>,
+    pub(crate) next_check: Option<String>,
     /// Consecutive failed attempts.
-    pub failures: u32,
-    pub pending: Option<PendingReport>,
-    pub last: Option<LastReport>,
+    pub(crate) failures: u32,
+    pub(crate) pending: Option<PendingReport>,
+    pub(crate) last: Option<LastReport>,
     /// The CA lists the serial in service as revoked (CRL).
-    pub revoked: Option<RevokedReport>,
+    pub(crate) revoked: Option<RevokedReport>,
     /// ACME Renewal Information for the serial in service.
-    pub ari: Option<AriReport>,
+    pub(crate) ari: Option<AriReport>,
     /// A compromised predecessor still to revoke or purge.
-    pub compromise: Option<CompromiseReport>,
+    pub(crate) compromise: Option<CompromiseReport>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct RevokedReport {
-    pub serial: String,
+pub(crate) struct RevokedReport {
+    pub(crate) serial: String,
     /// RFC 5280 reason code (1 = keyCompromise).
-    pub reason: Option<u8>,
-    pub seen_at: String,
-    pub source: String,
+    pub(crate) reason: Option<u8>,
+    pub(crate) seen_at: String,
+    pub(crate) source: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct AriReport {
-    pub window_start: String,
-    pub window_end: String,
-    pub renew_at: String,
-    pub next_fetch: String,
-    pub explanation_url: Option<String>,
+pub(crate) struct AriReport {
+    pub(crate) window_start: String,
+    pub(crate) window_end: String,
+    pub(crate) renew_at: String,
+    pub(crate) next_fetch: String,
+    pub(crate) explanation_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct CompromiseReport {
-    pub key_sha256: String,
-    pub revocation_pending: bool,
-    pub revoke_attempts: u32,
-    pub purged: bool,
+pub(crate) struct CompromiseReport {
+    pub(crate) key_sha256: String,
+    pub(crate) revocation_pending: bool,
+    pub(crate) revoke_attempts: u32,
+    pub(crate) purged: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct PendingReport {
-    pub reason: String,
-    pub since: String,
-    pub issuer: String,
-    pub attempts: u32,
-    pub order_url: Option<String>,
-    pub issued: bool,
+pub(crate) struct PendingReport {
+    pub(crate) reason: String,
+    pub(crate) since: String,
+    pub(crate) issuer: String,
+    pub(crate) attempts: u32,
+    pub(crate) order_url: Option<String>,
+    pub(crate) issued: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct LastReport {
-    pub at: String,
-    pub result: String,
-    pub reason: String,
-    pub message: String,
-    pub serial: Option<String>,
-    pub generation: Option<u64>,
+pub(crate) struct LastReport {
+    pub(crate) at: String,
+    pub(crate) result: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) generation: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct CheckDoc {
-    pub schema: u32,
-    pub changed: bool,
-    pub healthy: bool,
-    pub certificates: Vec<CertificateReport>,
+pub(crate) struct CheckDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    pub(crate) healthy: bool,
+    pub(crate) certificates: Vec<CertificateReport>,
 }
 
 /// One certificate's result in `reissue`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ReissueResult {
-    pub name: String,
+pub(crate) struct ReissueResult {
+    pub(crate) name: String,
     /// "installed", "installed-not-loaded", "pending", "failed", "rolled-back" (and from the
     /// daemon: "started"). An installed certificate whose post_install hook failed keeps its
     /// result and has `error` set.
-    pub result: String,
-    pub changed: bool,
-    pub reason: String,
-    pub serial: Option<String>,
-    pub not_after: Option<String>,
-    pub generation: Option<u64>,
-    pub error: Option<String>,
-    pub hint: Option<String>,
+    pub(crate) result: String,
+    pub(crate) changed: bool,
+    pub(crate) reason: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) not_after: Option<String>,
+    pub(crate) generation: Option<u64>,
+    pub(crate) error: Option<String>,
+    pub(crate) hint: Option<String>,
     /// With result "pending": seconds until certagent looks again by itself, if known.
     #[serde(default)]
-    pub retry_in: Option<i64>,
+    pub(crate) retry_in: Option<i64>,
 }
 
 impl ReissueResult {
     /// A result that installed nothing (yet): its kind and reason, the rest empty.
-    pub fn new(name: &str, result: &str, reason: &str) -> ReissueResult {
+    pub(crate) fn new(name: &str, result: &str, reason: &str) -> ReissueResult {
         ReissueResult {
             name: name.to_string(),
             result: result.to_string(),
@@ -134,11 +134,11 @@ impl ReissueResult {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ReissueDoc {
-    pub schema: u32,
-    pub changed: bool,
-    pub ok: bool,
-    pub certificates: Vec<ReissueResult>,
+pub(crate) struct ReissueDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    pub(crate) ok: bool,
+    pub(crate) certificates: Vec<ReissueResult>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -151,47 +151,47 @@ pub struct ErrorDoc {
 }
 
 #[derive(Serialize, Debug, Clone)]
-pub struct ValidateDoc {
-    pub schema: u32,
-    pub changed: bool,
-    pub valid: bool,
-    pub files: Vec<String>,
-    pub certificates: Vec<String>,
-    pub errors: Vec<crate::config::ConfigError>,
+pub(crate) struct ValidateDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    pub(crate) valid: bool,
+    pub(crate) files: Vec<String>,
+    pub(crate) certificates: Vec<String>,
+    pub(crate) errors: Vec<crate::config::ConfigError>,
 }
 
 /// `install` and `uninstall`: every step considered, whether it changed (or, with
 /// `--dry-run`, would change) the host, and the state of the service afterwards.
 #[derive(Serialize, Debug, Clone)]
-pub struct InstallDoc {
-    pub schema: u32,
-    pub changed: bool,
-    pub dry_run: bool,
-    pub steps: Vec<InstallStep>,
-    pub service: ServiceReport,
+pub(crate) struct InstallDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) steps: Vec<InstallStep>,
+    pub(crate) service: ServiceReport,
     /// Configuration errors that kept the service from being started.
-    pub errors: Vec<crate::config::ConfigError>,
+    pub(crate) errors: Vec<crate::config::ConfigError>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct InstallStep {
+pub(crate) struct InstallStep {
     /// "directory", "file", "symlink", "remove", "systemctl".
-    pub action: String,
+    pub(crate) action: String,
     /// The path acted on, or the systemctl verb.
-    pub target: String,
-    pub changed: bool,
+    pub(crate) target: String,
+    pub(crate) changed: bool,
     /// What was (or would be) done, in words.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ServiceReport {
-    pub unit: Option<String>,
-    pub enabled: bool,
+pub(crate) struct ServiceReport {
+    pub(crate) unit: Option<String>,
+    pub(crate) enabled: bool,
     /// `None` when systemd is not running here (or with `--root`).
-    pub active: Option<bool>,
+    pub(crate) active: Option<bool>,
     /// Why the service was not started, when it was not.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 pub fn print_json<T: Serialize>(doc: &T) {
@@ -203,7 +203,7 @@ pub fn print_json<T: Serialize>(doc: &T) {
 
 /// Write a document to stdout. A reader that went away (`| head`) is not an error worth a
 /// panic, which is what `println!` does on a closed pipe.
-pub fn print_stdout(text: &str) {
+pub(crate) fn print_stdout(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());

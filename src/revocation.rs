@@ -12,14 +12,14 @@ use crate::error::{Error, Result};
 use crate::http::Http;
 
 /// CRLs of a big CA are sharded but can still be a few MiB.
-pub const MAX_CRL_BYTES: usize = 16 << 20;
+pub(crate) const MAX_CRL_BYTES: usize = 16 << 20;
 
 /// What a CRL says about one serial.
 #[derive(Debug, PartialEq)]
 pub struct CrlVerdict {
     /// `Some(reason)` when listed (reason code if the entry has one).
-    pub revoked: Option<Option<u8>>,
-    pub next_update: Option<Timestamp>,
+    pub(crate) revoked: Option<Option<u8>>,
+    pub(crate) next_update: Option<Timestamp>,
 }
 
 /// Look up `serial` (content octets) in the DER or PEM CRL `data`, believing it only if it is
@@ -66,7 +66,7 @@ pub fn crl_lookup(
 }
 
 /// Fetch a CRL (capped) and look the serial up.
-pub async fn check_crl(
+pub(crate) async fn check_crl(
     http: &Http,
     url: &str,
     serial: &[u8],
@@ -88,7 +88,7 @@ pub struct RenewalInfo {
     pub end: Timestamp,
     /// Seconds until asking again (the server's Retry-After, clamped to 1 min .. 1 day).
     pub retry_after: i64,
-    pub explanation_url: Option<String>,
+    pub(crate) explanation_url: Option<String>,
 }
 
 pub fn parse_renewal_info(body: &[u8], retry_after: Option<i64>) -> Result<RenewalInfo, String> {
@@ -119,7 +119,7 @@ pub fn parse_renewal_info(body: &[u8], retry_after: Option<i64>) -> Result<Renew
 }
 
 /// Fetch the directory's `renewalInfo` base URL (None when the CA offers no ARI).
-pub async fn renewal_info_base(http: &Http, directory: &str) -> Result<Option<String>> {
+pub(crate) async fn renewal_info_base(http: &Http, directory: &str) -> Result<Option<String>> {
     let (status, _, body) = http.get_capped(directory).await?;
     if !status.is_success() {
         return Err(Error::msg(format!(
@@ -134,7 +134,7 @@ pub async fn renewal_info_base(http: &Http, directory: &str) -> Result<Option<St
         .map(|u| u.trim_end_matches('/').to_string()))
 }
 
-pub async fn renewal_info(
+pub(crate) async fn renewal_info(
     http: &Http,
     base: &str,
     cert_id: &str,

@@ -7,50 +7,50 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-pub fn notify_ready(status: &str) {
+pub(crate) fn notify_ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Whether a service manager listens (`NOTIFY_SOCKET` is set).
-pub fn notifying() -> bool {
+pub(crate) fn notifying() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
-pub fn notify_status(status: &str) {
+pub(crate) fn notify_status(status: &str) {
     if notifying() {
         let _ = sd_notify::notify(&[NotifyState::Status(status)]);
     }
 }
 
-pub fn notify_reloading() {
+pub(crate) fn notify_reloading() {
     let _ = sd_notify::notify(&[
         NotifyState::Reloading,
         NotifyState::Status("reloading configuration"),
     ]);
 }
 
-pub fn notify_stopping() {
+pub(crate) fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-pub fn notify_watchdog() {
+pub(crate) fn notify_watchdog() {
     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
 }
 
 /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd set it for us.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
 /// Secret files the unit hands over as credentials: `LoadCredential=certagent:DIR` loads
 /// each file `DIR/NAME` as the credential `certagent_NAME`, and `InaccessiblePaths=DIR`
 /// hides the originals from the service.
-pub const CREDENTIALS_DIR: &str = "/etc/certagent/credentials";
+pub(crate) const CREDENTIALS_DIR: &str = "/etc/certagent/credentials";
 const CREDENTIAL_PREFIX: &str = "certagent_";
 
 /// Where to read a configured secret file: under the unit (`$CREDENTIALS_DIRECTORY` set), a
 /// path in [`CREDENTIALS_DIR`] is read from its credential; everywhere else, the path itself.
-pub fn secret_path(configured: &Path) -> PathBuf {
+pub(crate) fn secret_path(configured: &Path) -> PathBuf {
     credential_for(
         configured,
         std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),

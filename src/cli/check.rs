@@ -12,13 +12,13 @@ use crate::ops;
 use crate::output::{self, CheckDoc};
 
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Certificates to look at (default: all).
     #[arg(value_name = "NAME")]
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Print a JSON document on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 async fn doc(config_path: &Path, args: &CheckArgs, status: bool) -> Result<(CheckDoc, u8)> {
@@ -39,7 +39,7 @@ async fn doc(config_path: &Path, args: &CheckArgs, status: bool) -> Result<(Chec
     Ok(ops::check_doc(&config, &certs, Clock::new().now()))
 }
 
-pub async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8> {
+pub(crate) async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8> {
     let (doc, code) = doc(config_path, args, false).await?;
     if args.json {
         output::print_json(&doc);
@@ -49,7 +49,7 @@ pub async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8> {
     Ok(code)
 }
 
-pub async fn status(config_path: &Path, args: &CheckArgs) -> Result<u8> {
+pub(crate) async fn status(config_path: &Path, args: &CheckArgs) -> Result<u8> {
     let (doc, _) = doc(config_path, args, true).await?;
     if args.json {
         output::print_json(&doc);

@@ -18,17 +18,17 @@ use crate::output::{self, ReissueDoc};
 use crate::store::{Lock, fsutil};
 
 #[derive(Args, Debug)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The certificate (as configured) whose re-issue is pending.
-    pub name: String,
+    pub(crate) name: String,
     /// PEM file with the certificate (and, ideally, its intermediates).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Print a JSON document on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub async fn import(config_path: &Path, args: &ImportArgs) -> Result<u8> {
+pub(crate) async fn import(config_path: &Path, args: &ImportArgs) -> Result<u8> {
     let config = crate::config::Config::load(config_path)?;
     let cert = ops::select(&config, std::slice::from_ref(&args.name))?[0].clone();
     let data = fsutil::read_capped(&args.file, crate::keys::MAX_PEM_BYTES)?.ok_or_else(|| {

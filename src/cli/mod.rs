@@ -5,7 +5,7 @@ mod check;
 mod config_cmd;
 mod discover;
 mod import;
-pub mod install;
+pub(crate) mod install;
 mod reissue;
 
 use std::path::PathBuf;
@@ -125,7 +125,7 @@ fn after_long_help() -> String {
 pub struct Cli {
     /// Configuration file; drop-ins in conf.d/ beside it are merged in file-name order.
     #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 
     /// More detail on stderr (-vv for even more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -136,11 +136,11 @@ pub struct Cli {
     pub quiet: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// The daemon, in the foreground (systemd Type=notify).
     ///
     /// Watches every configured certificate and key (inotify), the config and its drop-ins,
@@ -202,7 +202,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Report every error in the config and drop-ins at once, each with file, line and key.
     ///
     /// With --with FILE --as PATH, FILE's content stands in for PATH (the config file or a
@@ -224,7 +224,7 @@ pub enum ConfigCommand {
 
 /// Operator reasons for `reissue --reason`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ReasonArg {
+pub(crate) enum ReasonArg {
     /// The key is (or may be) in someone else's hands.
     KeyCompromise,
     /// The key was lost.

@@ -19,33 +19,33 @@ use crate::output::{self, ReissueDoc};
 use crate::store::Lock;
 
 #[derive(Args, Debug)]
-pub struct ReissueArgs {
+pub(crate) struct ReissueArgs {
     /// Re-issue immediately (required: a re-issue from the command line is always now).
     #[arg(long, required = true)]
-    pub now: bool,
+    pub(crate) now: bool,
     /// Certificates to re-issue.
     #[arg(
         value_name = "NAME",
         required_unless_present = "all",
         conflicts_with = "all"
     )]
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Re-issue every configured certificate.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Why; recorded in the journal and logs.
     #[arg(long, value_enum, default_value = "superseded")]
-    pub reason: ReasonArg,
+    pub(crate) reason: ReasonArg,
     /// Return once the daemon has started the re-issue instead of waiting for the outcome
     /// (needs a running daemon).
     #[arg(long)]
-    pub no_wait: bool,
+    pub(crate) no_wait: bool,
     /// Print a JSON document on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub fn core_reason(r: ReasonArg) -> Reason {
+pub(crate) fn core_reason(r: ReasonArg) -> Reason {
     match r {
         ReasonArg::KeyCompromise => Reason::KeyCompromised,
         ReasonArg::KeyLost => Reason::KeyMissing,
@@ -55,7 +55,7 @@ pub fn core_reason(r: ReasonArg) -> Reason {
     }
 }
 
-pub async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
+pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
     let config = crate::config::Config::load(config_path)?;
     let names: &[String] = if args.all { &[] } else { &args.names };
     let certs = ops::select(&config, names)?;

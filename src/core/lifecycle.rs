@@ -6,46 +6,46 @@ use super::{Budget, Decision, Reason, Timestamp, backoff_holds};
 
 /// How long a certificate whose compromised-key lists cannot be read waits before it is
 /// looked at again (sooner when a list changes: the daemon watches them).
-pub const HOLD_RECHECK: i64 = 3_600;
+pub(crate) const HOLD_RECHECK: i64 = 3_600;
 
 /// What the journal (and the few facts gathered beside it) say about work in progress.
 #[derive(Clone, Debug, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     /// A flip to a new generation is journalled and neither verified nor undone yet.
-    pub flip: bool,
+    pub(crate) flip: bool,
     /// Revoking or purging a compromised predecessor is left to do.
-    pub post_compromise: bool,
+    pub(crate) post_compromise: bool,
     /// The backoff after a failure: no attempt before this time…
-    pub retry_at: Option<Timestamp>,
+    pub(crate) retry_at: Option<Timestamp>,
     /// …for what the certificate needed when it failed (a new trigger is acted on at once).
-    pub failed_with: Vec<Reason>,
-    pub pending: Option<PendingView>,
+    pub(crate) failed_with: Vec<Reason>,
+    pub(crate) pending: Option<PendingView>,
     /// A list of compromised keys cannot be read (why): nothing may be re-issued.
-    pub compromise_problem: Option<String>,
+    pub(crate) compromise_problem: Option<String>,
     /// Kept generations lack the configured owner, group or modes.
-    pub permission_drift: bool,
+    pub(crate) permission_drift: bool,
     /// Whether, and when, to fetch the CA's view of the serial in service (CRL, ARI).
-    pub ca_view: CaView,
+    pub(crate) ca_view: CaView,
     /// The hourly guard on re-issues the daemon starts by itself.
-    pub budget: Budget,
+    pub(crate) budget: Budget,
 }
 
 /// A re-issue in flight (its key on disk, maybe its order at the CA).
 #[derive(Clone, Debug, PartialEq)]
-pub struct PendingView {
-    pub reason: Reason,
+pub(crate) struct PendingView {
+    pub(crate) reason: Reason,
     /// It already answers a compromised key.
-    pub answers_compromise: bool,
+    pub(crate) answers_compromise: bool,
     /// Waiting on a human (a manual CA) rather than on a machine.
-    pub human: bool,
+    pub(crate) human: bool,
     /// When to look at it again, journalled when the last attempt ended pending: the next
     /// reminder (manual CA) or the CA's Retry-After. `None`: at once.
-    pub next_look: Option<Timestamp>,
+    pub(crate) next_look: Option<Timestamp>,
 }
 
 /// The CA's view of the serial in service (CRL, ARI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CaView {
+pub(crate) enum CaView {
     /// Nothing to fetch: no CRL distribution point and no ACME issuer (or nothing to fetch
     /// for this serial any more).
     Nothing,
@@ -57,7 +57,7 @@ pub enum CaView {
 
 /// The next step for a certificate.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Verify (or undo) the journalled flip.
     FinishFlip,
     /// Revoke and purge the compromised predecessor.
@@ -88,7 +88,7 @@ pub enum Step {
 impl Step {
     /// When certagent looks at the certificate next by itself: now for a step that is work,
     /// the step's time for a wait.
-    pub fn next_look(&self, now: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn next_look(&self, now: Timestamp) -> Option<Timestamp> {
         match self {
             Step::FinishFlip
             | Step::FinishCompromise
@@ -105,21 +105,8 @@ impl Step {
         }
     }
 
-    /// Whether this step is work done now (a job), rather than a wait.
-    pub fn is_work(&self) -> bool {
-        matches!(
-            self,
-            Step::FinishFlip
-                | Step::FinishCompromise
-                | Step::Act { .. }
-                | Step::Resume { .. }
-                | Step::FixPermissions
-                | Step::Refresh
-        )
-    }
-
     /// The word `check` and `status` show for it (the `action` of the JSON documents).
-    pub fn action(&self) -> &'static str {
+    pub(crate) fn action(&self) -> &'static str {
         match self {
             Step::Hold { .. } => "hold",
             Step::Resume { .. } | Step::WaitForHuman { .. } | Step::WaitForCa { .. } => "resume",
@@ -136,7 +123,7 @@ impl Step {
 /// predecessor), then the hold on unreadable key lists, then pending work, then a new
 /// re-issue; a healthy certificate gets its permissions fixed or the CA's view refreshed, or
 /// waits for its renewal point.
-pub fn next_step(view: &View, decision: &Decision, now: Timestamp) -> Step {
+pub(crate) fn next_step(view: &View, decision: &Decision, now: Timestamp) -> Step {
     if view.flip {
         return Step::FinishFlip;
     }
@@ -424,7 +411,6 @@ mod tests {
         ];
         for (step, at, action) in steps {
             assert_eq!(step.next_look(NOW), at, "{step:?}");
-            assert_eq!(step.is_work(), at == Some(NOW), "{step:?}");
             assert_eq!(step.action(), action, "{step:?}");
         }
     }

@@ -21,7 +21,7 @@ pub enum KeySpec {
 }
 
 impl KeySpec {
-    pub const ALL: [KeySpec; 5] = [
+    pub(crate) const ALL: [KeySpec; 5] = [
         KeySpec::EcdsaP256,
         KeySpec::EcdsaP384,
         KeySpec::Rsa2048,
@@ -29,7 +29,7 @@ impl KeySpec {
         KeySpec::Rsa4096,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KeySpec::EcdsaP256 => "ecdsa-p256",
             KeySpec::EcdsaP384 => "ecdsa-p384",
@@ -91,7 +91,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::KeyCompromised => "key-compromised",
             Reason::CompromiseUnknown => "compromise-unknown",
@@ -120,7 +120,7 @@ impl fmt::Display for Reason {
 pub struct DomainName(String);
 
 impl DomainName {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -179,10 +179,10 @@ impl FromStr for DomainName {
 pub struct Span(pub i64);
 
 impl Span {
-    pub const fn secs(s: i64) -> Span {
+    pub(crate) const fn secs(s: i64) -> Span {
         Span(s)
     }
-    pub const fn days(d: i64) -> Span {
+    pub(crate) const fn days(d: i64) -> Span {
         Span(d * 86_400)
     }
 }

@@ -76,7 +76,7 @@ struct Daemon {
 }
 
 /// Run as the service: signals SIGTERM/SIGINT end it.
-pub async fn run_service(config_path: &Path) -> Result<u8> {
+pub(crate) async fn run_service(config_path: &Path) -> Result<u8> {
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Error::msg(format!("failed to catch SIGTERM: {e}")))?;
     let mut int = signal(SignalKind::interrupt())

@@ -19,8 +19,8 @@ mod obtain;
 mod outcome;
 mod refresh;
 
-pub use observe::{Observation, Signals, desired, observe};
-pub use outcome::{Installed, Outcome, Waiting};
+pub(crate) use observe::{Observation, Signals, observe};
+pub(crate) use outcome::{Installed, Outcome, Waiting};
 
 use outcome::{Attempt, Stop};
 
@@ -37,10 +37,10 @@ use crate::store::{self, Journal, OutcomeKind, Store};
 
 /// Carries out re-issues. Cheap to clone: jobs of the daemon each hold one.
 #[derive(Clone)]
-pub struct Executor {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub clock: Clock,
+pub(crate) struct Executor {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) clock: Clock,
     /// Becomes true when the daemon shuts down: work that has not flipped yet stops (it is
     /// journalled and resumes next time); an install that has flipped completes or rolls back.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -53,7 +53,7 @@ enum Recovered {
 }
 
 impl Executor {
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         clock: Clock,
         shutdown: tokio::sync::watch::Receiver<bool>,
@@ -112,7 +112,7 @@ impl Executor {
 
     /// Finish journalled work (an interrupted install, the revocation and purge of a
     /// compromised predecessor) without starting a re-issue.
-    pub async fn finish(&self, cert: &Certificate) -> Outcome {
+    pub(crate) async fn finish(&self, cert: &Certificate) -> Outcome {
         match self.recover(cert).await {
             Ok(Recovered::Clean(_)) | Ok(Recovered::Interrupted(Ok(_))) => Outcome::Finished,
             Ok(Recovered::Interrupted(Err(stop))) => Outcome::FinishFailed(stop.into_error()),
@@ -122,7 +122,7 @@ impl Executor {
 
     /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
     /// run was killed after its flip, finishing that install is the re-issue asked for.
-    pub async fn reissue(&self, cert: &Certificate, reason: Reason) -> Outcome {
+    pub(crate) async fn reissue(&self, cert: &Certificate, reason: Reason) -> Outcome {
         let started = self.clock.now();
         let attempt = match self.recover(cert).await {
             Ok(Recovered::Interrupted(interrupted)) => interrupted,
@@ -189,7 +189,7 @@ impl Executor {
 
     /// Journal a failed attempt that ended without journalling its outcome. Best effort: the
     /// failure may be that the journal cannot be written.
-    pub fn record_failure(&self, name: &str, reason: Reason, message: &str) {
+    pub(crate) fn record_failure(&self, name: &str, reason: Reason, message: &str) {
         let Ok(mut journal) = self.store.journal(name) else {
             return;
         };
@@ -211,7 +211,7 @@ impl Executor {
     /// inbox): accepted only if it is for the pending key and the configured names, then
     /// installed with the full transaction. The caller holds the lock.
     /// Whatever stopped it is a failure.
-    pub async fn import(&self, cert: &Certificate, data: &[u8]) -> Outcome {
+    pub(crate) async fn import(&self, cert: &Certificate, data: &[u8]) -> Outcome {
         let started = self.clock.now();
         let outcome = match Outcome::of(cert, self.import_chain(cert, data).await) {
             Outcome::RolledBack(e) => Outcome::Failed(e),
@@ -278,7 +278,7 @@ impl Executor {
 
     /// Give every kept generation of `cert` the configured owner, group and modes (no new
     /// key; adopted generations are only narrowed).
-    pub fn fix_permissions(&self, cert: &Certificate) -> Outcome {
+    pub(crate) fn fix_permissions(&self, cert: &Certificate) -> Outcome {
         match self.fix_generations(cert) {
             Ok(changed) => Outcome::PermissionsFixed { changed },
             Err(e) => Outcome::PermissionsFailed(e),

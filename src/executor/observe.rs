@@ -8,17 +8,16 @@ use crate::store::{FlagId, Journal, fsutil};
 use zeroize::Zeroizing;
 
 /// What is on disk for one certificate, with the problems found reading it.
-pub struct Observation {
-    pub observed: Observed,
-    pub decision: Decision,
-    pub leaf: Option<core::LeafFacts>,
-    pub cert_problem: Option<String>,
-    pub key_problem: Option<String>,
+pub(crate) struct Observation {
+    pub(crate) decision: Decision,
+    pub(crate) leaf: Option<core::LeafFacts>,
+    pub(crate) cert_problem: Option<String>,
+    pub(crate) key_problem: Option<String>,
     /// Why it cannot be told whether a key is compromised (a list that cannot be read).
-    pub compromise_problem: Option<String>,
+    pub(crate) compromise_problem: Option<String>,
 }
 
-pub fn desired(cert: &Certificate) -> Desired {
+pub(crate) fn desired(cert: &Certificate) -> Desired {
     Desired {
         names: cert.names.iter().cloned().collect(),
         key_spec: cert.key_type,
@@ -28,16 +27,16 @@ pub fn desired(cert: &Certificate) -> Desired {
 
 /// What, besides the files themselves, says a certificate's key or serial must go.
 #[derive(Default)]
-pub struct Signals<'a> {
+pub(crate) struct Signals<'a> {
     /// Digests from the blocklists and certagent's memory of compromised keys.
-    pub blocked: Option<&'a Blocked>,
+    pub(crate) blocked: Option<&'a Blocked>,
     /// The flag file in `compromised_dir`, if present.
-    pub flag: Option<FlagId>,
-    pub journal: Option<&'a Journal>,
+    pub(crate) flag: Option<FlagId>,
+    pub(crate) journal: Option<&'a Journal>,
 }
 
 impl<'a> Signals<'a> {
-    pub fn for_cert(
+    pub(crate) fn for_cert(
         config: &Config,
         blocked: &'a Blocked,
         journal: Option<&'a Journal>,
@@ -53,18 +52,18 @@ impl<'a> Signals<'a> {
 
 /// The configured files as read, once: what `observe` decides from, and what a re-issue
 /// needs of the pair in service (the key to quarantine, the leaf to revoke or replace).
-pub struct InService {
-    pub cert: CertFact,
+pub(crate) struct InService {
+    pub(crate) cert: CertFact,
     /// The certificate file as parsed (its leaf may still be unusable: see `cert`).
-    pub chain: Option<Chain>,
-    pub key: KeyFact,
-    pub key_pem: Option<Zeroizing<Vec<u8>>>,
-    pub private_key: Option<PrivateKey>,
+    pub(crate) chain: Option<Chain>,
+    pub(crate) key: KeyFact,
+    pub(crate) key_pem: Option<Zeroizing<Vec<u8>>>,
+    pub(crate) private_key: Option<PrivateKey>,
 }
 
 impl InService {
     /// Read the configured files, never writing anything.
-    pub fn read(cert: &Certificate) -> InService {
+    pub(crate) fn read(cert: &Certificate) -> InService {
         let (cert_fact, chain) = match fsutil::read_capped(&cert.cert_file, keys::MAX_PEM_BYTES) {
             Ok(None) => (CertFact::Missing, None),
             Err(e) => (CertFact::Invalid(e.to_string()), None),
@@ -109,7 +108,7 @@ impl InService {
         }
     }
 
-    pub fn leaf(&self) -> Option<&core::LeafFacts> {
+    pub(crate) fn leaf(&self) -> Option<&core::LeafFacts> {
         match &self.cert {
             CertFact::Present(l) => Some(l),
             _ => None,
@@ -118,12 +117,12 @@ impl InService {
 }
 
 /// Read the configured files (never writing anything) and decide.
-pub fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
+pub(crate) fn observe(cert: &Certificate, now: Timestamp, signals: &Signals) -> Observation {
     decide(cert, &InService::read(cert), now, signals)
 }
 
 /// Decide from files already read.
-pub fn decide(
+pub(crate) fn decide(
     cert: &Certificate,
     files: &InService,
     now: Timestamp,
@@ -158,7 +157,6 @@ pub fn decide(
     };
     let decision = core::decide(&desired(cert), &observed, now);
     Observation {
-        observed,
         decision,
         leaf,
         cert_problem,

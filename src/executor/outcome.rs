@@ -7,31 +7,31 @@ use crate::error::Error;
 
 /// A certificate the transaction installed.
 #[derive(Debug)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// Why this certificate was issued, as journalled: a resumed re-issue keeps its own
     /// reason, and a compromised key in service makes any re-issue a compromise response.
-    pub reason: Reason,
-    pub generation: u64,
-    pub serial: String,
-    pub not_after: Timestamp,
-    pub loaded: bool,
+    pub(crate) reason: Reason,
+    pub(crate) generation: u64,
+    pub(crate) serial: String,
+    pub(crate) not_after: Timestamp,
+    pub(crate) loaded: bool,
     /// The post_install hook failed (the certificate is installed all the same).
-    pub hook_error: Option<Error>,
+    pub(crate) hook_error: Option<Error>,
 }
 
 /// Waiting on the CA or on a human (an approval e-mail); the old certificate stays in service.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Waiting {
-    pub message: String,
+pub(crate) struct Waiting {
+    pub(crate) message: String,
     /// When to look again (seconds), if the issuer knows.
-    pub retry_in: Option<i64>,
+    pub(crate) retry_in: Option<i64>,
     /// Something a human should hear about (a new CSR to submit, a reminder).
-    pub news: bool,
+    pub(crate) news: bool,
 }
 
 /// How one piece of executor work ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Installed and proven served (or installed where there is no server to load it).
     Installed(Installed),
     /// Installed, but the web server is not running, so nothing loaded it.
@@ -72,7 +72,7 @@ impl Outcome {
     }
 
     /// The error that ended the work (for an install: the failed post_install hook).
-    pub fn error(&self) -> Option<&Error> {
+    pub(crate) fn error(&self) -> Option<&Error> {
         match self {
             Outcome::Installed(i) | Outcome::InstalledNotLoaded(i) => i.hook_error.as_ref(),
             Outcome::Failed(e)

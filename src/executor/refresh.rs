@@ -15,7 +15,7 @@ impl Executor {
     /// `revoked`, with keyCompromise meaning a compromised key) and, for ACME CAs that offer
     /// it, ACME Renewal Information (the window and the point picked in it). Journalled with
     /// the time of the next fetch: the CRL's nextUpdate, ARI's Retry-After.
-    pub async fn refresh(&self, cert: &Certificate) -> Outcome {
+    pub(crate) async fn refresh(&self, cert: &Certificate) -> Outcome {
         match self.refresh_journal(cert).await {
             Ok(()) => Outcome::Refreshed,
             // The document of a failed refresh says what failed, without a hint.

@@ -25,7 +25,7 @@ use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
 
-pub struct Acme {
+pub(crate) struct Acme {
     name: String,
     cfg: AcmeIssuer,
     dir: PathBuf,
@@ -82,7 +82,7 @@ fn describe(e: instant_acme::Error) -> String {
 }
 
 impl Acme {
-    pub fn new(name: &str, cfg: &AcmeIssuer, dir: &Path, clock: Clock) -> Acme {
+    pub(crate) fn new(name: &str, cfg: &AcmeIssuer, dir: &Path, clock: Clock) -> Acme {
         Acme {
             name: name.to_string(),
             cfg: cfg.clone(),
@@ -158,7 +158,7 @@ impl Acme {
 
     /// Obtain a chain for `csr_der`. `resume` is a journalled order URL; `on_order` must make
     /// a new order URL durable before this function goes on.
-    pub async fn issue(
+    pub(crate) async fn issue(
         &self,
         names: &[DomainName],
         csr_der: &[u8],
@@ -357,7 +357,7 @@ impl Acme {
 impl Acme {
     /// Revoke with reason keyCompromise (RFC 8555 §7.6): signed with the certificate's own key
     /// when we have it (the CA then knows the key itself is burned), else with the account key.
-    pub async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         leaf_der: &[u8],
         key: Option<&crate::keys::PrivateKey>,

@@ -13,7 +13,7 @@ use crate::core::KeySpec;
 use crate::keys::PrivateKey;
 
 /// `alg` and `jwk` for a key.
-pub fn jwk(key: &PrivateKey) -> Result<(&'static str, Value), String> {
+pub(crate) fn jwk(key: &PrivateKey) -> Result<(&'static str, Value), String> {
     let spki_der = key.spki_der();
     let (_, spki) = SubjectPublicKeyInfo::from_der(&spki_der).map_err(|e| e.to_string())?;
     match (key.spec, spki.parsed().map_err(|e| e.to_string())?) {
@@ -51,7 +51,7 @@ pub fn jwk(key: &PrivateKey) -> Result<(&'static str, Value), String> {
 }
 
 /// A flattened JWS of `payload` with `protected` (which must already hold `alg`).
-pub fn sign(key: &PrivateKey, protected: &Value, payload: &Value) -> Result<Value, String> {
+pub(crate) fn sign(key: &PrivateKey, protected: &Value, payload: &Value) -> Result<Value, String> {
     let protected = B64.encode(protected.to_string());
     let payload = B64.encode(payload.to_string());
     let input = format!("{protected}.{payload}");

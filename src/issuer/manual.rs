@@ -10,27 +10,27 @@ use crate::config::ManualIssuer;
 use crate::error::{Error, Result};
 use crate::store::{Perms, fsutil};
 
-pub struct Manual {
+pub(crate) struct Manual {
     outbox: PathBuf,
 }
 
-pub fn outbox_dir(state_dir: &Path) -> PathBuf {
+pub(crate) fn outbox_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("outbox")
 }
 
-pub fn inbox_dir(state_dir: &Path) -> PathBuf {
+pub(crate) fn inbox_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("inbox")
 }
 
 impl Manual {
-    pub fn new(state_dir: &Path, _cfg: &ManualIssuer) -> Manual {
+    pub(crate) fn new(state_dir: &Path, _cfg: &ManualIssuer) -> Manual {
         Manual {
             outbox: outbox_dir(state_dir),
         }
     }
 
     /// Write the CSR out (once per pending re-issue) and report "pending".
-    pub fn issue(&self, cert_name: &str, csr_der: &[u8]) -> Result<crate::keys::Chain> {
+    pub(crate) fn issue(&self, cert_name: &str, csr_der: &[u8]) -> Result<crate::keys::Chain> {
         fsutil::ensure_dir(&self.outbox, 0o755)?;
         let path = self.outbox.join(format!("{cert_name}.csr"));
         let pem = crate::keys::pem_encode("CERTIFICATE REQUEST", csr_der);

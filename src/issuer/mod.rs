@@ -1,11 +1,11 @@
 //! Issuers: where a certificate comes from. One enum, one `issue` call; the executor
 //! validates whatever comes back before it goes anywhere near the web server.
 
-pub mod acme;
-pub mod dnsimple;
-pub mod internal;
-pub mod jws;
-pub mod manual;
+pub(crate) mod acme;
+pub(crate) mod dnsimple;
+pub(crate) mod internal;
+pub(crate) mod jws;
+pub(crate) mod manual;
 
 use crate::clock::Clock;
 use crate::config::{Issuer as IssuerConfig, IssuerKind};
@@ -15,28 +15,28 @@ use crate::keys::{Chain, SecretPem};
 use crate::store::Store;
 
 /// What one issuance needs.
-pub struct IssueRequest<'a> {
-    pub cert_name: &'a str,
-    pub names: &'a [DomainName],
-    pub key_spec: KeySpec,
-    pub csr_der: &'a [u8],
-    pub spki_der: &'a [u8],
-    pub now: Timestamp,
+pub(crate) struct IssueRequest<'a> {
+    pub(crate) cert_name: &'a str,
+    pub(crate) names: &'a [DomainName],
+    pub(crate) key_spec: KeySpec,
+    pub(crate) csr_der: &'a [u8],
+    pub(crate) spki_der: &'a [u8],
+    pub(crate) now: Timestamp,
     /// A journalled order to resume instead of ordering again.
-    pub resume_order: Option<&'a str>,
+    pub(crate) resume_order: Option<&'a str>,
     /// RFC 9773 CertID of the certificate being replaced, when its CA offers ARI.
-    pub replaces: Option<&'a str>,
+    pub(crate) replaces: Option<&'a str>,
 }
 
 /// A chain, and the key when the issuer made it (DNSimple) instead of using ours.
-pub struct Issued {
-    pub chain: Chain,
-    pub key: Option<SecretPem>,
+pub(crate) struct Issued {
+    pub(crate) chain: Chain,
+    pub(crate) key: Option<SecretPem>,
 }
 
 /// What the CA said to a revocation request.
 #[derive(Debug, PartialEq)]
-pub enum RevokeOutcome {
+pub(crate) enum RevokeOutcome {
     /// Revoked now; `by_key` when signed with the certificate's own key (so a CA like Let's
     /// Encrypt also blocks the key).
     Revoked {
@@ -47,7 +47,7 @@ pub enum RevokeOutcome {
     Refused(String),
 }
 
-pub enum Issuer {
+pub(crate) enum Issuer {
     Acme(acme::Acme),
     Internal(internal::LocalCa),
     Manual(manual::Manual),
@@ -56,7 +56,7 @@ pub enum Issuer {
 
 impl Issuer {
     /// `clock` is the "now" of the HTTP issuers' rate-limit waits.
-    pub fn open(cfg: &IssuerConfig, store: &Store, clock: Clock) -> Result<Issuer> {
+    pub(crate) fn open(cfg: &IssuerConfig, store: &Store, clock: Clock) -> Result<Issuer> {
         Ok(match &cfg.kind {
             IssuerKind::Acme(a) => Issuer::Acme(acme::Acme::new(
                 &cfg.name,
@@ -75,7 +75,7 @@ impl Issuer {
 
     /// Revoke `leaf_der` with reason keyCompromise. `Err` only for failures worth retrying
     /// (transport); a refusal is an outcome.
-    pub async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         leaf_der: &[u8],
         key: Option<&crate::keys::PrivateKey>,
@@ -97,7 +97,7 @@ impl Issuer {
     /// Obtain a chain for the request. `on_order` is called with a new order handle before
     /// any further request is made, so the caller can journal it. `Error::Pending` means
     /// "not yet" (a human, or a slow CA), not failure.
-    pub async fn issue(
+    pub(crate) async fn issue(
         &self,
         req: &IssueRequest<'_>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),

@@ -21,7 +21,7 @@ use crate::config::ApacheLayout;
 impl ApacheLayout {
     /// The layout of this host: Debian when an `apache2` binary exists, RHEL when only
     /// `httpd` does, Debian when neither (its commands then fail with a clear message).
-    pub fn detect() -> ApacheLayout {
+    pub(crate) fn detect() -> ApacheLayout {
         Self::detect_with(|name| {
             let path = std::env::var_os("PATH").unwrap_or_default();
             std::env::split_paths(&path)
@@ -30,7 +30,7 @@ impl ApacheLayout {
         })
     }
 
-    pub fn detect_with(installed: impl Fn(&str) -> bool) -> ApacheLayout {
+    pub(crate) fn detect_with(installed: impl Fn(&str) -> bool) -> ApacheLayout {
         if installed("apache2") {
             ApacheLayout::Debian
         } else if installed("httpd") {
@@ -40,16 +40,9 @@ impl ApacheLayout {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApacheLayout::Debian => "debian",
-            ApacheLayout::Rhel => "rhel",
-        }
-    }
-
     /// The configuration test. Debian's `apache2ctl` reads `/etc/apache2/envvars` (the
     /// `APACHE_*` variables the config refers to), which running `apache2` directly would not.
-    pub fn test_command(self) -> Vec<String> {
+    pub(crate) fn test_command(self) -> Vec<String> {
         match self {
             ApacheLayout::Debian => vec!["apache2ctl".into(), "-t".into()],
             ApacheLayout::Rhel => vec!["apachectl".into(), "-t".into()],
@@ -57,7 +50,7 @@ impl ApacheLayout {
     }
 
     /// The systemd unit.
-    pub fn unit(self) -> &'static str {
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             ApacheLayout::Debian => "apache2",
             ApacheLayout::Rhel => "httpd",
@@ -65,7 +58,7 @@ impl ApacheLayout {
     }
 
     /// Where the parent writes its pid by default.
-    pub fn pid_file(self) -> PathBuf {
+    pub(crate) fn pid_file(self) -> PathBuf {
         match self {
             ApacheLayout::Debian => "/run/apache2/apache2.pid".into(),
             ApacheLayout::Rhel => "/run/httpd/httpd.pid".into(),
@@ -75,7 +68,7 @@ impl ApacheLayout {
 
 /// Whether `/proc/PID/exe` looks like Apache. `None` when it cannot be read (another user's
 /// process without CAP_SYS_PTRACE): then the signal itself will say whether we may send it.
-pub fn is_apache(pid: Pid) -> Option<(bool, PathBuf)> {
+pub(crate) fn is_apache(pid: Pid) -> Option<(bool, PathBuf)> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let name = exe
         .file_name()
@@ -143,7 +136,7 @@ fn holds_listener(pid: Pid, listeners: &HashSet<u64>) -> Option<bool> {
 /// that, not their exit, is what is waited for. Returns `Some(false)` at the deadline, and
 /// `None` when it cannot tell: the parent's listening sockets or a child's descriptors could
 /// not be read (certagent not root), so the caller watches the endpoints for longer.
-pub async fn wait_retired(parent: Pid, old: &[Pid], within: Duration) -> Option<bool> {
+pub(crate) async fn wait_retired(parent: Pid, old: &[Pid], within: Duration) -> Option<bool> {
     let listeners = listening_inodes(parent);
     if listeners.is_empty() {
         return None;
@@ -170,7 +163,7 @@ pub async fn wait_retired(parent: Pid, old: &[Pid], within: Duration) -> Option<
 }
 
 /// The default pid file when none is configured.
-pub fn default_pid_file(layout: ApacheLayout, configured: Option<&Path>) -> PathBuf {
+pub(crate) fn default_pid_file(layout: ApacheLayout, configured: Option<&Path>) -> PathBuf {
     configured
         .map(Path::to_path_buf)
         .unwrap_or_else(|| layout.pid_file())

@@ -74,7 +74,7 @@ fn connector() -> tokio_rustls::TlsConnector {
 }
 
 /// Handshake with `addr` using `sni`; the leaf DER, or why not.
-pub async fn served_leaf(
+pub(crate) async fn served_leaf(
     addr: SocketAddr,
     sni: &str,
     timeout: Duration,

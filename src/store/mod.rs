@@ -26,75 +26,74 @@ use serde::{Deserialize, Serialize};
 use crate::config::Certificate;
 use crate::core::{KeySpec, Reason, Timestamp};
 use crate::error::{Context, Error, Result};
-pub use crate::files as fsutil;
-pub use crate::files::{nofollow, trust};
+pub(crate) use crate::files as fsutil;
+pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
-pub use fsutil::Perms;
-pub use lock::Lock;
-pub use perms::Drift;
-pub use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
+pub(crate) use fsutil::Perms;
+pub(crate) use lock::Lock;
+pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
 
 /// Journal and file caps: a journal is a few hundred bytes.
 const MAX_JOURNAL_BYTES: usize = 1 << 20;
 
 /// Per-certificate durable state. Written atomically after every step that matters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Journal {
-    pub schema: u32,
+pub(crate) struct Journal {
+    pub(crate) schema: u32,
     /// Generation verified in service (or taken over at adoption).
-    pub current: Option<u64>,
+    pub(crate) current: Option<u64>,
     /// Next generation number to use; never reused.
-    pub next_generation: u64,
-    pub pending: Option<Pending>,
+    pub(crate) next_generation: u64,
+    pub(crate) pending: Option<Pending>,
     /// Set between the flip of `current` and verification: recovery finishes or undoes it.
-    pub flip: Option<Flip>,
-    pub last: Option<Outcome>,
+    pub(crate) flip: Option<Flip>,
+    pub(crate) last: Option<Outcome>,
     /// Consecutive failed attempts and when the next one is due (daemon backoff).
     #[serde(default)]
-    pub failures: u32,
+    pub(crate) failures: u32,
     #[serde(default)]
-    pub retry_at: Option<Timestamp>,
+    pub(crate) retry_at: Option<Timestamp>,
     /// `Retry-After` (seconds) of the last failure, if the server sent one.
     #[serde(default)]
-    pub server_retry_after: Option<i64>,
+    pub(crate) server_retry_after: Option<i64>,
     /// The compromise flag file that was already answered, as last seen: it stays answered
     /// while it is there, however it is rewritten (`compromise::track_flag`).
     #[serde(default)]
-    pub handled_flag: Option<FlagId>,
+    pub(crate) handled_flag: Option<FlagId>,
     /// The CA revoked the serial in service (seen on its CRL).
     #[serde(default)]
-    pub revoked: Option<Revoked>,
+    pub(crate) revoked: Option<Revoked>,
     /// Work left after an install: revoking and purging a compromised predecessor.
     #[serde(default)]
-    pub post: Option<PostActions>,
+    pub(crate) post: Option<PostActions>,
     /// ACME Renewal Information for the certificate in service.
     #[serde(default)]
-    pub ari: Option<Ari>,
+    pub(crate) ari: Option<Ari>,
     /// When the CA's view (CRL, ARI) of the serial in service was last fetched, and when to
     /// fetch it next (`None`: there is nothing to fetch for this serial).
     #[serde(default)]
-    pub refresh: Option<Refresh>,
+    pub(crate) refresh: Option<Refresh>,
     /// Re-issue outcomes since the journal was created, by reason and outcome (the
     /// counters behind the metrics; never reset).
     #[serde(default)]
-    pub tally: BTreeMap<Reason, BTreeMap<OutcomeKind, u64>>,
+    pub(crate) tally: BTreeMap<Reason, BTreeMap<OutcomeKind, u64>>,
     /// When a new certificate was last installed, and its serial.
     #[serde(default)]
-    pub last_success: Option<Timestamp>,
+    pub(crate) last_success: Option<Timestamp>,
     #[serde(default)]
-    pub installed_serial: Option<String>,
+    pub(crate) installed_serial: Option<String>,
     /// What the certificate needed when the failure behind `retry_at` happened: the backoff
     /// holds back only these (`core::backoff_holds`).
     #[serde(default)]
-    pub retry_reasons: Vec<Reason>,
+    pub(crate) retry_reasons: Vec<Reason>,
     /// When the daemon started re-issues by itself in the last hour (the hourly guard).
     #[serde(default)]
-    pub auto_reissues: Vec<Timestamp>,
+    pub(crate) auto_reissues: Vec<Timestamp>,
 }
 
 impl Journal {
     /// Record the outcome of one re-issue attempt in `last` and in the tally.
-    pub fn record_outcome(&mut self, outcome: Outcome) {
+    pub(crate) fn record_outcome(&mut self, outcome: Outcome) {
         *self
             .tally
             .entry(outcome.reason)
@@ -113,105 +112,105 @@ impl Journal {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Refresh {
-    pub serial: String,
-    pub checked_at: Timestamp,
-    pub next_at: Option<Timestamp>,
+pub(crate) struct Refresh {
+    pub(crate) serial: String,
+    pub(crate) checked_at: Timestamp,
+    pub(crate) next_at: Option<Timestamp>,
     /// The last fetch failed (the text says why); retried at `next_at`.
     #[serde(default)]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Revoked {
-    pub serial: String,
+pub(crate) struct Revoked {
+    pub(crate) serial: String,
     /// RFC 5280 reason code, when the CRL gives one (1 = keyCompromise).
-    pub reason: Option<u8>,
-    pub seen_at: Timestamp,
-    pub source: String,
+    pub(crate) reason: Option<u8>,
+    pub(crate) seen_at: Timestamp,
+    pub(crate) source: String,
 }
 
 /// What is left to do about a compromised predecessor once its successor serves.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PostActions {
-    pub old_spki_sha256: String,
+pub(crate) struct PostActions {
+    pub(crate) old_spki_sha256: String,
     /// The old leaf, base64 DER, to revoke; `None` once revoked (or nothing to revoke).
-    pub revoke: Option<String>,
-    pub revoke_attempts: u32,
-    pub purged: bool,
+    pub(crate) revoke: Option<String>,
+    pub(crate) revoke_attempts: u32,
+    pub(crate) purged: bool,
 }
 
 /// The CA's suggested renewal window and the point certagent picked inside it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Ari {
-    pub serial: String,
-    pub window_start: Timestamp,
-    pub window_end: Timestamp,
+pub(crate) struct Ari {
+    pub(crate) serial: String,
+    pub(crate) window_start: Timestamp,
+    pub(crate) window_end: Timestamp,
     /// Uniformly random point in the window, chosen once per window (RFC 9773 §4.2).
-    pub renew_at: Timestamp,
+    pub(crate) renew_at: Timestamp,
     /// When to ask again (the server's Retry-After, clamped to 1 min .. 1 day).
-    pub next_fetch: Timestamp,
-    pub explanation_url: Option<String>,
+    pub(crate) next_fetch: Timestamp,
+    pub(crate) explanation_url: Option<String>,
 }
 
 /// An in-flight re-issue: created (with its key on disk) before the CA is contacted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Pending {
-    pub reason: Reason,
-    pub started_at: Timestamp,
-    pub issuer: String,
-    pub key_spec: KeySpec,
-    pub key_spki_sha256: String,
-    pub names: Vec<String>,
-    pub attempts: u32,
+pub(crate) struct Pending {
+    pub(crate) reason: Reason,
+    pub(crate) started_at: Timestamp,
+    pub(crate) issuer: String,
+    pub(crate) key_spec: KeySpec,
+    pub(crate) key_spki_sha256: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) attempts: u32,
     /// ACME order URL, journalled as soon as the order exists.
-    pub order_url: Option<String>,
+    pub(crate) order_url: Option<String>,
     /// True once the issued chain is saved in `pending.pem`.
     #[serde(default)]
-    pub issued: bool,
+    pub(crate) issued: bool,
     /// Set when this re-issue answers a compromised key.
     #[serde(default)]
-    pub compromise: Option<CompromiseWork>,
+    pub(crate) compromise: Option<CompromiseWork>,
     /// Reminders sent while waiting for a human (manual CA).
     #[serde(default)]
-    pub reminders: u32,
+    pub(crate) reminders: u32,
     /// When the daemon looks at it again after an attempt that ended pending: the next
     /// reminder (manual CA) or the CA's Retry-After. Cleared at start.
     #[serde(default)]
-    pub next_look: Option<Timestamp>,
+    pub(crate) next_look: Option<Timestamp>,
 }
 
 /// The compromised key being replaced, captured before anything else happens.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CompromiseWork {
-    pub old_spki_sha256: String,
+pub(crate) struct CompromiseWork {
+    pub(crate) old_spki_sha256: String,
     /// The leaf in service when the compromise was handled (base64 DER), to revoke.
-    pub old_leaf: Option<String>,
+    pub(crate) old_leaf: Option<String>,
     /// Revoked before replacing (`revoke_first`).
     #[serde(default)]
-    pub revoked_first: bool,
+    pub(crate) revoked_first: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Flip {
-    pub from: Option<u64>,
-    pub to: u64,
-    pub reason: Reason,
+pub(crate) struct Flip {
+    pub(crate) from: Option<u64>,
+    pub(crate) to: u64,
+    pub(crate) reason: Reason,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Outcome {
-    pub at: Timestamp,
-    pub result: OutcomeKind,
-    pub reason: Reason,
-    pub message: String,
-    pub serial: Option<String>,
-    pub generation: Option<u64>,
+pub(crate) struct Outcome {
+    pub(crate) at: Timestamp,
+    pub(crate) result: OutcomeKind,
+    pub(crate) reason: Reason,
+    pub(crate) message: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) generation: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum OutcomeKind {
+pub(crate) enum OutcomeKind {
     Pending,
     Installed,
     InstalledNotLoaded,
@@ -220,27 +219,27 @@ pub enum OutcomeKind {
 }
 
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     root: PathBuf,
 }
 
 /// The files of one generation.
 #[derive(Debug)]
-pub struct GenFiles {
-    pub dir: PathBuf,
+pub(crate) struct GenFiles {
+    pub(crate) dir: PathBuf,
 }
 
 impl GenFiles {
-    pub fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.join("key.pem")
     }
-    pub fn fullchain(&self) -> PathBuf {
+    pub(crate) fn fullchain(&self) -> PathBuf {
         self.dir.join("fullchain.pem")
     }
-    pub fn leaf(&self) -> PathBuf {
+    pub(crate) fn leaf(&self) -> PathBuf {
         self.dir.join("cert.pem")
     }
-    pub fn chain(&self) -> PathBuf {
+    pub(crate) fn chain(&self) -> PathBuf {
         self.dir.join("chain.pem")
     }
 }
@@ -248,7 +247,7 @@ impl GenFiles {
 impl Store {
     /// Open (and create, 0711: traversable so a configured group can reach its key, not
     /// listable) the state directory.
-    pub fn open(root: &Path) -> Result<Store> {
+    pub(crate) fn open(root: &Path) -> Result<Store> {
         fsutil::ensure_dir(root, 0o711)?;
         trust::require_trusted_dir(root, "the state directory")?;
         fsutil::ensure_dir(&root.join("certs"), 0o700)?;
@@ -260,18 +259,18 @@ impl Store {
 
     /// A view of an existing state directory that creates nothing (for read-only looks:
     /// `check`, `status`, the daemon's evaluation of thousands of certificates).
-    pub fn at(root: &Path) -> Store {
+    pub(crate) fn at(root: &Path) -> Store {
         Store {
             root: root.to_path_buf(),
         }
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// A private directory for an issuer's own state (ACME account, local CA).
-    pub fn issuer_dir(&self, kind: &str, name: &str) -> Result<PathBuf> {
+    pub(crate) fn issuer_dir(&self, kind: &str, name: &str) -> Result<PathBuf> {
         let dir = self.root.join(kind).join(name);
         fsutil::ensure_dir(&self.root.join(kind), 0o700)?;
         fsutil::ensure_dir(&dir, 0o700)?;
@@ -282,21 +281,21 @@ impl Store {
         self.root.join("certs").join(name)
     }
 
-    pub fn live_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn live_dir(&self, name: &str) -> PathBuf {
         self.root.join("live").join(name)
     }
 
-    pub fn current_link(&self, name: &str) -> PathBuf {
+    pub(crate) fn current_link(&self, name: &str) -> PathBuf {
         self.live_dir(name).join("current")
     }
 
-    pub fn generation(&self, name: &str, number: u64) -> GenFiles {
+    pub(crate) fn generation(&self, name: &str, number: u64) -> GenFiles {
         GenFiles {
             dir: self.live_dir(name).join(format!("gen-{number}")),
         }
     }
 
-    pub fn journal(&self, name: &str) -> Result<Journal> {
+    pub(crate) fn journal(&self, name: &str) -> Result<Journal> {
         let path = self.cert_state_dir(name).join("state.json");
         match fsutil::read_capped(&path, MAX_JOURNAL_BYTES)? {
             None => Ok(Journal {
@@ -309,7 +308,7 @@ impl Store {
         }
     }
 
-    pub fn save_journal(&self, name: &str, journal: &Journal) -> Result<()> {
+    pub(crate) fn save_journal(&self, name: &str, journal: &Journal) -> Result<()> {
         let dir = self.cert_state_dir(name);
         fsutil::ensure_dir(&dir, 0o700)?;
         let mut j = journal.clone();
@@ -319,24 +318,24 @@ impl Store {
     }
 
     /// Persist the key of a new re-issue before anything is sent anywhere.
-    pub fn save_pending_key(&self, name: &str, key: &SecretPem) -> Result<()> {
+    pub(crate) fn save_pending_key(&self, name: &str, key: &SecretPem) -> Result<()> {
         let dir = self.cert_state_dir(name);
         fsutil::ensure_dir(&dir, 0o700)?;
         fsutil::replace_file(&dir.join("pending.key"), key.as_bytes(), Perms::mode(0o600))
     }
 
-    pub fn pending_key(&self, name: &str) -> Result<Option<SecretPem>> {
+    pub(crate) fn pending_key(&self, name: &str) -> Result<Option<SecretPem>> {
         let path = self.cert_state_dir(name).join("pending.key");
         Ok(fsutil::read_capped(&path, crate::keys::MAX_PEM_BYTES)?
             .map(|b| SecretPem::new(String::from_utf8_lossy(&b).into_owned())))
     }
 
-    pub fn save_pending_chain(&self, name: &str, chain: &Chain) -> Result<()> {
+    pub(crate) fn save_pending_chain(&self, name: &str, chain: &Chain) -> Result<()> {
         let path = self.cert_state_dir(name).join("pending.pem");
         fsutil::replace_file(&path, chain.to_pem().as_bytes(), Perms::mode(0o600))
     }
 
-    pub fn pending_chain(&self, name: &str) -> Result<Option<Chain>> {
+    pub(crate) fn pending_chain(&self, name: &str) -> Result<Option<Chain>> {
         let path = self.cert_state_dir(name).join("pending.pem");
         match fsutil::read_capped(&path, crate::keys::MAX_PEM_BYTES)? {
             None => Ok(None),
@@ -346,7 +345,7 @@ impl Store {
         }
     }
 
-    pub fn clear_pending(&self, name: &str) -> Result<()> {
+    pub(crate) fn clear_pending(&self, name: &str) -> Result<()> {
         let dir = self.cert_state_dir(name);
         if !dir.is_dir() {
             return Ok(());
@@ -362,7 +361,7 @@ impl Store {
     }
 
     /// Which generation `current` points at, read from the symlink itself.
-    pub fn current_generation(&self, name: &str) -> Option<u64> {
+    pub(crate) fn current_generation(&self, name: &str) -> Option<u64> {
         let target = fs::read_link(self.current_link(name)).ok()?;
         target
             .file_name()?
@@ -374,7 +373,7 @@ impl Store {
 
     /// Write a complete generation under a staging name, then publish it as `gen-N` with a
     /// no-replace rename. Nothing the server reads changes.
-    pub fn publish_generation(
+    pub(crate) fn publish_generation(
         &self,
         cert: &Certificate,
         number: u64,
@@ -449,13 +448,13 @@ impl Store {
     }
 
     /// Point `current` at `gen-N` in one atomic rename: the commit point of an install.
-    pub fn flip(&self, name: &str, number: u64) -> Result<()> {
+    pub(crate) fn flip(&self, name: &str, number: u64) -> Result<()> {
         let target = PathBuf::from(format!("gen-{number}"));
         fsutil::replace_symlink(&self.current_link(name), &target)
     }
 
     /// Remove `current` (used only when rolling back an adoption that had nothing before).
-    pub fn unlink_current(&self, name: &str) -> Result<()> {
+    pub(crate) fn unlink_current(&self, name: &str) -> Result<()> {
         match fs::remove_file(self.current_link(name)) {
             Ok(()) => fsutil::fsync_dir(&self.live_dir(name)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -464,7 +463,7 @@ impl Store {
     }
 
     /// The paths the web server reads, and where each must point inside `current/`.
-    pub fn output_links(&self, cert: &Certificate) -> Vec<(PathBuf, PathBuf)> {
+    pub(crate) fn output_links(&self, cert: &Certificate) -> Vec<(PathBuf, PathBuf)> {
         let cur = self.current_link(&cert.name);
         let mut links = vec![
             (cert.cert_file.clone(), cur.join("fullchain.pem")),
@@ -486,7 +485,7 @@ impl Store {
     /// write a directory on the way cannot redirect root's rename), and only a symlink, a
     /// regular file (kept by adoption first) or nothing is ever replaced: a directory, device,
     /// FIFO or socket at a configured path is an error, and stays as it is.
-    pub fn link_outputs(&self, cert: &Certificate) -> Result<()> {
+    pub(crate) fn link_outputs(&self, cert: &Certificate) -> Result<()> {
         use nix::fcntl::{AtFlags, readlinkat};
         use nix::sys::stat::fstatat;
         for (path, target) in self.output_links(cert) {
@@ -541,7 +540,7 @@ impl Store {
 
     /// Keep a file certagent is about to replace but cannot adopt, byte for byte, in
     /// `STATE/kept/NAME/` (root only, never pruned). Returns where it went.
-    pub fn keep_verbatim(&self, name: &str, role: &str, bytes: &[u8]) -> Result<PathBuf> {
+    pub(crate) fn keep_verbatim(&self, name: &str, role: &str, bytes: &[u8]) -> Result<PathBuf> {
         let kept = self.root.join("kept");
         fsutil::ensure_dir(&kept, 0o700)?;
         let dir = kept.join(name);
@@ -557,7 +556,7 @@ impl Store {
     }
 
     /// Remove staging leftovers of a crashed run (never referenced, so always safe).
-    pub fn remove_staging(&self, name: &str) -> Result<usize> {
+    pub(crate) fn remove_staging(&self, name: &str) -> Result<usize> {
         let live = self.live_dir(name);
         let mut removed = 0;
         let Ok(entries) = fs::read_dir(&live) else {
@@ -583,7 +582,7 @@ impl Store {
     }
 
     /// Remove one generation that was published but never flipped to (a vetoed install).
-    pub fn remove_generation(&self, name: &str, number: u64) -> Result<()> {
+    pub(crate) fn remove_generation(&self, name: &str, number: u64) -> Result<()> {
         let dir = self.generation(name, number).dir;
         match fs::remove_dir_all(&dir) {
             Ok(()) => fsutil::fsync_dir(&self.live_dir(name)),
@@ -594,7 +593,7 @@ impl Store {
 
     /// Delete old generations: keep the newest `keep` besides every generation in `protect`
     /// (current, previous, whatever is being served).
-    pub fn gc(&self, name: &str, keep: usize, protect: &[u64]) -> Result<Vec<u64>> {
+    pub(crate) fn gc(&self, name: &str, keep: usize, protect: &[u64]) -> Result<Vec<u64>> {
         let live = self.live_dir(name);
         let Ok(entries) = fs::read_dir(&live) else {
             return Ok(Vec::new());
@@ -623,16 +622,16 @@ impl Store {
 /// What goes into a generation directory. `None` fields are absent files (adoption of a
 /// half-broken setup keeps exactly what was there).
 #[derive(Default)]
-pub struct GenerationContent {
-    pub key: Option<zeroize::Zeroizing<Vec<u8>>>,
+pub(crate) struct GenerationContent {
+    pub(crate) key: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// The key's owner and mode when not the configured ones (an adopted key keeps its own).
-    pub key_perms: Option<Perms>,
+    pub(crate) key_perms: Option<Perms>,
     /// Files found at the configured paths, not made by certagent: their access is only ever
     /// narrowed (`perms`).
-    pub adopted: bool,
-    pub fullchain: Option<Vec<u8>>,
-    pub leaf: Option<Vec<u8>>,
-    pub chain: Option<Vec<u8>>,
+    pub(crate) adopted: bool,
+    pub(crate) fullchain: Option<Vec<u8>>,
+    pub(crate) leaf: Option<Vec<u8>>,
+    pub(crate) chain: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

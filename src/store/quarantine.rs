@@ -13,21 +13,21 @@ use super::{Perms, Store, fsutil};
 use crate::error::{Context, Result};
 
 /// Blocklists and the memory are lists of digests; a few MiB is already a lot of keys.
-pub const MAX_LIST_BYTES: usize = 16 << 20;
+pub(crate) const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// Identity of a flag file as last seen. One flag, one response: once answered, a flag stays
 /// answered however often it is rewritten (config management rewriting it on every run must
 /// not burn a new key each time); after certagent has seen it gone, a flag is a new one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlagId {
-    pub ino: u64,
-    pub mtime_ns: i64,
-    pub size: u64,
+pub(crate) struct FlagId {
+    pub(crate) ino: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) size: u64,
 }
 
 /// One digest per line; `#` comments and blank lines ignored; `sha256:` prefixes and colons
 /// (as `openssl` prints them) accepted; anything that is not 64 hex digits is skipped.
-pub fn parse_digests(text: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn parse_digests(text: &str) -> impl Iterator<Item = String> + '_ {
     text.lines().filter_map(|line| {
         let line = line.split('#').next().unwrap_or("").trim();
         let line = line.strip_prefix("sha256:").unwrap_or(line);
@@ -46,12 +46,12 @@ impl Store {
     }
 
     /// certagent's memory of compromised keys, as stored (`None` until the first compromise).
-    pub fn compromised_memory(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn compromised_memory(&self) -> Result<Option<Vec<u8>>> {
         fsutil::read_capped(&self.memory_path(), MAX_LIST_BYTES)
     }
 
     /// Remember `digest` as compromised, durably, before anything else is done about it.
-    pub fn remember_compromised(&self, digest: &str) -> Result<()> {
+    pub(crate) fn remember_compromised(&self, digest: &str) -> Result<()> {
         let path = self.memory_path();
         let mut text = fsutil::read_capped(&path, MAX_LIST_BYTES)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -72,14 +72,19 @@ impl Store {
 
     /// Keep a copy of a compromised key (0600 in the 0700 quarantine directory): it may still
     /// be needed to sign the revocation of its certificate.
-    pub fn quarantine_key(&self, cert: &str, digest: &str, key_pem: &[u8]) -> Result<PathBuf> {
+    pub(crate) fn quarantine_key(
+        &self,
+        cert: &str,
+        digest: &str,
+        key_pem: &[u8],
+    ) -> Result<PathBuf> {
         fsutil::ensure_dir(&self.root().join("quarantine"), 0o700)?;
         let path = self.quarantined_path(cert, digest);
         fsutil::replace_file(&path, key_pem, Perms::mode(0o600))?;
         Ok(path)
     }
 
-    pub fn quarantined_key(&self, cert: &str, digest: &str) -> Option<Vec<u8>> {
+    pub(crate) fn quarantined_key(&self, cert: &str, digest: &str) -> Option<Vec<u8>> {
         fsutil::read_capped(
             &self.quarantined_path(cert, digest),
             crate::keys::MAX_PEM_BYTES,
@@ -90,7 +95,7 @@ impl Store {
 
     /// Remove every copy of the key with `digest` from the generations of `cert`. Returns the
     /// generations it was removed from.
-    pub fn purge_key(&self, cert: &str, digest: &str) -> Result<Vec<String>> {
+    pub(crate) fn purge_key(&self, cert: &str, digest: &str) -> Result<Vec<String>> {
         let live = self.live_dir(cert);
         let mut purged = Vec::new();
         let Ok(entries) = fs::read_dir(&live) else {
