@@ -366,7 +366,28 @@ fn read_http01(cx: &mut Ctx, s: &mut Section) -> Option<Http01> {
 
 /// `token_file`, `account_id`, `api_url` for DNSimple.
 fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
-    let token_file = match s.string(cx, "token_file") {
+    let token_file = read_token_file(cx, s);
+    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
+    let base_url = match s.string(cx, "api_url") {
+        Some((u, span)) => match check_api_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.error(&span, &s.full_key("api_url"), why);
+                None
+            }
+        },
+        None => Some("https://api.dnsimple.com/v2".to_string()),
+    };
+    Some(DnsimpleApi {
+        token_file: token_file?,
+        account_id,
+        base_url: base_url?,
+    })
+}
+
+/// `token_file`: an absolute path or a systemd credential name.
+fn read_token_file(cx: &mut Ctx, s: &mut Section) -> Option<String> {
+    match s.string(cx, "token_file") {
         Some((t, span)) if t.contains('/') => match walk::check_path(&t) {
             Ok(_) => Some(t),
             Err(e) => {
@@ -391,23 +412,7 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
             );
             None
         }
-    };
-    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
-    let base_url = match s.string(cx, "api_url") {
-        Some((u, span)) => match check_api_url(&u) {
-            Ok(()) => Some(u.trim_end_matches('/').to_string()),
-            Err(why) => {
-                cx.error(&span, &s.full_key("api_url"), why);
-                None
-            }
-        },
-        None => Some("https://api.dnsimple.com/v2".to_string()),
-    };
-    Some(DnsimpleApi {
-        token_file: token_file?,
-        account_id,
-        base_url: base_url?,
-    })
+    }
 }
 
 /// An API URL must be https://, except plain http:// to a loopback host (a local fake or
