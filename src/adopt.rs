@@ -135,13 +135,25 @@ fn classify(cert: &Certificate, role: &str, path: &Path, owner: Option<u32>) -> 
     if bytes.len() as u64 > KEEP_CAP {
         return Err(refuse("it grew while it was read".into()));
     }
+    let why = not_adoptable(role, &stat, owner, &bytes);
+    Ok(match why {
+        // The file stays where the link points; nothing to keep.
+        Some(_) if via_link => Found::Nothing,
+        Some(why) => Found::Keep(bytes, why),
+        None => Found::Material(bytes, stat),
+    })
+}
+
+/// Why the file read for `role` is kept aside rather than taken as the certificate's own:
+/// an owner other than root or `owner`, hard links, or content that is not what `role` holds.
+fn not_adoptable(role: &str, stat: &FileStat, owner: Option<u32>, bytes: &[u8]) -> Option<String> {
     let trusted_owner = stat.st_uid == 0 || Some(stat.st_uid) == owner;
     let parses = bytes.len() <= keys::MAX_PEM_BYTES
         && match role {
-            "key_file" => PrivateKey::from_pem(&String::from_utf8_lossy(&bytes)).is_ok(),
-            _ => Chain::from_pem(&bytes).is_ok(),
+            "key_file" => PrivateKey::from_pem(&String::from_utf8_lossy(bytes)).is_ok(),
+            _ => Chain::from_pem(bytes).is_ok(),
         };
-    let why = if !trusted_owner {
+    if !trusted_owner {
         Some(format!(
             "it is owned by uid {}, neither root nor the certificate's owner",
             stat.st_uid
@@ -158,11 +170,5 @@ fn classify(cert: &Certificate, role: &str, path: &Path, owner: Option<u32>) -> 
         })
     } else {
         None
-    };
-    Ok(match why {
-        // The file stays where the link points; nothing to keep.
-        Some(_) if via_link => Found::Nothing,
-        Some(why) => Found::Keep(bytes, why),
-        None => Found::Material(bytes, stat),
-    })
+    }
 }

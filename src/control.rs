@@ -111,23 +111,8 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
 /// Ask the daemon. `Ok(None)` when no daemon listens (the caller then works in-process).
 pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Response>> {
     let path = socket_path(runtime_dir);
-    let stream = match UnixStream::connect(&path).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => {
-            return Err(Error::msg(format!(
-                "failed to reach the daemon at {:?}: {e}",
-                path.display().to_string()
-            ))
-            .with_hint("the control socket is for root only"));
-        }
+    let Some(stream) = connect(&path).await? else {
+        return Ok(None);
     };
     // Whoever answers must be root or certagent's own user: a socket planted by anyone else
     // would capture the request and answer with text of their choosing. Checked before a byte
@@ -140,6 +125,31 @@ pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Respons
             ))
         })?;
     check_peer(&path, peer.uid(), nix::unistd::geteuid().as_raw())?;
+    exchange(stream, req).await.map(Some)
+}
+
+/// The daemon's socket at `path`; `None` when no daemon listens there.
+async fn connect(path: &Path) -> Result<Option<UnixStream>> {
+    match UnixStream::connect(path).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::msg(format!(
+            "failed to reach the daemon at {:?}: {e}",
+            path.display().to_string()
+        ))
+        .with_hint("the control socket is for root only")),
+    }
+}
+
+/// Send `req` as one line on `stream` and read the one-line answer.
+async fn exchange(stream: UnixStream, req: &Request) -> Result<Response> {
     let (read, mut write) = stream.into_split();
     let req = req.clone().dedup_names()?;
     let mut line = serde_json::to_vec(&req)
@@ -162,7 +172,6 @@ pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Respons
         );
     }
     serde_json::from_str(&answer)
-        .map(Some)
         .map_err(|e| Error::msg(format!("the daemon's answer does not parse: {e}")))
 }
 

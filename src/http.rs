@@ -170,7 +170,6 @@ impl HttpClient for Http {
         let retry_after = self.retry_after.clone();
         let clock = self.clock;
         Box::pin(async move {
-            let other = |e: String| instant_acme::Error::Other(e.into());
             let (parts, body) = req.into_parts();
             let body = body
                 .collect()
@@ -179,7 +178,7 @@ impl HttpClient for Http {
                 .to_bytes();
             let req = reqwest::Request::try_from(http::Request::from_parts(parts, body))
                 .map_err(|e| other(e.to_string()))?;
-            let mut rsp = client
+            let rsp = client
                 .execute(req)
                 .await
                 .map_err(|e| other(describe_reqwest(&e)))?;
@@ -196,37 +195,47 @@ impl HttpClient for Http {
                     *slot = ra;
                 }
             }
-            if rsp
-                .content_length()
-                .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-            {
-                return Err(other(format!(
-                    "answer from the CA is larger than {} KiB",
-                    MAX_BODY_BYTES >> 10
-                )));
-            }
-            let mut builder = http::Response::builder()
-                .status(status)
-                .version(rsp.version());
-            if let Some(h) = builder.headers_mut() {
-                *h = rsp.headers().clone();
-            }
-            let mut buf = Vec::new();
-            while let Some(chunk) = rsp.chunk().await.map_err(|e| other(describe_reqwest(&e)))? {
-                if buf.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(other(format!(
-                        "answer from the CA is larger than {} KiB",
-                        MAX_BODY_BYTES >> 10
-                    )));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            let rsp = builder
-                .body(Full::new(Bytes::from(buf)))
-                .map_err(|e| other(e.to_string()))?;
-            Ok(BytesResponse::from(rsp))
+            capped_response(rsp).await
         })
     }
+}
+
+fn other(e: String) -> instant_acme::Error {
+    instant_acme::Error::Other(e.into())
+}
+
+/// `rsp` as instant-acme's response type, refused when its body is larger than
+/// `MAX_BODY_BYTES` (by its length header, or as it is read).
+async fn capped_response(mut rsp: reqwest::Response) -> Result<BytesResponse, instant_acme::Error> {
+    if rsp
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(other(format!(
+            "answer from the CA is larger than {} KiB",
+            MAX_BODY_BYTES >> 10
+        )));
+    }
+    let mut builder = http::Response::builder()
+        .status(rsp.status())
+        .version(rsp.version());
+    if let Some(h) = builder.headers_mut() {
+        *h = rsp.headers().clone();
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = rsp.chunk().await.map_err(|e| other(describe_reqwest(&e)))? {
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(other(format!(
+                "answer from the CA is larger than {} KiB",
+                MAX_BODY_BYTES >> 10
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let rsp = builder
+        .body(Full::new(Bytes::from(buf)))
+        .map_err(|e| other(e.to_string()))?;
+    Ok(BytesResponse::from(rsp))
 }
 
 /// `now` (Unix seconds) as the `SystemTime` that `parse_retry_after` compares dates with.

@@ -49,89 +49,55 @@ fn not_after(cert: &Certificate) -> Option<Timestamp> {
     Some(Chain::from_pem(&bytes).ok()?.leaf().ok()?.not_after)
 }
 
+/// A per-certificate gauge: its value for a certificate at a time, `None` for no sample.
+type Gauge = fn(&CertFacts, Timestamp) -> Option<i64>;
+
+/// The per-certificate gauges in the order they are written: name, help, value.
+const GAUGES: [(&str, &str, Gauge); 5] = [
+    (
+        "certagent_certificate_not_after_timestamp_seconds",
+        "Expiry of the certificate in service (Unix time).",
+        |c, _| c.not_after,
+    ),
+    (
+        "certagent_certificate_pending_seconds",
+        "How long the pending re-issue had been waiting when this file was written (0: none).",
+        |c, now| Some(pending_since(c).map_or(0, |t| (now - t).max(0))),
+    ),
+    (
+        "certagent_certificate_pending_since_timestamp_seconds",
+        "When the pending re-issue started (Unix time; absent when none is pending).",
+        |c, _| pending_since(c),
+    ),
+    (
+        "certagent_certificate_failures",
+        "Consecutive failed re-issue attempts (0 after a success).",
+        |c, _| Some(c.journal.as_ref().map_or(0, |j| j.failures.into())),
+    ),
+    (
+        "certagent_certificate_last_success_timestamp_seconds",
+        "When a new certificate was last installed (Unix time).",
+        |c, _| c.journal.as_ref()?.last_success,
+    ),
+];
+
 /// The textfile (exposition format 0.0.4), one family after another, certificates in name
 /// order.
 pub(crate) fn render(certs: &[CertFacts], now: Timestamp) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, i64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
-    let cert = |c: &CertFacts| format!("certificate=\"{}\"", escape(c.name));
-    let pending_since = |c: &CertFacts| {
-        c.journal
-            .as_ref()
-            .and_then(|j| j.pending.as_ref())
-            .map(|p| p.started_at)
-    };
-    family(
-        "certagent_certificate_not_after_timestamp_seconds",
-        "gauge",
-        "Expiry of the certificate in service (Unix time).",
-        certs
+    for (name, help, value) in GAUGES {
+        let samples = certs
             .iter()
-            .filter_map(|c| Some((cert(c), c.not_after?)))
-            .collect(),
-    );
-    family(
-        "certagent_certificate_pending_seconds",
-        "gauge",
-        "How long the pending re-issue had been waiting when this file was written (0: none).",
-        certs
-            .iter()
-            .map(|c| (cert(c), pending_since(c).map_or(0, |t| (now - t).max(0))))
-            .collect(),
-    );
-    family(
-        "certagent_certificate_pending_since_timestamp_seconds",
-        "gauge",
-        "When the pending re-issue started (Unix time; absent when none is pending).",
-        certs
-            .iter()
-            .filter_map(|c| Some((cert(c), pending_since(c)?)))
-            .collect(),
-    );
-    family(
-        "certagent_certificate_failures",
-        "gauge",
-        "Consecutive failed re-issue attempts (0 after a success).",
-        certs
-            .iter()
-            .map(|c| (cert(c), c.journal.as_ref().map_or(0, |j| j.failures.into())))
-            .collect(),
-    );
-    family(
-        "certagent_certificate_last_success_timestamp_seconds",
-        "gauge",
-        "When a new certificate was last installed (Unix time).",
-        certs
-            .iter()
-            .filter_map(|c| Some((cert(c), c.journal.as_ref()?.last_success?)))
-            .collect(),
-    );
-    let mut reissues = Vec::new();
-    for c in certs {
-        let Some(j) = &c.journal else { continue };
-        for (reason, outcomes) in &j.tally {
-            for (outcome, n) in outcomes {
-                let labels = format!(
-                    "{},reason=\"{}\",outcome=\"{}\"",
-                    cert(c),
-                    reason.as_str(),
-                    outcome_str(*outcome)
-                );
-                reissues.push((labels, i64::try_from(*n).unwrap_or(i64::MAX)));
-            }
-        }
+            .filter_map(|c| Some((cert_label(c), value(c, now)?)))
+            .collect();
+        family(&mut out, name, "gauge", help, samples);
     }
     family(
+        &mut out,
         "certagent_reissues_total",
         "counter",
         "Finished re-issue attempts by reason and outcome.",
-        reissues,
+        reissue_samples(certs),
     );
     let _ = writeln!(
         out,
@@ -140,6 +106,46 @@ pub(crate) fn render(certs: &[CertFacts], now: Timestamp) -> String {
          certagent_metrics_written_timestamp_seconds {now}"
     );
     out
+}
+
+/// One metric family: its HELP and TYPE lines, then a line per sample (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, i64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn cert_label(c: &CertFacts) -> String {
+    format!("certificate=\"{}\"", escape(c.name))
+}
+
+fn pending_since(c: &CertFacts) -> Option<Timestamp> {
+    c.journal
+        .as_ref()
+        .and_then(|j| j.pending.as_ref())
+        .map(|p| p.started_at)
+}
+
+/// The re-issue counts of every certificate, by reason and outcome.
+fn reissue_samples(certs: &[CertFacts]) -> Vec<(String, i64)> {
+    let mut reissues = Vec::new();
+    for c in certs {
+        let Some(j) = &c.journal else { continue };
+        for (reason, outcomes) in &j.tally {
+            for (outcome, n) in outcomes {
+                let labels = format!(
+                    "{},reason=\"{}\",outcome=\"{}\"",
+                    cert_label(c),
+                    reason.as_str(),
+                    outcome_str(*outcome)
+                );
+                reissues.push((labels, i64::try_from(*n).unwrap_or(i64::MAX)));
+            }
+        }
+    }
+    reissues
 }
 
 /// Label values: backslash, double quote and newline escaped (exposition format).

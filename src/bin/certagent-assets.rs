@@ -83,6 +83,14 @@ fn main_page(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
     man.render_description_section(&mut out)?;
     man.render_options_section(&mut out)?;
     man.render_subcommands_section(&mut out)?;
+    let roff = extra_sections();
+    roff.to_writer(&mut out)?;
+    man.render_version_section(&mut out)?;
+    std::fs::write(dir.join(man.get_filename()), out)
+}
+
+/// The sections clap does not write: exit status, examples, files, see also.
+fn extra_sections() -> Roff {
     let mut roff = Roff::new();
     let mut section = |title: &str, rows: Vec<(String, &str)>| {
         roff.control("SH", [title]);
@@ -111,9 +119,7 @@ fn main_page(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
     roff.text([roman(
         "systemd.exec(5), systemd-analyze(1); the README in /usr/share/doc/certagent",
     )]);
-    roff.to_writer(&mut out)?;
-    man.render_version_section(&mut out)?;
-    std::fs::write(dir.join(man.get_filename()), out)
+    roff
 }
 
 #[cfg(test)]

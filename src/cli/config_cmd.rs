@@ -28,26 +28,7 @@ pub fn validate(config_path: &Path, json: bool, candidate: Option<(&Path, &Path)
             errors,
         });
     } else if valid {
-        // A line, not a page: name the first few; --json lists them all.
-        const SHOWN: usize = 10;
-        let mut names = certificates
-            .iter()
-            .take(SHOWN)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if certificates.len() > SHOWN {
-            names.push_str(&format!(
-                " and {} more (--json lists all)",
-                certificates.len() - SHOWN
-            ));
-        }
-        let _ = writeln!(
-            std::io::stdout(),
-            "{}: valid, {} certificate(s): {names}",
-            config_path.display(),
-            certificates.len(),
-        );
+        print_valid(config_path, &certificates);
     } else {
         eprintln!("certagent: {} error(s) in the configuration:", errors.len());
         for e in &errors {
@@ -55,4 +36,28 @@ pub fn validate(config_path: &Path, json: bool, candidate: Option<(&Path, &Path)
         }
     }
     Ok(if valid { exit::OK } else { exit::CONFIG })
+}
+
+/// One line for a valid configuration: its file and the first few certificates.
+fn print_valid(config_path: &Path, certificates: &[String]) {
+    // A line, not a page: name the first few; --json lists them all.
+    const SHOWN: usize = 10;
+    let mut names = certificates
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if certificates.len() > SHOWN {
+        names.push_str(&format!(
+            " and {} more (--json lists all)",
+            certificates.len() - SHOWN
+        ));
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}: valid, {} certificate(s): {names}",
+        config_path.display(),
+        certificates.len(),
+    );
 }

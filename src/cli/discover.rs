@@ -37,33 +37,52 @@ fn absolute(p: &std::path::Path) -> Result<PathBuf> {
 }
 
 pub fn discover(args: &DiscoverArgs) -> Result<u8> {
+    let targets = targets(args)?;
+    check_targets(&targets)?;
+    let doc = discover::discover(&targets);
+    if args.json {
+        output::print_json(&doc);
+    } else {
+        output::print_stdout(&discover::render_toml(&doc));
+    }
+    for p in &doc.problems {
+        log::warn!("{p}");
+    }
+    Ok(exit::OK)
+}
+
+/// The configurations named on the command line, else the default ones.
+fn targets(args: &DiscoverArgs) -> Result<Targets> {
     let explicit =
         args.nginx_conf.is_some() || args.apache_root.is_some() || args.apache_conf.is_some();
-    let targets = if explicit {
-        let apache = match (&args.apache_root, &args.apache_conf) {
-            (None, None) => None,
-            (Some(root), conf) => {
-                let root = absolute(root)?;
-                let conf = match conf {
-                    Some(c) => absolute(&root.join(c))?,
-                    None => Targets::apache_conf_in(&root),
-                };
-                Some((root, conf))
-            }
-            (None, Some(conf)) => {
-                let conf = absolute(conf)?;
-                let root = conf.parent().map(PathBuf::from).unwrap_or_default();
-                Some((root, conf))
-            }
-        };
-        Targets {
-            nginx_conf: args.nginx_conf.as_deref().map(absolute).transpose()?,
-            apache,
-            explicit,
+    if !explicit {
+        return Ok(Targets::defaults());
+    }
+    let apache = match (&args.apache_root, &args.apache_conf) {
+        (None, None) => None,
+        (Some(root), conf) => {
+            let root = absolute(root)?;
+            let conf = match conf {
+                Some(c) => absolute(&root.join(c))?,
+                None => Targets::apache_conf_in(&root),
+            };
+            Some((root, conf))
         }
-    } else {
-        Targets::defaults()
+        (None, Some(conf)) => {
+            let conf = absolute(conf)?;
+            let root = conf.parent().map(PathBuf::from).unwrap_or_default();
+            Some((root, conf))
+        }
     };
+    Ok(Targets {
+        nginx_conf: args.nginx_conf.as_deref().map(absolute).transpose()?,
+        apache,
+        explicit,
+    })
+}
+
+/// Every target configuration exists, and there is at least one.
+fn check_targets(targets: &Targets) -> Result<()> {
     for conf in targets
         .nginx_conf
         .iter()
@@ -85,14 +104,5 @@ pub fn discover(args: &DiscoverArgs) -> Result<u8> {
         )
         .with_hint("point --nginx-conf, --apache-root or --apache-conf at the server's configuration"));
     }
-    let doc = discover::discover(&targets);
-    if args.json {
-        output::print_json(&doc);
-    } else {
-        output::print_stdout(&discover::render_toml(&doc));
-    }
-    for p in &doc.problems {
-        log::warn!("{p}");
-    }
-    Ok(exit::OK)
+    Ok(())
 }

@@ -98,32 +98,7 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
     service_config_only(config_path)?;
     let mut host = Host::new(args.root.as_deref(), args.dry_run)?;
     let packaged = host.packaged_unit();
-    let unit = match packaged {
-        Some(p) => {
-            host.record(
-                "file",
-                p,
-                false,
-                format!("keep {p}: the unit comes from the package"),
-            );
-            p
-        }
-        None => {
-            let exe = std::env::current_exe()
-                .context("failed to find the path of the running certagent")?;
-            // The service would fail with 203/EXEC. (With --root the unit is for another
-            // system, where the binary may well be somewhere else.)
-            let shown = exe.display().to_string();
-            if args.root.is_none() && ["/tmp/", "/var/tmp/"].iter().any(|t| shown.starts_with(t)) {
-                return Err(Error::msg(format!(
-                    "failed to install the unit: certagent runs from {shown:?}, which the service cannot see (PrivateTmp=yes)"
-                ))
-                .with_hint("move the binary to /usr/local/bin/certagent and run it from there"));
-            }
-            host.file(UNIT_FILE, &render_unit(&exe)?, 0o644)?;
-            UNIT_FILE
-        }
-    };
+    let unit = place_unit(&mut host, packaged, args)?;
     for (dir, mode) in DIRECTORIES {
         host.dir(dir, mode)?;
     }
@@ -132,62 +107,48 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
         host.file(EXAMPLE_FILE, EXAMPLE, 0o644)?;
     }
     let conf = host.config();
-    // The metrics directory must exist before the service starts: ReadWritePaths= skips a
-    // missing one, leaving the file unwritable until the next restart.
-    let mut metrics_dir = None;
-    if let Conf::Valid(config) = &conf {
-        match dropin(&extra_writable(config)) {
-            Some(text) => host.file(DROPIN, &text, 0o644)?,
-            None => host.remove(DROPIN)?,
-        };
-        if let Some(dir) = config.agent.metrics_file.as_deref().and_then(Path::parent) {
-            let dir = dir.display().to_string();
-            host.dir(&dir, 0o755)?;
-            metrics_dir = Some(dir);
-        }
-    }
+    let metrics_dir = place_writable_dirs(&mut host, &conf)?;
     let unit_changed = host.changed_any(&[UNIT_FILE, DROPIN]);
     let restart = unit_changed || metrics_dir.is_some_and(|d| host.changed_any(&[d.as_str()]));
     host.symlink(WANTS_LINK, unit)?;
 
-    let mut service = ServiceReport {
-        unit: Some(unit.to_string()),
-        enabled: true,
-        active: None,
-        note: None,
-    };
     let errors = match &conf {
         Conf::Invalid(errors) => errors.clone(),
         _ => Vec::new(),
     };
-    service.note = match &conf {
-        Conf::Missing => Some(format!(
-            "not started: there is no {DEFAULT_CONFIG} yet; write one (see {EXAMPLE_FILE}) and run `certagent install` again"
-        )),
-        Conf::Invalid(_) => Some(
-            "not started: the configuration is invalid (see `certagent config validate`)".into(),
-        ),
-        Conf::Valid(_) => None,
+    let (service, failure) = run_service(&mut host, &conf, args, unit, unit_changed, restart);
+    let doc = host.finish(service, errors);
+    report(&doc, args.json);
+    if let Some(e) = failure {
+        eprintln!("certagent: {e}");
+        eprintln!("  hint: journalctl -u certagent.service says why");
+        return Ok(exit::ERROR);
+    }
+    Ok(match conf {
+        Conf::Invalid(_) => exit::CONFIG,
+        _ => exit::OK,
+    })
+}
+
+/// With systemd running here, reload it and start or restart the service as needed; the
+/// report on the service, and the error that kept it from starting.
+fn run_service(
+    host: &mut Host,
+    conf: &Conf,
+    args: &InstallArgs,
+    unit: &str,
+    unit_changed: bool,
+    restart: bool,
+) -> (ServiceReport, Option<Error>) {
+    let mut service = ServiceReport {
+        unit: Some(unit.to_string()),
+        enabled: true,
+        active: None,
+        note: not_started_note(conf),
     };
     let mut failure = None;
     if host.systemd {
-        let result = (|| {
-            if unit_changed {
-                host.systemctl(&["daemon-reload"], "reload systemd's view of the unit")?;
-            }
-            if let Conf::Valid(_) = conf {
-                if !host.is_active() {
-                    host.systemctl(&["start", UNIT_NAME], "start certagent.service")?;
-                } else if restart {
-                    host.systemctl(
-                        &["restart", UNIT_NAME],
-                        "restart certagent.service: its unit or the directories it may write changed",
-                    )?;
-                }
-            }
-            Ok::<_, Error>(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = start_service(host, conf, unit_changed, restart) {
             service.note = Some(e.to_string());
             failure = Some(e);
         }
@@ -203,17 +164,89 @@ pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
             "systemd is not running here: enabled for the next boot, not started".into()
         });
     }
-    let doc = host.finish(service, errors);
-    report(&doc, args.json);
-    if let Some(e) = failure {
-        eprintln!("certagent: {e}");
-        eprintln!("  hint: journalctl -u certagent.service says why");
-        return Ok(exit::ERROR);
+    (service, failure)
+}
+
+/// The unit file: the package's when there is one, else written for the running binary.
+fn place_unit(
+    host: &mut Host,
+    packaged: Option<&'static str>,
+    args: &InstallArgs,
+) -> Result<&'static str> {
+    if let Some(p) = packaged {
+        host.record(
+            "file",
+            p,
+            false,
+            format!("keep {p}: the unit comes from the package"),
+        );
+        return Ok(p);
     }
-    Ok(match conf {
-        Conf::Invalid(_) => exit::CONFIG,
-        _ => exit::OK,
-    })
+    let exe =
+        std::env::current_exe().context("failed to find the path of the running certagent")?;
+    // The service would fail with 203/EXEC. (With --root the unit is for another
+    // system, where the binary may well be somewhere else.)
+    let shown = exe.display().to_string();
+    if args.root.is_none() && ["/tmp/", "/var/tmp/"].iter().any(|t| shown.starts_with(t)) {
+        return Err(Error::msg(format!(
+            "failed to install the unit: certagent runs from {shown:?}, which the service cannot see (PrivateTmp=yes)"
+        ))
+        .with_hint("move the binary to /usr/local/bin/certagent and run it from there"));
+    }
+    host.file(UNIT_FILE, &render_unit(&exe)?, 0o644)?;
+    Ok(UNIT_FILE)
+}
+
+/// For a valid configuration, the drop-in that lets the service write where it is
+/// configured to, and the metrics directory, whose path is returned when there is one.
+fn place_writable_dirs(host: &mut Host, conf: &Conf) -> Result<Option<String>> {
+    let Conf::Valid(config) = conf else {
+        return Ok(None);
+    };
+    match dropin(&extra_writable(config)) {
+        Some(text) => host.file(DROPIN, &text, 0o644)?,
+        None => host.remove(DROPIN)?,
+    };
+    // The metrics directory must exist before the service starts: ReadWritePaths= skips a
+    // missing one, leaving the file unwritable until the next restart.
+    let Some(dir) = config.agent.metrics_file.as_deref().and_then(Path::parent) else {
+        return Ok(None);
+    };
+    let dir = dir.display().to_string();
+    host.dir(&dir, 0o755)?;
+    Ok(Some(dir))
+}
+
+/// Why the service is not started, when the configuration keeps it from starting.
+fn not_started_note(conf: &Conf) -> Option<String> {
+    match conf {
+        Conf::Missing => Some(format!(
+            "not started: there is no {DEFAULT_CONFIG} yet; write one (see {EXAMPLE_FILE}) and run `certagent install` again"
+        )),
+        Conf::Invalid(_) => Some(
+            "not started: the configuration is invalid (see `certagent config validate`)".into(),
+        ),
+        Conf::Valid(_) => None,
+    }
+}
+
+/// Reload systemd when the unit changed; with a valid configuration, start the service,
+/// or restart it when its unit or writable directories changed.
+fn start_service(host: &mut Host, conf: &Conf, unit_changed: bool, restart: bool) -> Result<()> {
+    if unit_changed {
+        host.systemctl(&["daemon-reload"], "reload systemd's view of the unit")?;
+    }
+    if let Conf::Valid(_) = conf {
+        if !host.is_active() {
+            host.systemctl(&["start", UNIT_NAME], "start certagent.service")?;
+        } else if restart {
+            host.systemctl(
+                &["restart", UNIT_NAME],
+                "restart certagent.service: its unit or the directories it may write changed",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub fn uninstall(config_path: &Path, args: &UninstallArgs) -> Result<u8> {

@@ -70,31 +70,7 @@ pub(super) fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
     if let Some(p) = s.path(cx, "compromised_dir") {
         a.compromised_dir = p;
     }
-    if let Some(list) = s.strings(cx, "key_blocklist") {
-        for (p, span) in list {
-            // A list that is not there protects nothing: a mistyped path must not pass.
-            match walk::check_path(&p) {
-                Ok(p) if std::fs::metadata(&p).is_ok_and(|m| m.is_file()) => {
-                    a.key_blocklist.push(p)
-                }
-                Ok(p) => {
-                    let why = match std::fs::metadata(&p) {
-                        Ok(_) => "is not a regular file".to_string(),
-                        Err(e) => format!("cannot be read: {e}"),
-                    };
-                    cx.error(
-                        &span,
-                        &s.full_key("key_blocklist"),
-                        format!(
-                            "{:?} {why}; hint: fix the path, or remove it from key_blocklist",
-                            p.display().to_string()
-                        ),
-                    );
-                }
-                Err(e) => cx.error(&span, &s.full_key("key_blocklist"), e),
-            }
-        }
-    }
+    read_key_blocklist(cx, s, &mut a.key_blocklist);
     if let Some(d) = s.span(cx, "lock_timeout", MAX_TIMEOUT) {
         a.lock_timeout = d;
     }
@@ -106,6 +82,34 @@ pub(super) fn read_agent(cx: &mut Ctx, s: &mut Section) -> Agent {
         a.max_reissues_per_hour = n as u32;
     }
     a
+}
+
+/// `key_blocklist`: files of known-compromised keys, each of which must exist.
+fn read_key_blocklist(cx: &mut Ctx, s: &mut Section, blocklist: &mut Vec<PathBuf>) {
+    let Some(list) = s.strings(cx, "key_blocklist") else {
+        return;
+    };
+    for (p, span) in list {
+        // A list that is not there protects nothing: a mistyped path must not pass.
+        match walk::check_path(&p) {
+            Ok(p) if std::fs::metadata(&p).is_ok_and(|m| m.is_file()) => blocklist.push(p),
+            Ok(p) => {
+                let why = match std::fs::metadata(&p) {
+                    Ok(_) => "is not a regular file".to_string(),
+                    Err(e) => format!("cannot be read: {e}"),
+                };
+                cx.error(
+                    &span,
+                    &s.full_key("key_blocklist"),
+                    format!(
+                        "{:?} {why}; hint: fix the path, or remove it from key_blocklist",
+                        p.display().to_string()
+                    ),
+                );
+            }
+            Err(e) => cx.error(&span, &s.full_key("key_blocklist"), e),
+        }
+    }
 }
 
 #[cfg(test)]

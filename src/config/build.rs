@@ -2,6 +2,7 @@
 //! references between sections, and the checks that need more than one section.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::agent::{AGENT_KEYS, default_agent, read_agent};
@@ -22,6 +23,14 @@ use crate::error::shown;
 pub(super) struct Origin {
     file: PathBuf,
     line: usize,
+}
+
+/// The file being read and the line of `span` in it.
+fn origin(cx: &Ctx, span: &Range<usize>) -> Origin {
+    Origin {
+        file: cx.file.to_path_buf(),
+        line: cx.line(span),
+    }
 }
 
 #[derive(Default)]
@@ -53,51 +62,50 @@ impl Builder {
             self.agent = Some(read_agent(cx, &mut s));
             s.finish(cx, AGENT_KEYS);
         }
-        for (name, mut s) in root.tables(cx, "issuer") {
-            let origin = Origin {
-                file: cx.file.to_path_buf(),
-                line: cx.line(&s.span),
-            };
-            if let Some(issuer) = read_issuer(cx, &mut s, &name) {
-                self.insert_unique(cx, &s, "issuer", name, issuer, origin, |b| &mut b.issuers);
+        self.read_tables(cx, root, "issuer", ISSUER_KEYS, read_issuer, |b| {
+            &mut b.issuers
+        });
+        self.read_tables(cx, root, "server", SERVER_KEYS, read_server, |b| {
+            &mut b.servers
+        });
+        self.read_tables(cx, root, "notify", NOTIFY_KEYS, read_notify, |b| {
+            &mut b.notify
+        });
+        self.read_certificates(cx, root);
+    }
+
+    /// Every `[what.NAME]` table of this file, read by `read`, kept in `map` unless a table
+    /// of that name is already defined.
+    fn read_tables<T>(
+        &mut self,
+        cx: &mut Ctx,
+        root: &mut Section,
+        what: &str,
+        keys: &str,
+        read: fn(&mut Ctx, &mut Section, &str) -> Option<T>,
+        map: impl Fn(&mut Self) -> &mut BTreeMap<String, (T, Origin)>,
+    ) {
+        for (name, mut s) in root.tables(cx, what) {
+            let origin = origin(cx, &s.span);
+            if let Some(value) = read(cx, &mut s, &name) {
+                self.insert_unique(cx, &s, what, name, value, origin, &map);
             }
-            s.finish(cx, ISSUER_KEYS);
+            s.finish(cx, keys);
         }
-        for (name, mut s) in root.tables(cx, "server") {
-            let origin = Origin {
-                file: cx.file.to_path_buf(),
-                line: cx.line(&s.span),
-            };
-            if let Some(server) = read_server(cx, &mut s, &name) {
-                self.insert_unique(cx, &s, "server", name, server, origin, |b| &mut b.servers);
-            }
-            s.finish(cx, SERVER_KEYS);
-        }
-        for (name, mut s) in root.tables(cx, "notify") {
-            let origin = Origin {
-                file: cx.file.to_path_buf(),
-                line: cx.line(&s.span),
-            };
-            if let Some(n) = read_notify(cx, &mut s, &name) {
-                self.insert_unique(cx, &s, "notify", name, n, origin, |b| &mut b.notify);
-            }
-            s.finish(cx, NOTIFY_KEYS);
-        }
+    }
+
+    /// Every `[certificate.NAME]` table of this file, with what the cross-checks in
+    /// `finish` need: its references, whether its issuer is implicit, where `renew_before` is.
+    fn read_certificates(&mut self, cx: &mut Ctx, root: &mut Section) {
         for (name, mut s) in root.tables(cx, "certificate") {
-            let origin = Origin {
-                file: cx.file.to_path_buf(),
-                line: cx.line(&s.span),
-            };
+            let origin = origin(cx, &s.span);
             if !s_has(&mut s, "issuer") {
                 self.implicit_issuer.push(name.clone());
             }
             if let Some(cert) = read_certificate(cx, &mut s, &name) {
                 if let Some(span) = s.value_span("renew_before") {
-                    let at = Origin {
-                        file: cx.file.to_path_buf(),
-                        line: cx.line(&span),
-                    };
-                    self.renew_before_at.insert(name.clone(), at);
+                    self.renew_before_at
+                        .insert(name.clone(), self::origin(cx, &span));
                 }
                 self.refs
                     .push((name.clone(), cert.issuer.clone(), origin.clone(), "issuer"));
@@ -153,6 +161,28 @@ impl Builder {
                     },
                 )
             });
+        self.check_refs(errors);
+        self.check_renew_before(errors);
+        self.check_verify_endpoints(errors);
+        self.check_shared_outputs(errors);
+        let agent = self.agent.take().unwrap_or_else(default_agent);
+        self.check_implicit_issuers(&agent, errors);
+        Config {
+            agent,
+            issuers: self.issuers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            servers: self.servers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            certificates: self
+                .certificates
+                .into_iter()
+                .map(|(k, (v, _))| (k, v))
+                .collect(),
+            notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            fingerprint: 0,
+        }
+    }
+
+    /// Every issuer and server a certificate names is defined.
+    fn check_refs(&self, errors: &mut Vec<ConfigError>) {
         for (cert, target, origin, what) in &self.refs {
             let known: Vec<&String> = match *what {
                 "issuer" => self.issuers.keys().collect(),
@@ -177,8 +207,11 @@ impl Builder {
                 });
             }
         }
-        // A renewal window as long as the issuer's certificates live makes every new
-        // certificate due the moment it is issued: a re-issue loop.
+    }
+
+    /// A renewal window as long as the issuer's certificates live makes every new
+    /// certificate due the moment it is issued: a re-issue loop.
+    fn check_renew_before(&self, errors: &mut Vec<ConfigError>) {
         for (name, (cert, _)) in &self.certificates {
             let (Some(before), Some(at)) = (cert.renew_before, self.renew_before_at.get(name))
             else {
@@ -205,7 +238,10 @@ impl Builder {
                 });
             }
         }
-        // Every certificate on a server that is probed needs an endpoint to probe it at.
+    }
+
+    /// Every certificate on a server that is probed needs an endpoint to probe it at.
+    fn check_verify_endpoints(&self, errors: &mut Vec<ConfigError>) {
         for (name, (cert, origin)) in &self.certificates {
             let Some((server, _)) = cert.server.as_ref().and_then(|s| self.servers.get(s)) else {
                 continue;
@@ -231,7 +267,10 @@ impl Builder {
                 });
             }
         }
-        // The same file written by two certificates would make them overwrite each other.
+    }
+
+    /// The same file written by two certificates would make them overwrite each other.
+    fn check_shared_outputs(&self, errors: &mut Vec<ConfigError>) {
         let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
         for (name, (cert, origin)) in &self.certificates {
             let outputs = [
@@ -255,8 +294,10 @@ impl Builder {
                 }
             }
         }
-        let agent = self.agent.unwrap_or_else(default_agent);
-        // The local CA by default only where no other CA's certificate is in service.
+    }
+
+    /// The local CA by default only where no other CA's certificate is in service.
+    fn check_implicit_issuers(&self, agent: &Agent, errors: &mut Vec<ConfigError>) {
         for name in &self.implicit_issuer {
             let Some((cert, origin)) = self.certificates.get(name) else {
                 continue;
@@ -271,18 +312,6 @@ impl Builder {
                     hint: Some(hint),
                 });
             }
-        }
-        Config {
-            agent,
-            issuers: self.issuers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
-            servers: self.servers.into_iter().map(|(k, (v, _))| (k, v)).collect(),
-            certificates: self
-                .certificates
-                .into_iter()
-                .map(|(k, (v, _))| (k, v))
-                .collect(),
-            notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
-            fingerprint: 0,
         }
     }
 }

@@ -53,6 +53,57 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certificate> {
     let name_ok = valid_name(cx, s, "certificate", name);
+    let names = read_names(cx, s);
+    let issuer = s
+        .string(cx, "issuer")
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| BUILTIN_ISSUER.to_string());
+    let server = s.string(cx, "server").map(|(v, _)| v);
+    let key_type = s
+        .parsed::<KeySpec>(cx, "key_type")
+        .unwrap_or(KeySpec::EcdsaP256);
+    let (cert_file, key_file) = read_served_files(cx, s);
+    let chain_file = s.path(cx, "chain_file");
+    let leaf_file = s.path(cx, "leaf_file");
+    let renew_before = s.span(cx, "renew_before", MAX_LIFETIME);
+    let owner = s.string(cx, "owner").map(|(v, _)| v);
+    let group = s.string(cx, "group").map(|(v, _)| v);
+    let key_mode = read_mode(cx, s, "key_mode", 0o600);
+    let cert_mode = read_mode(cx, s, "cert_mode", 0o644);
+    let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
+    let pre_install = s.command(cx, "pre_install");
+    let post_install = s.command(cx, "post_install");
+    let hook_timeout = s
+        .span(cx, "hook_timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(60));
+    check_files(cx, s, key_mode, &cert_file, &key_file);
+    if !name_ok || names.is_empty() {
+        return None;
+    }
+    Some(Certificate {
+        name: name.to_string(),
+        names,
+        issuer,
+        server,
+        key_type,
+        cert_file: cert_file?,
+        key_file: key_file?,
+        chain_file,
+        leaf_file,
+        renew_before,
+        owner,
+        group,
+        key_mode,
+        cert_mode,
+        revoke_first,
+        pre_install,
+        post_install,
+        hook_timeout,
+    })
+}
+
+/// `names`: one to 100 DNS names, none twice.
+fn read_names(cx: &mut Ctx, s: &mut Section) -> Vec<DomainName> {
     let mut names = Vec::new();
     match s.strings(cx, "names") {
         Some(list) if !list.is_empty() => {
@@ -87,14 +138,11 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
             "missing; the DNS names the certificate is for",
         ),
     }
-    let issuer = s
-        .string(cx, "issuer")
-        .map(|(i, _)| i)
-        .unwrap_or_else(|| BUILTIN_ISSUER.to_string());
-    let server = s.string(cx, "server").map(|(v, _)| v);
-    let key_type = s
-        .parsed::<KeySpec>(cx, "key_type")
-        .unwrap_or(KeySpec::EcdsaP256);
+    names
+}
+
+/// `cert_file` and `key_file`, both required.
+fn read_served_files(cx: &mut Ctx, s: &mut Section) -> (Option<PathBuf>, Option<PathBuf>) {
     let cert_file = s.path(cx, "cert_file");
     let key_file = s.path(cx, "key_file");
     if !s_has(s, "cert_file") {
@@ -111,26 +159,28 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
             "missing; the private key file the web server reads",
         );
     }
-    let chain_file = s.path(cx, "chain_file");
-    let leaf_file = s.path(cx, "leaf_file");
-    let renew_before = s.span(cx, "renew_before", MAX_LIFETIME);
-    let owner = s.string(cx, "owner").map(|(v, _)| v);
-    let group = s.string(cx, "group").map(|(v, _)| v);
-    let mut mode = |cx: &mut Ctx, key: &str, default: u32| match s.string(cx, key) {
+    (cert_file, key_file)
+}
+
+/// A file mode under `key`, or `default` when it is absent or invalid.
+fn read_mode(cx: &mut Ctx, s: &mut Section, key: &str, default: u32) -> u32 {
+    match s.string(cx, key) {
         Some((m, span)) => parse_mode(&m).unwrap_or_else(|e| {
             cx.error(&span, &s.full_key(key), e);
             default
         }),
         None => default,
-    };
-    let key_mode = mode(cx, "key_mode", 0o600);
-    let cert_mode = mode(cx, "cert_mode", 0o644);
-    let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
-    let pre_install = s.command(cx, "pre_install");
-    let post_install = s.command(cx, "post_install");
-    let hook_timeout = s
-        .span(cx, "hook_timeout", MAX_TIMEOUT)
-        .unwrap_or(Span::secs(60));
+    }
+}
+
+/// The key is not world-readable, and the certificate and key are different files.
+fn check_files(
+    cx: &mut Ctx,
+    s: &Section,
+    key_mode: u32,
+    cert_file: &Option<PathBuf>,
+    key_file: &Option<PathBuf>,
+) {
     if key_mode & 0o007 != 0 {
         cx.error(
             &s.span,
@@ -140,7 +190,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
             ),
         );
     }
-    if let (Some(c), Some(k)) = (&cert_file, &key_file)
+    if let (Some(c), Some(k)) = (cert_file, key_file)
         && c == k
     {
         cx.error(
@@ -149,27 +199,4 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
             "cert_file and key_file must be different files",
         );
     }
-    if !name_ok || names.is_empty() {
-        return None;
-    }
-    Some(Certificate {
-        name: name.to_string(),
-        names,
-        issuer,
-        server,
-        key_type,
-        cert_file: cert_file?,
-        key_file: key_file?,
-        chain_file,
-        leaf_file,
-        renew_before,
-        owner,
-        group,
-        key_mode,
-        cert_mode,
-        revoke_first,
-        pre_install,
-        post_install,
-        hook_timeout,
-    })
 }

@@ -2,6 +2,7 @@
 //! DNSimple; the URLs and credentials each needs.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use super::build::valid_name;
@@ -122,157 +123,10 @@ pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<I
         return None;
     };
     let kind = match kind.as_str() {
-        "internal" => {
-            let validity = s
-                .span(cx, "validity", MAX_LIFETIME)
-                .unwrap_or(Span::days(90));
-            if validity.0 < 3_600 {
-                cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
-            }
-            IssuerKind::Internal(InternalIssuer { validity })
-        }
-        "acme" => {
-            let directory = match s.string(cx, "directory") {
-                Some((d, span)) if d.starts_with("https://") => {
-                    if d.len() < 2048 {
-                        Some(d)
-                    } else {
-                        cx.error(&span, &s.full_key("directory"), "URL is too long");
-                        None
-                    }
-                }
-                Some((d, span)) => {
-                    cx.error(
-                        &span,
-                        &s.full_key("directory"),
-                        format!("{d:?} must be an https:// URL"),
-                    );
-                    None
-                }
-                None => {
-                    cx.error(&s.span, &s.full_key("directory"), "missing; the ACME directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"");
-                    None
-                }
-            };
-            let contact = s.strings(cx, "contact").unwrap_or_default();
-            for (c, span) in &contact {
-                if !c.starts_with("mailto:") {
-                    cx.error(
-                        span,
-                        &s.full_key("contact"),
-                        format!("{c:?} must be a mailto: URL"),
-                    );
-                }
-            }
-            let ca_bundle = s.path(cx, "ca_bundle");
-            let challenge = s.string(cx, "challenge");
-            let challenge = match challenge.as_ref().map(|(c, span)| (c.as_str(), span)) {
-                None | Some(("http-01", _)) => read_http01(cx, s).map(Challenge::Http01),
-                Some(("dns-01", span)) => match s.string(cx, "dns_provider") {
-                    Some((p, _)) if p == "dnsimple" => {
-                        let api = read_dnsimple_api(cx, s);
-                        let zone = s
-                            .string(cx, "dns_zone")
-                            .map(|(z, _)| z.trim_end_matches('.').to_ascii_lowercase());
-                        let propagation_timeout = s
-                            .span(cx, "propagation_timeout", MAX_TIMEOUT)
-                            .unwrap_or(Span::secs(600));
-                        api.map(|api| Challenge::Dns01 {
-                            api,
-                            zone,
-                            propagation_timeout,
-                        })
-                    }
-                    Some((p, pspan)) => {
-                        cx.error(
-                            &pspan,
-                            &s.full_key("dns_provider"),
-                            format!("unknown DNS provider {p:?}; expected \"dnsimple\""),
-                        );
-                        None
-                    }
-                    None => {
-                        cx.error(
-                            span,
-                            &s.full_key("dns_provider"),
-                            "dns-01 needs dns_provider = \"dnsimple\"",
-                        );
-                        None
-                    }
-                },
-                Some((c, span)) => {
-                    let msg = if c == "tls-alpn-01" {
-                        format!(
-                            "{c:?} is not supported by this version of certagent; use \"http-01\" or \"dns-01\""
-                        )
-                    } else {
-                        format!("unknown challenge {c:?}; expected \"http-01\" or \"dns-01\"")
-                    };
-                    cx.error(span, &s.full_key("challenge"), msg);
-                    None
-                }
-            };
-            let eab_kid = s.string(cx, "eab_kid").map(|(k, _)| k);
-            let eab_file = s.path(cx, "eab_hmac_key_file");
-            let eab = match (eab_kid, eab_file) {
-                (Some(kid), Some(hmac_key_file)) => Some(Eab { kid, hmac_key_file }),
-                (None, None) => None,
-                _ => {
-                    cx.error(
-                        &s.span,
-                        &s.key,
-                        "external account binding needs both eab_kid and eab_hmac_key_file",
-                    );
-                    None
-                }
-            };
-            let timeout = s
-                .span(cx, "timeout", MAX_TIMEOUT)
-                .unwrap_or(Span::secs(600));
-            IssuerKind::Acme(AcmeIssuer {
-                directory: directory?,
-                contact: contact.into_iter().map(|(c, _)| c).collect(),
-                ca_bundle,
-                challenge: challenge?,
-                eab,
-                timeout,
-            })
-        }
-        "manual" => {
-            let remind_every = s
-                .span(cx, "remind_every", MAX_REMIND)
-                .unwrap_or(Span::days(1));
-            if remind_every.0 < 60 {
-                cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
-            }
-            IssuerKind::Manual(ManualIssuer { remind_every })
-        }
-        "dnsimple" => {
-            let api = read_dnsimple_api(cx, s);
-            let domain = match s.parsed::<DomainName>(cx, "domain") {
-                Some(d) if !d.as_str().starts_with("*.") => Some(d.to_string()),
-                Some(_) => {
-                    cx.error(
-                        &s.span,
-                        &s.full_key("domain"),
-                        "the DNSimple domain cannot be a wildcard",
-                    );
-                    None
-                }
-                None => {
-                    cx.error(&s.span, &s.full_key("domain"), "missing; the DNSimple domain the certificates belong to, e.g. \"example.com\"");
-                    None
-                }
-            };
-            let timeout = s
-                .span(cx, "timeout", MAX_TIMEOUT)
-                .unwrap_or(Span::secs(300));
-            IssuerKind::Dnsimple(DnsimpleIssuer {
-                api: api?,
-                domain: domain?,
-                timeout,
-            })
-        }
+        "internal" => IssuerKind::Internal(read_internal(cx, s)),
+        "acme" => IssuerKind::Acme(read_acme(cx, s)?),
+        "manual" => IssuerKind::Manual(read_manual(cx, s)),
+        "dnsimple" => IssuerKind::Dnsimple(read_dnsimple(cx, s)?),
         other => {
             cx.error(
                 &kind_span,
@@ -285,6 +139,190 @@ pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<I
     name_ok.then(|| Issuer {
         name: name.to_string(),
         kind,
+    })
+}
+
+/// `kind = "internal"`: the certificates' validity.
+fn read_internal(cx: &mut Ctx, s: &mut Section) -> InternalIssuer {
+    let validity = s
+        .span(cx, "validity", MAX_LIFETIME)
+        .unwrap_or(Span::days(90));
+    if validity.0 < 3_600 {
+        cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
+    }
+    InternalIssuer { validity }
+}
+
+/// `kind = "acme"`: directory, contacts, challenge, EAB and timeout.
+fn read_acme(cx: &mut Ctx, s: &mut Section) -> Option<AcmeIssuer> {
+    let directory = read_directory(cx, s);
+    let contact = s.strings(cx, "contact").unwrap_or_default();
+    for (c, span) in &contact {
+        if !c.starts_with("mailto:") {
+            cx.error(
+                span,
+                &s.full_key("contact"),
+                format!("{c:?} must be a mailto: URL"),
+            );
+        }
+    }
+    let ca_bundle = s.path(cx, "ca_bundle");
+    let challenge = read_challenge(cx, s);
+    let eab = read_eab(cx, s);
+    let timeout = s
+        .span(cx, "timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(600));
+    Some(AcmeIssuer {
+        directory: directory?,
+        contact: contact.into_iter().map(|(c, _)| c).collect(),
+        ca_bundle,
+        challenge: challenge?,
+        eab,
+        timeout,
+    })
+}
+
+/// The ACME `directory`: a required https:// URL.
+fn read_directory(cx: &mut Ctx, s: &mut Section) -> Option<String> {
+    match s.string(cx, "directory") {
+        Some((d, span)) if d.starts_with("https://") => {
+            if d.len() < 2048 {
+                Some(d)
+            } else {
+                cx.error(&span, &s.full_key("directory"), "URL is too long");
+                None
+            }
+        }
+        Some((d, span)) => {
+            cx.error(
+                &span,
+                &s.full_key("directory"),
+                format!("{d:?} must be an https:// URL"),
+            );
+            None
+        }
+        None => {
+            cx.error(&s.span, &s.full_key("directory"), "missing; the ACME directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"");
+            None
+        }
+    }
+}
+
+/// `challenge`: http-01 (the default) or dns-01.
+fn read_challenge(cx: &mut Ctx, s: &mut Section) -> Option<Challenge> {
+    let challenge = s.string(cx, "challenge");
+    match challenge.as_ref().map(|(c, span)| (c.as_str(), span)) {
+        None | Some(("http-01", _)) => read_http01(cx, s).map(Challenge::Http01),
+        Some(("dns-01", span)) => read_dns01(cx, s, span),
+        Some((c, span)) => {
+            let msg = if c == "tls-alpn-01" {
+                format!(
+                    "{c:?} is not supported by this version of certagent; use \"http-01\" or \"dns-01\""
+                )
+            } else {
+                format!("unknown challenge {c:?}; expected \"http-01\" or \"dns-01\"")
+            };
+            cx.error(span, &s.full_key("challenge"), msg);
+            None
+        }
+    }
+}
+
+/// `dns_provider`, `dns_zone`, `propagation_timeout` and the DNSimple API for dns-01;
+/// `challenge_span` is where `challenge = "dns-01"` was set.
+fn read_dns01(cx: &mut Ctx, s: &mut Section, challenge_span: &Range<usize>) -> Option<Challenge> {
+    match s.string(cx, "dns_provider") {
+        Some((p, _)) if p == "dnsimple" => {
+            let api = read_dnsimple_api(cx, s);
+            let zone = s
+                .string(cx, "dns_zone")
+                .map(|(z, _)| z.trim_end_matches('.').to_ascii_lowercase());
+            let propagation_timeout = s
+                .span(cx, "propagation_timeout", MAX_TIMEOUT)
+                .unwrap_or(Span::secs(600));
+            api.map(|api| Challenge::Dns01 {
+                api,
+                zone,
+                propagation_timeout,
+            })
+        }
+        Some((p, pspan)) => {
+            cx.error(
+                &pspan,
+                &s.full_key("dns_provider"),
+                format!("unknown DNS provider {p:?}; expected \"dnsimple\""),
+            );
+            None
+        }
+        None => {
+            cx.error(
+                challenge_span,
+                &s.full_key("dns_provider"),
+                "dns-01 needs dns_provider = \"dnsimple\"",
+            );
+            None
+        }
+    }
+}
+
+/// External account binding: `eab_kid` and `eab_hmac_key_file`, both or neither.
+fn read_eab(cx: &mut Ctx, s: &mut Section) -> Option<Eab> {
+    let eab_kid = s.string(cx, "eab_kid").map(|(k, _)| k);
+    let eab_file = s.path(cx, "eab_hmac_key_file");
+    match (eab_kid, eab_file) {
+        (Some(kid), Some(hmac_key_file)) => Some(Eab { kid, hmac_key_file }),
+        (None, None) => None,
+        _ => {
+            cx.error(
+                &s.span,
+                &s.key,
+                "external account binding needs both eab_kid and eab_hmac_key_file",
+            );
+            None
+        }
+    }
+}
+
+/// `kind = "manual"`: how often to remind.
+fn read_manual(cx: &mut Ctx, s: &mut Section) -> ManualIssuer {
+    let remind_every = s
+        .span(cx, "remind_every", MAX_REMIND)
+        .unwrap_or(Span::days(1));
+    if remind_every.0 < 60 {
+        cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
+    }
+    ManualIssuer { remind_every }
+}
+
+/// `kind = "dnsimple"`: the API, the (non-wildcard) domain and the timeout.
+fn read_dnsimple(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleIssuer> {
+    let api = read_dnsimple_api(cx, s);
+    let domain = match s.parsed::<DomainName>(cx, "domain") {
+        Some(d) if !d.as_str().starts_with("*.") => Some(d.to_string()),
+        Some(_) => {
+            cx.error(
+                &s.span,
+                &s.full_key("domain"),
+                "the DNSimple domain cannot be a wildcard",
+            );
+            None
+        }
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("domain"),
+                "missing; the DNSimple domain the certificates belong to, e.g. \"example.com\"",
+            );
+            None
+        }
+    };
+    let timeout = s
+        .span(cx, "timeout", MAX_TIMEOUT)
+        .unwrap_or(Span::secs(300));
+    Some(DnsimpleIssuer {
+        api: api?,
+        domain: domain?,
+        timeout,
     })
 }
 
@@ -328,7 +366,28 @@ fn read_http01(cx: &mut Ctx, s: &mut Section) -> Option<Http01> {
 
 /// `token_file`, `account_id`, `api_url` for DNSimple.
 fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
-    let token_file = match s.string(cx, "token_file") {
+    let token_file = read_token_file(cx, s);
+    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
+    let base_url = match s.string(cx, "api_url") {
+        Some((u, span)) => match check_api_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.error(&span, &s.full_key("api_url"), why);
+                None
+            }
+        },
+        None => Some("https://api.dnsimple.com/v2".to_string()),
+    };
+    Some(DnsimpleApi {
+        token_file: token_file?,
+        account_id,
+        base_url: base_url?,
+    })
+}
+
+/// `token_file`: an absolute path or a systemd credential name.
+fn read_token_file(cx: &mut Ctx, s: &mut Section) -> Option<String> {
+    match s.string(cx, "token_file") {
         Some((t, span)) if t.contains('/') => match walk::check_path(&t) {
             Ok(_) => Some(t),
             Err(e) => {
@@ -353,23 +412,7 @@ fn read_dnsimple_api(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleApi> {
             );
             None
         }
-    };
-    let account_id = s.integer(cx, "account_id", 1..i64::MAX).map(|n| n as u64);
-    let base_url = match s.string(cx, "api_url") {
-        Some((u, span)) => match check_api_url(&u) {
-            Ok(()) => Some(u.trim_end_matches('/').to_string()),
-            Err(why) => {
-                cx.error(&span, &s.full_key("api_url"), why);
-                None
-            }
-        },
-        None => Some("https://api.dnsimple.com/v2".to_string()),
-    };
-    Some(DnsimpleApi {
-        token_file: token_file?,
-        account_id,
-        base_url: base_url?,
-    })
+    }
 }
 
 /// An API URL must be https://, except plain http:// to a loopback host (a local fake or

@@ -69,65 +69,9 @@ impl Config {
         path: &Path,
         candidate: Option<(&Path, &Path)>,
     ) -> Result<Config, ConfigErrors> {
-        let mut files = vec![path.to_path_buf()];
         let mut errors = Vec::new();
-        let dropin_dir = path.parent().unwrap_or(Path::new("/")).join("conf.d");
-        match std::fs::read_dir(&dropin_dir) {
-            Ok(entries) => {
-                let mut dropins: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                    .collect();
-                dropins.sort();
-                files.extend(dropins);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(ConfigError {
-                hint: None,
-                file: dropin_dir.clone(),
-                line: 0,
-                key: String::new(),
-                message: format!("failed to read drop-in directory: {e}"),
-            }),
-        }
-        if let Some((target, _)) = candidate
-            && !files.iter().any(|f| f == target)
-        {
-            if target.parent() == Some(dropin_dir.as_path())
-                && target.extension().is_some_and(|x| x == "toml")
-            {
-                files.push(target.to_path_buf());
-                files[1..].sort();
-            } else {
-                errors.push(ConfigError {
-                    hint: None,
-                    file: target.to_path_buf(),
-                    line: 0,
-                    key: String::new(),
-                    message: format!(
-                        "is neither the config file nor a drop-in (a .toml file in {:?})",
-                        dropin_dir.display().to_string()
-                    ),
-                });
-            }
-        }
-        let mut texts = Vec::new();
-        for file in &files {
-            let source = match candidate {
-                Some((target, source)) if target == file => source,
-                _ => file,
-            };
-            match read_capped(source) {
-                Ok(text) => texts.push((file.clone(), text)),
-                Err(message) => errors.push(ConfigError {
-                    hint: None,
-                    file: file.clone(),
-                    line: 0,
-                    key: String::new(),
-                    message,
-                }),
-            }
-        }
+        let files = config_files(path, candidate, &mut errors);
+        let texts = read_sources(&files, candidate, &mut errors);
         let config = Self::parse_sources(&texts, &mut errors);
         check_directories(&config.agent, path, &mut errors);
         if errors.is_empty() {
@@ -174,6 +118,92 @@ impl Config {
     pub fn certificate(&self, name: &str) -> Option<&Certificate> {
         self.certificates.get(name)
     }
+}
+
+/// The main file, then the drop-ins in `conf.d/` in name order, with a candidate drop-in
+/// that does not exist yet among them.
+fn config_files(
+    path: &Path,
+    candidate: Option<(&Path, &Path)>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let dropin_dir = path.parent().unwrap_or(Path::new("/")).join("conf.d");
+    files.extend(dropins(&dropin_dir, errors));
+    if let Some((target, _)) = candidate
+        && !files.iter().any(|f| f == target)
+    {
+        if target.parent() == Some(dropin_dir.as_path())
+            && target.extension().is_some_and(|x| x == "toml")
+        {
+            files.push(target.to_path_buf());
+            files[1..].sort();
+        } else {
+            errors.push(ConfigError {
+                hint: None,
+                file: target.to_path_buf(),
+                line: 0,
+                key: String::new(),
+                message: format!(
+                    "is neither the config file nor a drop-in (a .toml file in {:?})",
+                    dropin_dir.display().to_string()
+                ),
+            });
+        }
+    }
+    files
+}
+
+/// The `.toml` files in `dropin_dir`, in name order; none when it does not exist.
+fn dropins(dropin_dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    match std::fs::read_dir(dropin_dir) {
+        Ok(entries) => {
+            let mut dropins: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            dropins.sort();
+            dropins
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(ConfigError {
+                hint: None,
+                file: dropin_dir.to_path_buf(),
+                line: 0,
+                key: String::new(),
+                message: format!("failed to read drop-in directory: {e}"),
+            });
+            Vec::new()
+        }
+    }
+}
+
+/// The text of each file (of the candidate's source for its target), an error for each
+/// that cannot be read.
+fn read_sources(
+    files: &[PathBuf],
+    candidate: Option<(&Path, &Path)>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(PathBuf, String)> {
+    let mut texts = Vec::new();
+    for file in files {
+        let source = match candidate {
+            Some((target, source)) if target == file => source,
+            _ => file,
+        };
+        match read_capped(source) {
+            Ok(text) => texts.push((file.clone(), text)),
+            Err(message) => errors.push(ConfigError {
+                hint: None,
+                file: file.clone(),
+                line: 0,
+                key: String::new(),
+                message,
+            }),
+        }
+    }
+    texts
 }
 
 /// The directories certagent keeps root's files in (and takes compromise flags from) must be

@@ -39,26 +39,35 @@ pub(super) const NOTIFY_KEYS: &str = "kind, url, command, events, timeout, retri
 
 pub(super) fn read_notify(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Notify> {
     let name_ok = valid_name(cx, s, "notify", name);
-    let target = match s.string(cx, "kind") {
-        Some((k, _)) if k == "webhook" => match s.string(cx, "url") {
-            Some((u, span)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
-                cx.error(
-                    &span,
-                    &s.full_key("url"),
-                    format!("{u:?} must be an http(s):// URL"),
-                );
-                None
-            }
-            Some((u, _)) => Some(NotifyTarget::Webhook(u)),
-            None => {
-                cx.error(
-                    &s.span,
-                    &s.full_key("url"),
-                    "missing; where to POST the event",
-                );
-                None
-            }
-        },
+    let target = read_target(cx, s);
+    let mut events = Vec::new();
+    for (e, span) in s.strings(cx, "events").unwrap_or_default() {
+        if EVENTS.contains(&e.as_str()) {
+            events.push(e);
+        } else {
+            cx.error(
+                &span,
+                &s.full_key("events"),
+                format!("unknown event {e:?}; known: {}", EVENTS.join(", ")),
+            );
+        }
+    }
+    let timeout = s.span(cx, "timeout", MAX_TIMEOUT).unwrap_or(Span::secs(10));
+    let retries = s.integer(cx, "retries", 0..11).unwrap_or(3) as u32;
+    let target = target?;
+    name_ok.then(|| Notify {
+        name: name.to_string(),
+        target,
+        events,
+        timeout,
+        retries,
+    })
+}
+
+/// `kind` and what it needs: the webhook's `url` or the `command` to run.
+fn read_target(cx: &mut Ctx, s: &mut Section) -> Option<NotifyTarget> {
+    match s.string(cx, "kind") {
+        Some((k, _)) if k == "webhook" => read_webhook(cx, s),
         Some((k, _)) if k == "command" => match s.command(cx, "command") {
             Some(argv) => Some(NotifyTarget::Command(argv)),
             None => {
@@ -86,27 +95,28 @@ pub(super) fn read_notify(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<N
             );
             None
         }
-    };
-    let mut events = Vec::new();
-    for (e, span) in s.strings(cx, "events").unwrap_or_default() {
-        if EVENTS.contains(&e.as_str()) {
-            events.push(e);
-        } else {
+    }
+}
+
+/// `url` for `kind = "webhook"`: where to POST the event.
+fn read_webhook(cx: &mut Ctx, s: &mut Section) -> Option<NotifyTarget> {
+    match s.string(cx, "url") {
+        Some((u, span)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
             cx.error(
                 &span,
-                &s.full_key("events"),
-                format!("unknown event {e:?}; known: {}", EVENTS.join(", ")),
+                &s.full_key("url"),
+                format!("{u:?} must be an http(s):// URL"),
             );
+            None
+        }
+        Some((u, _)) => Some(NotifyTarget::Webhook(u)),
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("url"),
+                "missing; where to POST the event",
+            );
+            None
         }
     }
-    let timeout = s.span(cx, "timeout", MAX_TIMEOUT).unwrap_or(Span::secs(10));
-    let retries = s.integer(cx, "retries", 0..11).unwrap_or(3) as u32;
-    let target = target?;
-    name_ok.then(|| Notify {
-        name: name.to_string(),
-        target,
-        events,
-        timeout,
-        retries,
-    })
 }

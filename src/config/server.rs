@@ -2,6 +2,7 @@
 //! reloaded and probed, and which TLS endpoints show the new certificate.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use super::MAX_TIMEOUT;
@@ -103,56 +104,8 @@ pub fn name_covers(name: &str, host: &str) -> bool {
 
 pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Server> {
     let name_ok = valid_name(cx, s, "server", name);
-    const KINDS: &str = "\"nginx\", \"apache\", \"command\" or \"none\"";
-    let kind = match s.string(cx, "kind") {
-        Some((k, span)) => match k.as_str() {
-            "nginx" => ServerKind::Nginx,
-            "apache" => ServerKind::Apache,
-            "command" => ServerKind::Command,
-            "none" => ServerKind::None,
-            other => {
-                cx.error(
-                    &span,
-                    &s.full_key("kind"),
-                    format!("unknown server kind {other:?}; expected {KINDS}"),
-                );
-                return None;
-            }
-        },
-        None => {
-            cx.error(
-                &s.span,
-                &s.full_key("kind"),
-                format!("missing; one of {KINDS}"),
-            );
-            return None;
-        }
-    };
-    let layout = match s.string(cx, "layout") {
-        None => None,
-        Some((l, span)) => {
-            let layout = match l.as_str() {
-                "debian" => Some(ApacheLayout::Debian),
-                "rhel" => Some(ApacheLayout::Rhel),
-                other => {
-                    cx.error(
-                        &span,
-                        &s.full_key("layout"),
-                        format!("unknown layout {other:?}; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)"),
-                    );
-                    None
-                }
-            };
-            if kind != ServerKind::Apache {
-                cx.error(
-                    &span,
-                    &s.full_key("layout"),
-                    "only kind = \"apache\" has a layout",
-                );
-            }
-            layout
-        }
-    };
+    let kind = read_kind(cx, s)?;
+    let layout = read_layout(cx, s, kind);
     let verify = read_endpoints(cx, s);
     let test_command = s.command(cx, "test_command");
     let reload_command = s.command(cx, "reload_command");
@@ -194,6 +147,60 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
     })
 }
 
+/// `kind`: required, one of the known server kinds.
+fn read_kind(cx: &mut Ctx, s: &mut Section) -> Option<ServerKind> {
+    const KINDS: &str = "\"nginx\", \"apache\", \"command\" or \"none\"";
+    match s.string(cx, "kind") {
+        Some((k, span)) => match k.as_str() {
+            "nginx" => Some(ServerKind::Nginx),
+            "apache" => Some(ServerKind::Apache),
+            "command" => Some(ServerKind::Command),
+            "none" => Some(ServerKind::None),
+            other => {
+                cx.error(
+                    &span,
+                    &s.full_key("kind"),
+                    format!("unknown server kind {other:?}; expected {KINDS}"),
+                );
+                None
+            }
+        },
+        None => {
+            cx.error(
+                &s.span,
+                &s.full_key("kind"),
+                format!("missing; one of {KINDS}"),
+            );
+            None
+        }
+    }
+}
+
+/// `layout`: only for Apache, "debian" or "rhel".
+fn read_layout(cx: &mut Ctx, s: &mut Section, kind: ServerKind) -> Option<ApacheLayout> {
+    let (l, span) = s.string(cx, "layout")?;
+    let layout = match l.as_str() {
+        "debian" => Some(ApacheLayout::Debian),
+        "rhel" => Some(ApacheLayout::Rhel),
+        other => {
+            cx.error(
+                &span,
+                &s.full_key("layout"),
+                format!("unknown layout {other:?}; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)"),
+            );
+            None
+        }
+    };
+    if kind != ServerKind::Apache {
+        cx.error(
+            &span,
+            &s.full_key("layout"),
+            "only kind = \"apache\" has a layout",
+        );
+    }
+    layout
+}
+
 /// `verify`: each element is an address string, or a table `{ address = "...", sni = "..." }`.
 fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
     let key = s.full_key("verify");
@@ -211,23 +218,10 @@ fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
         );
         return Vec::new();
     };
-    let address = |cx: &mut Ctx, text: &str, span: &std::ops::Range<usize>| match text
-        .parse::<SocketAddr>()
-    {
-        Ok(a) => Some(a),
-        Err(_) => {
-            cx.error(
-                span,
-                &key,
-                format!("{text:?} is not an address like \"127.0.0.1:443\""),
-            );
-            None
-        }
-    };
     let mut out = Vec::new();
     for item in array.iter() {
         if let Some(text) = item.get_ref().as_str() {
-            if let Some(a) = address(cx, text, &item.span()) {
+            if let Some(a) = parse_address(cx, &key, text, &item.span()) {
                 out.push(Endpoint {
                     address: a,
                     sni: None,
@@ -246,44 +240,66 @@ fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
             );
             continue;
         };
-        let mut t = Section::new(key.clone(), table, item.span());
-        let addr = match t.string(cx, "address") {
-            Some((a, span)) => address(cx, &a, &span),
-            None => {
-                cx.error(
-                    &item.span(),
-                    &t.full_key("address"),
-                    "missing; the endpoint's address, like \"127.0.0.1:443\"",
-                );
-                None
-            }
-        };
-        let sni = match t.string(cx, "sni") {
-            None => None,
-            Some((n, span)) => {
-                match n.parse::<DomainName>() {
-                    Ok(d) if d.as_str().starts_with("*.") => {
-                        cx.error(
-                        &span,
-                        &t.full_key("sni"),
-                        format!("{n:?} is a wildcard; an SNI names one host, e.g. \"www.example.com\""),
-                    );
-                        None
-                    }
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        cx.error(&span, &t.full_key("sni"), e);
-                        None
-                    }
-                }
-            }
-        };
-        t.finish(cx, ENDPOINT_KEYS);
-        if let Some(address) = addr {
-            out.push(Endpoint { address, sni });
-        }
+        let t = Section::new(key.clone(), table, item.span());
+        out.extend(read_endpoint_table(cx, &key, t));
     }
     out
+}
+
+/// An endpoint address, reported under `key` when it is not one.
+fn parse_address(cx: &mut Ctx, key: &str, text: &str, span: &Range<usize>) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.error(
+                span,
+                key,
+                format!("{text:?} is not an address like \"127.0.0.1:443\""),
+            );
+            None
+        }
+    }
+}
+
+/// One `{ address = "...", sni = "..." }` in `verify` (`key`).
+fn read_endpoint_table(cx: &mut Ctx, key: &str, mut t: Section) -> Option<Endpoint> {
+    let addr = match t.string(cx, "address") {
+        Some((a, a_span)) => parse_address(cx, key, &a, &a_span),
+        None => {
+            cx.error(
+                &t.span,
+                &t.full_key("address"),
+                "missing; the endpoint's address, like \"127.0.0.1:443\"",
+            );
+            None
+        }
+    };
+    let sni = read_sni(cx, &mut t);
+    t.finish(cx, ENDPOINT_KEYS);
+    Some(Endpoint {
+        address: addr?,
+        sni,
+    })
+}
+
+/// An endpoint's `sni`: one host name, not a wildcard.
+fn read_sni(cx: &mut Ctx, t: &mut Section) -> Option<DomainName> {
+    let (n, span) = t.string(cx, "sni")?;
+    match n.parse::<DomainName>() {
+        Ok(d) if d.as_str().starts_with("*.") => {
+            cx.error(
+                &span,
+                &t.full_key("sni"),
+                format!("{n:?} is a wildcard; an SNI names one host, e.g. \"www.example.com\""),
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.error(&span, &t.full_key("sni"), e);
+            None
+        }
+    }
 }
 
 #[cfg(test)]

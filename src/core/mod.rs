@@ -191,26 +191,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
     if observed.compromise_unknown {
         reasons.insert(Reason::CompromiseUnknown);
     }
-    // The key type in service, as far as it can be told: `Some(None)` is a key of a type or
-    // size certagent does not issue (RSA-512, P-521, Ed25519...), which must be replaced too.
-    let mut key_in_service: Option<Option<KeySpec>> = None;
-    match &observed.key {
-        KeyFact::Missing | KeyFact::Invalid(_) => {
-            reasons.insert(Reason::KeyMissing);
-        }
-        KeyFact::Present {
-            key_spec,
-            verifies_with_cert,
-            spki_sha256,
-        } => {
-            key_in_service = Some(*key_spec);
-            if let CertFact::Present(leaf) = &observed.cert
-                && (leaf.spki_sha256 != *spki_sha256 || *verifies_with_cert == Some(false))
-            {
-                reasons.insert(Reason::KeyMismatch);
-            }
-        }
-    }
+    let mut key_in_service = key_reasons(observed, &mut reasons);
     let (mut renewal, mut not_after) = (None, None);
     match &observed.cert {
         CertFact::Missing | CertFact::Invalid(_) => {
@@ -220,27 +201,7 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
             if key_in_service.is_none() {
                 key_in_service = Some(leaf.key_spec);
             }
-            let wanted: BTreeSet<&str> = desired.names.iter().map(DomainName::as_str).collect();
-            let have: BTreeSet<&str> = leaf.names.iter().map(String::as_str).collect();
-            if wanted != have {
-                reasons.insert(Reason::NamesChanged);
-            }
-            let point = match observed.suggested_renewal {
-                Some(at) => Renewal {
-                    at,
-                    rule: RenewalRule::Ari,
-                },
-                None => renewal_point(
-                    leaf.not_before,
-                    leaf.not_after,
-                    desired.renew_before,
-                    observed.installed_at,
-                ),
-            };
-            if now >= point.at {
-                reasons.insert(Reason::Expiring);
-            }
-            renewal = Some(point);
+            renewal = Some(leaf_reasons(desired, observed, leaf, now, &mut reasons));
             not_after = Some(leaf.not_after);
         }
     }
@@ -253,6 +214,62 @@ pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decisio
         renewal_rule: renewal.map(|r| r.rule),
         not_after,
     }
+}
+
+/// The reasons the key in service gives (missing, or not the certificate's), and its type as
+/// far as it can be told: `Some(None)` is a key of a type or size certagent does not issue
+/// (RSA-512, P-521, Ed25519...), which must be replaced too; `None` when there is no key.
+fn key_reasons(observed: &Observed, reasons: &mut BTreeSet<Reason>) -> Option<Option<KeySpec>> {
+    match &observed.key {
+        KeyFact::Missing | KeyFact::Invalid(_) => {
+            reasons.insert(Reason::KeyMissing);
+            None
+        }
+        KeyFact::Present {
+            key_spec,
+            verifies_with_cert,
+            spki_sha256,
+        } => {
+            if let CertFact::Present(leaf) = &observed.cert
+                && (leaf.spki_sha256 != *spki_sha256 || *verifies_with_cert == Some(false))
+            {
+                reasons.insert(Reason::KeyMismatch);
+            }
+            Some(*key_spec)
+        }
+    }
+}
+
+/// The reasons the leaf in service gives (names changed, renewal due), and its renewal
+/// point: the CA's suggestion (ARI) when there is one.
+fn leaf_reasons(
+    desired: &Desired,
+    observed: &Observed,
+    leaf: &LeafFacts,
+    now: Timestamp,
+    reasons: &mut BTreeSet<Reason>,
+) -> Renewal {
+    let wanted: BTreeSet<&str> = desired.names.iter().map(DomainName::as_str).collect();
+    let have: BTreeSet<&str> = leaf.names.iter().map(String::as_str).collect();
+    if wanted != have {
+        reasons.insert(Reason::NamesChanged);
+    }
+    let point = match observed.suggested_renewal {
+        Some(at) => Renewal {
+            at,
+            rule: RenewalRule::Ari,
+        },
+        None => renewal_point(
+            leaf.not_before,
+            leaf.not_after,
+            desired.renew_before,
+            observed.installed_at,
+        ),
+    };
+    if now >= point.at {
+        reasons.insert(Reason::Expiring);
+    }
+    point
 }
 
 /// Whether a scheduled retry still holds back a re-issue: only while the certificate needs

@@ -65,18 +65,7 @@ impl Watcher {
 
     /// (Re)build the watch list for `config`.
     pub fn watch(&mut self, config: &Config, config_file: &Path) {
-        let mut files: HashMap<PathBuf, Vec<String>> = HashMap::new();
-        for cert in config.certificates.values() {
-            let paths = [
-                Some(&cert.cert_file),
-                Some(&cert.key_file),
-                cert.chain_file.as_ref(),
-                cert.leaf_file.as_ref(),
-            ];
-            for p in paths.into_iter().flatten() {
-                files.entry(p.clone()).or_default().push(cert.name.clone());
-            }
-        }
+        let files = certificate_files(config);
         let config_file =
             std::path::absolute(config_file).unwrap_or_else(|_| config_file.to_path_buf());
         let config_dir = config_file
@@ -111,6 +100,16 @@ impl Watcher {
                 .iter()
                 .filter_map(|p| p.parent().map(Path::to_path_buf)),
         );
+        self.watch_only(dirs);
+        self.files = files;
+        self.config_file = config_file;
+        self.dropin_dir = dropin_dir;
+        self.global = global;
+        self.inbox = inbox;
+    }
+
+    /// Watch exactly `dirs` (those that exist): stop watching the others.
+    fn watch_only(&mut self, dirs: BTreeSet<PathBuf>) {
         for gone in self.watched.difference(&dirs).cloned().collect::<Vec<_>>() {
             let _ = self.inner.unwatch(&gone);
             self.watched.remove(&gone);
@@ -128,11 +127,6 @@ impl Watcher {
                 }
             }
         }
-        self.files = files;
-        self.config_file = config_file;
-        self.dropin_dir = dropin_dir;
-        self.global = global;
-        self.inbox = inbox;
     }
 
     pub fn classify(&self, event: &Event) -> Touched {
@@ -144,17 +138,7 @@ impl Watcher {
             .iter()
             .any(|p| p.parent() == Some(self.inbox.as_path()))
         {
-            use notify::event::{ModifyKind, RenameMode};
-            let complete = matches!(
-                event.kind,
-                EventKind::Access(AccessKind::Close(AccessMode::Write))
-                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-            );
-            return if complete {
-                Touched::Inbox
-            } else {
-                Touched::Nothing
-            };
+            return inbox_event(&event.kind);
         }
         let mut names = Vec::new();
         let mut config = false;
@@ -184,5 +168,38 @@ impl Watcher {
         } else {
             Touched::Certs(names)
         }
+    }
+}
+
+/// Every file a certificate is installed to, with the certificates that write it.
+fn certificate_files(config: &Config) -> HashMap<PathBuf, Vec<String>> {
+    let mut files: HashMap<PathBuf, Vec<String>> = HashMap::new();
+    for cert in config.certificates.values() {
+        let paths = [
+            Some(&cert.cert_file),
+            Some(&cert.key_file),
+            cert.chain_file.as_ref(),
+            cert.leaf_file.as_ref(),
+        ];
+        for p in paths.into_iter().flatten() {
+            files.entry(p.clone()).or_default().push(cert.name.clone());
+        }
+    }
+    files
+}
+
+/// An event in the inbox counts once the file is complete: closed after writing, or
+/// renamed into place.
+fn inbox_event(kind: &EventKind) -> Touched {
+    use notify::event::{ModifyKind, RenameMode};
+    let complete = matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    );
+    if complete {
+        Touched::Inbox
+    } else {
+        Touched::Nothing
     }
 }

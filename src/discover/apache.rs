@@ -131,24 +131,8 @@ impl Reader<'_> {
             return;
         }
         self.scan.files.push(path.to_path_buf());
-        let mut pending = String::new();
-        let mut first_line = 0;
-        for (i, raw) in text.lines().enumerate() {
-            if pending.is_empty() {
-                first_line = i + 1;
-            }
-            if let Some(cont) = raw.strip_suffix('\\') {
-                pending.push_str(cont);
-                pending.push(' ');
-                continue;
-            }
-            pending.push_str(raw);
-            let line = std::mem::take(&mut pending);
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            self.directive(line, Source::new(path, first_line), depth);
+        for (line, text) in logical_lines(&text) {
+            self.directive(&text, Source::new(path, line), depth);
         }
         self.scan.leave();
     }
@@ -156,28 +140,7 @@ impl Reader<'_> {
     fn directive(&mut self, line: &str, source: Source, depth: usize) {
         let line = self.substitute(line);
         if let Some(section) = line.strip_prefix('<') {
-            let section = section.trim_end_matches('>');
-            let mut w = words(section);
-            if w.is_empty() {
-                return;
-            }
-            let name = w.remove(0).to_ascii_lowercase();
-            match name.as_str() {
-                "virtualhost" => {
-                    self.vhost = Some(VirtualHost {
-                        source,
-                        addresses: w,
-                        names: Vec::new(),
-                        tls: Tls::default(),
-                    });
-                }
-                "/virtualhost" => {
-                    if let Some(v) = self.vhost.take() {
-                        self.vhosts.push(v);
-                    }
-                }
-                _ => {} // conditional and location sections: read through
-            }
+            self.section(section.trim_end_matches('>'), source);
             return;
         }
         let w = words(&line);
@@ -193,20 +156,7 @@ impl Reader<'_> {
             }
             "include" | "includeoptional" => {
                 let optional = name.eq_ignore_ascii_case("includeoptional");
-                let pattern = self.resolve(&first);
-                let mut files = expand_glob(&pattern);
-                if files.len() == 1 && files[0].is_dir() {
-                    files = super::files_under(&files[0]);
-                }
-                if files.is_empty() && !optional && !super::has_glob(&pattern) {
-                    self.scan.problem(format!(
-                        "apache: {source}: Include {:?} does not exist",
-                        pattern.display().to_string()
-                    ));
-                }
-                for f in files {
-                    self.file(&f, depth + 1);
-                }
+                self.include(&first, optional, &source, depth);
             }
             "servername" => {
                 if let Some(v) = self.vhost.as_mut() {
@@ -224,19 +174,156 @@ impl Reader<'_> {
             "pidfile" if !first.is_empty() => self.pid_file = Some(first),
             "defaultruntimedir" if !first.is_empty() => self.runtime_dir = Some(first),
             "sslengine" | "sslcertificatefile" | "sslcertificatekeyfile" => {
-                let tls = match self.vhost.as_mut() {
-                    Some(v) => &mut v.tls,
-                    None => &mut self.main,
-                };
-                match name.to_ascii_lowercase().as_str() {
-                    "sslengine" => tls.engine = Some(first.eq_ignore_ascii_case("on")),
-                    "sslcertificatefile" => tls.cert = Some((first, source)),
-                    _ => tls.key = Some(first),
-                }
+                self.tls(name, first, source)
             }
             _ => {}
         }
     }
+
+    /// A `<Section ...>` line: `<VirtualHost>` opens a virtual host, `</VirtualHost>` closes
+    /// it; other sections are read through.
+    fn section(&mut self, section: &str, source: Source) {
+        let mut w = words(section);
+        if w.is_empty() {
+            return;
+        }
+        let name = w.remove(0).to_ascii_lowercase();
+        match name.as_str() {
+            "virtualhost" => {
+                self.vhost = Some(VirtualHost {
+                    source,
+                    addresses: w,
+                    names: Vec::new(),
+                    tls: Tls::default(),
+                });
+            }
+            "/virtualhost" => {
+                if let Some(v) = self.vhost.take() {
+                    self.vhosts.push(v);
+                }
+            }
+            _ => {} // conditional and location sections: read through
+        }
+    }
+
+    /// `Include` (or `IncludeOptional`) `pattern`: a file, a directory or a glob, read in
+    /// place.
+    fn include(&mut self, pattern: &str, optional: bool, source: &Source, depth: usize) {
+        let pattern = self.resolve(pattern);
+        let mut files = expand_glob(&pattern);
+        if files.len() == 1 && files[0].is_dir() {
+            files = super::files_under(&files[0]);
+        }
+        if files.is_empty() && !optional && !super::has_glob(&pattern) {
+            self.scan.problem(format!(
+                "apache: {source}: Include {:?} does not exist",
+                pattern.display().to_string()
+            ));
+        }
+        for f in files {
+            self.file(&f, depth + 1);
+        }
+    }
+
+    /// `SSLEngine`, `SSLCertificateFile` or `SSLCertificateKeyFile` (`name`), for the open
+    /// virtual host or else the main server.
+    fn tls(&mut self, name: &str, first: String, source: Source) {
+        let tls = match self.vhost.as_mut() {
+            Some(v) => &mut v.tls,
+            None => &mut self.main,
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "sslengine" => tls.engine = Some(first.eq_ignore_ascii_case("on")),
+            "sslcertificatefile" => tls.cert = Some((first, source)),
+            _ => tls.key = Some(first),
+        }
+    }
+
+    /// Where the PidFile is, once every file is read; a problem when only the binary knows.
+    fn settle_pid_file(&mut self) {
+        // A relative PidFile is relative to DefaultRuntimeDir, itself relative to ServerRoot;
+        // without one the compiled-in default applies, which only the binary knows.
+        match (self.pid_file.clone(), self.runtime_dir.clone()) {
+            (Some(p), _) if p.contains("${") => self.scan.problem(format!(
+                "apache: PidFile {p:?} uses a variable that is not defined here; set pid_file in [server.apache]"
+            )),
+            (Some(p), _) if Path::new(&p).is_absolute() => self.scan.pid_file = Some(normalize(Path::new(&p))),
+            (Some(p), Some(dir)) => self.scan.pid_file = Some(self.resolve(&dir).join(p)),
+            (Some(p), None) => self.scan.problem(format!(
+                "apache: PidFile {p:?} is relative and there is no DefaultRuntimeDir; set pid_file in [server.apache]"
+            )),
+            (None, _) => {}
+        }
+    }
+
+    /// A site for each virtual host with TLS on, with the main server's TLS settings as
+    /// defaults.
+    fn add_sites(&mut self) {
+        let main = self.main.clone();
+        let vhosts = std::mem::take(&mut self.vhosts);
+        for v in vhosts {
+            let engine = v.tls.engine.or(main.engine).unwrap_or(false);
+            if !engine {
+                continue;
+            }
+            let Some((cert, directive)) = v.tls.cert.clone().or(main.cert.clone()) else {
+                self.scan.problem(format!(
+                    "apache: {}: SSLEngine on without SSLCertificateFile",
+                    v.source
+                ));
+                continue;
+            };
+            let key = v.tls.key.clone().or(main.key.clone());
+            let mut site = Site::new(ServerKind::Apache, v.source.clone());
+            site.directive = directive;
+            site.server_names = v.names.clone();
+            site.addresses = v
+                .addresses
+                .iter()
+                .filter_map(|a| probe_address(a, 443))
+                .collect();
+            site.cert_file = self.resolve(&cert);
+            site.key_file = key.as_deref().map(|k| self.resolve(k));
+            if cert.contains("${") || key.as_deref().is_some_and(|k| k.contains("${")) {
+                site.problems.push(format!(
+                    "SSLCertificateFile {cert:?} uses a variable that is not defined here"
+                ));
+            }
+            if site.key_file.is_none() {
+                site.problems.push(
+                    "no SSLCertificateKeyFile: the key is in the certificate file; certagent needs them in separate files"
+                        .into(),
+                );
+            }
+            self.scan.sites.push(site);
+        }
+    }
+}
+
+/// The directives of a file with the line each starts on: continuation lines (`\\` at the
+/// end) joined, blank lines and comments left out.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    let mut first_line = 0;
+    for (i, raw) in text.lines().enumerate() {
+        if pending.is_empty() {
+            first_line = i + 1;
+        }
+        if let Some(cont) = raw.strip_suffix('\\') {
+            pending.push_str(cont);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(raw);
+        let line = std::mem::take(&mut pending);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push((first_line, line.to_string()));
+    }
+    out
 }
 
 /// The `export NAME=VALUE` lines of Debian's `envvars` shell fragment, with `$NAME` and
@@ -300,63 +387,14 @@ pub fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
         runtime_dir: None,
     };
     r.file(conf, 0);
-    // A relative PidFile is relative to DefaultRuntimeDir, itself relative to ServerRoot;
-    // without one the compiled-in default applies, which only the binary knows.
-    match (r.pid_file.clone(), r.runtime_dir.clone()) {
-        (Some(p), _) if p.contains("${") => r.scan.problem(format!(
-            "apache: PidFile {p:?} uses a variable that is not defined here; set pid_file in [server.apache]"
-        )),
-        (Some(p), _) if Path::new(&p).is_absolute() => r.scan.pid_file = Some(normalize(Path::new(&p))),
-        (Some(p), Some(dir)) => r.scan.pid_file = Some(r.resolve(&dir).join(p)),
-        (Some(p), None) => r.scan.problem(format!(
-            "apache: PidFile {p:?} is relative and there is no DefaultRuntimeDir; set pid_file in [server.apache]"
-        )),
-        (None, _) => {}
-    }
+    r.settle_pid_file();
     if let Some(open) = r.vhost.take() {
         r.scan.problem(format!(
             "apache: {}: <VirtualHost> is never closed",
             open.source
         ));
     }
-    let main = r.main.clone();
-    let vhosts = std::mem::take(&mut r.vhosts);
-    for v in vhosts {
-        let engine = v.tls.engine.or(main.engine).unwrap_or(false);
-        if !engine {
-            continue;
-        }
-        let Some((cert, directive)) = v.tls.cert.clone().or(main.cert.clone()) else {
-            r.scan.problem(format!(
-                "apache: {}: SSLEngine on without SSLCertificateFile",
-                v.source
-            ));
-            continue;
-        };
-        let key = v.tls.key.clone().or(main.key.clone());
-        let mut site = Site::new(ServerKind::Apache, v.source.clone());
-        site.directive = directive;
-        site.server_names = v.names.clone();
-        site.addresses = v
-            .addresses
-            .iter()
-            .filter_map(|a| probe_address(a, 443))
-            .collect();
-        site.cert_file = r.resolve(&cert);
-        site.key_file = key.as_deref().map(|k| r.resolve(k));
-        if cert.contains("${") || key.as_deref().is_some_and(|k| k.contains("${")) {
-            site.problems.push(format!(
-                "SSLCertificateFile {cert:?} uses a variable that is not defined here"
-            ));
-        }
-        if site.key_file.is_none() {
-            site.problems.push(
-                "no SSLCertificateKeyFile: the key is in the certificate file; certagent needs them in separate files"
-                    .into(),
-            );
-        }
-        r.scan.sites.push(site);
-    }
+    r.add_sites();
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::{ServerKind, probe_sni};
-use crate::core::{DomainName, KeySpec};
+use crate::core::{DomainName, KeySpec, LeafFacts};
 use crate::keys::{self, Chain};
 use crate::output::{SCHEMA, rfc3339};
 
@@ -227,92 +227,125 @@ pub struct CertificateFound {
     pub problems: Vec<String>,
 }
 
+/// One server configuration read: its table name, kind, how to test it, what was found.
+struct ServerScan {
+    name: &'static str,
+    kind: ServerKind,
+    conf: PathBuf,
+    test_command: Option<Vec<String>>,
+    scan: Scan,
+}
+
 /// Read every target and describe what is served.
 pub fn discover(targets: &Targets) -> DiscoverDoc {
-    let mut servers = Vec::new();
-    let mut certificates: Vec<CertificateFound> = Vec::new();
-    let mut problems = Vec::new();
+    let mut doc = DiscoverDoc {
+        schema: SCHEMA,
+        changed: false,
+        servers: Vec::new(),
+        certificates: Vec::new(),
+        issuers: Vec::new(),
+        problems: Vec::new(),
+    };
     let mut taken_names = BTreeSet::new();
     let mut taken_files = BTreeSet::new();
-    let mut scans = Vec::new();
-    let mut issuers = Vec::new();
-    if let Some(conf) = &targets.nginx_conf {
-        let mut s = Scan::default();
-        nginx::scan(conf, &mut s);
-        let test = targets.explicit.then(|| {
-            ["nginx", "-t", "-q", "-c"]
-                .iter()
-                .map(|a| a.to_string())
-                .chain([conf.display().to_string()])
-                .collect()
-        });
-        scans.push(("nginx", ServerKind::Nginx, conf.clone(), test, s));
-    }
-    if let Some((root, conf)) = &targets.apache {
-        let mut s = Scan::default();
-        apache::scan(root, conf, &mut s);
-        // For a configuration named on the command line, the server binary itself: the ctl
-        // wrappers read the distribution's envvars, which belong to the default instance.
-        let binary = match crate::config::ApacheLayout::detect() {
-            crate::config::ApacheLayout::Debian => "apache2",
-            crate::config::ApacheLayout::Rhel => "httpd",
-        };
-        let test = targets.explicit.then(|| {
-            vec![
-                binary.to_string(),
-                "-d".into(),
-                root.display().to_string(),
-                "-f".into(),
-                conf.display().to_string(),
-                "-t".into(),
-            ]
-        });
-        scans.push(("apache", ServerKind::Apache, conf.clone(), test, s));
-    }
-    for (server, kind, conf, test_command, scan) in scans {
-        problems.extend(scan.problems.iter().cloned());
+    let scans = [scan_nginx(targets), scan_apache(targets)];
+    for s in scans.into_iter().flatten() {
+        doc.problems.extend(s.scan.problems.iter().cloned());
         let mut verify: Vec<EndpointReport> = Vec::new();
-        for group in group_sites(&scan.sites) {
-            let (found, issuer) = describe(server, &group, &mut taken_names, &mut taken_files);
-            if let Some(i) = issuer.filter(|_| found.usable)
-                && !issuers
-                    .iter()
-                    .any(|x: &lineage::IssuerFound| x.name == i.name)
-            {
-                issuers.push(i);
-            }
+        for group in group_sites(&s.scan.sites) {
+            let (found, issuer) = describe(s.name, &group, &mut taken_names, &mut taken_files);
             if found.usable {
+                if let Some(i) = issuer
+                    && !doc.issuers.iter().any(|x| x.name == i.name)
+                {
+                    doc.issuers.push(i);
+                }
                 for e in &found.endpoints {
                     if !verify.contains(e) {
                         verify.push(e.clone());
                     }
                 }
             }
-            certificates.push(found);
+            doc.certificates.push(found);
         }
-        servers.push(ServerReport {
-            name: server.to_string(),
-            kind: kind.as_str().to_string(),
-            config: conf.display().to_string(),
-            files: scan.files.iter().map(|f| f.display().to_string()).collect(),
-            // For the default configuration the server's own defaults apply (and under
-            // systemd, `systemctl reload`, which a pid_file would turn off).
-            pid_file: scan
-                .pid_file
-                .as_ref()
-                .filter(|_| targets.explicit)
-                .map(|p| p.display().to_string()),
-            test_command,
-            verify,
-        });
+        doc.servers.push(server_report(s, targets.explicit, verify));
     }
-    DiscoverDoc {
-        schema: SCHEMA,
-        changed: false,
-        servers,
-        certificates,
-        issuers,
-        problems,
+    doc
+}
+
+/// The nginx configuration, when it is a target.
+fn scan_nginx(targets: &Targets) -> Option<ServerScan> {
+    let conf = targets.nginx_conf.as_ref()?;
+    let mut scan = Scan::default();
+    nginx::scan(conf, &mut scan);
+    let test_command = targets.explicit.then(|| {
+        ["nginx", "-t", "-q", "-c"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([conf.display().to_string()])
+            .collect()
+    });
+    Some(ServerScan {
+        name: "nginx",
+        kind: ServerKind::Nginx,
+        conf: conf.clone(),
+        test_command,
+        scan,
+    })
+}
+
+/// The Apache configuration, when it is a target.
+fn scan_apache(targets: &Targets) -> Option<ServerScan> {
+    let (root, conf) = targets.apache.as_ref()?;
+    let mut scan = Scan::default();
+    apache::scan(root, conf, &mut scan);
+    // For a configuration named on the command line, the server binary itself: the ctl
+    // wrappers read the distribution's envvars, which belong to the default instance.
+    let binary = match crate::config::ApacheLayout::detect() {
+        crate::config::ApacheLayout::Debian => "apache2",
+        crate::config::ApacheLayout::Rhel => "httpd",
+    };
+    let test_command = targets.explicit.then(|| {
+        vec![
+            binary.to_string(),
+            "-d".into(),
+            root.display().to_string(),
+            "-f".into(),
+            conf.display().to_string(),
+            "-t".into(),
+        ]
+    });
+    Some(ServerScan {
+        name: "apache",
+        kind: ServerKind::Apache,
+        conf: conf.clone(),
+        test_command,
+        scan,
+    })
+}
+
+/// The `[server.NAME]` a scan proposes, verified at `verify`.
+fn server_report(s: ServerScan, explicit: bool, verify: Vec<EndpointReport>) -> ServerReport {
+    ServerReport {
+        name: s.name.to_string(),
+        kind: s.kind.as_str().to_string(),
+        config: s.conf.display().to_string(),
+        files: s
+            .scan
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect(),
+        // For the default configuration the server's own defaults apply (and under
+        // systemd, `systemctl reload`, which a pid_file would turn off).
+        pid_file: s
+            .scan
+            .pid_file
+            .as_ref()
+            .filter(|_| explicit)
+            .map(|p| p.display().to_string()),
+        test_command: s.test_command,
+        verify,
     }
 }
 
@@ -339,45 +372,148 @@ fn describe(
     taken_files: &mut BTreeSet<PathBuf>,
 ) -> (CertificateFound, Option<lineage::IssuerFound>) {
     let first = &sites[0];
-    let mut problems: Vec<String> = Vec::new();
-    for s in sites {
-        for p in &s.problems {
-            if !problems.contains(p) {
-                problems.push(p.clone());
-            }
-        }
-    }
-    let mut server_names = Vec::new();
-    for n in sites.iter().flat_map(|s| s.server_names.iter()) {
-        if !server_names.contains(n) {
-            server_names.push(n.clone());
-        }
-    }
+    let mut problems = unique(sites.iter().flat_map(|s| s.problems.iter()));
+    let server_names = unique(sites.iter().flat_map(|s| s.server_names.iter()));
     // A site problem (variables in the path, no key file) means certagent cannot manage it.
     let blocked = !problems.is_empty();
-    let read = crate::store::fsutil::read_capped(&first.cert_file, keys::MAX_PEM_BYTES)
+    let (leaf, names, key_spec) = read_facts(&first.cert_file, &server_names, &mut problems);
+    let endpoints = endpoints_of(sites, &names);
+    let name = table_name(
+        names.first().map(|n| n.as_str()).unwrap_or("site"),
+        taken_names,
+    );
+    let mut usable = check_usable(
+        leaf.is_some() && first.key_file.is_some(),
+        blocked,
+        &names,
+        &endpoints,
+        &mut problems,
+    );
+    usable &= claim_files(first, taken_files, &mut problems);
+    let leaf_issuer = leaf.as_ref().and_then(|(_, i)| i.as_ref());
+    let issuer_dn = leaf_issuer.map(|(dn, _)| dn.clone());
+    let self_signed = leaf_issuer.is_some_and(|(_, s)| *s);
+    let (issuer, lineage) = issuer_and_lineage(
+        issuer_dn.as_ref(),
+        self_signed,
+        &first.cert_file,
+        &mut problems,
+    );
+    let found = CertificateFound {
+        issuer_table: issuer.as_ref().map(|i| i.name.clone()),
+        certbot_lineage: lineage.as_ref().map(|l| l.live.display().to_string()),
+        chain_file: lineage
+            .as_ref()
+            .and_then(|l| l.chain_file.as_ref())
+            .map(|p| p.display().to_string()),
+        leaf_file: lineage
+            .as_ref()
+            .and_then(|l| l.leaf_file.as_ref())
+            .map(|p| p.display().to_string()),
+        name,
+        server: server.to_string(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        server_names,
+        cert_file: first.cert_file.display().to_string(),
+        key_file: first.key_file.as_ref().map(|k| k.display().to_string()),
+        key_type: key_spec.map(|k| k.as_str().to_string()),
+        serial: leaf.as_ref().map(|(f, _)| f.serial.clone()),
+        not_after: leaf.as_ref().map(|(f, _)| rfc3339(f.not_after)),
+        issuer: issuer_dn,
+        sources: sites.iter().map(|s| s.directive.to_string()).collect(),
+        endpoints,
+        usable,
+        problems,
+    };
+    (found, issuer)
+}
+
+/// A leaf certificate's facts, with its issuer's name and whether it is self-signed.
+type Leaf = (LeafFacts, Option<(String, bool)>);
+
+/// The leaf certificate in `cert_file` with its issuer, its names, and its key type when it
+/// is one certagent issues; a problem for each that is missing.
+fn read_facts(
+    cert_file: &Path,
+    server_names: &[String],
+    problems: &mut Vec<String>,
+) -> (Option<Leaf>, Vec<DomainName>, Option<KeySpec>) {
+    let leaf = read_leaf(cert_file, problems);
+    let names = names_of(leaf.as_ref().map(|(f, _)| f), server_names, problems);
+    let key_spec = leaf.as_ref().and_then(|(f, _)| f.key_spec);
+    if leaf.is_some() && key_spec.is_none() {
+        problems.push(format!(
+            "the certificate's key is not one certagent issues ({}); the first re-issue replaces it with key_type = \"ecdsa-p256\"",
+            KeySpec::ALL.map(|k| k.as_str()).join(", ")
+        ));
+    }
+    (leaf, names, key_spec)
+}
+
+/// Whether a certificate with a leaf and key file (`complete`) and no site problem
+/// (`blocked`) can be managed: it needs names and an endpoint; a problem when either is
+/// missing.
+fn check_usable(
+    complete: bool,
+    blocked: bool,
+    names: &[DomainName],
+    endpoints: &[EndpointReport],
+    problems: &mut Vec<String>,
+) -> bool {
+    let mut usable = complete && !names.is_empty();
+    usable &= !blocked;
+    if names.is_empty() {
+        problems
+            .push("no DNS names: neither the certificate nor the configuration names one".into());
+    }
+    if endpoints.is_empty() {
+        problems.push("no TLS listen address to verify it at".into());
+        usable = false;
+    }
+    usable
+}
+
+/// The items in order, each once.
+fn unique<'a>(items: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        if !out.contains(i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
+/// The leaf certificate in `cert_file`, with its issuer; a problem when it cannot be read.
+fn read_leaf(cert_file: &Path, problems: &mut Vec<String>) -> Option<Leaf> {
+    let read = crate::store::fsutil::read_capped(cert_file, keys::MAX_PEM_BYTES)
         .map_err(|e| e.to_string())
         .and_then(|b| {
-            b.ok_or_else(|| format!("{:?} does not exist", first.cert_file.display().to_string()))
+            b.ok_or_else(|| format!("{:?} does not exist", cert_file.display().to_string()))
         });
-    let leaf = match read {
-        Ok(bytes) => match Chain::from_pem(&bytes).and_then(|c| {
+    let leaf = read.and_then(|bytes| {
+        Chain::from_pem(&bytes).and_then(|c| {
             let facts = c.leaf()?;
             Ok((facts, issuer_of(c.leaf_der())))
-        }) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                problems.push(format!("certificate: {e}"));
-                None
-            }
-        },
+        })
+    });
+    match leaf {
+        Ok(l) => Some(l),
         Err(e) => {
             problems.push(format!("certificate: {e}"));
             None
         }
-    };
+    }
+}
+
+/// The certificate's DNS names, or when it has none the configuration's server names.
+fn names_of(
+    leaf: Option<&LeafFacts>,
+    server_names: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<DomainName> {
     let mut names: Vec<DomainName> = Vec::new();
-    if let Some((facts, _)) = &leaf {
+    if let Some(facts) = leaf {
         for n in &facts.names {
             match n.parse::<DomainName>() {
                 Ok(d) if !names.contains(&d) => names.push(d),
@@ -392,15 +528,12 @@ fn describe(
             .filter_map(|n| n.parse::<DomainName>().ok())
             .collect();
     }
-    let key_spec = leaf.as_ref().and_then(|(f, _)| f.key_spec);
-    if leaf.is_some() && key_spec.is_none() {
-        problems.push(format!(
-            "the certificate's key is not one certagent issues ({}); the first re-issue replaces it with key_type = \"ecdsa-p256\"",
-            KeySpec::ALL.map(|k| k.as_str()).join(", ")
-        ));
-    }
-    // Each place the certificate is served, probed with a name the site answers to and the
-    // certificate carries (so the endpoint applies to this certificate and no other).
+    names
+}
+
+/// Each place the certificate is served, probed with a name the site answers to and the
+/// certificate carries (so the endpoint applies to this certificate and no other).
+fn endpoints_of(sites: &[Site], names: &[DomainName]) -> Vec<EndpointReport> {
     let mut endpoints: Vec<EndpointReport> = Vec::new();
     for s in sites {
         let sni = s
@@ -426,20 +559,17 @@ fn describe(
             }
         }
     }
-    let name = table_name(
-        names.first().map(|n| n.as_str()).unwrap_or("site"),
-        taken_names,
-    );
-    let mut usable = leaf.is_some() && first.key_file.is_some() && !names.is_empty();
-    usable &= !blocked;
-    if names.is_empty() {
-        problems
-            .push("no DNS names: neither the certificate nor the configuration names one".into());
-    }
-    if endpoints.is_empty() {
-        problems.push("no TLS listen address to verify it at".into());
-        usable = false;
-    }
+    endpoints
+}
+
+/// Take the site's certificate and key files for this certificate; false (with a problem
+/// each) when another certificate already has one.
+fn claim_files(
+    first: &Site,
+    taken_files: &mut BTreeSet<PathBuf>,
+    problems: &mut Vec<String>,
+) -> bool {
+    let mut free = true;
     for f in [Some(&first.cert_file), first.key_file.as_ref()]
         .into_iter()
         .flatten()
@@ -449,17 +579,22 @@ fn describe(
                 "{:?} is also used by another certificate with a different pair",
                 f.display().to_string()
             ));
-            usable = false;
+            free = false;
         }
     }
-    let issuer_dn = leaf
-        .as_ref()
-        .and_then(|(_, i)| i.as_ref().map(|(dn, _)| dn.clone()));
-    let self_signed = leaf
-        .as_ref()
-        .is_some_and(|(_, i)| i.as_ref().is_some_and(|(_, s)| *s));
-    let lineage = lineage::certbot_lineage(&first.cert_file);
-    let issuer = match (&issuer_dn, self_signed) {
+    free
+}
+
+/// The `[issuer.NAME]` for the CA that issued it and the certbot lineage it belongs to,
+/// with a problem for each that stands in the way of taking it over.
+fn issuer_and_lineage(
+    issuer_dn: Option<&String>,
+    self_signed: bool,
+    cert_file: &Path,
+    problems: &mut Vec<String>,
+) -> (Option<lineage::IssuerFound>, Option<lineage::Lineage>) {
+    let lineage = lineage::certbot_lineage(cert_file);
+    let issuer = match (issuer_dn, self_signed) {
         (Some(dn), false) => lineage::issuer_for(dn, lineage.as_ref()),
         _ => None,
     };
@@ -470,38 +605,12 @@ fn describe(
             l.live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
     }
-    if let (Some(dn), None, false) = (&issuer_dn, &issuer, self_signed) {
+    if let (Some(dn), None, false) = (issuer_dn, &issuer, self_signed) {
         problems.push(format!(
             "issued by {dn}: name the CA that issues it with issuer = \"NAME\" and an [issuer.NAME] table; without one, config validate refuses it (the embedded local CA would replace a trusted certificate)"
         ));
     }
-    let found = CertificateFound {
-        issuer_table: issuer.as_ref().map(|i| i.name.clone()),
-        certbot_lineage: lineage.as_ref().map(|l| l.live.display().to_string()),
-        chain_file: lineage
-            .as_ref()
-            .and_then(|l| l.chain_file.as_ref())
-            .map(|p| p.display().to_string()),
-        leaf_file: lineage
-            .as_ref()
-            .and_then(|l| l.leaf_file.as_ref())
-            .map(|p| p.display().to_string()),
-        name,
-        server: server.to_string(),
-        names: names.iter().map(|n| n.to_string()).collect(),
-        server_names,
-        cert_file: first.cert_file.display().to_string(),
-        key_file: first.key_file.as_ref().map(|k| k.display().to_string()),
-        key_type: key_spec.map(|k| k.as_str().to_string()),
-        serial: leaf.as_ref().map(|(f, _)| f.serial.clone()),
-        not_after: leaf.as_ref().map(|(f, _)| rfc3339(f.not_after)),
-        issuer: issuer_dn.clone(),
-        sources: sites.iter().map(|s| s.directive.to_string()).collect(),
-        endpoints,
-        usable,
-        problems,
-    };
-    (found, issuer)
+    (issuer, lineage)
 }
 
 /// The issuer's name, and whether the certificate is self-signed (issuer = subject).
@@ -563,112 +672,132 @@ pub fn render_toml(doc: &DiscoverDoc) -> String {
         let _ = writeln!(t, "# problem: {p}");
     }
     for s in &doc.servers {
-        if !doc
+        if doc
             .certificates
             .iter()
             .any(|c| c.usable && c.server == s.name)
         {
-            continue;
-        }
-        let _ = writeln!(t);
-        let _ = writeln!(t, "# {} configuration: {}", s.kind, s.config);
-        let _ = writeln!(t, "[server.{}]", s.name);
-        let _ = writeln!(t, "kind = {:?}", s.kind);
-        let _ = writeln!(t, "verify = [");
-        for e in &s.verify {
-            let _ = writeln!(t, "  {{ address = {:?}, sni = {:?} }},", e.address, e.sni);
-        }
-        let _ = writeln!(t, "]");
-        if let Some(cmd) = &s.test_command {
-            let _ = writeln!(t, "test_command = {}", toml_array(cmd));
-        }
-        if let Some(p) = &s.pid_file {
-            let _ = writeln!(t, "pid_file = {p:?}");
+            render_server(&mut t, s);
         }
     }
     for i in &doc.issuers {
-        let _ = writeln!(t);
-        let _ = writeln!(t, "# The CA that issued certificates below ({}).", i.from);
-        let _ = writeln!(t, "[issuer.{}]", i.name);
-        let _ = writeln!(t, "kind = {:?}", i.kind);
-        let _ = writeln!(t, "directory = {:?}", i.directory);
-        let _ = writeln!(t, "# contact = [\"mailto:you@example.com\"]");
-        match &i.webroot {
-            Some(w) => {
-                let _ = writeln!(t, "webroot = {w:?}");
-            }
-            None => {
-                let _ = writeln!(
-                    t,
-                    "# http-01: how the CA reaches this host; config validate asks for one of:"
-                );
-                let _ = writeln!(
-                    t,
-                    "# webroot = \"/var/www/html\"   # the server serves /.well-known/acme-challenge/ from it"
-                );
-                let _ = writeln!(
-                    t,
-                    "# listen = \"127.0.0.1:80\"     # or certagent answers on a port the server forwards to"
-                );
-            }
-        }
+        render_issuer(&mut t, i);
     }
     for c in &doc.certificates {
-        let _ = writeln!(t);
-        let comment = if c.usable { "" } else { "# " };
-        for src in &c.sources {
-            let _ = writeln!(t, "# {} {src}", c.server);
-        }
-        let mut facts = Vec::new();
-        if !c.server_names.is_empty() {
-            facts.push(format!("serves {}", c.server_names.join(" ")));
-        }
-        if let Some(na) = &c.not_after {
-            facts.push(format!("expires {na}"));
-        }
-        if let Some(s) = &c.serial {
-            facts.push(format!("serial {s}"));
-        }
-        if let Some(i) = &c.issuer {
-            facts.push(format!("issuer {i}"));
-        }
-        if !facts.is_empty() {
-            let _ = writeln!(t, "# {}", facts.join(", "));
-        }
-        for p in &c.problems {
-            let _ = writeln!(t, "# problem: {p}");
-        }
-        if !c.usable {
-            let _ = writeln!(t, "# not ready to manage as it is:");
-        }
-        let _ = writeln!(t, "{comment}[certificate.{}]", c.name);
-        let _ = writeln!(t, "{comment}names = {}", toml_array(&c.names));
-        if let Some(i) = &c.issuer_table {
-            let _ = writeln!(t, "{comment}issuer = {i:?}");
-        }
-        let _ = writeln!(t, "{comment}server = {:?}", c.server);
-        let _ = writeln!(
-            t,
-            "{comment}key_type = {:?}",
-            c.key_type.as_deref().unwrap_or("ecdsa-p256")
-        );
-        let _ = writeln!(t, "{comment}cert_file = {:?}", c.cert_file);
-        match &c.key_file {
-            Some(k) => {
-                let _ = writeln!(t, "{comment}key_file = {k:?}");
-            }
-            None => {
-                let _ = writeln!(t, "{comment}key_file = \"\"");
-            }
-        }
-        if let Some(f) = &c.chain_file {
-            let _ = writeln!(t, "{comment}chain_file = {f:?}");
-        }
-        if let Some(f) = &c.leaf_file {
-            let _ = writeln!(t, "{comment}leaf_file = {f:?}");
-        }
+        render_certificate(&mut t, c);
     }
     t
+}
+
+/// A `[server.NAME]` table.
+fn render_server(t: &mut String, s: &ServerReport) {
+    let _ = writeln!(t);
+    let _ = writeln!(t, "# {} configuration: {}", s.kind, s.config);
+    let _ = writeln!(t, "[server.{}]", s.name);
+    let _ = writeln!(t, "kind = {:?}", s.kind);
+    let _ = writeln!(t, "verify = [");
+    for e in &s.verify {
+        let _ = writeln!(t, "  {{ address = {:?}, sni = {:?} }},", e.address, e.sni);
+    }
+    let _ = writeln!(t, "]");
+    if let Some(cmd) = &s.test_command {
+        let _ = writeln!(t, "test_command = {}", toml_array(cmd));
+    }
+    if let Some(p) = &s.pid_file {
+        let _ = writeln!(t, "pid_file = {p:?}");
+    }
+}
+
+/// An `[issuer.NAME]` table, with the http-01 choices as comments when none is known.
+fn render_issuer(t: &mut String, i: &lineage::IssuerFound) {
+    let _ = writeln!(t);
+    let _ = writeln!(t, "# The CA that issued certificates below ({}).", i.from);
+    let _ = writeln!(t, "[issuer.{}]", i.name);
+    let _ = writeln!(t, "kind = {:?}", i.kind);
+    let _ = writeln!(t, "directory = {:?}", i.directory);
+    let _ = writeln!(t, "# contact = [\"mailto:you@example.com\"]");
+    match &i.webroot {
+        Some(w) => {
+            let _ = writeln!(t, "webroot = {w:?}");
+        }
+        None => {
+            let _ = writeln!(
+                t,
+                "# http-01: how the CA reaches this host; config validate asks for one of:"
+            );
+            let _ = writeln!(
+                t,
+                "# webroot = \"/var/www/html\"   # the server serves /.well-known/acme-challenge/ from it"
+            );
+            let _ = writeln!(
+                t,
+                "# listen = \"127.0.0.1:80\"     # or certagent answers on a port the server forwards to"
+            );
+        }
+    }
+}
+
+/// A `[certificate.NAME]` table after comments on where it was found and what it is;
+/// all commented out when it is not usable.
+fn render_certificate(t: &mut String, c: &CertificateFound) {
+    let _ = writeln!(t);
+    render_certificate_notes(t, c);
+    let comment = if c.usable { "" } else { "# " };
+    let _ = writeln!(t, "{comment}[certificate.{}]", c.name);
+    let _ = writeln!(t, "{comment}names = {}", toml_array(&c.names));
+    if let Some(i) = &c.issuer_table {
+        let _ = writeln!(t, "{comment}issuer = {i:?}");
+    }
+    let _ = writeln!(t, "{comment}server = {:?}", c.server);
+    let _ = writeln!(
+        t,
+        "{comment}key_type = {:?}",
+        c.key_type.as_deref().unwrap_or("ecdsa-p256")
+    );
+    let _ = writeln!(t, "{comment}cert_file = {:?}", c.cert_file);
+    match &c.key_file {
+        Some(k) => {
+            let _ = writeln!(t, "{comment}key_file = {k:?}");
+        }
+        None => {
+            let _ = writeln!(t, "{comment}key_file = \"\"");
+        }
+    }
+    if let Some(f) = &c.chain_file {
+        let _ = writeln!(t, "{comment}chain_file = {f:?}");
+    }
+    if let Some(f) = &c.leaf_file {
+        let _ = writeln!(t, "{comment}leaf_file = {f:?}");
+    }
+}
+
+/// The comments above a certificate table: its sources, facts and problems.
+fn render_certificate_notes(t: &mut String, c: &CertificateFound) {
+    for src in &c.sources {
+        let _ = writeln!(t, "# {} {src}", c.server);
+    }
+    let mut facts = Vec::new();
+    if !c.server_names.is_empty() {
+        facts.push(format!("serves {}", c.server_names.join(" ")));
+    }
+    if let Some(na) = &c.not_after {
+        facts.push(format!("expires {na}"));
+    }
+    if let Some(s) = &c.serial {
+        facts.push(format!("serial {s}"));
+    }
+    if let Some(i) = &c.issuer {
+        facts.push(format!("issuer {i}"));
+    }
+    if !facts.is_empty() {
+        let _ = writeln!(t, "# {}", facts.join(", "));
+    }
+    for p in &c.problems {
+        let _ = writeln!(t, "# problem: {p}");
+    }
+    if !c.usable {
+        let _ = writeln!(t, "# not ready to manage as it is:");
+    }
 }
 
 fn toml_array(items: &[String]) -> String {

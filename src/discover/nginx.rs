@@ -3,7 +3,9 @@
 //! certificates inherited by `server` blocks. Only what `discover` needs is interpreted:
 //! `server_name`, `listen`, `ssl_certificate`, `ssl_certificate_key`, `ssl`, `pid`.
 
+use std::iter::Peekable;
 use std::path::{Path, PathBuf};
+use std::str::Chars;
 
 use super::{Scan, Site, Source, expand_glob, normalize, probe_address};
 
@@ -37,14 +39,7 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, String> {
                 line += 1;
             }
             c if c.is_whitespace() => flush(&mut word, &mut out, word_line),
-            '#' if word.is_empty() => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        break;
-                    }
-                }
-            }
+            '#' if word.is_empty() => skip_comment(&mut chars, &mut line),
             '{' | '}' | ';' => {
                 flush(&mut word, &mut out, word_line);
                 let t = match c {
@@ -56,34 +51,11 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, String> {
             }
             '"' | '\'' if word.is_empty() => {
                 word_line = line;
-                let quote = c;
-                let mut closed = false;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                if n == '\n' {
-                                    line += 1;
-                                }
-                                word.push(n);
-                            }
-                        }
-                        c if c == quote => {
-                            closed = true;
-                            break;
-                        }
-                        '\n' => {
-                            line += 1;
-                            word.push('\n');
-                        }
-                        c => word.push(c),
-                    }
-                }
-                if !closed {
+                let Some(quoted) = read_quoted(&mut chars, c, &mut line) else {
                     return Err(format!("unterminated quote starting on line {word_line}"));
-                }
+                };
                 // An empty quoted word ("") is still a word.
-                out.push((Token::Word(std::mem::take(&mut word)), word_line));
+                out.push((Token::Word(quoted), word_line));
             }
             '\\' => {
                 if word.is_empty() {
@@ -105,6 +77,41 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, String> {
     Ok(out)
 }
 
+/// Skip the rest of a `#` comment, through its newline.
+fn skip_comment(chars: &mut Peekable<Chars>, line: &mut usize) {
+    for c in chars.by_ref() {
+        if c == '\n' {
+            *line += 1;
+            break;
+        }
+    }
+}
+
+/// The rest of a word quoted with `quote`, backslash escapes resolved; `None` when the
+/// text ends before the closing quote.
+fn read_quoted(chars: &mut Peekable<Chars>, quote: char, line: &mut usize) -> Option<String> {
+    let mut word = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    if n == '\n' {
+                        *line += 1;
+                    }
+                    word.push(n);
+                }
+            }
+            c if c == quote => return Some(word),
+            '\n' => {
+                *line += 1;
+                word.push('\n');
+            }
+            c => word.push(c),
+        }
+    }
+    None
+}
+
 /// One directive: its words, and its block if it has one.
 #[derive(Debug)]
 struct Directive {
@@ -114,52 +121,54 @@ struct Directive {
 }
 
 fn parse(tokens: &[(Token, usize)], file: &Path) -> Result<Vec<Directive>, String> {
-    fn block(
-        tokens: &[(Token, usize)],
-        pos: &mut usize,
-        file: &Path,
-        nested: bool,
-    ) -> Result<Vec<Directive>, String> {
-        let mut out = Vec::new();
-        let mut args = Vec::new();
-        let mut first_line = 0;
-        while *pos < tokens.len() {
-            let (token, line) = &tokens[*pos];
-            *pos += 1;
-            match token {
-                Token::Word(w) => {
-                    if args.is_empty() {
-                        first_line = *line;
-                    }
-                    args.push(w.clone());
+    parse_block(tokens, &mut 0, file, false)
+}
+
+/// Directives from the tokens at `pos` to the end of the block (`nested`) or the file.
+fn parse_block(
+    tokens: &[(Token, usize)],
+    pos: &mut usize,
+    file: &Path,
+    nested: bool,
+) -> Result<Vec<Directive>, String> {
+    let mut out = Vec::new();
+    let mut args = Vec::new();
+    let mut first_line = 0;
+    while *pos < tokens.len() {
+        let (token, line) = &tokens[*pos];
+        *pos += 1;
+        match token {
+            Token::Word(w) => {
+                if args.is_empty() {
+                    first_line = *line;
                 }
-                Token::End => {
-                    if !args.is_empty() {
-                        out.push(Directive {
-                            args: std::mem::take(&mut args),
-                            source: Source::new(file, first_line),
-                            block: None,
-                        });
-                    }
-                }
-                Token::Open => {
-                    let inner = block(tokens, pos, file, true)?;
+                args.push(w.clone());
+            }
+            Token::End => {
+                if !args.is_empty() {
                     out.push(Directive {
                         args: std::mem::take(&mut args),
                         source: Source::new(file, first_line),
-                        block: Some(inner),
+                        block: None,
                     });
                 }
-                Token::Close if nested => return Ok(out),
-                Token::Close => return Err(format!("unexpected \"}}\" on line {line}")),
             }
+            Token::Open => {
+                let inner = parse_block(tokens, pos, file, true)?;
+                out.push(Directive {
+                    args: std::mem::take(&mut args),
+                    source: Source::new(file, first_line),
+                    block: Some(inner),
+                });
+            }
+            Token::Close if nested => return Ok(out),
+            Token::Close => return Err(format!("unexpected \"}}\" on line {line}")),
         }
-        if nested {
-            return Err("unexpected end of file, expecting \"}\"".into());
-        }
-        Ok(out)
     }
-    block(tokens, &mut 0, file, false)
+    if nested {
+        return Err("unexpected end of file, expecting \"}\"".into());
+    }
+    Ok(out)
 }
 
 /// Read `file` and splice every `include` in place, recursively.
@@ -290,6 +299,62 @@ pub fn scan(conf: &Path, scan: &mut Scan) {
     }
 }
 
+/// What a `server` block says about where it listens and under which names.
+struct Listening {
+    names: Vec<String>,
+    /// Each `listen` address, and whether it has `ssl` (or `quic`).
+    listens: Vec<(String, bool)>,
+    /// `ssl on;` (the old way to turn TLS on for every listen).
+    ssl_on: bool,
+    /// Whether any `listen` has `ssl`.
+    ssl_listen: bool,
+}
+
+impl Listening {
+    fn read(body: &[Directive]) -> Listening {
+        let mut l = Listening {
+            names: Vec::new(),
+            listens: Vec::new(),
+            ssl_on: false,
+            ssl_listen: false,
+        };
+        for d in body {
+            let args = &d.args[1..];
+            match d.args[0].as_str() {
+                "server_name" => l.names.extend(
+                    args.iter()
+                        .filter(|n| !n.is_empty() && *n != "_" && !n.starts_with('~'))
+                        .map(|n| n.trim_start_matches('.').to_ascii_lowercase()),
+                ),
+                "listen" => {
+                    let ssl = args.iter().any(|a| a == "ssl" || a == "quic");
+                    l.ssl_listen |= ssl;
+                    if let Some(addr) = args.first() {
+                        l.listens.push((addr.clone(), ssl));
+                    }
+                }
+                "ssl" => l.ssl_on = args.first().is_some_and(|a| a == "on"),
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// Why certagent cannot manage the files `cert` and `key` as written, if it cannot.
+fn unmanageable(cert: &str, key: Option<&String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if cert.contains('$') || key.is_some_and(|k| k.contains('$')) {
+        problems.push(format!(
+            "ssl_certificate {cert:?} uses variables: nginx reads such files at every handshake; name the files directly to let certagent manage them"
+        ));
+    }
+    if cert.starts_with("data:") || key.is_some_and(|k| k.starts_with("data:")) {
+        problems.push("the certificate or key is inline (data:); nothing to manage".into());
+    }
+    problems
+}
+
 fn read_server(
     body: &[Directive],
     source: &Source,
@@ -297,29 +362,12 @@ fn read_server(
     conf_dir: &Path,
     scan: &mut Scan,
 ) {
-    let mut names = Vec::new();
-    let mut listens = Vec::new();
-    let mut ssl_on = false;
-    let mut ssl_listen = false;
-    for d in body {
-        let args = &d.args[1..];
-        match d.args[0].as_str() {
-            "server_name" => names.extend(
-                args.iter()
-                    .filter(|n| !n.is_empty() && *n != "_" && !n.starts_with('~'))
-                    .map(|n| n.trim_start_matches('.').to_ascii_lowercase()),
-            ),
-            "listen" => {
-                let ssl = args.iter().any(|a| a == "ssl" || a == "quic");
-                ssl_listen |= ssl;
-                if let Some(addr) = args.first() {
-                    listens.push((addr.clone(), ssl));
-                }
-            }
-            "ssl" => ssl_on = args.first().is_some_and(|a| a == "on"),
-            _ => {}
-        }
-    }
+    let Listening {
+        names,
+        listens,
+        ssl_on,
+        ssl_listen,
+    } = Listening::read(body);
     let own = Pairs::read(body);
     let pairs = if own.certs.is_empty() {
         if !ssl_listen {
@@ -343,15 +391,7 @@ fn read_server(
         site.server_names = names.clone();
         site.addresses = addresses.clone();
         site.directive = cert_source.clone();
-        if cert.contains('$') || key.is_some_and(|k| k.contains('$')) {
-            site.problems.push(format!(
-                "ssl_certificate {cert:?} uses variables: nginx reads such files at every handshake; name the files directly to let certagent manage them"
-            ));
-        }
-        if cert.starts_with("data:") || key.is_some_and(|k| k.starts_with("data:")) {
-            site.problems
-                .push("the certificate or key is inline (data:); nothing to manage".into());
-        }
+        site.problems.extend(unmanageable(cert, key));
         site.cert_file = normalize(&conf_dir.join(cert));
         site.key_file = key.map(|k| normalize(&conf_dir.join(k)));
         if site.key_file.is_none() {

@@ -90,28 +90,7 @@ pub fn entry(path: &Path) -> Result<(Entry, bool)> {
                 };
                 walk.queue = target;
             }
-            SFlag::S_IFREG => {
-                let fd = match openat(
-                    dir,
-                    name.as_os_str(),
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => fd,
-                    Err(Errno::ENOENT) => break Entry::Missing,
-                    Err(e) => return Err(io_error(path, e)),
-                };
-                let stat = fstat(&fd).map_err(|e| io_error(path, e))?;
-                if kind(&stat) != SFlag::S_IFREG {
-                    break Entry::Other {
-                        kind: kind_name(&stat),
-                    };
-                }
-                break Entry::File {
-                    file: File::from(fd),
-                    stat,
-                };
-            }
+            SFlag::S_IFREG => break open_regular(dir, &name, path)?,
             _ => {
                 break Entry::Other {
                     kind: kind_name(&stat),
@@ -120,6 +99,31 @@ pub fn entry(path: &Path) -> Result<(Entry, bool)> {
         }
     };
     Ok((found, via_link))
+}
+
+/// The regular file `name` in `dir`, opened without following a link; `Missing` or `Other`
+/// when it was removed or replaced since it was looked at.
+fn open_regular(dir: &OwnedFd, name: &OsString, path: &Path) -> Result<Entry> {
+    let fd = match openat(
+        dir,
+        name.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Entry::Missing),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let stat = fstat(&fd).map_err(|e| io_error(path, e))?;
+    if kind(&stat) != SFlag::S_IFREG {
+        return Ok(Entry::Other {
+            kind: kind_name(&stat),
+        });
+    }
+    Ok(Entry::File {
+        file: File::from(fd),
+        stat,
+    })
 }
 
 fn kind(stat: &FileStat) -> SFlag {
@@ -206,27 +210,7 @@ impl Walk {
                     .map_err(|e| io_error(path, e))?;
                     self.stack.push(fd);
                 }
-                SFlag::S_IFLNK => {
-                    let dir = dir_dup(dir, path)?;
-                    match self.follow(dir, &c, path)? {
-                        Some(mut target) => {
-                            while let Some(t) = target.pop_back() {
-                                self.queue.push_front(t);
-                            }
-                        }
-                        None => {
-                            return Err(Error::msg(format!(
-                                "refusing the path {:?}: {:?} on the way is a symlink owned by uid {}",
-                                path.display().to_string(),
-                                c.to_string_lossy(),
-                                stat.st_uid
-                            ))
-                            .with_hint(
-                                "certagent follows only symlinks owned by root; replace it with a directory, or configure the path it points to",
-                            ));
-                        }
-                    }
-                }
+                SFlag::S_IFLNK => self.queue_link(&c, stat.st_uid, path)?,
                 _ => {
                     return Err(Error::msg(format!(
                         "refusing the path {:?}: {:?} on the way is a {}, not a directory",
@@ -238,6 +222,28 @@ impl Walk {
             }
         }
         Ok(())
+    }
+
+    /// Queue the target of the symlink `name` on the way, refused unless root owns it.
+    fn queue_link(&mut self, name: &OsString, uid: u32, path: &Path) -> Result<()> {
+        let dir = dir_dup(self.top(), path)?;
+        match self.follow(dir, name, path)? {
+            Some(mut target) => {
+                while let Some(t) = target.pop_back() {
+                    self.queue.push_front(t);
+                }
+                Ok(())
+            }
+            None => Err(Error::msg(format!(
+                "refusing the path {:?}: {:?} on the way is a symlink owned by uid {}",
+                path.display().to_string(),
+                name.to_string_lossy(),
+                uid
+            ))
+            .with_hint(
+                "certagent follows only symlinks owned by root; replace it with a directory, or configure the path it points to",
+            )),
+        }
     }
 
     /// The target of the symlink `name` in `dir` as components, if root owns the link; an

@@ -131,18 +131,6 @@ fn owner_name(uid: u32) -> String {
 /// root alone. A missing `dir` must be created in a directory only root can write (anyone
 /// else could create it first).
 pub fn check_trusted_dir(dir: &Path) -> Result<(), Distrust> {
-    let hint_owner = |p: &Path| {
-        format!(
-            "use a directory owned by root that only root can write, e.g. `chown root:root {0}` and `chmod go-w {0}`, or let certagent create its own",
-            p.display()
-        )
-    };
-    let lstat = |p: &Path| {
-        fs::symlink_metadata(p).map_err(|e| Distrust {
-            message: format!("cannot inspect {}: {e}", shown(p)),
-            hint: hint_owner(p),
-        })
-    };
     if !dir.is_absolute() {
         return Err(Distrust {
             message: format!("{} is not an absolute path", shown(dir)),
@@ -166,102 +154,160 @@ pub fn check_trusted_dir(dir: &Path) -> Result<(), Distrust> {
             continue;
         }
         let next = cur.join(&name);
-        let meta = match fs::symlink_metadata(&next) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // certagent creates the rest inside `cur`: nobody else may be able to create
-                // it there first.
-                if writable_by_others(&cur_meta) {
-                    return Err(Distrust {
-                        message: format!(
-                            "{} does not exist and would be created in {}, which is writable by group or others (mode {:04o}): another user could create it first",
-                            shown(&next),
-                            shown(&cur),
-                            cur_meta.mode() & 0o7777
-                        ),
-                        hint: format!(
-                            "create {} yourself, owned by root and writable by root alone, or choose a directory under one only root can write",
-                            dir.display()
-                        ),
-                    });
-                }
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(Distrust {
-                    message: format!("cannot inspect {}: {e}", shown(&next)),
-                    hint: hint_owner(&next),
-                });
-            }
+        let Some(meta) = lstat_if_exists(&next)? else {
+            return check_creatable(dir, &cur, &cur_meta, &next);
         };
-        // Who can write `cur` can rename or remove `next`, unless `cur` is sticky and `next`
-        // is root's.
-        let sticky = cur_meta.mode() & 0o1000 != 0;
-        if writable_by_others(&cur_meta) && !(sticky && trusted_uid(meta.uid())) {
-            return Err(Distrust {
-                message: format!(
-                    "{} is in {}, which is writable by group or others (mode {:04o}): another user could replace it",
-                    shown(&next),
-                    shown(&cur),
-                    cur_meta.mode() & 0o7777
-                ),
-                hint: hint_owner(&cur),
-            });
-        }
+        check_irreplaceable(&cur, &cur_meta, &next, &meta)?;
         if meta.file_type().is_symlink() {
             links += 1;
-            let target = fs::read_link(&next).map_err(|e| Distrust {
-                message: format!("cannot read symlink {}: {e}", shown(&next)),
-                hint: hint_owner(&next),
-            })?;
-            if links > MAX_LINKS {
-                return Err(Distrust {
-                    message: format!("too many symlinks on the way to {}", shown(dir)),
-                    hint: "point the setting at the real directory".into(),
-                });
-            }
-            if target.is_absolute() {
+            if follow_link(dir, &next, links, &mut rest)? {
                 cur = PathBuf::from("/");
                 cur_meta = lstat(&cur)?;
             }
-            for c in normal_components(&target).into_iter().rev() {
-                rest.push_front(c);
-            }
             continue;
         }
-        if !meta.is_dir() {
-            return Err(Distrust {
-                message: format!("{} is not a directory", shown(&next)),
-                hint: format!(
-                    "point the setting at a directory, not at {}",
-                    next.display()
-                ),
-            });
-        }
-        if !trusted_uid(meta.uid()) {
-            return Err(Distrust {
-                message: format!(
-                    "{} is owned by {}, not root: its owner could replace what certagent keeps there",
-                    shown(&next),
-                    owner_name(meta.uid())
-                ),
-                hint: hint_owner(&next),
-            });
-        }
+        check_owned_dir(&next, &meta)?;
         cur = next;
         cur_meta = meta;
     }
-    if writable_by_others(&cur_meta) {
+    check_private(dir, &cur_meta)
+}
+
+/// `dir` itself is writable by root alone.
+fn check_private(dir: &Path, meta: &Metadata) -> Result<(), Distrust> {
+    if writable_by_others(meta) {
         return Err(Distrust {
             message: format!(
                 "{} is writable by group or others (mode {:04o}): another user could plant files in it",
                 shown(dir),
-                cur_meta.mode() & 0o7777
+                meta.mode() & 0o7777
             ),
             hint: format!(
                 "`chmod go-w {}`, or choose a directory only root can write",
                 dir.display()
             ),
+        });
+    }
+    Ok(())
+}
+
+/// `lstat` of a path on the way, `None` when it does not exist.
+fn lstat_if_exists(p: &Path) -> Result<Option<Metadata>, Distrust> {
+    match fs::symlink_metadata(p) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Distrust {
+            message: format!("cannot inspect {}: {e}", shown(p)),
+            hint: hint_owner(p),
+        }),
+    }
+}
+
+fn hint_owner(p: &Path) -> String {
+    format!(
+        "use a directory owned by root that only root can write, e.g. `chown root:root {0}` and `chmod go-w {0}`, or let certagent create its own",
+        p.display()
+    )
+}
+
+fn lstat(p: &Path) -> Result<Metadata, Distrust> {
+    fs::symlink_metadata(p).map_err(|e| Distrust {
+        message: format!("cannot inspect {}: {e}", shown(p)),
+        hint: hint_owner(p),
+    })
+}
+
+/// `next`, missing, is where the rest of `dir` would be created, inside `cur`: nobody else
+/// may be able to create it there first.
+fn check_creatable(
+    dir: &Path,
+    cur: &Path,
+    cur_meta: &Metadata,
+    next: &Path,
+) -> Result<(), Distrust> {
+    if writable_by_others(cur_meta) {
+        return Err(Distrust {
+            message: format!(
+                "{} does not exist and would be created in {}, which is writable by group or others (mode {:04o}): another user could create it first",
+                shown(next),
+                shown(cur),
+                cur_meta.mode() & 0o7777
+            ),
+            hint: format!(
+                "create {} yourself, owned by root and writable by root alone, or choose a directory under one only root can write",
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Who can write `cur` can rename or remove `next`, unless `cur` is sticky and `next` is
+/// root's.
+fn check_irreplaceable(
+    cur: &Path,
+    cur_meta: &Metadata,
+    next: &Path,
+    meta: &Metadata,
+) -> Result<(), Distrust> {
+    let sticky = cur_meta.mode() & 0o1000 != 0;
+    if writable_by_others(cur_meta) && !(sticky && trusted_uid(meta.uid())) {
+        return Err(Distrust {
+            message: format!(
+                "{} is in {}, which is writable by group or others (mode {:04o}): another user could replace it",
+                shown(next),
+                shown(cur),
+                cur_meta.mode() & 0o7777
+            ),
+            hint: hint_owner(cur),
+        });
+    }
+    Ok(())
+}
+
+/// Put the target of `link` (the `links`th symlink on the way to `dir`) in front of `rest`;
+/// true when the target is absolute, so that the walk starts again at `/`.
+fn follow_link(
+    dir: &Path,
+    link: &Path,
+    links: usize,
+    rest: &mut VecDeque<OsString>,
+) -> Result<bool, Distrust> {
+    let target = fs::read_link(link).map_err(|e| Distrust {
+        message: format!("cannot read symlink {}: {e}", shown(link)),
+        hint: hint_owner(link),
+    })?;
+    if links > MAX_LINKS {
+        return Err(Distrust {
+            message: format!("too many symlinks on the way to {}", shown(dir)),
+            hint: "point the setting at the real directory".into(),
+        });
+    }
+    for c in normal_components(&target).into_iter().rev() {
+        rest.push_front(c);
+    }
+    Ok(target.is_absolute())
+}
+
+/// A directory on the way, `next`, is a directory and owned by root (or certagent).
+fn check_owned_dir(next: &Path, meta: &Metadata) -> Result<(), Distrust> {
+    if !meta.is_dir() {
+        return Err(Distrust {
+            message: format!("{} is not a directory", shown(next)),
+            hint: format!(
+                "point the setting at a directory, not at {}",
+                next.display()
+            ),
+        });
+    }
+    if !trusted_uid(meta.uid()) {
+        return Err(Distrust {
+            message: format!(
+                "{} is owned by {}, not root: its owner could replace what certagent keeps there",
+                shown(next),
+                owner_name(meta.uid())
+            ),
+            hint: hint_owner(next),
         });
     }
     Ok(())

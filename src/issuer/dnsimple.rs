@@ -122,38 +122,36 @@ impl Client {
                 .body(b.to_string());
         }
         let what = format!("DNSimple {method} {path}");
-        let mut rsp = req
+        let rsp = req
             .send()
             .await
             .map_err(|e| Error::msg(format!("{what} failed: {}", describe_reqwest(&e))))?;
         let status = rsp.status();
-        let header = |name: &str| {
-            rsp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
-        let reset = header("x-ratelimit-reset");
-        let mut bytes = Vec::new();
-        while let Some(chunk) = rsp
-            .chunk()
-            .await
-            .map_err(|e| Error::msg(format!("{what} failed: {}", describe_reqwest(&e))))?
-        {
-            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(Error::msg(format!(
-                    "{what}: answer larger than {} KiB",
-                    MAX_BODY_BYTES >> 10
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let reset = rsp
+            .headers()
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let bytes = read_body(rsp, &what).await?;
+        self.answer(&what, status.as_u16(), reset, &bytes)
+    }
+
+    /// What an answer with `status` and body `bytes` means: the JSON body, `None` for 428
+    /// (not ready), or an error saying what DNSimple said. `reset` is when the rate limit
+    /// resets.
+    fn answer(
+        &self,
+        what: &str,
+        status: u16,
+        reset: Option<i64>,
+        bytes: &[u8],
+    ) -> Result<Option<Value>> {
+        let json: Option<Value> = serde_json::from_slice(bytes).ok();
         let message = json
             .as_ref()
             .and_then(|j| j["message"].as_str())
             .map(str::to_string);
-        match status.as_u16() {
+        match status {
             200..=299 => Ok(Some(json.unwrap_or(Value::Null))),
             428 => Ok(None),
             401 => Err(Error::msg(format!("{what}: DNSimple rejected the token ({})", message.unwrap_or_default()))
@@ -217,6 +215,25 @@ impl Client {
     }
 }
 
+/// The body of `rsp`, refused when larger than `MAX_BODY_BYTES`.
+async fn read_body(mut rsp: reqwest::Response, what: &str) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = rsp
+        .chunk()
+        .await
+        .map_err(|e| Error::msg(format!("{what} failed: {}", describe_reqwest(&e))))?
+    {
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Error::msg(format!(
+                "{what}: answer larger than {} KiB",
+                MAX_BODY_BYTES >> 10
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// DNSimple's certificate `name` and `alternate_names` for our names in `domain`: "www"
 /// stands for the apex plus www; another name X for X.DOMAIN ("*" for the wildcard).
 pub fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec<String>)> {
@@ -274,19 +291,9 @@ impl Dnsimple {
         resume: Option<&str>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<(Chain, SecretPem)> {
-        let algorithm = match key_spec {
-            KeySpec::EcdsaP256 => "ECDSA",
-            KeySpec::Rsa2048 => "RSA",
-            other => {
-                return Err(Error::msg(format!(
-                    "DNSimple issues only ecdsa-p256 and rsa-2048 keys, not {other}"
-                ))
-                .with_hint("set key_type to \"ecdsa-p256\" or \"rsa-2048\""));
-            }
-        };
+        let algorithm = signature_algorithm(key_spec)?;
         let client = Client::connect(&self.cfg.api, self.clock).await?;
-        let domain = &self.cfg.domain;
-        let base = client.domain_path(domain);
+        let base = client.domain_path(&self.cfg.domain);
         let resumed = resume
             .and_then(|r| r.strip_prefix("dnsimple:certificate:"))
             .and_then(|id| id.parse::<u64>().ok());
@@ -295,35 +302,51 @@ impl Dnsimple {
                 log::info!(issuer = "dnsimple", certificate = id; "resuming DNSimple certificate");
                 id
             }
-            None => {
-                let (name, alternate_names) = dnsimple_names(domain, names)?;
-                let body = json!({"name": name, "alternate_names": alternate_names, "signature_algorithm": algorithm, "auto_renew": false});
-                let bought = client
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("{base}/letsencrypt"),
-                        Some(body),
-                    )
-                    .await?;
-                let id = bought["data"]["certificate_id"]
-                    .as_u64()
-                    .or_else(|| bought["data"]["id"].as_u64())
-                    .ok_or_else(|| {
-                        Error::msg("DNSimple's purchase answer has no certificate id")
-                    })?;
-                on_order(&handle(id))?;
-                crate::failpoint_async!("after-order-created");
-                client
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("{base}/letsencrypt/{id}/issue"),
-                        None,
-                    )
-                    .await?;
-                log::info!(issuer = "dnsimple", certificate = id, event = "ordered"; "bought and requested a Let's Encrypt certificate at DNSimple");
-                id
-            }
+            None => self.buy(&client, &base, names, algorithm, on_order).await?,
         };
+        self.wait_issued(&client, &base, id).await?;
+        download(&client, &base, id).await
+    }
+
+    /// Buy a Let's Encrypt certificate for `names`, journal its id with `on_order`, and ask
+    /// DNSimple to issue it.
+    async fn buy(
+        &self,
+        client: &Client,
+        base: &str,
+        names: &[DomainName],
+        algorithm: &str,
+        on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
+    ) -> Result<u64> {
+        let (name, alternate_names) = dnsimple_names(&self.cfg.domain, names)?;
+        let body = json!({"name": name, "alternate_names": alternate_names, "signature_algorithm": algorithm, "auto_renew": false});
+        let bought = client
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/letsencrypt"),
+                Some(body),
+            )
+            .await?;
+        let id = bought["data"]["certificate_id"]
+            .as_u64()
+            .or_else(|| bought["data"]["id"].as_u64())
+            .ok_or_else(|| Error::msg("DNSimple's purchase answer has no certificate id"))?;
+        on_order(&handle(id))?;
+        crate::failpoint_async!("after-order-created");
+        client
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/letsencrypt/{id}/issue"),
+                None,
+            )
+            .await?;
+        log::info!(issuer = "dnsimple", certificate = id, event = "ordered"; "bought and requested a Let's Encrypt certificate at DNSimple");
+        Ok(id)
+    }
+
+    /// Poll certificate `id` with backoff until it is issued; `Error::Pending` when it is
+    /// still issuing after the timeout.
+    async fn wait_issued(&self, client: &Client, base: &str, id: u64) -> Result<()> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.cfg.timeout.0.max(1) as u64);
         let mut delay = Duration::from_millis(200);
@@ -336,7 +359,7 @@ impl Dnsimple {
                 .unwrap_or("unknown")
                 .to_string();
             match state.as_str() {
-                "issued" => break,
+                "issued" => return Ok(()),
                 "failed" | "rejected" | "cancelled" | "refunded" => {
                     return Err(Error::msg(format!(
                         "DNSimple certificate {id} ended in state {state:?}"
@@ -357,50 +380,67 @@ impl Dnsimple {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
         }
-        let Some(download) = client
-            .call_ready(reqwest::Method::GET, &format!("{base}/{id}/download"), None)
-            .await?
-        else {
-            return Err(Error::Pending {
-                message: format!("DNSimple has not released certificate {id} yet"),
-                retry_in: Some(60),
-                news: false,
-            });
-        };
-        let Some(private) = client
-            .call_ready(
-                reqwest::Method::GET,
-                &format!("{base}/{id}/private_key"),
-                None,
-            )
-            .await?
-        else {
-            return Err(Error::Pending {
-                message: format!("DNSimple has not released the key of certificate {id} yet"),
-                retry_in: Some(60),
-                news: false,
-            });
-        };
-        let mut pem = download["data"]["server"]
+    }
+}
+
+/// DNSimple's name for the key type; it issues only two.
+fn signature_algorithm(key_spec: KeySpec) -> Result<&'static str> {
+    match key_spec {
+        KeySpec::EcdsaP256 => Ok("ECDSA"),
+        KeySpec::Rsa2048 => Ok("RSA"),
+        other => Err(Error::msg(format!(
+            "DNSimple issues only ecdsa-p256 and rsa-2048 keys, not {other}"
+        ))
+        .with_hint("set key_type to \"ecdsa-p256\" or \"rsa-2048\"")),
+    }
+}
+
+/// The issued chain of certificate `id` and DNSimple's copy of its key; `Error::Pending`
+/// while DNSimple has not released them.
+async fn download(client: &Client, base: &str, id: u64) -> Result<(Chain, SecretPem)> {
+    let Some(download) = client
+        .call_ready(reqwest::Method::GET, &format!("{base}/{id}/download"), None)
+        .await?
+    else {
+        return Err(Error::Pending {
+            message: format!("DNSimple has not released certificate {id} yet"),
+            retry_in: Some(60),
+            news: false,
+        });
+    };
+    let Some(private) = client
+        .call_ready(
+            reqwest::Method::GET,
+            &format!("{base}/{id}/private_key"),
+            None,
+        )
+        .await?
+    else {
+        return Err(Error::Pending {
+            message: format!("DNSimple has not released the key of certificate {id} yet"),
+            retry_in: Some(60),
+            news: false,
+        });
+    };
+    let mut pem = download["data"]["server"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for c in download["data"]["chain"].as_array().into_iter().flatten() {
+        pem.push_str(c.as_str().unwrap_or(""));
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+    }
+    let chain = Chain::from_pem(pem.as_bytes())
+        .map_err(|e| Error::msg(format!("DNSimple sent an unusable chain: {e}")))?;
+    let key = SecretPem::new(
+        private["data"]["private_key"]
             .as_str()
             .unwrap_or("")
-            .to_string();
-        for c in download["data"]["chain"].as_array().into_iter().flatten() {
-            pem.push_str(c.as_str().unwrap_or(""));
-            if !pem.ends_with('\n') {
-                pem.push('\n');
-            }
-        }
-        let chain = Chain::from_pem(pem.as_bytes())
-            .map_err(|e| Error::msg(format!("DNSimple sent an unusable chain: {e}")))?;
-        let key = SecretPem::new(
-            private["data"]["private_key"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-        );
-        Ok((chain, key))
-    }
+            .to_string(),
+    );
+    Ok((chain, key))
 }
 
 #[cfg(test)]

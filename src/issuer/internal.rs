@@ -68,6 +68,11 @@ impl LocalCa {
         if let Some(ca) = self.load()? {
             return Ok(ca);
         }
+        self.create(now)
+    }
+
+    /// Generate the CA key and self-signed certificate and write them, key first.
+    fn create(&self, now: Timestamp) -> Result<(String, PrivateKey)> {
         let key_path = self.dir.join("ca.key");
         let cert_path = self.ca_cert_path();
         let key = PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
@@ -102,38 +107,7 @@ impl LocalCa {
         let (ca_pem, ca_key) = self.load_or_create(now)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key.key_pair())
             .context("failed to load local CA certificate")?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .context("failed to build certificate")?;
-        let mut dn = DistinguishedName::new();
-        if let Some(first) = names.first() {
-            dn.push(DnType::CommonName, first.as_str());
-        }
-        params.distinguished_name = dn;
-        params.not_before = at(now - 60)?;
-        params.not_after = at(now + self.validity)?;
-        // Test builds can make this CA answer like a misbehaving one (reliability.md F11,
-        // F12, F18, F19): expired, not yet valid, or for other names.
-        #[cfg(feature = "failpoints")]
-        {
-            if crate::failpoint::active("ca-expired") {
-                params.not_before = at(now - 10 * 86_400)?;
-                params.not_after = at(now - 86_400)?;
-            }
-            if crate::failpoint::active("ca-not-yet-valid") {
-                params.not_before = at(now + 3 * 86_400)?;
-                params.not_after = at(now + 90 * 86_400)?;
-            }
-            if crate::failpoint::active("ca-wrong-names") {
-                params.subject_alt_names = vec![rcgen::SanType::DnsName(
-                    "evil.test".try_into().context("name")?,
-                )];
-            }
-        }
-        params.serial_number = Some(random_serial());
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
+        let params = self.leaf_params(names, now)?;
         // Test builds can make this CA misbehave like a broken one: sign some other key.
         #[cfg(feature = "failpoints")]
         let foreign = crate::failpoint::active("issue-foreign-key")
@@ -155,17 +129,7 @@ impl LocalCa {
             .ok_or_else(|| Error::msg("local CA certificate is empty"))?;
         #[cfg(feature = "failpoints")]
         let ca_der = if crate::failpoint::active("ca-broken-chain") {
-            // An intermediate that did not sign the leaf.
-            let other =
-                PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
-            let mut p = CertificateParams::default();
-            p.distinguished_name
-                .push(DnType::CommonName, "certagent local CA (impostor)");
-            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            p.self_signed(other.key_pair())
-                .context("impostor")?
-                .der()
-                .to_vec()
+            impostor_ca()?
         } else {
             ca_der
         };
@@ -173,6 +137,61 @@ impl LocalCa {
             certs: vec![leaf.der().to_vec(), ca_der],
         })
     }
+
+    /// A server leaf for `names`, valid from a minute ago for the configured validity.
+    fn leaf_params(&self, names: &[DomainName], now: Timestamp) -> Result<CertificateParams> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .context("failed to build certificate")?;
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        params.not_before = at(now - 60)?;
+        params.not_after = at(now + self.validity)?;
+        #[cfg(feature = "failpoints")]
+        misbehave(&mut params, now)?;
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        Ok(params)
+    }
+}
+
+/// Test builds can make this CA answer like a misbehaving one (reliability.md F11, F12,
+/// F18, F19): expired, not yet valid, or for other names.
+#[cfg(feature = "failpoints")]
+fn misbehave(params: &mut CertificateParams, now: Timestamp) -> Result<()> {
+    if crate::failpoint::active("ca-expired") {
+        params.not_before = at(now - 10 * 86_400)?;
+        params.not_after = at(now - 86_400)?;
+    }
+    if crate::failpoint::active("ca-not-yet-valid") {
+        params.not_before = at(now + 3 * 86_400)?;
+        params.not_after = at(now + 90 * 86_400)?;
+    }
+    if crate::failpoint::active("ca-wrong-names") {
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "evil.test".try_into().context("name")?,
+        )];
+    }
+    Ok(())
+}
+
+/// For the `ca-broken-chain` failpoint: an intermediate that did not sign the leaf.
+#[cfg(feature = "failpoints")]
+fn impostor_ca() -> Result<Vec<u8>> {
+    let other = PrivateKey::generate(crate::core::KeySpec::EcdsaP256).map_err(Error::msg)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "certagent local CA (impostor)");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    Ok(p.self_signed(other.key_pair())
+        .context("impostor")?
+        .der()
+        .to_vec())
 }
 
 impl LocalCa {

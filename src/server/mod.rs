@@ -283,22 +283,7 @@ impl WebServer {
         let mut since = Instant::now();
         loop {
             let round = Instant::now();
-            let mut last = None;
-            for (addr, sni) in &endpoints {
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(200));
-                match probe::served_leaf(*addr, sni, left.min(Duration::from_secs(5))).await {
-                    Ok(der) if der == leaf_der => {}
-                    Ok(der) => {
-                        let serial = crate::keys::leaf_facts(&der)
-                            .map(|l| l.serial)
-                            .unwrap_or_else(|_| "?".into());
-                        last = Some(format!("{addr} (SNI {sni}) serves serial {serial}"));
-                    }
-                    Err(e) => last = Some(format!("{e} (SNI {sni})")),
-                }
-            }
+            let last = probe_round(&endpoints, leaf_der, deadline).await;
             match last {
                 None => {
                     if confirmed == 0 {
@@ -315,6 +300,32 @@ impl WebServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Probe every endpoint once; why the last one that does not serve `leaf_der` does not,
+/// `None` when all do.
+async fn probe_round(
+    endpoints: &[(std::net::SocketAddr, String)],
+    leaf_der: &[u8],
+    deadline: Instant,
+) -> Option<String> {
+    let mut last = None;
+    for (addr, sni) in endpoints {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        match probe::served_leaf(*addr, sni, left.min(Duration::from_secs(5))).await {
+            Ok(der) if der == leaf_der => {}
+            Ok(der) => {
+                let serial = crate::keys::leaf_facts(&der)
+                    .map(|l| l.serial)
+                    .unwrap_or_else(|_| "?".into());
+                last = Some(format!("{addr} (SNI {sni}) serves serial {serial}"));
+            }
+            Err(e) => last = Some(format!("{e} (SNI {sni})")),
+        }
+    }
+    last
 }
 
 async fn wait_nginx_retired(old: &[Pid], within: Duration) -> Option<bool> {

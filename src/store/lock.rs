@@ -1,7 +1,7 @@
 //! One exclusive lock shared by every certagent process (daemon, CLI, config management):
 //! `flock` on `RUNTIME_DIR/lock`. Released when the process exits, however it exits.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -22,22 +22,7 @@ impl Lock {
         // user created or swapped in the meantime is not used.
         super::trust::require_trusted_dir(runtime_dir, "the runtime directory")?;
         let path = runtime_dir.join("lock");
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                // Never through a symlink, whoever planted it (the directory is checked at
-                // config load; this is the last line).
-                .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits())
-                .open(&path)
-                .with_context(|| {
-                    format!("failed to open lock file {:?}", path.display().to_string())
-                })
-        };
-        match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(open_lock_file(&path)?, FlockArg::LockExclusiveNonblock) {
             Ok(held) => return Ok(Lock { _held: held }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
             Err((_, e)) => {
@@ -49,7 +34,7 @@ impl Lock {
         }
         // Someone else holds it: block in a thread (flock has no timeout), give up after
         // `timeout`. If we give up, the thread still owns the fd and the process exits soon.
-        let file = open()?;
+        let file = open_lock_file(&path)?;
         let waiter = tokio::task::spawn_blocking(move || {
             Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e)
         });
@@ -67,6 +52,21 @@ impl Lock {
             ))),
         }
     }
+}
+
+/// The lock file, created if need be, never through a symlink.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        // Never through a symlink, whoever planted it (the directory is checked at
+        // config load; this is the last line).
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .with_context(|| format!("failed to open lock file {:?}", path.display().to_string()))
 }
 
 #[cfg(test)]

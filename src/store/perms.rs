@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Certificate;
 use crate::error::{Context, Result};
@@ -68,42 +68,7 @@ impl Store {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let dir = entry.path();
-            let adopted = dir.join(ADOPTED_MARKER).exists();
-            for (file, mode) in [
-                ("key.pem", cert.key_mode),
-                ("fullchain.pem", cert.cert_mode),
-                ("cert.pem", cert.cert_mode),
-                ("chain.pem", cert.cert_mode),
-            ] {
-                let path = dir.join(file);
-                let Ok(meta) = fs::symlink_metadata(&path) else {
-                    continue;
-                };
-                if !meta.is_file() {
-                    continue;
-                }
-                let have = (meta.uid(), meta.gid(), meta.mode() & 0o7777);
-                let want = if adopted {
-                    // Narrow only: an owner or group the configuration no longer names loses
-                    // the file to root; mode bits beyond the configured ones go.
-                    (
-                        if have.0 == uid { uid } else { 0 },
-                        if have.1 == gid { gid } else { 0 },
-                        have.2 & mode,
-                    )
-                } else {
-                    (uid, gid, mode)
-                };
-                if have != want {
-                    drift.push(Drift {
-                        path,
-                        generation: number,
-                        have,
-                        want,
-                    });
-                }
-            }
+            drift.extend(generation_drift(&entry.path(), number, cert, (uid, gid)));
         }
         drift.sort_by(|a, b| (a.generation, &a.path).cmp(&(b.generation, &b.path)));
         Ok(drift)
@@ -132,4 +97,47 @@ impl Store {
         }
         Ok(drift)
     }
+}
+
+/// The files of generation `number` in `dir` whose owner, group or mode differs from what
+/// `cert` configures (`ids`: its uid and gid, 0 when not set).
+fn generation_drift(dir: &Path, number: u64, cert: &Certificate, ids: (u32, u32)) -> Vec<Drift> {
+    let (uid, gid) = ids;
+    let mut drift = Vec::new();
+    let adopted = dir.join(ADOPTED_MARKER).exists();
+    for (file, mode) in [
+        ("key.pem", cert.key_mode),
+        ("fullchain.pem", cert.cert_mode),
+        ("cert.pem", cert.cert_mode),
+        ("chain.pem", cert.cert_mode),
+    ] {
+        let path = dir.join(file);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let have = (meta.uid(), meta.gid(), meta.mode() & 0o7777);
+        let want = if adopted {
+            // Narrow only: an owner or group the configuration no longer names loses
+            // the file to root; mode bits beyond the configured ones go.
+            (
+                if have.0 == uid { uid } else { 0 },
+                if have.1 == gid { gid } else { 0 },
+                have.2 & mode,
+            )
+        } else {
+            (uid, gid, mode)
+        };
+        if have != want {
+            drift.push(Drift {
+                path,
+                generation: number,
+                have,
+                want,
+            });
+        }
+    }
+    drift
 }
