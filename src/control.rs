@@ -13,11 +13,11 @@ use crate::core::Reason;
 use crate::error::{Error, Result};
 
 /// A request is a few names, or one certificate chain; anything larger is not a request.
-pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A status document for 10,000 certificates is a few MiB.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// Distinct names one request may list (`--all` covers any number of certificates).
-pub const MAX_NAMES: usize = 10_000;
+pub(crate) const MAX_NAMES: usize = 10_000;
 /// How long a client has to take its response; one that reads nothing is dropped rather
 /// than holding the daemon's buffer for ever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,20 +45,20 @@ pub enum Request {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Response {
-    pub exit: u8,
+pub(crate) struct Response {
+    pub(crate) exit: u8,
     /// The `--json` document of the command, or null with `error` set.
-    pub document: serde_json::Value,
+    pub(crate) document: serde_json::Value,
     #[serde(default)]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(default)]
-    pub hint: Option<String>,
+    pub(crate) hint: Option<String>,
 }
 
 impl Request {
     /// Each name once, in the order first given, and no more than `MAX_NAMES` of them: a name
     /// repeated 100,000 times is one certificate's work and one entry in the answer.
-    pub fn dedup_names(mut self) -> Result<Request> {
+    pub(crate) fn dedup_names(mut self) -> Result<Request> {
         let names = match &mut self {
             Request::Check { names } | Request::Status { names } => names,
             Request::Reissue { names, .. } => names,
@@ -81,7 +81,7 @@ impl Request {
 impl Response {
     /// The daemon's answer as the command's `--json` document and exit code; an error it
     /// reported becomes the command's error, with its hint.
-    pub fn into_document<T: serde::de::DeserializeOwned>(self) -> Result<(T, u8)> {
+    pub(crate) fn into_document<T: serde::de::DeserializeOwned>(self) -> Result<(T, u8)> {
         if let Some(e) = self.error {
             let err = Error::msg(e);
             return Err(match self.hint {
@@ -94,7 +94,7 @@ impl Response {
         Ok((doc, self.exit))
     }
 
-    pub fn error(e: &Error) -> Response {
+    pub(crate) fn error(e: &Error) -> Response {
         Response {
             exit: e.exit_code(),
             document: serde_json::Value::Null,
@@ -104,12 +104,12 @@ impl Response {
     }
 }
 
-pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("control.sock")
 }
 
 /// Ask the daemon. `Ok(None)` when no daemon listens (the caller then works in-process).
-pub async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Response>> {
+pub(crate) async fn request(runtime_dir: &Path, req: &Request) -> Result<Option<Response>> {
     let path = socket_path(runtime_dir);
     let Some(stream) = connect(&path).await? else {
         return Ok(None);
@@ -196,7 +196,7 @@ fn check_peer(path: &Path, peer_uid: u32, own_uid: u32) -> Result<()> {
 }
 
 /// Read one request line from a client, bounded in size and time.
-pub async fn read_request(stream: &mut UnixStream) -> Result<Request> {
+pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<Request> {
     let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES as u64 + 1));
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
@@ -213,7 +213,7 @@ pub async fn read_request(stream: &mut UnixStream) -> Result<Request> {
 
 /// Send the response line; a client that does not take it within `WRITE_TIMEOUT` is given up
 /// (the buffer is freed with the connection).
-pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> Result<()> {
+pub(crate) async fn write_response(stream: &mut UnixStream, resp: &Response) -> Result<()> {
     let mut line = serde_json::to_vec(resp)
         .map_err(|e| Error::msg(format!("failed to encode response: {e}")))?;
     line.push(b'\n');

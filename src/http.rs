@@ -18,20 +18,20 @@ use crate::error::{Context, Error, Result};
 use crate::store::fsutil;
 
 /// No answer certagent expects is larger than this (a chain is a few KiB).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How long a client waits; the one setting in which callers differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// For the TCP and TLS handshakes; `None`: only `total` applies.
-    pub connect: Option<Duration>,
+    pub(crate) connect: Option<Duration>,
     /// For a whole request, answer included.
-    pub total: Duration,
+    pub(crate) total: Duration,
 }
 
 impl Timeouts {
     /// ACME, DNSimple, CRLs and ARI.
-    pub const API: Timeouts = Timeouts {
+    pub(crate) const API: Timeouts = Timeouts {
         connect: Some(Duration::from_secs(10)),
         total: Duration::from_secs(60),
     };
@@ -39,7 +39,7 @@ impl Timeouts {
 
 /// The one place a reqwest client is built: certagent's user agent, `timeouts`, redirects
 /// not followed, and the system's TLS roots or, with `ca_bundle`, only the CAs in that file.
-pub fn client(timeouts: Timeouts, ca_bundle: Option<&Path>) -> Result<reqwest::Client> {
+pub(crate) fn client(timeouts: Timeouts, ca_bundle: Option<&Path>) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("certagent/", env!("CARGO_PKG_VERSION")))
         .timeout(timeouts.total)
@@ -63,16 +63,16 @@ pub fn client(timeouts: Timeouts, ca_bundle: Option<&Path>) -> Result<reqwest::C
 }
 
 #[derive(Clone)]
-pub struct Http {
+pub(crate) struct Http {
     client: reqwest::Client,
     /// Seconds from the last 429/503 `Retry-After` header seen.
-    pub retry_after: Arc<Mutex<Option<i64>>>,
+    pub(crate) retry_after: Arc<Mutex<Option<i64>>>,
     /// "Now" for a `Retry-After` given as a date.
     clock: Clock,
 }
 
 impl Http {
-    pub fn new(ca_bundle: Option<&Path>, clock: Clock) -> Result<Http> {
+    pub(crate) fn new(ca_bundle: Option<&Path>, clock: Clock) -> Result<Http> {
         let client = client(Timeouts::API, ca_bundle)?;
         Ok(Http {
             client,
@@ -83,12 +83,12 @@ impl Http {
 }
 
 impl Http {
-    pub fn client(&self) -> &reqwest::Client {
+    pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
     /// GET `url` and read at most `MAX_BODY_BYTES` of it.
-    pub async fn get_capped(
+    pub(crate) async fn get_capped(
         &self,
         url: &str,
     ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>)> {
@@ -96,7 +96,7 @@ impl Http {
     }
 
     /// GET `url` and read at most `cap` bytes of it.
-    pub async fn get_capped_to(
+    pub(crate) async fn get_capped_to(
         &self,
         url: &str,
         cap: usize,
@@ -121,7 +121,7 @@ impl Http {
 }
 
 /// Parse `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<i64> {
+pub(crate) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<i64> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<i64>() {
         return Some(secs.max(0));
@@ -244,7 +244,7 @@ fn system_time(now: crate::core::Timestamp) -> std::time::SystemTime {
 }
 
 /// reqwest's Display hides the cause ("error sending request"); walk the chain.
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

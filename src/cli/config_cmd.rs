@@ -9,7 +9,11 @@ use crate::error::{Result, exit};
 use crate::output::{self, ValidateDoc};
 
 /// `candidate`: validate with the content of `.1` in place of `.0` (see `Config::load_with`).
-pub fn validate(config_path: &Path, json: bool, candidate: Option<(&Path, &Path)>) -> Result<u8> {
+pub(crate) fn validate(
+    config_path: &Path,
+    json: bool,
+    candidate: Option<(&Path, &Path)>,
+) -> Result<u8> {
     let (valid, certificates, errors) = match Config::load_with(config_path, candidate) {
         Ok(c) => (
             true,

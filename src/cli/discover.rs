@@ -11,20 +11,20 @@ use crate::error::{Error, Result, exit};
 use crate::output;
 
 #[derive(Args, Debug)]
-pub struct DiscoverArgs {
+pub(crate) struct DiscoverArgs {
     /// nginx's main configuration file (default: the compiled-in path, /etc/nginx/nginx.conf).
     #[arg(long, value_name = "PATH")]
-    pub nginx_conf: Option<PathBuf>,
+    pub(crate) nginx_conf: Option<PathBuf>,
     /// Apache's ServerRoot (default: /etc/apache2, or /etc/httpd on RHEL).
     #[arg(long, value_name = "DIR")]
-    pub apache_root: Option<PathBuf>,
+    pub(crate) apache_root: Option<PathBuf>,
     /// Apache's main configuration file (default: apache2.conf or conf/httpd.conf under the
     /// ServerRoot).
     #[arg(long, value_name = "PATH")]
-    pub apache_conf: Option<PathBuf>,
+    pub(crate) apache_conf: Option<PathBuf>,
     /// Print a JSON document on stdout instead of TOML.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 fn absolute(p: &std::path::Path) -> Result<PathBuf> {
@@ -36,7 +36,7 @@ fn absolute(p: &std::path::Path) -> Result<PathBuf> {
     })
 }
 
-pub fn discover(args: &DiscoverArgs) -> Result<u8> {
+pub(crate) fn discover(args: &DiscoverArgs) -> Result<u8> {
     let targets = targets(args)?;
     check_targets(&targets)?;
     let doc = discover::discover(&targets);

@@ -20,7 +20,7 @@ use crate::store::fsutil::{self, Perms};
 
 /// The unit as shipped: the packages install it verbatim; `install` points `ExecStart` at the
 /// running binary.
-pub const UNIT: &str = include_str!("../../systemd/certagent.service");
+pub(crate) const UNIT: &str = include_str!("../../systemd/certagent.service");
 const EXAMPLE: &str = include_str!("../../config.example.toml");
 
 const UNIT_NAME: &str = "certagent.service";
@@ -58,33 +58,33 @@ const UNIT_WRITABLE: [&str; 4] = [
 ];
 
 #[derive(Args, Debug)]
-pub struct InstallArgs {
+pub(crate) struct InstallArgs {
     /// Show what would be done; change nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print a JSON document on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Treat DIR as the root file system and leave systemd alone (tests, image builds).
     #[arg(long, value_name = "DIR", hide = true)]
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
-pub struct UninstallArgs {
+pub(crate) struct UninstallArgs {
     /// Also remove the configuration, the state directory (the keys and certificates in
     /// service!) and the links to it.
     #[arg(long)]
-    pub purge: bool,
+    pub(crate) purge: bool,
     /// Show what would be done; change nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print a JSON document on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Treat DIR as the root file system and leave systemd alone (tests, image builds).
     #[arg(long, value_name = "DIR", hide = true)]
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 /// The configuration the service would run with.
@@ -94,7 +94,7 @@ enum Conf {
     Valid(Box<Config>),
 }
 
-pub fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
+pub(crate) fn install(config_path: &Path, args: &InstallArgs) -> Result<u8> {
     service_config_only(config_path)?;
     let mut host = Host::new(args.root.as_deref(), args.dry_run)?;
     let packaged = host.packaged_unit();
@@ -249,7 +249,7 @@ fn start_service(host: &mut Host, conf: &Conf, unit_changed: bool, restart: bool
     Ok(())
 }
 
-pub fn uninstall(config_path: &Path, args: &UninstallArgs) -> Result<u8> {
+pub(crate) fn uninstall(config_path: &Path, args: &UninstallArgs) -> Result<u8> {
     service_config_only(config_path)?;
     let mut host = Host::new(args.root.as_deref(), args.dry_run)?;
     if let Some(p) = host.packaged_unit() {
@@ -374,7 +374,7 @@ fn render_unit(exe: &Path) -> Result<String> {
 /// The directories the configuration makes certagent write that the unit does not already
 /// allow: where the certificate and key links go, ACME webroots, a state, runtime or metrics
 /// directory moved elsewhere. Outermost directories only.
-pub fn extra_writable(config: &Config) -> Vec<PathBuf> {
+pub(crate) fn extra_writable(config: &Config) -> Vec<PathBuf> {
     let mut dirs = BTreeSet::new();
     let agent = &config.agent;
     dirs.insert(agent.state_dir.clone());

@@ -10,25 +10,25 @@ use crate::core::Span;
 pub(super) const AGENT_KEYS: &str = "state_dir, runtime_dir, max_parallel, compromised_dir, key_blocklist, lock_timeout, keep_generations, metrics_file, max_reissues_per_hour";
 
 #[derive(Clone, Debug)]
-pub struct Agent {
-    pub state_dir: PathBuf,
-    pub runtime_dir: PathBuf,
-    pub max_parallel: usize,
-    pub compromised_dir: PathBuf,
-    pub key_blocklist: Vec<PathBuf>,
+pub(crate) struct Agent {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) max_parallel: usize,
+    pub(crate) compromised_dir: PathBuf,
+    pub(crate) key_blocklist: Vec<PathBuf>,
     /// How long a command waits for another certagent process to release the lock.
-    pub lock_timeout: Span,
+    pub(crate) lock_timeout: Span,
     /// Generations kept per certificate besides the current one.
-    pub keep_generations: usize,
+    pub(crate) keep_generations: usize,
     /// Prometheus textfile the daemon rewrites on every state change (`None`: no metrics).
-    pub metrics_file: Option<PathBuf>,
+    pub(crate) metrics_file: Option<PathBuf>,
     /// The line of each directory setting in the main file (`state_dir`, `runtime_dir`,
     /// `compromised_dir`, `metrics_file`), for errors found when the directories are
     /// looked at after parsing; a default has none.
-    pub lines: BTreeMap<&'static str, usize>,
+    pub(crate) lines: BTreeMap<&'static str, usize>,
     /// How many re-issues the daemon starts by itself for one certificate in any hour; more
     /// wait (an operator's `reissue --now` does not).
-    pub max_reissues_per_hour: u32,
+    pub(crate) max_reissues_per_hour: u32,
 }
 
 pub(super) fn default_agent() -> Agent {

@@ -12,32 +12,32 @@ use crate::core::{DomainName, KeySpec, Span};
 pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
-pub struct Certificate {
-    pub name: String,
-    pub names: Vec<DomainName>,
-    pub issuer: String,
+pub(crate) struct Certificate {
+    pub(crate) name: String,
+    pub(crate) names: Vec<DomainName>,
+    pub(crate) issuer: String,
     /// `None`: install only, nothing to reload or probe.
-    pub server: Option<String>,
-    pub key_type: KeySpec,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub chain_file: Option<PathBuf>,
-    pub leaf_file: Option<PathBuf>,
-    pub renew_before: Option<Span>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-    pub key_mode: u32,
-    pub cert_mode: u32,
+    pub(crate) server: Option<String>,
+    pub(crate) key_type: KeySpec,
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) chain_file: Option<PathBuf>,
+    pub(crate) leaf_file: Option<PathBuf>,
+    pub(crate) renew_before: Option<Span>,
+    pub(crate) owner: Option<String>,
+    pub(crate) group: Option<String>,
+    pub(crate) key_mode: u32,
+    pub(crate) cert_mode: u32,
     /// For a compromised key: revoke the old certificate before replacing it.
-    pub revoke_first: bool,
+    pub(crate) revoke_first: bool,
     /// Run before the flip (the new files exist, nothing the server reads has changed); a
     /// non-zero exit vetoes the install.
-    pub pre_install: Option<Vec<String>>,
+    pub(crate) pre_install: Option<Vec<String>>,
     /// Run after the new certificate is installed (and verified, when there is a server);
     /// a failure is reported as one.
-    pub post_install: Option<Vec<String>>,
+    pub(crate) post_install: Option<Vec<String>>,
     /// Limit for each hook.
-    pub hook_timeout: Span,
+    pub(crate) hook_timeout: Span,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -14,7 +14,7 @@ use crate::keys::{self, Chain};
 /// The issuer's distinguished name of the certificate in `cert_file`, when it was issued by a
 /// CA other than the embedded one of `state_dir`; `None` when there is no such certificate,
 /// it is self-signed, or the local CA issued it.
-pub fn foreign_issuer(cert_file: &Path, state_dir: &Path) -> Option<String> {
+pub(crate) fn foreign_issuer(cert_file: &Path, state_dir: &Path) -> Option<String> {
     use x509_parser::prelude::*;
     let bytes = fsutil::read_capped(cert_file, keys::MAX_PEM_BYTES).ok()??;
     let chain = Chain::from_pem(&bytes).ok()?;
@@ -40,7 +40,7 @@ pub fn foreign_issuer(cert_file: &Path, state_dir: &Path) -> Option<String> {
 
 /// The configuration error for a certificate whose issuer defaulted to the local CA while
 /// `issued_by` has one in service: the message and the hint.
-pub fn message(cert_file: &Path, issued_by: &str) -> (String, String) {
+pub(crate) fn message(cert_file: &Path, issued_by: &str) -> (String, String) {
     let acme = if issued_by.contains("Let's Encrypt") {
         "issuer = \"letsencrypt\" with [issuer.letsencrypt] kind = \"acme\", directory = \"https://acme-v02.api.letsencrypt.org/directory\""
     } else {

@@ -13,74 +13,63 @@ use crate::core::{DomainName, Span};
 pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
-pub struct Issuer {
-    pub name: String,
-    pub kind: IssuerKind,
+pub(crate) struct Issuer {
+    pub(crate) name: String,
+    pub(crate) kind: IssuerKind,
 }
 
 #[derive(Clone, Debug)]
-pub enum IssuerKind {
+pub(crate) enum IssuerKind {
     Acme(AcmeIssuer),
     Internal(InternalIssuer),
     Manual(ManualIssuer),
     Dnsimple(DnsimpleIssuer),
 }
 
-impl IssuerKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            IssuerKind::Acme(_) => "acme",
-            IssuerKind::Internal(_) => "internal",
-            IssuerKind::Manual(_) => "manual",
-            IssuerKind::Dnsimple(_) => "dnsimple",
-        }
-    }
-}
-
 /// A CA reached by a human: the CSR goes out, the certificate comes back by `import` or the
 /// inbox, possibly days later (approval e-mail).
 #[derive(Clone, Debug)]
-pub struct ManualIssuer {
+pub(crate) struct ManualIssuer {
     /// How often to remind while approval is pending.
-    pub remind_every: Span,
+    pub(crate) remind_every: Span,
 }
 
 /// Access to DNSimple's API v2.
 #[derive(Clone, Debug)]
-pub struct DnsimpleApi {
+pub(crate) struct DnsimpleApi {
     /// An absolute path, or the name of a systemd credential (`$CREDENTIALS_DIRECTORY/NAME`).
-    pub token_file: String,
+    pub(crate) token_file: String,
     /// Numeric account id; looked up with `/whoami` when absent.
-    pub account_id: Option<u64>,
-    pub base_url: String,
+    pub(crate) account_id: Option<u64>,
+    pub(crate) base_url: String,
 }
 
 /// Let's Encrypt certificates bought and issued through DNSimple. DNSimple generates the key
 /// (its API takes no CSR) and keeps a copy.
 #[derive(Clone, Debug)]
-pub struct DnsimpleIssuer {
-    pub api: DnsimpleApi,
+pub(crate) struct DnsimpleIssuer {
+    pub(crate) api: DnsimpleApi,
     /// The DNSimple domain the certificates belong to (every name must be in it).
-    pub domain: String,
+    pub(crate) domain: String,
     /// How long one job waits for DNSimple to issue before it reports "pending" and checks
     /// again later.
-    pub timeout: Span,
+    pub(crate) timeout: Span,
 }
 
 #[derive(Clone, Debug)]
-pub struct AcmeIssuer {
-    pub directory: String,
-    pub contact: Vec<String>,
-    pub ca_bundle: Option<PathBuf>,
-    pub challenge: Challenge,
-    pub eab: Option<Eab>,
+pub(crate) struct AcmeIssuer {
+    pub(crate) directory: String,
+    pub(crate) contact: Vec<String>,
+    pub(crate) ca_bundle: Option<PathBuf>,
+    pub(crate) challenge: Challenge,
+    pub(crate) eab: Option<Eab>,
     /// How long one issuance may take before it is retried later.
-    pub timeout: Span,
+    pub(crate) timeout: Span,
 }
 
 /// How ACME challenges are answered.
 #[derive(Clone, Debug)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     Http01(Http01),
     /// TXT records through DNSimple's zone API; waits until DNSimple reports them distributed.
     Dns01 {
@@ -92,7 +81,7 @@ pub enum Challenge {
 
 /// How http-01 challenges are answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Http01 {
+pub(crate) enum Http01 {
     /// Token files are written to `WEBROOT/.well-known/acme-challenge/`.
     Webroot(PathBuf),
     /// certagent answers on this address itself.
@@ -100,16 +89,16 @@ pub enum Http01 {
 }
 
 #[derive(Clone, Debug)]
-pub struct Eab {
-    pub kid: String,
+pub(crate) struct Eab {
+    pub(crate) kid: String,
     /// File holding the base64url MAC key. Under the unit, a file in
     /// `/etc/certagent/credentials/` is read from its systemd credential.
-    pub hmac_key_file: PathBuf,
+    pub(crate) hmac_key_file: PathBuf,
 }
 
 #[derive(Clone, Debug)]
-pub struct InternalIssuer {
-    pub validity: Span,
+pub(crate) struct InternalIssuer {
+    pub(crate) validity: Span,
 }
 
 pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {

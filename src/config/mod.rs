@@ -15,15 +15,15 @@ mod notify;
 mod server;
 mod walk;
 
-pub use crate::error::{ConfigError, ConfigErrors, shown};
-pub use agent::Agent;
-pub use certificate::Certificate;
-pub use issuer::{
-    AcmeIssuer, Challenge, DnsimpleApi, DnsimpleIssuer, Eab, Http01, InternalIssuer, Issuer,
-    IssuerKind, ManualIssuer,
+pub(crate) use crate::error::{ConfigError, ConfigErrors, shown};
+pub(crate) use agent::Agent;
+pub(crate) use certificate::Certificate;
+pub(crate) use issuer::{
+    AcmeIssuer, Challenge, DnsimpleApi, DnsimpleIssuer, Http01, InternalIssuer, Issuer, IssuerKind,
+    ManualIssuer,
 };
-pub use notify::{EVENTS, Notify, NotifyTarget};
-pub use server::{ApacheLayout, Endpoint, Server, ServerKind, name_covers, probe_sni};
+pub(crate) use notify::{Notify, NotifyTarget};
+pub(crate) use server::{ApacheLayout, Server, ServerKind, name_covers, probe_sni};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +34,9 @@ use crate::core::Span;
 use build::Builder;
 use walk::{Ctx, Section};
 
-pub const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/certagent/config.toml";
 /// Name of the issuer that always exists: the embedded local CA.
-pub const BUILTIN_ISSUER: &str = "internal";
+pub(crate) const BUILTIN_ISSUER: &str = "internal";
 /// Config files larger than this are refused (a config is a few KiB).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Upper bounds of durations, so that no configured value overflows a deadline: waits and
@@ -47,25 +47,25 @@ const MAX_LIFETIME: Span = Span::days(3_650);
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub agent: Agent,
-    pub issuers: BTreeMap<String, Issuer>,
-    pub servers: BTreeMap<String, Server>,
-    pub certificates: BTreeMap<String, Certificate>,
-    pub notify: BTreeMap<String, Notify>,
+    pub(crate) agent: Agent,
+    pub(crate) issuers: BTreeMap<String, Issuer>,
+    pub(crate) servers: BTreeMap<String, Server>,
+    pub(crate) certificates: BTreeMap<String, Certificate>,
+    pub(crate) notify: BTreeMap<String, Notify>,
     /// A hash of the files read (names and contents): equal fingerprints, same configuration.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
 }
 
 impl Config {
     /// Read `path` and the drop-ins in `conf.d/` beside it (file-name order).
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Self::load_with(path, None)
     }
 
     /// Like `load`, with `candidate = (target, source)`: the content of `source` stands in for
     /// `target`, the main file or a drop-in (which need not exist yet). This is how config
     /// management checks a file before putting it in place; errors name `target`.
-    pub fn load_with(
+    pub(crate) fn load_with(
         path: &Path,
         candidate: Option<(&Path, &Path)>,
     ) -> Result<Config, ConfigErrors> {
@@ -115,7 +115,7 @@ impl Config {
         config
     }
 
-    pub fn certificate(&self, name: &str) -> Option<&Certificate> {
+    pub(crate) fn certificate(&self, name: &str) -> Option<&Certificate> {
         self.certificates.get(name)
     }
 }
@@ -262,11 +262,11 @@ pub(crate) mod test_util {
 
     /// Parse `text` as the main file `/etc/certagent/config.toml`: the config, or each error
     /// as displayed.
-    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+    pub(crate) fn parse(text: &str) -> Result<Config, Vec<String>> {
         parse_as("/etc/certagent/config.toml", text)
     }
 
-    pub fn parse_as(file: &str, text: &str) -> Result<Config, Vec<String>> {
+    pub(crate) fn parse_as(file: &str, text: &str) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
         let c = Config::parse_sources(&[(PathBuf::from(file), text.to_string())], &mut errors);
         if errors.is_empty() {
@@ -277,7 +277,7 @@ pub(crate) mod test_util {
     }
 
     /// A small valid config: one nginx server, one certificate from the embedded CA.
-    pub const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 [agent]
 state_dir = "/var/lib/certagent"
 

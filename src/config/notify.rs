@@ -7,17 +7,17 @@ use crate::core::Span;
 
 /// Where to tell about events (`[notify.NAME]`).
 #[derive(Clone, Debug)]
-pub struct Notify {
-    pub name: String,
-    pub target: NotifyTarget,
+pub(crate) struct Notify {
+    pub(crate) name: String,
+    pub(crate) target: NotifyTarget,
     /// Subscribed events; all when empty.
-    pub events: Vec<String>,
-    pub timeout: Span,
-    pub retries: u32,
+    pub(crate) events: Vec<String>,
+    pub(crate) timeout: Span,
+    pub(crate) retries: u32,
 }
 
 #[derive(Clone, Debug)]
-pub enum NotifyTarget {
+pub(crate) enum NotifyTarget {
     /// JSON POST.
     Webhook(String),
     /// argv, no shell; the event in CERTAGENT_* environment variables.
@@ -25,7 +25,7 @@ pub enum NotifyTarget {
 }
 
 /// Events a notifier can subscribe to.
-pub const EVENTS: [&str; 7] = [
+pub(crate) const EVENTS: [&str; 7] = [
     "pending-approval",
     "reminder",
     "installed",

@@ -14,27 +14,27 @@ pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload
 pub(super) const ENDPOINT_KEYS: &str = "address, sni";
 
 #[derive(Clone, Debug)]
-pub struct Server {
-    pub name: String,
-    pub kind: ServerKind,
+pub(crate) struct Server {
+    pub(crate) name: String,
+    pub(crate) kind: ServerKind,
     /// Apache only: which distribution's commands and paths are the defaults. `None` means
     /// detect from the installed binaries when needed.
-    pub layout: Option<ApacheLayout>,
-    pub verify: Vec<Endpoint>,
-    pub test_command: Option<Vec<String>>,
-    pub reload_command: Option<Vec<String>>,
-    pub pid_file: Option<PathBuf>,
+    pub(crate) layout: Option<ApacheLayout>,
+    pub(crate) verify: Vec<Endpoint>,
+    pub(crate) test_command: Option<Vec<String>>,
+    pub(crate) reload_command: Option<Vec<String>>,
+    pub(crate) pid_file: Option<PathBuf>,
     /// Limit for each test/reload command.
-    pub command_timeout: Span,
+    pub(crate) command_timeout: Span,
     /// How long to wait for the new certificate to be served after a reload.
-    pub verify_timeout: Span,
+    pub(crate) verify_timeout: Span,
     /// How long the new certificate must be served without a break when certagent cannot see
     /// the old workers retire (`kind = "command"`, or their /proc entries unreadable).
-    pub verify_settle: Span,
+    pub(crate) verify_settle: Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKind {
+pub(crate) enum ServerKind {
     Nginx,
     Apache,
     Command,
@@ -42,7 +42,7 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ServerKind::Nginx => "nginx",
             ServerKind::Apache => "apache",
@@ -55,7 +55,7 @@ impl ServerKind {
 /// Where Apache lives: Debian/Ubuntu (`apache2`, `apache2ctl`, unit `apache2`) or
 /// RHEL/Fedora (`httpd`, `apachectl`, unit `httpd`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApacheLayout {
+pub(crate) enum ApacheLayout {
     Debian,
     Rhel,
 }
@@ -65,15 +65,15 @@ pub enum ApacheLayout {
 /// that carry that name, with that name (so one server can list the endpoints of many
 /// virtual hosts).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    pub sni: Option<DomainName>,
+pub(crate) struct Endpoint {
+    pub(crate) address: SocketAddr,
+    pub(crate) sni: Option<DomainName>,
 }
 
 impl Endpoint {
     /// The SNI to probe this endpoint with while installing a certificate for `names`, or
     /// `None` when the endpoint belongs to another certificate.
-    pub fn sni_for(&self, names: &[DomainName]) -> Option<String> {
+    pub(crate) fn sni_for(&self, names: &[DomainName]) -> Option<String> {
         match &self.sni {
             None => names.first().map(|n| probe_sni(n.as_str())),
             Some(sni) => names
@@ -85,7 +85,7 @@ impl Endpoint {
 }
 
 /// The SNI to probe with for a name: the name itself, or for a wildcard a concrete label.
-pub fn probe_sni(name: &str) -> String {
+pub(crate) fn probe_sni(name: &str) -> String {
     match name.strip_prefix("*.") {
         Some(rest) => format!("certagent-probe.{rest}"),
         None => name.to_string(),
@@ -93,7 +93,7 @@ pub fn probe_sni(name: &str) -> String {
 }
 
 /// Whether a certificate name (possibly `*.example.com`) is valid for the host `host`.
-pub fn name_covers(name: &str, host: &str) -> bool {
+pub(crate) fn name_covers(name: &str, host: &str) -> bool {
     match name.strip_prefix("*.") {
         Some(rest) => host
             .split_once('.')

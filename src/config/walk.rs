@@ -12,16 +12,16 @@ use crate::core::Span;
 use crate::error::shown;
 
 /// Where errors go while one file is read.
-pub struct Ctx<'a> {
-    pub file: &'a Path,
-    pub errors: &'a mut Vec<ConfigError>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) errors: &'a mut Vec<ConfigError>,
     /// Byte offset of each line after the first, so a span's line is a binary search
     /// (every certificate records its line: counting from the top each time was quadratic).
     newlines: Vec<usize>,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(file: &'a Path, src: &str, errors: &'a mut Vec<ConfigError>) -> Self {
+    pub(crate) fn new(file: &'a Path, src: &str, errors: &'a mut Vec<ConfigError>) -> Self {
         let newlines = src
             .bytes()
             .enumerate()
@@ -36,11 +36,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// The 1-based line on which `span` starts.
-    pub fn line(&self, span: &Range<usize>) -> usize {
+    pub(crate) fn line(&self, span: &Range<usize>) -> usize {
         self.newlines.partition_point(|&nl| nl < span.start) + 1
     }
 
-    pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
         let message = message.into();
         // A key of the wrong type was reported where it was read; it is not also "missing".
         if message.starts_with("missing")
@@ -63,19 +63,19 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
 /// One TOML table being read; remembers which keys were consumed so the rest can be reported
 /// as unknown.
-pub struct Section<'t, 'i> {
-    pub key: String,
-    pub span: Range<usize>,
+pub(crate) struct Section<'t, 'i> {
+    pub(crate) key: String,
+    pub(crate) span: Range<usize>,
     table: &'t DeTable<'i>,
     used: Vec<String>,
 }
 
 impl<'t, 'i> Section<'t, 'i> {
-    pub fn new(key: impl Into<String>, table: &'t DeTable<'i>, span: Range<usize>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, table: &'t DeTable<'i>, span: Range<usize>) -> Self {
         Section {
             key: key.into(),
             span,
@@ -85,7 +85,7 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// The dotted key of `name` in this section, for messages (see `shown`).
-    pub fn full_key(&self, name: &str) -> String {
+    pub(crate) fn full_key(&self, name: &str) -> String {
         let name = shown(name);
         if self.key.is_empty() {
             name.into_owned()
@@ -95,16 +95,16 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// Where `name`'s value is, without marking it read.
-    pub fn span_of(&self, name: &str) -> Option<Range<usize>> {
+    pub(crate) fn span_of(&self, name: &str) -> Option<Range<usize>> {
         self.table.get(name).map(|v| v.span())
     }
 
-    pub fn raw(&mut self, name: &str) -> Option<&'t Value<'i>> {
+    pub(crate) fn raw(&mut self, name: &str) -> Option<&'t Value<'i>> {
         self.used.push(name.to_string());
         self.table.get(name)
     }
 
-    pub fn string(&mut self, cx: &mut Ctx, name: &str) -> Option<(String, Range<usize>)> {
+    pub(crate) fn string(&mut self, cx: &mut Ctx, name: &str) -> Option<(String, Range<usize>)> {
         let v = self.raw(name)?;
         match v.get_ref().as_str() {
             Some(s) => Some((s.to_string(), v.span())),
@@ -121,7 +121,7 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// A string parsed with `FromStr`; the parse error becomes the message.
-    pub fn parsed<T: std::str::FromStr<Err = String>>(
+    pub(crate) fn parsed<T: std::str::FromStr<Err = String>>(
         &mut self,
         cx: &mut Ctx,
         name: &str,
@@ -138,7 +138,7 @@ impl<'t, 'i> Section<'t, 'i> {
 
     /// A duration no longer than `max`: every span ends up in time arithmetic (deadlines,
     /// renewal points), and one absurd value ("15250284452471w") would overflow there.
-    pub fn span(&mut self, cx: &mut Ctx, name: &str, max: Span) -> Option<Span> {
+    pub(crate) fn span(&mut self, cx: &mut Ctx, name: &str, max: Span) -> Option<Span> {
         let (s, span) = self.string(cx, name)?;
         match s.parse::<Span>() {
             Ok(v) if v <= max => Some(v),
@@ -159,11 +159,15 @@ impl<'t, 'i> Section<'t, 'i> {
 
     /// The span of the value of `name`, if the table has it (for cross-checks made after
     /// every file is read).
-    pub fn value_span(&self, name: &str) -> Option<Range<usize>> {
+    pub(crate) fn value_span(&self, name: &str) -> Option<Range<usize>> {
         self.table.get(name).map(|v| v.span())
     }
 
-    pub fn strings(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<(String, Range<usize>)>> {
+    pub(crate) fn strings(
+        &mut self,
+        cx: &mut Ctx,
+        name: &str,
+    ) -> Option<Vec<(String, Range<usize>)>> {
         let v = self.raw(name)?;
         let key = self.full_key(name);
         let Some(array) = v.get_ref().as_array() else {
@@ -194,7 +198,7 @@ impl<'t, 'i> Section<'t, 'i> {
         Some(out)
     }
 
-    pub fn integer(&mut self, cx: &mut Ctx, name: &str, range: Range<i64>) -> Option<i64> {
+    pub(crate) fn integer(&mut self, cx: &mut Ctx, name: &str, range: Range<i64>) -> Option<i64> {
         let v = self.raw(name)?;
         let key = self.full_key(name);
         let parsed = v
@@ -222,7 +226,7 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
-    pub fn boolean(&mut self, cx: &mut Ctx, name: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, cx: &mut Ctx, name: &str) -> Option<bool> {
         let v = self.raw(name)?;
         match v.get_ref().as_bool() {
             Some(b) => Some(b),
@@ -241,7 +245,7 @@ impl<'t, 'i> Section<'t, 'i> {
 
     /// An absolute, normalised path (no `..`, no relative paths: a service's working
     /// directory is not something to rely on).
-    pub fn path(&mut self, cx: &mut Ctx, name: &str) -> Option<PathBuf> {
+    pub(crate) fn path(&mut self, cx: &mut Ctx, name: &str) -> Option<PathBuf> {
         let (s, span) = self.string(cx, name)?;
         match check_path(&s) {
             Ok(p) => Some(p),
@@ -254,7 +258,7 @@ impl<'t, 'i> Section<'t, 'i> {
 
     /// A command as an argv array: run without a shell, program given by absolute path or
     /// looked up in PATH.
-    pub fn command(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<String>> {
+    pub(crate) fn command(&mut self, cx: &mut Ctx, name: &str) -> Option<Vec<String>> {
         let list = self.strings(cx, name)?;
         if list.is_empty() || list[0].0.is_empty() {
             let span = self
@@ -273,7 +277,7 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// A sub-table, e.g. the `web` in `[certificate.web]`.
-    pub fn tables(&mut self, cx: &mut Ctx, name: &str) -> Vec<(String, Section<'t, 'i>)> {
+    pub(crate) fn tables(&mut self, cx: &mut Ctx, name: &str) -> Vec<(String, Section<'t, 'i>)> {
         let Some(v) = self.raw(name) else {
             return Vec::new();
         };
@@ -307,7 +311,7 @@ impl<'t, 'i> Section<'t, 'i> {
         out
     }
 
-    pub fn table(&mut self, cx: &mut Ctx, name: &str) -> Option<Section<'t, 'i>> {
+    pub(crate) fn table(&mut self, cx: &mut Ctx, name: &str) -> Option<Section<'t, 'i>> {
         let v = self.raw(name)?;
         let key = self.full_key(name);
         match v.get_ref().as_table() {
@@ -324,7 +328,7 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// Report every key that no reader asked for.
-    pub fn finish(self, cx: &mut Ctx, known: &str) {
+    pub(crate) fn finish(self, cx: &mut Ctx, known: &str) {
         for (k, _) in self.table.iter() {
             let name = k.get_ref();
             if !self.used.iter().any(|u| u == name.as_ref()) {
@@ -338,7 +342,7 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 }
 
-pub fn check_path(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn check_path(s: &str) -> Result<PathBuf, String> {
     let p = Path::new(s);
     if !p.is_absolute() {
         return Err(format!("path {s:?} must be absolute"));

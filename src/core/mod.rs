@@ -5,7 +5,7 @@
 //! is tested with tables. The shell (executor, daemon) gathers the facts and carries out the
 //! decision.
 
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 mod types;
 
 use std::collections::BTreeSet;
@@ -14,16 +14,16 @@ pub use types::{DomainName, KeySpec, Reason, Span, Timestamp, humanize, rfc3339}
 
 /// What the configuration asks for.
 #[derive(Clone, Debug)]
-pub struct Desired {
-    pub names: BTreeSet<DomainName>,
-    pub key_spec: KeySpec,
+pub(crate) struct Desired {
+    pub(crate) names: BTreeSet<DomainName>,
+    pub(crate) key_spec: KeySpec,
     /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left".
-    pub renew_before: Option<Span>,
+    pub(crate) renew_before: Option<Span>,
 }
 
 /// What the certificate file holds.
 #[derive(Clone, Debug)]
-pub enum CertFact {
+pub(crate) enum CertFact {
     Missing,
     /// Present but unusable: unparseable, empty, too large. The text says why.
     Invalid(String),
@@ -33,23 +33,23 @@ pub enum CertFact {
 /// The facts of a leaf certificate the decision needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeafFacts {
-    pub names: BTreeSet<String>,
-    pub not_before: Timestamp,
-    pub not_after: Timestamp,
+    pub(crate) names: BTreeSet<String>,
+    pub(crate) not_before: Timestamp,
+    pub(crate) not_after: Timestamp,
     /// Hex serial, lower case, no leading zeros.
-    pub serial: String,
-    pub key_spec: Option<KeySpec>,
+    pub(crate) serial: String,
+    pub(crate) key_spec: Option<KeySpec>,
     /// SHA-256 of the leaf's SubjectPublicKeyInfo, hex.
-    pub spki_sha256: String,
+    pub(crate) spki_sha256: String,
     /// http(s) URLs of its CRL Distribution Points.
-    pub crl_urls: Vec<String>,
+    pub(crate) crl_urls: Vec<String>,
     /// RFC 9773 CertID (None without an Authority Key Identifier).
-    pub cert_id: Option<String>,
+    pub(crate) cert_id: Option<String>,
 }
 
 /// What the key file holds.
 #[derive(Clone, Debug)]
-pub enum KeyFact {
+pub(crate) enum KeyFact {
     Missing,
     Invalid(String),
     Present {
@@ -62,37 +62,37 @@ pub enum KeyFact {
 }
 
 #[derive(Clone, Debug)]
-pub struct Observed {
-    pub cert: CertFact,
-    pub key: KeyFact,
+pub(crate) struct Observed {
+    pub(crate) cert: CertFact,
+    pub(crate) key: KeyFact,
     /// The key in service was flagged compromised (operator, flag file, blocklist, CA).
-    pub compromised: bool,
+    pub(crate) compromised: bool,
     /// The CA revoked the certificate.
-    pub revoked: bool,
+    pub(crate) revoked: bool,
     /// When the CA's ARI window says to renew (the point picked in it), for the leaf in
     /// service; it replaces the lifetime rule.
-    pub suggested_renewal: Option<Timestamp>,
+    pub(crate) suggested_renewal: Option<Timestamp>,
     /// A list of compromised keys could not be read: whether a key is on it is unknown.
-    pub compromise_unknown: bool,
+    pub(crate) compromise_unknown: bool,
     /// When certagent installed the leaf in service (`None`: not known, e.g. adopted files).
-    pub installed_at: Option<Timestamp>,
+    pub(crate) installed_at: Option<Timestamp>,
 }
 
 /// The outcome of `decide`: every reason that applies (most urgent first) and when the
 /// certificate is due if nothing is wrong now.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    pub reasons: Vec<Reason>,
+pub(crate) struct Decision {
+    pub(crate) reasons: Vec<Reason>,
     /// When the certificate enters its renewal window (present only with a parseable leaf).
-    pub renew_at: Option<Timestamp>,
+    pub(crate) renew_at: Option<Timestamp>,
     /// Which rule chose `renew_at`.
-    pub renewal_rule: Option<RenewalRule>,
-    pub not_after: Option<Timestamp>,
+    pub(crate) renewal_rule: Option<RenewalRule>,
+    pub(crate) not_after: Option<Timestamp>,
 }
 
 /// How the renewal point of a certificate was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RenewalRule {
+pub(crate) enum RenewalRule {
     /// The point picked in the CA's ARI window.
     Ari,
     /// `renew_before` ahead of expiry.
@@ -108,23 +108,23 @@ pub enum RenewalRule {
 
 /// A renewal point and the rule that chose it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Renewal {
-    pub at: Timestamp,
-    pub rule: RenewalRule,
+pub(crate) struct Renewal {
+    pub(crate) at: Timestamp,
+    pub(crate) rule: RenewalRule,
 }
 
 impl Decision {
     /// The reason that wins when several apply.
-    pub fn reason(&self) -> Option<Reason> {
+    pub(crate) fn reason(&self) -> Option<Reason> {
         self.reasons.first().copied()
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.reasons.is_empty()
     }
 
     /// The next instant at which the decision could change by the passing of time alone.
-    pub fn next_check(&self, now: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn next_check(&self, now: Timestamp) -> Option<Timestamp> {
         match (self.is_healthy(), self.renew_at) {
             (true, Some(at)) if at > now => Some(at),
             _ => None,
@@ -135,7 +135,7 @@ impl Decision {
 /// When a certificate valid from `not_before` to `not_after` should be renewed: `renew_before`
 /// ahead of expiry when configured, else when one third of its lifetime is left (one half for
 /// lifetimes under ten days, as Let's Encrypt advises for short-lived certificates).
-pub fn renewal_time(
+pub(crate) fn renewal_time(
     not_before: Timestamp,
     not_after: Timestamp,
     renew_before: Option<Span>,
@@ -157,7 +157,7 @@ pub fn renewal_time(
 /// When a certificate installed at `installed_at` should be renewed: as `renewal_time` says,
 /// unless that point had already passed at installation — a new certificate that is due at
 /// once would be re-issued in a loop — then halfway through what was left of its lifetime.
-pub fn renewal_point(
+pub(crate) fn renewal_point(
     not_before: Timestamp,
     not_after: Timestamp,
     renew_before: Option<Span>,
@@ -180,7 +180,7 @@ pub fn renewal_point(
 }
 
 /// Decide what a certificate needs. Pure: same inputs, same answer.
-pub fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decision {
+pub(crate) fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> Decision {
     let mut reasons = BTreeSet::new();
     if observed.compromised {
         reasons.insert(Reason::KeyCompromised);
@@ -276,13 +276,13 @@ fn leaf_reasons(
 /// nothing it did not already need when the attempt failed (`failed_with`). A new trigger —
 /// a key deleted after a failed renewal, a failure while the certificate was healthy — is
 /// acted on at once; the next failure backs off with the new reasons.
-pub fn backoff_holds(failed_with: &[Reason], needed_now: &[Reason]) -> bool {
+pub(crate) fn backoff_holds(failed_with: &[Reason], needed_now: &[Reason]) -> bool {
     needed_now.iter().all(|r| failed_with.contains(r))
 }
 
 /// Whether the daemon may start one more re-issue of a certificate by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Budget {
+pub(crate) enum Budget {
     Allowed,
     /// `limit` re-issues started in the last hour; the next may start at this time.
     HeldUntil(Timestamp),
@@ -290,7 +290,7 @@ pub enum Budget {
 
 /// The hourly guard against re-issue loops: at most `limit` re-issues started by the daemon
 /// in any hour (`started`: their start times, in any order).
-pub fn reissue_budget(started: &[Timestamp], limit: u32, now: Timestamp) -> Budget {
+pub(crate) fn reissue_budget(started: &[Timestamp], limit: u32, now: Timestamp) -> Budget {
     let mut recent: Vec<Timestamp> = started
         .iter()
         .copied()
@@ -308,14 +308,14 @@ pub fn reissue_budget(started: &[Timestamp], limit: u32, now: Timestamp) -> Budg
 /// The point in an ARI suggested window at which to renew: uniformly random (the sample in
 /// `[0, 1)` is drawn by the caller, once per window), as RFC 9773 §4.2 recommends so that a
 /// CA's clients do not all arrive at once. A window in the past means "now".
-pub fn ari_renewal_time(start: Timestamp, end: Timestamp, sample: f64) -> Timestamp {
+pub(crate) fn ari_renewal_time(start: Timestamp, end: Timestamp, sample: f64) -> Timestamp {
     start + (((end - start).max(0) as f64) * sample.clamp(0.0, 1.0)) as i64
 }
 
 /// Delay before retry number `attempt` (1-based) after a transient failure: 1 min doubling to
 /// a cap of 1 day, with ±20 % jitter from `sample` in `[0, 1)`. A server's `Retry-After`, when
 /// given, wins if it is later, but is itself capped at a day.
-pub fn retry_delay(attempt: u32, sample: f64, retry_after: Option<i64>) -> i64 {
+pub(crate) fn retry_delay(attempt: u32, sample: f64, retry_after: Option<i64>) -> i64 {
     const BASE: i64 = 60;
     const CAP: i64 = 86_400;
     let exp = BASE

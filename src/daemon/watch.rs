@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// What an event concerns.
-pub enum Touched {
+pub(crate) enum Touched {
     Nothing,
     Config,
     Certs(Vec<String>),
@@ -24,7 +24,7 @@ pub enum Touched {
     All,
 }
 
-pub struct Watcher {
+pub(crate) struct Watcher {
     inner: RecommendedWatcher,
     watched: BTreeSet<PathBuf>,
     files: HashMap<PathBuf, Vec<String>>,
@@ -36,7 +36,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(tx: mpsc::Sender<Event>) -> Result<Watcher> {
+    pub(crate) fn new(tx: mpsc::Sender<Event>) -> Result<Watcher> {
         let inner = notify::recommended_watcher(move |res: notify::Result<Event>| {
             let event = match res {
                 Ok(e) => e,
@@ -64,7 +64,7 @@ impl Watcher {
     }
 
     /// (Re)build the watch list for `config`.
-    pub fn watch(&mut self, config: &Config, config_file: &Path) {
+    pub(crate) fn watch(&mut self, config: &Config, config_file: &Path) {
         let files = certificate_files(config);
         let config_file =
             std::path::absolute(config_file).unwrap_or_else(|_| config_file.to_path_buf());
@@ -129,7 +129,7 @@ impl Watcher {
         }
     }
 
-    pub fn classify(&self, event: &Event) -> Touched {
+    pub(crate) fn classify(&self, event: &Event) -> Touched {
         if event.need_rescan() {
             return Touched::All;
         }

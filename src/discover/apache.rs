@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Scan, Site, Source, expand_glob, normalize, probe_address};
-use crate::config::ServerKind;
 
 /// Configs nest includes a few levels deep; more means a loop.
 const MAX_DEPTH: usize = 16;
@@ -274,7 +273,7 @@ impl Reader<'_> {
                 continue;
             };
             let key = v.tls.key.clone().or(main.key.clone());
-            let mut site = Site::new(ServerKind::Apache, v.source.clone());
+            let mut site = Site::new(v.source.clone());
             site.directive = directive;
             site.server_names = v.names.clone();
             site.addresses = v
@@ -371,7 +370,7 @@ fn read_envvars(text: &str) -> HashMap<String, String> {
 }
 
 /// Scan the Apache configuration whose main file is `conf`, with `root` as ServerRoot.
-pub fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
+pub(crate) fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
     let envvars = super::read_text(&root.join("envvars"))
         .map(|t| read_envvars(&t))
         .unwrap_or_default();

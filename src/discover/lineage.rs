@@ -11,34 +11,34 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// Let's Encrypt's production ACME directory.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// An `[issuer.NAME]` table discover proposes.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct IssuerFound {
-    pub name: String,
-    pub kind: String,
-    pub directory: String,
+pub(crate) struct IssuerFound {
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) directory: String,
     /// http-01 webroot, when certbot's renewal configuration names one.
-    pub webroot: Option<String>,
+    pub(crate) webroot: Option<String>,
     /// Why this table: "certbot renewal configuration FILE" or the issuer's name.
-    pub from: String,
+    pub(crate) from: String,
 }
 
 /// A certbot lineage a discovered certificate belongs to.
 #[derive(Debug, Clone)]
-pub struct Lineage {
-    pub live: PathBuf,
-    pub renewal: Option<PathBuf>,
+pub(crate) struct Lineage {
+    pub(crate) live: PathBuf,
+    pub(crate) renewal: Option<PathBuf>,
     /// `cert.pem` and `chain.pem` of the lineage, taken over with the rest (as `leaf_file`
     /// and `chain_file`) so that no link of the lineage is left pointing into `archive/`.
-    pub leaf_file: Option<PathBuf>,
-    pub chain_file: Option<PathBuf>,
+    pub(crate) leaf_file: Option<PathBuf>,
+    pub(crate) chain_file: Option<PathBuf>,
 }
 
 /// The lineage `cert_file` is part of, if it is `ROOT/live/NAME/*.pem` of a certbot tree.
-pub fn certbot_lineage(cert_file: &Path) -> Option<Lineage> {
+pub(crate) fn certbot_lineage(cert_file: &Path) -> Option<Lineage> {
     let live = cert_file.parent()?;
     let name = live.file_name()?;
     let live_root = live.parent()?;
@@ -67,7 +67,7 @@ pub fn certbot_lineage(cert_file: &Path) -> Option<Lineage> {
 
 /// The issuer table for a certificate issued by `issuer_dn` (`None` when the local CA is fine:
 /// self-signed), from certbot's renewal configuration when there is one.
-pub fn issuer_for(issuer_dn: &str, lineage: Option<&Lineage>) -> Option<IssuerFound> {
+pub(crate) fn issuer_for(issuer_dn: &str, lineage: Option<&Lineage>) -> Option<IssuerFound> {
     if let Some(conf) = lineage.and_then(|l| l.renewal.as_ref())
         && let Ok(text) = std::fs::read_to_string(conf)
     {

@@ -25,9 +25,9 @@ const MAX_CONFIG_BYTES: usize = 8 << 20;
 
 /// Where a directive is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    pub file: PathBuf,
-    pub line: usize,
+pub(crate) struct Source {
+    pub(crate) file: PathBuf,
+    pub(crate) line: usize,
 }
 
 impl Source {
@@ -47,26 +47,21 @@ impl fmt::Display for Source {
 
 /// One TLS site as configured: a server block or virtual host with one certificate/key pair.
 #[derive(Clone, Debug)]
-pub struct Site {
-    pub kind: ServerKind,
-    /// The server block or virtual host.
-    pub source: Source,
-    /// The certificate directive.
-    pub directive: Source,
-    pub server_names: Vec<String>,
+pub(crate) struct Site {
+    /// The certificate directive (or, until one is seen, the server block or virtual host).
+    pub(crate) directive: Source,
+    pub(crate) server_names: Vec<String>,
     /// Addresses to probe it at (loopback for wildcard listens).
-    pub addresses: Vec<String>,
-    pub cert_file: PathBuf,
-    pub key_file: Option<PathBuf>,
-    pub problems: Vec<String>,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl Site {
-    fn new(kind: ServerKind, source: Source) -> Site {
+    fn new(source: Source) -> Site {
         Site {
-            kind,
-            directive: source.clone(),
-            source,
+            directive: source,
             server_names: Vec::new(),
             addresses: Vec::new(),
             cert_file: PathBuf::new(),
@@ -78,12 +73,12 @@ impl Site {
 
 /// What reading one server's configuration found.
 #[derive(Debug, Default)]
-pub struct Scan {
-    pub sites: Vec<Site>,
+pub(crate) struct Scan {
+    pub(crate) sites: Vec<Site>,
     /// Every file read, in order.
-    pub files: Vec<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub problems: Vec<String>,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) problems: Vec<String>,
     /// The canonical paths of the files being read, outermost first: a file that includes
     /// one of these is an include cycle.
     including: Vec<PathBuf>,
@@ -120,20 +115,20 @@ impl Scan {
 
 /// Which configurations to read.
 #[derive(Debug, Default, Clone)]
-pub struct Targets {
-    pub nginx_conf: Option<PathBuf>,
+pub(crate) struct Targets {
+    pub(crate) nginx_conf: Option<PathBuf>,
     /// Apache ServerRoot and main file.
-    pub apache: Option<(PathBuf, PathBuf)>,
+    pub(crate) apache: Option<(PathBuf, PathBuf)>,
     /// The configurations were named on the command line (not found at default places):
     /// the server tables then carry test commands for exactly these files.
-    pub explicit: bool,
+    pub(crate) explicit: bool,
 }
 
 impl Targets {
     /// The default places, those that exist: nginx's compiled-in conf path (else
     /// /etc/nginx/nginx.conf), Debian's /etc/apache2/apache2.conf, RHEL's
     /// /etc/httpd/conf/httpd.conf.
-    pub fn defaults() -> Targets {
+    pub(crate) fn defaults() -> Targets {
         let nginx = nginx::default_conf()
             .into_iter()
             .chain([PathBuf::from("/etc/nginx/nginx.conf")])
@@ -154,7 +149,7 @@ impl Targets {
 
     /// Apache's main file under `root`: apache2.conf (Debian), conf/httpd.conf (RHEL) or
     /// httpd.conf.
-    pub fn apache_conf_in(root: &Path) -> PathBuf {
+    pub(crate) fn apache_conf_in(root: &Path) -> PathBuf {
         ["apache2.conf", "conf/httpd.conf", "httpd.conf"]
             .iter()
             .map(|c| root.join(c))
@@ -165,66 +160,66 @@ impl Targets {
 
 /// The `--json` document of `discover`.
 #[derive(Serialize, Debug)]
-pub struct DiscoverDoc {
-    pub schema: u32,
-    pub changed: bool,
-    pub servers: Vec<ServerReport>,
-    pub certificates: Vec<CertificateFound>,
+pub(crate) struct DiscoverDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    pub(crate) servers: Vec<ServerReport>,
+    pub(crate) certificates: Vec<CertificateFound>,
     /// The `[issuer.*]` tables the certificates point at: the CA each was issued by.
-    pub issuers: Vec<lineage::IssuerFound>,
+    pub(crate) issuers: Vec<lineage::IssuerFound>,
     /// Problems that concern no single certificate (unreadable files, parse errors).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 #[derive(Serialize, Debug)]
-pub struct ServerReport {
+pub(crate) struct ServerReport {
     /// The name of its `[server.NAME]` table.
-    pub name: String,
-    pub kind: String,
+    pub(crate) name: String,
+    pub(crate) kind: String,
     /// The main configuration file read.
-    pub config: String,
+    pub(crate) config: String,
     /// Every configuration file read, includes too.
-    pub files: Vec<String>,
-    pub pid_file: Option<String>,
-    pub test_command: Option<Vec<String>>,
-    pub verify: Vec<EndpointReport>,
+    pub(crate) files: Vec<String>,
+    pub(crate) pid_file: Option<String>,
+    pub(crate) test_command: Option<Vec<String>>,
+    pub(crate) verify: Vec<EndpointReport>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct EndpointReport {
-    pub address: String,
-    pub sni: String,
+pub(crate) struct EndpointReport {
+    pub(crate) address: String,
+    pub(crate) sni: String,
 }
 
 #[derive(Serialize, Debug)]
-pub struct CertificateFound {
+pub(crate) struct CertificateFound {
     /// The name of its `[certificate.NAME]` table.
-    pub name: String,
-    pub server: String,
+    pub(crate) name: String,
+    pub(crate) server: String,
     /// The certificate's DNS names (subject alternative names).
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// The names the server configuration gives its sites.
-    pub server_names: Vec<String>,
-    pub cert_file: String,
-    pub key_file: Option<String>,
-    pub key_type: Option<String>,
-    pub serial: Option<String>,
-    pub not_after: Option<String>,
-    pub issuer: Option<String>,
+    pub(crate) server_names: Vec<String>,
+    pub(crate) cert_file: String,
+    pub(crate) key_file: Option<String>,
+    pub(crate) key_type: Option<String>,
+    pub(crate) serial: Option<String>,
+    pub(crate) not_after: Option<String>,
+    pub(crate) issuer: Option<String>,
     /// The `[issuer.NAME]` it is to be re-issued by: the CA that issued it. `None` for a
     /// self-signed certificate (the embedded local CA replaces it) and for a CA discover
     /// cannot name (`config validate` then asks for one).
-    pub issuer_table: Option<String>,
+    pub(crate) issuer_table: Option<String>,
     /// The certbot lineage (`…/live/NAME`) it belongs to: taken over as a whole.
-    pub certbot_lineage: Option<String>,
-    pub chain_file: Option<String>,
-    pub leaf_file: Option<String>,
+    pub(crate) certbot_lineage: Option<String>,
+    pub(crate) chain_file: Option<String>,
+    pub(crate) leaf_file: Option<String>,
     /// "file:line" of each directive that names the certificate.
-    pub sources: Vec<String>,
-    pub endpoints: Vec<EndpointReport>,
+    pub(crate) sources: Vec<String>,
+    pub(crate) endpoints: Vec<EndpointReport>,
     /// Whether the TOML carries it as a table (false: only as a comment, see problems).
-    pub usable: bool,
-    pub problems: Vec<String>,
+    pub(crate) usable: bool,
+    pub(crate) problems: Vec<String>,
 }
 
 /// One server configuration read: its table name, kind, how to test it, what was found.
@@ -237,7 +232,7 @@ struct ServerScan {
 }
 
 /// Read every target and describe what is served.
-pub fn discover(targets: &Targets) -> DiscoverDoc {
+pub(crate) fn discover(targets: &Targets) -> DiscoverDoc {
     let mut doc = DiscoverDoc {
         schema: SCHEMA,
         changed: false,
@@ -651,7 +646,7 @@ fn table_name(dns: &str, taken: &mut BTreeSet<String>) -> String {
 
 /// The document as TOML for `conf.d/`: the server tables, then one table per certificate;
 /// certificates that cannot be managed as they are appear as comments saying why.
-pub fn render_toml(doc: &DiscoverDoc) -> String {
+pub(crate) fn render_toml(doc: &DiscoverDoc) -> String {
     let mut t = String::new();
     let usable = doc.certificates.iter().filter(|c| c.usable).count();
     let _ = writeln!(

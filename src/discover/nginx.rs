@@ -264,7 +264,7 @@ impl Pairs {
 }
 
 /// Scan the nginx configuration whose main file is `conf`.
-pub fn scan(conf: &Path, scan: &mut Scan) {
+pub(crate) fn scan(conf: &Path, scan: &mut Scan) {
     let conf_dir = conf.parent().unwrap_or(Path::new("/")).to_path_buf();
     let top = load(conf, &conf_dir, 0, scan);
     for d in &top {
@@ -387,7 +387,7 @@ fn read_server(
         .collect();
     for (i, (cert, cert_source)) in pairs.certs.iter().enumerate() {
         let key = pairs.keys.get(i);
-        let mut site = Site::new(crate::config::ServerKind::Nginx, source.clone());
+        let mut site = Site::new(source.clone());
         site.server_names = names.clone();
         site.addresses = addresses.clone();
         site.directive = cert_source.clone();
@@ -403,7 +403,7 @@ fn read_server(
 }
 
 /// The compiled-in configuration path of the nginx in PATH (`nginx -V`), if it says.
-pub fn default_conf() -> Option<PathBuf> {
+pub(crate) fn default_conf() -> Option<PathBuf> {
     let (_, stderr) =
         crate::child::stderr_tail(crate::child::std_command("nginx").arg("-V")).ok()?;
     let text = String::from_utf8_lossy(&stderr).into_owned();

@@ -13,19 +13,19 @@ use nix::fcntl::OFlag;
 
 use crate::error::{Context, Result};
 
-pub mod nofollow;
-pub mod trust;
+pub(crate) mod nofollow;
+pub(crate) mod trust;
 
 /// Owner and mode a written file gets.
 #[derive(Clone, Copy, Debug)]
-pub struct Perms {
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+pub(crate) struct Perms {
+    pub(crate) mode: u32,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
 }
 
 impl Perms {
-    pub const fn mode(mode: u32) -> Perms {
+    pub(crate) const fn mode(mode: u32) -> Perms {
         Perms {
             mode,
             uid: None,
@@ -34,7 +34,7 @@ impl Perms {
     }
 }
 
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     trace::record(trace::Op::FsyncDir(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -43,7 +43,7 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Create `path` (which must not exist) with `perms`, write `data`, fsync. The mode is set at
 /// creation, so no other user can read the file at any instant.
-pub fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
+pub(crate) fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
     let what = || format!("failed to write {:?}", path.display().to_string());
     let mut f = OpenOptions::new()
         .write(true)
@@ -69,7 +69,7 @@ pub fn create_new(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
 
 /// Atomically replace `path` with `data`: temp file in the same directory, fsync, rename,
 /// fsync the directory. Readers see the old or the new content, never a mix.
-pub fn replace_file(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
+pub(crate) fn replace_file(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = temp_sibling(path);
     let _ = fs::remove_file(&tmp);
@@ -84,7 +84,7 @@ pub fn replace_file(path: &Path, data: &[u8], perms: Perms) -> Result<()> {
 }
 
 /// Atomically make `link` a symlink to `target` (replacing a file or symlink there).
-pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
+pub(crate) fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
     let dir = link.parent().unwrap_or(Path::new("/"));
     let tmp = temp_sibling(link);
     let _ = fs::remove_file(&tmp);
@@ -102,7 +102,11 @@ pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
 
 /// `replace_symlink` inside a directory already opened by `nofollow::parent`: the temporary
 /// link and the rename happen in that directory, whatever its path names by now.
-pub fn replace_symlink_at(parent: &nofollow::Parent, link: &Path, target: &Path) -> Result<()> {
+pub(crate) fn replace_symlink_at(
+    parent: &nofollow::Parent,
+    link: &Path,
+    target: &Path,
+) -> Result<()> {
     use nix::fcntl::{OFlag, openat, renameat};
     use nix::sys::stat::Mode;
     use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
@@ -151,7 +155,7 @@ fn temp_sibling(path: &Path) -> PathBuf {
 /// return at once instead of waiting for a writer (which would wedge the caller, the daemon's
 /// event loop included); `fstat` on the open descriptor then refuses FIFOs, sockets, devices
 /// and directories with an error that says what the path is.
-pub fn open_regular(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
@@ -177,7 +181,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
 
 /// Read a regular file, refusing symlinks to odd places, FIFOs, devices and anything larger
 /// than `cap` bytes. `Ok(None)` when it does not exist.
-pub fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
     let shown = path.display().to_string();
     let f = match OpenOptions::new()
         .read(true)
@@ -219,7 +223,7 @@ pub fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>> {
 /// it is: it is the operator's (or systemd's, `StateDirectory=`), and its mode and setgid bit
 /// may be what other programs rely on; whether it is safe to use is checked at config load
 /// (`store::trust`), not repaired here.
-pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     let shown = || format!("failed to create directory {:?}", dir.display().to_string());
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -244,7 +248,7 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
 }
 
 /// Look up a user and group by name for chown.
-pub fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>)> {
+pub(crate) fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>)> {
     use nix::unistd::{Group, User};
     let uid = match owner {
         Some(o) => Some(
@@ -274,13 +278,14 @@ pub fn ids(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Opt
 /// A record of the mutating filesystem operations, in order, for the power-loss model in the
 /// store's tests (`store::powerloss`, its only reader). Compiled to nothing outside tests; the
 /// data of a recorded write (key files among them) is zeroized when the record is dropped.
-pub mod trace {
+pub(crate) mod trace {
     use std::path::PathBuf;
 
     #[derive(Clone, Debug, PartialEq)]
-    pub enum Op {
+    pub(crate) enum Op {
         Mkdir(PathBuf),
-        /// A new file with this content (not yet durable).
+        /// A new file with this content (not yet durable). Recorded in tests only.
+        #[cfg_attr(not(test), allow(dead_code))]
         Write(PathBuf, Vec<u8>),
         FsyncFile(PathBuf),
         Rename(PathBuf, PathBuf),
@@ -302,7 +307,7 @@ pub mod trace {
     }
 
     #[cfg(test)]
-    pub fn record(op: Op) {
+    pub(crate) fn record(op: Op) {
         OPS.with(|o| {
             if let Some(ops) = o.borrow_mut().as_mut() {
                 ops.push(op);
@@ -312,17 +317,17 @@ pub mod trace {
 
     #[cfg(not(test))]
     #[inline(always)]
-    pub fn record(_op: Op) {}
+    pub(crate) fn record(_op: Op) {}
 
     /// Start recording on this thread.
     #[cfg(test)]
-    pub fn start() {
+    pub(crate) fn start() {
         OPS.with(|o| *o.borrow_mut() = Some(Vec::new()));
     }
 
     /// Stop recording and return what was recorded.
     #[cfg(test)]
-    pub fn take() -> Vec<Op> {
+    pub(crate) fn take() -> Vec<Op> {
         OPS.with(|o| o.borrow_mut().take().unwrap_or_default())
     }
 }

@@ -28,7 +28,7 @@ const MAX_LINKS: u32 = 40;
 
 /// What sits at a configured path's last component.
 #[derive(Debug)]
-pub enum Entry {
+pub(crate) enum Entry {
     Missing,
     /// A symlink certagent must not follow: a user other than root owns it.
     UntrustedLink {
@@ -46,14 +46,14 @@ pub enum Entry {
 }
 
 /// The directory holding a configured path's last component, and that component's name.
-pub struct Parent {
-    pub dir: OwnedFd,
-    pub name: OsString,
+pub(crate) struct Parent {
+    pub(crate) dir: OwnedFd,
+    pub(crate) name: OsString,
 }
 
 /// Open the directory that holds `path`'s last component, following only symlinks owned by
 /// root on the way.
-pub fn parent(path: &Path) -> Result<Parent> {
+pub(crate) fn parent(path: &Path) -> Result<Parent> {
     let mut walk = Walk::new(path)?;
     let name = walk.split_last(path)?;
     walk.finish_dirs(path)?;
@@ -65,7 +65,7 @@ pub fn parent(path: &Path) -> Result<Parent> {
 
 /// What `path` holds, following symlinks (at the end too) only when root owns them, and
 /// whether the path itself is such a link (replacing it then loses nothing).
-pub fn entry(path: &Path) -> Result<(Entry, bool)> {
+pub(crate) fn entry(path: &Path) -> Result<(Entry, bool)> {
     let mut walk = Walk::new(path)?;
     let mut name = walk.split_last(path)?;
     let mut via_link = false;
@@ -131,7 +131,7 @@ fn kind(stat: &FileStat) -> SFlag {
 }
 
 /// How an entry's type reads in a message.
-pub fn kind_name(stat: &FileStat) -> &'static str {
+pub(crate) fn kind_name(stat: &FileStat) -> &'static str {
     match kind(stat) {
         SFlag::S_IFDIR => "directory",
         SFlag::S_IFCHR => "character device",

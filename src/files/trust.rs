@@ -62,9 +62,9 @@ const SHARED: &[&str] = &[
 
 /// A directory certagent must not use, and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Distrust {
-    pub message: String,
-    pub hint: String,
+pub(crate) struct Distrust {
+    pub(crate) message: String,
+    pub(crate) hint: String,
 }
 
 /// Symlinks followed on one path before giving up, as the kernel does (`ELOOP`).
@@ -72,7 +72,7 @@ const MAX_LINKS: usize = 40;
 
 /// Whether `dir` (as written, or what it resolves to) is one of the system's shared
 /// directories.
-pub fn is_shared_system_dir(dir: &Path) -> bool {
+pub(crate) fn is_shared_system_dir(dir: &Path) -> bool {
     let lexical: PathBuf = dir.components().collect();
     let resolved = fs::canonicalize(dir).ok();
     SHARED.iter().any(|s| {
@@ -82,7 +82,7 @@ pub fn is_shared_system_dir(dir: &Path) -> bool {
 }
 
 /// `Err` when `dir` is a shared system directory; `what` names the setting in the message.
-pub fn refuse_shared(dir: &Path, what: &str) -> Result<(), Distrust> {
+pub(crate) fn refuse_shared(dir: &Path, what: &str) -> Result<(), Distrust> {
     if !is_shared_system_dir(dir) {
         return Ok(());
     }
@@ -130,7 +130,7 @@ fn owner_name(uid: u32) -> String {
 /// a root-owned `/tmp/x`), and `dir` itself, if it exists, is owned by root and writable by
 /// root alone. A missing `dir` must be created in a directory only root can write (anyone
 /// else could create it first).
-pub fn check_trusted_dir(dir: &Path) -> Result<(), Distrust> {
+pub(crate) fn check_trusted_dir(dir: &Path) -> Result<(), Distrust> {
     if !dir.is_absolute() {
         return Err(Distrust {
             message: format!("{} is not an absolute path", shown(dir)),
@@ -314,7 +314,7 @@ fn check_owned_dir(next: &Path, meta: &Metadata) -> Result<(), Distrust> {
 }
 
 /// `check_trusted_dir` as an error for the commands: `what` names the directory's role.
-pub fn require_trusted_dir(dir: &Path, what: &str) -> crate::error::Result<()> {
+pub(crate) fn require_trusted_dir(dir: &Path, what: &str) -> crate::error::Result<()> {
     check_trusted_dir(dir).map_err(|d| {
         crate::error::Error::msg(format!("refusing to use {what}: {}", d.message)).with_hint(d.hint)
     })

@@ -18,7 +18,7 @@ use crate::http::{MAX_BODY_BYTES, Timeouts, describe_reqwest};
 use crate::keys::{Chain, SecretPem};
 use crate::store::fsutil;
 
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Zeroizing<String>,
@@ -70,7 +70,7 @@ fn read_token(api: &DnsimpleApi) -> Result<Zeroizing<String>> {
 }
 
 impl Client {
-    pub async fn connect(api: &DnsimpleApi, clock: Clock) -> Result<Client> {
+    pub(crate) async fn connect(api: &DnsimpleApi, clock: Clock) -> Result<Client> {
         let token = read_token(api)?;
         let http = crate::http::client(Timeouts::API, None)?;
         let mut client = Client {
@@ -179,7 +179,7 @@ impl Client {
         format!("/{}/domains/{domain}/certificates", self.account)
     }
 
-    pub async fn create_txt(&self, zone: &str, name: &str, content: &str) -> Result<u64> {
+    pub(crate) async fn create_txt(&self, zone: &str, name: &str, content: &str) -> Result<u64> {
         let body = json!({"name": name, "type": "TXT", "content": content, "ttl": 60});
         let v = self
             .call(
@@ -193,7 +193,7 @@ impl Client {
             .ok_or_else(|| Error::msg("DNSimple created a record without an id"))
     }
 
-    pub async fn delete_record(&self, zone: &str, id: u64) -> Result<()> {
+    pub(crate) async fn delete_record(&self, zone: &str, id: u64) -> Result<()> {
         self.call(
             reqwest::Method::DELETE,
             &format!("/{}/zones/{zone}/records/{id}", self.account),
@@ -203,7 +203,7 @@ impl Client {
         .map(|_| ())
     }
 
-    pub async fn distributed(&self, zone: &str, id: u64) -> Result<bool> {
+    pub(crate) async fn distributed(&self, zone: &str, id: u64) -> Result<bool> {
         let v = self
             .call(
                 reqwest::Method::GET,
@@ -236,7 +236,7 @@ async fn read_body(mut rsp: reqwest::Response, what: &str) -> Result<Vec<u8>> {
 
 /// DNSimple's certificate `name` and `alternate_names` for our names in `domain`: "www"
 /// stands for the apex plus www; another name X for X.DOMAIN ("*" for the wildcard).
-pub fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec<String>)> {
+pub(crate) fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec<String>)> {
     let mut rest: Vec<&str> = names.iter().map(DomainName::as_str).collect();
     for n in &rest {
         if *n != domain && !n.ends_with(&format!(".{domain}")) {
@@ -263,7 +263,7 @@ pub fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec
     ))
 }
 
-pub struct Dnsimple {
+pub(crate) struct Dnsimple {
     cfg: DnsimpleIssuer,
     clock: Clock,
 }
@@ -274,7 +274,7 @@ fn handle(id: u64) -> String {
 }
 
 impl Dnsimple {
-    pub fn new(cfg: &DnsimpleIssuer, clock: Clock) -> Dnsimple {
+    pub(crate) fn new(cfg: &DnsimpleIssuer, clock: Clock) -> Dnsimple {
         Dnsimple {
             cfg: cfg.clone(),
             clock,
@@ -284,7 +284,7 @@ impl Dnsimple {
     /// Buy and issue (or resume the journalled purchase), wait up to `timeout` for
     /// `issued`, then download the chain and DNSimple's copy of the key. Still issuing after
     /// `timeout`: `Error::Pending` (the daemon checks again later; nothing is bought twice).
-    pub async fn issue(
+    pub(crate) async fn issue(
         &self,
         names: &[DomainName],
         key_spec: KeySpec,

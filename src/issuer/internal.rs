@@ -16,20 +16,20 @@ use crate::error::{Context, Error, Result};
 use crate::keys::{Chain, PrivateKey};
 use crate::store::{Perms, fsutil};
 
-pub struct LocalCa {
+pub(crate) struct LocalCa {
     dir: PathBuf,
     validity: i64,
 }
 
 impl LocalCa {
-    pub fn new(dir: &Path, cfg: &InternalIssuer) -> LocalCa {
+    pub(crate) fn new(dir: &Path, cfg: &InternalIssuer) -> LocalCa {
         LocalCa {
             dir: dir.to_path_buf(),
             validity: cfg.validity.0,
         }
     }
 
-    pub fn ca_cert_path(&self) -> PathBuf {
+    pub(crate) fn ca_cert_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
@@ -103,7 +103,12 @@ impl LocalCa {
     }
 
     /// Sign a leaf for `names` and the public key `spki_der`.
-    pub fn issue(&self, names: &[DomainName], spki_der: &[u8], now: Timestamp) -> Result<Chain> {
+    pub(crate) fn issue(
+        &self,
+        names: &[DomainName],
+        spki_der: &[u8],
+        now: Timestamp,
+    ) -> Result<Chain> {
         let (ca_pem, ca_key) = self.load_or_create(now)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key.key_pair())
             .context("failed to load local CA certificate")?;
@@ -197,7 +202,7 @@ fn impostor_ca() -> Result<Vec<u8>> {
 impl LocalCa {
     /// Record the serial as revoked in the CA's list (`revoked`, one hex serial per line).
     /// The local CA publishes no CRL; the list is what `status` and the tests read.
-    pub fn revoke(&self, leaf_der: &[u8]) -> Result<super::RevokeOutcome> {
+    pub(crate) fn revoke(&self, leaf_der: &[u8]) -> Result<super::RevokeOutcome> {
         let serial = crate::keys::leaf_facts(leaf_der)
             .map_err(Error::msg)?
             .serial;

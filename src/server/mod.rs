@@ -3,8 +3,8 @@
 //! shell, with a timeout, their output captured for the error report. Nothing here ever
 //! starts a server that is not running.
 
-pub mod apache;
-pub mod probe;
+pub(crate) mod apache;
+pub(crate) mod probe;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::config::{ApacheLayout, Server, ServerKind};
 use crate::core::DomainName;
 use crate::error::{Error, Result};
 
-pub struct WebServer {
+pub(crate) struct WebServer {
     cfg: Server,
     /// Apache only: the layout in force (configured, else detected).
     layout: ApacheLayout,
@@ -24,7 +24,7 @@ pub struct WebServer {
 
 /// The result of looking at what every endpoint serves.
 #[derive(Debug, PartialEq)]
-pub enum Served {
+pub(crate) enum Served {
     /// Every endpoint presents the wanted leaf.
     All,
     /// At least one endpoint does not; the text says which and what it saw.
@@ -32,13 +32,13 @@ pub enum Served {
 }
 
 /// The processes serving before a reload, to wait for after it.
-pub struct OldWorkers {
+pub(crate) struct OldWorkers {
     master: Option<Pid>,
     pids: Vec<Pid>,
 }
 
 impl WebServer {
-    pub fn new(cfg: &Server) -> WebServer {
+    pub(crate) fn new(cfg: &Server) -> WebServer {
         let layout = match (cfg.kind, cfg.layout) {
             (_, Some(l)) => l,
             (ServerKind::Apache, None) => ApacheLayout::detect(),
@@ -50,11 +50,11 @@ impl WebServer {
         }
     }
 
-    pub fn kind(&self) -> ServerKind {
+    pub(crate) fn kind(&self) -> ServerKind {
         self.cfg.kind
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
@@ -92,7 +92,7 @@ impl WebServer {
 
     /// Whether the server's master process is alive: `Some(false)` means certagent must not
     /// reload (and never starts it); `None` means it cannot tell (no pid file configured).
-    pub fn is_running(&self) -> Option<bool> {
+    pub(crate) fn is_running(&self) -> Option<bool> {
         if self.cfg.kind == ServerKind::None {
             return Some(false);
         }
@@ -104,7 +104,7 @@ impl WebServer {
     }
 
     /// The pid file certagent reads for this server, if any (for messages).
-    pub fn pid_file(&self) -> Option<PathBuf> {
+    pub(crate) fn pid_file(&self) -> Option<PathBuf> {
         self.default_pid_file()
     }
 
@@ -123,7 +123,7 @@ impl WebServer {
     /// from `systemctl reload` and is rolled back like a failed test. Running `nginx -t` here
     /// as well would need write access to nginx's pid file and error logs, which certagent's
     /// hardened unit does not grant. A configured `test_command` always runs.
-    pub async fn config_test(&self) -> Result<()> {
+    pub(crate) async fn config_test(&self) -> Result<()> {
         let argv = match (&self.cfg.test_command, self.cfg.kind) {
             (Some(cmd), _) => cmd.clone(),
             (None, ServerKind::Nginx) if self.reloads_through_systemctl() => return Ok(()),
@@ -142,7 +142,7 @@ impl WebServer {
     /// Ask the server to load the files again: `reload_command`; else `systemctl reload`
     /// under systemd when no pid file is configured; else a signal to the master from the
     /// pid file (nginx SIGHUP, Apache SIGUSR1 — a graceful restart).
-    pub async fn reload(&self) -> Result<()> {
+    pub(crate) async fn reload(&self) -> Result<()> {
         let fail = |e: Error| e.context(format!("reload of server {:?} failed", self.cfg.name));
         if let Some(cmd) = &self.cfg.reload_command {
             return run(cmd, self.timeout()).await.map_err(fail);
@@ -186,14 +186,14 @@ impl WebServer {
         Duration::from_secs(self.cfg.command_timeout.0.max(1) as u64)
     }
 
-    pub fn verify_timeout(&self) -> Duration {
+    pub(crate) fn verify_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.verify_timeout.0.max(1) as u64)
     }
 
     /// The nginx workers or Apache children serving now (children of the master in the pid
     /// file). Taken before a reload, so that afterwards we can wait for exactly these to
     /// retire.
-    pub fn workers(&self) -> OldWorkers {
+    pub(crate) fn workers(&self) -> OldWorkers {
         let master = match self.cfg.kind {
             ServerKind::Nginx | ServerKind::Apache => self.master(),
             _ => None,
@@ -214,7 +214,7 @@ impl WebServer {
     /// the retirement was seen, `verify_settle` when it was not — `kind = "command"` (certagent
     /// knows nothing of its processes), old workers that could not be found or read, or the
     /// deadline passed.
-    pub async fn wait_retired(&self, old: &OldWorkers, within: Duration) -> Duration {
+    pub(crate) async fn wait_retired(&self, old: &OldWorkers, within: Duration) -> Duration {
         let started = Instant::now();
         let retired = match (self.cfg.kind, old.master) {
             (ServerKind::Apache, Some(master)) if !old.pids.is_empty() => {
@@ -245,7 +245,10 @@ impl WebServer {
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
-    pub fn endpoints_for(&self, names: &[DomainName]) -> Vec<(std::net::SocketAddr, String)> {
+    pub(crate) fn endpoints_for(
+        &self,
+        names: &[DomainName],
+    ) -> Vec<(std::net::SocketAddr, String)> {
         self.cfg
             .verify
             .iter()
@@ -262,7 +265,7 @@ impl WebServer {
     /// tells the old ones to stop), so a handshake can show the new leaf while the next shows
     /// the old one. When the old workers were seen to retire, `settle` is zero; otherwise
     /// the new leaf must be served without a break for `settle`.
-    pub async fn wait_served(
+    pub(crate) async fn wait_served(
         &self,
         names: &[DomainName],
         leaf_der: &[u8],
@@ -395,12 +398,12 @@ fn read_pid(path: &Path) -> Option<Pid> {
 }
 
 /// Run `argv` without a shell; error with the exit status and the captured output.
-pub async fn run(argv: &[String], timeout: Duration) -> Result<()> {
+pub(crate) async fn run(argv: &[String], timeout: Duration) -> Result<()> {
     run_with_env(argv, &[], timeout).await
 }
 
 /// `run` with extra environment variables (hooks get the certificate's facts this way).
-pub async fn run_with_env(
+pub(crate) async fn run_with_env(
     argv: &[String],
     env: &[(String, String)],
     timeout: Duration,

@@ -10,13 +10,13 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Context, Error, Result};
 
-pub struct Lock {
+pub(crate) struct Lock {
     _held: Flock<std::fs::File>,
 }
 
 impl Lock {
     /// Take the lock, waiting up to `timeout` for another holder to finish; `Error::Busy` then.
-    pub async fn acquire(runtime_dir: &Path, timeout: Duration) -> Result<Lock> {
+    pub(crate) async fn acquire(runtime_dir: &Path, timeout: Duration) -> Result<Lock> {
         super::fsutil::ensure_dir(runtime_dir, 0o700)?;
         // Checked at config load too; again here, now that it exists, so a directory another
         // user created or swapped in the meantime is not used.

@@ -17,20 +17,20 @@ use crate::error::{Context, Result};
 use super::{Store, fsutil};
 
 /// Name of the marker file in an adopted generation.
-pub const ADOPTED_MARKER: &str = "adopted";
+pub(crate) const ADOPTED_MARKER: &str = "adopted";
 
 /// One file whose owner, group or mode differs from what the configuration asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
-    pub path: PathBuf,
-    pub generation: u64,
-    pub have: (u32, u32, u32),
-    pub want: (u32, u32, u32),
+pub(crate) struct Drift {
+    pub(crate) path: PathBuf,
+    pub(crate) generation: u64,
+    pub(crate) have: (u32, u32, u32),
+    pub(crate) want: (u32, u32, u32),
 }
 
 impl Drift {
     /// For `check` and logs: `key.pem of generation 2: uid 1001 gid 1001 mode 0600, configured uid 0 gid 0 mode 0600`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let file = self
             .path
             .file_name()
@@ -49,7 +49,7 @@ impl Store {
     /// Every file of every kept generation of `cert` whose access differs from the
     /// configuration. An unknown `owner`/`group` is an error (the config names a user that
     /// does not exist here).
-    pub fn permission_drift(&self, cert: &Certificate) -> Result<Vec<Drift>> {
+    pub(crate) fn permission_drift(&self, cert: &Certificate) -> Result<Vec<Drift>> {
         let (uid, gid) = fsutil::ids(cert.owner.as_deref(), cert.group.as_deref())?;
         let (uid, gid) = (uid.unwrap_or(0), gid.unwrap_or(0));
         let mut drift = Vec::new();
@@ -76,7 +76,7 @@ impl Store {
 
     /// Apply the configured access to every kept generation of `cert` (see
     /// `permission_drift`). No key changes; returns what was fixed.
-    pub fn fix_permissions(&self, cert: &Certificate) -> Result<Vec<Drift>> {
+    pub(crate) fn fix_permissions(&self, cert: &Certificate) -> Result<Vec<Drift>> {
         let drift = self.permission_drift(cert)?;
         for d in &drift {
             let shown = || {
