@@ -11,212 +11,31 @@
 //!
 //! This module does file work only; what to do and in which order is the executor's job.
 
+mod journal;
 mod lock;
 mod perms;
 #[cfg(test)]
 mod powerloss;
 mod quarantine;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Certificate;
-use crate::core::{KeySpec, Reason, Timestamp};
 use crate::error::{Context, Error, Result};
 pub(crate) use crate::files as fsutil;
 pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub(crate) use fsutil::Perms;
+pub(crate) use journal::{
+    Ari, CompromiseWork, Flip, Journal, Outcome, OutcomeKind, Pending, PostActions, Refresh,
+    Revoked,
+};
 pub(crate) use lock::Lock;
 pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
 
 /// Journal and file caps: a journal is a few hundred bytes.
 const MAX_JOURNAL_BYTES: usize = 1 << 20;
-
-/// Per-certificate durable state. Written atomically after every step that matters.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Journal {
-    pub(crate) schema: u32,
-    /// Generation verified in service (or taken over at adoption).
-    pub(crate) current: Option<u64>,
-    /// Next generation number to use; never reused.
-    pub(crate) next_generation: u64,
-    pub(crate) pending: Option<Pending>,
-    /// Set between the flip of `current` and verification: recovery finishes or undoes it.
-    pub(crate) flip: Option<Flip>,
-    pub(crate) last: Option<Outcome>,
-    /// Consecutive failed attempts and when the next one is due (daemon backoff).
-    #[serde(default)]
-    pub(crate) failures: u32,
-    #[serde(default)]
-    pub(crate) retry_at: Option<Timestamp>,
-    /// `Retry-After` (seconds) of the last failure, if the server sent one.
-    #[serde(default)]
-    pub(crate) server_retry_after: Option<i64>,
-    /// The compromise flag file that was already answered, as last seen: it stays answered
-    /// while it is there, however it is rewritten (`compromise::track_flag`).
-    #[serde(default)]
-    pub(crate) handled_flag: Option<FlagId>,
-    /// The CA revoked the serial in service (seen on its CRL).
-    #[serde(default)]
-    pub(crate) revoked: Option<Revoked>,
-    /// Work left after an install: revoking and purging a compromised predecessor.
-    #[serde(default)]
-    pub(crate) post: Option<PostActions>,
-    /// ACME Renewal Information for the certificate in service.
-    #[serde(default)]
-    pub(crate) ari: Option<Ari>,
-    /// When the CA's view (CRL, ARI) of the serial in service was last fetched, and when to
-    /// fetch it next (`None`: there is nothing to fetch for this serial).
-    #[serde(default)]
-    pub(crate) refresh: Option<Refresh>,
-    /// Re-issue outcomes since the journal was created, by reason and outcome (the
-    /// counters behind the metrics; never reset).
-    #[serde(default)]
-    pub(crate) tally: BTreeMap<Reason, BTreeMap<OutcomeKind, u64>>,
-    /// When a new certificate was last installed, and its serial.
-    #[serde(default)]
-    pub(crate) last_success: Option<Timestamp>,
-    #[serde(default)]
-    pub(crate) installed_serial: Option<String>,
-    /// What the certificate needed when the failure behind `retry_at` happened: the backoff
-    /// holds back only these (`core::backoff_holds`).
-    #[serde(default)]
-    pub(crate) retry_reasons: Vec<Reason>,
-    /// When the daemon started re-issues by itself in the last hour (the hourly guard).
-    #[serde(default)]
-    pub(crate) auto_reissues: Vec<Timestamp>,
-}
-
-impl Journal {
-    /// Record the outcome of one re-issue attempt in `last` and in the tally.
-    pub(crate) fn record_outcome(&mut self, outcome: Outcome) {
-        *self
-            .tally
-            .entry(outcome.reason)
-            .or_default()
-            .entry(outcome.result)
-            .or_default() += 1;
-        if matches!(
-            outcome.result,
-            OutcomeKind::Installed | OutcomeKind::InstalledNotLoaded
-        ) {
-            self.last_success = Some(outcome.at);
-            self.installed_serial = outcome.serial.clone();
-        }
-        self.last = Some(outcome);
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Refresh {
-    pub(crate) serial: String,
-    pub(crate) checked_at: Timestamp,
-    pub(crate) next_at: Option<Timestamp>,
-    /// The last fetch failed (the text says why); retried at `next_at`.
-    #[serde(default)]
-    pub(crate) error: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Revoked {
-    pub(crate) serial: String,
-    /// RFC 5280 reason code, when the CRL gives one (1 = keyCompromise).
-    pub(crate) reason: Option<u8>,
-    pub(crate) seen_at: Timestamp,
-    pub(crate) source: String,
-}
-
-/// What is left to do about a compromised predecessor once its successor serves.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct PostActions {
-    pub(crate) old_spki_sha256: String,
-    /// The old leaf, base64 DER, to revoke; `None` once revoked (or nothing to revoke).
-    pub(crate) revoke: Option<String>,
-    pub(crate) revoke_attempts: u32,
-    pub(crate) purged: bool,
-}
-
-/// The CA's suggested renewal window and the point certagent picked inside it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Ari {
-    pub(crate) serial: String,
-    pub(crate) window_start: Timestamp,
-    pub(crate) window_end: Timestamp,
-    /// Uniformly random point in the window, chosen once per window (RFC 9773 §4.2).
-    pub(crate) renew_at: Timestamp,
-    /// When to ask again (the server's Retry-After, clamped to 1 min .. 1 day).
-    pub(crate) next_fetch: Timestamp,
-    pub(crate) explanation_url: Option<String>,
-}
-
-/// An in-flight re-issue: created (with its key on disk) before the CA is contacted.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Pending {
-    pub(crate) reason: Reason,
-    pub(crate) started_at: Timestamp,
-    pub(crate) issuer: String,
-    pub(crate) key_spec: KeySpec,
-    pub(crate) key_spki_sha256: String,
-    pub(crate) names: Vec<String>,
-    pub(crate) attempts: u32,
-    /// ACME order URL, journalled as soon as the order exists.
-    pub(crate) order_url: Option<String>,
-    /// True once the issued chain is saved in `pending.pem`.
-    #[serde(default)]
-    pub(crate) issued: bool,
-    /// Set when this re-issue answers a compromised key.
-    #[serde(default)]
-    pub(crate) compromise: Option<CompromiseWork>,
-    /// Reminders sent while waiting for a human (manual CA).
-    #[serde(default)]
-    pub(crate) reminders: u32,
-    /// When the daemon looks at it again after an attempt that ended pending: the next
-    /// reminder (manual CA) or the CA's Retry-After. Cleared at start.
-    #[serde(default)]
-    pub(crate) next_look: Option<Timestamp>,
-}
-
-/// The compromised key being replaced, captured before anything else happens.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct CompromiseWork {
-    pub(crate) old_spki_sha256: String,
-    /// The leaf in service when the compromise was handled (base64 DER), to revoke.
-    pub(crate) old_leaf: Option<String>,
-    /// Revoked before replacing (`revoke_first`).
-    #[serde(default)]
-    pub(crate) revoked_first: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Flip {
-    pub(crate) from: Option<u64>,
-    pub(crate) to: u64,
-    pub(crate) reason: Reason,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Outcome {
-    pub(crate) at: Timestamp,
-    pub(crate) result: OutcomeKind,
-    pub(crate) reason: Reason,
-    pub(crate) message: String,
-    pub(crate) serial: Option<String>,
-    pub(crate) generation: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum OutcomeKind {
-    Pending,
-    Installed,
-    InstalledNotLoaded,
-    Failed,
-    RolledBack,
-}
 
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -639,6 +458,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use crate::core::KeySpec;
     use crate::core::{DomainName, Span};
 
     fn cert(dir: &Path) -> Certificate {
