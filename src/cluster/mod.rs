@@ -17,14 +17,20 @@
 //! with the writer's fencing token: a holder that lost its lease can never overwrite its
 //! successor.
 
+pub mod etcd;
+pub mod lock;
 pub mod records;
 pub mod seal;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use etcd::{FENCED, Fleet, HostStatus};
+pub use lock::{FleetLock, LockLost};
 pub use records::{HostReport, LockRecord, Pending, Published};
 pub use seal::FleetKey;
+pub use watch::{PublishedEvent, PublishedWatch};
 
 /// The only kind of cluster there is, for now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
