@@ -233,7 +233,8 @@ impl Fleet {
                 async move { c.get(prefix, Some(options)).await }
             })
             .await?;
-        let alive: Vec<&[u8]> = alive.kvs().iter().map(|kv| kv.key()).collect();
+        let alive: std::collections::HashSet<&[u8]> =
+            alive.kvs().iter().map(|kv| kv.key()).collect();
         let mut out = Vec::new();
         for kv in hosts.kvs() {
             let key = String::from_utf8_lossy(kv.key());
@@ -242,7 +243,7 @@ impl Fleet {
                 continue;
             }
             let alive_key = self.alive_key(&report.node);
-            let alive = alive.contains(&alive_key.as_bytes());
+            let alive = alive.contains(alive_key.as_bytes());
             out.push(HostStatus { report, alive });
         }
         Ok(out)
