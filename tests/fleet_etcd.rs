@@ -83,7 +83,12 @@ async fn two_hosts_contend_for_one_lock_and_the_second_gets_it_after_release() {
         let lock = b.acquire("www", Duration::from_secs(20)).await.unwrap();
         (b, lock)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // web-2 is in line once it holds a lease of its own (web-1's is the other one).
+    let in_line = common::wait_until(Duration::from_secs(10), || {
+        let out = etcd.etcdctl(&["lease", "list"]);
+        String::from_utf8_lossy(&out.stdout).contains("found 2 leases")
+    });
+    assert!(in_line, "web-2 never started waiting for the lock");
     let first_token = held.token();
     held.release(&a).await.unwrap();
     let (b, lock) = waiting.await.unwrap();
