@@ -20,6 +20,10 @@ if ! command -v cargo-generate-rpm >/dev/null; then
   cargo install --locked --quiet --debug cargo-generate-rpm
 fi
 
+command -v protoc >/dev/null || {
+  echo "build: protoc is missing (the etcd client compiles etcd's protocol definitions): apt-get install protobuf-compiler" >&2
+  exit 1
+}
 echo "build: cargo build --release" >&2
 cargo build --release --locked --quiet --features assets --bins
 assets=$target/release/assets

@@ -3,8 +3,8 @@
 # certificate certagent issues from its embedded local CA (no account, no network), installs,
 # proves served by TLS handshake, and re-issues after the key is lost.
 #
-# Touches nothing outside /var/tmp/certagent-demo, except installing nginx from Debian when it
-# is missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards; PORT picks
+# Touches nothing outside /var/tmp/certagent-demo, except installing nginx (and protoc, to build)
+# from Debian when missing. Safe to run again. KEEP=1 leaves the demo nginx running afterwards; PORT picks
 # the port, DEMO_DIR another directory, CERTAGENT_BIN a certagent already built (the tests).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo $0)" >&2; exit 1; }
@@ -19,12 +19,14 @@ served() {
     openssl x509 -noout -serial -subject -enddate
 }
 
-if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then
-  step "installing nginx and openssl from Debian"
+# protoc: the etcd client's build script compiles etcd's protocol definitions (fleets).
+if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null ||
+   { [ -z "${CERTAGENT_BIN:-}" ] && ! command -v protoc >/dev/null; }; then
+  step "installing nginx, openssl and protobuf-compiler from Debian"
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl protobuf-compiler >/dev/null
   rm -f /usr/sbin/policy-rc.d; trap - EXIT
 fi
 

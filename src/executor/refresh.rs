@@ -47,7 +47,7 @@ impl Executor {
         x509: &X509Certificate<'_>,
         leaf: LeafFacts,
         now: Timestamp,
-    ) -> Result<CaView> {
+    ) -> Result<CaNews> {
         let acme = match self.config.issuers.get(&cert.issuer).map(|i| &i.kind) {
             Some(IssuerKind::Acme(a)) => Some(a.clone()),
             _ => None,
@@ -56,7 +56,7 @@ impl Executor {
             acme.as_ref().and_then(|a| a.ca_bundle.as_deref()),
             self.clock,
         )?;
-        let mut view = CaView {
+        let mut view = CaNews {
             leaf,
             checked_at: now,
             revoked: None,
@@ -100,7 +100,7 @@ async fn check_crl(
     chain: &Chain,
     x509: &X509Certificate<'_>,
     url: &str,
-    view: &mut CaView,
+    view: &mut CaNews,
 ) {
     let now = view.checked_at;
     // The issuer must be in our own chain: a CRL nobody can verify is not believed.
@@ -148,7 +148,7 @@ enum AriNews {
 }
 
 /// The CA's view of the serial in service, as fetched: applied to the journal by the caller.
-struct CaView {
+struct CaNews {
     leaf: LeafFacts,
     checked_at: Timestamp,
     revoked: Option<Revoked>,
@@ -157,7 +157,7 @@ struct CaView {
     errors: Vec<String>,
 }
 
-impl CaView {
+impl CaNews {
     fn soonest(&mut self, t: Timestamp) {
         self.next_at = Some(self.next_at.map_or(t, |n| n.min(t)));
     }

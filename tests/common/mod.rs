@@ -38,6 +38,7 @@
 mod agent;
 mod apache;
 mod dnsimple;
+pub mod etcd;
 mod front;
 mod http;
 mod http1;

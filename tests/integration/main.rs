@@ -20,6 +20,7 @@ mod dnsimple;
 mod dnsimple_selftest;
 #[cfg(feature = "failpoints")]
 mod faults;
+mod fleet_etcd;
 mod front_selftest;
 mod hardening;
 mod hardening_dirs;
