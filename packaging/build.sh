@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build certagent's .deb and .rpm: the release binary, the man pages and shell completions
-# generated from the clap definitions (certagent-assets), then cargo deb and cargo
-# generate-rpm (installed with cargo install if missing). Honours CARGO_TARGET_DIR.
+# Build certagent's .deb and .rpm: the release binary, the man pages (from the clap
+# definitions, config.example.toml and packaging/man/*.md) and shell completions
+# (certagent-assets), then cargo deb and cargo generate-rpm (installed with cargo install if
+# missing). Honours CARGO_TARGET_DIR.
 # Prints the path of each package on its own line at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ cargo build --release --locked --quiet --features assets --bins
 assets=$target/release/assets
 rm -rf "$assets"
 "$target/release/certagent-assets" "$assets"
-gzip -9n "$assets"/man/*.8
+gzip -9n "$assets"/man/*.[578]
 
 rm -rf "$target/debian" "$target/generate-rpm"
 cargo deb --no-build --locked --quiet >/dev/null

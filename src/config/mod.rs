@@ -445,6 +445,27 @@ mod example_tests {
     }
 
     #[test]
+    fn the_example_config_names_every_issuer_kind_and_challenge_it_supports() {
+        let comment = |prefix: &str| {
+            let line = EXAMPLE.lines().find(|l| l.starts_with(prefix)).unwrap();
+            line.split_once('#').unwrap().1.to_string()
+        };
+        let kinds = comment("kind = \"internal\"");
+        for kind in ["internal", "acme", "dnsimple", "manual"] {
+            assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+            assert!(
+                EXAMPLE.contains(&format!("kind = \"{kind}\"")),
+                "no {kind} issuer in the example"
+            );
+        }
+        let challenges = comment("challenge = \"http-01\"");
+        assert!(
+            challenges.contains("http-01 | dns-01") && !challenges.contains("dns-01 and"),
+            "{challenges:?}"
+        );
+    }
+
+    #[test]
     fn the_example_config_documents_every_key() {
         for list in [
             AGENT_KEYS,

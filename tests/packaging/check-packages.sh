@@ -20,7 +20,10 @@ common="
 -rw-r--r-- /usr/share/man/man8/certagent.8.gz
 -rw-r--r-- /usr/share/man/man8/certagent-reissue.8.gz
 -rw-r--r-- /usr/share/man/man8/certagent-install.8.gz
--rw-r--r-- /usr/share/doc/certagent/README.md"
+-rw-r--r-- /usr/share/man/man5/certagent.toml.5.gz
+-rw-r--r-- /usr/share/man/man7/certagent-concepts.7.gz
+-rw-r--r-- /usr/share/doc/certagent/README.md
+-rw-r--r-- /usr/share/doc/certagent/CHANGELOG.md"
 
 deb_list=$(dpkg-deb -c "$deb" | awk '{ sub(/^\./, "", $6); print $1, $6 }')
 rpm_list=$(rpm -qlpv "$rpm" 2>/dev/null | awk '{ print $1, $9 }')

@@ -97,7 +97,8 @@ push "$upgrade" /root/certagent-upgrade.deb
 box apt-get install -y -q /root/certagent.deb >/dev/null 2>&1 || fail "apt-get install of the .deb failed"
 expect_eq "$(box systemctl is-enabled certagent || true)" enabled "installed unit enabled"
 expect_eq "$(box systemctl is-active certagent || true)" inactive "service without a config"
-for f in /usr/share/man/man8/certagent.8.gz /usr/share/bash-completion/completions/certagent \
+for f in /usr/share/man/man8/certagent.8.gz /usr/share/man/man5/certagent.toml.5.gz \
+  /usr/share/man/man7/certagent-concepts.7.gz /usr/share/bash-completion/completions/certagent \
   /usr/share/zsh/vendor-completions/_certagent /usr/share/fish/vendor_completions.d/certagent.fish \
   /etc/certagent/config.example.toml; do
   box test -f "$f" || fail "the package did not install $f"
