@@ -9,6 +9,7 @@ mod adopt; // taking over files at the configured paths, never through a planted
 mod child; // every child process: scrubbed environment, output tail kept
 pub mod cli; // command line definitions and subcommands
 pub mod clock; // wall time derived from tokio's clock (pausable in tests)
+#[cfg(feature = "fleet")]
 pub mod cluster; // fleets: etcd lock with fencing, published/pending records, sealed keys
 mod compromise; // compromised keys: flag files and blocklists
 pub mod config; // config.toml + conf.d drop-ins -> validated Config, all errors at once

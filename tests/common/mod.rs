@@ -38,6 +38,7 @@
 mod agent;
 mod apache;
 mod dnsimple;
+#[cfg(feature = "fleet")]
 pub mod etcd;
 mod front;
 mod http;

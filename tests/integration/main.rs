@@ -20,6 +20,7 @@ mod dnsimple;
 mod dnsimple_selftest;
 #[cfg(feature = "failpoints")]
 mod faults;
+#[cfg(feature = "fleet")]
 mod fleet_etcd;
 mod front_selftest;
 mod hardening;
