@@ -67,6 +67,9 @@ pub(crate) struct Http {
     client: reqwest::Client,
     /// Seconds from the last 429/503 `Retry-After` header seen.
     pub(crate) retry_after: Arc<Mutex<Option<i64>>>,
+    /// Seconds from the last successful answer's `Retry-After` (an order still processing),
+    /// until the poller takes it.
+    poll_after: Arc<Mutex<Option<i64>>>,
     /// "Now" for a `Retry-After` given as a date.
     clock: Clock,
 }
@@ -77,8 +80,16 @@ impl Http {
         Ok(Http {
             client,
             retry_after: Arc::new(Mutex::new(None)),
+            poll_after: Arc::new(Mutex::new(None)),
             clock,
         })
+    }
+
+    /// The `Retry-After` (seconds, not negative) of the last successful answer that had one,
+    /// once: the CA's wish for the next look at an order.
+    pub(crate) fn take_poll_after(&self) -> Option<u64> {
+        let secs = self.poll_after.lock().ok()?.take()?;
+        Some(u64::try_from(secs).unwrap_or(0))
     }
 }
 
@@ -168,6 +179,7 @@ impl HttpClient for Http {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let client = self.client.clone();
         let retry_after = self.retry_after.clone();
+        let poll_after = self.poll_after.clone();
         let clock = self.clock;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
@@ -183,17 +195,22 @@ impl HttpClient for Http {
                 .await
                 .map_err(|e| other(describe_reqwest(&e)))?;
             let status = rsp.status();
+            let ra = rsp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, system_time(clock.now())));
             if status == http::StatusCode::TOO_MANY_REQUESTS
                 || status == http::StatusCode::SERVICE_UNAVAILABLE
             {
-                let ra = rsp
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, system_time(clock.now())));
                 if let Ok(mut slot) = retry_after.lock() {
                     *slot = ra;
                 }
+            } else if status.is_success()
+                && ra.is_some()
+                && let Ok(mut slot) = poll_after.lock()
+            {
+                *slot = ra;
             }
             capped_response(rsp).await
         })
@@ -291,6 +308,19 @@ mod tests {
         let rsp = client.request(get(port)).await.unwrap();
         assert_eq!(rsp.parts.status, 429);
         assert_eq!(*client.retry_after.lock().unwrap(), Some(120));
+    }
+
+    #[tokio::test]
+    async fn a_processing_answers_retry_after_is_kept_for_the_poller_once() {
+        let port =
+            serve(b"HTTP/1.1 200 OK\r\nRetry-After: 3\r\nContent-Length: 2\r\n\r\n{}".to_vec())
+                .await;
+        let client = Http::new(None, Clock::new()).unwrap();
+        assert_eq!(client.take_poll_after(), None);
+        client.request(get(port)).await.unwrap();
+        assert_eq!(client.take_poll_after(), Some(3));
+        assert_eq!(client.take_poll_after(), None, "taken once");
+        assert_eq!(*client.retry_after.lock().unwrap(), None, "not a throttle");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,6 +25,7 @@ use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
 
+mod poll;
 mod responder;
 mod revoke;
 
@@ -225,12 +226,9 @@ impl Acme {
                 o
             }
         };
-        let policy = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(100))
-            .backoff(1.5)
-            .timeout(Duration::from_secs(self.cfg.timeout.0.max(1) as u64));
+        let timeout = Duration::from_secs(self.cfg.timeout.0.max(1) as u64);
         if order.state().status == OrderStatus::Pending {
-            self.solve(&mut order, &policy).await?;
+            self.solve(&mut order, http, timeout).await?;
         }
         if order.state().status == OrderStatus::Ready {
             order
@@ -238,10 +236,14 @@ impl Acme {
                 .await
                 .map_err(|e| failed("failed to finalize ACME order", e))?;
         }
-        let pem = order
-            .poll_certificate(&policy)
+        poll::poll(&mut order, http, poll::Until::Valid, timeout)
             .await
-            .map_err(|e| failed("failed to download certificate", e))?;
+            .map_err(|e| failed("failed waiting for the certificate", e))?;
+        let pem = order
+            .certificate()
+            .await
+            .map_err(|e| failed("failed to download certificate", e))?
+            .ok_or_else(|| Error::msg("the ACME order did not become valid"))?;
         Chain::from_pem(pem.as_bytes())
             .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))
     }
@@ -294,7 +296,7 @@ impl Acme {
     }
 
     /// Answer every pending authorization with http-01 and wait for the order to be ready.
-    async fn solve(&self, order: &mut Order, policy: &RetryPolicy) -> Result<()> {
+    async fn solve(&self, order: &mut Order, http: &Http, timeout: Duration) -> Result<()> {
         let mut responder = Responder::start(&self.cfg.challenge, self.clock).await?;
         let kind = responder.challenge_type();
         let mut result = Ok(());
@@ -337,7 +339,7 @@ impl Acme {
             }
         }
         if result.is_ok() {
-            result = match order.poll_ready(policy).await {
+            result = match poll::poll(order, http, poll::Until::Ready, timeout).await {
                 Ok(OrderStatus::Ready) => Ok(()),
                 Ok(status) => {
                     let why = order
