@@ -18,6 +18,20 @@ pub(crate) struct Next {
     pub(crate) drift: Vec<String>,
 }
 
+/// The reason a certificate whose only trouble is its files' owner, group or modes is not
+/// healthy (fixed in place, no re-issue).
+pub(crate) const PERMISSIONS_CHANGED: &str = "permissions-changed";
+
+impl Next {
+    /// Why the certificate is not healthy (the most urgent reason), `None` when it is.
+    pub(crate) fn unhealthy(&self) -> Option<&'static str> {
+        match self.observation.decision.reason() {
+            Some(reason) => Some(reason.as_str()),
+            None => (!self.drift.is_empty()).then_some(PERMISSIONS_CHANGED),
+        }
+    }
+}
+
 /// Observe `cert` and decide its next step. `journal` is the certificate's journal as read
 /// by the caller (it may have just tracked a compromise flag in it).
 pub(crate) fn next(

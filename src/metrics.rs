@@ -18,11 +18,18 @@ pub(crate) struct CertFacts<'a> {
     /// Expiry of the certificate in `cert_file`, when it parses.
     pub(crate) not_after: Option<Timestamp>,
     pub(crate) journal: Option<Journal>,
+    /// What the daemon's last look found: `Some(None)` healthy, `Some(Some(reason))` not;
+    /// `None` before it looked.
+    pub(crate) health: Option<Option<&'static str>>,
 }
 
 /// Read what the metrics need and replace `metrics_file` (when configured) in one rename, so
 /// a scrape never sees half a file.
-pub(crate) fn write(config: &Config, now: Timestamp) -> Result<()> {
+pub(crate) fn write(
+    config: &Config,
+    now: Timestamp,
+    health: &dyn Fn(&str) -> Option<Option<&'static str>>,
+) -> Result<()> {
     let Some(path) = &config.agent.metrics_file else {
         return Ok(());
     };
@@ -33,6 +40,7 @@ pub(crate) fn write(config: &Config, now: Timestamp) -> Result<()> {
             name: &cert.name,
             not_after: not_after(cert),
             journal: journal_of(&config.agent.state_dir, &cert.name),
+            health: health(&cert.name),
         })
         .collect();
     let text = render(&facts, now);
@@ -92,6 +100,22 @@ pub(crate) fn render(certs: &[CertFacts], now: Timestamp) -> String {
             .collect();
         family(&mut out, name, "gauge", help, samples);
     }
+    family(
+        &mut out,
+        "certagent_certificate_healthy",
+        "gauge",
+        "1 when the certificate needs nothing, 0 when it needs work (the reason as a label); absent before the daemon looked.",
+        certs
+            .iter()
+            .filter_map(|c| match c.health? {
+                None => Some((cert_label(c), 1)),
+                Some(reason) => Some((
+                    format!("{},reason=\"{}\"", cert_label(c), escape(reason)),
+                    0,
+                )),
+            })
+            .collect(),
+    );
     family(
         &mut out,
         "certagent_reissues_total",
@@ -173,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn the_textfile_has_expiry_pending_time_tallies_and_last_success() {
+    fn the_textfile_has_expiry_pending_time_tallies_last_success_and_health() {
         let mut www = Journal::default();
         www.record_outcome(outcome(100, Reason::KeyMissing, OutcomeKind::Failed));
         www.record_outcome(outcome(200, Reason::KeyMissing, OutcomeKind::Installed));
@@ -201,11 +225,19 @@ mod tests {
                 name: "shop",
                 not_after: None,
                 journal: Some(shop),
+                health: Some(Some("expiring")),
             },
             CertFacts {
                 name: "www",
                 not_after: Some(1_800_000_000),
                 journal: Some(www),
+                health: Some(None),
+            },
+            CertFacts {
+                name: "new",
+                not_after: None,
+                journal: None,
+                health: None,
             },
         ];
         let text = render(&facts, 1_000);
@@ -216,10 +248,14 @@ mod tests {
                 r#"certagent_certificate_not_after_timestamp_seconds{certificate="www"} 1800000000"#,
                 r#"certagent_certificate_pending_seconds{certificate="shop"} 60"#,
                 r#"certagent_certificate_pending_seconds{certificate="www"} 0"#,
+                r#"certagent_certificate_pending_seconds{certificate="new"} 0"#,
                 r#"certagent_certificate_pending_since_timestamp_seconds{certificate="shop"} 940"#,
                 r#"certagent_certificate_failures{certificate="shop"} 0"#,
                 r#"certagent_certificate_failures{certificate="www"} 1"#,
+                r#"certagent_certificate_failures{certificate="new"} 0"#,
                 r#"certagent_certificate_last_success_timestamp_seconds{certificate="www"} 200"#,
+                r#"certagent_certificate_healthy{certificate="shop",reason="expiring"} 0"#,
+                r#"certagent_certificate_healthy{certificate="www"} 1"#,
                 r#"certagent_reissues_total{certificate="www",reason="key-missing",outcome="installed"} 1"#,
                 r#"certagent_reissues_total{certificate="www",reason="key-missing",outcome="failed"} 1"#,
                 r#"certagent_reissues_total{certificate="www",reason="expiring",outcome="rolled-back"} 1"#,
@@ -227,7 +263,7 @@ mod tests {
             ]
         );
         assert!(text.contains("# TYPE certagent_reissues_total counter\n"));
-        assert_eq!(text.matches("# HELP ").count(), 7);
+        assert_eq!(text.matches("# HELP ").count(), 8);
     }
 
     #[test]

@@ -304,7 +304,7 @@ pub(crate) async fn import_one(executor: &Executor, cert: &Certificate, data: &[
 }
 
 /// The reason `check` gives for kept generations whose access differs from the config.
-pub(crate) const PERMISSIONS_CHANGED: &str = "permissions-changed";
+pub(crate) use crate::lifecycle::PERMISSIONS_CHANGED;
 
 pub(crate) fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) {
     let ok = certificates.iter().all(|r| r.error.is_none());

@@ -52,6 +52,9 @@ struct CertState {
     waiters: Vec<oneshot::Sender<ReissueResult>>,
     /// When to look at this certificate again by itself.
     wake_at: Option<Timestamp>,
+    /// What the last look found: `Some(None)` healthy, `Some(Some(reason))` not; `None`
+    /// before the first look.
+    health: Option<Option<&'static str>>,
     /// A handed-in certificate, or a re-issue asked for, that arrived while another job ran
     /// (it starts next), and the clients waiting for its outcome.
     queued: Option<(Job, Vec<oneshot::Sender<ReissueResult>>)>,
@@ -281,7 +284,8 @@ impl Daemon {
 
     /// Rewrite the metrics file (when configured); a failure is logged, never fatal.
     fn write_metrics(&self) {
-        if let Err(e) = crate::metrics::write(&self.config, self.clock.now()) {
+        let health = |name: &str| self.certs.get(name).and_then(|s| s.health);
+        if let Err(e) = crate::metrics::write(&self.config, self.clock.now(), &health) {
             log::warn!("failed to write the metrics file: {e}");
         }
     }

@@ -38,20 +38,30 @@ pub(super) fn plan(step: &Step, now: Timestamp) -> Plan {
     }
 }
 
+/// What the daemon learns from looking at one certificate.
+pub(super) struct Look {
+    pub(super) step: Step,
+    /// What an operator reads about why, for a re-issue.
+    pub(super) detail: String,
+    /// Why it is not healthy, `None` when it is (the metrics' healthy gauge).
+    pub(super) unhealthy: Option<&'static str>,
+}
+
 /// Observe one certificate (tracking its compromise flag in the journal first) and ask the
-/// lifecycle for its next step; with the text an operator reads about why, for a re-issue.
+/// lifecycle for its next step.
 pub(super) fn next_step(
     config: &Config,
     blocked: &Blocked,
     cert: &crate::config::Certificate,
     now: Timestamp,
-) -> (Step, String) {
+) -> Look {
     let store = Store::at(&config.agent.state_dir);
     let mut journal = store.journal(&cert.name).ok();
     if let Some(j) = journal.as_mut() {
         crate::compromise::track_flag(&store, config, &cert.name, j);
     }
     let next = crate::lifecycle::next(config, blocked, cert, journal.as_ref(), now);
+    let unhealthy = next.unhealthy();
     let obs = next.observation;
     let pending = journal.as_ref().is_some_and(|j| j.pending.is_some());
     let detail = match &next.step {
@@ -64,7 +74,11 @@ pub(super) fn next_step(
         }
         _ => String::new(),
     };
-    (next.step, detail)
+    Look {
+        step: next.step,
+        detail,
+        unhealthy,
+    }
 }
 
 /// What an operator reads about why a re-issue is needed.
@@ -119,11 +133,13 @@ impl Daemon {
         self.certs
             .retain(|n, s| s.in_flight || self.config.certificates.contains_key(n));
         self.blocked = Arc::new(Blocked::load(&self.config));
+        // Written whatever the looks found: the set of certificates may have changed.
         self.evaluate_many(names).await;
         self.write_metrics();
     }
 
-    /// Look at these certificates (those without a job in flight) and act on what is found.
+    /// Look at these certificates (those without a job in flight) and act on what is found;
+    /// the metrics file is rewritten when a certificate's health changed.
     /// The verdicts (file reads, parses, the pair check) run on the blocking pool, so a
     /// rescan of thousands neither stalls the loop nor uses one core only; systemd hears the
     /// status once, after the batch (it walks every certificate).
@@ -152,14 +168,18 @@ impl Daemon {
         while let Some(Ok(part)) = tasks.join_next().await {
             verdicts.extend(part);
         }
-        for (name, (step, detail)) in verdicts {
-            self.act(&name, step, detail).await;
+        let mut health_changed = false;
+        for (name, look) in verdicts {
+            health_changed |= self.act(&name, look).await;
         }
         self.publish_status();
+        if health_changed {
+            self.write_metrics();
+        }
     }
 
     /// Look at one certificate (after its job ended) and act on what is found. The caller
-    /// tells systemd.
+    /// tells systemd and rewrites the metrics.
     pub(super) async fn evaluate(&mut self, name: &str) {
         if self.certs.get(name).is_some_and(|s| s.in_flight) {
             return;
@@ -167,12 +187,21 @@ impl Daemon {
         let Some(cert) = self.config.certificates.get(name) else {
             return;
         };
-        let (step, detail) = next_step(&self.config, &self.blocked, cert, self.clock.now());
-        self.act(name, step, detail).await;
+        let look = next_step(&self.config, &self.blocked, cert, self.clock.now());
+        self.act(name, look).await;
     }
 
-    /// Carry out a certificate's next step: start its job, or sleep until its time.
-    async fn act(&mut self, name: &str, step: Step, detail: String) {
+    /// Carry out a certificate's next step: start its job, or sleep until its time. True when
+    /// the certificate's health changed.
+    async fn act(&mut self, name: &str, look: Look) -> bool {
+        let Look {
+            step,
+            detail,
+            unhealthy,
+        } = look;
+        let health = &mut self.certs.entry(name.to_string()).or_default().health;
+        let changed = *health != Some(unhealthy);
+        *health = Some(unhealthy);
         let now = self.clock.now();
         match plan(&step, now) {
             Plan::Start(job) => {
@@ -187,6 +216,7 @@ impl Daemon {
                 self.certs.entry(name.to_string()).or_default().wake_at = wake_at;
             }
         }
+        changed
     }
 
     /// What an operator reads about a certificate that needs work but waits.

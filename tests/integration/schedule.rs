@@ -110,6 +110,7 @@ async fn renewal_happens_at_the_computed_deadline() {
         r#"certagent_reissues_total{certificate="site",reason="expiring",outcome="installed"} 5"#,
         r#"certagent_certificate_pending_seconds{certificate="site"} 0"#,
         r#"certagent_certificate_failures{certificate="site"} 0"#,
+        r#"certagent_certificate_healthy{certificate="site"} 1"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -184,6 +185,7 @@ async fn failures_back_off_exponentially_with_jitter() {
     for line in [
         r#"certagent_reissues_total{certificate="site",reason="key-missing",outcome="failed"} 5"#,
         r#"certagent_certificate_failures{certificate="site"} 5"#,
+        r#"certagent_certificate_healthy{certificate="site",reason="key-missing"} 0"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
