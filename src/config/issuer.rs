@@ -18,6 +18,21 @@ pub(crate) struct Issuer {
     pub(crate) kind: IssuerKind,
 }
 
+impl Issuer {
+    /// Which CA this issuer is, as far as the configuration tells: an ACME directory, a
+    /// local CA (by the name its files are kept under), DNSimple, a human. Journalled with
+    /// each install, so that a configuration that later names another CA is noticed
+    /// (`issuer-changed`).
+    pub(crate) fn identity(&self) -> String {
+        match &self.kind {
+            IssuerKind::Acme(a) => format!("acme {}", a.directory),
+            IssuerKind::Internal(_) => format!("internal {}", self.name),
+            IssuerKind::Manual(_) => format!("manual {}", self.name),
+            IssuerKind::Dnsimple(d) => format!("dnsimple {}", d.api.base_url),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum IssuerKind {
     Acme(AcmeIssuer),
