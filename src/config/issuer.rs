@@ -10,7 +10,7 @@ use super::walk::{self, Ctx, Section};
 use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
 use crate::core::{DomainName, Span};
 
-pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Issuer {
@@ -80,6 +80,9 @@ pub(crate) struct AcmeIssuer {
     pub(crate) eab: Option<Eab>,
     /// How long one issuance may take before it is retried later.
     pub(crate) timeout: Span,
+    /// A certbot account directory (`…/accounts/SERVER/directory/ID`) whose account to take
+    /// over at first use, instead of registering a new one (`issuer::acme::certbot`).
+    pub(crate) account_from_certbot: Option<PathBuf>,
 }
 
 /// How ACME challenges are answered.
@@ -176,7 +179,9 @@ fn read_acme(cx: &mut Ctx, s: &mut Section) -> Option<AcmeIssuer> {
     let timeout = s
         .span(cx, "timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(600));
+    let account_from_certbot = s.path(cx, "account_from_certbot");
     Some(AcmeIssuer {
+        account_from_certbot,
         directory: directory?,
         contact: contact.into_iter().map(|(c, _)| c).collect(),
         ca_bundle,
