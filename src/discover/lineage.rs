@@ -127,7 +127,12 @@ fn certbot_account(found: &mut IssuerFound, lineage: &Lineage, id: &str) {
         .map(|root| root.join("accounts"));
     let dir = accounts.as_deref().and_then(|a| find_dir(a, id, 5));
     let new = "certagent registers a new account at the first re-issue";
-    match dir.map(|d| (crate::issuer::acme::certbot::inspect(&d), d)) {
+    match dir.map(|d| {
+        (
+            crate::issuer::acme::certbot::inspect(&d, &found.directory),
+            d,
+        )
+    }) {
         Some((Ok(uri), d)) => {
             found.account_from_certbot = Some(d.display().to_string());
             found.account = Some(uri);

@@ -19,21 +19,16 @@ use crate::store::fsutil;
 /// certbot's account files are small; anything larger is not one.
 const MAX_ACCOUNT_FILE: usize = 64 << 10;
 
-/// The account URL of certbot's account in `dir`, when certagent can take it over (its key
-/// is an ECDSA P-256 JWK); else why not.
-pub(crate) fn inspect(dir: &Path) -> Result<String, String> {
-    let (uri, _) = read(dir)?;
-    Ok(uri)
+/// The account URL of certbot's account in `dir`, when certagent can take it over for the
+/// ACME server at `directory` (its key is an ECDSA P-256 JWK, its URL on that server); else
+/// why not.
+pub(crate) fn inspect(dir: &Path, directory: &str) -> Result<String, String> {
+    read(dir, directory).map(|(uri, _)| uri)
 }
 
 /// Credentials for certbot's account in `dir`, for the ACME server at `directory`.
 pub(crate) fn credentials(dir: &Path, directory: &str) -> Result<AccountCredentials, String> {
-    let (uri, pkcs8) = read(dir)?;
-    if origin(&uri) != origin(directory) {
-        return Err(format!(
-            "its account {uri:?} belongs to another ACME server than the directory {directory:?}"
-        ));
-    }
+    let (uri, pkcs8) = read(dir, directory)?;
     let json = Zeroizing::new(
         serde_json::json!({
             "id": uri,
@@ -54,8 +49,8 @@ fn origin(url: &str) -> &str {
     &url[..end]
 }
 
-/// The account URL and the key as PKCS#8 DER.
-fn read(dir: &Path) -> Result<(String, Zeroizing<Vec<u8>>), String> {
+/// The account URL (on the server of `directory`) and the key as PKCS#8 DER.
+fn read(dir: &Path, directory: &str) -> Result<(String, Zeroizing<Vec<u8>>), String> {
     let file = |name: &str| -> Result<Zeroizing<Vec<u8>>, String> {
         let path = dir.join(name);
         match fsutil::read_capped(&path, MAX_ACCOUNT_FILE) {
@@ -72,6 +67,11 @@ fn read(dir: &Path) -> Result<(String, Zeroizing<Vec<u8>>), String> {
         .filter(|u| u.starts_with("https://") && u.len() < 2048)
         .ok_or("regr.json has no https:// account \"uri\"")?
         .to_string();
+    if origin(&uri) != origin(directory) {
+        return Err(format!(
+            "its account {uri:?} belongs to another ACME server than the directory {directory:?}"
+        ));
+    }
     let jwk: Zeroizing<JwkFields> = Zeroizing::new(
         serde_json::from_slice(&file("private_key.json")?)
             .map_err(|_| "private_key.json is not a JSON Web Key".to_string())?,
@@ -185,7 +185,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("acct");
         let der = account(&dir, "https://ca.test/acme/acct/7");
-        assert_eq!(inspect(&dir), Ok("https://ca.test/acme/acct/7".into()));
+        assert_eq!(
+            inspect(&dir, "https://ca.test/directory"),
+            Ok("https://ca.test/acme/acct/7".into())
+        );
         let creds = credentials(&dir, "https://ca.test/directory").unwrap();
         assert_eq!(creds.private_key().secret_pkcs8_der(), der.as_slice());
         let json = serde_json::to_value(&creds).unwrap();
@@ -211,7 +214,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            inspect(&dir).unwrap_err(),
+            inspect(&dir, "https://ca.test/dir").unwrap_err(),
             "its key is RSA, and certagent's ACME client signs with ECDSA P-256 keys only"
         );
         // A d that is not the x, y key's.
@@ -225,13 +228,13 @@ mod tests {
         mixed["d"] = jwk(&two)["d"].clone();
         std::fs::write(one.join("private_key.json"), mixed.to_string()).unwrap();
         assert_eq!(
-            inspect(&one).unwrap_err(),
+            inspect(&one, "https://ca.test/dir").unwrap_err(),
             "its key does not load as an ECDSA P-256 key (d does not match x, y)"
         );
         let other = one;
         std::fs::remove_file(other.join("regr.json")).unwrap();
         assert!(
-            inspect(&other)
+            inspect(&other, "https://ca.test/dir")
                 .unwrap_err()
                 .ends_with("regr.json\" does not exist")
         );
