@@ -115,7 +115,9 @@ impl Acme {
                     .await
                     .map_err(|e| failed("failed to load ACME account", e));
             }
-            log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
+            if self.cfg.account_from_certbot.is_none() {
+                log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
+            }
         }
         if let Some(dir) = &self.cfg.account_from_certbot {
             return self.take_over_certbot_account(http, dir, &path).await;
