@@ -244,6 +244,13 @@ impl Chain {
         leaf_facts(self.leaf_der())
     }
 
+    /// The leaf's subject distinguished name (RFC 4514 text, as `LeafFacts::issuer_dn`).
+    pub fn leaf_subject_dn(&self) -> Result<String, String> {
+        let (_, cert) = X509Certificate::from_der(self.leaf_der())
+            .map_err(|e| format!("leaf does not parse: {e}"))?;
+        Ok(cert.subject().to_string())
+    }
+
     pub fn leaf_spki_der(&self) -> Result<Vec<u8>, String> {
         let (_, cert) = X509Certificate::from_der(self.leaf_der())
             .map_err(|e| format!("leaf does not parse: {e}"))?;
@@ -329,6 +336,7 @@ pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
         serial: serial_hex(cert.raw_serial()),
         key_spec: spec_of_spki(spki),
         spki_sha256: sha256_hex(spki),
+        issuer_dn: cert.issuer().to_string(),
     })
 }
 

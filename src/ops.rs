@@ -89,6 +89,27 @@ pub(crate) fn report(
         .iter()
         .map(|r| r.as_str().to_string())
         .collect();
+    // Reported, not acted on (configuration): listed with the others, healthy still.
+    let noted: Vec<String> = obs
+        .decision
+        .noted
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+    reasons.extend(noted.iter().cloned());
+    let another_ca = obs.decision.reasons.contains(&Reason::IssuerChanged)
+        || obs.decision.noted.contains(&Reason::IssuerChanged);
+    if let (true, Some(leaf)) = (another_ca, &obs.leaf) {
+        let hint = if cert.reissue_on_issuer_change {
+            ""
+        } else {
+            "; only reported: reissue_on_issuer_change = true replaces it"
+        };
+        problems.push(format!(
+            "the certificate in service was issued by {:?}, not by the configured issuer {:?}{hint}",
+            leaf.issuer_dn, cert.issuer
+        ));
+    }
     let mut reason = obs.decision.reason().map(|r| r.as_str().to_string());
     let mut healthy = obs.decision.is_healthy();
     let mut action = step.action();
@@ -107,6 +128,7 @@ pub(crate) fn report(
         healthy,
         reason,
         reasons,
+        noted,
         action: action.to_string(),
         names: cert.names.iter().map(|n| n.to_string()).collect(),
         key_type: cert.key_type.as_str().to_string(),
@@ -349,6 +371,9 @@ pub(crate) fn render_check(doc: &CheckDoc, now: Timestamp) {
                 r.name,
                 r.serial.as_deref().unwrap_or("?")
             );
+            for p in r.problems.iter().filter(|_| !r.noted.is_empty()) {
+                out!("{}: noted: {}: {p}", r.name, r.noted.join(", "));
+            }
             continue;
         }
         let what = match r.action.as_str() {
@@ -377,8 +402,10 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
         out!("  key type:    {}", r.key_type);
         out!(
             "  health:      {}",
-            if r.healthy {
+            if r.healthy && r.noted.is_empty() {
                 "healthy".to_string()
+            } else if r.healthy {
+                format!("healthy (noted: {})", r.noted.join(", "))
             } else {
                 r.reasons.join(", ")
             }

@@ -14,8 +14,12 @@ pub(crate) struct CertificateReport {
     pub(crate) healthy: bool,
     /// The reason that wins, if any.
     pub(crate) reason: Option<String>,
-    /// Every reason that applies, most urgent first.
+    /// Every reason that applies, most urgent first (those only reported last).
     pub(crate) reasons: Vec<String>,
+    /// Reasons that apply but, as configured, are only reported (`issuer-changed` without
+    /// `reissue_on_issuer_change`): they make no re-issue and leave `healthy` as it is.
+    #[serde(default)]
+    pub(crate) noted: Vec<String>,
     /// What certagent would do / does next: "none", "reissue", "resume".
     pub(crate) action: String,
     pub(crate) names: Vec<String>,

@@ -48,6 +48,14 @@ pub(crate) fn discover(args: &DiscoverArgs) -> Result<u8> {
     for p in &doc.problems {
         log::warn!("{p}");
     }
+    if let Some(c) = &doc.certbot {
+        log::warn!("{}: run `{}` before adopting them", c.why, c.stop);
+    }
+    for i in &doc.issuers {
+        if let Some(note) = &i.account_note {
+            log::warn!(issuer = i.name.as_str(); "{note}");
+        }
+    }
     Ok(exit::OK)
 }
 

@@ -10,12 +10,27 @@ use super::walk::{self, Ctx, Section};
 use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
 use crate::core::{DomainName, Span};
 
-pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Issuer {
     pub(crate) name: String,
     pub(crate) kind: IssuerKind,
+}
+
+impl Issuer {
+    /// Which CA this issuer is, as far as the configuration tells: an ACME directory, a
+    /// local CA (by the name its files are kept under), DNSimple, a human. Journalled with
+    /// each install, so that a configuration that later names another CA is noticed
+    /// (`issuer-changed`).
+    pub(crate) fn identity(&self) -> String {
+        match &self.kind {
+            IssuerKind::Acme(a) => format!("acme {}", a.directory),
+            IssuerKind::Internal(_) => format!("internal {}", self.name),
+            IssuerKind::Manual(_) => format!("manual {}", self.name),
+            IssuerKind::Dnsimple(d) => format!("dnsimple {}", d.api.base_url),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +80,9 @@ pub(crate) struct AcmeIssuer {
     pub(crate) eab: Option<Eab>,
     /// How long one issuance may take before it is retried later.
     pub(crate) timeout: Span,
+    /// A certbot account directory (`…/accounts/SERVER/directory/ID`) whose account to take
+    /// over at first use, instead of registering a new one (`issuer::acme::certbot`).
+    pub(crate) account_from_certbot: Option<PathBuf>,
 }
 
 /// How ACME challenges are answered.
@@ -161,7 +179,9 @@ fn read_acme(cx: &mut Ctx, s: &mut Section) -> Option<AcmeIssuer> {
     let timeout = s
         .span(cx, "timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(600));
+    let account_from_certbot = s.path(cx, "account_from_certbot");
     Some(AcmeIssuer {
+        account_from_certbot,
         directory: directory?,
         contact: contact.into_iter().map(|(c, _)| c).collect(),
         ca_bundle,

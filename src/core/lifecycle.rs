@@ -250,6 +250,7 @@ mod tests {
     fn healthy() -> Decision {
         Decision {
             reasons: vec![],
+            noted: vec![],
             renew_at: Some(NOW + 500),
             renewal_rule: None,
             not_after: Some(NOW + 1_000),
@@ -373,6 +374,12 @@ mod tests {
                 View { ca_view: CaView::At(NOW + 100), ..idle() }, healthy(), Step::Idle { until: Some(NOW + 100) }),
             ("…either way round",
                 View { ca_view: CaView::At(NOW + 900), ..idle() }, healthy(), Step::Idle { until: Some(NOW + 500) }),
+            ("another CA in service, only reported: nothing to do",
+                idle(), Decision { noted: vec![IssuerChanged], ..healthy() }, Step::Idle { until: Some(NOW + 500) }),
+            ("another CA in service, re-issue configured: acted on",
+                idle(), needs(&[IssuerChanged]), Step::Act { reason: IssuerChanged }),
+            ("…after the names",
+                idle(), needs(&[NamesChanged, IssuerChanged, Expiring]), Step::Act { reason: NamesChanged }),
             ("no refresh for a certificate that needs a re-issue",
                 View { ca_view: CaView::Unknown, ..idle() }, needs(&[Revoked]), Step::Act { reason: Revoked }),
         ];

@@ -19,6 +19,9 @@ pub(crate) struct Desired {
     pub(crate) key_spec: KeySpec,
     /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left".
     pub(crate) renew_before: Option<Span>,
+    /// Re-issue when the certificate in service comes from another CA than the configured
+    /// issuer (`reissue_on_issuer_change`); else that is only reported.
+    pub(crate) reissue_on_issuer_change: bool,
 }
 
 /// What the certificate file holds.
@@ -45,6 +48,21 @@ pub struct LeafFacts {
     pub(crate) crl_urls: Vec<String>,
     /// RFC 9773 CertID (None without an Authority Key Identifier).
     pub(crate) cert_id: Option<String>,
+    /// The issuer's distinguished name (RFC 4514 text).
+    pub(crate) issuer_dn: String,
+}
+
+/// What is known of the CA the certificate in service should come from (see
+/// `executor::observe::expected_issuer` for how the shell finds it).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum IssuerFact {
+    /// Nothing to compare with: no judgement.
+    Unknown,
+    /// The leaf in service must name this issuer DN.
+    Dn(String),
+    /// Known to be another CA than the configured one (the configuration names a different
+    /// CA than the one that issued what certagent last installed, and that is in service).
+    Other,
 }
 
 /// What the key file holds.
@@ -76,6 +94,8 @@ pub(crate) struct Observed {
     pub(crate) compromise_unknown: bool,
     /// When certagent installed the leaf in service (`None`: not known, e.g. adopted files).
     pub(crate) installed_at: Option<Timestamp>,
+    /// Which CA the leaf in service should come from.
+    pub(crate) issuer: IssuerFact,
 }
 
 /// The outcome of `decide`: every reason that applies (most urgent first) and when the
@@ -83,6 +103,9 @@ pub(crate) struct Observed {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Decision {
     pub(crate) reasons: Vec<Reason>,
+    /// Reasons that apply but the configuration says only to report (`issuer-changed`
+    /// without `reissue_on_issuer_change`): never acted on, never unhealthy.
+    pub(crate) noted: Vec<Reason>,
     /// When the certificate enters its renewal window (present only with a parseable leaf).
     pub(crate) renew_at: Option<Timestamp>,
     /// Which rule chose `renew_at`.
@@ -208,11 +231,31 @@ pub(crate) fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> 
     if key_in_service.is_some_and(|k| k != Some(desired.key_spec)) {
         reasons.insert(Reason::KeyTypeChanged);
     }
+    let mut noted = Vec::new();
+    if let CertFact::Present(leaf) = &observed.cert
+        && issuer_changed(&observed.issuer, leaf)
+    {
+        if desired.reissue_on_issuer_change {
+            reasons.insert(Reason::IssuerChanged);
+        } else {
+            noted.push(Reason::IssuerChanged);
+        }
+    }
     Decision {
         reasons: reasons.into_iter().collect(),
+        noted,
         renew_at: renewal.map(|r| r.at),
         renewal_rule: renewal.map(|r| r.rule),
         not_after,
+    }
+}
+
+/// Whether the leaf in service comes from another CA than the one expected.
+fn issuer_changed(expected: &IssuerFact, leaf: &LeafFacts) -> bool {
+    match expected {
+        IssuerFact::Unknown => false,
+        IssuerFact::Dn(dn) => *dn != leaf.issuer_dn,
+        IssuerFact::Other => true,
     }
 }
 
@@ -342,6 +385,7 @@ mod tests {
             names: names(&["a.test", "www.a.test"]),
             key_spec: KeySpec::EcdsaP256,
             renew_before: None,
+            reissue_on_issuer_change: false,
         }
     }
 
@@ -355,6 +399,7 @@ mod tests {
             spki_sha256: "aa".into(),
             crl_urls: Vec::new(),
             cert_id: None,
+            issuer_dn: "CN=Test CA".into(),
         }
     }
 
@@ -375,6 +420,7 @@ mod tests {
             suggested_renewal: None,
             compromise_unknown: false,
             installed_at: None,
+            issuer: IssuerFact::Dn("CN=Test CA".into()),
         }
     }
 
@@ -438,6 +484,22 @@ mod tests {
                 "key type",
                 Box::new(|_, d| d.key_spec = KeySpec::Rsa3072),
                 Reason::KeyTypeChanged,
+            ),
+            (
+                "issued by another CA, re-issue configured",
+                Box::new(|o, d| {
+                    o.issuer = IssuerFact::Dn("CN=Other CA".into());
+                    d.reissue_on_issuer_change = true;
+                }),
+                Reason::IssuerChanged,
+            ),
+            (
+                "configured CA is not the one that issued it, re-issue configured",
+                Box::new(|o, d| {
+                    o.issuer = IssuerFact::Other;
+                    d.reissue_on_issuer_change = true;
+                }),
+                Reason::IssuerChanged,
             ),
             (
                 "compromised",
@@ -515,6 +577,67 @@ mod tests {
                 Reason::Expiring
             ]
         );
+    }
+
+    #[test]
+    fn another_ca_is_only_noted_unless_configured() {
+        // (what, issuer fact, reissue_on_issuer_change, want reasons, want noted)
+        let changed = vec![Reason::IssuerChanged];
+        let cases = [
+            (
+                "same CA",
+                IssuerFact::Dn("CN=Test CA".into()),
+                true,
+                vec![],
+                vec![],
+            ),
+            (
+                "nothing to compare with",
+                IssuerFact::Unknown,
+                true,
+                vec![],
+                vec![],
+            ),
+            (
+                "other CA, report only",
+                IssuerFact::Dn("CN=Other".into()),
+                false,
+                vec![],
+                changed.clone(),
+            ),
+            (
+                "other CA, acted on",
+                IssuerFact::Dn("CN=Other".into()),
+                true,
+                changed.clone(),
+                vec![],
+            ),
+            (
+                "other configured CA, report only",
+                IssuerFact::Other,
+                false,
+                vec![],
+                changed.clone(),
+            ),
+        ];
+        for (what, fact, act, reasons, noted) in cases {
+            let mut o = healthy();
+            o.issuer = fact;
+            let mut d = desired();
+            d.reissue_on_issuer_change = act;
+            let got = decide(&d, &o, NOW);
+            assert_eq!(
+                (got.reasons.clone(), got.noted.clone()),
+                (reasons, noted),
+                "{what}"
+            );
+            assert_eq!(got.is_healthy(), got.reasons.is_empty(), "{what}");
+        }
+        // No certificate, nothing to say about its issuer.
+        let mut o = healthy();
+        o.cert = CertFact::Missing;
+        o.issuer = IssuerFact::Other;
+        assert!(decide(&desired(), &o, NOW).noted.is_empty());
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub enum Reason {
     KeyTypeChanged,
     /// The configured names differ from the certificate's SANs.
     NamesChanged,
+    /// The certificate in service was issued by another CA than the configured issuer
+    /// (acted on only with `reissue_on_issuer_change = true`).
+    IssuerChanged,
     /// Inside the renewal window (or already expired).
     Expiring,
     /// An operator asked for it.
@@ -101,6 +104,7 @@ impl Reason {
             Reason::KeyMismatch => "key-mismatch",
             Reason::KeyTypeChanged => "key-type-changed",
             Reason::NamesChanged => "names-changed",
+            Reason::IssuerChanged => "issuer-changed",
             Reason::Expiring => "expiring",
             Reason::Forced => "forced",
         }

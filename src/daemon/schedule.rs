@@ -454,6 +454,7 @@ mod tests {
     fn decision(rng: &mut StdRng, now: Timestamp) -> Decision {
         Decision {
             reasons: reasons(rng),
+            noted: vec![],
             renew_at: some(rng, |r| time(r, now)),
             renewal_rule: None,
             not_after: None,

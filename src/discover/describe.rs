@@ -239,7 +239,7 @@ pub(super) fn issuer_and_lineage(
     };
     if let Some(l) = &lineage {
         problems.push(format!(
-            "a certbot lineage ({}): stop certbot renewing it before certagent takes over (systemctl disable --now certbot.timer, or certbot delete --cert-name {} once certagent has re-issued it); certagent then replaces all of its links",
+            "a certbot lineage ({}): stop certbot renewing it before certagent takes over (systemctl disable --now certbot.timer, or certbot delete --cert-name {} once certagent has re-issued it), or certbot and certagent will both renew it; certagent then replaces all of its links",
             l.live.display(),
             l.live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));

@@ -4,7 +4,9 @@
 //!
 //! A certbot lineage is `ROOT/live/NAME/{cert,chain,fullchain,privkey}.pem`, symlinks into
 //! `ROOT/archive/NAME/`, renewed according to `ROOT/renewal/NAME.conf` (configobj: `key =
-//! value` lines, `[renewalparams]` with `server` and `webroot_path`).
+//! value` lines, `[renewalparams]` with `server`, `webroot_path` and `account`). The account
+//! (`ROOT/accounts/SERVER/PATH/ID/`) is proposed for takeover (`account_from_certbot`) when
+//! certagent can sign with its key; otherwise discover says a new one will be registered.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,13 @@ pub(crate) struct IssuerFound {
     pub(crate) webroot: Option<String>,
     /// Why this table: "certbot renewal configuration FILE" or the issuer's name.
     pub(crate) from: String,
+    /// certbot's account directory, to take over at first use (`account_from_certbot`):
+    /// the same account, with its rate-limit history, instead of a new registration.
+    pub(crate) account_from_certbot: Option<String>,
+    /// The account URL of that account.
+    pub(crate) account: Option<String>,
+    /// Why certbot's account is not taken over (a new one is registered at first use).
+    pub(crate) account_note: Option<String>,
 }
 
 /// A certbot lineage a discovered certificate belongs to.
@@ -80,13 +89,20 @@ pub(crate) fn issuer_for(issuer_dn: &str, lineage: Option<&Lineage>) -> Option<I
                 .to_string()
         });
         if let Some(directory) = server {
-            return Some(IssuerFound {
+            let mut found = IssuerFound {
                 name: issuer_name(&directory),
                 kind: "acme".into(),
                 directory,
                 webroot: webroot.filter(|w| !w.is_empty()),
                 from: format!("certbot renewal configuration {}", conf.display()),
-            });
+                account_from_certbot: None,
+                account: None,
+                account_note: None,
+            };
+            if let (Some(id), Some(l)) = (value(&text, "account"), lineage) {
+                certbot_account(&mut found, l, &id);
+            }
+            return Some(found);
         }
     }
     issuer_dn.contains("Let's Encrypt").then(|| IssuerFound {
@@ -95,7 +111,64 @@ pub(crate) fn issuer_for(issuer_dn: &str, lineage: Option<&Lineage>) -> Option<I
         directory: LETS_ENCRYPT.into(),
         webroot: None,
         from: format!("issued by {issuer_dn}"),
+        account_from_certbot: None,
+        account: None,
+        account_note: None,
     })
+}
+
+/// certbot's account `id` (its renewal configuration's `account`), taken over when certagent
+/// can sign with its key; else a note saying why a new account will be registered.
+fn certbot_account(found: &mut IssuerFound, lineage: &Lineage, id: &str) {
+    let accounts = lineage
+        .live
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("accounts"));
+    let dir = accounts.as_deref().and_then(|a| find_dir(a, id, 5));
+    let new = "certagent registers a new account at the first re-issue";
+    match dir.map(|d| {
+        (
+            crate::issuer::acme::certbot::inspect(&d, &found.directory),
+            d,
+        )
+    }) {
+        Some((Ok(uri), d)) => {
+            found.account_from_certbot = Some(d.display().to_string());
+            found.account = Some(uri);
+        }
+        Some((Err(why), d)) => {
+            found.account_note = Some(format!(
+                "certbot's account {id} ({}) cannot be taken over: {why}; {new}",
+                d.display()
+            ))
+        }
+        None => {
+            found.account_note = Some(format!(
+                "certbot's account {id} is not under {}; {new}",
+                accounts.unwrap_or_default().display()
+            ))
+        }
+    }
+}
+
+/// The directory named `name` under `root` (certbot's `accounts/SERVER/PATH/ID`), at most
+/// `depth` levels down; symbolic links are not followed.
+fn find_dir(root: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(root).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in &entries {
+        if e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() == name {
+            return Some(e.path());
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    entries
+        .iter()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_dir(&e.path(), name, depth - 1))
 }
 
 fn issuer_name(directory: &str) -> String {

@@ -176,6 +176,36 @@ pub(crate) struct DiscoverDoc {
     pub(crate) issuers: Vec<lineage::IssuerFound>,
     /// Problems that concern no single certificate (unreadable files, parse errors).
     pub(crate) problems: Vec<String>,
+    /// certbot renews some of the certificates: what must be stopped before adopting them.
+    pub(crate) certbot: Option<CertbotTakeover>,
+}
+
+/// certbot lineages among the certificates found, and what to do about certbot.
+#[derive(Serialize, Debug)]
+pub(crate) struct CertbotTakeover {
+    /// The lineages (`…/live/NAME`) the certificates take over.
+    pub(crate) lineages: Vec<String>,
+    /// The command that stops certbot's renewal.
+    pub(crate) stop: String,
+    /// Why, for humans.
+    pub(crate) why: String,
+}
+
+/// The command that stops certbot renewing (its packages' systemd timer).
+pub(crate) const STOP_CERTBOT: &str = "systemctl disable --now certbot.timer";
+
+impl CertbotTakeover {
+    fn of(certificates: &[CertificateFound]) -> Option<CertbotTakeover> {
+        let lineages: Vec<String> = certificates
+            .iter()
+            .filter_map(|c| c.certbot_lineage.clone())
+            .collect();
+        (!lineages.is_empty()).then(|| CertbotTakeover {
+            lineages,
+            stop: STOP_CERTBOT.into(),
+            why: "certbot renews these certificates: stop it before adopting them (and remove a cron job, /etc/cron.d/certbot, where there is one), or certbot and certagent will both renew them, each replacing the other's certificate".into(),
+        })
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -247,6 +277,7 @@ pub(crate) fn discover(targets: &Targets) -> DiscoverDoc {
         certificates: Vec::new(),
         issuers: Vec::new(),
         problems: Vec::new(),
+        certbot: None,
     };
     let mut taken_names = BTreeSet::new();
     let mut taken_files = BTreeSet::new();
@@ -272,6 +303,7 @@ pub(crate) fn discover(targets: &Targets) -> DiscoverDoc {
         }
         doc.servers.push(server_report(s, targets.explicit, verify));
     }
+    doc.certbot = CertbotTakeover::of(&doc.certificates);
     doc
 }
 

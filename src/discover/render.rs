@@ -24,6 +24,27 @@ pub(crate) fn render_toml(doc: &DiscoverDoc) -> String {
         "# At the first re-issue certagent keeps the files as generation 0 and replaces them with"
     );
     let _ = writeln!(t, "# symlinks into its state directory.");
+    if let Some(c) = &doc.certbot {
+        let _ = writeln!(t, "#");
+        let _ = writeln!(
+            t,
+            "# certbot renews {} of these certificates:",
+            c.lineages.len()
+        );
+        for l in &c.lineages {
+            let _ = writeln!(t, "#   {l}");
+        }
+        let _ = writeln!(t, "# Before adopting them, stop certbot's renewal:");
+        let _ = writeln!(t, "#   {}", c.stop);
+        let _ = writeln!(
+            t,
+            "# (and remove /etc/cron.d/certbot where it exists), or certbot and certagent will"
+        );
+        let _ = writeln!(
+            t,
+            "# both renew them, each replacing the other's certificate."
+        );
+    }
     for p in &doc.problems {
         let _ = writeln!(t, "# problem: {p}");
     }
@@ -72,6 +93,20 @@ pub(super) fn render_issuer(t: &mut String, i: &lineage::IssuerFound) {
     let _ = writeln!(t, "kind = {:?}", i.kind);
     let _ = writeln!(t, "directory = {:?}", i.directory);
     let _ = writeln!(t, "# contact = [\"mailto:you@example.com\"]");
+    match (&i.account_from_certbot, &i.account_note) {
+        (Some(dir), _) => {
+            let _ = writeln!(
+                t,
+                "# certbot's account {}: taken over at the first re-issue (same account, same rate limits)",
+                i.account.as_deref().unwrap_or("?")
+            );
+            let _ = writeln!(t, "account_from_certbot = {dir:?}");
+        }
+        (None, Some(note)) => {
+            let _ = writeln!(t, "# note: {note}");
+        }
+        (None, None) => {}
+    }
     match &i.webroot {
         Some(w) => {
             let _ = writeln!(t, "webroot = {w:?}");

@@ -3,12 +3,13 @@
 //! hook.
 
 use crate::config::Certificate;
-use crate::core::Reason;
+use crate::core::{LeafFacts, Reason};
 use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, GenFiles, GenerationContent, Journal, OutcomeKind, PostActions, fsutil,
+    self, Flip, GenFiles, GenerationContent, InstalledIssuer, Journal, OutcomeKind, PostActions,
+    fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -186,7 +187,7 @@ impl Executor {
             return Err(self.rollback(cert, journal, flip, None, false, e).await);
         }
         let load = self.load(cert, journal, flip, &chain).await?;
-        self.commit(cert, journal, flip, load.kind(), &leaf.serial)?;
+        self.commit(cert, journal, flip, load.kind(), &leaf)?;
         let installed = Installed {
             reason: flip.reason,
             generation: flip.to,
@@ -336,8 +337,9 @@ impl Executor {
         journal: &mut Journal,
         flip: &Flip,
         kind: OutcomeKind,
-        serial: &str,
+        leaf: &LeafFacts,
     ) -> Result<()> {
+        let serial = leaf.serial.as_str();
         let message = match kind {
             OutcomeKind::InstalledNotLoaded => {
                 "installed, not loaded: the web server is not running"
@@ -352,6 +354,15 @@ impl Executor {
             serial: Some(serial.to_string()),
             generation: Some(flip.to),
         };
+        // The issuer of this re-issue (a resumed one keeps the issuer it started with).
+        let issuer = journal
+            .pending
+            .as_ref()
+            .map_or(cert.issuer.as_str(), |p| p.issuer.as_str());
+        journal.installed_issuer = self.config.issuers.get(issuer).map(|i| InstalledIssuer {
+            identity: i.identity(),
+            dn: leaf.issuer_dn.clone(),
+        });
         journal_installed(journal, flip, installed);
         self.store.save_journal(&cert.name, journal)?;
         self.store.clear_pending(&cert.name)?;

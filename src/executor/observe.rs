@@ -1,8 +1,8 @@
 //! Phase 1: read the configured files (never writing anything) and decide what they need.
 
 use crate::compromise::{self, Blocked};
-use crate::config::{Certificate, Config};
-use crate::core::{self, CertFact, Decision, Desired, KeyFact, Observed, Timestamp};
+use crate::config::{Certificate, Config, IssuerKind};
+use crate::core::{self, CertFact, Decision, Desired, IssuerFact, KeyFact, Observed, Timestamp};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::store::{FlagId, Journal, fsutil};
 use zeroize::Zeroizing;
@@ -22,6 +22,7 @@ pub(crate) fn desired(cert: &Certificate) -> Desired {
         names: cert.names.iter().cloned().collect(),
         key_spec: cert.key_type,
         renew_before: cert.renew_before,
+        reissue_on_issuer_change: cert.reissue_on_issuer_change,
     }
 }
 
@@ -33,6 +34,44 @@ pub(crate) struct Signals<'a> {
     /// The flag file in `compromised_dir`, if present.
     pub(crate) flag: Option<FlagId>,
     pub(crate) journal: Option<&'a Journal>,
+    /// The configured issuer, to tell whether the leaf in service is its (`None`: no
+    /// judgement).
+    pub(crate) issuer: Option<ConfiguredIssuer>,
+}
+
+/// What the configuration says about the CA a certificate should come from.
+pub(crate) struct ConfiguredIssuer {
+    /// `config::Issuer::identity`.
+    pub(crate) identity: String,
+    /// A local CA's subject, when it exists: the issuer DN its certificates carry.
+    pub(crate) local_ca_dn: Option<String>,
+}
+
+impl ConfiguredIssuer {
+    /// The issuer of `cert` as configured; a local CA's certificate is read (never created).
+    fn of(config: &Config, cert: &str) -> Option<ConfiguredIssuer> {
+        let issuer = config.issuers.get(&config.certificate(cert)?.issuer)?;
+        let local_ca_dn = match issuer.kind {
+            IssuerKind::Internal(_) => {
+                let path = config
+                    .agent
+                    .state_dir
+                    .join("ca")
+                    .join(&issuer.name)
+                    .join("ca.pem");
+                fsutil::read_capped(&path, keys::MAX_PEM_BYTES)
+                    .ok()
+                    .flatten()
+                    .and_then(|b| Chain::from_pem(&b).ok())
+                    .and_then(|c| c.leaf_subject_dn().ok())
+            }
+            _ => None,
+        };
+        Some(ConfiguredIssuer {
+            identity: issuer.identity(),
+            local_ca_dn,
+        })
+    }
 }
 
 impl<'a> Signals<'a> {
@@ -46,6 +85,7 @@ impl<'a> Signals<'a> {
             blocked: Some(blocked),
             flag: compromise::flag(config, cert),
             journal,
+            issuer: ConfiguredIssuer::of(config, cert),
         }
     }
 }
@@ -142,7 +182,12 @@ pub(crate) fn decide(
                 && j.installed_serial.as_deref() == leaf.as_ref().map(|l| l.serial.as_str())
         })
         .and_then(|j| j.last_success);
+    let issuer = match (&signals.issuer, &leaf) {
+        (Some(configured), Some(leaf)) => expected_issuer(configured, signals.journal, leaf),
+        _ => IssuerFact::Unknown,
+    };
     let observed = Observed {
+        issuer,
         compromise_unknown: compromise_problem.is_some(),
         installed_at,
         cert: files.cert.clone(),
@@ -162,6 +207,49 @@ pub(crate) fn decide(
         cert_problem,
         key_problem,
         compromise_problem,
+    }
+}
+
+/// Which CA the leaf in service should come from, by what can be known without asking a CA:
+///
+/// * A local CA (kind "internal") that exists signs as its subject: a leaf naming another
+///   issuer DN is another CA's.
+/// * Otherwise certagent's record of its last install (the configured issuer's identity and
+///   the issuer DN of that leaf) decides:
+///   - the configuration now names another CA (another ACME directory, another kind), and
+///     the leaf in service is the one certagent installed or carries the same issuer DN:
+///     it came from the CA configured before ([`IssuerFact::Other`]);
+///   - the same CA, and the leaf in service is the one certagent installed: the configured
+///     CA issued it, whatever DN it bears (an ACME CA rotates its intermediates: Let's
+///     Encrypt's R10/R11, E5/E6), so there is nothing to compare;
+///   - the same CA, and a leaf certagent did not install (another tool wrote the files): it
+///     must carry the DN the configured CA used last time. A leaf from that CA under a newly
+///     rotated intermediate is reported too; that is the price of not trusting a file no one
+///     accounts for.
+/// * Nothing recorded (adopted files never re-issued, or a journal from before the record
+///   existed): no judgement. Validation already refuses another CA's certificate under the
+///   default local CA, and `discover` names the CA of what it adopts.
+pub(crate) fn expected_issuer(
+    configured: &ConfiguredIssuer,
+    journal: Option<&Journal>,
+    leaf: &core::LeafFacts,
+) -> IssuerFact {
+    if let Some(dn) = &configured.local_ca_dn {
+        return IssuerFact::Dn(dn.clone());
+    }
+    let Some((record, installed_serial)) = journal.and_then(|j| {
+        j.installed_issuer
+            .as_ref()
+            .map(|r| (r, j.installed_serial.as_deref()))
+    }) else {
+        return IssuerFact::Unknown;
+    };
+    let ours = installed_serial == Some(leaf.serial.as_str());
+    match (record.identity == configured.identity, ours) {
+        (false, true) => IssuerFact::Other,
+        (false, false) if record.dn == leaf.issuer_dn => IssuerFact::Other,
+        (false, false) | (true, true) => IssuerFact::Unknown,
+        (true, false) => IssuerFact::Dn(record.dn.clone()),
     }
 }
 
@@ -200,4 +288,66 @@ fn problems(cert: &Certificate, files: &InService) -> (Option<String>, Option<St
         KeyFact::Present { .. } => None,
     };
     (cert_problem, key_problem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InstalledIssuer;
+
+    fn leaf(serial: &str, issuer_dn: &str) -> core::LeafFacts {
+        core::LeafFacts {
+            names: Default::default(),
+            not_before: 0,
+            not_after: 1,
+            serial: serial.into(),
+            key_spec: None,
+            spki_sha256: String::new(),
+            crl_urls: Vec::new(),
+            cert_id: None,
+            issuer_dn: issuer_dn.into(),
+        }
+    }
+
+    #[test]
+    fn the_expected_issuer_follows_the_local_ca_else_the_last_install() {
+        let acme = |dir: &str| ConfiguredIssuer {
+            identity: format!("acme {dir}"),
+            local_ca_dn: None,
+        };
+        let journal = |identity: &str| Journal {
+            installed_serial: Some("1a".into()),
+            installed_issuer: Some(InstalledIssuer {
+                identity: identity.into(),
+                dn: "CN=R11".into(),
+            }),
+            ..Journal::default()
+        };
+        let le = journal("acme https://le/dir");
+        let (le_dir, pebble) = (acme("https://le/dir"), acme("https://pebble/dir"));
+        let local = ConfiguredIssuer {
+            identity: "internal internal".into(),
+            local_ca_dn: Some("CN=local".into()),
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &ConfiguredIssuer, Option<&Journal>, core::LeafFacts, IssuerFact)> = vec![
+            ("a local CA: its subject, whatever was recorded",
+                &local, Some(&le), leaf("1a", "CN=R11"), IssuerFact::Dn("CN=local".into())),
+            ("nothing recorded: no judgement",
+                &le_dir, None, leaf("1a", "CN=Other"), IssuerFact::Unknown),
+            ("certagent's own leaf from the configured CA (a rotated intermediate too)",
+                &le_dir, Some(&le), leaf("1a", "CN=R10"), IssuerFact::Unknown),
+            ("a leaf certagent did not install: the recorded DN",
+                &le_dir, Some(&le), leaf("2b", "CN=Other"), IssuerFact::Dn("CN=R11".into())),
+            ("another CA configured, certagent's leaf from the old one in service",
+                &pebble, Some(&le), leaf("1a", "CN=R11"), IssuerFact::Other),
+            ("another CA configured, a leaf from the old CA's DN",
+                &pebble, Some(&le), leaf("2b", "CN=R11"), IssuerFact::Other),
+            ("another CA configured, a leaf no one recorded: no judgement",
+                &pebble, Some(&le), leaf("2b", "CN=Pebble"), IssuerFact::Unknown),
+        ];
+        for (what, configured, journal, leaf, want) in cases {
+            assert_eq!(expected_issuer(configured, journal, &leaf), want, "{what}");
+        }
+    }
 }

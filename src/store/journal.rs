@@ -55,6 +55,10 @@ pub(crate) struct Journal {
     pub(crate) last_success: Option<Timestamp>,
     #[serde(default)]
     pub(crate) installed_serial: Option<String>,
+    /// The CA of the certificate certagent last installed (`None` before the first install,
+    /// and in journals written before it was recorded).
+    #[serde(default)]
+    pub(crate) installed_issuer: Option<InstalledIssuer>,
     /// What the certificate needed when the failure behind `retry_at` happened: the backoff
     /// holds back only these (`core::backoff_holds`).
     #[serde(default)]
@@ -82,6 +86,15 @@ impl Journal {
         }
         self.last = Some(outcome);
     }
+}
+
+/// Which CA issued the certificate certagent last installed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct InstalledIssuer {
+    /// The configured issuer it came from (`config::Issuer::identity`).
+    pub(crate) identity: String,
+    /// The leaf's issuer distinguished name.
+    pub(crate) dn: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,8 +28,8 @@ pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub(crate) use fsutil::Perms;
 pub(crate) use journal::{
-    Ari, CompromiseWork, Flip, Journal, Outcome, OutcomeKind, Pending, PostActions, Refresh,
-    Revoked,
+    Ari, CompromiseWork, Flip, InstalledIssuer, Journal, Outcome, OutcomeKind, Pending,
+    PostActions, Refresh, Revoked,
 };
 pub(crate) use lock::Lock;
 pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
@@ -478,6 +478,7 @@ mod tests {
             key_mode: 0o600,
             cert_mode: 0o644,
             revoke_first: false,
+            reissue_on_issuer_change: false,
             pre_install: None,
             post_install: None,
             hook_timeout: Span::secs(60),

@@ -235,6 +235,7 @@ mod tests {
             key_mode: 0o600,
             cert_mode: 0o644,
             revoke_first: false,
+            reissue_on_issuer_change: false,
             pre_install: None,
             post_install: None,
             hook_timeout: Span::secs(60),

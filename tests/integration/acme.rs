@@ -175,3 +175,81 @@ fn external_account_binding_is_used_when_configured() {
     assert_eq!(run.code, 0, "{run:?}\n{}", pebble.log());
     assert_pebble_serves_key_file(&env, &pebble);
 }
+
+/// `issuer-changed` by certagent's record of its last install: a configuration that moved
+/// from the local CA to an ACME CA notices that what is in service is the local CA's (only
+/// reported, by default); once the ACME CA's certificate is installed it is healthy, and a
+/// leaf another CA issued for the same key and names, written over it, is reported again.
+#[test]
+fn what_certagent_installed_from_another_ca_than_configured_is_issuer_changed() {
+    use std::time::{Duration, SystemTime};
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", &pebble.issuer_table());
+    let local = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(local.code, 0, "{local:?}");
+
+    env.write_config("issuer = \"pebble\"", &pebble.issuer_table());
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 0, "only reported: {check:?}");
+    let report = &check.json()["certificates"][0];
+    assert_eq!(
+        report["noted"],
+        serde_json::json!(["issuer-changed"]),
+        "{report}"
+    );
+    assert_eq!(report["action"], "none", "{report}");
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(
+        problem.ends_with("not by the configured issuer \"pebble\"; only reported: reissue_on_issuer_change = true replaces it"),
+        "{report}"
+    );
+
+    env.write_config(
+        "issuer = \"pebble\"\nreissue_on_issuer_change = true",
+        &pebble.issuer_table(),
+    );
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert_eq!(check.json()["certificates"][0]["reason"], "issuer-changed");
+    let acme = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(acme.code, 0, "{acme:?}\n{}", pebble.log());
+    assert_pebble_serves_key_file(&env, &pebble);
+    let healthy = env.certagent(&["check", "--json"]);
+    assert_eq!(healthy.code, 0, "{healthy:?}");
+    assert_eq!(
+        healthy.json()["certificates"][0]["reasons"],
+        serde_json::json!([])
+    );
+
+    // Another CA's leaf for the same key and names, not installed by certagent.
+    let other = common::TlsCa::named(
+        &env.dir.path().join("other"),
+        &[(rcgen::DnType::CommonName, "Other Test CA")],
+    );
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&env.key_file).unwrap()).unwrap();
+    let now = SystemTime::now();
+    let swapped = other.issue_leaf_for_key(
+        &["a.test"],
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(60 * 86_400),
+        &key,
+    );
+    std::fs::remove_file(&env.cert_file).unwrap();
+    std::fs::write(&env.cert_file, &swapped.cert_pem).unwrap();
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    let report = &check.json()["certificates"][0];
+    assert_eq!(
+        report["reasons"],
+        serde_json::json!(["issuer-changed"]),
+        "{report}"
+    );
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the certificate in service was issued by \"CN=Other Test CA\", not by the configured issuer \"pebble\""),
+        "{report}"
+    );
+}

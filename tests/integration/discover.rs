@@ -473,14 +473,16 @@ fn discover_says_what_it_cannot_read_or_manage() {
     assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
 }
 
-/// A site certbot manages, with a Let's Encrypt–like chain: discover names the CA from
-/// certbot's renewal configuration (directory and webroot), points the certificate at it, and
-/// takes over the lineage as a whole (cert.pem and chain.pem too), saying that certbot must
-/// stop renewing it. What it prints validates as it is and is healthy.
-#[test]
-fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// A certbot tree under `dir/letsencrypt` with the lineage `shop.test` (a Let's Encrypt–like
+/// chain), renewed from `server` with certbot's `account` (`webroot_path` when given), and
+/// nginx serving its `live/` links. Returns the `live/shop.test` directory, nginx and its
+/// configuration file.
+fn certbot_site(
+    dir: &Path,
+    server: &str,
+    account: &str,
+    webroot: Option<&Path>,
+) -> (std::path::PathBuf, Nginx, std::path::PathBuf) {
     let le = TlsCa::lets_encrypt_like(&dir.join("le-ca"));
     let root = dir.join("letsencrypt");
     let archive = root.join("archive/shop.test");
@@ -507,16 +509,19 @@ fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
         )
         .unwrap();
     }
+    let (authenticator, webroot) = match webroot {
+        Some(w) => ("webroot", format!("webroot_path = {0},\n", w.display())),
+        None => ("standalone", String::new()),
+    };
     std::fs::write(
         root.join("renewal/shop.test.conf"),
         format!(
             "version = 2.1.0\narchive_dir = {0}\ncert = {1}/cert.pem\nprivkey = {1}/privkey.pem\n\
              chain = {1}/chain.pem\nfullchain = {1}/fullchain.pem\n\n[renewalparams]\n\
-             account = 0123abcd\nauthenticator = webroot\nwebroot_path = {2},\n\
-             server = https://acme-v02.api.letsencrypt.org/directory\n[[webroot_map]]\nshop.test = {2}\n",
+             account = {account}\nauthenticator = {authenticator}\n{webroot}\
+             server = {server}\n",
             archive.display(),
             live.display(),
-            dir.join("www").display()
         ),
     )
     .unwrap();
@@ -536,14 +541,57 @@ fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
         ),
     )
     .unwrap();
-    let _nginx = Nginx::start_custom(&prefix, &prefix.join("nginx.conf"), &[port]);
+    let nginx = Nginx::start_custom(&prefix, &prefix.join("nginx.conf"), &[port]);
+    (live, nginx, prefix.join("nginx.conf"))
+}
 
+/// A certbot account directory as certbot writes it (`accounts/SERVER/PATH/ID/`).
+fn certbot_account(dir: &Path, private_key: &serde_json::Value, uri: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("private_key.json"), private_key.to_string()).unwrap();
+    std::fs::write(
+        dir.join("regr.json"),
+        serde_json::json!({"body": {"status": "valid"}, "uri": uri}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("meta.json"),
+        r#"{"creation_dt": "2026-01-01T00:00:00Z", "creation_host": "web-1", "register_to_eff": null}"#,
+    )
+    .unwrap();
+}
+
+/// A site certbot manages, with a Let's Encrypt–like chain: discover names the CA from
+/// certbot's renewal configuration (directory and webroot), points the certificate at it, and
+/// takes over the lineage as a whole (cert.pem and chain.pem too), saying that certbot's
+/// timer must be stopped, and that certbot's RSA account cannot be taken over. What it prints
+/// validates as it is and is healthy.
+#[test]
+fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (live, _nginx, nginx_conf) = certbot_site(
+        dir,
+        "https://acme-v02.api.letsencrypt.org/directory",
+        "0123abcd",
+        Some(&dir.join("www")),
+    );
+    let account = dir.join("letsencrypt/accounts/acme-v02.api.letsencrypt.org/directory/0123abcd");
+    certbot_account(
+        &account,
+        &serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "d": "AQAB", "p": "AQ", "q": "AQ", "dp": "AQ", "dq": "AQ", "qi": "AQ"}),
+        "https://acme-v02.api.letsencrypt.org/acme/acct/123",
+    );
+    let prefix = nginx_conf.parent().unwrap().to_path_buf();
     let toml = discover(&["--nginx-conf", prefix.join("nginx.conf").to_str().unwrap()]);
     assert_eq!(toml.code, 0, "{toml:?}");
     let out = &toml.stdout;
     assert!(
         out.contains(&format!(
-            "[issuer.letsencrypt]\nkind = \"acme\"\ndirectory = \"https://acme-v02.api.letsencrypt.org/directory\"\n# contact = [\"mailto:you@example.com\"]\nwebroot = \"{}\"\n",
+            "[issuer.letsencrypt]\nkind = \"acme\"\ndirectory = \"https://acme-v02.api.letsencrypt.org/directory\"\n# contact = [\"mailto:you@example.com\"]\n\
+             # note: certbot's account 0123abcd ({}) cannot be taken over: its key is RSA, and certagent's ACME client signs with ECDSA P-256 keys only; certagent registers a new account at the first re-issue\n\
+             webroot = \"{}\"\n",
+            account.display(),
             dir.join("www").display()
         )),
         "{out}"
@@ -562,9 +610,178 @@ fn a_certbot_lineage_is_adopted_whole_with_its_ca_and_webroot() {
         )),
         "{out}"
     );
+    // certbot's timer must stop, or both renew: said up front, in the TOML and on stderr.
+    assert!(
+        out.contains(&format!(
+            "# certbot renews 1 of these certificates:\n#   {}\n# Before adopting them, stop certbot's renewal:\n#   systemctl disable --now certbot.timer\n\
+             # (and remove /etc/cron.d/certbot where it exists), or certbot and certagent will\n# both renew them, each replacing the other's certificate.\n",
+            live.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        toml.stderr.contains("or certbot and certagent will both renew them, each replacing the other's certificate: run `systemctl disable --now certbot.timer` before adopting them"),
+        "{toml:?}"
+    );
+    assert!(
+        toml.stderr.contains("cannot be taken over: its key is RSA"),
+        "{toml:?}"
+    );
+    let json = discover(&["--json", "--nginx-conf", nginx_conf.to_str().unwrap()]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let doc = json.json();
+    assert_eq!(
+        doc["certbot"]["stop"], "systemctl disable --now certbot.timer",
+        "{doc}"
+    );
+    assert_eq!(
+        doc["certbot"]["lineages"],
+        serde_json::json!([live.display().to_string()]),
+        "{doc}"
+    );
+    assert!(
+        doc["certbot"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("or certbot and certagent will both renew them"),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["issuers"][0]["account_from_certbot"],
+        serde_json::Value::Null
+    );
+    assert!(
+        doc["issuers"][0]["account_note"]
+            .as_str()
+            .unwrap()
+            .contains("its key is RSA"),
+        "{doc}"
+    );
+
     let config = adopt_as_is(dir, out);
     let valid = run_certagent(&config, &["config", "validate"], &[]);
     assert_eq!(valid.code, 0, "{valid:?}\n{out}");
     let check = run_certagent(&config, &["check"], &[]);
     assert_eq!(check.code, 0, "{check:?}");
+}
+
+/// certbot's ACME account (an ECDSA P-256 key, registered at Pebble) is taken over when a
+/// lineage is adopted: discover points the issuer at it, the first re-issue stores it as
+/// certagent's own and orders with it, and Pebble registers no new account.
+#[test]
+fn certbots_p256_account_is_taken_over_and_no_new_account_is_registered() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pebble = common::Pebble::start(common::PebbleOpts::default());
+    let accounts = |p: &common::Pebble| {
+        p.pebble_log()
+            .lines()
+            .filter(|l| l.contains("accounts in memory"))
+            .count()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    // The account certbot registered: made here by certagent in a state directory of its
+    // own, then written out the way certbot keeps it.
+    let registrar = dir.join("registrar");
+    std::fs::create_dir_all(&registrar).unwrap();
+    let config = registrar.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n\n{1}\n\
+             [certificate.reg]\nnames = [\"reg.test\"]\nissuer = \"pebble\"\n\
+             cert_file = \"{0}/reg.pem\"\nkey_file = \"{0}/reg.key\"\n",
+            registrar.display(),
+            pebble.issuer_table()
+        ),
+    )
+    .unwrap();
+    let reg = run_certagent(&config, &["reissue", "--now", "reg"], &[]);
+    assert_eq!(reg.code, 0, "{reg:?}\n{}", pebble.log());
+    assert_eq!(accounts(&pebble), 1, "{}", pebble.pebble_log());
+    let stored: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(registrar.join("state/acme/pebble/account.json")).unwrap(),
+    )
+    .unwrap();
+    let uri = stored["credentials"]["id"].as_str().unwrap().to_string();
+    let der = b64
+        .decode(stored["credentials"]["key_pkcs8"].as_str().unwrap())
+        .unwrap();
+    // PKCS#8 of a P-256 key with its public key (RFC 5915): d at 36, x and y at 74 and 106.
+    assert_eq!(der.len(), 138);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256",
+        "d": b64.encode(&der[36..68]), "x": b64.encode(&der[74..106]), "y": b64.encode(&der[106..138]),
+    });
+    let (live, _nginx, nginx_conf) = certbot_site(dir, &pebble.directory_url(), "9f8e7d", None);
+    let host = pebble
+        .directory_url()
+        .trim_start_matches("https://")
+        .replace("/dir", "");
+    let account = dir.join(format!("letsencrypt/accounts/{host}/dir/9f8e7d"));
+    certbot_account(&account, &jwk, &uri);
+
+    let toml = discover(&["--nginx-conf", nginx_conf.to_str().unwrap()]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    let want = format!(
+        "# certbot's account {uri}: taken over at the first re-issue (same account, same rate limits)\naccount_from_certbot = \"{}\"\n",
+        account.display()
+    );
+    assert!(toml.stdout.contains(&want), "{}\n{want}", toml.stdout);
+    // This Pebble's trust and the port its VA connects to, as an operator would add them.
+    let out = toml.stdout.replace(
+        &format!("directory = \"{}\"\n", pebble.directory_url()),
+        &format!(
+            "directory = \"{}\"\nca_bundle = \"{}\"\nlisten = \"127.0.0.1:{}\"\n",
+            pebble.directory_url(),
+            pebble.ca_bundle().display(),
+            pebble.http_port()
+        ),
+    );
+    let config = adopt_as_is(dir, &out);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{out}");
+
+    let run = run_certagent(&config, &["reissue", "--now", "shop-test"], &[]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", pebble.log());
+    assert!(
+        run.stderr.contains("took over certbot's ACME account"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("registered ACME account"), "{run:?}");
+    assert_eq!(
+        accounts(&pebble),
+        1,
+        "a new account:\n{}",
+        pebble.pebble_log()
+    );
+    assert_eq!(pebble.orders_created(), 2);
+    let path = dir.join("state/acme/acme/account.json");
+    let taken: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(taken["credentials"]["id"], uri.as_str());
+    assert_eq!(taken["directory"], pebble.directory_url());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(live.join("fullchain.pem").exists());
+
+    // Taken over once: with certbot's copy gone, the next re-issue uses certagent's.
+    std::fs::remove_dir_all(&account).unwrap();
+    let again = run_certagent(&config, &["reissue", "--now", "shop-test"], &[]);
+    assert_eq!(again.code, 0, "{again:?}\n{}", pebble.log());
+    assert!(
+        !again.stderr.contains("certbot's ACME account"),
+        "{again:?}"
+    );
+    assert_eq!(
+        accounts(&pebble),
+        1,
+        "a new account:\n{}",
+        pebble.pebble_log()
+    );
+    assert_eq!(pebble.orders_created(), 3);
 }

@@ -317,3 +317,94 @@ fn a_certificate_from_another_ca_is_not_replaced_by_the_local_ca_unless_asked() 
     let snakeoil = env.certagent(&["config", "validate"]);
     assert_eq!(snakeoil.code, 0, "{snakeoil:?}");
 }
+
+/// A served leaf swapped for one from another CA — same key, same names, as certbot or a
+/// hand would do — is `issuer-changed`: only reported by default (healthy, nothing to do),
+/// re-issued from the configured issuer with `reissue_on_issuer_change = true`.
+#[test]
+fn a_certificate_swapped_for_another_cas_is_reported_and_reissued_only_if_configured() {
+    use std::time::{Duration, SystemTime};
+    let env = Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let first = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let healthy = env.certagent(&["check", "--json"]);
+    assert_eq!(healthy.code, 0, "{healthy:?}");
+    assert_eq!(
+        healthy.json()["certificates"][0]["reasons"],
+        serde_json::json!([])
+    );
+
+    // Another CA's leaf for the key in service, written over the link as a plain file.
+    let other = common::TlsCa::named(
+        &env.dir.path().join("other"),
+        &[(rcgen::DnType::CommonName, "Other Test CA")],
+    );
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&env.key_file).unwrap()).unwrap();
+    let now = SystemTime::now();
+    let swapped = other.issue_leaf_for_key(
+        &["a.test"],
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(60 * 86_400),
+        &key,
+    );
+    std::fs::remove_file(&env.cert_file).unwrap();
+    std::fs::write(&env.cert_file, &swapped.cert_pem).unwrap();
+
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 0, "only reported: {check:?}");
+    let report = &check.json()["certificates"][0];
+    assert_eq!(
+        report["reasons"],
+        serde_json::json!(["issuer-changed"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["noted"],
+        serde_json::json!(["issuer-changed"]),
+        "{report}"
+    );
+    assert_eq!(report["healthy"], true, "{report}");
+    assert_eq!(report["action"], "none", "{report}");
+    assert_eq!(report["reason"], serde_json::Value::Null, "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the certificate in service was issued by \"CN=Other Test CA\", not by the configured issuer \"internal\"; only reported"),
+        "{report}"
+    );
+    let text = env.certagent(&["check"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains("site: noted: issuer-changed: the certificate in service was issued by \"CN=Other Test CA\""),
+        "{text:?}"
+    );
+    assert_eq!(
+        std::fs::read(&env.cert_file).unwrap(),
+        swapped.cert_pem.as_bytes()
+    );
+
+    // Asked for: the configured issuer's certificate replaces it.
+    env.write_config("issuer = \"internal\"\nreissue_on_issuer_change = true", "");
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    let report = &check.json()["certificates"][0];
+    assert_eq!(report["reason"], "issuer-changed", "{report}");
+    assert_eq!(report["action"], "reissue", "{report}");
+    let daemon = common::Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    daemon.wait_log("event=installed", Duration::from_secs(30));
+    assert!(
+        daemon.log().contains("reason=issuer-changed"),
+        "{}",
+        daemon.log()
+    );
+    let served = env.served();
+    assert_ne!(served, swapped.cert_der);
+    let after = env.certagent(&["check", "--json"]);
+    assert_eq!(
+        after.json()["certificates"][0]["reasons"],
+        serde_json::json!([]),
+        "{after:?}"
+    );
+}

@@ -25,6 +25,7 @@ use crate::http::Http;
 use crate::keys::Chain;
 use crate::store::{Perms, fsutil};
 
+pub(crate) mod certbot;
 mod poll;
 mod responder;
 mod revoke;
@@ -115,7 +116,12 @@ impl Acme {
                     .await
                     .map_err(|e| failed("failed to load ACME account", e));
             }
-            log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
+            if self.cfg.account_from_certbot.is_none() {
+                log::info!(issuer = self.name.as_str(); "directory changed, registering a new ACME account");
+            }
+        }
+        if let Some(dir) = &self.cfg.account_from_certbot {
+            return self.take_over_certbot_account(http, dir, &path).await;
         }
         let eab = match &self.cfg.eab {
             Some(eab) => {
@@ -159,6 +165,46 @@ impl Acme {
         let data = serde_json::to_vec(&stored).context("failed to encode ACME account")?;
         fsutil::replace_file(&path, &data, Perms::mode(0o600))?;
         log::info!(issuer = self.name.as_str(), account = account.id(); "registered ACME account");
+        Ok(account)
+    }
+
+    /// The account certbot registered (`account_from_certbot`), stored as certagent's own so
+    /// that it is read once: later runs use the stored copy even when certbot is gone. A
+    /// failure is an error, never a new registration: the operator asked for this account.
+    async fn take_over_certbot_account(
+        &self,
+        http: &Http,
+        certbot_dir: &Path,
+        path: &Path,
+    ) -> Result<Account> {
+        let shown = certbot_dir.display().to_string();
+        let refused = |why: String| {
+            Error::msg(format!(
+                "failed to take over certbot's ACME account {shown:?}: {why}"
+            ))
+            .with_hint(
+                "fix the account files, or remove account_from_certbot to register a new account",
+            )
+        };
+        let credentials =
+            certbot::credentials(certbot_dir, &self.cfg.directory).map_err(refused)?;
+        let data = serde_json::to_vec(&serde_json::json!({
+            "directory": self.cfg.directory,
+            "credentials": credentials,
+        }))
+        .context("failed to encode ACME account")?;
+        let data = zeroize::Zeroizing::new(data);
+        let account = Account::builder_with_http(Box::new(http.clone()))
+            .from_credentials(credentials)
+            .await
+            .map_err(|e| {
+                failed(
+                    format!("failed to load certbot's ACME account {shown:?}"),
+                    e,
+                )
+            })?;
+        fsutil::replace_file(path, &data, Perms::mode(0o600))?;
+        log::info!(issuer = self.name.as_str(), account = account.id(), from = shown.as_str(); "took over certbot's ACME account");
         Ok(account)
     }
 
