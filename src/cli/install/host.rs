@@ -46,7 +46,7 @@ impl Host {
         if !path.exists() {
             return Conf::Missing;
         }
-        match Config::load(&path) {
+        match Config::load_under(&path, &self.root) {
             Ok(c) => Conf::Valid(Box::new(c)),
             Err(e) => Conf::Invalid(e.0),
         }
