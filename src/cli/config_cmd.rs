@@ -52,7 +52,7 @@ pub(crate) fn validate(
 /// The files read, when they are more than the main file (drop-ins; or drop-ins alone, the
 /// main file being absent), on one line.
 fn files_read(config_path: &Path, files: &[PathBuf]) -> Option<String> {
-    if files.len() == 1 && files[0] == config_path {
+    if files.is_empty() || files == [config_path] {
         return None;
     }
     let list: Vec<String> = files
