@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common;
 
-use common::{Env, TestUser, run_certagent};
+use common::{Env, Pebble, PebbleOpts, TestUser, run_certagent};
 
 /// A directory for a configuration: `etc/` (config.toml, conf.d/) and the state beside it.
 fn etc() -> (tempfile::TempDir, PathBuf) {
@@ -207,4 +207,43 @@ fn a_user_other_than_root_is_told_once_to_use_sudo() {
         stderr.contains("failed to read config file: Permission denied (os error 13)\n    hint: certagent's configuration is root's: sudo certagent config validate"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_ca_whose_https_certificate_is_not_trusted_gets_a_hint_about_ca_bundle() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["a.test"], None);
+    let issuer = |bundle: &str| {
+        format!(
+            "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\n{bundle}listen = \"127.0.0.1:{}\"\ntimeout = \"60s\"\n",
+            pebble.directory_url(),
+            pebble.http_port()
+        )
+    };
+    env.write_config("issuer = \"pebble\"", &issuer(""));
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("invalid peer certificate"), "{run:?}");
+    assert!(
+        run.stderr.ends_with("  hint: the CA's HTTPS certificate is not signed by a CA this host trusts; if it is a private CA (or a test one), set ca_bundle = \"/path/to/its-root.pem\" in [issuer.pebble]\n"),
+        "{run:?}"
+    );
+
+    // A ca_bundle that holds another CA: the hint names the file.
+    let other = common::TlsCa::new(&env.dir.path().join("otherca"));
+    let wrong = other.ca_pem_path().to_path_buf();
+    env.write_config(
+        "issuer = \"pebble\"",
+        &issuer(&format!("ca_bundle = \"{}\"\n", wrong.display())),
+    );
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.ends_with(&format!(
+            "  hint: the CA's HTTPS certificate is not signed by a CA in ca_bundle \"{}\" of [issuer.pebble]: put the root certificate of the CA's HTTPS server in that file\n",
+            wrong.display()
+        )),
+        "{run:?}"
+    );
+    assert_eq!(env.served(), env.initial_leaf);
 }
