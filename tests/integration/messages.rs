@@ -247,3 +247,50 @@ fn a_ca_whose_https_certificate_is_not_trusted_gets_a_hint_about_ca_bundle() {
     );
     assert_eq!(env.served(), env.initial_leaf);
 }
+
+#[test]
+fn install_takes_drop_ins_alone_as_a_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let install = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_certagent"))
+            .args(["install", "--json", "--root"])
+            .arg(root)
+            .env_remove("CERTAGENT_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = install();
+    assert!(
+        first["service"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("nor a drop-in in conf.d/"),
+        "{first}"
+    );
+    // The adopt flow: discover's output as the only configuration.
+    std::fs::write(
+        root.join("etc/certagent/conf.d/discovered.toml"),
+        "[certificate.site]\nnames = [\"site.test\"]\nissuer = \"internal\"\ncert_file = \"/etc/ssl/certagent/site.pem\"\nkey_file = \"/etc/ssl/certagent/site.key\"\n",
+    )
+    .unwrap();
+    let second = install();
+    assert_eq!(
+        second["service"]["note"], "--root: systemd left alone; enabled for the next boot",
+        "{second}"
+    );
+    assert_eq!(second["errors"], serde_json::json!([]), "{second}");
+    // And systemd starts the service for drop-ins alone too.
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/certagent.service")).unwrap();
+    assert!(
+        unit.contains("\nConditionPathExists=|/etc/certagent/config.toml\nConditionPathExistsGlob=|/etc/certagent/conf.d/*.toml\n"),
+        "{unit}"
+    );
+}
