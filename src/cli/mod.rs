@@ -243,8 +243,21 @@ pub(crate) enum ReasonArg {
 
 pub async fn run(cli: Cli) -> Result<u8> {
     if needs_root(&cli.command) && !nix::unistd::geteuid().is_root() {
+        let mut args: Vec<String> = std::env::args().collect();
+        // sudo does not pass $CERTAGENT_CONFIG on: the path goes on the command line.
+        if std::env::var_os("CERTAGENT_CONFIG").is_some()
+            && !args
+                .iter()
+                .any(|a| a == "--config" || a.starts_with("--config="))
+        {
+            let at = 1.min(args.len());
+            args.splice(
+                at..at,
+                ["--config".into(), cli.config.display().to_string()],
+            );
+        }
         return Err(Error::NotRoot {
-            command: format!("sudo {}", command_line(std::env::args())),
+            command: format!("sudo {}", command_line(args.into_iter())),
         });
     }
     match cli.command {

@@ -181,6 +181,20 @@ fn a_user_other_than_root_is_told_once_to_use_sudo() {
             "{args:?}"
         );
     }
+    // A configuration named by $CERTAGENT_CONFIG, which sudo does not pass on: named in the hint.
+    let out = user.run(&[
+        "env",
+        &format!("CERTAGENT_CONFIG={config_arg}"),
+        bin,
+        "check",
+    ]);
+    assert_eq!(out.status.code(), Some(77));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .ends_with(&format!("  hint: sudo {bin} --config {config_arg} check\n")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json = run(&["status", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(
