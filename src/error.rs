@@ -15,6 +15,8 @@ pub mod exit {
     pub const ERROR: u8 = 2;
     pub(crate) const BUSY: u8 = 3;
     pub(crate) const PENDING: u8 = 75;
+    /// EX_NOPERM: a command that needs root was run by another user.
+    pub(crate) const NOT_ROOT: u8 = 77;
     pub(crate) const CONFIG: u8 = 78;
 }
 
@@ -38,6 +40,9 @@ pub enum Error {
         problem: Box<Problem>,
         hint: Option<String>,
     },
+    /// A command that needs root was run by another user; `command` is how to run it as
+    /// root (`sudo certagent ...`).
+    NotRoot { command: String },
     /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
     /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
@@ -110,6 +115,7 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
             Error::Pending { .. } => exit::PENDING,
+            Error::NotRoot { .. } => exit::NOT_ROOT,
             Error::Failed { .. } | Error::Acme { .. } => exit::ERROR,
         }
     }
@@ -120,8 +126,11 @@ impl Error {
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
             }
+            // Each error that knows its fix says it; the generic advice is for the rest.
+            Error::Config(errors) if errors.0.iter().all(|e| e.hint.is_some()) => None,
             Error::Config(_) => Some("run `certagent config validate` after fixing the file"),
             Error::Pending { .. } => None,
+            Error::NotRoot { command } => Some(command),
         }
     }
 
@@ -157,6 +166,9 @@ impl fmt::Display for Error {
             Error::Config(errors) => write!(f, "invalid configuration:\n{errors}"),
             Error::Busy(what) => write!(f, "busy: {what}"),
             Error::Pending { message, .. } => write!(f, "pending: {message}"),
+            Error::NotRoot { .. } => f.write_str(
+                "must run as root: the keys, the state and the daemon's control socket are root's alone",
+            ),
             Error::Failed { message, .. } => f.write_str(message),
             Error::Acme {
                 context, problem, ..

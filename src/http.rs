@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +71,10 @@ pub(crate) struct Http {
     /// Seconds from the last successful answer's `Retry-After` (an order still processing),
     /// until the poller takes it.
     poll_after: Arc<Mutex<Option<i64>>>,
+    /// A server's certificate was refused as not signed by a trusted CA (see
+    /// `untrusted_certificate`): the issuer then hints at its `ca_bundle`. instant-acme
+    /// turns the client's errors into text, so this is how the fact survives.
+    pub(crate) untrusted_server: Arc<AtomicBool>,
     /// "Now" for a `Retry-After` given as a date.
     clock: Clock,
 }
@@ -81,6 +86,7 @@ impl Http {
             client,
             retry_after: Arc::new(Mutex::new(None)),
             poll_after: Arc::new(Mutex::new(None)),
+            untrusted_server: Arc::new(AtomicBool::new(false)),
             clock,
         })
     }
@@ -113,6 +119,9 @@ impl Http {
         cap: usize,
     ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>)> {
         let fetch = |e: reqwest::Error| {
+            if untrusted_certificate(&e) {
+                self.untrusted_server.store(true, Ordering::Relaxed);
+            }
             Error::msg(format!("failed to fetch {url}: {}", describe_reqwest(&e)))
         };
         let mut rsp = self.client.get(url).send().await.map_err(fetch)?;
@@ -180,6 +189,7 @@ impl HttpClient for Http {
         let client = self.client.clone();
         let retry_after = self.retry_after.clone();
         let poll_after = self.poll_after.clone();
+        let untrusted_server = self.untrusted_server.clone();
         let clock = self.clock;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
@@ -190,10 +200,12 @@ impl HttpClient for Http {
                 .to_bytes();
             let req = reqwest::Request::try_from(http::Request::from_parts(parts, body))
                 .map_err(|e| other(e.to_string()))?;
-            let rsp = client
-                .execute(req)
-                .await
-                .map_err(|e| other(describe_reqwest(&e)))?;
+            let rsp = client.execute(req).await.map_err(|e| {
+                if untrusted_certificate(&e) {
+                    untrusted_server.store(true, Ordering::Relaxed);
+                }
+                other(describe_reqwest(&e))
+            })?;
             let status = rsp.status();
             let ra = rsp
                 .headers()
@@ -258,6 +270,28 @@ async fn capped_response(mut rsp: reqwest::Response) -> Result<BytesResponse, in
 /// `now` (Unix seconds) as the `SystemTime` that `parse_retry_after` compares dates with.
 fn system_time(now: crate::core::Timestamp) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(now).unwrap_or(0))
+}
+
+/// Whether `e` failed because the server's certificate chain does not lead to a trusted CA
+/// (rustls: `UnknownIssuer`, `BadSignature`, or a webpki error such as `CaUsedAsEndEntity`) —
+/// what a `ca_bundle` fixes, unlike an expired certificate or one for another name.
+pub(crate) fn untrusted_certificate(e: &reqwest::Error) -> bool {
+    use rustls::CertificateError as C;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+            return matches!(c, C::UnknownIssuer | C::BadSignature | C::Other(_));
+        }
+        // tokio-rustls hands the rustls error on inside an io::Error, whose `source` skips it.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// reqwest's Display hides the cause ("error sending request"); walk the chain.

@@ -1,5 +1,5 @@
 # certagent %post ($1: 1 = install, 2 = upgrade): the group for shared keys, the directories,
-# then enable; start (a no-op until /etc/certagent/config.toml exists: ConditionPathExists);
+# then enable; start (a no-op until /etc/certagent/config.toml or a conf.d/*.toml exists: ConditionPathExists);
 # restart on upgrade.
 systemd-sysusers certagent.conf >/dev/null 2>&1 || :
 systemd-tmpfiles --create certagent.conf >/dev/null 2>&1 || :

@@ -225,7 +225,7 @@ fn place_writable_dirs(host: &mut Host, conf: &Conf) -> Result<Option<String>> {
 fn not_started_note(conf: &Conf) -> Option<String> {
     match conf {
         Conf::Missing => Some(format!(
-            "not started: there is no {DEFAULT_CONFIG} yet; write one (see {EXAMPLE_FILE}) and run `certagent install` again"
+            "not started: there is no {DEFAULT_CONFIG} yet, nor a drop-in in conf.d/; write one (see {EXAMPLE_FILE}) or adopt what nginx and Apache serve (`certagent discover > /etc/certagent/conf.d/discovered.toml`), and run `certagent install` again"
         )),
         Conf::Invalid(_) => Some(
             "not started: the configuration is invalid (see `certagent config validate`)".into(),

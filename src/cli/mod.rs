@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_CONFIG;
-use crate::error::{Result, exit};
+use crate::error::{Error, Result, exit};
 
 /// Exit codes, for `--help` and the man page (values from `error::exit`).
-pub const EXIT_CODES: [(u8, &str); 6] = [
+pub const EXIT_CODES: [(u8, &str); 7] = [
     (exit::OK, "success / everything healthy"),
     (
         exit::NEEDS_ACTION,
@@ -28,6 +28,10 @@ pub const EXIT_CODES: [(u8, &str); 6] = [
         "busy: another certagent process held the lock for too long",
     ),
     (exit::PENDING, "pending: waiting on the CA or on a human"),
+    (
+        exit::NOT_ROOT,
+        "not root: the command must run as root (sudo)",
+    ),
     (exit::CONFIG, "configuration invalid"),
 ];
 
@@ -238,6 +242,24 @@ pub(crate) enum ReasonArg {
 }
 
 pub async fn run(cli: Cli) -> Result<u8> {
+    if needs_root(&cli.command) && !nix::unistd::geteuid().is_root() {
+        let mut args: Vec<String> = std::env::args().collect();
+        // sudo does not pass $CERTAGENT_CONFIG on: the path goes on the command line.
+        if std::env::var_os("CERTAGENT_CONFIG").is_some()
+            && !args
+                .iter()
+                .any(|a| a == "--config" || a.starts_with("--config="))
+        {
+            let at = 1.min(args.len());
+            args.splice(
+                at..at,
+                ["--config".into(), cli.config.display().to_string()],
+            );
+        }
+        return Err(Error::NotRoot {
+            command: format!("sudo {}", command_line(args.into_iter())),
+        });
+    }
     match cli.command {
         Command::Run => crate::daemon::run_service(&cli.config).await,
         Command::Check(args) => check::check(&cli.config, &args).await,
@@ -259,6 +281,33 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Install(args) => install::install(&cli.config, &args),
         Command::Uninstall(args) => install::uninstall(&cli.config, &args),
     }
+}
+
+/// Every command works on root's files (keys, state, the lock, the control socket) except
+/// those that only read: `discover` reads the servers' configuration and certificates,
+/// `config validate` the configuration (which says so when it is not readable).
+fn needs_root(command: &Command) -> bool {
+    !matches!(command, Command::Discover(_) | Command::Config { .. })
+}
+
+/// `args` as a shell would need them typed: arguments with spaces, quotes or other
+/// characters the shell treats specially in single quotes, control characters escaped.
+fn command_line(args: impl Iterator<Item = String>) -> String {
+    let plain = |a: &str| {
+        !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+    };
+    args.map(|a| {
+        let a = crate::error::shown(&a).into_owned();
+        if plain(&a) {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// Whether the command asked for JSON (for error output before the command runs).

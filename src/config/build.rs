@@ -44,9 +44,13 @@ pub(super) struct Builder {
     refs: Vec<(String, String, Origin, &'static str)>,
     /// Certificates whose issuer is the built-in default, not written in the file.
     implicit_issuer: Vec<String>,
-    /// Where each certificate's `renew_before` is set, to check it against its issuer's
-    /// lifetime once every issuer is known.
-    renew_before_at: BTreeMap<String, Origin>,
+    /// Where each certificate's keys that a later check may complain about are set
+    /// (`renew_before` against its issuer's lifetime, `server` against its endpoints, the
+    /// output paths against each other), so that the error points at the key's own line.
+    key_at: BTreeMap<(String, &'static str), Origin>,
+    /// `(section, name)` of the tables that are defined but could not be read: their errors
+    /// are reported, and a reference to one is not also "not defined".
+    unreadable: Vec<(&'static str, String)>,
 }
 
 impl Builder {
@@ -80,15 +84,16 @@ impl Builder {
         &mut self,
         cx: &mut Ctx,
         root: &mut Section,
-        what: &str,
+        what: &'static str,
         keys: &str,
         read: fn(&mut Ctx, &mut Section, &str) -> Option<T>,
         map: impl Fn(&mut Self) -> &mut BTreeMap<String, (T, Origin)>,
     ) {
         for (name, mut s) in root.tables(cx, what) {
             let origin = origin(cx, &s.span);
-            if let Some(value) = read(cx, &mut s, &name) {
-                self.insert_unique(cx, &s, what, name, value, origin, &map);
+            match read(cx, &mut s, &name) {
+                Some(value) => self.insert_unique(cx, &s, what, name, value, origin, &map),
+                None => self.unreadable.push((what, name)),
             }
             s.finish(cx, keys);
         }
@@ -103,15 +108,30 @@ impl Builder {
                 self.implicit_issuer.push(name.clone());
             }
             if let Some(cert) = read_certificate(cx, &mut s, &name) {
-                if let Some(span) = s.value_span("renew_before") {
-                    self.renew_before_at
-                        .insert(name.clone(), self::origin(cx, &span));
+                // A second definition is refused below: its keys are not where the first is.
+                let first = !self.certificates.contains_key(&name);
+                for key in [
+                    "issuer",
+                    "server",
+                    "renew_before",
+                    "cert_file",
+                    "key_file",
+                    "chain_file",
+                    "leaf_file",
+                ] {
+                    if let Some(span) = s.value_span(key).filter(|_| first) {
+                        self.key_at
+                            .insert((name.clone(), key), self::origin(cx, &span));
+                    }
                 }
+                let at = |key| self.key_at.get(&(name.clone(), key)).unwrap_or(&origin);
+                let issuer_at = at("issuer").clone();
+                let server_at = at("server").clone();
                 self.refs
-                    .push((name.clone(), cert.issuer.clone(), origin.clone(), "issuer"));
+                    .push((name.clone(), cert.issuer.clone(), issuer_at, "issuer"));
                 if let Some(server) = &cert.server {
                     self.refs
-                        .push((name.clone(), server.clone(), origin.clone(), "server"));
+                        .push((name.clone(), server.clone(), server_at, "server"));
                 }
                 self.insert_unique(cx, &s, "certificate", name, cert, origin, |b| {
                     &mut b.certificates
@@ -178,7 +198,19 @@ impl Builder {
                 .collect(),
             notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             fingerprint: 0,
+            certificate_keys_at: self
+                .key_at
+                .into_iter()
+                .map(|(k, o)| (k, (o.file, o.line)))
+                .collect(),
         }
+    }
+
+    /// Where `key` of certificate `name` is set, else where the certificate is.
+    fn at<'a>(&'a self, name: &str, key: &'static str, certificate: &'a Origin) -> &'a Origin {
+        self.key_at
+            .get(&(name.to_string(), key))
+            .unwrap_or(certificate)
     }
 
     /// Every issuer and server a certificate names is defined.
@@ -188,24 +220,37 @@ impl Builder {
                 "issuer" => self.issuers.keys().collect(),
                 _ => self.servers.keys().collect(),
             };
-            if !known.contains(&target) {
-                let list = known
-                    .iter()
-                    .map(|k| shown(k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                errors.push(ConfigError {
-                    hint: None,
-                    file: origin.file.clone(),
-                    line: origin.line,
-                    key: format!("certificate.{}.{what}", shown(cert)),
-                    message: format!(
+            let unreadable = self
+                .unreadable
+                .iter()
+                .any(|(w, n)| w == what && n == target);
+            if known.contains(&target) || unreadable {
+                continue;
+            }
+            let list = known
+                .iter()
+                .map(|k| shown(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let close = super::walk::did_you_mean(target, known.iter().map(|k| k.as_str()));
+            errors.push(ConfigError {
+                hint: None,
+                file: origin.file.clone(),
+                line: origin.line,
+                key: format!("certificate.{}.{what}", shown(cert)),
+                message: match close {
+                    Some(close) => format!(
+                        "no [{what}.{}] is defined; did you mean {:?}?",
+                        shown(target),
+                        shown(close)
+                    ),
+                    None => format!(
                         "no [{what}.{}] is defined (defined: {})",
                         shown(target),
                         if list.is_empty() { "none" } else { &list }
                     ),
-                });
-            }
+                },
+            });
         }
     }
 
@@ -213,8 +258,10 @@ impl Builder {
     /// certificate due the moment it is issued: a re-issue loop.
     fn check_renew_before(&self, errors: &mut Vec<ConfigError>) {
         for (name, (cert, _)) in &self.certificates {
-            let (Some(before), Some(at)) = (cert.renew_before, self.renew_before_at.get(name))
-            else {
+            let (Some(before), Some(at)) = (
+                cert.renew_before,
+                self.key_at.get(&(name.clone(), "renew_before")),
+            ) else {
                 continue;
             };
             let Some((issuer, _)) = self.issuers.get(&cert.issuer) else {
@@ -255,10 +302,11 @@ impl Builder {
                 .all(|e| e.sni_for(&cert.names).is_none())
             {
                 let names: Vec<&str> = cert.names.iter().map(|n| n.as_str()).collect();
+                let at = self.at(name, "server", origin);
                 errors.push(ConfigError {
                     hint: None,
-                    file: origin.file.clone(),
-                    line: origin.line,
+                    file: at.file.clone(),
+                    line: at.line,
                     key: format!("certificate.{}.server", shown(name)),
                     message: format!(
                         "none of server {:?}'s verify endpoints is for {names:?}: add one without sni, or with sni = one of these names",
@@ -274,18 +322,20 @@ impl Builder {
         let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
         for (name, (cert, origin)) in &self.certificates {
             let outputs = [
-                Some(&cert.cert_file),
-                Some(&cert.key_file),
-                cert.chain_file.as_ref(),
-                cert.leaf_file.as_ref(),
+                ("cert_file", Some(&cert.cert_file)),
+                ("key_file", Some(&cert.key_file)),
+                ("chain_file", cert.chain_file.as_ref()),
+                ("leaf_file", cert.leaf_file.as_ref()),
             ];
-            for path in outputs.into_iter().flatten() {
+            for (key, path) in outputs {
+                let Some(path) = path else { continue };
                 if let Some(other) = seen.insert(path, name) {
+                    let at = self.at(name, key, origin);
                     errors.push(ConfigError {
                         hint: None,
-                        file: origin.file.clone(),
-                        line: origin.line,
-                        key: format!("certificate.{}", shown(name)),
+                        file: at.file.clone(),
+                        line: at.line,
+                        key: format!("certificate.{}.{key}", shown(name)),
                         message: format!(
                             "path {:?} is also written by certificate {other:?}",
                             path.display().to_string()
@@ -380,7 +430,7 @@ key_mode = "0644"
             "/etc/certagent/config.toml:9: certificate.site.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
             "/etc/certagent/config.toml:10: certificate.site.cert_file: path \"relative/site.pem\" must be absolute",
             "/etc/certagent/config.toml:6: certificate.site.key_file: missing; the private key file the web server reads",
-            "/etc/certagent/config.toml:6: certificate.site.key_mode: 0644 lets every user read the private key; use 0600 or 0640 with a group",
+            "/etc/certagent/config.toml:11: certificate.site.key_mode: 0644 lets every user read the private key; use 0600 or 0640 with a group",
         ];
         for w in want {
             assert!(
@@ -416,9 +466,9 @@ key_file = "/etc/ssl/c.key"
         assert_eq!(
             text,
             vec![
+                "/c/config.toml:12: certificate.site.cert_file: path \"/etc/ssl/site.pem\" is also written by certificate \"other\"",
+                "/c/conf.d/b.toml:4: certificate.other.server: no [server.missing] is defined (defined: web)",
                 "/c/conf.d/b.toml:8: certificate.site: certificate \"site\" is already defined at /c/config.toml:9",
-                "/c/conf.d/b.toml:2: certificate.other.server: no [server.missing] is defined (defined: web)",
-                "/c/config.toml:9: certificate.site: path \"/etc/ssl/site.pem\" is also written by certificate \"other\"",
             ]
         );
     }

@@ -126,7 +126,7 @@ fn read_names(cx: &mut Ctx, s: &mut Section) -> Vec<DomainName> {
             }
             if names.len() > 100 {
                 cx.error(
-                    &s.span,
+                    &s.at("names"),
                     &s.full_key("names"),
                     "at most 100 names per certificate",
                 );
@@ -188,7 +188,7 @@ fn check_files(
 ) {
     if key_mode & 0o007 != 0 {
         cx.error(
-            &s.span,
+            &s.at("key_mode"),
             &s.full_key("key_mode"),
             format!(
                 "{key_mode:04o} lets every user read the private key; use 0600 or 0640 with a group"
@@ -199,7 +199,7 @@ fn check_files(
         && c == k
     {
         cx.error(
-            &s.span,
+            &s.at("key_file"),
             &s.key,
             "cert_file and key_file must be different files",
         );

@@ -121,12 +121,14 @@ pub(crate) struct InternalIssuer {
 
 pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Issuer> {
     let name_ok = valid_name(cx, s, "issuer", name);
+    const KINDS: [&str; 4] = ["acme", "internal", "manual", "dnsimple"];
     let Some((kind, kind_span)) = s.string(cx, "kind") else {
         cx.error(
             &s.span,
             &s.full_key("kind"),
-            "missing; one of \"acme\", \"internal\"",
+            "missing; one of \"acme\", \"internal\", \"manual\" or \"dnsimple\"",
         );
+        s.abandon();
         return None;
     };
     let kind = match kind.as_str() {
@@ -135,11 +137,14 @@ pub(super) fn read_issuer(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<I
         "manual" => IssuerKind::Manual(read_manual(cx, s)),
         "dnsimple" => IssuerKind::Dnsimple(read_dnsimple(cx, s)?),
         other => {
-            cx.error(
-                &kind_span,
-                &s.full_key("kind"),
-                format!("unknown issuer kind {other:?}; expected \"acme\", \"internal\", \"manual\" or \"dnsimple\""),
-            );
+            let message = match walk::did_you_mean(other, KINDS) {
+                Some(close) => format!("unknown issuer kind {other:?}; did you mean {close:?}?"),
+                None => format!(
+                    "unknown issuer kind {other:?}; expected \"acme\", \"internal\", \"manual\" or \"dnsimple\""
+                ),
+            };
+            cx.error(&kind_span, &s.full_key("kind"), message);
+            s.abandon();
             return None;
         }
     };
@@ -155,7 +160,11 @@ fn read_internal(cx: &mut Ctx, s: &mut Section) -> InternalIssuer {
         .span(cx, "validity", MAX_LIFETIME)
         .unwrap_or(Span::days(90));
     if validity.0 < 3_600 {
-        cx.error(&s.span, &s.full_key("validity"), "must be at least 1h");
+        cx.error(
+            &s.at("validity"),
+            &s.full_key("validity"),
+            "must be at least 1h",
+        );
     }
     InternalIssuer { validity }
 }
@@ -228,6 +237,8 @@ fn read_challenge(cx: &mut Ctx, s: &mut Section) -> Option<Challenge> {
                 format!(
                     "{c:?} is not supported by this version of certagent; use \"http-01\" or \"dns-01\""
                 )
+            } else if let Some(close) = walk::did_you_mean(c, ["http-01", "dns-01"]) {
+                format!("unknown challenge {c:?}; did you mean {close:?}?")
             } else {
                 format!("unknown challenge {c:?}; expected \"http-01\" or \"dns-01\"")
             };
@@ -298,7 +309,11 @@ fn read_manual(cx: &mut Ctx, s: &mut Section) -> ManualIssuer {
         .span(cx, "remind_every", MAX_REMIND)
         .unwrap_or(Span::days(1));
     if remind_every.0 < 60 {
-        cx.error(&s.span, &s.full_key("remind_every"), "must be at least 1m");
+        cx.error(
+            &s.at("remind_every"),
+            &s.full_key("remind_every"),
+            "must be at least 1m",
+        );
     }
     ManualIssuer { remind_every }
 }
@@ -310,7 +325,7 @@ fn read_dnsimple(cx: &mut Ctx, s: &mut Section) -> Option<DnsimpleIssuer> {
         Some(d) if !d.as_str().starts_with("*.") => Some(d.to_string()),
         Some(_) => {
             cx.error(
-                &s.span,
+                &s.at("domain"),
                 &s.full_key("domain"),
                 "the DNSimple domain cannot be a wildcard",
             );
@@ -356,7 +371,7 @@ fn read_http01(cx: &mut Ctx, s: &mut Section) -> Option<Http01> {
         (None, Some(l)) => Some(Http01::Listen(l)),
         (Some(_), Some(_)) => {
             cx.error(
-                &s.span,
+                &s.at("listen"),
                 &s.key,
                 "set either webroot or listen for http-01, not both",
             );
@@ -457,8 +472,8 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "/etc/certagent/config.toml:3: issuer.le.directory: \"http://x\" must be an https:// URL",
                 "/etc/certagent/config.toml:1: issuer.le: http-01 needs webroot = \"/var/www/acme\" or listen = \"127.0.0.1:80\"",
+                "/etc/certagent/config.toml:3: issuer.le.directory: \"http://x\" must be an https:// URL",
             ]
         );
         let ok = parse("[issuer.le]\nkind = \"acme\"\ndirectory = \"https://x/dir\"\nlisten = \"127.0.0.1:80\"\n").unwrap();

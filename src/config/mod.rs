@@ -54,6 +54,9 @@ pub struct Config {
     pub(crate) notify: BTreeMap<String, Notify>,
     /// A hash of the files read (names and contents): equal fingerprints, same configuration.
     pub(crate) fingerprint: u64,
+    /// Where certificate `.0`'s key `.1` (its issuer, server and output paths) is set: file
+    /// and line, for errors found when this host is looked at after parsing.
+    pub(crate) certificate_keys_at: BTreeMap<(String, &'static str), (PathBuf, usize)>,
 }
 
 impl Config {
@@ -69,15 +72,57 @@ impl Config {
         path: &Path,
         candidate: Option<(&Path, &Path)>,
     ) -> Result<Config, ConfigErrors> {
+        Self::load_files(path, candidate).1
+    }
+
+    /// `load_with`, and the files it read: the main file (unless it is absent and drop-ins
+    /// stand alone), then the drop-ins in the order they were merged.
+    pub(crate) fn load_files(
+        path: &Path,
+        candidate: Option<(&Path, &Path)>,
+    ) -> (Vec<PathBuf>, Result<Config, ConfigErrors>) {
+        Self::load_files_under(path, candidate, Path::new("/"))
+    }
+
+    /// `load` for the host whose root directory is `root` (`install --root`): the
+    /// directories the certificates go into are looked for there.
+    pub(crate) fn load_under(path: &Path, root: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_files_under(path, None, root).1
+    }
+
+    fn load_files_under(
+        path: &Path,
+        candidate: Option<(&Path, &Path)>,
+        root: &Path,
+    ) -> (Vec<PathBuf>, Result<Config, ConfigErrors>) {
         let mut errors = Vec::new();
-        let files = config_files(path, candidate, &mut errors);
-        let texts = read_sources(&files, candidate, &mut errors);
+        let mut files = config_files(path, candidate, &mut errors);
+        // No main file beside drop-ins (a fresh host adopted with `discover`) is an empty
+        // main file; neither is no configuration at all.
+        let main_absent = candidate.is_none_or(|(target, _)| target != path)
+            && std::fs::symlink_metadata(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if main_absent {
+            files.remove(0);
+            if files.is_empty() && errors.is_empty() {
+                errors.push(no_configuration(path));
+                return (files, Err(ConfigErrors(errors)));
+            }
+        }
+        let mut texts = read_sources(&files, candidate, &mut errors);
+        if main_absent {
+            texts.insert(0, (path.to_path_buf(), String::new()));
+        }
         let config = Self::parse_sources(&texts, &mut errors);
         check_directories(&config.agent, path, &mut errors);
+        check_output_directories(&config, root, &mut errors);
+        let mut order = vec![path.to_path_buf()];
+        order.extend(files.iter().cloned());
+        in_file_order(&mut errors, &order);
         if errors.is_empty() {
-            Ok(config)
+            (files, Ok(config))
         } else {
-            Err(ConfigErrors(errors))
+            (files, Err(ConfigErrors(errors)))
         }
     }
 
@@ -109,6 +154,8 @@ impl Config {
                 .unwrap_or(Path::new(DEFAULT_CONFIG)),
             errors,
         );
+        let order: Vec<PathBuf> = sources.iter().map(|(f, _)| f.clone()).collect();
+        in_file_order(errors, &order);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(sources, &mut hasher);
         config.fingerprint = std::hash::Hasher::finish(&hasher);
@@ -117,6 +164,87 @@ impl Config {
 
     pub(crate) fn certificate(&self, name: &str) -> Option<&Certificate> {
         self.certificates.get(name)
+    }
+}
+
+/// Every file certagent writes for a certificate goes into a directory that exists (or
+/// into certagent's own state directory, which it creates): otherwise the first re-issue
+/// would fail after a new key was generated and a certificate ordered.
+fn check_output_directories(config: &Config, root: &Path, errors: &mut Vec<ConfigError>) {
+    for (name, cert) in &config.certificates {
+        let outputs = [
+            ("cert_file", Some(&cert.cert_file)),
+            ("key_file", Some(&cert.key_file)),
+            ("chain_file", cert.chain_file.as_ref()),
+            ("leaf_file", cert.leaf_file.as_ref()),
+        ];
+        for (key, path) in outputs {
+            let Some(dir) = path.and_then(|p| p.parent()) else {
+                continue;
+            };
+            if dir.starts_with(&config.agent.state_dir) {
+                continue;
+            }
+            let shown_dir = dir.display().to_string();
+            let shown_dir = shown(&shown_dir);
+            let on_host = root.join(dir.strip_prefix("/").unwrap_or(dir));
+            let (problem, hint) = match std::fs::metadata(on_host) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => ("is not a directory", "correct the path".to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                    "does not exist",
+                    format!(
+                        "create it (mkdir -p {shown_dir}) or correct the path; certagent creates only its own state directory"
+                    ),
+                ),
+                // Unreadable here (another user's directory): the re-issue, as root, will tell.
+                Err(_) => continue,
+            };
+            let (file, line) = config
+                .certificate_keys_at
+                .get(&(name.clone(), key))
+                .cloned()
+                .unwrap_or_default();
+            errors.push(ConfigError {
+                file,
+                line,
+                key: format!("certificate.{}.{key}", shown(name)),
+                message: format!("directory \"{shown_dir}\" {problem}"),
+                hint: Some(hint),
+            });
+        }
+    }
+}
+
+/// Errors in the order of the files (`files`: main file first, then the drop-ins in name
+/// order), and by line within a file; problems with no file of their own (the drop-in
+/// directory) first. Stable: errors on one line keep the order they were found in.
+fn in_file_order(errors: &mut [ConfigError], files: &[PathBuf]) {
+    errors.sort_by_key(|e| {
+        let file = files.iter().position(|f| *f == e.file).map_or(0, |i| i + 1);
+        (file, e.line)
+    });
+}
+
+/// Neither a main file nor any drop-in: where certagent looked, and how to begin.
+fn no_configuration(path: &Path) -> ConfigError {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let shown_path = path.display().to_string();
+    let dropins = dir.join("conf.d").display().to_string();
+    ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        key: String::new(),
+        message: format!(
+            "no configuration: {:?} does not exist and {:?} has no drop-ins (*.toml)",
+            shown(&shown_path),
+            shown(&dropins),
+        ),
+        hint: Some(format!(
+            "to take over the certificates nginx and Apache serve: certagent discover > {}/discovered.toml; to start from the example: cp /etc/certagent/config.example.toml {}",
+            shown(&dropins),
+            shown(&shown_path),
+        )),
     }
 }
 
@@ -194,12 +322,17 @@ fn read_sources(
         };
         match read_capped(source) {
             Ok(text) => texts.push((file.clone(), text)),
-            Err(message) => errors.push(ConfigError {
-                hint: None,
+            Err(e) => errors.push(ConfigError {
+                // The configuration is root's (/etc/certagent is 0700 under the unit).
+                hint: (e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !nix::unistd::geteuid().is_root())
+                .then(|| {
+                    "certagent's configuration is root's: sudo certagent config validate".into()
+                }),
                 file: file.clone(),
                 line: 0,
                 key: String::new(),
-                message,
+                message: format!("failed to read config file: {e}"),
             }),
         }
     }
@@ -239,18 +372,15 @@ fn check_directories(agent: &Agent, main: &Path, errors: &mut Vec<ConfigError>) 
     }
 }
 
-fn read_capped(file: &Path) -> Result<String, String> {
+fn read_capped(file: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let f =
-        crate::files::open_regular(file).map_err(|e| format!("failed to read config file: {e}"))?;
+    let f = crate::files::open_regular(file)?;
     let mut text = String::new();
-    f.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("failed to read config file: {e}"))?;
+    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "config file is larger than {} MiB",
-            MAX_CONFIG_BYTES >> 20
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("larger than {} MiB", MAX_CONFIG_BYTES >> 20),
         ));
     }
     Ok(text)
@@ -308,9 +438,10 @@ mod candidate_tests {
             "[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]\n",
         )
         .unwrap();
+        let ssl = tmp.path().display();
         let site = |name: &str, server: &str| {
             format!(
-                "[certificate.{name}]\nnames = [\"{name}.test\"]\nserver = \"{server}\"\ncert_file = \"/s/{name}.pem\"\nkey_file = \"/s/{name}.key\"\n"
+                "[certificate.{name}]\nnames = [\"{name}.test\"]\nserver = \"{server}\"\ncert_file = \"{ssl}/{name}.pem\"\nkey_file = \"{ssl}/{name}.key\"\n"
             )
         };
         std::fs::write(dropins.join("a.toml"), site("a", "web")).unwrap();
@@ -379,10 +510,10 @@ mod dropin_tests {
             [
                 "/etc/certagent/config.toml:1: server.a\\nb: invalid server name \"a\\nb\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
                 "/etc/certagent/config.toml:3: server.a\\nb.x\\u{1b}[2Jy: unknown key; known keys here: kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle",
-                "/etc/certagent/config.toml:17: notify.n\\0: expected a table [notify.n\\0], found integer",
                 "/etc/certagent/config.toml:5: certificate.c\\rd: invalid certificate name \"c\\rd\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
+                "/etc/certagent/config.toml:12: certificate.ok.server: no [server.w\\u{202e}eb] is defined (defined: none)",
+                "/etc/certagent/config.toml:17: notify.n\\0: expected a table [notify.n\\0], found integer",
                 "/etc/certagent/conf.d/evil\\n/etc/certagent/config.toml:1: forged.toml:1: agent: [agent] may only be set in the main config file, not in a drop-in",
-                "/etc/certagent/config.toml:10: certificate.ok.server: no [server.w\\u{202e}eb] is defined (defined: none)",
             ]
         );
     }
@@ -556,6 +687,162 @@ mod directory_tests {
             ),
         )
         .unwrap();
+        Config::load(&main).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::test_util::parse;
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_gets_the_closest_known_key_not_the_whole_list() {
+        let errors = parse(
+            "[certificate.site]\nnames = [\"a.test\"]\nservr = \"web\"\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\ncolour = \"blue\"\n\n[certificat.x]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:3: certificate.site.servr: unknown key; did you mean `server`?",
+                "/etc/certagent/config.toml:6: certificate.site.colour: unknown key; known keys here: names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, pre_install, post_install, hook_timeout",
+                "/etc/certagent/config.toml:8: certificat: unknown key; did you mean `certificate`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_kind_is_one_error_not_a_cascade() {
+        let errors = parse(
+            "[server.web]\nkind = \"ngnix\"\nverify = [\"127.0.0.1:443\"]\n\n[certificate.site]\nnames = [\"a.test\"]\nserver = \"web\"\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n\n[issuer.le]\nkind = \"amce\"\ndirectory = \"https://ca.test/dir\"\nwebroot = \"/var/www\"\n\n[notify.ops]\nkind = \"webhok\"\nurl = \"https://hooks.test/x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:2: server.web.kind: unknown server kind \"ngnix\"; did you mean \"nginx\"?",
+                "/etc/certagent/config.toml:12: issuer.le.kind: unknown issuer kind \"amce\"; did you mean \"acme\"?",
+                "/etc/certagent/config.toml:17: notify.ops.kind: unknown notify kind \"webhok\"; did you mean \"webhook\"?",
+            ]
+        );
+        // Nothing close: the kinds there are.
+        let errors =
+            parse("[server.web]\nkind = \"caddy\"\nverify = [\"127.0.0.1:443\"]\n").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:2: server.web.kind: unknown server kind \"caddy\"; expected \"nginx\", \"apache\", \"command\" or \"none\""
+            ]
+        );
+    }
+
+    #[test]
+    fn a_known_key_of_another_kind_is_not_called_unknown() {
+        let errors =
+            parse("[issuer.ca]\nkind = \"internal\"\ndirectory = \"https://ca.test/dir\"\n")
+                .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:3: issuer.ca.directory: not a setting of kind = \"internal\""
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_key_and_come_in_file_and_line_order() {
+        let main = (
+            PathBuf::from("/c/config.toml"),
+            "[server.web]\nkind = \"nginx\"\nverify = [{ address = \"127.0.0.1:443\", sni = \"b.test\" }]\n\n[certificate.a]\nnames = [\"a.test\"]\nkey_type = \"rsa-1024\"\n\n\nserver = \"wbe\"\ncert_file = \"/a.pem\"\nkey_file = \"/a.key\"\nkey_mode = \"0666\"\n"
+                .to_string(),
+        );
+        let dropin = (
+            PathBuf::from("/c/conf.d/b.toml"),
+            "[certificate.b]\nnames = [\"b.test\"]\nserver = \"web\"\n\ncert_file = \"/a.pem\"\nkey_file = \"/b.key\"\n".to_string(),
+        );
+        let mut errors = Vec::new();
+        Config::parse_sources(&[main, dropin], &mut errors);
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "/c/config.toml:7: certificate.a.key_type: unknown key type \"rsa-1024\"; expected one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
+                "/c/config.toml:10: certificate.a.server: no [server.wbe] is defined; did you mean \"web\"?",
+                "/c/config.toml:13: certificate.a.key_mode: 0666 lets every user read the private key; use 0600 or 0640 with a group",
+                "/c/conf.d/b.toml:5: certificate.b.cert_file: path \"/a.pem\" is also written by certificate \"a\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn drop_ins_without_a_main_file_are_the_configuration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
+        let dropin = tmp.path().join("conf.d/found.toml");
+        let ssl = tmp.path().display();
+        std::fs::write(
+            &dropin,
+            format!(
+                "[certificate.site]\nnames = [\"a.test\"]\ncert_file = \"{ssl}/a.pem\"\nkey_file = \"{ssl}/a.key\"\n"
+            ),
+        )
+        .unwrap();
+        let (files, config) = Config::load_files(&main, None);
+        assert_eq!(files, [dropin]);
+        assert_eq!(config.unwrap().certificates.len(), 1);
+    }
+
+    #[test]
+    fn no_configuration_at_all_says_where_it_looked_and_how_to_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        let errors = Config::load(&main).unwrap_err().0;
+        let dir = tmp.path().display();
+        assert_eq!(
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            [format!(
+                "{dir}/config.toml:0: no configuration: \"{dir}/config.toml\" does not exist and \"{dir}/conf.d\" has no drop-ins (*.toml)\n    hint: to take over the certificates nginx and Apache serve: certagent discover > {dir}/conf.d/discovered.toml; to start from the example: cp /etc/certagent/config.example.toml {dir}/config.toml"
+            )]
+        );
+        // An empty conf.d/ is no configuration either.
+        std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
+        let errors = Config::load(&main).unwrap_err().0;
+        assert!(
+            errors[0].message.starts_with("no configuration"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_output_file_in_a_missing_directory_is_an_error_unless_it_is_certagents_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let main = tmp.path().join("config.toml");
+        let t = tmp.path().display();
+        std::fs::write(tmp.path().join("plain"), "").unwrap();
+        std::fs::write(
+            &main,
+            format!(
+                "[agent]\nstate_dir = \"{t}/state\"\n\n[certificate.site]\nnames = [\"a.test\"]\ncert_file = \"{t}/ssl/a.pem\"\nkey_file = \"{t}/state/new/a.key\"\nchain_file = \"{t}/plain/chain.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let errors = Config::load(&main).unwrap_err().0;
+        assert_eq!(
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            [
+                format!(
+                    "{t}/config.toml:6: certificate.site.cert_file: directory \"{t}/ssl\" does not exist\n    hint: create it (mkdir -p {t}/ssl) or correct the path; certagent creates only its own state directory"
+                ),
+                format!(
+                    "{t}/config.toml:8: certificate.site.chain_file: directory \"{t}/plain\" is not a directory\n    hint: correct the path"
+                ),
+            ]
+        );
+        std::fs::create_dir(tmp.path().join("ssl")).unwrap();
+        std::fs::remove_file(tmp.path().join("plain")).unwrap();
+        std::fs::create_dir(tmp.path().join("plain")).unwrap();
         Config::load(&main).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 
 use super::MAX_TIMEOUT;
 use super::build::valid_name;
-use super::walk::{Ctx, Section};
+use super::walk::{Ctx, Section, did_you_mean};
 use crate::core::Span;
 
 /// Where to tell about events (`[notify.NAME]`).
@@ -80,11 +80,12 @@ fn read_target(cx: &mut Ctx, s: &mut Section) -> Option<NotifyTarget> {
             }
         },
         Some((k, span)) => {
-            cx.error(
-                &span,
-                &s.full_key("kind"),
-                format!("unknown notify kind {k:?}; expected \"webhook\" or \"command\""),
-            );
+            let message = match did_you_mean(&k, ["webhook", "command"]) {
+                Some(close) => format!("unknown notify kind {k:?}; did you mean {close:?}?"),
+                None => format!("unknown notify kind {k:?}; expected \"webhook\" or \"command\""),
+            };
+            cx.error(&span, &s.full_key("kind"), message);
+            s.abandon();
             None
         }
         None => {
@@ -93,6 +94,7 @@ fn read_target(cx: &mut Ctx, s: &mut Section) -> Option<NotifyTarget> {
                 &s.full_key("kind"),
                 "missing; \"webhook\" or \"command\"",
             );
+            s.abandon();
             None
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::MAX_TIMEOUT;
 use super::build::valid_name;
-use super::walk::{Ctx, Section};
+use super::walk::{Ctx, Section, did_you_mean};
 use crate::core::{DomainName, Span};
 
 pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
@@ -157,11 +157,14 @@ fn read_kind(cx: &mut Ctx, s: &mut Section) -> Option<ServerKind> {
             "command" => Some(ServerKind::Command),
             "none" => Some(ServerKind::None),
             other => {
-                cx.error(
-                    &span,
-                    &s.full_key("kind"),
-                    format!("unknown server kind {other:?}; expected {KINDS}"),
-                );
+                let message = match did_you_mean(other, ["nginx", "apache", "command", "none"]) {
+                    Some(close) => {
+                        format!("unknown server kind {other:?}; did you mean {close:?}?")
+                    }
+                    None => format!("unknown server kind {other:?}; expected {KINDS}"),
+                };
+                cx.error(&span, &s.full_key("kind"), message);
+                s.abandon();
                 None
             }
         },
@@ -171,6 +174,7 @@ fn read_kind(cx: &mut Ctx, s: &mut Section) -> Option<ServerKind> {
                 &s.full_key("kind"),
                 format!("missing; one of {KINDS}"),
             );
+            s.abandon();
             None
         }
     }
@@ -416,7 +420,7 @@ pre_install = []
             "/c/config.toml:5: server.web.verify: expected an address string or a table { address = \"127.0.0.1:443\", sni = \"www.example.com\" }, found integer",
             "/c/config.toml:9: server.ap.layout: unknown layout \"arch\"; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)",
             "/c/config.toml:17: certificate.site.pre_install: expected a non-empty argv array, e.g. [\"nginx\", \"-t\"]",
-            "/c/config.toml:12: certificate.site.server: none of server \"ap\"'s verify endpoints is for [\"site.example.com\"]: add one without sni, or with sni = one of these names",
+            "/c/config.toml:14: certificate.site.server: none of server \"ap\"'s verify endpoints is for [\"site.example.com\"]: add one without sni, or with sni = one of these names",
         ];
         for w in want {
             assert!(

@@ -72,6 +72,9 @@ pub(crate) struct Section<'t, 'i> {
     pub(crate) span: Range<usize>,
     table: &'t DeTable<'i>,
     used: Vec<String>,
+    /// The reader stopped early (its `kind` is missing or unknown): the keys it did not get
+    /// to are not reported, so one typo is one error.
+    abandoned: bool,
 }
 
 impl<'t, 'i> Section<'t, 'i> {
@@ -81,7 +84,18 @@ impl<'t, 'i> Section<'t, 'i> {
             span,
             table,
             used: Vec::new(),
+            abandoned: false,
         }
+    }
+
+    /// The reader gives up on this table after reporting why (see `abandoned`).
+    pub(crate) fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// Where `name` is set, else the table's header: the line an error about `name` points at.
+    pub(crate) fn at(&self, name: &str) -> Range<usize> {
+        self.span_of(name).unwrap_or_else(|| self.span.clone())
     }
 
     /// The dotted key of `name` in this section, for messages (see `shown`).
@@ -327,19 +341,49 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
-    /// Report every key that no reader asked for.
+    /// Report every key that no reader asked for: a misspelt one with the known key it is
+    /// closest to (or, when none is close, the list of known keys), a known one that this
+    /// kind of table does not use as such. After `abandon`, only keys that are not known.
     pub(crate) fn finish(self, cx: &mut Ctx, known: &str) {
+        let known_keys: Vec<&str> = known.split(", ").collect();
         for (k, _) in self.table.iter() {
             let name = k.get_ref();
-            if !self.used.iter().any(|u| u == name.as_ref()) {
-                cx.error(
-                    &k.span(),
-                    &self.full_key(name),
-                    format!("unknown key; known keys here: {known}"),
-                );
+            if self.used.iter().any(|u| u == name.as_ref()) {
+                continue;
             }
+            let message = if known_keys.contains(&name.as_ref()) {
+                if self.abandoned {
+                    continue;
+                }
+                match self.table.get("kind").and_then(|v| v.get_ref().as_str()) {
+                    Some(kind) => format!("not a setting of kind = {:?}", shown(kind)),
+                    None => "not a setting here".to_string(),
+                }
+            } else {
+                match did_you_mean(name, known_keys.iter().copied()) {
+                    Some(close) => format!("unknown key; did you mean `{close}`?"),
+                    None => format!("unknown key; known keys here: {known}"),
+                }
+            };
+            cx.error(&k.span(), &self.full_key(name), message);
         }
     }
+}
+
+/// The candidate closest to `word` when it is close enough to be a slip of the keyboard:
+/// at most one edit (a transposition counts as one) per three characters, and at least one.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    let allowed = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(&word, c), c))
+        .filter(|&(d, _)| d <= allowed)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
 }
 
 pub(crate) fn check_path(s: &str) -> Result<PathBuf, String> {

@@ -131,6 +131,8 @@ fn the_configuration_decides_the_dropin_and_is_never_overwritten() {
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     let text = "[certificate.site]\nnames = [\"site.test\"]\ncert_file = \"/etc/nginx/ssl/site.pem\"\nkey_file = \"/etc/nginx/ssl/site.key\"\n";
     std::fs::write(&config, text).unwrap();
+    // The directories the certificates go into exist (validation refuses them otherwise).
+    std::fs::create_dir_all(root.join("etc/nginx/ssl")).unwrap();
 
     let first = certagent(root, &["install", "--json"]);
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);

@@ -31,6 +31,7 @@ mod hardening_loops;
 mod harness;
 mod install;
 mod manual;
+mod messages;
 mod notify;
 mod reissue;
 mod revocation;

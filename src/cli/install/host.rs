@@ -43,10 +43,17 @@ impl Host {
 
     pub(super) fn config(&self) -> Conf {
         let path = self.at(DEFAULT_CONFIG);
-        if !path.exists() {
+        // Drop-ins without config.toml are a configuration too (see `Config::load`).
+        let dropins = path.with_file_name("conf.d");
+        let any_dropin = std::fs::read_dir(&dropins).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        });
+        if !path.exists() && !any_dropin {
             return Conf::Missing;
         }
-        match Config::load(&path) {
+        match Config::load_under(&path, &self.root) {
             Ok(c) => Conf::Valid(Box::new(c)),
             Err(e) => Conf::Invalid(e.0),
         }

@@ -225,7 +225,28 @@ impl Acme {
             .await;
         // A 429/503 on the way carries the server's wish for when to come back.
         let retry_after = throttle.lock().ok().and_then(|slot| *slot);
-        result.map_err(|e| e.with_retry_after(retry_after))
+        result.map_err(|e| self.trust_hint(&http, e.with_retry_after(retry_after)))
+    }
+
+    /// `e` with a hint at this issuer's `ca_bundle` when the CA's HTTPS certificate was not
+    /// trusted on the way (a private or test CA, or the wrong file).
+    fn trust_hint(&self, http: &Http, e: Error) -> Error {
+        if !http
+            .untrusted_server
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return e;
+        }
+        let table = format!("[issuer.{}]", crate::error::shown(&self.name));
+        e.with_hint(match &self.cfg.ca_bundle {
+            None => format!(
+                "the CA's HTTPS certificate is not signed by a CA this host trusts; if it is a private CA (or a test one), set ca_bundle = \"/path/to/its-root.pem\" in {table}"
+            ),
+            Some(bundle) => format!(
+                "the CA's HTTPS certificate is not signed by a CA in ca_bundle {:?} of {table}: put the root certificate of the CA's HTTPS server in that file",
+                bundle.display().to_string()
+            ),
+        })
     }
 
     async fn issue_with(

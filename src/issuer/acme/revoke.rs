@@ -11,10 +11,21 @@ impl Acme {
         leaf_der: &[u8],
         key: Option<&crate::keys::PrivateKey>,
     ) -> Result<crate::issuer::RevokeOutcome> {
-        use crate::issuer::RevokeOutcome;
         let http = Http::new(self.cfg.ca_bundle.as_deref(), self.clock)?;
+        self.revoke_over(&http, leaf_der, key)
+            .await
+            .map_err(|e| self.trust_hint(&http, e))
+    }
+
+    async fn revoke_over(
+        &self,
+        http: &Http,
+        leaf_der: &[u8],
+        key: Option<&crate::keys::PrivateKey>,
+    ) -> Result<crate::issuer::RevokeOutcome> {
+        use crate::issuer::RevokeOutcome;
         if let Some(key) = key {
-            match self.revoke_with_key(&http, leaf_der, key).await? {
+            match self.revoke_with_key(http, leaf_der, key).await? {
                 RevokeOutcome::Refused(why) => log::warn!(
                     issuer = self.name.as_str();
                     "the CA refused a revocation signed with the certificate's key ({why}), trying the account key"
@@ -22,7 +33,7 @@ impl Acme {
                 done => return Ok(done),
             }
         }
-        let account = self.account(&http).await?;
+        let account = self.account(http).await?;
         let cert = rustls::pki_types::CertificateDer::from(leaf_der.to_vec());
         let req = instant_acme::RevocationRequest {
             certificate: &cert,
