@@ -84,6 +84,12 @@ impl Config {
         Self::load_files_under(path, candidate, Path::new("/"))
     }
 
+    /// `load` for the daemon: a certificate whose output directory is missing is not an
+    /// error of the whole configuration there (see `check_output_directories`).
+    pub(crate) fn load_for_daemon(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_files_checked(path, None, Path::new("/"), false).1
+    }
+
     /// `load` for the host whose root directory is `root` (`install --root`): the
     /// directories the certificates go into are looked for there.
     pub(crate) fn load_under(path: &Path, root: &Path) -> Result<Config, ConfigErrors> {
@@ -94,6 +100,15 @@ impl Config {
         path: &Path,
         candidate: Option<(&Path, &Path)>,
         root: &Path,
+    ) -> (Vec<PathBuf>, Result<Config, ConfigErrors>) {
+        Self::load_files_checked(path, candidate, root, true)
+    }
+
+    fn load_files_checked(
+        path: &Path,
+        candidate: Option<(&Path, &Path)>,
+        root: &Path,
+        outputs: bool,
     ) -> (Vec<PathBuf>, Result<Config, ConfigErrors>) {
         let mut errors = Vec::new();
         let mut files = config_files(path, candidate, &mut errors);
@@ -115,7 +130,9 @@ impl Config {
         }
         let config = Self::parse_sources(&texts, &mut errors);
         check_directories(&config.agent, path, &mut errors);
-        check_output_directories(&config, root, &mut errors);
+        if outputs {
+            check_output_directories(&config, root, &mut errors);
+        }
         let mut order = vec![path.to_path_buf()];
         order.extend(files.iter().cloned());
         in_file_order(&mut errors, &order);
@@ -169,24 +186,57 @@ impl Config {
 
 /// Every file certagent writes for a certificate goes into a directory that exists (or
 /// into certagent's own state directory, which it creates): otherwise the first re-issue
-/// would fail after a new key was generated and a certificate ordered.
+/// would fail after a new key was generated and a certificate ordered. An error of `config
+/// validate` and of the commands; the daemon only warns (one deleted directory must not stop
+/// the management of every other certificate) and the executor refuses that certificate's
+/// re-issue before it generates anything.
 fn check_output_directories(config: &Config, root: &Path, errors: &mut Vec<ConfigError>) {
     for (name, cert) in &config.certificates {
+        for (key, dir, problem, hint) in
+            cert.missing_output_directories(&config.agent.state_dir, root)
+        {
+            let (file, line) = config
+                .certificate_keys_at
+                .get(&(name.clone(), key))
+                .cloned()
+                .unwrap_or_default();
+            errors.push(ConfigError {
+                file,
+                line,
+                key: format!("certificate.{}.{key}", shown(name)),
+                message: format!("directory \"{dir}\" {problem}"),
+                hint: Some(hint),
+            });
+        }
+    }
+}
+
+impl Certificate {
+    /// The output paths (`cert_file`, `key_file`, `chain_file`, `leaf_file`) whose directory,
+    /// looked for under `root`, is missing or not a directory: (key, directory as shown, the
+    /// problem, a hint). Directories under `state_dir` are certagent's to create; one that
+    /// cannot be read here (another user's) is for the re-issue, as root, to tell.
+    pub(crate) fn missing_output_directories(
+        &self,
+        state_dir: &Path,
+        root: &Path,
+    ) -> Vec<(&'static str, String, &'static str, String)> {
         let outputs = [
-            ("cert_file", Some(&cert.cert_file)),
-            ("key_file", Some(&cert.key_file)),
-            ("chain_file", cert.chain_file.as_ref()),
-            ("leaf_file", cert.leaf_file.as_ref()),
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("chain_file", self.chain_file.as_ref()),
+            ("leaf_file", self.leaf_file.as_ref()),
         ];
+        let mut missing = Vec::new();
         for (key, path) in outputs {
             let Some(dir) = path.and_then(|p| p.parent()) else {
                 continue;
             };
-            if dir.starts_with(&config.agent.state_dir) {
+            if dir.starts_with(state_dir) {
                 continue;
             }
             let shown_dir = dir.display().to_string();
-            let shown_dir = shown(&shown_dir);
+            let shown_dir = shown(&shown_dir).to_string();
             let on_host = root.join(dir.strip_prefix("/").unwrap_or(dir));
             let (problem, hint) = match std::fs::metadata(on_host) {
                 Ok(m) if m.is_dir() => continue,
@@ -197,22 +247,11 @@ fn check_output_directories(config: &Config, root: &Path, errors: &mut Vec<Confi
                         "create it (mkdir -p {shown_dir}) or correct the path; certagent creates only its own state directory"
                     ),
                 ),
-                // Unreadable here (another user's directory): the re-issue, as root, will tell.
                 Err(_) => continue,
             };
-            let (file, line) = config
-                .certificate_keys_at
-                .get(&(name.clone(), key))
-                .cloned()
-                .unwrap_or_default();
-            errors.push(ConfigError {
-                file,
-                line,
-                key: format!("certificate.{}.{key}", shown(name)),
-                message: format!("directory \"{shown_dir}\" {problem}"),
-                hint: Some(hint),
-            });
+            missing.push((key, shown_dir, problem, hint));
         }
+        missing
     }
 }
 

@@ -100,7 +100,8 @@ pub async fn run(
     clock: Clock,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let config = Arc::new(crate::config::Config::load(config_path)?);
+    let config = Arc::new(crate::config::Config::load_for_daemon(config_path)?);
+    warn_missing_output_directories(&config);
     let (_lock, sock, listener) = take_over(&config.agent).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -293,7 +294,8 @@ impl Daemon {
     /// A file of the configuration changed on disk: reload, unless the files say what the
     /// configuration in use says (an editor touching a file; a SIGHUP that already did it).
     async fn reload_if_changed(&mut self) {
-        let loaded = crate::config::Config::load(&self.config_path).map_err(Error::Config);
+        let loaded =
+            crate::config::Config::load_for_daemon(&self.config_path).map_err(Error::Config);
         if loaded
             .as_ref()
             .is_ok_and(|new| new.fingerprint == self.config.fingerprint)
@@ -307,7 +309,8 @@ impl Daemon {
 
     /// Re-read the configuration; keep the old one if the new one is invalid.
     async fn reload(&mut self, why: &str) -> bool {
-        let loaded = crate::config::Config::load(&self.config_path).map_err(Error::Config);
+        let loaded =
+            crate::config::Config::load_for_daemon(&self.config_path).map_err(Error::Config);
         self.apply(loaded, why).await
     }
 
@@ -320,6 +323,7 @@ impl Daemon {
                 match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
                     Ok(executor) => {
                         log::info!(certificates = new.certificates.len(); "{why}: configuration reloaded");
+                        warn_missing_output_directories(&new);
                         self.executor = executor;
                         self.config = new.clone();
                         let _ = self.config_tx.send(new);
@@ -379,5 +383,17 @@ impl Daemon {
             None => {}
         }
         parts.join(", ")
+    }
+}
+
+/// A certificate whose files would go into a directory that is missing cannot be
+/// re-issued (its re-issue fails before a key is generated); the others are managed as usual.
+fn warn_missing_output_directories(config: &crate::config::Config) {
+    for cert in config.certificates.values() {
+        for (key, dir, problem, hint) in
+            cert.missing_output_directories(&config.agent.state_dir, Path::new("/"))
+        {
+            log::warn!(cert = cert.name.as_str(); "{key}: directory \"{dir}\" {problem}: this certificate cannot be re-issued until it is fixed; hint: {hint}");
+        }
     }
 }

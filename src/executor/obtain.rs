@@ -29,6 +29,7 @@ impl Executor {
             self.effective_reason(cert, reason, &mut journal, &blocked, &in_service, now)?;
         // Refuse now what the install would refuse later, before a key or an order exists.
         crate::adopt::preflight(cert)?;
+        output_directories(cert, &self.config.agent.state_dir)?;
         let issuer = self
             .config
             .issuers
@@ -352,4 +353,23 @@ struct Ask<'a> {
     in_service: Option<&'a LeafFacts>,
     reason: Reason,
     now: Timestamp,
+}
+
+/// The directories the certificate's files go into exist (or are certagent's to create):
+/// checked before a key is generated or anything is ordered. `config validate` and the
+/// commands refuse such a configuration; the daemon, which keeps managing the other
+/// certificates, refuses only this one's re-issue, here.
+fn output_directories(cert: &Certificate, state_dir: &std::path::Path) -> Result<()> {
+    match cert
+        .missing_output_directories(state_dir, std::path::Path::new("/"))
+        .into_iter()
+        .next()
+    {
+        None => Ok(()),
+        Some((key, dir, problem, hint)) => Err(Error::msg(format!(
+            "{key} of {}: directory \"{dir}\" {problem}",
+            cert.name
+        ))
+        .with_hint(hint)),
+    }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::common;
 
@@ -142,6 +143,41 @@ fn a_certificate_in_a_missing_directory_is_refused_before_any_key_is_made() {
     // Nothing was generated: no key, no generation in the state.
     assert!(!env.state_dir().join("live/site").exists());
     assert_eq!(env.served(), env.initial_leaf);
+}
+
+#[test]
+fn the_daemon_manages_on_when_a_directory_is_missing_and_refuses_only_that_reissue() {
+    let env = Env::new(&["a.test"], None);
+    let missing = env.dir.path().join("later/ssl");
+    env.write_config(
+        &format!("chain_file = \"{}/chain.pem\"", missing.display()),
+        "",
+    );
+    // One certificate's missing directory is not the whole configuration's error here: the
+    // daemon starts (a restart must not stop the management of every other certificate).
+    let daemon = common::Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    daemon.wait_log(
+        "this certificate cannot be re-issued until it is fixed",
+        Duration::from_secs(20),
+    );
+    // Its re-issue is refused before a key exists.
+    let offset = daemon.log_len();
+    std::fs::remove_file(&env.key_file).unwrap();
+    daemon.wait_log_after(
+        offset,
+        &format!(
+            "chain_file of site: directory \"{}\" does not exist",
+            missing.display()
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(!env.state_dir().join("live/site").exists());
+    // Once the directory is there, the same daemon re-issues it.
+    std::fs::create_dir_all(&missing).unwrap();
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.serves_key_file(), "{run:?}");
+    assert!(missing.join("chain.pem").exists());
 }
 
 #[test]
