@@ -20,8 +20,10 @@ use crate::store::Lock;
 
 #[derive(Args, Debug)]
 pub(crate) struct ReissueArgs {
-    /// Re-issue immediately (required: a re-issue from the command line is always now).
-    #[arg(long, required = true)]
+    /// Required: replace the key and certificate in service now, whatever their state.
+    /// certagent already re-issues by itself when a certificate needs it (`certagent check`
+    /// says whether one does and why); --now is the operator saying "anyway, at once".
+    #[arg(long)]
     pub(crate) now: bool,
     /// Certificates to re-issue.
     #[arg(
@@ -45,6 +47,21 @@ pub(crate) struct ReissueArgs {
     pub(crate) json: bool,
 }
 
+/// `reissue` without `--now`: say why the flag exists and what to run instead.
+fn now_missing(args: &ReissueArgs) -> Error {
+    let target = if args.all {
+        "--all".to_string()
+    } else {
+        args.names.join(" ")
+    };
+    Error::msg(
+        "reissue needs --now: it replaces the key and certificate in service at once, even a healthy one",
+    )
+    .with_hint(format!(
+        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`"
+    ))
+}
+
 pub(crate) fn core_reason(r: ReasonArg) -> Reason {
     match r {
         ReasonArg::KeyCompromise => Reason::KeyCompromised,
@@ -56,6 +73,9 @@ pub(crate) fn core_reason(r: ReasonArg) -> Reason {
 }
 
 pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
+    if !args.now {
+        return Err(now_missing(args));
+    }
     let config = crate::config::Config::load(config_path)?;
     let names: &[String] = if args.all { &[] } else { &args.names };
     let certs = ops::select(&config, names)?;

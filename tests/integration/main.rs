@@ -31,6 +31,7 @@ mod harness;
 mod install;
 mod manual;
 mod notify;
+mod operator;
 mod reissue;
 mod revocation;
 mod schedule;
