@@ -163,6 +163,7 @@ mod tests {
 
     fn outcome(at: Timestamp, reason: Reason, result: OutcomeKind) -> Outcome {
         Outcome {
+            asked: None,
             at,
             result,
             reason,

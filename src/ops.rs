@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, RenewalRule, Timestamp, humanize};
+use crate::core::{Asked, Reason, RenewalRule, Requested, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Installed, Outcome, Signals, observe};
 
@@ -160,6 +160,16 @@ pub(crate) fn report(
             message: l.message.clone(),
             serial: l.serial.clone(),
             generation: l.generation,
+            requested_reason: l
+                .asked
+                .as_ref()
+                .and_then(|a| a.requested)
+                .map(|r| r.as_str().to_string()),
+            observed: l
+                .asked
+                .as_ref()
+                .map(|a| a.observed.iter().map(|r| r.as_str().to_string()).collect())
+                .unwrap_or_default(),
         }),
     }
 }
@@ -254,18 +264,53 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
     r
 }
 
-/// Re-issue one certificate (the executor tells the operators how it went).
+/// `document` of a re-issue, with what was asked for and observed when it started.
+pub(crate) fn reissue_document(
+    name: &str,
+    reason: Reason,
+    asked: &Asked,
+    outcome: &Outcome,
+) -> ReissueResult {
+    let mut r = document(name, reason, outcome);
+    r.requested_reason = asked.requested.map(|q| q.as_str().to_string());
+    r.observed = asked
+        .observed
+        .iter()
+        .map(|o| o.as_str().to_string())
+        .collect();
+    r
+}
+
+/// Re-issue one certificate (the executor tells the operators how it went). `requested` is
+/// the operator's reason in their words, when an operator asked: it is logged and journalled
+/// as given, beside what `check` observes now.
 pub(crate) async fn reissue_one(
     executor: &Executor,
     cert: &Certificate,
     reason: Reason,
-) -> Outcome {
-    log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-    let outcome = executor.reissue(cert, reason).await;
+    requested: Option<Requested>,
+) -> (Outcome, Asked) {
+    let asked = Asked {
+        requested,
+        observed: observed_now(executor, cert),
+    };
+    let said = requested.map_or(reason.as_str(), |r| r.as_str());
+    log::info!(cert = cert.name.as_str(), reason = said, observed = asked.observed_list().as_str(); "re-issuing");
+    let outcome = executor.reissue(cert, reason, &asked).await;
     if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
         warn_if_due_at_install(executor, cert);
     }
-    outcome
+    (outcome, asked)
+}
+
+/// The reasons `check` gives for `cert` now (empty when it is healthy).
+fn observed_now(executor: &Executor, cert: &Certificate) -> Vec<Reason> {
+    let blocked = Blocked::load(&executor.config);
+    let journal = executor.store.journal(&cert.name).ok();
+    let signals = Signals::for_cert(&executor.config, &blocked, journal.as_ref(), &cert.name);
+    observe(cert, executor.clock.now(), &signals)
+        .decision
+        .reasons
 }
 
 /// A certificate that was already due for renewal when it was installed is renewed half-way
@@ -454,11 +499,21 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
             out!("  next check:  {nc} ({})", relative(nc, now));
         }
         if let Some(l) = &r.last {
+            let why = match &l.requested_reason {
+                Some(asked) => format!(
+                    "reason {asked}, observed: {}",
+                    if l.observed.is_empty() {
+                        "nothing wrong".to_string()
+                    } else {
+                        l.observed.join(", ")
+                    }
+                ),
+                None => l.reason.clone(),
+            };
             out!(
-                "  last:        {} {} ({}): {}",
+                "  last:        {} {} ({why}): {}",
                 l.at,
                 l.result,
-                l.reason,
                 l.message
             );
         }

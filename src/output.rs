@@ -85,6 +85,13 @@ pub(crate) struct LastReport {
     pub(crate) message: String,
     pub(crate) serial: Option<String>,
     pub(crate) generation: Option<u64>,
+    /// The reason the operator gave (`reissue --reason`), as given; `null` when certagent
+    /// started the attempt by itself (or the journal predates the field).
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
+    /// What `check` observed when the attempt started (`[]`: nothing was wrong).
+    #[serde(default)]
+    pub(crate) observed: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -113,6 +120,14 @@ pub(crate) struct ReissueResult {
     /// With result "pending": seconds until certagent looks again by itself, if known.
     #[serde(default)]
     pub(crate) retry_in: Option<i64>,
+    /// The reason the operator gave (`--reason`), as given: `reason` is what certagent acted
+    /// on (`superseded` is acted on as `forced`, `key-lost` as `key-missing`). `null` when
+    /// no operator asked.
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
+    /// What `check` observed when the re-issue started (`[]`: nothing was wrong with it).
+    #[serde(default)]
+    pub(crate) observed: Vec<String>,
 }
 
 impl ReissueResult {
@@ -129,6 +144,8 @@ impl ReissueResult {
             error: None,
             hint: None,
             retry_in: None,
+            requested_reason: None,
+            observed: Vec::new(),
         }
     }
 }

@@ -11,7 +11,7 @@ use clap::Args;
 use super::ReasonArg;
 use crate::clock::Clock;
 use crate::control::{self, Request};
-use crate::core::Reason;
+use crate::core::Requested;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::ops;
@@ -62,13 +62,13 @@ fn now_missing(args: &ReissueArgs) -> Error {
     ))
 }
 
-pub(crate) fn core_reason(r: ReasonArg) -> Reason {
+pub(crate) fn requested(r: ReasonArg) -> Requested {
     match r {
-        ReasonArg::KeyCompromise => Reason::KeyCompromised,
-        ReasonArg::KeyLost => Reason::KeyMissing,
-        ReasonArg::KeyChange => Reason::KeyTypeChanged,
-        ReasonArg::NamesChange => Reason::NamesChanged,
-        ReasonArg::Superseded => Reason::Forced,
+        ReasonArg::KeyCompromise => Requested::KeyCompromise,
+        ReasonArg::KeyLost => Requested::KeyLost,
+        ReasonArg::KeyChange => Requested::KeyChange,
+        ReasonArg::NamesChange => Requested::NamesChange,
+        ReasonArg::Superseded => Requested::Superseded,
     }
 }
 
@@ -83,12 +83,14 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
         return Err(Error::msg("no certificates configured")
             .with_hint("add a [certificate.NAME] table to the configuration"));
     }
-    let reason = core_reason(args.reason);
+    let requested = requested(args.reason);
+    let reason = requested.reason();
     let req = Request::Reissue {
         names: names.to_vec(),
         all: args.all,
         reason,
         wait: !args.no_wait,
+        requested: Some(requested),
     };
     let (doc, code) = match control::request(&config.agent.runtime_dir, &req).await? {
         Some(resp) => resp.into_document::<ReissueDoc>()?,
@@ -106,8 +108,9 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
             let mut results = Vec::new();
             for name in &names {
                 if let Some(cert) = config.certificate(name) {
-                    let outcome = ops::reissue_one(&executor, cert, reason).await;
-                    results.push(ops::document(&cert.name, reason, &outcome));
+                    let (outcome, asked) =
+                        ops::reissue_one(&executor, cert, reason, Some(requested)).await;
+                    results.push(ops::reissue_document(&cert.name, reason, &asked, &outcome));
                 }
             }
             ops::reissue_doc(results)

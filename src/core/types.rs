@@ -107,6 +107,58 @@ impl Reason {
     }
 }
 
+/// The reason an operator gave (`reissue --reason`), in the operator's words. certagent acts
+/// on the `Reason` it maps to, and records both, so the journal and the logs say what was
+/// asked, not only what it became.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Requested {
+    KeyCompromise,
+    KeyLost,
+    KeyChange,
+    NamesChange,
+    Superseded,
+}
+
+impl Requested {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Requested::KeyCompromise => "key-compromise",
+            Requested::KeyLost => "key-lost",
+            Requested::KeyChange => "key-change",
+            Requested::NamesChange => "names-change",
+            Requested::Superseded => "superseded",
+        }
+    }
+
+    /// The reason certagent acts on.
+    pub(crate) fn reason(self) -> Reason {
+        match self {
+            Requested::KeyCompromise => Reason::KeyCompromised,
+            Requested::KeyLost => Reason::KeyMissing,
+            Requested::KeyChange => Reason::KeyTypeChanged,
+            Requested::NamesChange => Reason::NamesChanged,
+            Requested::Superseded => Reason::Forced,
+        }
+    }
+}
+
+/// Why a re-issue started: what the operator asked for (`None` when certagent started it by
+/// itself) and what it observed on disk at that moment (the reasons `check` would give).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    pub(crate) requested: Option<Requested>,
+    pub(crate) observed: Vec<Reason>,
+}
+
+impl Asked {
+    /// `requested=superseded observed=[]` style, for log lines and text output.
+    pub(crate) fn observed_list(&self) -> String {
+        let list: Vec<&str> = self.observed.iter().map(|r| r.as_str()).collect();
+        format!("[{}]", list.join(", "))
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

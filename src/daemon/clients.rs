@@ -11,7 +11,7 @@ use super::{Daemon, ops};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::{self, Request, Response};
-use crate::core::Reason;
+use crate::core::{Reason, Requested};
 use crate::error::Error;
 use crate::output::ReissueResult;
 
@@ -19,6 +19,8 @@ use crate::output::ReissueResult;
 pub(super) struct ReissueAsk {
     names: Vec<String>,
     reason: Reason,
+    /// The operator's reason in their words.
+    requested: Option<Requested>,
     wait: bool,
     reply: oneshot::Sender<Response>,
     /// A certificate handed in for a pending manual re-issue (one name), and the inbox file
@@ -79,13 +81,15 @@ impl Daemon {
                 // A refresh, finish or import is running: the re-issue starts right after it.
                 match &mut state.queued {
                     Some((_, waiters)) => waiters.push(tx),
-                    None => state.queued = Some((Job::Reissue(ask.reason), vec![tx])),
+                    None => {
+                        state.queued = Some((Job::Reissue(ask.reason, ask.requested), vec![tx]))
+                    }
                 }
                 log::debug!(cert = name.as_str(); "re-issue queued behind the job in flight");
             } else {
                 state.waiters.push(tx);
                 self.clear_backoff(name);
-                self.start(name, Job::Reissue(ask.reason));
+                self.start(name, Job::Reissue(ask.reason, ask.requested));
             }
             if ask.wait {
                 receivers.push((name.clone(), rx));
@@ -160,6 +164,7 @@ impl Daemon {
             let ask = ReissueAsk {
                 names: vec![name],
                 reason: Reason::Forced,
+                requested: None,
                 wait: false,
                 reply,
                 import: Some((Arc::new(data), Some(path))),
@@ -250,6 +255,7 @@ pub(super) async fn serve_client(
             let ask = ReissueAsk {
                 names: vec![name],
                 reason: Reason::Forced,
+                requested: None,
                 wait: true,
                 reply,
                 import,
@@ -267,6 +273,7 @@ pub(super) async fn serve_client(
             all,
             reason,
             wait,
+            requested,
         } => {
             let names = if all { Vec::new() } else { names };
             let (reply, rx) = oneshot::channel();
@@ -274,6 +281,7 @@ pub(super) async fn serve_client(
                 .send(ReissueAsk {
                     names,
                     reason,
+                    requested,
                     wait,
                     reply,
                     import: None,

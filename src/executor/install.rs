@@ -73,7 +73,7 @@ impl Executor {
         crate::failpoint!("before-flip");
         self.store.flip(&cert.name, number)?;
         self.store.link_outputs(cert)?;
-        log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(), event = "flipped"; "flipped to new generation");
+        log::info!(cert = cert.name.as_str(), generation = number, reason = journal.said(reason), event = "flipped"; "flipped to new generation");
         crate::failpoint!("after-flip");
         self.settle_flip(cert, journal, &flip).await
     }
@@ -127,7 +127,7 @@ impl Executor {
             log::warn!(cert = cert.name.as_str(), generation = number; "{e}");
         }
         let message = cause.to_string();
-        log::error!(cert = cert.name.as_str(), reason = reason.as_str(), generation = number, event = "failed"; "install stopped before the flip: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(reason), generation = number, event = "failed"; "install stopped before the flip: {message}");
         let _ = self.record(cert, journal, OutcomeKind::Failed, reason, &message, None);
         Error::msg(message)
             .with_hint("nothing was installed; the certificate in service is unchanged")
@@ -315,7 +315,7 @@ impl Executor {
             return installed;
         };
         let e = e.context(format!("post_install hook of {:?} failed", cert.name));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = installed.serial.as_str(), generation = flip.to, event = "hook-failed"; "{e}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), serial = installed.serial.as_str(), generation = flip.to, event = "hook-failed"; "{e}");
         if let Some(last) = journal.last.as_mut() {
             last.message = format!("{}; {e}", last.message);
             if let Err(e) = self.store.save_journal(&cert.name, journal) {
@@ -351,6 +351,7 @@ impl Executor {
             message: message.into(),
             serial: Some(serial.to_string()),
             generation: Some(flip.to),
+            asked: None,
         };
         journal_installed(journal, flip, installed);
         self.store.save_journal(&cert.name, journal)?;
@@ -366,11 +367,21 @@ impl Executor {
             OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
             _ => "installed",
         };
-        log::info!(
-            cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = serial, generation = flip.to,
-            event = event, removed = format!("{removed:?}").as_str();
-            "{message}"
-        );
+        let reason = journal.said(flip.reason);
+        // Removed generations only when there were some: no `removed=[]` noise.
+        if removed.is_empty() {
+            log::info!(
+                cert = cert.name.as_str(), reason = reason, serial = serial, generation = flip.to,
+                event = event;
+                "{message}"
+            );
+        } else {
+            log::info!(
+                cert = cert.name.as_str(), reason = reason, serial = serial, generation = flip.to,
+                event = event, removed = format!("{removed:?}").as_str();
+                "{message}"
+            );
+        }
         Ok(())
     }
 
@@ -400,7 +411,7 @@ impl Executor {
         journal.current = flip.from;
         journal.flip = None;
         let message = format!("{cause}; {}", notes.join(", "));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "rolled-back"; "install failed: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), generation = flip.to, event = "rolled-back"; "install failed: {message}");
         let _ = self.record(
             cert,
             journal,
@@ -432,7 +443,7 @@ impl Executor {
         );
         journal.current = Some(flip.to);
         journal.flip = None;
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "failed"; "install failed: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), generation = flip.to, event = "failed"; "install failed: {message}");
         let _ = self.record(
             cert,
             journal,

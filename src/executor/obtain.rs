@@ -161,7 +161,8 @@ impl Executor {
             next_look: None,
         });
         self.store.save_journal(&cert.name, journal)?;
-        log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
+        // The operator's words when an operator asked (`superseded`, not `forced`).
+        log::info!(cert = cert.name.as_str(), reason = journal.said(reason), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
         Ok(key)
     }
 
@@ -226,6 +227,7 @@ impl Executor {
             message: format!("pending: {}", waiting.message),
             serial: None,
             generation: None,
+            asked: journal.asked.clone(),
         });
         self.store.save_journal(&cert.name, journal)?;
         Ok(Stop::Pending(waiting))

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::FlagId;
-use crate::core::{KeySpec, Reason, Timestamp};
+use crate::core::{Asked, KeySpec, Reason, Timestamp};
 
 /// Per-certificate durable state. Written atomically after every step that matters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -62,11 +62,30 @@ pub(crate) struct Journal {
     /// When the daemon started re-issues by itself in the last hour (the hourly guard).
     #[serde(default)]
     pub(crate) auto_reissues: Vec<Timestamp>,
+    /// Why the re-issue in progress started (the operator's words, what was observed): copied
+    /// into the outcome that ends it.
+    #[serde(default)]
+    pub(crate) asked: Option<Asked>,
 }
 
 impl Journal {
+    /// The reason to log for the attempt in progress (or the one that just ended): the
+    /// operator's words when an operator asked (`superseded`), else `reason`.
+    pub(crate) fn said(&self, reason: Reason) -> &'static str {
+        self.asked
+            .as_ref()
+            .or_else(|| self.last.as_ref()?.asked.as_ref())
+            .and_then(|a| a.requested)
+            .map_or(reason.as_str(), |r| r.as_str())
+    }
+
     /// Record the outcome of one re-issue attempt in `last` and in the tally.
-    pub(crate) fn record_outcome(&mut self, outcome: Outcome) {
+    pub(crate) fn record_outcome(&mut self, mut outcome: Outcome) {
+        if outcome.result == OutcomeKind::Pending {
+            outcome.asked = outcome.asked.or_else(|| self.asked.clone());
+        } else {
+            outcome.asked = outcome.asked.or_else(|| self.asked.take());
+        }
         *self
             .tally
             .entry(outcome.reason)
@@ -179,6 +198,10 @@ pub(crate) struct Outcome {
     pub(crate) message: String,
     pub(crate) serial: Option<String>,
     pub(crate) generation: Option<u64>,
+    /// What the operator asked for and what was observed when the attempt started (`None`
+    /// in journals written before it was recorded).
+    #[serde(default)]
+    pub(crate) asked: Option<Asked>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

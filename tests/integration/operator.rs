@@ -74,3 +74,69 @@ fn reissue_help_and_error_say_why_now_is_required() {
         "{run:?}"
     );
 }
+
+#[test]
+fn the_reason_an_operator_gives_is_recorded_as_given_beside_what_was_observed() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let run = env.certagent(&[
+        "reissue",
+        "--now",
+        "site",
+        "--json",
+        "--reason",
+        "superseded",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let result = &run.json()["certificates"][0];
+    assert_eq!(result["requested_reason"], "superseded", "{run:?}");
+    assert_eq!(result["observed"], serde_json::json!([]), "{run:?}");
+    // What certagent acted on is unchanged (the contract's field keeps its meaning).
+    assert_eq!(result["reason"], "forced", "{run:?}");
+    assert!(
+        run.stderr
+            .contains("re-issuing cert=site reason=superseded observed=[]"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("reason=forced"), "{run:?}");
+    assert!(run.stderr.contains("event=installed"), "{run:?}");
+    assert!(!run.stderr.contains("removed=[]"), "{run:?}");
+
+    // A lost key, reissued as key-lost: the journal says key-lost, and that the key was
+    // observed missing.
+    std::fs::remove_file(&env.key_file).expect("delete key");
+    let run = env.certagent(&["reissue", "--now", "site", "--json", "--reason", "key-lost"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let result = &run.json()["certificates"][0];
+    assert_eq!(result["requested_reason"], "key-lost", "{run:?}");
+    assert_eq!(
+        result["observed"],
+        serde_json::json!(["key-missing"]),
+        "{run:?}"
+    );
+
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let last = &status.json()["certificates"][0]["last"];
+    assert_eq!(last["result"], "installed", "{status:?}");
+    assert_eq!(last["requested_reason"], "key-lost", "{status:?}");
+    assert_eq!(
+        last["observed"],
+        serde_json::json!(["key-missing"]),
+        "{status:?}"
+    );
+    let text = env.certagent(&["status"]);
+    assert!(
+        text.stdout.contains(
+            "installed (reason key-lost, observed: key-missing): installed and verified in service"
+        ),
+        "{text:?}"
+    );
+    let journal = std::fs::read_to_string(env.state_dir().join("certs/site/state.json")).unwrap();
+    let journal: serde_json::Value = serde_json::from_str(&journal).unwrap();
+    assert_eq!(journal["last"]["asked"]["requested"], "key-lost");
+    assert_eq!(
+        journal["last"]["asked"]["observed"],
+        serde_json::json!(["key-missing"])
+    );
+}
