@@ -352,6 +352,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// Whether the command is the daemon (`run`): its log lines carry timestamps off the journal.
+pub fn is_daemon(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Run)
+}
+
 /// Whether the command asked for JSON (for error output before the command runs).
 pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
