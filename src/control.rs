@@ -86,7 +86,14 @@ impl Response {
     /// reported becomes the command's error, with its hint.
     pub(crate) fn into_document<T: serde::de::DeserializeOwned>(self) -> Result<(T, u8)> {
         if let Some(e) = self.error {
-            let err = Error::msg(e);
+            // The daemon's exit code is kept where it means something of its own.
+            let err = match self.exit {
+                crate::error::exit::CONFIG => Error::Mismatch {
+                    message: e,
+                    hint: None,
+                },
+                _ => Error::msg(e),
+            };
             return Err(match self.hint {
                 Some(h) => err.with_hint(h),
                 None => err,

@@ -38,6 +38,12 @@ pub enum Error {
         problem: Box<Problem>,
         hint: Option<String>,
     },
+    /// The configuration reads, but does not match this host (a `verify` endpoint nothing
+    /// listens on): exit 78 like an invalid configuration, without a file and line.
+    Mismatch {
+        message: String,
+        hint: Option<String>,
+    },
     /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
     /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
@@ -82,6 +88,10 @@ impl Error {
                 problem,
                 hint: Some(hint.into()),
             },
+            Error::Mismatch { message, .. } => Error::Mismatch {
+                message,
+                hint: Some(hint.into()),
+            },
             other => other,
         }
     }
@@ -107,7 +117,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
+            Error::Config(_) | Error::Mismatch { .. } => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
             Error::Pending { .. } => exit::PENDING,
             Error::Failed { .. } | Error::Acme { .. } => exit::ERROR,
@@ -116,7 +126,9 @@ impl Error {
 
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Error::Failed { hint, .. } | Error::Acme { hint, .. } => hint.as_deref(),
+            Error::Failed { hint, .. }
+            | Error::Acme { hint, .. }
+            | Error::Mismatch { hint, .. } => hint.as_deref(),
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
             }
@@ -157,7 +169,7 @@ impl fmt::Display for Error {
             Error::Config(errors) => write!(f, "invalid configuration:\n{errors}"),
             Error::Busy(what) => write!(f, "busy: {what}"),
             Error::Pending { message, .. } => write!(f, "pending: {message}"),
-            Error::Failed { message, .. } => f.write_str(message),
+            Error::Failed { message, .. } | Error::Mismatch { message, .. } => f.write_str(message),
             Error::Acme {
                 context, problem, ..
             } => write!(f, "{context}: {problem}"),

@@ -39,6 +39,46 @@ pub(crate) struct CertificateReport {
     pub(crate) ari: Option<AriReport>,
     /// A compromised predecessor still to revoke or purge.
     pub(crate) compromise: Option<CompromiseReport>,
+    /// Each `verify` endpoint of the certificate's server and whether it accepts a
+    /// connection (TCP, no TLS); empty without a server.
+    #[serde(default)]
+    pub(crate) verify: Vec<VerifyReport>,
+    /// An install in flight: the new generation is flipped in but not yet proven served
+    /// (the server may still serve `from`); `null` otherwise.
+    #[serde(default)]
+    pub(crate) installing: Option<InstallingReport>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct InstallingReport {
+    pub(crate) from: Option<u64>,
+    pub(crate) to: u64,
+    /// "flipped" (files point at `to`), "reloading" (config test and reload), "verifying"
+    /// (waiting for every endpoint to serve it).
+    pub(crate) phase: String,
+}
+
+/// `status`: whether a daemon answered, and what is wrong with the files on disk when the
+/// daemon runs on the configuration it read before.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct DaemonReport {
+    /// The daemon answered on its control socket (the document is its view).
+    pub(crate) running: bool,
+    /// The configuration files on disk do not load; the daemon keeps the one it has. Empty
+    /// when they load.
+    #[serde(default)]
+    pub(crate) config_errors: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VerifyReport {
+    /// `address:port`.
+    pub(crate) endpoint: String,
+    /// The SNI a re-issue probes it with.
+    pub(crate) sni: String,
+    pub(crate) answered: bool,
+    /// Why not (`connection refused`, a timeout), when it did not.
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -100,6 +140,9 @@ pub(crate) struct CheckDoc {
     pub(crate) changed: bool,
     pub(crate) healthy: bool,
     pub(crate) certificates: Vec<CertificateReport>,
+    /// `status` only: whether the daemon runs (absent from `check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) daemon: Option<DaemonReport>,
 }
 
 /// One certificate's result in `reissue`.

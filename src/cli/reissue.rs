@@ -83,6 +83,7 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
         return Err(Error::msg("no certificates configured")
             .with_hint("add a [certificate.NAME] table to the configuration"));
     }
+    ops::preflight(&config, &certs).await?;
     let requested = requested(args.reason);
     let reason = requested.reason();
     let req = Request::Reissue {

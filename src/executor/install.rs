@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, GenFiles, GenerationContent, Journal, OutcomeKind, PostActions, fsutil,
+    self, Flip, FlipPhase, GenFiles, GenerationContent, Journal, OutcomeKind, PostActions, fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -67,6 +67,7 @@ impl Executor {
             from: self.store.current_generation(&cert.name),
             to: number,
             reason,
+            phase: FlipPhase::Flipped,
         };
         journal.flip = Some(flip.clone());
         self.store.save_journal(&cert.name, journal)?;
@@ -221,8 +222,9 @@ impl Executor {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
             return Ok(Load::NotRunning);
         }
+        self.journal_phase(cert, journal, FlipPhase::Reloading);
         let first = match server.config_test().await {
-            Ok(()) => self.reload_and_probe(&server, cert, chain).await,
+            Ok(()) => self.reload_and_probe(&server, cert, journal, chain).await,
             Err(e) => Err(e),
         };
         let mut served = match first {
@@ -235,13 +237,26 @@ impl Executor {
         crate::failpoint!("after-reload");
         if let Served::Not(why) = &served {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "new certificate not served after reload ({why}), reloading once more");
-            if let Ok(again) = self.reload_and_probe(&server, cert, chain).await {
+            self.journal_phase(cert, journal, FlipPhase::Reloading);
+            if let Ok(again) = self.reload_and_probe(&server, cert, journal, chain).await {
                 served = again;
             }
         }
         match served {
             Served::All => Ok(Load::Served),
             Served::Not(why) => Err(self.not_served(cert, journal, flip, &server, &why).await),
+        }
+    }
+
+    /// Journal how far the install in flight got (for `status`). Best effort: the phase is
+    /// what an operator reads, recovery does not depend on it.
+    fn journal_phase(&self, cert: &Certificate, journal: &mut Journal, phase: FlipPhase) {
+        let Some(flip) = journal.flip.as_mut() else {
+            return;
+        };
+        flip.phase = phase;
+        if let Err(e) = self.store.save_journal(&cert.name, journal) {
+            log::warn!(cert = cert.name.as_str(), phase = phase.as_str(); "failed to journal the install's phase: {e}");
         }
     }
 
@@ -273,10 +288,12 @@ impl Executor {
         &self,
         server: &WebServer,
         cert: &Certificate,
+        journal: &mut Journal,
         chain: &Chain,
     ) -> Result<Served> {
         let old_workers = server.workers();
         server.reload().await?;
+        self.journal_phase(cert, journal, FlipPhase::Verifying);
         let settle = server
             .wait_retired(&old_workers, server.verify_timeout())
             .await;

@@ -29,6 +29,12 @@ impl Executor {
             self.effective_reason(cert, reason, &mut journal, &blocked, &in_service, now)?;
         // Refuse now what the install would refuse later, before a key or an order exists.
         crate::adopt::preflight(cert)?;
+        if let Some(server) = self.server(cert) {
+            let in_service = in_service.leaf().is_some();
+            server
+                .preflight(&cert.name, &cert.names, in_service)
+                .await?;
+        }
         let issuer = self
             .config
             .issuers

@@ -188,6 +188,33 @@ pub(crate) struct Flip {
     pub(crate) from: Option<u64>,
     pub(crate) to: u64,
     pub(crate) reason: Reason,
+    /// How far the install got: what `status` shows while the new generation is not yet
+    /// proven served.
+    #[serde(default)]
+    pub(crate) phase: FlipPhase,
+}
+
+/// The steps between the flip and the proof, journalled as they start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FlipPhase {
+    /// The files point at the new generation; the server has not been told.
+    #[default]
+    Flipped,
+    /// The server's config test and reload run.
+    Reloading,
+    /// Reloaded; waiting for every endpoint to serve the new certificate.
+    Verifying,
+}
+
+impl FlipPhase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FlipPhase::Flipped => "flipped",
+            FlipPhase::Reloading => "reloading",
+            FlipPhase::Verifying => "verifying",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 use crate::common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::run_certagent;
 
@@ -138,5 +139,259 @@ fn the_reason_an_operator_gives_is_recorded_as_given_beside_what_was_observed() 
     assert_eq!(
         journal["last"]["asked"]["observed"],
         serde_json::json!(["key-missing"])
+    );
+}
+
+/// Every file under `dir` with its content (empty for directories and unreadable files).
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() && !path.is_symlink() {
+                todo.push(path.clone());
+                out.push((path, Vec::new()));
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_verify_endpoint_nothing_listens_on_fails_the_reissue_at_once_and_changes_nothing() {
+    let mut env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let dead = format!("127.0.0.1:{}", common::reserved_port());
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("verify = [\"{}\"]", env.addr()),
+        &format!("verify = [\"{dead}\"]"),
+    );
+    assert!(text.contains(&dead), "{text}");
+    std::fs::write(&env.config, text).unwrap();
+    let ssl = env.cert_file.parent().unwrap().to_path_buf();
+    let before = (tree(&env.state_dir()), tree(&ssl));
+
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 78, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["changed"], false, "{run:?}");
+    let error = doc["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "failed to re-issue \"site\": nothing listens on {dead} (connection refused), the verify endpoint of server.web.verify, although nginx is running"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        doc["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("set server.web.verify to the address:port nginx serves"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("generated new key"), "{run:?}");
+    // Nothing generated, nothing changed on disk (no state, no pending key), nothing reloaded.
+    assert_eq!((tree(&env.state_dir()), tree(&ssl)), before);
+    assert_eq!(env.served(), env.initial_leaf);
+
+    // `check` says which endpoint does not answer, in text and JSON.
+    let check = env.certagent(&["check", "--json"]);
+    let verify = &check.json()["certificates"][0]["verify"];
+    assert_eq!(verify[0]["endpoint"], dead.as_str(), "{check:?}");
+    assert_eq!(verify[0]["answered"], false, "{check:?}");
+    assert!(
+        verify[0]["error"].as_str().unwrap().contains("refused"),
+        "{check:?}"
+    );
+    let check = env.certagent(&["check"]);
+    assert!(
+        check.stdout.contains(&format!(
+            "site: verify endpoint {dead} (SNI a.test) does not answer: connect to {dead}: Connection refused"
+        )),
+        "{check:?}"
+    );
+
+    // With the web server stopped nothing can listen, and that is no misconfiguration: the
+    // certificate is installed, not loaded (a first install before the server starts).
+    env.nginx.stop();
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.json()["certificates"][0]["result"],
+        "installed-not-loaded",
+        "{run:?}"
+    );
+}
+
+#[test]
+fn check_reports_a_verify_endpoint_that_answers() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let check = env.certagent(&["check", "--json"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let verify = &check.json()["certificates"][0]["verify"];
+    assert_eq!(
+        verify,
+        &serde_json::json!([{"endpoint": env.addr(), "sni": "a.test", "answered": true, "error": null}])
+    );
+}
+
+#[test]
+fn status_says_whether_the_daemon_runs_and_shows_its_view_while_the_file_on_disk_is_invalid() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()["daemon"]["running"], false, "{status:?}");
+    let status = env.certagent(&["status"]);
+    assert!(
+        status
+            .stdout
+            .starts_with("daemon: not running (read from disk)\nsite\n"),
+        "{status:?}"
+    );
+
+    let daemon = common::Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()["daemon"]["running"], true, "{status:?}");
+    assert_eq!(
+        status.json()["daemon"]["config_errors"],
+        serde_json::json!([])
+    );
+
+    // An invalid edit: the daemon keeps its configuration, and status still shows its view.
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{good}\n[bogus]\n")).unwrap();
+    daemon.wait_log(
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(20),
+    );
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let doc = status.json();
+    assert_eq!(doc["daemon"]["running"], true, "{status:?}");
+    assert!(
+        doc["daemon"]["config_errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("bogus"),
+        "{status:?}"
+    );
+    assert_eq!(doc["certificates"][0]["name"], "site", "{status:?}");
+    assert!(
+        status.stderr.starts_with(
+            "certagent: warning: the configuration on disk is invalid; the daemon runs on the configuration it read before:"
+        ),
+        "{status:?}"
+    );
+    // `check` and `config validate` still say the file is invalid.
+    assert_eq!(env.certagent(&["config", "validate"]).code, 78);
+    drop(daemon);
+    // No daemon to ask: the invalid file is all there is.
+    assert_eq!(env.certagent(&["status"]).code, 78);
+}
+
+#[test]
+fn the_foreground_daemon_says_what_it_read_stamps_its_lines_and_says_when_the_config_is_valid_again()
+ {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let daemon = common::Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    let log = daemon.log();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("certagent daemon ready"))
+        .expect("ready line");
+    assert!(
+        ready.contains(&format!("config={}", env.config.display())),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(&format!("state_dir={}", env.state_dir().display())),
+        "{ready}"
+    );
+    assert!(ready.contains(" next_check=20"), "{ready}");
+    // Off the journal every line starts with the time: "2026-12-03T00:55:00Z certagent: ...".
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let (stamp, rest) = line.split_once(' ').unwrap_or(("", line));
+        assert!(
+            stamp.len() == 20 && stamp.ends_with('Z') && rest.starts_with("certagent: "),
+            "{line:?}"
+        );
+    }
+
+    // A bad edit, then the fix (back to the file in use): the daemon says it is valid again.
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{good}\n[bogus]\n")).unwrap();
+    daemon.wait_log(
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(20),
+    );
+    let offset = daemon.log_len();
+    std::fs::write(&env.config, &good).unwrap();
+    daemon.wait_log_after(offset, "configuration valid again", Duration::from_secs(20));
+
+    // And a fix that changes the configuration: valid again, then reloaded.
+    std::fs::write(&env.config, format!("{good}\n[bogus]\n")).unwrap();
+    daemon.wait_log_after(
+        offset,
+        "the new configuration is invalid, keeping the old one",
+        Duration::from_secs(20),
+    );
+    let offset = daemon.log_len();
+    std::fs::write(
+        &env.config,
+        good.replace("lock_timeout = \"5s\"", "lock_timeout = \"6s\""),
+    )
+    .unwrap();
+    daemon.wait_log_after(offset, "configuration reloaded", Duration::from_secs(20));
+    let tail = daemon.log()[offset..].to_string();
+    assert!(tail.contains("configuration valid again"), "{tail}");
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn status_mid_install_shows_the_generation_served_and_how_far_the_install_got() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    // Killed once nginx was reloaded, before the new certificate was proven served.
+    let run = common::run_certagent(
+        &env.config,
+        &["reissue", "--now", "site"],
+        &[("CERTAGENT_FAILPOINT", "after-reload")],
+    );
+    assert!(
+        run.stderr
+            .contains("failpoint after-reload: killing myself"),
+        "{run:?}"
+    );
+    let status = env.certagent(&["status", "--json"]);
+    let installing = &status.json()["certificates"][0]["installing"];
+    assert_eq!(installing["from"], 0, "{status:?}");
+    assert_eq!(installing["to"], 1, "{status:?}");
+    assert_eq!(installing["phase"], "verifying", "{status:?}");
+    let status = env.certagent(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("  in service:  generation 0 until generation 1 is proven served\n  installing:  generation 1 (verifying): serial "),
+        "{status:?}"
+    );
+    // The next run finishes the install; status then has nothing in flight.
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = env.certagent(&["status", "--json"]);
+    assert!(
+        status.json()["certificates"][0]["installing"].is_null(),
+        "{status:?}"
     );
 }
