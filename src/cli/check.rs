@@ -21,16 +21,11 @@ pub(crate) struct CheckArgs {
     pub(crate) json: bool,
 }
 
-async fn doc(config_path: &Path, args: &CheckArgs, status: bool) -> Result<(CheckDoc, u8)> {
+/// `check`'s document: the daemon's when one answers, else read from disk.
+async fn check_doc(config_path: &Path, args: &CheckArgs) -> Result<(CheckDoc, u8)> {
     let config = crate::config::Config::load(config_path)?;
-    let req = if status {
-        Request::Status {
-            names: args.names.clone(),
-        }
-    } else {
-        Request::Check {
-            names: args.names.clone(),
-        }
+    let req = Request::Check {
+        names: args.names.clone(),
     };
     if let Some(resp) = control::request(&config.agent.runtime_dir, &req).await? {
         return resp.into_document();
@@ -65,7 +60,7 @@ fn runtime_dir_of(config_path: &Path) -> PathBuf {
 }
 
 pub(crate) async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8> {
-    let (doc, code) = doc(config_path, args, false).await?;
+    let (doc, code) = check_doc(config_path, args).await?;
     if args.json {
         output::print_json(&doc);
     } else {

@@ -327,6 +327,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_operators_reason_is_kept_in_their_words_beside_the_reason_acted_on() {
+        let cases = [
+            (
+                Requested::KeyCompromise,
+                "key-compromise",
+                Reason::KeyCompromised,
+            ),
+            (Requested::KeyLost, "key-lost", Reason::KeyMissing),
+            (Requested::KeyChange, "key-change", Reason::KeyTypeChanged),
+            (Requested::NamesChange, "names-change", Reason::NamesChanged),
+            (Requested::Superseded, "superseded", Reason::Forced),
+        ];
+        for (requested, word, reason) in cases {
+            assert_eq!(requested.as_str(), word);
+            assert_eq!(requested.reason(), reason);
+            assert_eq!(
+                serde_json::to_string(&requested).unwrap(),
+                format!("{word:?}")
+            );
+        }
+        let asked = Asked {
+            requested: Some(Requested::Superseded),
+            observed: vec![Reason::KeyMissing, Reason::Expiring],
+        };
+        assert_eq!(asked.observed_list(), "[key-missing, expiring]");
+        assert_eq!(Asked::default().observed_list(), "[]");
+    }
+
+    #[test]
     fn spans_parse_units_and_reject_junk() {
         assert_eq!("30d".parse::<Span>(), Ok(Span(30 * 86_400)));
         assert_eq!("1h30m".parse::<Span>(), Ok(Span(5_400)));

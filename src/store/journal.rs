@@ -240,3 +240,61 @@ pub(crate) enum OutcomeKind {
     Failed,
     RolledBack,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Requested;
+
+    fn outcome(result: OutcomeKind) -> Outcome {
+        Outcome {
+            at: 100,
+            result,
+            reason: Reason::Forced,
+            message: String::new(),
+            serial: None,
+            generation: None,
+            asked: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_that_ends_an_attempt_carries_what_was_asked_and_observed() {
+        let asked = Asked {
+            requested: Some(Requested::KeyLost),
+            observed: vec![Reason::KeyMissing],
+        };
+        let mut j = Journal {
+            asked: Some(asked.clone()),
+            ..Journal::default()
+        };
+        assert_eq!(j.said(Reason::KeyMissing), "key-lost");
+        // Pending is no end: the attempt resumes, still the operator's.
+        j.record_outcome(outcome(OutcomeKind::Pending));
+        assert_eq!(j.last.as_ref().unwrap().asked.as_ref(), Some(&asked));
+        assert_eq!(j.asked.as_ref(), Some(&asked));
+        j.record_outcome(outcome(OutcomeKind::Installed));
+        assert_eq!(j.last.as_ref().unwrap().asked.as_ref(), Some(&asked));
+        assert!(j.asked.is_none());
+        // Just after the end the log lines still say the operator's word.
+        assert_eq!(j.said(Reason::KeyMissing), "key-lost");
+        let text = serde_json::to_string(&j.last).unwrap();
+        assert!(
+            text.contains(r#""asked":{"requested":"key-lost","observed":["key-missing"]}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_journal_without_asked_or_phase_still_reads() {
+        let j: Journal = serde_json::from_str(
+            r#"{"schema":1,"current":1,"next_generation":2,"pending":null,
+                "flip":{"from":0,"to":1,"reason":"forced"},
+                "last":{"at":1,"result":"failed","reason":"forced","message":"x","serial":null,"generation":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(j.flip.unwrap().phase, FlipPhase::Flipped);
+        assert!(j.last.unwrap().asked.is_none());
+        assert!(j.asked.is_none());
+    }
+}
