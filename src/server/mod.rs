@@ -284,7 +284,8 @@ impl WebServer {
         names: &[DomainName],
         in_service: bool,
     ) -> Result<()> {
-        if self.is_running() == Some(false) || !in_service {
+        let running = self.is_running();
+        if running == Some(false) || !in_service {
             return Ok(());
         }
         let mut refused = Vec::new();
@@ -302,11 +303,19 @@ impl WebServer {
         if refused.is_empty() {
             return Ok(());
         }
-        let kind = self.cfg.kind.as_str();
+        let kind = match self.cfg.kind {
+            ServerKind::Command => "the server",
+            other => other.as_str(),
+        };
         let key = format!("server.{}.verify", self.cfg.name);
+        // Without a pid file (systemd runs the server) certagent cannot tell whether it runs.
+        let state = match running {
+            Some(_) => format!(", although {kind} is running"),
+            None => format!(" (is {kind} running?)"),
+        };
         Err(Error::Mismatch {
             message: format!(
-                "failed to re-issue {cert_name:?}: nothing listens on {} (connection refused), the verify endpoint{} of {key}, although {kind} is running: nothing was generated, ordered or changed",
+                "failed to re-issue {cert_name:?}: nothing listens on {} (connection refused), the verify endpoint{} of {key}{state}; nothing was generated, ordered or changed",
                 refused.join(", "),
                 if refused.len() > 1 { "s" } else { "" },
             ),

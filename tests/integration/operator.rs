@@ -186,7 +186,7 @@ fn a_verify_endpoint_nothing_listens_on_fails_the_reissue_at_once_and_changes_no
     let error = doc["error"].as_str().unwrap();
     assert!(
         error.starts_with(&format!(
-            "failed to re-issue \"site\": nothing listens on {dead} (connection refused), the verify endpoint of server.web.verify, although nginx is running"
+            "failed to re-issue \"site\": nothing listens on {dead} (connection refused), the verify endpoint of server.web.verify, although nginx is running; nothing was generated, ordered or changed"
         )),
         "{run:?}"
     );
@@ -394,4 +394,28 @@ fn status_mid_install_shows_the_generation_served_and_how_far_the_install_got() 
         status.json()["certificates"][0]["installing"].is_null(),
         "{status:?}"
     );
+}
+
+#[test]
+fn a_dead_verify_endpoint_of_a_server_whose_state_is_unknown_asks_whether_it_runs() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let dead = format!("127.0.0.1:{}", common::reserved_port());
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let pid_line = format!("pid_file = \"{}\"", env.nginx.pid_file().display());
+    let reload = common::toml_list(&env.nginx.reload_command());
+    let text = text
+        .replace("kind = \"nginx\"", "kind = \"command\"")
+        .replace(&pid_line, &format!("reload_command = {reload}"))
+        .replace(&format!("[\"{}\"]", env.addr()), &format!("[\"{dead}\"]"));
+    std::fs::write(&env.config, text).unwrap();
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 78, "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "certagent: failed to re-issue \"site\": nothing listens on {dead} (connection refused), the verify endpoint of server.web.verify (is the server running?); nothing was generated, ordered or changed\n  hint: set server.web.verify to the address:port the server serves"
+        )),
+        "{run:?}"
+    );
+    assert_eq!(env.served(), env.initial_leaf);
 }
