@@ -97,12 +97,17 @@ impl Daemon {
         }
         self.publish_status();
         let reason = ask.reason;
+        let requested = ask.requested.map(|r| r.as_str().to_string());
         let reply = ask.reply;
         tokio::spawn(async move {
             let results = if receivers.is_empty() {
                 names
                     .iter()
-                    .map(|n| ReissueResult::new(n, "started", reason.as_str()))
+                    .map(|n| {
+                        let mut r = ReissueResult::new(n, "started", reason.as_str());
+                        r.requested_reason = requested.clone();
+                        r
+                    })
                     .collect()
             } else {
                 let mut out = Vec::new();

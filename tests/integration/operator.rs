@@ -356,6 +356,29 @@ fn the_foreground_daemon_says_what_it_read_stamps_its_lines_and_says_when_the_co
     daemon.wait_log_after(offset, "configuration reloaded", Duration::from_secs(20));
     let tail = daemon.log()[offset..].to_string();
     assert!(tail.contains("configuration valid again"), "{tail}");
+
+    // Through the daemon too, the operator's reason is the one logged and answered.
+    let offset = daemon.log_len();
+    let run = env.certagent(&[
+        "reissue",
+        "--now",
+        "site",
+        "--no-wait",
+        "--json",
+        "--reason",
+        "key-change",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let result = &run.json()["certificates"][0];
+    assert_eq!(result["result"], "started", "{run:?}");
+    assert_eq!(result["requested_reason"], "key-change", "{run:?}");
+    daemon.wait_log_after(offset, "event=installed", Duration::from_secs(30));
+    let tail = daemon.log()[offset..].to_string();
+    assert!(
+        tail.contains("re-issuing cert=site reason=key-change observed=[]"),
+        "{tail}"
+    );
+    assert!(!tail.contains("reason=key-type-changed"), "{tail}");
 }
 
 #[cfg(feature = "failpoints")]
