@@ -182,6 +182,7 @@ mod tests {
         www.failures = 1;
         let shop = Journal {
             pending: Some(Pending {
+                requested: None,
                 reason: Reason::Forced,
                 started_at: 940,
                 issuer: "internal".into(),

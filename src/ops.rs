@@ -122,6 +122,7 @@ pub(crate) fn report(
         failures: journal.map(|j| j.failures).unwrap_or(0),
         pending: pending.map(|p| PendingReport {
             reason: p.reason.as_str().to_string(),
+            requested_reason: p.requested.map(|r| r.as_str().to_string()),
             since: rfc3339(p.started_at),
             issuer: p.issuer.clone(),
             attempts: p.attempts,
@@ -551,7 +552,7 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",
-                p.reason,
+                p.requested_reason.as_deref().unwrap_or(&p.reason),
                 p.since,
                 p.attempts,
                 if p.issued {

@@ -110,6 +110,9 @@ pub(crate) struct CompromiseReport {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) struct PendingReport {
     pub(crate) reason: String,
+    /// The reason the operator gave for it, as given (`null`: certagent started it).
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
     pub(crate) since: String,
     pub(crate) issuer: String,
     pub(crate) attempts: u32,

@@ -165,9 +165,16 @@ impl Executor {
         mut journal: Journal,
         asked: &Asked,
     ) -> Result<Journal> {
-        let resumed = asked.requested.is_none() && journal.pending.is_some();
-        if !resumed && journal.asked.as_ref() != Some(asked) {
-            journal.asked = Some(asked.clone());
+        // Resuming an operator's pending re-issue (after a rollback, say) keeps their reason.
+        let asked = match journal.pending.as_ref().and_then(|p| p.requested) {
+            Some(requested) if asked.requested.is_none() => Asked {
+                requested: Some(requested),
+                observed: asked.observed.clone(),
+            },
+            _ => asked.clone(),
+        };
+        if journal.asked.as_ref() != Some(&asked) {
+            journal.asked = Some(asked);
             self.store.save_journal(&cert.name, &journal)?;
         }
         Ok(journal)

@@ -165,6 +165,7 @@ impl Executor {
             compromise: None,
             reminders: 0,
             next_look: None,
+            requested: journal.asked.as_ref().and_then(|a| a.requested),
         });
         self.store.save_journal(&cert.name, journal)?;
         // The operator's words when an operator asked (`superseded`, not `forced`).

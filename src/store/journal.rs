@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::FlagId;
-use crate::core::{Asked, KeySpec, Reason, Timestamp};
+use crate::core::{Asked, KeySpec, Reason, Requested, Timestamp};
 
 /// Per-certificate durable state. Written atomically after every step that matters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -170,6 +170,9 @@ pub(crate) struct Pending {
     /// reminder (manual CA) or the CA's Retry-After. Cleared at start.
     #[serde(default)]
     pub(crate) next_look: Option<Timestamp>,
+    /// The reason the operator gave when an operator started it, in their words.
+    #[serde(default)]
+    pub(crate) requested: Option<Requested>,
 }
 
 /// The compromised key being replaced, captured before anything else happens.

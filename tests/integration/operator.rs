@@ -442,3 +442,45 @@ fn a_dead_verify_endpoint_of_a_server_whose_state_is_unknown_asks_whether_it_run
     );
     assert_eq!(env.served(), env.initial_leaf);
 }
+
+#[test]
+fn after_a_failed_install_status_shows_the_error_and_the_operators_reason_for_what_is_pending() {
+    let env = common::Env::new(&["a.test"], None);
+    env.write_config("", "");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("test_command = [", "test_command = [\"false\", "),
+    )
+    .unwrap();
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let status = env.certagent(&["status", "--json"]);
+    let site = &status.json()["certificates"][0];
+    assert_eq!(site["last"]["result"], "rolled-back", "{status:?}");
+    assert!(
+        site["last"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("configuration test of server \"web\" failed"),
+        "{status:?}"
+    );
+    assert_eq!(site["pending"]["reason"], "forced", "{status:?}");
+    assert_eq!(
+        site["pending"]["requested_reason"], "superseded",
+        "{status:?}"
+    );
+    let status = env.certagent(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("  pending:     re-issue (superseded) since "),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .stdout
+            .contains(" rolled-back (reason superseded, observed: nothing wrong): configuration test of server \"web\" failed"),
+        "{status:?}"
+    );
+}
