@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::core::Reason;
+use crate::core::{Reason, Requested};
 use crate::error::{Error, Result};
 
 /// A request is a few names, or one certificate chain; anything larger is not a request.
@@ -36,6 +36,9 @@ pub enum Request {
         all: bool,
         reason: Reason,
         wait: bool,
+        /// The operator's reason in their words (`reason` is what certagent acts on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested: Option<Requested>,
     },
     /// A certificate (PEM) for a pending manual re-issue.
     Import {
@@ -83,7 +86,14 @@ impl Response {
     /// reported becomes the command's error, with its hint.
     pub(crate) fn into_document<T: serde::de::DeserializeOwned>(self) -> Result<(T, u8)> {
         if let Some(e) = self.error {
-            let err = Error::msg(e);
+            // The daemon's exit code is kept where it means something of its own.
+            let err = match self.exit {
+                crate::error::exit::CONFIG => Error::Mismatch {
+                    message: e,
+                    hint: None,
+                },
+                _ => Error::msg(e),
+            };
             return Err(match self.hint {
                 Some(h) => err.with_hint(h),
                 None => err,
@@ -320,6 +330,7 @@ mod tests {
             all: false,
             reason: Reason::KeyMissing,
             wait: true,
+            requested: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(
@@ -327,6 +338,20 @@ mod tests {
             r#"{"command":"reissue","names":["www"],"all":false,"reason":"key-missing","wait":true}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        // The operator's own word travels beside the reason certagent acts on.
+        let asked = Request::Reissue {
+            names: vec!["www".into()],
+            all: false,
+            reason: Reason::KeyMissing,
+            wait: true,
+            requested: Some(Requested::KeyLost),
+        };
+        let text = serde_json::to_string(&asked).unwrap();
+        assert!(
+            text.ends_with(r#""wait":true,"requested":"key-lost"}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), asked);
         let err = serde_json::from_str::<Request>(r#"{"command":"status","names":[],"x":1}"#)
             .unwrap_err();
         assert!(err.to_string().starts_with("unknown field `x`"), "{err}");

@@ -43,6 +43,12 @@ pub enum Error {
     /// A command that needs root was run by another user; `command` is how to run it as
     /// root (`sudo certagent ...`).
     NotRoot { command: String },
+    /// The configuration reads, but does not match this host (a `verify` endpoint nothing
+    /// listens on): exit 78 like an invalid configuration, without a file and line.
+    Mismatch {
+        message: String,
+        hint: Option<String>,
+    },
     /// Anything else: a chain of causes, outermost first, an optional hint, and the delay a
     /// throttling server asked for (`Retry-After`, seconds), which the scheduler honours.
     Failed {
@@ -87,6 +93,10 @@ impl Error {
                 problem,
                 hint: Some(hint.into()),
             },
+            Error::Mismatch { message, .. } => Error::Mismatch {
+                message,
+                hint: Some(hint.into()),
+            },
             other => other,
         }
     }
@@ -112,7 +122,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
+            Error::Config(_) | Error::Mismatch { .. } => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
             Error::Pending { .. } => exit::PENDING,
             Error::NotRoot { .. } => exit::NOT_ROOT,
@@ -122,7 +132,9 @@ impl Error {
 
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Error::Failed { hint, .. } | Error::Acme { hint, .. } => hint.as_deref(),
+            Error::Failed { hint, .. }
+            | Error::Acme { hint, .. }
+            | Error::Mismatch { hint, .. } => hint.as_deref(),
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
             }
@@ -169,7 +181,7 @@ impl fmt::Display for Error {
             Error::NotRoot { .. } => f.write_str(
                 "must run as root: the keys, the state and the daemon's control socket are root's alone",
             ),
-            Error::Failed { message, .. } => f.write_str(message),
+            Error::Failed { message, .. } | Error::Mismatch { message, .. } => f.write_str(message),
             Error::Acme {
                 context, problem, ..
             } => write!(f, "{context}: {problem}"),

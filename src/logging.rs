@@ -1,13 +1,18 @@
 //! Logging through the `log` facade: journald's native protocol (structured fields
 //! `CERTAGENT_*`) when stderr is the journal, else one readable line per event on stderr:
-//! `certagent: info: installed certificate cert=site serial=1f generation=3`.
+//! `certagent: info: installed certificate cert=site serial=1f generation=3`, the daemon's
+//! lines prefixed with the time (`2026-12-03T00:55:00Z certagent: info: ...`).
 
 use std::io::Write;
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct Stderr;
+/// `timestamps`: each line starts with the UTC time (the daemon, when stderr is not the
+/// journal, which stamps lines itself).
+struct Stderr {
+    timestamps: bool,
+}
 
 struct Fields(String);
 
@@ -41,9 +46,18 @@ impl Log for Stderr {
             Level::Debug => "debug",
             Level::Trace => "trace",
         };
+        let stamp = if self.timestamps {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            format!("{} ", crate::core::rfc3339(now))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             std::io::stderr().lock(),
-            "certagent: {level}: {}{}",
+            "{stamp}certagent: {level}: {}{}",
             record.args(),
             fields.0
         );
@@ -94,7 +108,10 @@ impl Log for Journal {
     fn flush(&self) {}
 }
 
-pub fn init(verbosity: u8, quiet: bool) {
+/// `daemon`: `certagent run`, whose lines on a terminal or in a log file get timestamps.
+/// Whether stderr is the journal is told as systemd tells it (`JOURNAL_STREAM` names
+/// stderr's device and inode).
+pub fn init(verbosity: u8, quiet: bool, daemon: bool) {
     let level = match (quiet, verbosity) {
         (true, _) => LevelFilter::Error,
         (false, 0) => LevelFilter::Info,
@@ -105,7 +122,7 @@ pub fn init(verbosity: u8, quiet: bool) {
         .then(systemd_journal_logger::JournalLog::new)
     {
         Some(Ok(journal)) => Box::new(Journal(journal.with_syslog_identifier("certagent".into()))),
-        _ => Box::new(Stderr),
+        _ => Box::new(Stderr { timestamps: daemon }),
     };
     if log::set_boxed_logger(logger).is_ok() {
         log::set_max_level(level);

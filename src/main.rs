@@ -11,7 +11,7 @@ use certagent::output;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    certagent::logging::init(cli.verbose, cli.quiet);
+    certagent::logging::init(cli.verbose, cli.quiet, cli::is_daemon(&cli));
     // Key material must never end up in a core file.
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -187,6 +187,7 @@ mod tests {
 
     fn outcome(at: Timestamp, reason: Reason, result: OutcomeKind) -> Outcome {
         Outcome {
+            asked: None,
             at,
             result,
             reason,
@@ -205,6 +206,7 @@ mod tests {
         www.failures = 1;
         let shop = Journal {
             pending: Some(Pending {
+                requested: None,
                 reason: Reason::Forced,
                 started_at: 940,
                 issuer: "internal".into(),

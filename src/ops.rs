@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::compromise::Blocked;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, RenewalRule, Timestamp, humanize};
+use crate::core::{Asked, Reason, RenewalRule, Requested, Timestamp, humanize};
 use crate::error::{Error, Result, exit};
 use crate::executor::{Executor, Installed, Outcome, Signals, observe};
 
@@ -18,9 +18,10 @@ macro_rules! out {
     }};
 }
 use crate::output::{
-    self, AriReport, CertificateReport, CheckDoc, CompromiseReport, LastReport, PendingReport,
-    ReissueDoc, ReissueResult, RevokedReport, rfc3339,
+    self, AriReport, CertificateReport, CheckDoc, CompromiseReport, InstallingReport, LastReport,
+    PendingReport, ReissueDoc, ReissueResult, RevokedReport, VerifyReport, rfc3339,
 };
+use crate::server::Answer;
 use crate::store::{Journal, OutcomeKind, Store};
 
 /// Resolve NAME arguments against the config (all certificates when empty).
@@ -143,6 +144,7 @@ pub(crate) fn report(
         failures: journal.map(|j| j.failures).unwrap_or(0),
         pending: pending.map(|p| PendingReport {
             reason: p.reason.as_str().to_string(),
+            requested_reason: p.requested.map(|r| r.as_str().to_string()),
             since: rfc3339(p.started_at),
             issuer: p.issuer.clone(),
             attempts: p.attempts,
@@ -175,6 +177,14 @@ pub(crate) fn report(
                 revoke_attempts: p.revoke_attempts,
                 purged: p.purged,
             }),
+        verify: Vec::new(),
+        installing: journal
+            .and_then(|j| j.flip.as_ref())
+            .map(|f| InstallingReport {
+                from: f.from,
+                to: f.to,
+                phase: f.phase.as_str().to_string(),
+            }),
         last: journal.and_then(|j| j.last.as_ref()).map(|l| LastReport {
             at: rfc3339(l.at),
             result: outcome_str(l.result).to_string(),
@@ -182,22 +192,67 @@ pub(crate) fn report(
             message: l.message.clone(),
             serial: l.serial.clone(),
             generation: l.generation,
+            requested_reason: l
+                .asked
+                .as_ref()
+                .and_then(|a| a.requested)
+                .map(|r| r.as_str().to_string()),
+            observed: l
+                .asked
+                .as_ref()
+                .map(|a| a.observed.iter().map(|r| r.as_str().to_string()).collect())
+                .unwrap_or_default(),
         }),
     }
 }
 
+/// Whether each `verify` endpoint of `cert` answers; each address is connected to once per
+/// document (`seen`), however many certificates share it. Blocking: callers run off the
+/// event loop.
+fn verify_reports(
+    config: &Config,
+    cert: &Certificate,
+    seen: &mut std::collections::HashMap<std::net::SocketAddr, Answer>,
+) -> Vec<VerifyReport> {
+    let Some(server) = cert.server.as_ref().and_then(|s| config.servers.get(s)) else {
+        return Vec::new();
+    };
+    crate::server::WebServer::new(server)
+        .endpoints_for(&cert.names)
+        .into_iter()
+        .map(|(addr, sni)| {
+            let answer = seen
+                .entry(addr)
+                .or_insert_with(|| crate::server::answer(addr, crate::server::ANSWER_TIMEOUT));
+            let error = match answer {
+                Answer::Answered => None,
+                Answer::Refused(e) | Answer::Silent(e) => Some(e.clone()),
+            };
+            VerifyReport {
+                endpoint: addr.to_string(),
+                sni,
+                answered: error.is_none(),
+                error,
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp) -> (CheckDoc, u8) {
     let blocked = Blocked::load(config);
+    let mut seen = std::collections::HashMap::new();
     let certificates: Vec<CertificateReport> = certs
         .iter()
         .map(|c| {
-            report(
+            let mut r = report(
                 config,
                 &blocked,
                 c,
                 journal_of(&config.agent.state_dir, &c.name).as_ref(),
                 now,
-            )
+            );
+            r.verify = verify_reports(config, c, &mut seen);
+            r
         })
         .collect();
     let healthy = certificates.iter().all(|r| r.healthy);
@@ -212,6 +267,7 @@ pub(crate) fn check_doc(config: &Config, certs: &[&Certificate], now: Timestamp)
             changed: false,
             healthy,
             certificates,
+            daemon: None,
         },
         code,
     )
@@ -276,18 +332,70 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
     r
 }
 
-/// Re-issue one certificate (the executor tells the operators how it went).
+/// Before a re-issue is asked for (in-process or of the daemon): every `verify` endpoint of
+/// each certificate accepts a connection, or the command fails at once, exit 78, having
+/// changed nothing (`WebServer::preflight`).
+pub(crate) async fn preflight(config: &Config, certs: &[&Certificate]) -> Result<()> {
+    for cert in certs {
+        let Some(server) = cert.server.as_ref().and_then(|s| config.servers.get(s)) else {
+            continue;
+        };
+        let now = crate::clock::Clock::new().now();
+        let in_service = observe(cert, now, &Signals::default()).leaf.is_some();
+        crate::server::WebServer::new(server)
+            .preflight(&cert.name, &cert.names, in_service)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `document` of a re-issue, with what was asked for and observed when it started.
+pub(crate) fn reissue_document(
+    name: &str,
+    reason: Reason,
+    asked: &Asked,
+    outcome: &Outcome,
+) -> ReissueResult {
+    let mut r = document(name, reason, outcome);
+    r.requested_reason = asked.requested.map(|q| q.as_str().to_string());
+    r.observed = asked
+        .observed
+        .iter()
+        .map(|o| o.as_str().to_string())
+        .collect();
+    r
+}
+
+/// Re-issue one certificate (the executor tells the operators how it went). `requested` is
+/// the operator's reason in their words, when an operator asked: it is logged and journalled
+/// as given, beside what `check` observes now.
 pub(crate) async fn reissue_one(
     executor: &Executor,
     cert: &Certificate,
     reason: Reason,
-) -> Outcome {
-    log::info!(cert = cert.name.as_str(), reason = reason.as_str(); "re-issuing");
-    let outcome = executor.reissue(cert, reason).await;
+    requested: Option<Requested>,
+) -> (Outcome, Asked) {
+    let asked = Asked {
+        requested,
+        observed: observed_now(executor, cert),
+    };
+    let said = requested.map_or(reason.as_str(), |r| r.as_str());
+    log::info!(cert = cert.name.as_str(), reason = said, observed = asked.observed_list().as_str(); "re-issuing");
+    let outcome = executor.reissue(cert, reason, &asked).await;
     if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
         warn_if_due_at_install(executor, cert);
     }
-    outcome
+    (outcome, asked)
+}
+
+/// The reasons `check` gives for `cert` now (empty when it is healthy).
+fn observed_now(executor: &Executor, cert: &Certificate) -> Vec<Reason> {
+    let blocked = Blocked::load(&executor.config);
+    let journal = executor.store.journal(&cert.name).ok();
+    let signals = Signals::for_cert(&executor.config, &blocked, journal.as_ref(), &cert.name);
+    observe(cert, executor.clock.now(), &signals)
+        .decision
+        .reasons
 }
 
 /// A certificate that was already due for renewal when it was installed is renewed half-way
@@ -356,6 +464,19 @@ fn relative(ts: &str, now: Timestamp) -> String {
     }
 }
 
+/// One line per `verify` endpoint that does not answer (`check` and `status`).
+fn render_unanswered(r: &CertificateReport) {
+    for v in r.verify.iter().filter(|v| !v.answered) {
+        out!(
+            "{}: verify endpoint {} (SNI {}) does not answer: {}; a re-issue cannot prove what it serves",
+            r.name,
+            v.endpoint,
+            v.sni,
+            v.error.as_deref().unwrap_or("no answer")
+        );
+    }
+}
+
 pub(crate) fn render_check(doc: &CheckDoc, now: Timestamp) {
     if doc.certificates.is_empty() {
         out!("no certificates configured");
@@ -374,6 +495,7 @@ pub(crate) fn render_check(doc: &CheckDoc, now: Timestamp) {
             for p in r.problems.iter().filter(|_| !r.noted.is_empty()) {
                 out!("{}: noted: {}: {p}", r.name, r.noted.join(", "));
             }
+            render_unanswered(r);
             continue;
         }
         let what = match r.action.as_str() {
@@ -392,10 +514,16 @@ pub(crate) fn render_check(doc: &CheckDoc, now: Timestamp) {
             line.push_str("; a re-issue is pending and will be resumed");
         }
         out!("{line}");
+        render_unanswered(r);
     }
 }
 
 pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
+    match &doc.daemon {
+        Some(d) if d.running => out!("daemon: running (this is its view)"),
+        Some(_) => out!("daemon: not running (read from disk)"),
+        None => {}
+    }
     for r in &doc.certificates {
         out!("{}", r.name);
         out!("  names:       {}", r.names.join(", "));
@@ -413,18 +541,45 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
         for p in &r.problems {
             out!("  problem:     {p}");
         }
-        out!(
-            "  in service:  generation {}, serial {}, expires {}",
-            r.generation
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.serial.as_deref().unwrap_or("-"),
-            r.not_after.as_deref().unwrap_or("-")
-        );
+        for v in &r.verify {
+            match &v.error {
+                None => out!("  verify:      {} (SNI {}) answers", v.endpoint, v.sni),
+                Some(e) => out!(
+                    "  verify:      {} (SNI {}) does not answer: {e}",
+                    v.endpoint,
+                    v.sni
+                ),
+            }
+        }
+        let generation = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+        match &r.installing {
+            // Mid-install the files are the new generation's, the server may still serve the
+            // old one: say both, and how far the install got.
+            Some(i) => {
+                out!(
+                    "  in service:  generation {} until generation {} is proven served",
+                    generation(i.from),
+                    i.to
+                );
+                out!(
+                    "  installing:  generation {} ({}): serial {}, expires {}",
+                    i.to,
+                    i.phase,
+                    r.serial.as_deref().unwrap_or("-"),
+                    r.not_after.as_deref().unwrap_or("-")
+                );
+            }
+            None => out!(
+                "  in service:  generation {}, serial {}, expires {}",
+                generation(r.generation),
+                r.serial.as_deref().unwrap_or("-"),
+                r.not_after.as_deref().unwrap_or("-")
+            ),
+        }
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",
-                p.reason,
+                p.requested_reason.as_deref().unwrap_or(&p.reason),
                 p.since,
                 p.attempts,
                 if p.issued {
@@ -481,11 +636,21 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
             out!("  next check:  {nc} ({})", relative(nc, now));
         }
         if let Some(l) = &r.last {
+            let why = match &l.requested_reason {
+                Some(asked) => format!(
+                    "reason {asked}, observed: {}",
+                    if l.observed.is_empty() {
+                        "nothing wrong".to_string()
+                    } else {
+                        l.observed.join(", ")
+                    }
+                ),
+                None => l.reason.clone(),
+            };
             out!(
-                "  last:        {} {} ({}): {}",
+                "  last:        {} {} ({why}): {}",
                 l.at,
                 l.result,
-                l.reason,
                 l.message
             );
         }

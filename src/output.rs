@@ -43,6 +43,46 @@ pub(crate) struct CertificateReport {
     pub(crate) ari: Option<AriReport>,
     /// A compromised predecessor still to revoke or purge.
     pub(crate) compromise: Option<CompromiseReport>,
+    /// Each `verify` endpoint of the certificate's server and whether it accepts a
+    /// connection (TCP, no TLS); empty without a server.
+    #[serde(default)]
+    pub(crate) verify: Vec<VerifyReport>,
+    /// An install in flight: the new generation is flipped in but not yet proven served
+    /// (the server may still serve `from`); `null` otherwise.
+    #[serde(default)]
+    pub(crate) installing: Option<InstallingReport>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct InstallingReport {
+    pub(crate) from: Option<u64>,
+    pub(crate) to: u64,
+    /// "flipped" (files point at `to`), "reloading" (config test and reload), "verifying"
+    /// (waiting for every endpoint to serve it).
+    pub(crate) phase: String,
+}
+
+/// `status`: whether a daemon answered, and what is wrong with the files on disk when the
+/// daemon runs on the configuration it read before.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct DaemonReport {
+    /// The daemon answered on its control socket (the document is its view).
+    pub(crate) running: bool,
+    /// The configuration files on disk do not load; the daemon keeps the one it has. Empty
+    /// when they load.
+    #[serde(default)]
+    pub(crate) config_errors: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VerifyReport {
+    /// `address:port`.
+    pub(crate) endpoint: String,
+    /// The SNI a re-issue probes it with.
+    pub(crate) sni: String,
+    pub(crate) answered: bool,
+    /// Why not (`connection refused`, a timeout), when it did not.
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -74,6 +114,9 @@ pub(crate) struct CompromiseReport {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) struct PendingReport {
     pub(crate) reason: String,
+    /// The reason the operator gave for it, as given (`null`: certagent started it).
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
     pub(crate) since: String,
     pub(crate) issuer: String,
     pub(crate) attempts: u32,
@@ -89,6 +132,13 @@ pub(crate) struct LastReport {
     pub(crate) message: String,
     pub(crate) serial: Option<String>,
     pub(crate) generation: Option<u64>,
+    /// The reason the operator gave (`reissue --reason`), as given; `null` when certagent
+    /// started the attempt by itself (or the journal predates the field).
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
+    /// What `check` observed when the attempt started (`[]`: nothing was wrong).
+    #[serde(default)]
+    pub(crate) observed: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -97,6 +147,9 @@ pub(crate) struct CheckDoc {
     pub(crate) changed: bool,
     pub(crate) healthy: bool,
     pub(crate) certificates: Vec<CertificateReport>,
+    /// `status` only: whether the daemon runs (absent from `check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) daemon: Option<DaemonReport>,
 }
 
 /// One certificate's result in `reissue`.
@@ -117,6 +170,14 @@ pub(crate) struct ReissueResult {
     /// With result "pending": seconds until certagent looks again by itself, if known.
     #[serde(default)]
     pub(crate) retry_in: Option<i64>,
+    /// The reason the operator gave (`--reason`), as given: `reason` is what certagent acted
+    /// on (`superseded` is acted on as `forced`, `key-lost` as `key-missing`). `null` when
+    /// no operator asked.
+    #[serde(default)]
+    pub(crate) requested_reason: Option<String>,
+    /// What `check` observed when the re-issue started (`[]`: nothing was wrong with it).
+    #[serde(default)]
+    pub(crate) observed: Vec<String>,
 }
 
 impl ReissueResult {
@@ -133,6 +194,8 @@ impl ReissueResult {
             error: None,
             hint: None,
             retry_in: None,
+            requested_reason: None,
+            observed: Vec::new(),
         }
     }
 }

@@ -94,6 +94,23 @@ fn listing(title: &str, rows: &[(String, &str)], width: usize) -> String {
     out
 }
 
+/// A listing whose entries are too long to share a line with their description (commands,
+/// paths): each on its own line, the description indented below it, so no line wraps at 100
+/// columns.
+fn stacked(title: &str, rows: &[(String, &str)]) -> String {
+    let mut out = format!("{title}:");
+    for (left, right) in rows {
+        out.push_str(&format!("\n  {left}\n      {right}"));
+    }
+    out
+}
+
+/// A subcommand's `after_help`: examples, then the commands and files that go with it.
+fn sub_help(examples: &[(&str, &str)], see_also: &str) -> String {
+    let rows: Vec<(String, &str)> = examples.iter().map(|(c, m)| (c.to_string(), *m)).collect();
+    format!("{}\n\nSee also: {see_also}", stacked("Examples", &rows))
+}
+
 /// Exit codes and examples (`-h`).
 fn after_help() -> String {
     let codes: Vec<(String, &str)> = EXIT_CODES
@@ -104,15 +121,18 @@ fn after_help() -> String {
     format!(
         "{}\n\n{}",
         listing("Exit codes", &codes, 3),
-        listing("Examples", &examples, 37)
+        stacked("Examples", &examples)
     )
 }
 
 /// `--help` adds where things are.
 fn after_long_help() -> String {
     let files: Vec<(String, &str)> = FILES.iter().map(|(p, m)| (p.to_string(), *m)).collect();
-    format!("{}\n\n{}", after_help(), listing("Files", &files, 32))
+    format!("{}\n\n{}", after_help(), stacked("Files", &files))
 }
+
+/// The heading global options are listed under, in every command's help.
+const GLOBAL: &str = "Global options";
 
 /// Keeps a web server's TLS certificates healthy: re-keys and re-issues when a key is missing,
 /// mismatched or compromised, when a certificate expires or no longer matches the config;
@@ -128,15 +148,15 @@ fn after_long_help() -> String {
 )]
 pub struct Cli {
     /// Configuration file; drop-ins in conf.d/ beside it are merged in file-name order.
-    #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    #[arg(long, global = true, env = "CERTAGENT_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH", help_heading = GLOBAL)]
     pub(crate) config: PathBuf,
 
     /// More detail on stderr (-vv for even more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
 
     /// Only errors on stderr.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 
     #[command(subcommand)]
@@ -152,14 +172,35 @@ pub(crate) enum Command {
     /// renewal window opens; answers `reissue`, `status` and `check` on the control socket.
     /// SIGHUP re-reads the config (keeping the old one if the new one is invalid); SIGTERM
     /// stops at a safe point.
+    #[command(after_help = sub_help(
+        &[
+            ("certagent -v run", "the daemon in a terminal, with debug detail (Ctrl-C stops it)"),
+            ("systemctl reload certagent", "re-read the configuration (SIGHUP)"),
+        ],
+        "certagent status (asks the running daemon), journalctl -u certagent",
+    ))]
     Run,
     /// Report each certificate's health and what would be done; changes nothing.
     ///
     /// Reads the configured certificate and key files and decides, for each certificate,
     /// whether it needs a re-issue and why: key-missing, key-mismatch, cert-missing, expiring,
     /// names-changed, key-type-changed. Exits 1 if any certificate needs action.
+    #[command(after_help = sub_help(
+        &[
+            ("certagent check", "one line per certificate: healthy, or what is wrong"),
+            ("certagent check www --json", "the same for [certificate.www], as JSON"),
+        ],
+        "certagent status (what is in service and in flight), certagent reissue --now",
+    ))]
     Check(check::CheckArgs),
     /// Show state: current generation, serial, expiry, pending work, last outcome, next check.
+    #[command(after_help = sub_help(
+        &[
+            ("certagent status", "every certificate: in service, pending, last outcome"),
+            ("certagent status www --json", "the same for [certificate.www], as JSON"),
+        ],
+        "certagent check (health only), certagent run (the daemon status asks)",
+    ))]
     Status(check::CheckArgs),
     /// Re-issue with a new key now, install it, and prove it is served.
     ///
@@ -168,12 +209,30 @@ pub(crate) enum Command {
     /// handshake that the new certificate is served; rolls back if it is not. Exits 0 only
     /// when the new certificate is verified in service. A run that is interrupted (killed,
     /// power cut) is resumed by the next one without ordering again.
+    #[command(
+        override_usage = "certagent reissue --now <NAME>... [OPTIONS]\n       certagent reissue --now --all [OPTIONS]"
+    )]
+    #[command(after_help = sub_help(
+        &[
+            ("certagent reissue --now www", "new key and certificate for [certificate.www]"),
+            (
+                "certagent reissue --now www --reason key-compromise",
+                "the key leaked: also revoke the old certificate and never use its key again",
+            ),
+            ("certagent reissue --now --all --json", "every certificate, as JSON"),
+        ],
+        "certagent check (what would be re-issued by itself, and why), certagent status",
+    ))]
     Reissue(reissue::ReissueArgs),
     /// Hand in the certificate for a pending manual re-issue (CA approval done).
     ///
     /// The certificate must be for the key of the pending re-issue and carry exactly the
     /// configured names; otherwise nothing is installed. Dropping the file into STATE/inbox/
     /// does the same while the daemon runs.
+    #[command(after_help = sub_help(
+        &[("certagent import www signed.pem", "install the certificate the CA sent for the pending CSR")],
+        "certagent status (the pending re-issue), STATE/outbox/NAME.csr (the CSR to submit)",
+    ))]
     Import(import::ImportArgs),
     /// Print the certificates nginx and Apache already serve, as certagent configuration.
     ///
@@ -182,8 +241,19 @@ pub(crate) enum Command {
     /// certificate and key, reads each certificate (names, key type, expiry) and prints
     /// ready-to-paste [server.*] and [certificate.*] TOML for conf.d/, or --json. Changes
     /// nothing.
+    #[command(after_help = sub_help(
+        &[
+            ("certagent discover > /etc/certagent/conf.d/found.toml", "adopt what nginx and Apache serve"),
+            ("certagent discover --json", "the same, as JSON"),
+        ],
+        "certagent config validate (after pasting), certagent check",
+    ))]
     Discover(discover::DiscoverArgs),
     /// Validate the configuration and its drop-ins.
+    #[command(after_help = sub_help(
+        &[("certagent config validate", "every error in config.toml and conf.d/*.toml at once")],
+        "certagent check",
+    ))]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -197,11 +267,22 @@ pub(crate) enum Command {
     /// configuration writes to in a unit drop-in, enables the service and, once the
     /// configuration validates, starts it (restarts it when its unit changed). A second run
     /// changes nothing and reports "changed": false.
+    #[command(after_help = sub_help(
+        &[
+            ("certagent install --dry-run", "what would change, changing nothing"),
+            ("certagent install --json", "set up the service; \"changed\" says whether anything did"),
+        ],
+        "certagent uninstall, certagent config validate, systemctl status certagent",
+    ))]
     Install(install::InstallArgs),
     /// Stop and disable the service and remove what `install` put in place.
     ///
     /// Keeps the configuration and the state (keys and certificates in service) unless
     /// --purge is given.
+    #[command(after_help = sub_help(
+        &[("certagent uninstall", "stop and remove the service; keep config and state")],
+        "certagent install",
+    ))]
     Uninstall(install::UninstallArgs),
 }
 
@@ -213,6 +294,16 @@ pub(crate) enum ConfigCommand {
     /// drop-in, which need not exist yet): config management validates a file this way
     /// before putting it in place (Ansible: validate: "certagent config validate --with %s
     /// --as /etc/certagent/conf.d/www.toml").
+    #[command(after_help = sub_help(
+        &[
+            ("certagent config validate", "every error at once, each with file, line and key"),
+            (
+                "certagent config validate --with new.toml --as /etc/certagent/conf.d/www.toml",
+                "validate a candidate before putting it in place",
+            ),
+        ],
+        "certagent check, certagent run (keeps the old config while the new one is invalid)",
+    ))]
     Validate {
         /// Print a JSON document on stdout.
         #[arg(long)]
@@ -308,6 +399,11 @@ fn command_line(args: impl Iterator<Item = String>) -> String {
     })
     .collect::<Vec<_>>()
     .join(" ")
+}
+
+/// Whether the command is the daemon (`run`): its log lines carry timestamps off the journal.
+pub fn is_daemon(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Run)
 }
 
 /// Whether the command asked for JSON (for error output before the command runs).

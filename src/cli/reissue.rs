@@ -11,7 +11,7 @@ use clap::Args;
 use super::ReasonArg;
 use crate::clock::Clock;
 use crate::control::{self, Request};
-use crate::core::Reason;
+use crate::core::Requested;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::ops;
@@ -20,8 +20,10 @@ use crate::store::Lock;
 
 #[derive(Args, Debug)]
 pub(crate) struct ReissueArgs {
-    /// Re-issue immediately (required: a re-issue from the command line is always now).
-    #[arg(long, required = true)]
+    /// Required: replace the key and certificate in service now, whatever their state.
+    /// certagent already re-issues by itself when a certificate needs it (`certagent check`
+    /// says whether one does and why); --now is the operator saying "anyway, at once".
+    #[arg(long)]
     pub(crate) now: bool,
     /// Certificates to re-issue.
     #[arg(
@@ -45,17 +47,35 @@ pub(crate) struct ReissueArgs {
     pub(crate) json: bool,
 }
 
-pub(crate) fn core_reason(r: ReasonArg) -> Reason {
+/// `reissue` without `--now`: say why the flag exists and what to run instead.
+fn now_missing(args: &ReissueArgs) -> Error {
+    let target = if args.all {
+        "--all".to_string()
+    } else {
+        args.names.join(" ")
+    };
+    Error::msg(
+        "reissue needs --now: it replaces the key and certificate in service at once, even a healthy one",
+    )
+    .with_hint(format!(
+        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`"
+    ))
+}
+
+pub(crate) fn requested(r: ReasonArg) -> Requested {
     match r {
-        ReasonArg::KeyCompromise => Reason::KeyCompromised,
-        ReasonArg::KeyLost => Reason::KeyMissing,
-        ReasonArg::KeyChange => Reason::KeyTypeChanged,
-        ReasonArg::NamesChange => Reason::NamesChanged,
-        ReasonArg::Superseded => Reason::Forced,
+        ReasonArg::KeyCompromise => Requested::KeyCompromise,
+        ReasonArg::KeyLost => Requested::KeyLost,
+        ReasonArg::KeyChange => Requested::KeyChange,
+        ReasonArg::NamesChange => Requested::NamesChange,
+        ReasonArg::Superseded => Requested::Superseded,
     }
 }
 
 pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
+    if !args.now {
+        return Err(now_missing(args));
+    }
     let config = crate::config::Config::load(config_path)?;
     let names: &[String] = if args.all { &[] } else { &args.names };
     let certs = ops::select(&config, names)?;
@@ -63,12 +83,15 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
         return Err(Error::msg("no certificates configured")
             .with_hint("add a [certificate.NAME] table to the configuration"));
     }
-    let reason = core_reason(args.reason);
+    ops::preflight(&config, &certs).await?;
+    let requested = requested(args.reason);
+    let reason = requested.reason();
     let req = Request::Reissue {
         names: names.to_vec(),
         all: args.all,
         reason,
         wait: !args.no_wait,
+        requested: Some(requested),
     };
     let (doc, code) = match control::request(&config.agent.runtime_dir, &req).await? {
         Some(resp) => resp.into_document::<ReissueDoc>()?,
@@ -86,8 +109,9 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
             let mut results = Vec::new();
             for name in &names {
                 if let Some(cert) = config.certificate(name) {
-                    let outcome = ops::reissue_one(&executor, cert, reason).await;
-                    results.push(ops::document(&cert.name, reason, &outcome));
+                    let (outcome, asked) =
+                        ops::reissue_one(&executor, cert, reason, Some(requested)).await;
+                    results.push(ops::reissue_document(&cert.name, reason, &asked, &outcome));
                 }
             }
             ops::reissue_doc(results)

@@ -10,7 +10,9 @@ mod types;
 
 use std::collections::BTreeSet;
 
-pub use types::{DomainName, KeySpec, Reason, Span, Timestamp, humanize, rfc3339};
+pub use types::{
+    Asked, DomainName, KeySpec, Reason, Requested, Span, Timestamp, humanize, rfc3339,
+};
 
 /// What the configuration asks for.
 #[derive(Clone, Debug)]

@@ -111,6 +111,58 @@ impl Reason {
     }
 }
 
+/// The reason an operator gave (`reissue --reason`), in the operator's words. certagent acts
+/// on the `Reason` it maps to, and records both, so the journal and the logs say what was
+/// asked, not only what it became.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Requested {
+    KeyCompromise,
+    KeyLost,
+    KeyChange,
+    NamesChange,
+    Superseded,
+}
+
+impl Requested {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Requested::KeyCompromise => "key-compromise",
+            Requested::KeyLost => "key-lost",
+            Requested::KeyChange => "key-change",
+            Requested::NamesChange => "names-change",
+            Requested::Superseded => "superseded",
+        }
+    }
+
+    /// The reason certagent acts on.
+    pub(crate) fn reason(self) -> Reason {
+        match self {
+            Requested::KeyCompromise => Reason::KeyCompromised,
+            Requested::KeyLost => Reason::KeyMissing,
+            Requested::KeyChange => Reason::KeyTypeChanged,
+            Requested::NamesChange => Reason::NamesChanged,
+            Requested::Superseded => Reason::Forced,
+        }
+    }
+}
+
+/// Why a re-issue started: what the operator asked for (`None` when certagent started it by
+/// itself) and what it observed on disk at that moment (the reasons `check` would give).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    pub(crate) requested: Option<Requested>,
+    pub(crate) observed: Vec<Reason>,
+}
+
+impl Asked {
+    /// `requested=superseded observed=[]` style, for log lines and text output.
+    pub(crate) fn observed_list(&self) -> String {
+        let list: Vec<&str> = self.observed.iter().map(|r| r.as_str()).collect();
+        format!("[{}]", list.join(", "))
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -277,6 +329,35 @@ pub fn rfc3339(ts: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operators_reason_is_kept_in_their_words_beside_the_reason_acted_on() {
+        let cases = [
+            (
+                Requested::KeyCompromise,
+                "key-compromise",
+                Reason::KeyCompromised,
+            ),
+            (Requested::KeyLost, "key-lost", Reason::KeyMissing),
+            (Requested::KeyChange, "key-change", Reason::KeyTypeChanged),
+            (Requested::NamesChange, "names-change", Reason::NamesChanged),
+            (Requested::Superseded, "superseded", Reason::Forced),
+        ];
+        for (requested, word, reason) in cases {
+            assert_eq!(requested.as_str(), word);
+            assert_eq!(requested.reason(), reason);
+            assert_eq!(
+                serde_json::to_string(&requested).unwrap(),
+                format!("{word:?}")
+            );
+        }
+        let asked = Asked {
+            requested: Some(Requested::Superseded),
+            observed: vec![Reason::KeyMissing, Reason::Expiring],
+        };
+        assert_eq!(asked.observed_list(), "[key-missing, expiring]");
+        assert_eq!(Asked::default().observed_list(), "[]");
+    }
 
     #[test]
     fn spans_parse_units_and_reject_junk() {

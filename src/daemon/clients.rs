@@ -11,7 +11,7 @@ use super::{Daemon, ops};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::{self, Request, Response};
-use crate::core::Reason;
+use crate::core::{Reason, Requested};
 use crate::error::Error;
 use crate::output::ReissueResult;
 
@@ -19,6 +19,8 @@ use crate::output::ReissueResult;
 pub(super) struct ReissueAsk {
     names: Vec<String>,
     reason: Reason,
+    /// The operator's reason in their words.
+    requested: Option<Requested>,
     wait: bool,
     reply: oneshot::Sender<Response>,
     /// A certificate handed in for a pending manual re-issue (one name), and the inbox file
@@ -79,13 +81,15 @@ impl Daemon {
                 // A refresh, finish or import is running: the re-issue starts right after it.
                 match &mut state.queued {
                     Some((_, waiters)) => waiters.push(tx),
-                    None => state.queued = Some((Job::Reissue(ask.reason), vec![tx])),
+                    None => {
+                        state.queued = Some((Job::Reissue(ask.reason, ask.requested), vec![tx]))
+                    }
                 }
                 log::debug!(cert = name.as_str(); "re-issue queued behind the job in flight");
             } else {
                 state.waiters.push(tx);
                 self.clear_backoff(name);
-                self.start(name, Job::Reissue(ask.reason));
+                self.start(name, Job::Reissue(ask.reason, ask.requested));
             }
             if ask.wait {
                 receivers.push((name.clone(), rx));
@@ -93,12 +97,17 @@ impl Daemon {
         }
         self.publish_status();
         let reason = ask.reason;
+        let requested = ask.requested.map(|r| r.as_str().to_string());
         let reply = ask.reply;
         tokio::spawn(async move {
             let results = if receivers.is_empty() {
                 names
                     .iter()
-                    .map(|n| ReissueResult::new(n, "started", reason.as_str()))
+                    .map(|n| {
+                        let mut r = ReissueResult::new(n, "started", reason.as_str());
+                        r.requested_reason = requested.clone();
+                        r
+                    })
                     .collect()
             } else {
                 let mut out = Vec::new();
@@ -160,6 +169,7 @@ impl Daemon {
             let ask = ReissueAsk {
                 names: vec![name],
                 reason: Reason::Forced,
+                requested: None,
                 wait: false,
                 reply,
                 import: Some((Arc::new(data), Some(path))),
@@ -250,6 +260,7 @@ pub(super) async fn serve_client(
             let ask = ReissueAsk {
                 names: vec![name],
                 reason: Reason::Forced,
+                requested: None,
                 wait: true,
                 reply,
                 import,
@@ -267,6 +278,7 @@ pub(super) async fn serve_client(
             all,
             reason,
             wait,
+            requested,
         } => {
             let names = if all { Vec::new() } else { names };
             let (reply, rx) = oneshot::channel();
@@ -274,6 +286,7 @@ pub(super) async fn serve_client(
                 .send(ReissueAsk {
                     names,
                     reason,
+                    requested,
                     wait,
                     reply,
                     import: None,

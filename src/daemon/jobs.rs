@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Daemon, ops};
 use crate::compromise::Blocked;
-use crate::core::Reason;
+use crate::core::{Asked, Reason, Requested};
 use crate::error::Error;
 use crate::executor::Outcome;
 
@@ -21,7 +21,7 @@ impl Daemon {
             return;
         }
         state.in_flight = true;
-        state.reissuing = matches!(job, Job::Reissue(_));
+        state.reissuing = matches!(job, Job::Reissue(..));
         state.wake_at = None;
         let executor = self.executor.clone();
         let semaphore = self.semaphore.clone();
@@ -38,10 +38,17 @@ impl Daemon {
                     outcome: not_started(),
                     name,
                     reason,
+                    asked: None,
                 };
             }
+            let mut asked = None;
             let outcome = match job {
-                Job::Reissue(reason) => ops::reissue_one(&executor, &cert, reason).await,
+                Job::Reissue(reason, requested) => {
+                    let (outcome, why) =
+                        ops::reissue_one(&executor, &cert, reason, requested).await;
+                    asked = Some(why);
+                    outcome
+                }
                 Job::Finish => executor.finish(&cert).await,
                 Job::Refresh => executor.refresh(&cert).await,
                 Job::FixPermissions => executor.fix_permissions(&cert),
@@ -58,6 +65,7 @@ impl Daemon {
                 name,
                 reason,
                 outcome,
+                asked,
             }
         });
         self.job_of.insert(task.id(), remembered);
@@ -87,7 +95,7 @@ impl Daemon {
                 let outcome = crashed(&name, &job, &why);
                 let message = outcome.error().map(|e| e.to_string()).unwrap_or_default();
                 log::error!(cert = name.as_str(), event = "failed"; "{message}");
-                if matches!(job, Job::Reissue(_) | Job::Import(..)) {
+                if matches!(job, Job::Reissue(..) | Job::Import(..)) {
                     self.executor
                         .record_failure(&name, job_reason(&job), &message);
                 }
@@ -95,6 +103,7 @@ impl Daemon {
                     reason: job_reason(&job),
                     name,
                     outcome,
+                    asked: None,
                 };
                 self.finished(ended).await;
                 return;
@@ -106,14 +115,17 @@ impl Daemon {
 
     pub(super) async fn finished(&mut self, ended: Ended) {
         let name = ended.name.as_str();
-        let result = ops::document(name, ended.reason, &ended.outcome);
+        let result = match &ended.asked {
+            Some(asked) => ops::reissue_document(name, ended.reason, asked, &ended.outcome),
+            None => ops::document(name, ended.reason, &ended.outcome),
+        };
         let state = self.certs.entry(name.to_string()).or_default();
         state.in_flight = false;
         for w in state.waiters.drain(..) {
             let _ = w.send(result.clone());
         }
         if let Some((job, waiters)) = state.queued.take() {
-            if matches!(job, Job::Reissue(_)) {
+            if matches!(job, Job::Reissue(..)) {
                 self.clear_backoff(name);
             }
             self.start(name, job);
@@ -179,12 +191,15 @@ pub(super) struct Ended {
     pub(super) name: String,
     pub(super) reason: Reason,
     pub(super) outcome: Outcome,
+    /// For a re-issue: what was asked and observed when it started.
+    pub(super) asked: Option<Asked>,
 }
 
 /// Work the daemon runs for one certificate.
 #[derive(Clone, Debug)]
 pub(super) enum Job {
-    Reissue(Reason),
+    /// With the operator's reason in their words when an operator asked for it.
+    Reissue(Reason, Option<Requested>),
     Finish,
     Refresh,
     /// Install a handed-in certificate; the inbox file (if any) is removed on success and
@@ -197,7 +212,7 @@ pub(super) enum Job {
 /// The reason a job is reported under.
 pub(super) fn job_reason(job: &Job) -> Reason {
     match job {
-        Job::Reissue(reason) => *reason,
+        Job::Reissue(reason, _) => *reason,
         Job::Finish | Job::Refresh | Job::Import(..) | Job::FixPermissions => Reason::Forced,
     }
 }
@@ -208,7 +223,7 @@ pub(super) fn crashed(name: &str, job: &Job, why: &str) -> Outcome {
         "this is a bug in certagent; the journal keeps the work, it is retried with backoff",
     );
     match job {
-        Job::Reissue(_) | Job::Import(..) | Job::FixPermissions => Outcome::Failed(e),
+        Job::Reissue(..) | Job::Import(..) | Job::FixPermissions => Outcome::Failed(e),
         Job::Finish => Outcome::FinishFailed(e),
         Job::Refresh => Outcome::RefreshFailed(e),
     }

@@ -76,6 +76,9 @@ struct Daemon {
     watcher: watch::Watcher,
     /// Blocklists and remembered compromised keys, re-read when they may have changed.
     blocked: Arc<Blocked>,
+    /// The files on disk did not load at the last reload: the next one that does (or files
+    /// back to what is in use) is announced as "configuration valid again".
+    config_invalid: bool,
 }
 
 /// Run as the service: signals SIGTERM/SIGINT end it.
@@ -122,6 +125,7 @@ pub async fn run(
         job_of: HashMap::new(),
         watcher,
         blocked: Arc::default(),
+        config_invalid: false,
     };
     d.watcher.watch(&d.config, &d.config_path);
     d.forget_backoffs();
@@ -131,7 +135,7 @@ pub async fn run(
     let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CLIENTS));
     // Certificates dropped into the inbox while the daemon was down.
     d.scan_inbox(&ask_tx);
-    log::info!(certificates = d.config.certificates.len(); "certagent daemon ready");
+    d.log_ready();
 
     let mut sighup = signal(SignalKind::hangup())
         .map_err(|e| Error::msg(format!("failed to catch SIGHUP: {e}")))?;
@@ -300,6 +304,12 @@ impl Daemon {
             .as_ref()
             .is_ok_and(|new| new.fingerprint == self.config.fingerprint)
         {
+            if std::mem::take(&mut self.config_invalid) {
+                // Back to the configuration in use: nothing to reload, but say it is fixed.
+                log::info!(
+                    "the configuration changed on disk: configuration valid again (the one in use)"
+                );
+            }
             log::debug!("the configuration files changed on disk, their content did not");
             return;
         }
@@ -322,6 +332,9 @@ impl Daemon {
                 let new = Arc::new(new);
                 match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
                     Ok(executor) => {
+                        if std::mem::take(&mut self.config_invalid) {
+                            log::info!("{why}: configuration valid again");
+                        }
                         log::info!(certificates = new.certificates.len(); "{why}: configuration reloaded");
                         warn_missing_output_directories(&new);
                         self.executor = executor;
@@ -338,6 +351,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
+                self.config_invalid = true;
                 log::error!("{why}: the new configuration is invalid, keeping the old one");
                 if let Error::Config(errors) = &e {
                     for err in &errors.0 {
@@ -353,6 +367,47 @@ impl Daemon {
         };
         crate::systemd::notify_ready(&self.summary());
         applied
+    }
+
+    /// The start-up line: what the daemon read, where it keeps its state, when it next
+    /// looks by itself.
+    fn log_ready(&self) {
+        let dropin_dir = self
+            .config_path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("conf.d");
+        let mut drop_ins: Vec<String> = std::fs::read_dir(&dropin_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop_ins.sort();
+        let config = self.config_path.display().to_string();
+        let files = std::iter::once(crate::config::shown(&config).into_owned())
+            .chain(
+                drop_ins
+                    .iter()
+                    .map(|p| crate::config::shown(p).into_owned()),
+            )
+            .collect::<Vec<_>>()
+            .join(",");
+        let next = match self.next_wake() {
+            Some(at) => crate::core::rfc3339(at),
+            None => "nothing scheduled".into(),
+        };
+        log::info!(
+            certificates = self.config.certificates.len(),
+            config = files.as_str(),
+            state_dir = self.config.agent.state_dir.display().to_string().as_str(),
+            next_check = next.as_str();
+            "certagent daemon ready"
+        );
     }
 
     /// Tells systemd the summary, when there is a systemd to tell (the summary walks every

@@ -28,7 +28,7 @@ pub(super) fn plan(step: &Step, now: Timestamp) -> Plan {
         Step::FinishFlip | Step::FinishCompromise => Plan::Start(Job::Finish),
         Step::Refresh => Plan::Start(Job::Refresh),
         Step::FixPermissions => Plan::Start(Job::FixPermissions),
-        Step::Act { reason } | Step::Resume { reason } => Plan::Start(Job::Reissue(*reason)),
+        Step::Act { reason } | Step::Resume { reason } => Plan::Start(Job::Reissue(*reason, None)),
         Step::Hold { .. }
         | Step::Backoff { .. }
         | Step::RateLimited { .. }
@@ -205,7 +205,7 @@ impl Daemon {
         let now = self.clock.now();
         match plan(&step, now) {
             Plan::Start(job) => {
-                if let Job::Reissue(reason) = job {
+                if let Job::Reissue(reason, _) = job {
                     log::info!(cert = name, reason = reason.as_str(), event = "detected"; "re-issue needed: {detail}");
                     self.record_start(name);
                 }

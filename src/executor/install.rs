@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, GenFiles, GenerationContent, InstalledIssuer, Journal, OutcomeKind, PostActions,
-    fsutil,
+    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledIssuer, Journal, OutcomeKind,
+    PostActions, fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -68,13 +68,14 @@ impl Executor {
             from: self.store.current_generation(&cert.name),
             to: number,
             reason,
+            phase: FlipPhase::Flipped,
         };
         journal.flip = Some(flip.clone());
         self.store.save_journal(&cert.name, journal)?;
         crate::failpoint!("before-flip");
         self.store.flip(&cert.name, number)?;
         self.store.link_outputs(cert)?;
-        log::info!(cert = cert.name.as_str(), generation = number, reason = reason.as_str(), event = "flipped"; "flipped to new generation");
+        log::info!(cert = cert.name.as_str(), generation = number, reason = journal.said(reason), event = "flipped"; "flipped to new generation");
         crate::failpoint!("after-flip");
         self.settle_flip(cert, journal, &flip).await
     }
@@ -128,7 +129,7 @@ impl Executor {
             log::warn!(cert = cert.name.as_str(), generation = number; "{e}");
         }
         let message = cause.to_string();
-        log::error!(cert = cert.name.as_str(), reason = reason.as_str(), generation = number, event = "failed"; "install stopped before the flip: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(reason), generation = number, event = "failed"; "install stopped before the flip: {message}");
         let _ = self.record(cert, journal, OutcomeKind::Failed, reason, &message, None);
         Error::msg(message)
             .with_hint("nothing was installed; the certificate in service is unchanged")
@@ -222,8 +223,9 @@ impl Executor {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "web server is not running: installed, not loaded");
             return Ok(Load::NotRunning);
         }
+        self.journal_phase(cert, journal, FlipPhase::Reloading);
         let first = match server.config_test().await {
-            Ok(()) => self.reload_and_probe(&server, cert, chain).await,
+            Ok(()) => self.reload_and_probe(&server, cert, journal, chain).await,
             Err(e) => Err(e),
         };
         let mut served = match first {
@@ -236,13 +238,26 @@ impl Executor {
         crate::failpoint!("after-reload");
         if let Served::Not(why) = &served {
             log::warn!(cert = cert.name.as_str(), server = server.name(); "new certificate not served after reload ({why}), reloading once more");
-            if let Ok(again) = self.reload_and_probe(&server, cert, chain).await {
+            self.journal_phase(cert, journal, FlipPhase::Reloading);
+            if let Ok(again) = self.reload_and_probe(&server, cert, journal, chain).await {
                 served = again;
             }
         }
         match served {
             Served::All => Ok(Load::Served),
             Served::Not(why) => Err(self.not_served(cert, journal, flip, &server, &why).await),
+        }
+    }
+
+    /// Journal how far the install in flight got (for `status`). Best effort: the phase is
+    /// what an operator reads, recovery does not depend on it.
+    fn journal_phase(&self, cert: &Certificate, journal: &mut Journal, phase: FlipPhase) {
+        let Some(flip) = journal.flip.as_mut() else {
+            return;
+        };
+        flip.phase = phase;
+        if let Err(e) = self.store.save_journal(&cert.name, journal) {
+            log::warn!(cert = cert.name.as_str(), phase = phase.as_str(); "failed to journal the install's phase: {e}");
         }
     }
 
@@ -274,10 +289,12 @@ impl Executor {
         &self,
         server: &WebServer,
         cert: &Certificate,
+        journal: &mut Journal,
         chain: &Chain,
     ) -> Result<Served> {
         let old_workers = server.workers();
         server.reload().await?;
+        self.journal_phase(cert, journal, FlipPhase::Verifying);
         let settle = server
             .wait_retired(&old_workers, server.verify_timeout())
             .await;
@@ -316,7 +333,7 @@ impl Executor {
             return installed;
         };
         let e = e.context(format!("post_install hook of {:?} failed", cert.name));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = installed.serial.as_str(), generation = flip.to, event = "hook-failed"; "{e}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), serial = installed.serial.as_str(), generation = flip.to, event = "hook-failed"; "{e}");
         if let Some(last) = journal.last.as_mut() {
             last.message = format!("{}; {e}", last.message);
             if let Err(e) = self.store.save_journal(&cert.name, journal) {
@@ -353,6 +370,7 @@ impl Executor {
             message: message.into(),
             serial: Some(serial.to_string()),
             generation: Some(flip.to),
+            asked: None,
         };
         // The issuer of this re-issue (a resumed one keeps the issuer it started with).
         let issuer = journal
@@ -377,11 +395,21 @@ impl Executor {
             OutcomeKind::InstalledNotLoaded => "installed-not-loaded",
             _ => "installed",
         };
-        log::info!(
-            cert = cert.name.as_str(), reason = flip.reason.as_str(), serial = serial, generation = flip.to,
-            event = event, removed = format!("{removed:?}").as_str();
-            "{message}"
-        );
+        let reason = journal.said(flip.reason);
+        // Removed generations only when there were some: no `removed=[]` noise.
+        if removed.is_empty() {
+            log::info!(
+                cert = cert.name.as_str(), reason = reason, serial = serial, generation = flip.to,
+                event = event;
+                "{message}"
+            );
+        } else {
+            log::info!(
+                cert = cert.name.as_str(), reason = reason, serial = serial, generation = flip.to,
+                event = event, removed = format!("{removed:?}").as_str();
+                "{message}"
+            );
+        }
         Ok(())
     }
 
@@ -411,7 +439,7 @@ impl Executor {
         journal.current = flip.from;
         journal.flip = None;
         let message = format!("{cause}; {}", notes.join(", "));
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "rolled-back"; "install failed: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), generation = flip.to, event = "rolled-back"; "install failed: {message}");
         let _ = self.record(
             cert,
             journal,
@@ -443,7 +471,7 @@ impl Executor {
         );
         journal.current = Some(flip.to);
         journal.flip = None;
-        log::error!(cert = cert.name.as_str(), reason = flip.reason.as_str(), generation = flip.to, event = "failed"; "install failed: {message}");
+        log::error!(cert = cert.name.as_str(), reason = journal.said(flip.reason), generation = flip.to, event = "failed"; "install failed: {message}");
         let _ = self.record(
             cert,
             journal,

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Certificate, Config};
-use crate::core::{Reason, Timestamp};
+use crate::core::{Asked, Reason, Timestamp};
 use crate::error::{Error, Result};
 use crate::keys::{Chain, PrivateKey};
 use crate::notify::{self, Event};
@@ -122,11 +122,21 @@ impl Executor {
 
     /// Re-issue `cert` with a new key and install it. The caller holds the lock. If a previous
     /// run was killed after its flip, finishing that install is the re-issue asked for.
-    pub(crate) async fn reissue(&self, cert: &Certificate, reason: Reason) -> Outcome {
+    /// `asked` is journalled first, so whatever outcome ends this re-issue says what was
+    /// asked for and observed (a pending re-issue the daemon resumes keeps the operator's).
+    pub(crate) async fn reissue(
+        &self,
+        cert: &Certificate,
+        reason: Reason,
+        asked: &Asked,
+    ) -> Outcome {
         let started = self.clock.now();
         let attempt = match self.recover(cert).await {
             Ok(Recovered::Interrupted(interrupted)) => interrupted,
-            Ok(Recovered::Clean(journal)) => self.reissue_fresh(cert, reason, *journal).await,
+            Ok(Recovered::Clean(journal)) => match self.journal_asked(cert, *journal, asked) {
+                Ok(journal) => self.reissue_fresh(cert, reason, journal).await,
+                Err(e) => Err(Stop::from(e)),
+            },
             Err(e) => Err(Stop::from(e)),
         };
         // A failure the steps did not journal themselves (a file that could not be opened,
@@ -147,6 +157,27 @@ impl Executor {
         let outcome = Outcome::of(cert, attempt);
         self.announce_reissue(cert, reason, started, &outcome).await;
         outcome
+    }
+
+    fn journal_asked(
+        &self,
+        cert: &Certificate,
+        mut journal: Journal,
+        asked: &Asked,
+    ) -> Result<Journal> {
+        // Resuming an operator's pending re-issue (after a rollback, say) keeps their reason.
+        let asked = match journal.pending.as_ref().and_then(|p| p.requested) {
+            Some(requested) if asked.requested.is_none() => Asked {
+                requested: Some(requested),
+                observed: asked.observed.clone(),
+            },
+            _ => asked.clone(),
+        };
+        if journal.asked.as_ref() != Some(&asked) {
+            journal.asked = Some(asked);
+            self.store.save_journal(&cert.name, &journal)?;
+        }
+        Ok(journal)
     }
 
     /// Tell the operators how a re-issue ended (`notify`: installed, pending-approval when
@@ -201,6 +232,7 @@ impl Executor {
             message: message.to_string(),
             serial: None,
             generation: None,
+            asked: None,
         });
         if let Err(e) = self.store.save_journal(name, &journal) {
             log::warn!(cert = name; "failed to journal the failure: {e}");
@@ -312,6 +344,7 @@ impl Executor {
             message: message.to_string(),
             serial: None,
             generation,
+            asked: None,
         });
         self.store.save_journal(&cert.name, journal)
     }

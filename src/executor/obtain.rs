@@ -30,6 +30,12 @@ impl Executor {
         // Refuse now what the install would refuse later, before a key or an order exists.
         crate::adopt::preflight(cert)?;
         output_directories(cert, &self.config.agent.state_dir)?;
+        if let Some(server) = self.server(cert) {
+            let in_service = in_service.leaf().is_some();
+            server
+                .preflight(&cert.name, &cert.names, in_service)
+                .await?;
+        }
         let issuer = self
             .config
             .issuers
@@ -160,9 +166,11 @@ impl Executor {
             compromise: None,
             reminders: 0,
             next_look: None,
+            requested: journal.asked.as_ref().and_then(|a| a.requested),
         });
         self.store.save_journal(&cert.name, journal)?;
-        log::info!(cert = cert.name.as_str(), reason = reason.as_str(), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
+        // The operator's words when an operator asked (`superseded`, not `forced`).
+        log::info!(cert = cert.name.as_str(), reason = journal.said(reason), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
         Ok(key)
     }
 
@@ -227,6 +235,7 @@ impl Executor {
             message: format!("pending: {}", waiting.message),
             serial: None,
             generation: None,
+            asked: journal.asked.clone(),
         });
         self.store.save_journal(&cert.name, journal)?;
         Ok(Stop::Pending(waiting))

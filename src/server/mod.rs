@@ -31,6 +31,32 @@ pub(crate) enum Served {
     Not(String),
 }
 
+/// How long a `verify` endpoint has to accept a TCP connection before a re-issue (and in
+/// `check`): on the host itself a refusal is immediate, so this only bounds a filtered port.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a `verify` endpoint accepts a TCP connection (no TLS: the certificate it serves
+/// is not the question before a re-issue).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Answered,
+    /// Connection refused: nothing listens there.
+    Refused(String),
+    /// Timed out, unreachable, ...: something is in the way, or the host is slow.
+    Silent(String),
+}
+
+/// Connect to `addr` (blocking, at most `timeout`): for `check`, off the event loop.
+pub(crate) fn answer(addr: std::net::SocketAddr, timeout: Duration) -> Answer {
+    match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Ok(_) => Answer::Answered,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Answer::Refused(format!("connect to {addr}: {e}"))
+        }
+        Err(e) => Answer::Silent(format!("connect to {addr}: {e}")),
+    }
+}
+
 /// The processes serving before a reload, to wait for after it.
 pub(crate) struct OldWorkers {
     master: Option<Pid>,
@@ -242,6 +268,61 @@ impl WebServer {
         } else {
             Duration::from_secs(self.cfg.verify_settle.0.max(0) as u64)
         }
+    }
+
+    /// Before anything is generated: every `verify` endpoint of the certificate with `names`
+    /// must accept a TCP connection while the server runs, or the re-issue would only end,
+    /// after `verify_timeout`, in a rollback. Refused is a configuration that does not match
+    /// the host (exit 78); an endpoint that does not answer in time is let through with a
+    /// warning (a firewall or a slow host may still let the TLS probe through later). Not
+    /// checked while the server is not running (the certificate is installed, not loaded:
+    /// the first install of `packaging/demo.sh`), nor while no certificate is in service
+    /// yet (`in_service`: the new one may be what lets the server listen there).
+    pub(crate) async fn preflight(
+        &self,
+        cert_name: &str,
+        names: &[DomainName],
+        in_service: bool,
+    ) -> Result<()> {
+        let running = self.is_running();
+        if running == Some(false) || !in_service {
+            return Ok(());
+        }
+        let mut refused = Vec::new();
+        for (addr, _) in self.endpoints_for(names) {
+            let probe = tokio::task::spawn_blocking(move || answer(addr, ANSWER_TIMEOUT));
+            match probe.await {
+                Ok(Answer::Answered) => {}
+                Ok(Answer::Refused(_)) => refused.push(addr.to_string()),
+                Ok(Answer::Silent(why)) => {
+                    log::warn!(cert = cert_name, server = self.cfg.name.as_str(); "verify endpoint does not answer, re-issuing anyway: {why}")
+                }
+                Err(e) => log::warn!(cert = cert_name; "failed to probe the verify endpoints: {e}"),
+            }
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let kind = match self.cfg.kind {
+            ServerKind::Command => "the server",
+            other => other.as_str(),
+        };
+        let key = format!("server.{}.verify", self.cfg.name);
+        // Without a pid file (systemd runs the server) certagent cannot tell whether it runs.
+        let state = match running {
+            Some(_) => format!(", although {kind} is running"),
+            None => format!(" (is {kind} running?)"),
+        };
+        Err(Error::Mismatch {
+            message: format!(
+                "failed to re-issue {cert_name:?}: nothing listens on {} (connection refused), the verify endpoint{} of {key}{state}; nothing was generated, ordered or changed",
+                refused.join(", "),
+                if refused.len() > 1 { "s" } else { "" },
+            ),
+            hint: Some(format!(
+                "set {key} to the address:port {kind} serves this certificate on with TLS (its `listen ... ssl` or `Listen` lines), or make {kind} listen there; `certagent check` probes every endpoint"
+            )),
+        })
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::FlagId;
-use crate::core::{KeySpec, Reason, Timestamp};
+use crate::core::{Asked, KeySpec, Reason, Requested, Timestamp};
 
 /// Per-certificate durable state. Written atomically after every step that matters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -66,11 +66,30 @@ pub(crate) struct Journal {
     /// When the daemon started re-issues by itself in the last hour (the hourly guard).
     #[serde(default)]
     pub(crate) auto_reissues: Vec<Timestamp>,
+    /// Why the re-issue in progress started (the operator's words, what was observed): copied
+    /// into the outcome that ends it.
+    #[serde(default)]
+    pub(crate) asked: Option<Asked>,
 }
 
 impl Journal {
+    /// The reason to log for the attempt in progress (or the one that just ended): the
+    /// operator's words when an operator asked (`superseded`), else `reason`.
+    pub(crate) fn said(&self, reason: Reason) -> &'static str {
+        self.asked
+            .as_ref()
+            .or_else(|| self.last.as_ref()?.asked.as_ref())
+            .and_then(|a| a.requested)
+            .map_or(reason.as_str(), |r| r.as_str())
+    }
+
     /// Record the outcome of one re-issue attempt in `last` and in the tally.
-    pub(crate) fn record_outcome(&mut self, outcome: Outcome) {
+    pub(crate) fn record_outcome(&mut self, mut outcome: Outcome) {
+        if outcome.result == OutcomeKind::Pending {
+            outcome.asked = outcome.asked.or_else(|| self.asked.clone());
+        } else {
+            outcome.asked = outcome.asked.or_else(|| self.asked.take());
+        }
         *self
             .tally
             .entry(outcome.reason)
@@ -164,6 +183,9 @@ pub(crate) struct Pending {
     /// reminder (manual CA) or the CA's Retry-After. Cleared at start.
     #[serde(default)]
     pub(crate) next_look: Option<Timestamp>,
+    /// The reason the operator gave when an operator started it, in their words.
+    #[serde(default)]
+    pub(crate) requested: Option<Requested>,
 }
 
 /// The compromised key being replaced, captured before anything else happens.
@@ -182,6 +204,33 @@ pub(crate) struct Flip {
     pub(crate) from: Option<u64>,
     pub(crate) to: u64,
     pub(crate) reason: Reason,
+    /// How far the install got: what `status` shows while the new generation is not yet
+    /// proven served.
+    #[serde(default)]
+    pub(crate) phase: FlipPhase,
+}
+
+/// The steps between the flip and the proof, journalled as they start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FlipPhase {
+    /// The files point at the new generation; the server has not been told.
+    #[default]
+    Flipped,
+    /// The server's config test and reload run.
+    Reloading,
+    /// Reloaded; waiting for every endpoint to serve the new certificate.
+    Verifying,
+}
+
+impl FlipPhase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FlipPhase::Flipped => "flipped",
+            FlipPhase::Reloading => "reloading",
+            FlipPhase::Verifying => "verifying",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -192,6 +241,10 @@ pub(crate) struct Outcome {
     pub(crate) message: String,
     pub(crate) serial: Option<String>,
     pub(crate) generation: Option<u64>,
+    /// What the operator asked for and what was observed when the attempt started (`None`
+    /// in journals written before it was recorded).
+    #[serde(default)]
+    pub(crate) asked: Option<Asked>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -202,4 +255,62 @@ pub(crate) enum OutcomeKind {
     InstalledNotLoaded,
     Failed,
     RolledBack,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Requested;
+
+    fn outcome(result: OutcomeKind) -> Outcome {
+        Outcome {
+            at: 100,
+            result,
+            reason: Reason::Forced,
+            message: String::new(),
+            serial: None,
+            generation: None,
+            asked: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_that_ends_an_attempt_carries_what_was_asked_and_observed() {
+        let asked = Asked {
+            requested: Some(Requested::KeyLost),
+            observed: vec![Reason::KeyMissing],
+        };
+        let mut j = Journal {
+            asked: Some(asked.clone()),
+            ..Journal::default()
+        };
+        assert_eq!(j.said(Reason::KeyMissing), "key-lost");
+        // Pending is no end: the attempt resumes, still the operator's.
+        j.record_outcome(outcome(OutcomeKind::Pending));
+        assert_eq!(j.last.as_ref().unwrap().asked.as_ref(), Some(&asked));
+        assert_eq!(j.asked.as_ref(), Some(&asked));
+        j.record_outcome(outcome(OutcomeKind::Installed));
+        assert_eq!(j.last.as_ref().unwrap().asked.as_ref(), Some(&asked));
+        assert!(j.asked.is_none());
+        // Just after the end the log lines still say the operator's word.
+        assert_eq!(j.said(Reason::KeyMissing), "key-lost");
+        let text = serde_json::to_string(&j.last).unwrap();
+        assert!(
+            text.contains(r#""asked":{"requested":"key-lost","observed":["key-missing"]}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_journal_without_asked_or_phase_still_reads() {
+        let j: Journal = serde_json::from_str(
+            r#"{"schema":1,"current":1,"next_generation":2,"pending":null,
+                "flip":{"from":0,"to":1,"reason":"forced"},
+                "last":{"at":1,"result":"failed","reason":"forced","message":"x","serial":null,"generation":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(j.flip.unwrap().phase, FlipPhase::Flipped);
+        assert!(j.last.unwrap().asked.is_none());
+        assert!(j.asked.is_none());
+    }
 }

@@ -33,6 +33,7 @@ mod install;
 mod manual;
 mod messages;
 mod notify;
+mod operator;
 mod reissue;
 mod revocation;
 mod schedule;

@@ -10,7 +10,7 @@ use std::path::Path;
 use libfuzzer_sys as _;
 
 use certagent::control::Request;
-use certagent::core::{KeySpec, Reason};
+use certagent::core::{KeySpec, Reason, Requested};
 use certagent::keys::{PrivateKey, pem_encode};
 use certagent_fuzz::{CRL_ISSUER_CN, crl_issuer_der, crl_issuer_key};
 use rcgen::{
@@ -253,12 +253,14 @@ fn main() {
             all: false,
             reason: Reason::KeyCompromised,
             wait: true,
+            requested: Some(Requested::KeyCompromise),
         },
         Request::Reissue {
             names: vec![],
             all: true,
             reason: Reason::Forced,
             wait: false,
+            requested: None,
         },
         Request::Import {
             name: "site".into(),
