@@ -28,8 +28,8 @@ pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub(crate) use fsutil::Perms;
 pub(crate) use journal::{
-    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, Journal, Outcome, OutcomeKind,
-    Pending, PostActions, Refresh, Revoked,
+    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, Journal, Outcome, OutcomeKind, Pending,
+    PostActions, Refresh, Revoked,
 };
 pub(crate) use lock::Lock;
 pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
