@@ -197,6 +197,28 @@ impl Env {
         }
     }
 
+    /// Replaces the certificate file (a link into the state, once certagent installed) with a
+    /// plain file: a leaf for the key in service and the first name, from "Other Test CA".
+    pub fn swap_in_another_cas_leaf(&self) -> super::tls::Leaf {
+        let other = TlsCa::named(
+            &self.dir.path().join("other"),
+            &[(rcgen::DnType::CommonName, "Other Test CA")],
+        );
+        let key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(&self.key_file).expect("key file"))
+                .expect("key");
+        let now = SystemTime::now();
+        let swapped = other.issue_leaf_for_key(
+            &[self.names[0].as_str()],
+            now - Duration::from_secs(86_400),
+            now + Duration::from_secs(60 * 86_400),
+            &key,
+        );
+        std::fs::remove_file(&self.cert_file).expect("remove cert file");
+        std::fs::write(&self.cert_file, &swapped.cert_pem).expect("write cert file");
+        swapped
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -182,7 +182,6 @@ fn external_account_binding_is_used_when_configured() {
 /// leaf another CA issued for the same key and names, written over it, is reported again.
 #[test]
 fn what_certagent_installed_from_another_ca_than_configured_is_issuer_changed() {
-    use std::time::{Duration, SystemTime};
     let pebble = Pebble::start(PebbleOpts::default());
     let env = Env::new(&["a.test"], None);
     env.write_config("", &pebble.issuer_table());
@@ -223,20 +222,7 @@ fn what_certagent_installed_from_another_ca_than_configured_is_issuer_changed() 
     );
 
     // Another CA's leaf for the same key and names, not installed by certagent.
-    let other = common::TlsCa::named(
-        &env.dir.path().join("other"),
-        &[(rcgen::DnType::CommonName, "Other Test CA")],
-    );
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&env.key_file).unwrap()).unwrap();
-    let now = SystemTime::now();
-    let swapped = other.issue_leaf_for_key(
-        &["a.test"],
-        now - Duration::from_secs(86_400),
-        now + Duration::from_secs(60 * 86_400),
-        &key,
-    );
-    std::fs::remove_file(&env.cert_file).unwrap();
-    std::fs::write(&env.cert_file, &swapped.cert_pem).unwrap();
+    env.swap_in_another_cas_leaf();
     let check = env.certagent(&["check", "--json"]);
     assert_eq!(check.code, 1, "{check:?}");
     let report = &check.json()["certificates"][0];

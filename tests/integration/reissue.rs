@@ -323,7 +323,7 @@ fn a_certificate_from_another_ca_is_not_replaced_by_the_local_ca_unless_asked() 
 /// re-issued from the configured issuer with `reissue_on_issuer_change = true`.
 #[test]
 fn a_certificate_swapped_for_another_cas_is_reported_and_reissued_only_if_configured() {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
     let env = Env::new(&["a.test"], None);
     env.write_config("", "");
     let first = env.certagent(&["reissue", "--now", "site"]);
@@ -336,20 +336,7 @@ fn a_certificate_swapped_for_another_cas_is_reported_and_reissued_only_if_config
     );
 
     // Another CA's leaf for the key in service, written over the link as a plain file.
-    let other = common::TlsCa::named(
-        &env.dir.path().join("other"),
-        &[(rcgen::DnType::CommonName, "Other Test CA")],
-    );
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&env.key_file).unwrap()).unwrap();
-    let now = SystemTime::now();
-    let swapped = other.issue_leaf_for_key(
-        &["a.test"],
-        now - Duration::from_secs(86_400),
-        now + Duration::from_secs(60 * 86_400),
-        &key,
-    );
-    std::fs::remove_file(&env.cert_file).unwrap();
-    std::fs::write(&env.cert_file, &swapped.cert_pem).unwrap();
+    let swapped = env.swap_in_another_cas_leaf();
 
     let check = env.certagent(&["check", "--json"]);
     assert_eq!(check.code, 0, "only reported: {check:?}");
