@@ -6,6 +6,7 @@
 # Prints the path of each package on its own line at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. packaging/env.sh
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in /*) ;; *) target=$PWD/$target ;; esac
 

@@ -34,6 +34,7 @@ if [ -n "${CERTAGENT_BIN:-}" ]; then
   bin=$CERTAGENT_BIN
 else
   step "building certagent"
+  . "$repo/packaging/env.sh"
   cargo build --release --locked --manifest-path "$repo/Cargo.toml"
   bin=$repo/target/release/certagent
 fi

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 tests/bench/peers/install.sh
-exec cargo bench --bench peers "$@"
+exec tests/bench/run.sh peers "$@"
