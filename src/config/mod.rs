@@ -135,7 +135,7 @@ impl Config {
             check_output_directories(&config, root, &mut errors);
         }
         // Only the checks above need where each certificate's keys are set: a map as large as
-        // the configuration (10,000 certificates: about 8 MiB) is not kept for the daemon's life.
+        // the configuration (six entries per certificate) is not kept for the daemon's life.
         config.certificate_keys_at = BTreeMap::new();
         let mut order = vec![path.to_path_buf()];
         order.extend(files.iter().cloned());
