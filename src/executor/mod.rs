@@ -18,6 +18,7 @@ mod observe;
 mod obtain;
 mod outcome;
 mod refresh;
+mod rollback;
 
 pub(crate) use observe::{Observation, Signals, observe};
 pub(crate) use outcome::{Installed, Outcome, Waiting};
