@@ -251,6 +251,29 @@ impl Nginx {
         run(&self.reload_command())
     }
 
+    /// Reloads and waits until the workers from before the reload no longer accept
+    /// connections (nginx renames a worker "shutting down" once it closed its listeners), so
+    /// that what a probe sees next is what every probe sees. `Err` carries nginx's output, or
+    /// says the old workers did not retire within `timeout`.
+    pub fn reload_and_wait_retired(&self, timeout: Duration) -> Result<(), String> {
+        let old = self.worker_pids();
+        self.reload()?;
+        let retired = super::wait_until(timeout, || {
+            old.iter().all(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| {
+                    c.is_empty() || String::from_utf8_lossy(&c).contains("shutting down")
+                })
+            })
+        });
+        if retired {
+            Ok(())
+        } else {
+            Err(format!(
+                "nginx's old workers {old:?} still accept after {timeout:?}"
+            ))
+        }
+    }
+
     /// Contents of `PREFIX/error.log`.
     pub fn error_log(&self) -> String {
         read_or_note(&self.prefix.join("error.log"))

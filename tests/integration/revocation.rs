@@ -150,7 +150,11 @@ fn install_leaf_with_crl(
     let leaf = lp.signed_by(&key, &issuer).unwrap();
     std::fs::write(&env.cert_file, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
     std::fs::write(&env.key_file, key.serialize_pem()).unwrap();
-    env.nginx.reload().unwrap();
+    // Once the old workers stopped accepting, every probe meets a new one: the daemon's
+    // later checks of what is served cannot meet the leaf from before.
+    env.nginx
+        .reload_and_wait_retired(Duration::from_secs(10))
+        .unwrap();
     assert!(wait_until(Duration::from_secs(5), || env.served()
         == leaf.der().to_vec()));
     (ca, ca_key, leaf)
