@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::agent::{AGENT_KEYS, default_agent, read_agent};
 use super::certificate::{CERT_KEYS, read_certificate};
+use super::cluster::{CLUSTER_KEYS, ClusterConfig, read_cluster};
 use super::issuer::{ISSUER_KEYS, read_issuer};
 use super::notify::{NOTIFY_KEYS, read_notify};
 use super::server::{SERVER_KEYS, read_server};
@@ -36,6 +37,8 @@ fn origin(cx: &Ctx, span: &Range<usize>) -> Origin {
 #[derive(Default)]
 pub(super) struct Builder {
     agent: Option<Agent>,
+    /// `[cluster]`, and where its header is (for "built without fleets").
+    cluster: Option<(ClusterConfig, Origin)>,
     issuers: BTreeMap<String, (Issuer, Origin)>,
     servers: BTreeMap<String, (Server, Origin)>,
     certificates: BTreeMap<String, (Certificate, Origin)>,
@@ -65,6 +68,20 @@ impl Builder {
             }
             self.agent = Some(read_agent(cx, &mut s));
             s.finish(cx, AGENT_KEYS);
+        }
+        if let Some(mut s) = root.table(cx, "cluster") {
+            if !main {
+                cx.error(
+                    &s.span,
+                    "cluster",
+                    "[cluster] may only be set in the main config file, not in a drop-in",
+                );
+            }
+            let at = origin(cx, &s.span);
+            if let Some(cluster) = read_cluster(cx, &mut s) {
+                self.cluster = Some((cluster, at));
+            }
+            s.finish(cx, CLUSTER_KEYS);
         }
         self.read_tables(cx, root, "issuer", ISSUER_KEYS, read_issuer, |b| {
             &mut b.issuers
@@ -118,6 +135,7 @@ impl Builder {
                     "key_file",
                     "chain_file",
                     "leaf_file",
+                    "shared",
                 ] {
                     if let Some(span) = s.value_span(key).filter(|_| first) {
                         self.key_at
@@ -185,6 +203,7 @@ impl Builder {
         self.check_renew_before(errors);
         self.check_verify_endpoints(errors);
         self.check_shared_outputs(errors);
+        self.check_cluster(errors);
         let agent = self.agent.take().unwrap_or_else(default_agent);
         self.check_implicit_issuers(&agent, errors);
         Config {
@@ -197,6 +216,7 @@ impl Builder {
                 .map(|(k, (v, _))| (k, v))
                 .collect(),
             notify: self.notify.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+            cluster: self.cluster.map(|(c, _)| c),
             fingerprint: 0,
             certificate_keys_at: self
                 .key_at
@@ -342,6 +362,52 @@ impl Builder {
                         ),
                     });
                 }
+            }
+        }
+    }
+
+    /// A shared certificate needs a cluster and an ACME issuer (its order is resumed by
+    /// whichever host holds the lock, through the fleet's account); a cluster needs a binary
+    /// built with fleets.
+    fn check_cluster(&self, errors: &mut Vec<ConfigError>) {
+        if let Some((_, at)) = &self.cluster
+            && !cfg!(feature = "fleet")
+        {
+            errors.push(ConfigError {
+                file: at.file.clone(),
+                line: at.line,
+                key: "cluster".into(),
+                message: "this certagent was built without fleets (the `fleet` feature)".into(),
+                hint: Some("use a build with the default features (the packages have it)".into()),
+            });
+        }
+        for (name, (cert, origin)) in self.certificates.iter().filter(|(_, (c, _))| c.shared) {
+            let at = self.at(name, "shared", origin);
+            let problem = if self.cluster.is_none() {
+                Some((
+                    "shared = true needs a [cluster] table: the etcd cluster the hosts share it through",
+                    "add [cluster] with endpoints and fleet_key_file (see certagent.toml(5), FLEETS), or remove shared",
+                ))
+            } else if self
+                .issuers
+                .get(&cert.issuer)
+                .is_some_and(|(i, _)| !matches!(i.kind, IssuerKind::Acme(_)))
+            {
+                Some((
+                    "a shared certificate is issued through an ACME issuer (one order for the fleet, resumed by whichever host holds the lock)",
+                    "point issuer at an [issuer.NAME] with kind = \"acme\"",
+                ))
+            } else {
+                None
+            };
+            if let Some((message, hint)) = problem {
+                errors.push(ConfigError {
+                    file: at.file.clone(),
+                    line: at.line,
+                    key: format!("certificate.{}.shared", shown(name)),
+                    message: message.into(),
+                    hint: Some(hint.into()),
+                });
             }
         }
     }

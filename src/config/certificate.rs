@@ -9,7 +9,7 @@ use super::walk::{Ctx, Section};
 use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
 use crate::core::{DomainName, KeySpec, Span};
 
-pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, pre_install, post_install, hook_timeout";
+pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, shared, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Certificate {
@@ -33,6 +33,8 @@ pub(crate) struct Certificate {
     /// Re-issue when the certificate in service was issued by another CA than `issuer`
     /// (`issuer-changed`); by default that is only reported.
     pub(crate) reissue_on_issuer_change: bool,
+    /// One certificate for every host of the fleet that configures it (`[cluster]`).
+    pub(crate) shared: bool,
     /// Run before the flip (the new files exist, nothing the server reads has changed); a
     /// non-zero exit vetoes the install.
     pub(crate) pre_install: Option<Vec<String>>,
@@ -75,6 +77,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
     let cert_mode = read_mode(cx, s, "cert_mode", 0o644);
     let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
     let reissue_on_issuer_change = s.boolean(cx, "reissue_on_issuer_change").unwrap_or(false);
+    let shared = s.boolean(cx, "shared").unwrap_or(false);
     let pre_install = s.command(cx, "pre_install");
     let post_install = s.command(cx, "post_install");
     let hook_timeout = s
@@ -101,6 +104,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
         cert_mode,
         revoke_first,
         reissue_on_issuer_change,
+        shared,
         pre_install,
         post_install,
         hook_timeout,

@@ -9,6 +9,7 @@
 mod agent;
 mod build;
 mod certificate;
+mod cluster;
 mod in_service;
 mod issuer;
 mod notify;
@@ -18,6 +19,10 @@ mod walk;
 pub(crate) use crate::error::{ConfigError, ConfigErrors, shown};
 pub(crate) use agent::Agent;
 pub(crate) use certificate::Certificate;
+pub use cluster::{
+    ClusterConfig, ClusterKind, DEFAULT_LEASE_TTL, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,
+    default_node,
+};
 pub(crate) use issuer::{
     AcmeIssuer, Challenge, DnsimpleApi, DnsimpleIssuer, Http01, InternalIssuer, Issuer, IssuerKind,
     ManualIssuer,
@@ -52,6 +57,8 @@ pub struct Config {
     pub(crate) servers: BTreeMap<String, Server>,
     pub(crate) certificates: BTreeMap<String, Certificate>,
     pub(crate) notify: BTreeMap<String, Notify>,
+    /// The etcd cluster shared certificates go through (`[cluster]`), when there is one.
+    pub(crate) cluster: Option<ClusterConfig>,
     /// A hash of the files read (names and contents): equal fingerprints, same configuration.
     pub(crate) fingerprint: u64,
     /// Where certificate `.0`'s key `.1` (its issuer, server and output paths) is set: file
@@ -166,7 +173,10 @@ impl Config {
             };
             let mut root = Section::new("", doc.get_ref(), doc.span());
             b.read_file(&mut cx, &mut root, i == 0);
-            root.finish(&mut cx, "agent, issuer, server, certificate, notify");
+            root.finish(
+                &mut cx,
+                "agent, cluster, issuer, server, certificate, notify",
+            );
         }
         let mut config = b.finish(
             sources
@@ -599,6 +609,7 @@ mod dropin_tests {
 mod example_tests {
     use super::agent::AGENT_KEYS;
     use super::certificate::CERT_KEYS;
+    use super::cluster::CLUSTER_KEYS;
     use super::issuer::ISSUER_KEYS;
     use super::notify::NOTIFY_KEYS;
     use super::server::{ENDPOINT_KEYS, SERVER_KEYS};
@@ -643,6 +654,7 @@ mod example_tests {
     fn the_example_config_documents_every_key() {
         for list in [
             AGENT_KEYS,
+            CLUSTER_KEYS,
             ISSUER_KEYS,
             SERVER_KEYS,
             ENDPOINT_KEYS,

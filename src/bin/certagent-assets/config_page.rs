@@ -39,9 +39,9 @@ pub(crate) fn to_roff(example: &str, roff: &mut Roff) {
         if trimmed.is_empty() {
             flush_key(&mut key, roff);
             flush_prose(&mut prose, roff);
-        } else if trimmed.starts_with('[') {
+        } else if let Some(header) = table_header(trimmed) {
             flush_key(&mut key, roff);
-            let (table, comment) = split_comment(trimmed);
+            let (table, comment) = split_comment(header);
             roff.control("SS", [table.as_str()]);
             flush_prose(&mut prose, roff);
             if !comment.is_empty() {
@@ -71,6 +71,12 @@ pub(crate) fn keys(example: &str) -> Vec<String> {
         .filter_map(|l| key_line(l.trim()))
         .map(|(tag, _)| tag.split(" = ").next().unwrap_or_default().to_string())
         .collect()
+}
+
+/// `[table]`, set or commented out (a table the example leaves unset, like `[cluster]`).
+fn table_header(line: &str) -> Option<&str> {
+    let line = line.strip_prefix("# ").unwrap_or(line);
+    line.starts_with('[').then_some(line)
 }
 
 /// `key = value   # comment`, set or commented out: the tag (`key = value`) and the comment.
