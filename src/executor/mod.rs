@@ -13,6 +13,8 @@
 //! its own events); the JSON document is made from the Outcome by `ops`, never here.
 
 mod compromise;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod install;
 mod observe;
 mod obtain;

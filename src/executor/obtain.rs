@@ -152,23 +152,7 @@ impl Executor {
                 break key;
             }
         };
-        self.store.save_pending_key(&cert.name, &key.to_pem())?;
-        journal.pending = Some(Pending {
-            reason,
-            started_at: now,
-            issuer: cert.issuer.clone(),
-            key_spec: cert.key_type,
-            key_spki_sha256: key.spki_sha256(),
-            names,
-            attempts: 0,
-            order_url: None,
-            issued: false,
-            compromise: None,
-            reminders: 0,
-            next_look: None,
-            requested: journal.asked.as_ref().and_then(|a| a.requested),
-        });
-        self.store.save_journal(&cert.name, journal)?;
+        self.pend(cert, journal, &key, reason, now, names)?;
         // The operator's words when an operator asked (`superseded`, not `forced`).
         log::info!(cert = cert.name.as_str(), reason = journal.said(reason), key_type = cert.key_type.as_str(), event = "key-generated"; "generated new key");
         Ok(key)
@@ -266,6 +250,36 @@ impl Executor {
             p.key_spki_sha256 = k.spki_sha256();
         }
         Ok(k)
+    }
+
+    /// `key` as the pending re-issue's key: on disk (0600) and journalled, before anything is
+    /// asked of the CA (or, for a fleet's published key, before it is installed).
+    pub(super) fn pend(
+        &self,
+        cert: &Certificate,
+        journal: &mut Journal,
+        key: &PrivateKey,
+        reason: Reason,
+        now: Timestamp,
+        names: Vec<String>,
+    ) -> Result<()> {
+        self.store.save_pending_key(&cert.name, &key.to_pem())?;
+        journal.pending = Some(Pending {
+            reason,
+            started_at: now,
+            issuer: cert.issuer.clone(),
+            key_spec: cert.key_type,
+            key_spki_sha256: key.spki_sha256(),
+            names,
+            attempts: 0,
+            order_url: None,
+            issued: false,
+            compromise: None,
+            reminders: 0,
+            next_look: None,
+            requested: journal.asked.as_ref().and_then(|a| a.requested),
+        });
+        self.store.save_journal(&cert.name, journal)
     }
 
     /// Step 3 for a chain that just arrived (from the CA or a human): it must be for our
