@@ -21,6 +21,8 @@ mod dnsimple_selftest;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
+mod fleet_daemon;
+#[cfg(feature = "fleet")]
 mod fleet_etcd;
 mod front_selftest;
 mod hardening;
