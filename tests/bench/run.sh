@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . packaging/env.sh
-bench=${1:?usage: tests/bench/run.sh daemon|peers [ARGS...]}
+bench=${1:?usage: tests/bench/run.sh daemon|peers|fleet [ARGS...]}
 shift
 exec cargo bench --bench "$bench" "$@"

@@ -1,0 +1,760 @@
+//! `tests/bench/run.sh fleet` (= `cargo bench --bench fleet`, release profile): a simulated
+//! fleet on this machine — a 3-member etcd on loopback, Pebble (always valid), N hosts = N
+//! `certagent run` daemons (own state, runtime, webroot and config each; no web server: the
+//! certificates are files), C shared certificates `c000`… that every host configures.
+//!
+//! The figures quoted in the README come from
+//!
+//! ```text
+//! FLEET_HOSTS=10,50 FLEET_CERTS=200 FLEET_IDLE_SECS=120 tests/bench/run.sh fleet
+//! ```
+//!
+//! (the defaults, `FLEET_HOSTS=10,50 FLEET_CERTS=20 FLEET_IDLE_SECS=60`, finish in about 10
+//! minutes). For each fleet size N, from scratch:
+//!
+//! * **orders, first issuance**: Pebble's orders once every host serves all C (expect C);
+//!   and how long that took from the daemons' spawn;
+//! * **orders per trigger** (expect 1 each): `certagent reissue --now cK` on one host (host K
+//!   mod N), FLEET_TRIGGERS times on different certificates one after the other; a names
+//!   change of one certificate in every host's config at once (every daemon sees it: one
+//!   order); the key of one certificate deleted on every host at once ("local trouble on all
+//!   hosts": healed from the published generation, expect 0);
+//! * **trigger → every host serving**: from just before `reissue --now` is spawned until the
+//!   certificate file of every host holds the new serial (polled every 10 ms); p50 / p99 /
+//!   max over the triggers, and the same to the first host;
+//! * **etcd requests per host per idle hour**: once everything settled (20 s after the last
+//!   trigger), gRPC messages received by the three etcd members (`grpc_server_msg_received_
+//!   total` by method, from each member's `/metrics`, summed; a unary call is one message, a
+//!   stream's every message counts, so a lease keep-alive is one) over FLEET_IDLE_SECS,
+//!   × 3600 / window / N; with the streams opened (`grpc_server_started_total`) and the bytes
+//!   (`etcd_network_client_grpc_{received,sent}_bytes_total`). HTTP/2 pings (etcd-client's
+//!   keep-alive, every 10 s per connection) are not gRPC messages and are not counted;
+//! * **etcd state**: watch streams and watchers (gauges, summed over members), live leases
+//!   (`etcdctl lease list`), keys and value bytes under the prefix by kind (published
+//!   record, host report, liveness key, …), the database size;
+//! * **etcd requests per trigger**: every gRPC message during the `reissue --now` phase,
+//!   per trigger (what one re-issue costs the cluster with N hosts);
+//! * **RSS per host**: VmRSS of every daemon at the end of the idle window (mean, max), and
+//!   the CPU time each used in the window, as seconds per hour.
+//!
+//! Then how each figure grows from the first size to the last, and what 10,000 hosts with C
+//! certificates would cost etcd, computed from the per-host figures of the largest size.
+//! Everything is printed and written to `target/bench/fleet.json`.
+//!
+//! The hosts' configs raise `max_reissues_per_hour` to 1000 (the bench triggers more often
+//! than a host ever should) and set `max_parallel` to FLEET_MAX_PARALLEL (default 8: the
+//! first issuance of C certificates on every host at once is the slow part). `lease_ttl` and
+//! `request_timeout` are the defaults (15 s, 5 s): keep-alives every 5 s per lease. The
+//! hosts' directories are under FLEET_DIR (default /dev/shm: 50 × 200 certificates are
+//! ~100,000 files; fsync on tmpfs costs nothing, so the convergence times are certagent's and
+//! etcd's, not a shared disk's); etcd's data is in $TMPDIR (on disk, fsync real).
+//! Needs `etcd`, `etcdctl`, `pebble` and `pebble-challtestsrv`. Every process started here
+//! is stopped by pid. Run without `--bench` (e.g. by `cargo test --all-targets`) it does
+//! nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// The benches use only part of the test harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../common/mod.rs"]
+mod common;
+
+#[path = "agent.rs"]
+mod agent;
+
+#[path = "fleet_etcd.rs"]
+mod fleet_etcd;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use agent::{BIN, clock_ticks_per_sec, cpu_ticks, loadavg, rss_kib};
+use common::etcd::EtcdCluster;
+use common::{Pebble, PebbleOpts, cert_serial_hex, san_dns_names};
+use fleet_etcd::{Scrape, percentile};
+
+const PREFIX: &str = "/bench";
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, with the time since the bench started.
+fn note(msg: &str) {
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("fleet bench [{t:7.1} s] {msg}");
+}
+
+struct Params {
+    sizes: Vec<usize>,
+    certs: usize,
+    idle: Duration,
+    triggers: usize,
+    max_parallel: usize,
+    root: PathBuf,
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let sizes = std::env::var("FLEET_HOSTS").unwrap_or_else(|_| "10,50".into());
+        let sizes = sizes
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("FLEET_HOSTS: numbers, comma-separated")
+            })
+            .collect();
+        let root = std::env::var_os("FLEET_DIR").map_or_else(
+            || {
+                let shm = Path::new("/dev/shm");
+                if shm.is_dir() {
+                    shm.to_path_buf()
+                } else {
+                    std::env::temp_dir()
+                }
+            },
+            PathBuf::from,
+        );
+        Params {
+            sizes,
+            certs: env_num("FLEET_CERTS", 20) as usize,
+            idle: Duration::from_secs(env_num("FLEET_IDLE_SECS", 60)),
+            triggers: env_num("FLEET_TRIGGERS", 10) as usize,
+            max_parallel: env_num("FLEET_MAX_PARALLEL", 8) as usize,
+            root,
+        }
+    }
+}
+
+fn cert_name(c: usize) -> String {
+    format!("c{c:03}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// One host: a daemon with its own directories and config.
+
+struct Host {
+    node: String,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Host {
+    fn cert_file(&self, c: usize) -> PathBuf {
+        self.dir.join("ssl").join(format!("{}.pem", cert_name(c)))
+    }
+
+    fn key_file(&self, c: usize) -> PathBuf {
+        self.dir.join("ssl").join(format!("{}.key", cert_name(c)))
+    }
+
+    /// The leaf (DER) of certificate `c`'s file, if it parses.
+    fn leaf(&self, c: usize) -> Option<Vec<u8>> {
+        let pem = std::fs::read(self.cert_file(c)).ok()?;
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        Some(block.contents)
+    }
+
+    fn serial(&self, c: usize) -> Option<String> {
+        self.leaf(c).map(|der| cert_serial_hex(&der))
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("daemon log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes the config; `alt` adds a second name to certificate `alt`.
+    fn write_config(
+        &self,
+        fleet: &FleetEnv,
+        certs: usize,
+        max_parallel: usize,
+        alt: Option<usize>,
+    ) {
+        let d = &self.dir;
+        // Pebble validates nothing here; http-01 goes through a webroot (the tokens are
+        // relayed through etcd and acknowledged by every host, as in a real fleet).
+        let issuer = fleet.pebble.issuer_table().replace(
+            &format!("listen = \"127.0.0.1:{}\"", fleet.pebble.http_port()),
+            &format!("webroot = \"{}\"", d.join("www").display()),
+        );
+        let mut text = format!(
+            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\ncompromised_dir = \"{}\"\n\
+             lock_timeout = \"30s\"\nmax_parallel = {max_parallel}\n\
+             # the bench triggers more often than a host ever should\n\
+             max_reissues_per_hour = 1000\n\n\
+             [cluster]\nendpoints = [{}]\nprefix = \"{PREFIX}\"\nnode = \"{}\"\nfleet_key_file = \"{}\"\n\n{issuer}\n",
+            d.join("state").display(),
+            d.join("run").display(),
+            d.join("compromised").display(),
+            fleet.endpoints,
+            self.node,
+            fleet.fleet_key.display(),
+        );
+        for c in 0..certs {
+            let name = cert_name(c);
+            let names = if alt == Some(c) {
+                format!("\"{name}.test\", \"alt.{name}.test\"")
+            } else {
+                format!("\"{name}.test\"")
+            };
+            let _ = write!(
+                text,
+                "[certificate.{name}]\nnames = [{names}]\nissuer = \"pebble\"\nshared = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
+                self.cert_file(c).display(),
+                self.key_file(c).display(),
+            );
+        }
+        // Atomically: a daemon must never read half a config.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet: etcd, Pebble, N hosts.
+
+struct FleetEnv {
+    hosts: Vec<Host>,
+    etcd: EtcdCluster,
+    pebble: Pebble,
+    endpoints: String,
+    fleet_key: PathBuf,
+    certs: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for FleetEnv {
+    fn drop(&mut self) {
+        // SIGTERM every daemon (by pid), then wait for all, SIGKILL (by pid) after 30 s.
+        for h in &self.hosts {
+            if h.pid() != 0 {
+                let pid = nix::unistd::Pid::from_raw(h.pid() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for h in &mut self.hosts {
+            let Some(mut child) = h.child.take() else {
+                continue;
+            };
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    eprintln!("fleet bench: {} did not stop within 30 s: SIGKILL", h.node);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Outcome of waiting for every host to serve something.
+struct Converged {
+    first: Duration,
+    all: Duration,
+}
+
+impl FleetEnv {
+    fn start(p: &Params, n: usize) -> FleetEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("certagent-bench-fleet-")
+            .tempdir_in(&p.root)
+            .unwrap_or_else(|e| panic!("cannot create a directory in {}: {e}", p.root.display()));
+        let etcd = EtcdCluster::start(3);
+        let pebble = Pebble::start(PebbleOpts {
+            always_valid: true,
+            ..PebbleOpts::default()
+        });
+        let fleet_key = dir.path().join("fleet.key");
+        std::fs::write(&fleet_key, [7u8; 32]).expect("fleet key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fleet_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let endpoints = etcd
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hosts = (0..n)
+            .map(|i| {
+                let hdir = dir.path().join(format!("h{i:02}"));
+                for sub in ["ssl", "etc", "compromised"] {
+                    std::fs::create_dir_all(hdir.join(sub)).expect("mkdir");
+                }
+                Host {
+                    node: format!("h{i:02}"),
+                    config: hdir.join("etc").join("config.toml"),
+                    log: hdir.join("daemon.log"),
+                    dir: hdir,
+                    child: None,
+                }
+            })
+            .collect();
+        let fleet = FleetEnv {
+            hosts,
+            etcd,
+            pebble,
+            endpoints,
+            fleet_key,
+            certs: p.certs,
+            _dir: dir,
+        };
+        for h in &fleet.hosts {
+            h.write_config(&fleet, p.certs, p.max_parallel, None);
+        }
+        fleet
+    }
+
+    fn member_ports(&self) -> Vec<u16> {
+        self.etcd.members.iter().map(|m| m.client_port).collect()
+    }
+
+    fn scrape(&self) -> Scrape {
+        Scrape::take(&self.member_ports())
+    }
+
+    /// Waits until every host's certificate `c` satisfies `ok` and all serve one serial.
+    /// `first`: when the first host did; `all`: when every host did.
+    fn wait_all(
+        &self,
+        c: usize,
+        t0: Instant,
+        timeout: Duration,
+        ok: impl Fn(&Host, &[u8]) -> bool,
+    ) -> Result<Converged, String> {
+        let mut first = None;
+        loop {
+            let leaves: Vec<Option<Vec<u8>>> = self.hosts.iter().map(|h| h.leaf(c)).collect();
+            let good: Vec<bool> = self
+                .hosts
+                .iter()
+                .zip(&leaves)
+                .map(|(h, l)| l.as_deref().is_some_and(|l| ok(h, l)))
+                .collect();
+            if first.is_none() && good.iter().any(|g| *g) {
+                first = Some(t0.elapsed());
+            }
+            let serials: Vec<Option<String>> = leaves
+                .iter()
+                .map(|l| l.as_deref().map(cert_serial_hex))
+                .collect();
+            if good.iter().all(|g| *g) && serials.iter().all(|s| *s == serials[0]) {
+                let all = t0.elapsed();
+                return Ok(Converged {
+                    first: first.unwrap_or(all),
+                    all,
+                });
+            }
+            if t0.elapsed() > timeout {
+                let behind: Vec<&str> = self
+                    .hosts
+                    .iter()
+                    .zip(&good)
+                    .filter(|(_, g)| !**g)
+                    .map(|(h, _)| h.node.as_str())
+                    .collect();
+                return Err(format!(
+                    "{}: {} of {} hosts not there after {timeout:?}: {behind:?}",
+                    cert_name(c),
+                    behind.len(),
+                    self.hosts.len()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn serials(&self, c: usize) -> Vec<Option<String>> {
+        self.hosts.iter().map(|h| h.serial(c)).collect()
+    }
+
+    /// Every host serves every certificate, one serial per certificate fleet-wide.
+    fn all_served(&self) -> (bool, usize) {
+        let mut done = 0;
+        for c in 0..self.certs {
+            let s = self.serials(c);
+            if s[0].is_some() && s.iter().all(|x| *x == s[0]) {
+                done += 1;
+            }
+        }
+        (done == self.certs, done)
+    }
+
+    /// Counts of notable log lines over every host's log.
+    fn log_counts(&self) -> Value {
+        let needles = [
+            ("fleet_lock", "event=fleet-lock"),
+            ("fleet_published", "event=fleet-published"),
+            ("fleet_install", "event=fleet-install"),
+            ("fleet_heal", "event=fleet-heal"),
+            ("fleet_fenced", "event=fleet-fenced"),
+            ("failed", "event=failed"),
+            ("warnings", "certagent: warning:"),
+            ("errors", "certagent: error:"),
+        ];
+        let logs: Vec<String> = self.hosts.iter().map(Host::log).collect();
+        let mut out = serde_json::Map::new();
+        for (key, needle) in needles {
+            let n: usize = logs.iter().map(|l| l.matches(needle).count()).sum();
+            out.insert(key.into(), json!(n));
+        }
+        Value::Object(out)
+    }
+
+    /// The first few warning and error lines of every host (for the report's notes).
+    fn trouble(&self, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in &self.hosts {
+            for l in h.log().lines() {
+                if (l.contains("certagent: warning:") || l.contains("certagent: error:"))
+                    && out.len() < max
+                {
+                    out.push(format!("{}: {l}", h.node));
+                }
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One fleet size, measured from scratch.
+
+fn measure(p: &Params, n: usize) -> Value {
+    let c_all = p.certs;
+    note(&format!(
+        "N = {n} hosts, C = {c_all} certificates: starting etcd, Pebble"
+    ));
+    let mut fleet = FleetEnv::start(p, n);
+    let mut problems: Vec<String> = Vec::new();
+    let mut out = serde_json::Map::new();
+    out.insert("hosts".into(), json!(n));
+    out.insert("certs".into(), json!(c_all));
+
+    // --- First issuance: every daemon spawned at once, every host needs every certificate.
+    let t0 = Instant::now();
+    for h in &mut fleet.hosts {
+        h.spawn();
+    }
+    for h in &fleet.hosts {
+        let ok = common::wait_until(Duration::from_secs(120), || {
+            h.log().contains("certagent daemon ready")
+        });
+        assert!(ok, "{} did not get ready:\n{}", h.node, h.log());
+    }
+    let ready = t0.elapsed();
+    note(&format!(
+        "all {n} daemons ready after {:.1} s; waiting for the first issuance",
+        ready.as_secs_f64()
+    ));
+    let budget = Duration::from_secs(env_num("FLEET_CONVERGE_SECS", 1800));
+    let mut last_note = Instant::now();
+    let first_issuance = loop {
+        let (done, k) = fleet.all_served();
+        if done {
+            break Some(t0.elapsed());
+        }
+        if t0.elapsed() > budget {
+            problems.push(format!(
+                "first issuance: only {k} of {c_all} certificates on every host after {budget:?}"
+            ));
+            break None;
+        }
+        if last_note.elapsed() > Duration::from_secs(30) {
+            note(&format!(
+                "  {k} of {c_all} certificates on every host; {} orders",
+                fleet.pebble.orders_created()
+            ));
+            last_note = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let first_orders = fleet.pebble.orders_created();
+    note(&format!(
+        "first issuance: {:?}, {first_orders} orders (expect {c_all})",
+        first_issuance.map(|d| d.as_secs_f64())
+    ));
+    if first_orders != c_all {
+        problems.push(format!(
+            "first issuance: {first_orders} orders for {c_all} certificates"
+        ));
+    }
+    out.insert(
+        "first_issuance".into(),
+        json!({
+            "daemons_ready_secs": ready.as_secs_f64(),
+            "all_hosts_serving_secs": first_issuance.map(|d| d.as_secs_f64()),
+            "orders": first_orders,
+            "expected_orders": c_all,
+            "log_counts": fleet.log_counts(),
+        }),
+    );
+
+    // --- `reissue --now` on one host, on different certificates one after the other.
+    let triggers = p.triggers.min(c_all);
+    note(&format!(
+        "{triggers} x reissue --now, one host each, sequentially"
+    ));
+    let before = fleet.scrape();
+    let orders_before = fleet.pebble.orders_created();
+    let (mut to_all, mut to_first, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..triggers {
+        let host = &fleet.hosts[k % n];
+        let old = fleet.serials(k);
+        let orders = fleet.pebble.orders_created();
+        let config = host.config.clone();
+        let name = cert_name(k);
+        let t0 = Instant::now();
+        let cli = std::thread::spawn(move || {
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .args(["reissue", "--now", &name])
+                .output()
+                .expect("run certagent reissue")
+        });
+        let waited = fleet.wait_all(k, t0, Duration::from_secs(180), |h, leaf| {
+            let i = fleet.hosts.iter().position(|x| x.node == h.node).unwrap();
+            old[i].as_deref() != Some(cert_serial_hex(leaf).as_str())
+        });
+        let run = cli.join().expect("reissue thread");
+        if !run.status.success() {
+            problems.push(format!(
+                "reissue --now {} on {}: {}: {}",
+                cert_name(k),
+                host.node,
+                run.status,
+                String::from_utf8_lossy(&run.stderr).trim()
+            ));
+        }
+        let delta = fleet.pebble.orders_created() - orders;
+        deltas.push(delta);
+        match waited {
+            Ok(c) => {
+                to_all.push(c.all.as_secs_f64() * 1000.0);
+                to_first.push(c.first.as_secs_f64() * 1000.0);
+                note(&format!(
+                    "  {}: first host {:.0} ms, every host {:.0} ms, {delta} order(s)",
+                    cert_name(k),
+                    c.first.as_secs_f64() * 1e3,
+                    c.all.as_secs_f64() * 1e3
+                ));
+            }
+            Err(e) => problems.push(format!("reissue --now: {e}")),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let after = fleet.scrape();
+    let reissue_orders = fleet.pebble.orders_created() - orders_before;
+    if reissue_orders != triggers || deltas.iter().any(|d| *d != 1) {
+        problems.push(format!("reissue --now: {reissue_orders} orders for {triggers} triggers (per trigger at convergence: {deltas:?})"));
+    }
+    let phase = after.delta(&before);
+    let t = triggers.max(1) as f64;
+    out.insert("reissue_now".into(), json!({
+        "triggers": triggers,
+        "orders": reissue_orders,
+        "orders_at_convergence": deltas,
+        "to_every_host_ms": to_all,
+        "to_first_host_ms": to_first,
+        "p50_ms": percentile(&to_all, 50.0),
+        "p99_ms": percentile(&to_all, 99.0),
+        "max_ms": percentile(&to_all, 100.0),
+        "first_host_p50_ms": percentile(&to_first, 50.0),
+        "etcd_messages_per_trigger": phase.requests_by_method(t),
+        "etcd_messages_per_trigger_total": phase.sum("grpc_server_msg_received_total") / t,
+        "etcd_bytes_sent_per_trigger": phase.sum("etcd_network_client_grpc_sent_bytes_total") / t,
+    }));
+
+    // --- A names change in every host's config at once: one order for the fleet.
+    let c = c_all - 1;
+    note(&format!(
+        "names change of {} on every host at once",
+        cert_name(c)
+    ));
+    let orders = fleet.pebble.orders_created();
+    let t0 = Instant::now();
+    for h in &fleet.hosts {
+        h.write_config(&fleet, c_all, p.max_parallel, Some(c));
+    }
+    let alt = format!("alt.{}.test", cert_name(c));
+    let waited = fleet.wait_all(c, t0, Duration::from_secs(180), |_, leaf| {
+        san_dns_names(leaf).contains(&alt)
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let names_orders = fleet.pebble.orders_created() - orders;
+    if names_orders != 1 {
+        problems.push(format!("names change on every host: {names_orders} orders"));
+    }
+    if let Err(e) = &waited {
+        problems.push(format!("names change: {e}"));
+    }
+    out.insert(
+        "names_change_all_hosts".into(),
+        json!({
+            "orders": names_orders,
+            "to_every_host_ms": waited.as_ref().ok().map(|c| c.all.as_secs_f64() * 1e3),
+        }),
+    );
+
+    // --- Local trouble on every host: the key of one certificate deleted everywhere.
+    let c = c_all / 2;
+    note(&format!(
+        "key of {} deleted on every host at once",
+        cert_name(c)
+    ));
+    let old = fleet.serials(c);
+    let orders = fleet.pebble.orders_created();
+    let t0 = Instant::now();
+    for h in &fleet.hosts {
+        std::fs::remove_file(h.key_file(c)).expect("delete key");
+    }
+    let waited = fleet.wait_all(c, t0, Duration::from_secs(120), |h, leaf| {
+        h.key_file(c).exists() && old[0].as_deref() == Some(cert_serial_hex(leaf).as_str())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let heal_orders = fleet.pebble.orders_created() - orders;
+    if heal_orders != 0 {
+        problems.push(format!(
+            "key deleted on every host: {heal_orders} orders (expect 0)"
+        ));
+    }
+    if let Err(e) = &waited {
+        problems.push(format!("heal: {e}"));
+    }
+    out.insert(
+        "key_deleted_all_hosts".into(),
+        json!({
+            "orders": heal_orders,
+            "to_every_host_healed_ms": waited.as_ref().ok().map(|c| c.all.as_secs_f64() * 1e3),
+        }),
+    );
+
+    // --- Idle: etcd's counters over a window, RSS and CPU of every daemon.
+    note("settling 20 s, then the idle window");
+    std::thread::sleep(Duration::from_secs(20));
+    let orders = fleet.pebble.orders_created();
+    let pids: Vec<u32> = fleet.hosts.iter().map(Host::pid).collect();
+    let ticks0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let s0 = fleet.scrape();
+    let w0 = Instant::now();
+    std::thread::sleep(p.idle);
+    let s1 = fleet.scrape();
+    let window = w0.elapsed().as_secs_f64();
+    let ticks1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let rss: Vec<f64> = pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect();
+    if fleet.pebble.orders_created() != orders {
+        problems.push("orders during the idle window".into());
+    }
+    let idle = s1.delta(&s0);
+    let per_host_hour = 3600.0 / window / n as f64;
+    let cpu: Vec<f64> = ticks0
+        .iter()
+        .zip(&ticks1)
+        .map(|(a, b)| (b - a) as f64 / clock_ticks_per_sec() as f64 * 3600.0 / window)
+        .collect();
+    let state = fleet_etcd::etcd_state(&fleet.etcd, PREFIX, &s1, n);
+    out.insert("idle".into(), json!({
+        "window_secs": window,
+        "etcd_messages_per_host_hour": idle.requests_by_method(1.0 / per_host_hour),
+        "etcd_messages_per_host_hour_total": idle.sum("grpc_server_msg_received_total") * per_host_hour,
+        "etcd_streams_opened_per_host_hour": idle.by_method("grpc_server_started_total", 1.0 / per_host_hour),
+        "etcd_bytes_received_per_host_hour": idle.sum("etcd_network_client_grpc_received_bytes_total") * per_host_hour,
+        "etcd_bytes_sent_per_host_hour": idle.sum("etcd_network_client_grpc_sent_bytes_total") * per_host_hour,
+        "etcd_lease_renewals_per_host_hour": idle.sum("etcd_debugging_lease_renewed_total") * per_host_hour,
+        "rss_mib": rss,
+        "rss_mib_mean": rss.iter().sum::<f64>() / n as f64,
+        "rss_mib_max": percentile(&rss, 100.0),
+        "cpu_secs_per_host_hour_mean": cpu.iter().sum::<f64>() / n as f64,
+        "cpu_secs_per_host_hour_max": percentile(&cpu, 100.0),
+    }));
+    out.insert("etcd_state".into(), state);
+    out.insert("log_counts".into(), fleet.log_counts());
+    out.insert("warnings_sample".into(), json!(fleet.trouble(20)));
+    out.insert("problems".into(), json!(problems));
+    for pr in &problems {
+        note(&format!("PROBLEM: {pr}"));
+    }
+    note(&format!("N = {n} done; stopping the fleet"));
+    drop(fleet);
+    Value::Object(out)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("fleet bench: run it with `cargo bench --bench fleet`; nothing to do here");
+        return;
+    }
+    START.get_or_init(Instant::now);
+    let p = Params::from_env();
+    assert!(p.certs >= 3, "FLEET_CERTS must be at least 3");
+    let load_start = loadavg();
+    let mut runs = Vec::new();
+    for &n in &p.sizes {
+        runs.push(measure(&p, n));
+    }
+    let doc = json!({
+        "command": format!(
+            "FLEET_HOSTS={} FLEET_CERTS={} FLEET_IDLE_SECS={} FLEET_TRIGGERS={} FLEET_MAX_PARALLEL={} tests/bench/run.sh fleet",
+            p.sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            p.certs, p.idle.as_secs(), p.triggers, p.max_parallel
+        ),
+        "hosts_dir": p.root,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
+        "runs": runs,
+        "extrapolation_10000_hosts": fleet_etcd::extrapolate(runs.last().expect("a size"), 10_000),
+    });
+    fleet_etcd::print_report(&doc);
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out_dir = target_dir.join("bench");
+    std::fs::create_dir_all(&out_dir).expect("create target/bench");
+    let out = out_dir.join("fleet.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("JSON")).expect("write JSON");
+    println!("raw figures: {}", out.display());
+}
