@@ -65,17 +65,19 @@ mod agent;
 #[path = "fleet_etcd.rs"]
 mod fleet_etcd;
 
-use std::fmt::Write as _;
+#[path = "fleet_env.rs"]
+mod fleet_env;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use agent::{BIN, clock_ticks_per_sec, cpu_ticks, loadavg, rss_kib};
-use common::etcd::EtcdCluster;
-use common::{Pebble, PebbleOpts, cert_serial_hex, san_dns_names};
-use fleet_etcd::{Scrape, percentile};
+use common::{cert_serial_hex, san_dns_names};
+use fleet_env::{FleetEnv, Host, cert_name};
+use fleet_etcd::percentile;
 
 const PREFIX: &str = "/bench";
 
@@ -139,324 +141,6 @@ impl Params {
     }
 }
 
-fn cert_name(c: usize) -> String {
-    format!("c{c:03}")
-}
-
-// ---------------------------------------------------------------------------------------------
-// One host: a daemon with its own directories and config.
-
-struct Host {
-    node: String,
-    dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl Host {
-    fn cert_file(&self, c: usize) -> PathBuf {
-        self.dir.join("ssl").join(format!("{}.pem", cert_name(c)))
-    }
-
-    fn key_file(&self, c: usize) -> PathBuf {
-        self.dir.join("ssl").join(format!("{}.key", cert_name(c)))
-    }
-
-    /// The leaf (DER) of certificate `c`'s file, if it parses.
-    fn leaf(&self, c: usize) -> Option<Vec<u8>> {
-        let pem = std::fs::read(self.cert_file(c)).ok()?;
-        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-        Some(block.contents)
-    }
-
-    fn serial(&self, c: usize) -> Option<String> {
-        self.leaf(c).map(|der| cert_serial_hex(&der))
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("daemon log");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        self.child = Some(child);
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Writes the config; `alt` adds a second name to certificate `alt`.
-    fn write_config(
-        &self,
-        fleet: &FleetEnv,
-        certs: usize,
-        max_parallel: usize,
-        alt: Option<usize>,
-    ) {
-        let d = &self.dir;
-        // Pebble validates nothing here; http-01 goes through a webroot (the tokens are
-        // relayed through etcd and acknowledged by every host, as in a real fleet).
-        let issuer = fleet.pebble.issuer_table().replace(
-            &format!("listen = \"127.0.0.1:{}\"", fleet.pebble.http_port()),
-            &format!("webroot = \"{}\"", d.join("www").display()),
-        );
-        let mut text = format!(
-            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\ncompromised_dir = \"{}\"\n\
-             lock_timeout = \"30s\"\nmax_parallel = {max_parallel}\n\
-             # the bench triggers more often than a host ever should\n\
-             max_reissues_per_hour = 1000\n\n\
-             [cluster]\nendpoints = [{}]\nprefix = \"{PREFIX}\"\nnode = \"{}\"\nfleet_key_file = \"{}\"\n\n{issuer}\n",
-            d.join("state").display(),
-            d.join("run").display(),
-            d.join("compromised").display(),
-            fleet.endpoints,
-            self.node,
-            fleet.fleet_key.display(),
-        );
-        for c in 0..certs {
-            let name = cert_name(c);
-            let names = if alt == Some(c) {
-                format!("\"{name}.test\", \"alt.{name}.test\"")
-            } else {
-                format!("\"{name}.test\"")
-            };
-            let _ = write!(
-                text,
-                "[certificate.{name}]\nnames = [{names}]\nissuer = \"pebble\"\nshared = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
-                self.cert_file(c).display(),
-                self.key_file(c).display(),
-            );
-        }
-        // Atomically: a daemon must never read half a config.
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write config");
-        std::fs::rename(&tmp, &self.config).expect("rename config");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The fleet: etcd, Pebble, N hosts.
-
-struct FleetEnv {
-    hosts: Vec<Host>,
-    etcd: EtcdCluster,
-    pebble: Pebble,
-    endpoints: String,
-    fleet_key: PathBuf,
-    certs: usize,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for FleetEnv {
-    fn drop(&mut self) {
-        // SIGTERM every daemon (by pid), then wait for all, SIGKILL (by pid) after 30 s.
-        for h in &self.hosts {
-            if h.pid() != 0 {
-                let pid = nix::unistd::Pid::from_raw(h.pid() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for h in &mut self.hosts {
-            let Some(mut child) = h.child.take() else {
-                continue;
-            };
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    eprintln!("fleet bench: {} did not stop within 30 s: SIGKILL", h.node);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Outcome of waiting for every host to serve something.
-struct Converged {
-    first: Duration,
-    all: Duration,
-}
-
-impl FleetEnv {
-    fn start(p: &Params, n: usize) -> FleetEnv {
-        let dir = tempfile::Builder::new()
-            .prefix("certagent-bench-fleet-")
-            .tempdir_in(&p.root)
-            .unwrap_or_else(|e| panic!("cannot create a directory in {}: {e}", p.root.display()));
-        let etcd = EtcdCluster::start(3);
-        let pebble = Pebble::start(PebbleOpts {
-            always_valid: true,
-            ..PebbleOpts::default()
-        });
-        let fleet_key = dir.path().join("fleet.key");
-        std::fs::write(&fleet_key, [7u8; 32]).expect("fleet key");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fleet_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let endpoints = etcd
-            .endpoints()
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let hosts = (0..n)
-            .map(|i| {
-                let hdir = dir.path().join(format!("h{i:02}"));
-                for sub in ["ssl", "etc", "compromised"] {
-                    std::fs::create_dir_all(hdir.join(sub)).expect("mkdir");
-                }
-                Host {
-                    node: format!("h{i:02}"),
-                    config: hdir.join("etc").join("config.toml"),
-                    log: hdir.join("daemon.log"),
-                    dir: hdir,
-                    child: None,
-                }
-            })
-            .collect();
-        let fleet = FleetEnv {
-            hosts,
-            etcd,
-            pebble,
-            endpoints,
-            fleet_key,
-            certs: p.certs,
-            _dir: dir,
-        };
-        for h in &fleet.hosts {
-            h.write_config(&fleet, p.certs, p.max_parallel, None);
-        }
-        fleet
-    }
-
-    fn member_ports(&self) -> Vec<u16> {
-        self.etcd.members.iter().map(|m| m.client_port).collect()
-    }
-
-    fn scrape(&self) -> Scrape {
-        Scrape::take(&self.member_ports())
-    }
-
-    /// Waits until every host's certificate `c` satisfies `ok` and all serve one serial.
-    /// `first`: when the first host did; `all`: when every host did.
-    fn wait_all(
-        &self,
-        c: usize,
-        t0: Instant,
-        timeout: Duration,
-        ok: impl Fn(&Host, &[u8]) -> bool,
-    ) -> Result<Converged, String> {
-        let mut first = None;
-        loop {
-            let leaves: Vec<Option<Vec<u8>>> = self.hosts.iter().map(|h| h.leaf(c)).collect();
-            let good: Vec<bool> = self
-                .hosts
-                .iter()
-                .zip(&leaves)
-                .map(|(h, l)| l.as_deref().is_some_and(|l| ok(h, l)))
-                .collect();
-            if first.is_none() && good.iter().any(|g| *g) {
-                first = Some(t0.elapsed());
-            }
-            let serials: Vec<Option<String>> = leaves
-                .iter()
-                .map(|l| l.as_deref().map(cert_serial_hex))
-                .collect();
-            if good.iter().all(|g| *g) && serials.iter().all(|s| *s == serials[0]) {
-                let all = t0.elapsed();
-                return Ok(Converged {
-                    first: first.unwrap_or(all),
-                    all,
-                });
-            }
-            if t0.elapsed() > timeout {
-                let behind: Vec<&str> = self
-                    .hosts
-                    .iter()
-                    .zip(&good)
-                    .filter(|(_, g)| !**g)
-                    .map(|(h, _)| h.node.as_str())
-                    .collect();
-                return Err(format!(
-                    "{}: {} of {} hosts not there after {timeout:?}: {behind:?}",
-                    cert_name(c),
-                    behind.len(),
-                    self.hosts.len()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn serials(&self, c: usize) -> Vec<Option<String>> {
-        self.hosts.iter().map(|h| h.serial(c)).collect()
-    }
-
-    /// Every host serves every certificate, one serial per certificate fleet-wide.
-    fn all_served(&self) -> (bool, usize) {
-        let mut done = 0;
-        for c in 0..self.certs {
-            let s = self.serials(c);
-            if s[0].is_some() && s.iter().all(|x| *x == s[0]) {
-                done += 1;
-            }
-        }
-        (done == self.certs, done)
-    }
-
-    /// Counts of notable log lines over every host's log.
-    fn log_counts(&self) -> Value {
-        let needles = [
-            ("fleet_lock", "event=fleet-lock"),
-            ("fleet_published", "event=fleet-published"),
-            ("fleet_install", "event=fleet-install"),
-            ("fleet_heal", "event=fleet-heal"),
-            ("fleet_fenced", "event=fleet-fenced"),
-            ("failed", "event=failed"),
-            ("warnings", "certagent: warning:"),
-            ("errors", "certagent: error:"),
-        ];
-        let logs: Vec<String> = self.hosts.iter().map(Host::log).collect();
-        let mut out = serde_json::Map::new();
-        for (key, needle) in needles {
-            let n: usize = logs.iter().map(|l| l.matches(needle).count()).sum();
-            out.insert(key.into(), json!(n));
-        }
-        Value::Object(out)
-    }
-
-    /// The first few warning and error lines of every host (for the report's notes).
-    fn trouble(&self, max: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        for h in &self.hosts {
-            for l in h.log().lines() {
-                if (l.contains("certagent: warning:") || l.contains("certagent: error:"))
-                    && out.len() < max
-                {
-                    out.push(format!("{}: {l}", h.node));
-                }
-            }
-        }
-        out
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // One fleet size, measured from scratch.
 
@@ -471,49 +155,50 @@ fn measure(p: &Params, n: usize) -> Value {
     out.insert("hosts".into(), json!(n));
     out.insert("certs".into(), json!(c_all));
 
-    // --- First issuance: every daemon spawned at once, every host needs every certificate.
+    // --- First issuance. By default one host starts first and orders every certificate
+    // alone, then the other N-1 start empty and install what it published (Pebble 2.4.0
+    // deadlocks under many concurrent orders from many accounts: see the doc comment);
+    // FLEET_START=together starts every daemon at once.
+    let together = std::env::var("FLEET_START").is_ok_and(|v| v == "together");
+    let stall = Duration::from_secs(env_num("FLEET_STALL_SECS", 180));
     let t0 = Instant::now();
-    for h in &mut fleet.hosts {
-        h.spawn();
+    let seed_secs = if together {
+        fleet.spawn(0..n);
+        None
+    } else {
+        fleet.spawn(0..1);
+        match fleet.wait_issued(1, t0, stall) {
+            Ok(d) => Some(d.as_secs_f64()),
+            Err(e) => {
+                problems.push(format!("first issuance on the first host: {e}"));
+                None
+            }
+        }
+    };
+    let seed_orders = fleet.pebble.orders_created();
+    if let Some(s) = seed_secs {
+        note(&format!(
+            "h00 alone: all {c_all} certificates after {s:.1} s, {seed_orders} orders; starting the other {}",
+            n - 1
+        ));
     }
-    for h in &fleet.hosts {
-        let ok = common::wait_until(Duration::from_secs(120), || {
-            h.log().contains("certagent daemon ready")
-        });
-        assert!(ok, "{} did not get ready:\n{}", h.node, h.log());
+    let t1 = Instant::now();
+    if !together {
+        fleet.spawn(1..n);
     }
-    let ready = t0.elapsed();
-    note(&format!(
-        "all {n} daemons ready after {:.1} s; waiting for the first issuance",
-        ready.as_secs_f64()
-    ));
-    let budget = Duration::from_secs(env_num("FLEET_CONVERGE_SECS", 1800));
-    let mut last_note = Instant::now();
-    let first_issuance = loop {
-        let (done, k) = fleet.all_served();
-        if done {
-            break Some(t0.elapsed());
+    let ready = t1.elapsed();
+    let joined = match fleet.wait_issued(n, t1, stall) {
+        Ok(d) => Some(d.as_secs_f64()),
+        Err(e) => {
+            problems.push(format!("first issuance: {e}"));
+            None
         }
-        if t0.elapsed() > budget {
-            problems.push(format!(
-                "first issuance: only {k} of {c_all} certificates on every host after {budget:?}"
-            ));
-            break None;
-        }
-        if last_note.elapsed() > Duration::from_secs(30) {
-            note(&format!(
-                "  {k} of {c_all} certificates on every host; {} orders",
-                fleet.pebble.orders_created()
-            ));
-            last_note = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(500));
     };
     std::thread::sleep(Duration::from_secs(3));
     let first_orders = fleet.pebble.orders_created();
     note(&format!(
-        "first issuance: {:?}, {first_orders} orders (expect {c_all})",
-        first_issuance.map(|d| d.as_secs_f64())
+        "first issuance: every host serves all {c_all} after {:?} s, {first_orders} orders (expect {c_all})",
+        joined
     ));
     if first_orders != c_all {
         problems.push(format!(
@@ -523,8 +208,11 @@ fn measure(p: &Params, n: usize) -> Value {
     out.insert(
         "first_issuance".into(),
         json!({
+            "start": if together { "together" } else { "h00 first, then the others" },
+            "first_host_alone_secs": seed_secs,
+            "first_host_alone_orders": seed_orders,
             "daemons_ready_secs": ready.as_secs_f64(),
-            "all_hosts_serving_secs": first_issuance.map(|d| d.as_secs_f64()),
+            "all_hosts_serving_secs": joined,
             "orders": first_orders,
             "expected_orders": c_all,
             "log_counts": fleet.log_counts(),

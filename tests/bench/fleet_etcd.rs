@@ -268,13 +268,17 @@ pub fn extrapolate(run: &Value, hosts: usize) -> Value {
 }
 
 /// The rows of the growth table: label, JSON pointer into a run.
-const ROWS: [(&str, &str); 22] = [
+const ROWS: [(&str, &str); 23] = [
     (
         "orders, first issuance (expect C)",
         "/first_issuance/orders",
     ),
     (
-        "first issuance: every host serves all C [s]",
+        "h00 alone orders all C, serves them [s]",
+        "/first_issuance/first_host_alone_secs",
+    ),
+    (
+        "then N-1 empty hosts start: all serve all C [s]",
         "/first_issuance/all_hosts_serving_secs",
     ),
     (
