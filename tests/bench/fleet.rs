@@ -3,17 +3,26 @@
 //! `certagent run` daemons (own state, runtime, webroot and config each; no web server: the
 //! certificates are files), C shared certificates `c000`… that every host configures.
 //!
-//! The figures quoted in the README come from
+//! The figures quoted in the README come from the defaults (10 and 50 hosts, 200 shared
+//! certificates, a 120 s idle window; about 7 minutes on 2 cores):
 //!
 //! ```text
-//! FLEET_HOSTS=10,50 FLEET_CERTS=200 FLEET_IDLE_SECS=120 tests/bench/run.sh fleet
+//! tests/bench/run.sh fleet
+//! # = FLEET_HOSTS=10,50 FLEET_CERTS=200 FLEET_IDLE_SECS=120 FLEET_TRIGGERS=10 \
+//! #   FLEET_MAX_PARALLEL=8 tests/bench/run.sh fleet
 //! ```
 //!
-//! (the defaults, `FLEET_HOSTS=10,50 FLEET_CERTS=20 FLEET_IDLE_SECS=60`, finish in about 10
-//! minutes). For each fleet size N, from scratch:
+//! For each fleet size N, from scratch (new etcd, new Pebble, empty hosts):
 //!
-//! * **orders, first issuance**: Pebble's orders once every host serves all C (expect C);
-//!   and how long that took from the daemons' spawn;
+//! * **first issuance**: h00 starts alone and orders all C (Pebble's orders: expect C), then
+//!   the other N-1 start empty and install what it published (no order: still C), timed
+//!   until every host's files hold one serial per certificate. Not all N at once by default:
+//!   Pebble 2.4.0 (Debian's) hung for good when 50 daemons × 200 certificates started
+//!   together (24 orders, then no answer; its goroutine dump had every ACME handler waiting
+//!   on the MemoryStore's RWMutex, e.g. in FindValidAuthorization and AddAccount);
+//!   `FLEET_START=together` starts all at once (10 × 200 passed that way, with C orders).
+//!   Then the fleet must be quiet ("settled": 2 s with only lease keep-alives reaching etcd
+//!   and under 0.1 s of CPU used by all daemons together; the time it took is a figure);
 //! * **orders per trigger** (expect 1 each): `certagent reissue --now cK` on one host (host K
 //!   mod N), FLEET_TRIGGERS times on different certificates one after the other; a names
 //!   change of one certificate in every host's config at once (every daemon sees it: one
@@ -21,36 +30,41 @@
 //!   hosts": healed from the published generation, expect 0);
 //! * **trigger → every host serving**: from just before `reissue --now` is spawned until the
 //!   certificate file of every host holds the new serial (polled every 10 ms); p50 / p99 /
-//!   max over the triggers, and the same to the first host;
-//! * **etcd requests per host per idle hour**: once everything settled (20 s after the last
-//!   trigger), gRPC messages received by the three etcd members (`grpc_server_msg_received_
-//!   total` by method, from each member's `/metrics`, summed; a unary call is one message, a
-//!   stream's every message counts, so a lease keep-alive is one) over FLEET_IDLE_SECS,
-//!   × 3600 / window / N; with the streams opened (`grpc_server_started_total`) and the bytes
-//!   (`etcd_network_client_grpc_{received,sent}_bytes_total`). HTTP/2 pings (etcd-client's
-//!   keep-alive, every 10 s per connection) are not gRPC messages and are not counted;
+//!   max over the triggers, and the same to the first host; the same for the names change
+//!   and (with the old serial back and the key file there) for the key deleted everywhere;
+//! * **etcd requests per host per idle hour**: once settled again, gRPC messages received by
+//!   the three etcd members (`grpc_server_msg_received_total` by method, from each member's
+//!   `/metrics`, summed; a unary call is one message, a stream's every message counts, so a
+//!   lease keep-alive is one) over FLEET_IDLE_SECS, × 3600 / window / N; with the streams
+//!   opened (`grpc_server_started_total`), the bytes (`etcd_network_client_grpc_{received,
+//!   sent}_bytes_total`), leader changes, and whatever the daemons logged in the window.
+//!   HTTP/2 pings (etcd-client's keep-alive, every 10 s per connection) are not gRPC
+//!   messages and are not counted;
 //! * **etcd state**: watch streams and watchers (gauges, summed over members), live leases
-//!   (`etcdctl lease list`), keys and value bytes under the prefix by kind (published
+//!   (`etcdctl lease list`), keys and key+value bytes under the prefix by kind (published
 //!   record, host report, liveness key, …), the database size;
 //! * **etcd requests per trigger**: every gRPC message during the `reissue --now` phase,
-//!   per trigger (what one re-issue costs the cluster with N hosts);
+//!   per trigger, whole fleet (what one re-issue costs the cluster with N hosts);
 //! * **RSS per host**: VmRSS of every daemon at the end of the idle window (mean, max), and
 //!   the CPU time each used in the window, as seconds per hour.
 //!
 //! Then how each figure grows from the first size to the last, and what 10,000 hosts with C
-//! certificates would cost etcd, computed from the per-host figures of the largest size.
-//! Everything is printed and written to `target/bench/fleet.json`.
+//! certificates would cost etcd, computed from the per-host figures of the largest size
+//! (requests/s, watch streams, leases, keys, bytes: C published records of the measured
+//! mean size + 10,000 × C host reports + 10,000 liveness keys). Everything is printed and
+//! written to `target/bench/fleet.json`, with the warnings and failures of every host's log
+//! grouped by message. `FLEET_KEEP=1` keeps the hosts' directories (configs, logs, state).
 //!
 //! The hosts' configs raise `max_reissues_per_hour` to 1000 (the bench triggers more often
-//! than a host ever should) and set `max_parallel` to FLEET_MAX_PARALLEL (default 8: the
-//! first issuance of C certificates on every host at once is the slow part). `lease_ttl` and
-//! `request_timeout` are the defaults (15 s, 5 s): keep-alives every 5 s per lease. The
-//! hosts' directories are under FLEET_DIR (default /dev/shm: 50 × 200 certificates are
-//! ~100,000 files; fsync on tmpfs costs nothing, so the convergence times are certagent's and
-//! etcd's, not a shared disk's); etcd's data is in $TMPDIR (on disk, fsync real).
-//! Needs `etcd`, `etcdctl`, `pebble` and `pebble-challtestsrv`. Every process started here
-//! is stopped by pid. Run without `--bench` (e.g. by `cargo test --all-targets`) it does
-//! nothing.
+//! than a host ever should; start-up counts a first issuance per certificate) and set
+//! `max_parallel` to FLEET_MAX_PARALLEL (default 8, the shipped default is 4: h00's 200
+//! orders are the slow part). `lease_ttl` and `request_timeout` are the defaults (15 s,
+//! 5 s): a keep-alive every 5 s per lease. The hosts' directories are under FLEET_DIR
+//! (default /dev/shm: 50 × 200 certificates are ~100,000 files; fsync on tmpfs costs
+//! nothing, so the times are certagent's and etcd's, not a shared disk's); etcd's data is in
+//! $TMPDIR (on disk, fsync real). Needs `etcd`, `etcdctl`, `pebble` and
+//! `pebble-challtestsrv`. Every process started here is stopped by pid. Run without
+//! `--bench` (e.g. by `cargo test --all-targets`) it does nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -132,8 +146,8 @@ impl Params {
         );
         Params {
             sizes,
-            certs: env_num("FLEET_CERTS", 20) as usize,
-            idle: Duration::from_secs(env_num("FLEET_IDLE_SECS", 60)),
+            certs: env_num("FLEET_CERTS", 200) as usize,
+            idle: Duration::from_secs(env_num("FLEET_IDLE_SECS", 120)),
             triggers: env_num("FLEET_TRIGGERS", 10) as usize,
             max_parallel: env_num("FLEET_MAX_PARALLEL", 8) as usize,
             root,
@@ -159,6 +173,7 @@ fn measure(p: &Params, n: usize) -> Value {
     // alone, then the other N-1 start empty and install what it published (Pebble 2.4.0
     // deadlocks under many concurrent orders from many accounts: see the doc comment);
     // FLEET_START=together starts every daemon at once.
+    let at_start = fleet.scrape();
     let together = std::env::var("FLEET_START").is_ok_and(|v| v == "together");
     let stall = Duration::from_secs(env_num("FLEET_STALL_SECS", 180));
     let t0 = Instant::now();
@@ -205,6 +220,9 @@ fn measure(p: &Params, n: usize) -> Value {
             "first issuance: {first_orders} orders for {c_all} certificates"
         ));
     }
+    let settled_first = settle(&fleet);
+    let first_leader_changes = fleet.scrape().delta(&at_start).leader_changes();
+    note(&format!("settled after {settled_first:.1} s"));
     out.insert(
         "first_issuance".into(),
         json!({
@@ -212,6 +230,8 @@ fn measure(p: &Params, n: usize) -> Value {
             "first_host_alone_secs": seed_secs,
             "first_host_alone_orders": seed_orders,
             "daemons_ready_secs": ready.as_secs_f64(),
+            "settled_after_secs": settled_first,
+            "etcd_leader_changes": first_leader_changes,
             "all_hosts_serving_secs": joined,
             "orders": first_orders,
             "expected_orders": c_all,
@@ -291,6 +311,7 @@ fn measure(p: &Params, n: usize) -> Value {
         "max_ms": percentile(&to_all, 100.0),
         "first_host_p50_ms": percentile(&to_first, 50.0),
         "etcd_messages_per_trigger": phase.requests_by_method(t),
+        "etcd_leader_changes": phase.leader_changes(),
         "etcd_messages_per_trigger_total": phase.sum("grpc_server_msg_received_total") / t,
         "etcd_bytes_sent_per_trigger": phase.sum("etcd_network_client_grpc_sent_bytes_total") / t,
     }));
@@ -360,8 +381,9 @@ fn measure(p: &Params, n: usize) -> Value {
     );
 
     // --- Idle: etcd's counters over a window, RSS and CPU of every daemon.
-    note("settling 20 s, then the idle window");
-    std::thread::sleep(Duration::from_secs(20));
+    let settled = settle(&fleet);
+    note(&format!("settled after {settled:.1} s; the idle window"));
+    let marks = fleet.log_marks();
     let orders = fleet.pebble.orders_created();
     let pids: Vec<u32> = fleet.hosts.iter().map(Host::pid).collect();
     let ticks0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
@@ -385,6 +407,9 @@ fn measure(p: &Params, n: usize) -> Value {
     let state = fleet_etcd::etcd_state(&fleet.etcd, PREFIX, &s1, n);
     out.insert("idle".into(), json!({
         "window_secs": window,
+        "settled_after_secs": settled,
+        "etcd_leader_changes": idle.leader_changes(),
+        "logged": fleet.logged_since(&marks),
         "etcd_messages_per_host_hour": idle.requests_by_method(1.0 / per_host_hour),
         "etcd_messages_per_host_hour_total": idle.sum("grpc_server_msg_received_total") * per_host_hour,
         "etcd_streams_opened_per_host_hour": idle.by_method("grpc_server_started_total", 1.0 / per_host_hour),
@@ -399,7 +424,7 @@ fn measure(p: &Params, n: usize) -> Value {
     }));
     out.insert("etcd_state".into(), state);
     out.insert("log_counts".into(), fleet.log_counts());
-    out.insert("warnings_sample".into(), json!(fleet.trouble(20)));
+    out.insert("trouble".into(), fleet.trouble());
     out.insert("problems".into(), json!(problems));
     for pr in &problems {
         note(&format!("PROBLEM: {pr}"));
@@ -407,6 +432,24 @@ fn measure(p: &Params, n: usize) -> Value {
     note(&format!("N = {n} done; stopping the fleet"));
     drop(fleet);
     Value::Object(out)
+}
+
+/// Waits until, for 2 s, etcd receives nothing but lease keep-alives and the daemons use
+/// less than 0.1 s of CPU between them (at most 120 s); the seconds it took.
+fn settle(fleet: &FleetEnv) -> f64 {
+    let t0 = Instant::now();
+    let ticks = || -> u64 { fleet.hosts.iter().map(|h| cpu_ticks(h.pid())).sum() };
+    let (mut last, mut cpu) = (fleet.scrape(), ticks());
+    while t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_secs(2));
+        let (now, cpu_now) = (fleet.scrape(), ticks());
+        let busy = (cpu_now - cpu) as f64 / clock_ticks_per_sec() as f64;
+        if now.delta(&last).non_keepalive() == 0.0 && busy < 0.1 {
+            break;
+        }
+        (last, cpu) = (now, cpu_now);
+    }
+    t0.elapsed().as_secs_f64()
 }
 
 fn main() {

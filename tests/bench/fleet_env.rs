@@ -134,7 +134,8 @@ pub struct FleetEnv {
     endpoints: String,
     fleet_key: PathBuf,
     certs: usize,
-    _dir: tempfile::TempDir,
+    /// Removed on drop unless FLEET_KEEP=1.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for FleetEnv {
@@ -160,6 +161,11 @@ impl Drop for FleetEnv {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        if std::env::var("FLEET_KEEP").is_ok_and(|v| v == "1")
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("fleet bench: kept {}", dir.keep().display());
         }
     }
 }
@@ -213,7 +219,7 @@ impl FleetEnv {
             endpoints,
             fleet_key,
             certs: p.certs,
-            _dir: dir,
+            dir: Some(dir),
         };
         for h in &fleet.hosts {
             h.write_config(&fleet, p.certs, p.max_parallel, None);
@@ -371,18 +377,56 @@ impl FleetEnv {
         Value::Object(out)
     }
 
-    /// The first few warning and error lines of every host (for the report's notes).
-    pub fn trouble(&self, max: usize) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Warnings, errors and failed jobs of every host, grouped by message (the time stamp
+    /// dropped, certificate names and numbers masked): `{message: [count, first example]}`.
+    pub fn trouble(&self) -> Value {
+        let mut groups: std::collections::BTreeMap<String, (usize, String)> = Default::default();
         for h in &self.hosts {
             for l in h.log().lines() {
-                if (l.contains("certagent: warning:") || l.contains("certagent: error:"))
-                    && out.len() < max
-                {
-                    out.push(format!("{}: {l}", h.node));
+                let bad = l.contains("certagent: warning:")
+                    || l.contains("certagent: error:")
+                    || l.contains("event=failed");
+                if !bad {
+                    continue;
                 }
+                let text = l.split_once("certagent: ").map_or(l, |(_, t)| t);
+                let e = groups
+                    .entry(mask(text))
+                    .or_insert((0, format!("{}: {l}", h.node)));
+                e.0 += 1;
             }
         }
-        out
+        json!(groups)
     }
+
+    /// Every host's log length now (for `logged_since`).
+    pub fn log_marks(&self) -> Vec<usize> {
+        self.hosts.iter().map(|h| h.log().len()).collect()
+    }
+
+    /// The lines logged since `marks`, grouped like `trouble`.
+    pub fn logged_since(&self, marks: &[usize]) -> Value {
+        let mut groups: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+        for (h, m) in self.hosts.iter().zip(marks) {
+            let log = h.log();
+            for l in log.get(*m..).unwrap_or("").lines() {
+                let text = l.split_once("certagent: ").map_or(l, |(_, t)| t);
+                let e = groups
+                    .entry(mask(text))
+                    .or_insert((0, format!("{}: {l}", h.node)));
+                e.0 += 1;
+            }
+        }
+        json!(groups)
+    }
+}
+
+/// A log message with what varies between hosts and certificates masked: digits become `#`,
+/// quoted paths are cut to their file name.
+fn mask(text: &str) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    text.chars().take(300).collect()
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::common::etcd::EtcdCluster;
 
 /// The metric families kept from `/metrics`.
-const KEPT: [&str; 5] = [
+const KEPT: [&str; 6] = [
+    "etcd_server_leader_changes_seen_total",
     "grpc_server_",
     "etcd_network_client_grpc_",
     "etcd_debugging_mvcc_",
@@ -100,6 +101,24 @@ impl Scrape {
             .filter(|((m, _), _)| m == metric)
             .map(|(_, v)| v)
             .sum()
+    }
+
+    /// Leader changes any member saw (in a delta: during the interval).
+    pub fn leader_changes(&self) -> f64 {
+        self.max_of("etcd_server_leader_changes_seen_total")
+    }
+
+    /// gRPC messages other than lease keep-alives.
+    pub fn non_keepalive(&self) -> f64 {
+        self.sum("grpc_server_msg_received_total")
+            - self
+                .sum
+                .get(&(
+                    "grpc_server_msg_received_total".into(),
+                    "LeaseKeepAlive".into(),
+                ))
+                .copied()
+                .unwrap_or(0.0)
     }
 
     fn max_of(&self, metric: &str) -> f64 {
@@ -268,7 +287,7 @@ pub fn extrapolate(run: &Value, hosts: usize) -> Value {
 }
 
 /// The rows of the growth table: label, JSON pointer into a run.
-const ROWS: [(&str, &str); 23] = [
+const ROWS: [(&str, &str); 25] = [
     (
         "orders, first issuance (expect C)",
         "/first_issuance/orders",
@@ -280,6 +299,14 @@ const ROWS: [(&str, &str); 23] = [
     (
         "then N-1 empty hosts start: all serve all C [s]",
         "/first_issuance/all_hosts_serving_secs",
+    ),
+    (
+        "then quiet (keep-alives only) after [s]",
+        "/first_issuance/settled_after_secs",
+    ),
+    (
+        "etcd leader changes during the first issuance",
+        "/first_issuance/etcd_leader_changes",
     ),
     (
         "orders, T x reissue --now (expect T)",
@@ -401,6 +428,20 @@ pub fn print_report(doc: &Value) {
             "N={}: keys by kind: {}",
             r["hosts"], r["etcd_state"]["by_kind"]
         );
+        for (what, key) in [
+            ("trouble in the logs", "/trouble"),
+            ("logged during the idle window", "/idle/logged"),
+        ] {
+            let Some(groups) = r.pointer(key).and_then(Value::as_object) else {
+                continue;
+            };
+            let mut groups: Vec<(&String, &Value)> = groups.iter().collect();
+            groups.sort_by_key(|(_, v)| std::cmp::Reverse(v[0].as_u64().unwrap_or(0)));
+            for (_, v) in groups.iter().take(8) {
+                let example: String = v[1].as_str().unwrap_or("").chars().take(260).collect();
+                let _ = writeln!(out, "N={}: {what}: {} x {example}", r["hosts"], v[0]);
+            }
+        }
         for pr in r["problems"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             let _ = writeln!(
                 out,
