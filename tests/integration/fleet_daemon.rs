@@ -81,6 +81,9 @@ impl Rig {
                 let hdir = dir.path().join(format!("h{i}"));
                 std::fs::create_dir_all(hdir.join("ssl")).expect("mkdir ssl");
                 std::fs::create_dir_all(hdir.join("etc")).expect("mkdir etc");
+                // Where config management drops compromise flags: there before the daemon
+                // starts, so it watches it.
+                std::fs::create_dir_all(hdir.join("compromised")).expect("mkdir flags");
                 let config = hdir.join("etc").join("config.toml");
                 // Pebble is always valid here, but the issuer needs a responder: a port
                 // nobody asks.
@@ -232,7 +235,6 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
     };
     let old_spki = spki(&old_key);
     let flags = rig.hosts[1].dir.join("compromised");
-    std::fs::create_dir_all(&flags).expect("mkdir flags");
     std::fs::write(flags.join("site"), "compromised\n").expect("flag");
     let third = rig.wait_converged(Some(&second), "after the compromise flag");
     // Every host ends its response by purging the old key from its kept generations,
