@@ -451,3 +451,41 @@ fn read_credential(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
         })?;
     Ok(bytes)
 }
+
+impl Fleet {
+    fn account_key(&self, issuer: &str) -> String {
+        format!("{}/accounts/{issuer}", self.keys.prefix())
+    }
+
+    /// The fleet's ACME account for `issuer` (sealed credentials), if one was offered.
+    pub async fn shared_account(&self, issuer: &str) -> Result<Option<Vec<u8>>> {
+        records::check_segment("issuer name", issuer)?;
+        let key = self.account_key(issuer);
+        Ok(self
+            .get_one(&key)
+            .await?
+            .map(|(v, _)| v)
+            .filter(|v| v.len() <= records::MAX_PENDING))
+    }
+
+    /// Offers this host's ACME account (sealed) as the fleet's, unless one is there already:
+    /// true when it became the fleet's.
+    pub async fn offer_account(&self, issuer: &str, sealed: Vec<u8>) -> Result<bool> {
+        records::check_segment("issuer name", issuer)?;
+        let key = self.account_key(issuer);
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), sealed, None)]);
+        let response = self
+            .call("offer the ACME account to the fleet", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(response.succeeded())
+    }
+}

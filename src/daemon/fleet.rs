@@ -185,7 +185,11 @@ async fn serve_tokens(link: Arc<FleetLink>, webroots: Vec<PathBuf>) {
 
 async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event: ChallengeEvent) {
     match event {
-        ChallengeEvent::Put { token, key_auth } => {
+        ChallengeEvent::Put {
+            token,
+            key_auth,
+            lease,
+        } => {
             for dir in webroots {
                 let written = crate::files::ensure_dir(dir, 0o755).and_then(|()| {
                     crate::files::replace_file(
@@ -198,7 +202,7 @@ async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event:
                     log::warn!("failed to serve the fleet's http-01 token: {e}");
                 }
             }
-            if let Err(e) = fleet.ack_challenge(&token).await {
+            if let Err(e) = fleet.ack_challenge(&token, lease).await {
                 log::debug!("failed to acknowledge an http-01 token: {e}");
             }
         }

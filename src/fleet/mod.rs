@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::cluster::{self, Fleet, FleetKey, FleetLock, HostReport, Pending, Published};
 
+mod account;
 mod link;
 mod relay;
 
@@ -191,11 +192,18 @@ async fn hold(
         Ok(k) => k,
         Err(e) => return Held::Done(Outcome::Failed(e)),
     };
+    let shared_account = match account::take(executor, fleet, &fleet_key, cert).await {
+        Ok(has) => has,
+        Err(e) => return Held::Done(Outcome::Failed(e)),
+    };
     resume_pending(executor, fleet, &fleet_key, cert, reason).await;
     let obtained = obtain(
         executor, fleet, lock, &fleet_key, cert, reason, asked, generation,
     )
     .await;
+    if !shared_account && let Err(e) = account::offer(executor, fleet, &fleet_key, cert).await {
+        log::warn!(cert = cert.name.as_str(); "failed to offer the ACME account to the fleet: {e}");
+    }
     let obtained = match obtained {
         Ok(o) => o,
         Err(outcome) => return Held::Done(outcome),
