@@ -21,6 +21,8 @@ pub mod error; // the error type and the exit codes
 mod executor; // observe a certificate; the re-issue and install transaction, by phase
 mod failpoint; // crash points for fault-injection tests (feature "failpoints")
 mod files; // crash-safe writes, no-follow walks, trusted directories
+#[cfg(feature = "fleet")]
+mod fleet; // shared certificates: heal from what is published, order under the lock, publish
 mod http; // the one outbound HTTP client: ACME, DNSimple, CRLs, webhooks
 mod issuer; // ACME, DNSimple, the embedded local CA, manual CAs
 pub mod keys; // keys, CSRs, chains, pair checks, bounded PEM parsing

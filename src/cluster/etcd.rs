@@ -190,6 +190,16 @@ impl Fleet {
         Ok(())
     }
 
+    /// This node's liveness lease (granted, and `alive/NODE` written, if needed).
+    pub(crate) async fn alive_lease(&self) -> Result<i64> {
+        self.ensure_alive().await?;
+        let liveness = self.liveness.lock().await;
+        liveness
+            .as_ref()
+            .map(|l| l.id())
+            .ok_or_else(|| Error::msg("this host's liveness lease is gone"))
+    }
+
     /// Grants the liveness lease and writes `alive/NODE` on it, unless a live one exists.
     async fn ensure_alive(&self) -> Result<()> {
         let mut liveness = self.liveness.lock().await;

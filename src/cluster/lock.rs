@@ -158,6 +158,11 @@ impl FleetLock {
         &self.name
     }
 
+    /// The lease the lock lives on: keys put on it go when the holder does.
+    pub(crate) fn lease_id(&self) -> i64 {
+        self.lease.id()
+    }
+
     /// Whether this host knows it lost the lock (its writes would be refused anyway).
     pub fn is_lost(&self) -> bool {
         self.lease.is_lost()

@@ -17,12 +17,14 @@
 //! with the writer's fencing token: a holder that lost its lease can never overwrite its
 //! successor.
 
+pub mod challenges;
 pub mod etcd;
 pub mod lock;
 pub mod records;
 pub mod seal;
 pub mod watch;
 
+pub use challenges::ChallengeEvent;
 pub use etcd::{FENCED, Fleet, HostStatus};
 pub use lock::{FleetLock, LockLost};
 pub use records::{HostReport, LockRecord, Pending, Published};

@@ -33,6 +33,10 @@ pub struct Published {
     pub reason: String,
     /// Unix seconds.
     pub published_at: i64,
+    /// The key this generation replaced because it was compromised (SPKI SHA-256, hex):
+    /// every host remembers it and never serves it again.
+    #[serde(default)]
+    pub compromised_spki: Option<String>,
 }
 
 /// Work a holder started and a successor must resume rather than start again.
@@ -173,6 +177,7 @@ mod tests {
             fencing_token: 17,
             reason: "expiring".into(),
             published_at: 1_800_000_000,
+            compromised_spki: None,
         }
     }
 

@@ -109,6 +109,25 @@ impl Reason {
             Reason::Forced => "forced",
         }
     }
+
+    /// The reason `as_str` names (records written by other hosts of a fleet).
+    #[cfg(feature = "fleet")]
+    pub(crate) fn parse(s: &str) -> Option<Reason> {
+        const ALL: [Reason; 11] = [
+            Reason::KeyCompromised,
+            Reason::CompromiseUnknown,
+            Reason::Revoked,
+            Reason::KeyMissing,
+            Reason::CertMissing,
+            Reason::KeyMismatch,
+            Reason::KeyTypeChanged,
+            Reason::NamesChanged,
+            Reason::IssuerChanged,
+            Reason::Expiring,
+            Reason::Forced,
+        ];
+        ALL.into_iter().find(|r| r.as_str() == s)
+    }
 }
 
 /// The reason an operator gave (`reissue --reason`), in the operator's words. certagent acts

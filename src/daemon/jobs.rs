@@ -52,6 +52,13 @@ impl Daemon {
                 Job::Finish => executor.finish(&cert).await,
                 Job::Refresh => executor.refresh(&cert).await,
                 Job::FixPermissions => executor.fix_permissions(&cert),
+                #[cfg(feature = "fleet")]
+                Job::InstallPublished(record) => match executor.fleet.as_ref() {
+                    Some(link) => {
+                        crate::fleet::install_record(&executor, link, &cert, &record).await
+                    }
+                    None => Outcome::Failed(Error::msg("no [cluster] is configured")),
+                },
                 Job::Import(data, source) => {
                     let outcome = ops::import_one(&executor, &cert, &data).await;
                     if let Some(path) = source {
@@ -207,6 +214,9 @@ pub(super) enum Job {
     Import(Arc<Vec<u8>>, Option<PathBuf>),
     /// Give the kept generations the configured owner, group and modes (no new key).
     FixPermissions,
+    /// Install the generation the fleet published (no order).
+    #[cfg(feature = "fleet")]
+    InstallPublished(Box<crate::cluster::Published>),
 }
 
 /// The reason a job is reported under.
@@ -214,6 +224,8 @@ pub(super) fn job_reason(job: &Job) -> Reason {
     match job {
         Job::Reissue(reason, _) => *reason,
         Job::Finish | Job::Refresh | Job::Import(..) | Job::FixPermissions => Reason::Forced,
+        #[cfg(feature = "fleet")]
+        Job::InstallPublished(record) => Reason::parse(&record.reason).unwrap_or(Reason::Forced),
     }
 }
 
@@ -224,6 +236,8 @@ pub(super) fn crashed(name: &str, job: &Job, why: &str) -> Outcome {
     );
     match job {
         Job::Reissue(..) | Job::Import(..) | Job::FixPermissions => Outcome::Failed(e),
+        #[cfg(feature = "fleet")]
+        Job::InstallPublished(_) => Outcome::Failed(e),
         Job::Finish => Outcome::FinishFailed(e),
         Job::Refresh => Outcome::RefreshFailed(e),
     }

@@ -8,6 +8,8 @@
 //! two jobs.
 
 mod clients;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod jobs;
 mod schedule;
 mod watch;
@@ -79,6 +81,37 @@ struct Daemon {
     /// The files on disk did not load at the last reload: the next one that does (or files
     /// back to what is in use) is announced as "configuration valid again".
     config_invalid: bool,
+    /// The shared certificates' published records, watched in etcd.
+    fleet: fleet::FleetWatch,
+}
+
+/// Without fleets, nothing is ever published.
+#[cfg(not(feature = "fleet"))]
+mod fleet {
+    pub(super) enum Never {}
+
+    #[derive(Default)]
+    pub(super) struct FleetWatch;
+
+    impl FleetWatch {
+        pub(super) fn start(_: &crate::executor::Executor, _: &crate::config::Config) -> Self {
+            FleetWatch
+        }
+
+        pub(super) async fn recv(&mut self) -> Option<Never> {
+            std::future::pending().await
+        }
+    }
+
+    impl super::Daemon {
+        pub(super) fn on_published(&mut self, never: Never) {
+            match never {}
+        }
+
+        pub(super) fn offer_published(&mut self, _: &str) -> bool {
+            false
+        }
+    }
 }
 
 /// Run as the service: signals SIGTERM/SIGINT end it.
@@ -111,6 +144,7 @@ pub async fn run(
     let (fs_tx, mut fs_rx) = mpsc::channel(1024);
     let watcher = watch::Watcher::new(fs_tx)?;
     let executor = Executor::new(config.clone(), clock, stop_rx.clone())?;
+    let fleet = fleet::FleetWatch::start(&executor, &config);
     let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
@@ -126,6 +160,7 @@ pub async fn run(
         watcher,
         blocked: Arc::default(),
         config_invalid: false,
+        fleet,
     };
     d.watcher.watch(&d.config, &d.config_path);
     d.forget_backoffs();
@@ -177,6 +212,7 @@ pub async fn run(
                 }
             }
             Some(ask) = ask_rx.recv() => d.ask(ask),
+            Some(record) = d.fleet.recv() => d.on_published(record),
             _ = sighup.recv() => {
                 d.reload("SIGHUP received").await;
             }
@@ -331,7 +367,25 @@ impl Daemon {
             Ok(new) => {
                 let new = Arc::new(new);
                 match Executor::new(new.clone(), self.clock, self.stop_rx.clone()) {
-                    Ok(executor) => {
+                    #[allow(unused_mut)]
+                    Ok(mut executor) => {
+                        // The same cluster: the same connection (and watches, if the shared
+                        // certificates are the same too).
+                        #[cfg(feature = "fleet")]
+                        let refollow = {
+                            let same = new.cluster == self.config.cluster;
+                            if same {
+                                executor.fleet = self.executor.fleet.clone();
+                            }
+                            let shared = |c: &crate::config::Config| -> Vec<String> {
+                                c.certificates
+                                    .values()
+                                    .filter(|c| c.shared)
+                                    .map(|c| c.name.clone())
+                                    .collect()
+                            };
+                            !same || shared(&new) != shared(&self.config)
+                        };
                         if std::mem::take(&mut self.config_invalid) {
                             log::info!("{why}: configuration valid again");
                         }
@@ -341,6 +395,10 @@ impl Daemon {
                         self.config = new.clone();
                         let _ = self.config_tx.send(new);
                         self.watcher.watch(&self.config, &self.config_path);
+                        #[cfg(feature = "fleet")]
+                        if refollow {
+                            self.fleet = fleet::FleetWatch::start(&self.executor, &self.config);
+                        }
                         self.evaluate_all().await;
                         true
                     }

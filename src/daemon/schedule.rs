@@ -202,6 +202,11 @@ impl Daemon {
         let health = &mut self.certs.entry(name.to_string()).or_default().health;
         let changed = *health != Some(unhealthy);
         *health = Some(unhealthy);
+        // A shared certificate this host does not serve as the fleet published it: that
+        // generation is installed first (no order); the lifecycle looks again after it.
+        if self.offer_published(name) {
+            return changed;
+        }
         let now = self.clock.now();
         match plan(&step, now) {
             Plan::Start(job) => {

@@ -22,6 +22,10 @@ mod outcome;
 mod refresh;
 mod rollback;
 
+#[cfg(feature = "fleet")]
+pub(crate) use fleet::Obtained;
+#[cfg(feature = "fleet")]
+pub(crate) use observe::InService;
 pub(crate) use observe::{Observation, Signals, observe};
 pub(crate) use outcome::{Installed, Outcome, Waiting};
 
@@ -47,6 +51,14 @@ pub(crate) struct Executor {
     /// Becomes true when the daemon shuts down: work that has not flipped yet stops (it is
     /// journalled and resumes next time); an install that has flipped completes or rolls back.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Told every order URL as soon as the CA gives it (the fleet journals it in etcd, so a
+    /// successor resumes the order instead of placing another).
+    order_sink: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Serves http-01 tokens from the fleet's other hosts too.
+    relay: Option<Arc<dyn crate::issuer::Relay>>,
+    /// The fleet's etcd, when `[cluster]` is configured: shared certificates go through it.
+    #[cfg(feature = "fleet")]
+    pub(crate) fleet: Option<Arc<crate::fleet::FleetLink>>,
 }
 
 /// What recovery found: an interrupted install it settled, or a clean journal to go on with.
@@ -62,12 +74,38 @@ impl Executor {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Executor> {
         let store = Store::open(&config.agent.state_dir)?;
+        #[cfg(feature = "fleet")]
+        let fleet = config.cluster.as_ref().map(|c| {
+            Arc::new(crate::fleet::FleetLink::new(
+                c.clone(),
+                &config.agent.state_dir,
+            ))
+        });
         Ok(Executor {
             config,
             store,
             clock,
             shutdown,
+            order_sink: None,
+            relay: None,
+            #[cfg(feature = "fleet")]
+            fleet,
         })
+    }
+
+    /// This executor as a fleet's lock holder: telling `sink` every order URL the CA gives,
+    /// and serving http-01 tokens through `relay` too.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn for_fleet(
+        &self,
+        sink: tokio::sync::mpsc::UnboundedSender<String>,
+        relay: Arc<dyn crate::issuer::Relay>,
+    ) -> Executor {
+        Executor {
+            order_sink: Some(sink),
+            relay: Some(relay),
+            ..self.clone()
+        }
     }
 
     fn stopping(&self) -> Result<()> {
@@ -142,9 +180,16 @@ impl Executor {
             },
             Err(e) => Err(Stop::from(e)),
         };
-        // A failure the steps did not journal themselves (a file that could not be opened,
-        // say) is journalled here, so `status` never shows an older outcome as the last one.
-        if let Err(Stop::Failed(e) | Stop::RolledBack(e)) = &attempt
+        self.journal_unrecorded(cert, reason, &attempt);
+        let outcome = Outcome::of(cert, attempt);
+        self.announce_reissue(cert, reason, started, &outcome).await;
+        outcome
+    }
+
+    /// A failure the steps did not journal themselves (a file that could not be opened,
+    /// say) is journalled here, so `status` never shows an older outcome as the last one.
+    fn journal_unrecorded(&self, cert: &Certificate, reason: Reason, attempt: &Attempt) {
+        if let Err(Stop::Failed(e) | Stop::RolledBack(e)) = attempt
             && !*self.shutdown.borrow()
         {
             let message = e.to_string();
@@ -157,9 +202,6 @@ impl Executor {
                 self.record_failure(&cert.name, reason, &message);
             }
         }
-        let outcome = Outcome::of(cert, attempt);
-        self.announce_reissue(cert, reason, started, &outcome).await;
-        outcome
     }
 
     fn journal_asked(

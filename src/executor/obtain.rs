@@ -22,11 +22,23 @@ impl Executor {
         reason: Reason,
         mut journal: Journal,
     ) -> Attempt {
+        let (key, chain, reason) = self.obtain_fresh(cert, reason, &mut journal).await?;
+        self.install(cert, &mut journal, &key, &chain, reason).await
+    }
+
+    /// Everything of a re-issue before the install: the pair in service observed once, the
+    /// reason made effective, preflight checks, the pending key, the compromise response,
+    /// and the validated chain (saved, so the install that follows never asks the CA again).
+    pub(super) async fn obtain_fresh(
+        &self,
+        cert: &Certificate,
+        reason: Reason,
+        journal: &mut Journal,
+    ) -> Result<(PrivateKey, Chain, Reason), Stop> {
         let now = self.clock.now();
         let mut blocked = Blocked::load(&self.config);
         let in_service = InService::read(cert);
-        let reason =
-            self.effective_reason(cert, reason, &mut journal, &blocked, &in_service, now)?;
+        let reason = self.effective_reason(cert, reason, journal, &blocked, &in_service, now)?;
         // Refuse now what the install would refuse later, before a key or an order exists.
         crate::adopt::preflight(cert)?;
         output_directories(cert, &self.config.agent.state_dir)?;
@@ -41,9 +53,9 @@ impl Executor {
             .issuers
             .get(&cert.issuer)
             .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
-        let key = self.pending_key(cert, &mut journal, &blocked, reason, now)?;
+        let key = self.pending_key(cert, journal, &blocked, reason, now)?;
         crate::failpoint!("after-key-persisted");
-        self.answer_compromise(cert, &mut journal, &mut blocked, &in_service, reason, now)
+        self.answer_compromise(cert, journal, &mut blocked, &in_service, reason, now)
             .await?;
         let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
         let ask = Ask {
@@ -55,12 +67,12 @@ impl Executor {
             reason,
             now,
         };
-        let (key, chain) = self.chain(ask, &mut journal).await?;
+        let (key, chain) = self.chain(ask, journal).await?;
         // Validate again: a saved chain is input from disk like any other.
         keys::validate_chain(&cert.names, &key, &chain, now)
             .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
         self.stopping()?;
-        self.install(cert, &mut journal, &key, &chain, reason).await
+        Ok((key, chain, reason))
     }
 
     /// Whatever the caller's reason, a compromised key in service gets the full response.
@@ -349,13 +361,20 @@ impl Executor {
             now: ask.now,
             resume_order: resume.as_deref(),
             replaces: replaces.as_deref(),
+            relay: self.relay.as_deref(),
         };
         let store = &self.store;
+        let order_sink = self.order_sink.as_ref();
         let mut on_order = |url: &str| -> Result<()> {
             if let Some(p) = journal.pending.as_mut() {
                 p.order_url = Some(url.to_string());
             }
-            store.save_journal(&cert.name, journal)
+            store.save_journal(&cert.name, journal)?;
+            if let Some(sink) = order_sink {
+                // The fleet journals it in etcd too; a closed sink only means nobody listens.
+                let _ = sink.send(url.to_string());
+            }
+            Ok(())
         };
         issuer.issue(&req, &mut on_order).await.map_err(|e| {
             e.context(format!(

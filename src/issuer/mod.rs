@@ -26,6 +26,18 @@ pub(crate) struct IssueRequest<'a> {
     pub(crate) resume_order: Option<&'a str>,
     /// RFC 9773 CertID of the certificate being replaced, when its CA offers ARI.
     pub(crate) replaces: Option<&'a str>,
+    /// Where http-01 key authorizations must be served from too (a fleet's other hosts).
+    pub(crate) relay: Option<&'a dyn Relay>,
+}
+
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Other places an http-01 key authorization must be served from (the other hosts of a
+/// fleet behind one load balancer): `add` returns once they serve it, `clear` removes all.
+pub(crate) trait Relay: Send + Sync {
+    fn add<'a>(&'a self, token: &'a str, key_auth: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn clear(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A chain, and the key when the issuer made it (DNSimple) instead of using ours.
@@ -110,6 +122,7 @@ impl Issuer {
                     req.csr_der,
                     req.resume_order,
                     req.replaces,
+                    req.relay,
                     on_order,
                 )
                 .await

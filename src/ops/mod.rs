@@ -384,11 +384,27 @@ pub(crate) async fn reissue_one(
     };
     let said = requested.map_or(reason.as_str(), |r| r.as_str());
     log::info!(cert = cert.name.as_str(), reason = said, observed = asked.observed_list().as_str(); "re-issuing");
-    let outcome = executor.reissue(cert, reason, &asked).await;
+    let outcome = reissue_through(executor, cert, reason, &asked).await;
     if let Outcome::Installed(_) | Outcome::InstalledNotLoaded(_) = outcome {
         warn_if_due_at_install(executor, cert);
     }
     (outcome, asked)
+}
+
+/// A shared certificate goes through the fleet; any other is this host's alone.
+async fn reissue_through(
+    executor: &Executor,
+    cert: &Certificate,
+    reason: Reason,
+    asked: &Asked,
+) -> Outcome {
+    #[cfg(feature = "fleet")]
+    if cert.shared
+        && let Some(link) = executor.fleet.as_ref()
+    {
+        return crate::fleet::reissue(executor, link, cert, reason, asked).await;
+    }
+    executor.reissue(cert, reason, asked).await
 }
 
 /// The reasons `check` gives for `cert` now (empty when it is healthy).

@@ -47,6 +47,7 @@ fn record(name: &str, generation: u64) -> Published {
         fencing_token: 0,
         reason: "expiring".into(),
         published_at: 1_800_000_000,
+        compromised_spki: None,
     }
 }
 

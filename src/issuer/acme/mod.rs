@@ -216,12 +216,13 @@ impl Acme {
         csr_der: &[u8],
         resume: Option<&str>,
         replaces: Option<&str>,
+        relay: Option<&dyn crate::issuer::Relay>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
         let http = Http::new(self.cfg.ca_bundle.as_deref(), self.clock)?;
         let throttle = http.retry_after.clone();
         let result = self
-            .issue_with(&http, names, csr_der, resume, replaces, on_order)
+            .issue_with(&http, names, csr_der, resume, replaces, relay, on_order)
             .await;
         // A 429/503 on the way carries the server's wish for when to come back.
         let retry_after = throttle.lock().ok().and_then(|slot| *slot);
@@ -249,6 +250,8 @@ impl Acme {
         })
     }
 
+    // The request's parts, one by one: bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn issue_with(
         &self,
         http: &Http,
@@ -256,6 +259,7 @@ impl Acme {
         csr_der: &[u8],
         resume: Option<&str>,
         replaces: Option<&str>,
+        relay: Option<&dyn crate::issuer::Relay>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Chain> {
         let account = self.account(http).await?;
@@ -295,7 +299,7 @@ impl Acme {
         };
         let timeout = Duration::from_secs(self.cfg.timeout.0.max(1) as u64);
         if order.state().status == OrderStatus::Pending {
-            self.solve(&mut order, http, timeout).await?;
+            self.solve(&mut order, http, timeout, relay).await?;
         }
         if order.state().status == OrderStatus::Ready {
             order
@@ -363,7 +367,13 @@ impl Acme {
     }
 
     /// Answer every pending authorization with http-01 and wait for the order to be ready.
-    async fn solve(&self, order: &mut Order, http: &Http, timeout: Duration) -> Result<()> {
+    async fn solve(
+        &self,
+        order: &mut Order,
+        http: &Http,
+        timeout: Duration,
+        relay: Option<&dyn crate::issuer::Relay>,
+    ) -> Result<()> {
         let mut responder = Responder::start(&self.cfg.challenge, self.clock).await?;
         let kind = responder.challenge_type();
         let mut result = Ok(());
@@ -396,6 +406,12 @@ impl Acme {
                     result = Err(e);
                     break;
                 }
+                if let Some(relay) = relay.filter(|_| kind == ChallengeType::Http01)
+                    && let Err(e) = relay.add(&token, &auth).await
+                {
+                    result = Err(e);
+                    break;
+                }
                 if let Err(e) = challenge.set_ready().await {
                     result = Err(failed(
                         format!("failed to start validation of {ident:?}"),
@@ -424,6 +440,9 @@ impl Acme {
             };
         }
         responder.cleanup().await;
+        if let Some(relay) = relay {
+            relay.clear().await;
+        }
         result
     }
 }
