@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use certagent::cluster::{LockRecord, Pending, Published};
+use certagent::cluster::{HostReport, LockRecord, Published};
 
 use super::balancer::Balancer;
 use super::etcd::EtcdCluster;
@@ -171,6 +171,19 @@ issuer = "pebble"
         self.nginx.webroot().join(".well-known/acme-challenge")
     }
 
+    /// The http-01 files this host's webroot serves now, sorted.
+    pub fn tokens(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.challenge_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// The host's TLS address, `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.tls_port)
@@ -203,11 +216,6 @@ issuer = "pebble"
         self.daemon
             .as_ref()
             .unwrap_or_else(|| panic!("{}: no daemon runs", self.node))
-    }
-
-    /// The daemon's pid (0 if none runs).
-    pub fn pid(&self) -> u32 {
-        self.daemon.as_ref().map_or(0, Daemon::pid)
     }
 
     /// Everything this host's daemons logged, the current one last.
@@ -337,6 +345,26 @@ impl FleetRig {
         }
     }
 
+    /// Starts the three daemons with Pebble's validation requests held in the balancer until
+    /// every host serves the same http-01 tokens (the first daemon up orders before the others
+    /// run: a host without a daemon cannot serve the token the CA asks it for). Panics if the
+    /// hosts never serve the same non-empty set of tokens.
+    pub fn start_daemons_then_validate(&mut self) {
+        self.balancer.hold();
+        self.start_daemons();
+        let mut last = Vec::new();
+        let all_serve = wait_until(Duration::from_secs(30), || {
+            last = self.hosts.iter().map(Host::tokens).collect();
+            !last[0].is_empty() && last.iter().all(|t| *t == last[0])
+        });
+        self.balancer.release();
+        assert!(
+            all_serve,
+            "the hosts do not serve the same http-01 tokens: {last:?}\n{}",
+            self.diagnostics()
+        );
+    }
+
     /// Replaces every host's `.well-known/acme-challenge` with a link to one directory (for
     /// a plain certagent's webroot: its files are then served whichever host is reached).
     /// Returns the webroot to configure.
@@ -422,10 +450,40 @@ impl FleetRig {
         Some(serde_json::from_str(&v).unwrap_or_else(|e| panic!("published record ({e}): {v}")))
     }
 
-    /// The pending record of the shared certificate.
-    pub fn pending(&self) -> Option<Pending> {
-        let v = self.etcd_value(&format!("certs/{CERT}/pending"))?;
-        Some(serde_json::from_str(&v).unwrap_or_else(|e| panic!("pending record ({e}): {v}")))
+    /// What host `i` last reported under `hosts/NODE/NAME`.
+    pub fn report(&self, i: usize) -> Option<HostReport> {
+        let v = self.etcd_value(&format!("hosts/{}/{CERT}", self.hosts[i].node))?;
+        Some(serde_json::from_str(&v).unwrap_or_else(|e| panic!("host report ({e}): {v}")))
+    }
+
+    /// Waits until a generation is published and every host reports serving it, proven and
+    /// without error; returns the record. The positive signal that the fleet is done with a
+    /// trigger (before counting orders).
+    pub fn wait_settled(&self, timeout: Duration) -> Published {
+        let mut last = None;
+        let settled = wait_until(timeout, || {
+            let Some(p) = self.published() else {
+                return false;
+            };
+            let done = (0..self.hosts.len()).all(|i| {
+                self.report(i).is_some_and(|r| {
+                    r.serial.as_deref() == Some(p.serial.as_str())
+                        && r.verified_at.is_some()
+                        && r.error.is_none()
+                })
+            });
+            last = Some(p);
+            done
+        });
+        if !settled {
+            let reports: Vec<_> = (0..self.hosts.len()).map(|i| self.report(i)).collect();
+            panic!(
+                "the fleet did not settle within {timeout:?}: published {:?}, reports {reports:?}\n{}",
+                last.map(|p| (p.generation, p.serial)),
+                self.diagnostics()
+            );
+        }
+        last.expect("settled on a record")
     }
 
     /// The node holding the shared certificate's lock.
@@ -434,14 +492,6 @@ impl FleetRig {
         let r: LockRecord =
             serde_json::from_str(&v).unwrap_or_else(|e| panic!("lock record ({e}): {v}"));
         Some(r.node)
-    }
-
-    /// Index of the host named `node`.
-    pub fn index_of(&self, node: &str) -> usize {
-        self.hosts
-            .iter()
-            .position(|h| h.node == node)
-            .unwrap_or_else(|| panic!("no host {node:?}"))
     }
 
     /// Every daemon's log, Pebble's log and the keys in etcd, for failure messages.

@@ -16,6 +16,10 @@ fn the_balancer_spreads_connections_and_serves_a_token_from_every_webroot() {
     for h in &rig.hosts {
         std::fs::write(h.challenge_dir().join("who"), &h.node).unwrap();
     }
+    for h in &rig.hosts {
+        let r = http_get(h.http_port, "/.well-known/acme-challenge/who").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, h.node.as_str()));
+    }
     let mut answers = Vec::new();
     for _ in 0..6 {
         let r = http_get(rig.balancer.port, "/.well-known/acme-challenge/who").unwrap();

@@ -21,7 +21,11 @@ mod dnsimple_selftest;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
+mod fleet;
+#[cfg(feature = "fleet")]
 mod fleet_etcd;
+#[cfg(feature = "fleet")]
+mod fleet_selftest;
 mod front_selftest;
 mod hardening;
 mod hardening_dirs;
