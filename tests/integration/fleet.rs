@@ -209,6 +209,32 @@ fn sigstop_of_the_lock_holder_mid_order_until_its_lease_expires_makes_one_order(
 }
 
 #[test]
+fn a_holder_stopped_past_its_lease_then_continued_publishes_once() {
+    let (mut rig, l1) = issued_rig();
+    rig.balancer.hold();
+    let cli = reissue_in_background(rig.hosts[1].config.clone());
+    let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
+    assert!(in_flight, "no validation started\n{}", rig.diagnostics());
+    rig.hosts[1].pause_daemon();
+    rig.balancer.release();
+    let expired = common::wait_until(LEASE_TTL * 5, || rig.lock_holder().as_deref() != Some("h1"));
+    assert!(
+        expired,
+        "h1 kept the lock while stopped\n{}",
+        rig.diagnostics()
+    );
+    // It wakes up holding an order it obtained under a lock it no longer has.
+    rig.hosts[1].resume_daemon();
+    let run = cli.join().unwrap();
+    assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
+    let l2 = rig.wait_all_serve_one_leaf(&[&l1], SETTLE);
+    let published = rig.wait_settled(SETTLE);
+    assert_eq!(published.serial, cert_serial_hex(&l2));
+    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
+    assert_keys_match(&rig, &l2);
+}
+
+#[test]
 fn one_etcd_member_down_changes_nothing_and_all_down_keeps_serving_and_healing() {
     let (mut rig, l1) = issued_rig();
 
