@@ -395,7 +395,7 @@ impl FleetRig {
                 return false;
             };
             last.iter().all(|l| l.as_ref() == Some(first))
-                && !different_from.iter().any(|d| *d == first.as_slice())
+                && !different_from.contains(&first.as_slice())
                 && self
                     .pebble
                     .cert_status(&super::cert_serial_hex(first))

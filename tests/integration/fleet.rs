@@ -52,8 +52,33 @@ fn assert_keys_match(rig: &FleetRig, leaf: &[u8]) {
     }
 }
 
+/// Every PEM private key on the hosts: the key files and whatever the state directories hold
+/// (generations, a pending key), as `(where, PEM)`.
+fn private_key_pems(rig: &FleetRig) -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if let Ok(text) = std::fs::read_to_string(&path)
+                && text.contains("PRIVATE KEY-----")
+            {
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for h in &rig.hosts {
+        walk(&h.state_dir(), &mut out);
+        if let Ok(text) = std::fs::read_to_string(&h.key_file) {
+            out.push((h.key_file.display().to_string(), text));
+        }
+    }
+    out
+}
+
 /// No private key of any host, in PEM or as base64 of its DER (whole or per PEM line), in
-/// what etcd holds.
+/// what etcd holds now.
 fn assert_no_private_key_in_etcd(rig: &FleetRig) {
     let dump = rig.etcd_dump();
     assert!(dump.contains("/fleet/certs/www/published"), "{dump}");
@@ -61,16 +86,16 @@ fn assert_no_private_key_in_etcd(rig: &FleetRig) {
         !dump.contains("PRIVATE KEY"),
         "a PEM private key in etcd:\n{dump}"
     );
-    for h in &rig.hosts {
-        let pem = std::fs::read_to_string(&h.key_file).unwrap();
-        let der = pem_to_der(&pem);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-        assert!(!dump.contains(&b64), "{}'s key DER in etcd", h.node);
+    let keys = private_key_pems(rig);
+    assert!(keys.len() >= 3, "{keys:?}");
+    for (place, pem) in keys {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem_to_der(&pem));
+        assert!(!dump.contains(&b64), "the key of {place} is in etcd");
         for line in pem
             .lines()
             .filter(|l| l.len() >= 32 && !l.starts_with("-----"))
         {
-            assert!(!dump.contains(line), "{}'s key PEM line in etcd", h.node);
+            assert!(!dump.contains(line), "a line of {place} is in etcd");
         }
     }
 }
@@ -168,6 +193,9 @@ fn sigkill_of_the_host_that_started_a_reissue_then_restart_makes_one_order() {
     let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
     assert!(in_flight, "no validation started\n{}", rig.diagnostics());
     assert_eq!(rig.orders(), 2);
+    // The pending key is journalled in etcd, sealed.
+    assert!(rig.etcd_dump().contains("/fleet/certs/www/pending"));
+    assert_no_private_key_in_etcd(&rig);
     rig.hosts[0].kill_daemon();
     rig.balancer.release();
     let _ = cli.join().unwrap(); // its daemon died under it: any answer will do
