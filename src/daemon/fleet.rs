@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use super::jobs::Job;
-use crate::cluster::{ChallengeEvent, Published, PublishedEvent};
+use crate::cluster::{ChallengeEvent, Published};
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::fleet::FleetLink;
@@ -56,10 +56,7 @@ impl FleetWatch {
         }
         log::info!(node = link.node(), certificates = names.len(); "watching the fleet's published certificates in etcd");
         let (tx, rx) = mpsc::channel(64);
-        let mut tasks: Vec<_> = names
-            .into_iter()
-            .map(|name| tokio::spawn(watch_one(link.clone(), name, tx.clone())))
-            .collect();
+        let mut tasks = vec![tokio::spawn(watch_all(link.clone(), names, tx))];
         let webroots = webroots(config);
         if !webroots.is_empty() {
             tasks.push(tokio::spawn(serve_tokens(link.clone(), webroots)));
@@ -81,32 +78,33 @@ impl FleetWatch {
     }
 }
 
-/// Follow one certificate's published record for ever, reconnecting with backoff.
-async fn watch_one(
+/// Follow every published record for ever on one watch, reconnecting with backoff (and
+/// reading everything again after each break, so nothing is missed).
+async fn watch_all(
     link: Arc<FleetLink>,
-    cert: crate::config::Certificate,
+    shared: Vec<crate::config::Certificate>,
     tx: mpsc::Sender<Published>,
 ) {
-    let name = cert.name.clone();
     let mut backoff = Duration::from_millis(500);
     let mut warned = false;
     let mut reported = false;
     loop {
         if !reported && link.connect().await.is_ok() {
             // Join the fleet's view: what this host serves now.
-            crate::fleet::report(&link, &cert, &crate::executor::Outcome::Finished).await;
+            for cert in &shared {
+                crate::fleet::report(&link, cert, &crate::executor::Outcome::Finished).await;
+            }
             reported = true;
         }
-        match follow(&link, &name, &tx).await {
+        match follow(&link, &tx, &mut backoff).await {
             Ok(()) => return, // the daemon is gone
-            Err(e) => {
-                if !warned {
-                    log::warn!(cert = name.as_str(); "cannot follow the fleet in etcd: {e}; trying again (the certificate in service stays)");
-                    warned = true;
-                } else {
-                    log::debug!(cert = name.as_str(); "etcd: {e}");
-                }
+            Err(e) if !warned => {
+                log::warn!(
+                    "cannot follow the fleet in etcd: {e}; trying again (the certificates in service stay)"
+                );
+                warned = true;
             }
+            Err(e) => log::debug!("etcd: {e}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -115,26 +113,21 @@ async fn watch_one(
 
 async fn follow(
     link: &FleetLink,
-    name: &str,
     tx: &mpsc::Sender<Published>,
+    backoff: &mut Duration,
 ) -> crate::error::Result<()> {
     let fleet = link.connect().await?;
-    let (record, revision) = fleet.published(name).await?;
-    if let Some(record) = record
-        && tx.send(record).await.is_err()
-    {
-        return Ok(());
+    let (records, revision) = fleet.all_published().await?;
+    let mut watch = fleet.watch_all_published(revision).await?;
+    *backoff = Duration::from_millis(500);
+    for record in records {
+        if tx.send(record).await.is_err() {
+            return Ok(());
+        }
     }
-    let mut watch = fleet.watch_published(name, revision)?;
     loop {
-        let record = match watch.next().await? {
-            PublishedEvent::Published { record, .. } => Some(record),
-            PublishedEvent::Resynced { record, .. } => record,
-            PublishedEvent::Deleted { .. } => None,
-        };
-        if let Some(record) = record
-            && tx.send(record).await.is_err()
-        {
+        let record = watch.next().await?;
+        if tx.send(record).await.is_err() {
             return Ok(());
         }
     }
@@ -221,6 +214,14 @@ impl Daemon {
     /// A record arrived from the watch: install it if this host does not serve it.
     pub(super) fn on_published(&mut self, record: Published) {
         let name = record.name.clone();
+        if !self
+            .config
+            .certificates
+            .get(&name)
+            .is_some_and(|c| c.shared)
+        {
+            return; // another host's certificate
+        }
         let newer = self
             .fleet
             .latest

@@ -23,6 +23,8 @@ mod faults;
 #[cfg(feature = "fleet")]
 mod fleet;
 #[cfg(feature = "fleet")]
+mod fleet_daemon;
+#[cfg(feature = "fleet")]
 mod fleet_etcd;
 #[cfg(feature = "fleet")]
 mod fleet_selftest;
