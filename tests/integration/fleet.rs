@@ -138,6 +138,12 @@ fn first_issuance_heal_reissue_and_compromise_with_one_order_each() {
     assert_eq!(published.serial, cert_serial_hex(&l2));
     assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
     assert_keys_match(&rig, &l2);
+    // The http-01 tokens are removed afterwards, from every webroot and from etcd.
+    let cleaned = common::wait_until(SETTLE, || {
+        rig.hosts.iter().all(|h| h.tokens().is_empty())
+            && !rig.etcd_dump().contains("/fleet/challenges/")
+    });
+    assert!(cleaned, "tokens left behind\n{}", rig.diagnostics());
     // Validation reached more than one host over the two orders (round robin).
     assert!(
         rig.balancer.backends_reached() >= 2,
@@ -172,6 +178,17 @@ fn first_issuance_heal_reissue_and_compromise_with_one_order_each() {
         .sum();
     assert_eq!(revocations, 1, "{}", rig.diagnostics());
     assert_no_private_key_in_etcd(&rig);
+    // Nothing of the three orders' http-01 bookkeeping stays in etcd (acknowledgements
+    // included: they live as long as the host does, so they would pile up order by order).
+    let cleaned = common::wait_until(SETTLE, || {
+        let dump = rig.etcd_dump();
+        !dump.contains("/fleet/challenges/") && !dump.contains("/fleet/acks/")
+    });
+    assert!(
+        cleaned,
+        "http-01 bookkeeping left in etcd\n{}",
+        rig.diagnostics()
+    );
     // The compromised key is remembered on every host, not only where the flag was.
     for h in &rig.hosts {
         let memory =
