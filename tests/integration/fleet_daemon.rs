@@ -81,6 +81,9 @@ impl Rig {
                 let hdir = dir.path().join(format!("h{i}"));
                 std::fs::create_dir_all(hdir.join("ssl")).expect("mkdir ssl");
                 std::fs::create_dir_all(hdir.join("etc")).expect("mkdir etc");
+                // Where config management drops compromise flags: there before the daemon
+                // starts, so it watches it.
+                std::fs::create_dir_all(hdir.join("compromised")).expect("mkdir flags");
                 let config = hdir.join("etc").join("config.toml");
                 // Pebble is always valid here, but the issuer needs a responder: a port
                 // nobody asks.
@@ -93,6 +96,7 @@ impl Rig {
 state_dir = "{state}"
 runtime_dir = "{run}"
 lock_timeout = "5s"
+compromised_dir = "{flags}"
 
 [cluster]
 endpoints = [{endpoints}]
@@ -111,6 +115,7 @@ cert_file = "{cert}"
 key_file = "{keyf}"
 "#,
                     state = hdir.join("state").display(),
+                    flags = hdir.join("compromised").display(),
                     run = hdir.join("run").display(),
                     key = fleet_key.display(),
                     cert = hdir.join("ssl").join("site.pem").display(),
@@ -180,6 +185,18 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
     );
 
     // A key deleted on one host: healed from the published generation, no order.
+    if !rig.hosts[1].key_file().exists() {
+        let ls = std::process::Command::new("ls")
+            .arg("-la")
+            .arg(rig.hosts[1].dir.join("ssl"))
+            .output()
+            .unwrap();
+        panic!(
+            "no key on h1 after convergence: {}\n{}",
+            String::from_utf8_lossy(&ls.stdout),
+            rig.logs()
+        );
+    }
     std::fs::remove_file(rig.hosts[1].key_file()).expect("delete key");
     let ok = wait_until(Duration::from_secs(30), || rig.hosts[1].key_file().exists());
     assert!(ok, "the key was not healed\n{}", rig.logs());
@@ -203,6 +220,75 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
         rig.logs()
     );
 
+    // A compromise flagged on one host: one new key and order for the fleet, the old
+    // certificate revoked once (by the holder), the old key remembered on every host.
+    let purged: Vec<usize> = rig
+        .hosts
+        .iter()
+        .map(|h| h.log().matches("event=quarantined").count())
+        .collect();
+    let old_key = std::fs::read_to_string(rig.hosts[0].key_file()).expect("key");
+    let spki = |pem: &str| {
+        certagent::keys::PrivateKey::from_pem(pem)
+            .expect("key")
+            .spki_sha256()
+    };
+    let old_spki = spki(&old_key);
+    let flags = rig.hosts[1].dir.join("compromised");
+    std::fs::write(flags.join("site"), "compromised\n").expect("flag");
+    let third = rig.wait_converged(Some(&second), "after the compromise flag");
+    // Every host ends its response by purging the old key from its kept generations,
+    // after the revocation when it does one: once all have, the count is final.
+    let revocations = || -> usize {
+        rig.hosts
+            .iter()
+            .map(|h| h.log().matches("event=revoked").count())
+            .sum()
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        revocations() >= 1
+            && rig
+                .hosts
+                .iter()
+                .zip(&purged)
+                .all(|(h, n)| h.log().matches("event=quarantined").count() > *n)
+    });
+    assert!(
+        ok,
+        "every host purged the compromised key and one revoked it\n{}",
+        rig.logs()
+    );
+    assert_ne!(third, second);
+    assert_eq!(
+        rig.pebble.orders_created(),
+        3,
+        "one order for the compromise\n{}",
+        rig.logs()
+    );
+    let revoked: usize = rig
+        .hosts
+        .iter()
+        .map(|h| h.log().matches("event=revoked").count())
+        .sum();
+    assert_eq!(
+        revoked,
+        1,
+        "the old certificate is revoked once\n{}",
+        rig.logs()
+    );
+    for (i, h) in rig.hosts.iter().enumerate() {
+        let memory = std::fs::read_to_string(h.dir.join("state").join("compromised-keys"))
+            .unwrap_or_default();
+        assert!(
+            memory.contains(&old_spki),
+            "h{i} remembers the compromised key\n{}",
+            rig.logs()
+        );
+        let key = std::fs::read_to_string(h.key_file()).expect("key");
+        assert_ne!(spki(&key), old_spki, "h{i} serves a new key");
+    }
+    let second = third;
+
     // etcd gone: a lost key is healed from the host's own copy; an order is refused.
     rig.etcd.stop_all();
     std::fs::remove_file(rig.hosts[0].key_file()).expect("delete key");
@@ -225,5 +311,5 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
         "the error names etcd: {}",
         run.stderr
     );
-    assert_eq!(rig.pebble.orders_created(), 2, "no order without etcd");
+    assert_eq!(rig.pebble.orders_created(), 3, "no order without etcd");
 }
