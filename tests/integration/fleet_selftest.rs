@@ -67,6 +67,13 @@ fn pebble_validates_http01_through_the_balancer() {
         "Pebble's validation did not come through the balancer: {:?}",
         rig.balancer.counts()
     );
+    // Pebble validates from three perspectives at once: the balancer spreads them.
+    assert!(
+        rig.balancer.backends_reached() >= 2,
+        "{:?}\n{}",
+        rig.balancer.counts(),
+        rig.pebble.pebble_log()
+    );
     let served = h0.served().expect("h0 answers");
     assert_ne!(served, h0.initial_leaf);
     let key = std::fs::read_to_string(&h0.key_file).unwrap();
