@@ -325,12 +325,14 @@ impl From<Retry> for Error {
     }
 }
 
+/// A temporary failure (exit 75): etcd may answer later.
 fn timed_out(what: &str, timeout: Duration) -> Error {
     Error::msg(format!(
         "failed to {what}: etcd did not answer within {} s",
         timeout.as_secs_f32()
     ))
     .with_hint(HEALTH_HINT)
+    .unavailable()
 }
 
 /// Runs one etcd request with a deadline: `failed to WHAT: CAUSE`, or a timeout that names
@@ -346,7 +348,7 @@ pub(crate) async fn bounded<T>(
             let error =
                 Error::msg(format!("failed to {what}: {}", describe(&e))).with_hint(HEALTH_HINT);
             Err(if unavailable(&e) {
-                Retry::Again(error)
+                Retry::Again(error.unavailable())
             } else {
                 Retry::Final(error)
             })
