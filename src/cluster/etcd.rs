@@ -430,8 +430,12 @@ fn tls_options(config: &ClusterConfig) -> Result<Option<TlsOptions>> {
     Ok(any.then_some(tls))
 }
 
-fn read_credential(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+/// Reads a TLS or password file; under the unit, one in `/etc/certagent/credentials/` is
+/// read from its systemd credential, like every other secret file.
+fn read_credential(configured: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
+    let path = crate::systemd::secret_path(configured);
+    let path = path.as_path();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_CREDENTIAL_FILE).read_to_end(&mut bytes))
