@@ -152,10 +152,9 @@ pub(super) fn read_cluster(cx: &mut Ctx, s: &mut Section) -> Option<ClusterConfi
     };
     let lease_ttl = read_duration(cx, s, "lease_ttl", 2, 300, DEFAULT_LEASE_TTL);
     let request_timeout = read_duration(cx, s, "request_timeout", 1, 120, DEFAULT_REQUEST_TIMEOUT);
-    let fallback_before = match s.span(cx, "fallback_before", Span::days(365)) {
-        Some(Span(secs)) => Some(Duration::from_secs(secs.max(0) as u64)),
-        None => None,
-    };
+    let fallback_before = s
+        .span(cx, "fallback_before", Span::days(365))
+        .map(|Span(secs)| Duration::from_secs(secs.max(0) as u64));
     let fleet_key_file = s.path(cx, "fleet_key_file");
     if fleet_key_file.is_none() && s.span_of("fleet_key_file").is_none() {
         cx.error(

@@ -58,6 +58,7 @@ pub struct Config {
     pub(crate) certificates: BTreeMap<String, Certificate>,
     pub(crate) notify: BTreeMap<String, Notify>,
     /// The etcd cluster shared certificates go through (`[cluster]`), when there is one.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
     pub(crate) cluster: Option<ClusterConfig>,
     /// A hash of the files read (names and contents): equal fingerprints, same configuration.
     pub(crate) fingerprint: u64,
