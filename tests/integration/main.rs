@@ -22,6 +22,8 @@ mod dnsimple_selftest;
 mod faults;
 #[cfg(feature = "fleet")]
 mod fleet_etcd;
+#[cfg(feature = "fleet")]
+mod fleet_status;
 mod front_selftest;
 mod hardening;
 mod hardening_dirs;
