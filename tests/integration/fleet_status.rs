@@ -9,6 +9,8 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use certagent::cluster::{ClusterConfig, Fleet, FleetKey, HostReport, Pending, Published, seal};
@@ -100,17 +102,22 @@ async fn the_fleet_view_shows_the_published_generation_the_lock_and_every_host()
     // web-1 orders and publishes generation 3 of www under the lock, then lets go.
     let web1 = fleet(etcd.endpoints(), "web-1").await;
     let lock = web1.acquire("www", Duration::ZERO).await.unwrap().unwrap();
-    let published = Published {
-        name: "www".into(),
-        generation: 3,
-        serial: "0c".into(),
-        fullchain_pem: "-----BEGIN CERTIFICATE-----\ngen3\n-----END CERTIFICATE-----\n".into(),
-        sealed_key: sealed("www", 3),
-        node: String::new(),
-        fencing_token: 0,
-        reason: "expiring".into(),
-        published_at: T0,
-    };
+    // From JSON: the record's later fields have defaults, so the test does not list them.
+    let published: Published = serde_json::from_str(
+        &serde_json::json!({
+            "name": "www",
+            "generation": 3,
+            "serial": "0c",
+            "fullchain_pem": "-----BEGIN CERTIFICATE-----\ngen3\n-----END CERTIFICATE-----\n",
+            "sealed_key": base64::engine::general_purpose::STANDARD.encode(sealed("www", 3)),
+            "node": "",
+            "fencing_token": 0,
+            "reason": "expiring",
+            "published_at": T0,
+        })
+        .to_string(),
+    )
+    .unwrap();
     web1.publish(&lock, published).await.unwrap();
     lock.release(&web1).await.unwrap();
     web1.report(&report("www", 3, "0c", None)).await.unwrap();
