@@ -335,12 +335,14 @@ impl From<Retry> for Error {
     }
 }
 
+/// A temporary failure (exit 75): etcd may answer later.
 fn timed_out(what: &str, timeout: Duration) -> Error {
     Error::msg(format!(
         "failed to {what}: etcd did not answer within {} s",
         timeout.as_secs_f32()
     ))
     .with_hint(HEALTH_HINT)
+    .unavailable()
 }
 
 /// Runs one etcd request with a deadline: `failed to WHAT: CAUSE`, or a timeout that names
@@ -356,7 +358,7 @@ pub(crate) async fn bounded<T>(
             let error =
                 Error::msg(format!("failed to {what}: {}", describe(&e))).with_hint(HEALTH_HINT);
             Err(if unavailable(&e) {
-                Retry::Again(error)
+                Retry::Again(error.unavailable())
             } else {
                 Retry::Final(error)
             })
@@ -438,8 +440,12 @@ fn tls_options(config: &ClusterConfig) -> Result<Option<TlsOptions>> {
     Ok(any.then_some(tls))
 }
 
-fn read_credential(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+/// Reads a TLS or password file; under the unit, one in `/etc/certagent/credentials/` is
+/// read from its systemd credential, like every other secret file.
+fn read_credential(configured: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
+    let path = crate::systemd::secret_path(configured);
+    let path = path.as_path();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_CREDENTIAL_FILE).read_to_end(&mut bytes))

@@ -28,6 +28,8 @@ mod fleet_daemon;
 mod fleet_etcd;
 #[cfg(feature = "fleet")]
 mod fleet_selftest;
+#[cfg(feature = "fleet")]
+mod fleet_status;
 mod front_selftest;
 mod hardening;
 mod hardening_dirs;
