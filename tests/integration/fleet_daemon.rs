@@ -69,6 +69,7 @@ impl Rig {
         let etcd = EtcdCluster::start(3);
         let pebble = Pebble::start(PebbleOpts {
             always_valid: true,
+            validity_period_secs: Some(30 * 86_400),
             ..PebbleOpts::default()
         });
         let fleet_key = dir.path().join("fleet.key");
@@ -109,6 +110,7 @@ node = "h{i}"
 lease_ttl = "3s"
 request_timeout = "2s"
 fleet_key_file = "{key}"
+{fallback}
 
 {issuer}
 [certificate.site]
@@ -120,6 +122,13 @@ key_file = "{keyf}"
 "#,
                     state = hdir.join("state").display(),
                     flags = hdir.join("compromised").display(),
+                    // h2 may re-issue alone with etcd down: its 30-day certificates are always
+                    // within 60 days of expiry.
+                    fallback = if i == 2 {
+                        "fallback_before = \"60d\""
+                    } else {
+                        ""
+                    },
                     run = hdir.join("run").display(),
                     key = fleet_key.display(),
                     cert = hdir.join("ssl").join("site.pem").display(),
@@ -287,6 +296,16 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
     let ok = wait_until(Duration::from_secs(30), || rig.hosts[0].key_file().exists());
     assert!(ok, "the key was not healed without etcd\n{}", rig.logs());
     assert_eq!(rig.hosts[0].serial().as_deref(), Some(second.as_str()));
+    // The generation healed answers a compromise: that response is not run again against
+    // the key it installed (which would mark a good key compromised and revoke it).
+    let healed_key = std::fs::read_to_string(rig.hosts[0].key_file()).expect("key");
+    let memory = std::fs::read_to_string(rig.hosts[0].dir.join("state").join("compromised-keys"))
+        .unwrap_or_default();
+    assert!(
+        !memory.contains(&spki(&healed_key)),
+        "the healed key was taken for the compromised one\n{}",
+        rig.logs()
+    );
     // (On another host: h0's daemon may still be finishing the heal, and a forced re-issue
     // asked for meanwhile is answered by that job's outcome.)
     let run = run_certagent(&rig.hosts[1].config, &["reissue", "--now", "site"], &[]);
@@ -304,4 +323,25 @@ fn three_hosts_share_one_order_heal_locally_and_keep_serving_without_etcd() {
         run.stderr
     );
     assert_eq!(rig.pebble.orders_created(), 3, "no order without etcd");
+
+    // ... unless the operator allowed a host to re-issue alone close to expiry: loudly.
+    let run = run_certagent(&rig.hosts[2].config, &["reissue", "--now", "site"], &[]);
+    assert_eq!(
+        run.code,
+        0,
+        "fallback_before: {}\n{}",
+        run.stderr,
+        rig.logs()
+    );
+    assert_eq!(rig.pebble.orders_created(), 4, "one order, alone");
+    assert!(
+        rig.hosts[2].log().contains("event=fleet-fallback"),
+        "the fallback is logged\n{}",
+        rig.logs()
+    );
+    assert_ne!(
+        rig.hosts[2].serial(),
+        rig.hosts[1].serial(),
+        "h2 alone has a new certificate"
+    );
 }
