@@ -1,10 +1,11 @@
 //! The daemon's side of a fleet: one watch on each shared certificate's published record
 //! (from the revision it was read at, so nothing is missed; re-reading after a compaction or
 //! a broken stream), and the decision to install a published generation this host does not
-//! serve yet. Every generation is installed at most once by this path per daemon life: one
-//! that fails here is left to the ordinary lifecycle (which re-issues through the lock).
+//! serve yet. A generation whose install failed here (its config test or TLS proof, say) is
+//! tried again after 10 s, doubling to an hour, until this host serves it or another is
+//! published; the host reports the failure meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,16 @@ use super::Daemon;
 use super::jobs::Job;
 use crate::cluster::{ChallengeEvent, Published};
 use crate::config::Config;
+use crate::core::Timestamp;
 use crate::executor::Executor;
 use crate::fleet::FleetLink;
 
 /// Longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A published generation that failed to install here is tried again after this many
+/// seconds, doubling, up to `RETRY_MAX`.
+const RETRY_FIRST: i64 = 10;
+const RETRY_MAX: i64 = 3_600;
 
 #[derive(Default)]
 pub(super) struct FleetWatch {
@@ -27,8 +33,9 @@ pub(super) struct FleetWatch {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The newest record seen for each shared certificate.
     latest: HashMap<String, Published>,
-    /// Generations this daemon already tried to install from a watch event.
-    tried: HashSet<(String, u64)>,
+    /// Generations this daemon tried to install from a watch event: how many times, and
+    /// when it may try again.
+    tried: HashMap<(String, u64), (u32, Timestamp)>,
 }
 
 impl Drop for FleetWatch {
@@ -65,7 +72,7 @@ impl FleetWatch {
             rx: Some(rx),
             tasks,
             latest: HashMap::new(),
-            tried: HashSet::new(),
+            tried: HashMap::new(),
         }
     }
 
@@ -215,6 +222,24 @@ async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event:
 }
 
 impl Daemon {
+    /// When the newest published generation, which failed to install here and is still not
+    /// served, may be tried again (in the future; `None` otherwise).
+    pub(super) fn retry_at(&self, name: &str) -> Option<Timestamp> {
+        let record = self.fleet.latest.get(name)?;
+        let (_, at) = self
+            .fleet
+            .tried
+            .get(&(name.to_string(), record.generation))?;
+        if *at <= self.clock.now() {
+            return None;
+        }
+        let cert = self.config.certificates.get(name)?;
+        let serving = crate::executor::InService::read(cert)
+            .leaf()
+            .map(|l| l.serial.clone());
+        (serving.as_deref() != Some(record.serial.as_str())).then_some(*at)
+    }
+
     /// A record arrived from the watch: install it if this host does not serve it.
     pub(super) fn on_published(&mut self, record: Published) {
         let name = record.name.clone();
@@ -257,13 +282,14 @@ impl Daemon {
         if serving.as_deref() == Some(record.serial.as_str()) {
             return false;
         }
-        if !self
-            .fleet
-            .tried
-            .insert((name.to_string(), record.generation))
-        {
-            return false;
+        let now = self.clock.now();
+        let key = (name.to_string(), record.generation);
+        let (attempts, not_before) = self.fleet.tried.get(&key).copied().unwrap_or((0, now));
+        if now < not_before {
+            return false; // `retry_at` wakes the certificate then
         }
+        let delay = (RETRY_FIRST << attempts.min(9)).min(RETRY_MAX);
+        self.fleet.tried.insert(key, (attempts + 1, now + delay));
         log::info!(cert = name, generation = record.generation, node = record.node.as_str(), event = "fleet-install"; "installing generation {} the fleet published", record.generation);
         let job = Job::InstallPublished(Box::new(record.clone()));
         self.start(name, job);

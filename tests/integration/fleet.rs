@@ -309,3 +309,51 @@ fn one_etcd_member_down_changes_nothing_and_all_down_keeps_serving_and_healing()
         assert_eq!(h.served().as_deref(), Some(l2.as_slice()), "{}", h.node);
     }
 }
+
+#[test]
+fn a_host_that_cannot_install_a_generation_reports_it_and_tries_again_once_it_can() {
+    let (rig, l1) = issued_rig();
+    // h2's nginx configuration breaks: its config test refuses whatever is installed.
+    let conf = rig.hosts[2].nginx.conf_path().to_path_buf();
+    let good = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{good}\nthis is not an nginx directive;\n")).unwrap();
+    let run = rig.hosts[0].certagent(&["reissue", "--now", CERT]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
+    let published = rig.published().expect("published");
+    let reported = common::wait_until(SETTLE, || {
+        rig.report(2).is_some_and(|r| r.error.is_some())
+            && (0..2).all(|i| {
+                rig.report(i)
+                    .is_some_and(|r| r.serial.as_deref() == Some(published.serial.as_str()))
+            })
+    });
+    assert!(
+        reported,
+        "h2 did not report its failure\n{}",
+        rig.diagnostics()
+    );
+    assert_eq!(
+        rig.hosts[2].served().as_deref(),
+        Some(l1.as_slice()),
+        "h2 keeps serving the old leaf"
+    );
+    // The fleet view shows it.
+    let status = rig.hosts[1].certagent(&["status", "--fleet", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let doc = status.json();
+    let cert = &doc["certificates"][0];
+    assert_eq!(cert["in_sync"], false, "{doc}");
+    let h2 = cert["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["node"] == "h2")
+        .unwrap_or_else(|| panic!("no h2 in {doc}"));
+    assert_eq!(h2["current"], false, "{doc}");
+    assert!(h2["error"].as_str().is_some_and(|e| !e.is_empty()), "{doc}");
+    // Repaired: h2 tries the generation again by itself (no order) and the fleet settles.
+    std::fs::write(&conf, good).unwrap();
+    let settled = rig.wait_settled(SETTLE);
+    assert_eq!(settled.serial, published.serial);
+    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
+}
