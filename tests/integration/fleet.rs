@@ -221,9 +221,10 @@ fn sigkill_of_the_host_that_started_a_reissue_then_restart_makes_one_order() {
     assert_keys_match(&rig, &l2);
 }
 
-#[test]
-fn sigstop_of_the_lock_holder_mid_order_until_its_lease_expires_makes_one_order() {
-    let (mut rig, l1) = issued_rig();
+/// h1 starts a re-issue; once Pebble's validation is in flight (held at the balancer), h1's
+/// daemon is stopped and the validation let through; returns when h1's lease has run out,
+/// with the CLI still waiting on h1.
+fn stop_the_holder_past_its_lease(rig: &mut FleetRig) -> JoinHandle<Run> {
     rig.balancer.hold();
     let cli = reissue_in_background(rig.hosts[1].config.clone());
     let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
@@ -238,42 +239,40 @@ fn sigstop_of_the_lock_holder_mid_order_until_its_lease_expires_makes_one_order(
         "h1 kept the lock while stopped\n{}",
         rig.diagnostics()
     );
+    cli
+}
+
+/// Every host serves one new leaf, published and proven, and there were two orders in all
+/// (the first issuance and this trigger's).
+fn settled_on_one_more_order(rig: &FleetRig, old: &[u8]) {
+    let l2 = rig.wait_all_serve_one_leaf(&[old], SETTLE);
+    let published = rig.wait_settled(SETTLE);
+    assert_eq!(published.serial, cert_serial_hex(&l2));
+    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
+    assert_keys_match(rig, &l2);
+}
+
+#[test]
+fn sigstop_of_the_lock_holder_mid_order_until_its_lease_expires_makes_one_order() {
+    let (mut rig, l1) = issued_rig();
+    let cli = stop_the_holder_past_its_lease(&mut rig);
     // Another host is asked meanwhile: it resumes h1's order instead of ordering again.
     let run = rig.hosts[2].certagent(&["reissue", "--now", CERT]);
     assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
     rig.hosts[1].resume_daemon();
     let _ = cli.join().unwrap(); // refused or answered by h2's publish: outcomes below
-    let l2 = rig.wait_all_serve_one_leaf(&[&l1], SETTLE);
-    let published = rig.wait_settled(SETTLE);
-    assert_eq!(published.serial, cert_serial_hex(&l2));
-    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
-    assert_keys_match(&rig, &l2);
+    settled_on_one_more_order(&rig, &l1);
 }
 
 #[test]
 fn a_holder_stopped_past_its_lease_then_continued_publishes_once() {
     let (mut rig, l1) = issued_rig();
-    rig.balancer.hold();
-    let cli = reissue_in_background(rig.hosts[1].config.clone());
-    let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
-    assert!(in_flight, "no validation started\n{}", rig.diagnostics());
-    rig.hosts[1].pause_daemon();
-    rig.balancer.release();
-    let expired = common::wait_until(LEASE_TTL * 5, || rig.lock_holder().as_deref() != Some("h1"));
-    assert!(
-        expired,
-        "h1 kept the lock while stopped\n{}",
-        rig.diagnostics()
-    );
+    let cli = stop_the_holder_past_its_lease(&mut rig);
     // It wakes up holding an order it obtained under a lock it no longer has.
     rig.hosts[1].resume_daemon();
     let run = cli.join().unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
-    let l2 = rig.wait_all_serve_one_leaf(&[&l1], SETTLE);
-    let published = rig.wait_settled(SETTLE);
-    assert_eq!(published.serial, cert_serial_hex(&l2));
-    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
-    assert_keys_match(&rig, &l2);
+    settled_on_one_more_order(&rig, &l1);
 }
 
 #[test]
