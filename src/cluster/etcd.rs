@@ -200,6 +200,16 @@ impl Fleet {
             .ok_or_else(|| Error::msg("this host's liveness lease is gone"))
     }
 
+    /// This host's last report for `name`.
+    pub async fn own_report(&self, name: &str) -> Result<Option<HostReport>> {
+        records::check_segment("certificate name", name)?;
+        let key = self.keys.report(&self.node, name);
+        self.get_one(&key)
+            .await?
+            .map(|(v, _)| records::decode(&key, &v, MAX_SMALL))
+            .transpose()
+    }
+
     /// Grants the liveness lease and writes `alive/NODE` on it, unless a live one exists.
     async fn ensure_alive(&self) -> Result<()> {
         let mut liveness = self.liveness.lock().await;

@@ -495,17 +495,13 @@ pub(crate) async fn report(link: &FleetLink, cert: &Certificate, outcome: &Outco
         .cached(&cert.name)
         .filter(|c| Some(&c.serial) == serial.as_ref())
         .map(|c| c.generation);
+    let previous = fleet.own_report(&cert.name).await.ok().flatten();
     let verified_at = match outcome {
         Outcome::Installed(_) => Some(cluster::unix_now()),
-        _ => fleet
-            .reports(Some(&cert.name))
-            .await
-            .ok()
-            .and_then(|r| {
-                r.into_iter()
-                    .find(|h| h.report.node == link.node() && h.report.serial == serial)
-            })
-            .and_then(|h| h.report.verified_at),
+        _ => previous
+            .as_ref()
+            .filter(|r| r.serial == serial)
+            .and_then(|r| r.verified_at),
     };
     let report = HostReport {
         node: link.node().to_string(),
@@ -515,6 +511,13 @@ pub(crate) async fn report(link: &FleetLink, cert: &Certificate, outcome: &Outco
         verified_at,
         error: outcome.error().map(|e| e.to_string()),
     };
+    if previous.as_ref() == Some(&report) {
+        // Nothing new to say (a daemon starting, say): only make sure this host is alive.
+        if let Err(e) = fleet.alive_lease().await {
+            log::debug!(cert = cert.name.as_str(); "failed to keep this host alive in etcd: {e}");
+        }
+        return;
+    }
     if let Err(e) = fleet.report(&report).await {
         log::debug!(cert = cert.name.as_str(); "failed to report to the fleet: {e}");
     }
