@@ -15,6 +15,9 @@ pub mod exit {
     pub const ERROR: u8 = 2;
     pub(crate) const BUSY: u8 = 3;
     pub(crate) const PENDING: u8 = 75;
+    /// EX_TEMPFAIL, the same number: a service certagent needs (etcd) does not answer; try
+    /// again later.
+    pub(crate) const UNAVAILABLE: u8 = 75;
     /// EX_NOPERM: a command that needs root was run by another user.
     pub(crate) const NOT_ROOT: u8 = 77;
     pub(crate) const CONFIG: u8 = 78;
@@ -46,6 +49,12 @@ pub enum Error {
     /// The configuration reads, but does not match this host (a `verify` endpoint nothing
     /// listens on): exit 78 like an invalid configuration, without a file and line.
     Mismatch {
+        message: String,
+        hint: Option<String>,
+    },
+    /// A service certagent depends on (the fleet's etcd) cannot be reached or does not
+    /// answer in time: a temporary failure (exit 75), worth trying again later.
+    Unavailable {
         message: String,
         hint: Option<String>,
     },
@@ -97,6 +106,19 @@ impl Error {
                 message,
                 hint: Some(hint.into()),
             },
+            Error::Unavailable { message, .. } => Error::Unavailable {
+                message,
+                hint: Some(hint.into()),
+            },
+            other => other,
+        }
+    }
+
+    /// The same failure, marked temporary (exit 75): what it was waiting for did not answer.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    pub(crate) fn unavailable(self) -> Self {
+        match self {
+            Error::Failed { message, hint, .. } => Error::Unavailable { message, hint },
             other => other,
         }
     }
@@ -125,6 +147,7 @@ impl Error {
             Error::Config(_) | Error::Mismatch { .. } => exit::CONFIG,
             Error::Busy(_) => exit::BUSY,
             Error::Pending { .. } => exit::PENDING,
+            Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::NotRoot { .. } => exit::NOT_ROOT,
             Error::Failed { .. } | Error::Acme { .. } => exit::ERROR,
         }
@@ -134,7 +157,8 @@ impl Error {
         match self {
             Error::Failed { hint, .. }
             | Error::Acme { hint, .. }
-            | Error::Mismatch { hint, .. } => hint.as_deref(),
+            | Error::Mismatch { hint, .. }
+            | Error::Unavailable { hint, .. } => hint.as_deref(),
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
             }
@@ -167,6 +191,10 @@ impl Error {
                 problem,
                 hint,
             },
+            Error::Unavailable { message, hint } => Error::Unavailable {
+                message: format!("{what}: {message}"),
+                hint,
+            },
             other => other,
         }
     }
@@ -181,7 +209,9 @@ impl fmt::Display for Error {
             Error::NotRoot { .. } => f.write_str(
                 "must run as root: the keys, the state and the daemon's control socket are root's alone",
             ),
-            Error::Failed { message, .. } | Error::Mismatch { message, .. } => f.write_str(message),
+            Error::Failed { message, .. }
+            | Error::Mismatch { message, .. }
+            | Error::Unavailable { message, .. } => f.write_str(message),
             Error::Acme {
                 context, problem, ..
             } => write!(f, "{context}: {problem}"),

@@ -152,6 +152,84 @@ pub(crate) struct CheckDoc {
     pub(crate) daemon: Option<DaemonReport>,
 }
 
+/// `status --fleet`: what the fleet's etcd says about each shared certificate. Read from
+/// etcd by this host; nothing is changed.
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetDoc {
+    pub(crate) schema: u32,
+    pub(crate) changed: bool,
+    /// This host's node name (`[cluster] node`).
+    pub(crate) node: String,
+    /// The etcd members asked, and the prefix the records live under.
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) prefix: String,
+    pub(crate) certificates: Vec<FleetCertificate>,
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetCertificate {
+    pub(crate) name: String,
+    /// What every host should serve; `null` before the first publish.
+    pub(crate) published: Option<FleetPublished>,
+    /// Who holds the certificate's fleet lock (does the CA work); `null`: nobody.
+    pub(crate) lock: Option<FleetLockReport>,
+    /// An order a holder started and not yet published; `null`: none.
+    pub(crate) pending: Option<FleetPending>,
+    /// Every host's last report, by node name.
+    pub(crate) hosts: Vec<FleetHost>,
+    /// Something is published, and every host that is not stale serves its serial, with no
+    /// error.
+    pub(crate) in_sync: bool,
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetPublished {
+    pub(crate) generation: u64,
+    pub(crate) serial: String,
+    /// The node that published it.
+    pub(crate) node: String,
+    pub(crate) published_at: String,
+    pub(crate) reason: String,
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetLockReport {
+    pub(crate) node: String,
+    pub(crate) acquired_at: String,
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetPending {
+    pub(crate) generation: u64,
+    pub(crate) node: String,
+    pub(crate) reason: String,
+    pub(crate) started_at: String,
+    /// The ACME order, once the CA answered.
+    pub(crate) order_url: Option<String>,
+}
+
+#[cfg(feature = "fleet")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct FleetHost {
+    pub(crate) node: String,
+    /// The generation and serial the host last proved served; `null` before it served one.
+    pub(crate) generation: Option<u64>,
+    pub(crate) serial: Option<String>,
+    /// When it last proved it by TLS handshake.
+    pub(crate) verified_at: Option<String>,
+    /// Why its last install or proof failed, if it did.
+    pub(crate) error: Option<String>,
+    /// The host is not alive (its liveness lease in etcd expired): the report is its last.
+    pub(crate) stale: bool,
+    /// It serves the published serial (false when nothing is published).
+    pub(crate) current: bool,
+}
+
 /// One certificate's result in `reissue`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) struct ReissueResult {

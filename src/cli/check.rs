@@ -21,6 +21,16 @@ pub(crate) struct CheckArgs {
     pub(crate) json: bool,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) check: CheckArgs,
+    /// The fleet's view from etcd instead of this host's: for each shared certificate, the
+    /// generation and serial published, who holds the lock, and what every host serves.
+    #[arg(long)]
+    pub(crate) fleet: bool,
+}
+
 /// `check`'s document: the daemon's when one answers, else read from disk.
 async fn check_doc(config_path: &Path, args: &CheckArgs) -> Result<(CheckDoc, u8)> {
     let config = crate::config::Config::load(config_path)?;
@@ -73,7 +83,11 @@ pub(crate) async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8> {
 /// does. While the files on disk do not load, a daemon still runs on the configuration it
 /// read before: its view is shown with a warning, exit 0 (status reports state; whether the
 /// files are valid is `config validate`'s exit code, 78). With no daemon to ask it is 78.
-pub(crate) async fn status(config_path: &Path, args: &CheckArgs) -> Result<u8> {
+pub(crate) async fn status(config_path: &Path, args: &StatusArgs) -> Result<u8> {
+    if args.fleet {
+        return fleet_status(config_path, &args.check).await;
+    }
+    let args = &args.check;
     let req = Request::Status {
         names: args.names.clone(),
     };
@@ -114,4 +128,54 @@ pub(crate) async fn status(config_path: &Path, args: &CheckArgs) -> Result<u8> {
         ops::render_status(&doc, Clock::new().now());
     }
     Ok(crate::error::exit::OK)
+}
+
+/// `status --fleet`: read from etcd, whether or not a daemon runs (exit 0; 78 without
+/// `[cluster]`, 75 when etcd does not answer).
+#[cfg(feature = "fleet")]
+async fn fleet_status(config_path: &Path, args: &CheckArgs) -> Result<u8> {
+    let config = crate::config::Config::load(config_path)?;
+    ops::cluster_of(&config)?;
+    let certs = ops::select_shared(&config, &args.names)?;
+    let doc = ops::fleet_doc(&config, &certs).await?;
+    if args.json {
+        output::print_json(&doc);
+    } else {
+        ops::render_fleet(&doc, Clock::new().now());
+    }
+    Ok(crate::error::exit::OK)
+}
+
+/// A build without fleets cannot read etcd: refused before the configuration is read.
+#[cfg(not(feature = "fleet"))]
+async fn fleet_status(_config_path: &Path, _args: &CheckArgs) -> Result<u8> {
+    Err(Error::msg(
+        "`status --fleet` is not available: this certagent was built without fleets (the `fleet` feature)",
+    )
+    .with_hint("use a certagent built with its default features (packages are)"))
+}
+
+#[cfg(all(test, not(feature = "fleet")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_build_without_fleets_refuses_status_fleet_before_reading_the_config() {
+        let args = StatusArgs {
+            check: CheckArgs {
+                names: Vec::new(),
+                json: false,
+            },
+            fleet: true,
+        };
+        let err = status(Path::new("/nonexistent/config.toml"), &args)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::ERROR);
+        assert!(
+            err.to_string()
+                .contains("this certagent was built without fleets (the `fleet` feature)"),
+            "{err}"
+        );
+    }
 }

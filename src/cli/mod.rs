@@ -27,7 +27,10 @@ pub const EXIT_CODES: [(u8, &str); 7] = [
         exit::BUSY,
         "busy: another certagent process held the lock for too long",
     ),
-    (exit::PENDING, "pending: waiting on the CA or on a human"),
+    (
+        exit::PENDING,
+        "pending: waiting on the CA or on a human; or etcd did not answer",
+    ),
     (
         exit::NOT_ROOT,
         "not root: the command must run as root (sudo)",
@@ -35,7 +38,7 @@ pub const EXIT_CODES: [(u8, &str); 7] = [
     (exit::CONFIG, "configuration invalid"),
 ];
 
-pub const EXAMPLES: [(&str, &str); 7] = [
+pub const EXAMPLES: [(&str, &str); 8] = [
     (
         "certagent config validate",
         "check /etc/certagent/config.toml and conf.d/*.toml",
@@ -51,6 +54,10 @@ pub const EXAMPLES: [(&str, &str); 7] = [
     (
         "certagent reissue --now --all --json",
         "the same for every certificate, as JSON for config management",
+    ),
+    (
+        "certagent status --fleet --json",
+        "fleets: what etcd published for each shared certificate and what every host serves",
     ),
     (
         "certagent discover > conf.d/found.toml",
@@ -194,14 +201,23 @@ pub(crate) enum Command {
     ))]
     Check(check::CheckArgs),
     /// Show state: current generation, serial, expiry, pending work, last outcome, next check.
+    ///
+    /// With --fleet, the fleet's view from etcd ([cluster]) instead: for each shared
+    /// certificate the generation and serial published, which node holds the lock, and per
+    /// host what it serves (generation, serial, last verified, error, stale when the host is
+    /// no longer alive). Exits 75 when etcd does not answer, 78 without [cluster].
     #[command(after_help = sub_help(
         &[
             ("certagent status", "every certificate: in service, pending, last outcome"),
             ("certagent status www --json", "the same for [certificate.www], as JSON"),
+            (
+                "certagent status --fleet www",
+                "what every host of the fleet serves for the shared certificate www, from etcd",
+            ),
         ],
         "certagent check (health only), certagent run (the daemon status asks)",
     ))]
-    Status(check::CheckArgs),
+    Status(check::StatusArgs),
     /// Re-issue with a new key now, install it, and prove it is served.
     ///
     /// Generates a new key and CSR on this host, obtains the certificate from the configured
@@ -409,7 +425,8 @@ pub fn is_daemon(cli: &Cli) -> bool {
 /// Whether the command asked for JSON (for error output before the command runs).
 pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
-        Command::Check(a) | Command::Status(a) => a.json,
+        Command::Check(a) => a.json,
+        Command::Status(a) => a.check.json,
         Command::Reissue(a) => a.json,
         Command::Import(a) => a.json,
         Command::Discover(a) => a.json,

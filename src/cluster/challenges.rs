@@ -17,8 +17,15 @@ const MAX_KEY_AUTH: usize = 1024;
 /// A challenge put or removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChallengeEvent {
-    Put { token: String, key_auth: String },
-    Removed { token: String },
+    /// `lease`: the holder's, which the acknowledgement is put on too (it goes with it).
+    Put {
+        token: String,
+        key_auth: String,
+        lease: i64,
+    },
+    Removed {
+        token: String,
+    },
 }
 
 impl Fleet {
@@ -68,10 +75,15 @@ impl Fleet {
         Ok(())
     }
 
-    /// This host serves `token` now.
-    pub async fn ack_challenge(&self, token: &str) -> Result<()> {
+    /// This host serves `token` now. The acknowledgement lives on `lease` (the holder's, so
+    /// it goes with the challenge), or on this host's liveness lease without one.
+    pub async fn ack_challenge(&self, token: &str, lease: i64) -> Result<()> {
         check_token(token)?;
-        let lease = self.alive_lease().await?;
+        let lease = if lease != 0 {
+            lease
+        } else {
+            self.alive_lease().await?
+        };
         let key = format!("{}{}", self.acks_prefix(token), self.node());
         let options = PutOptions::new().with_lease(lease);
         self.call("acknowledge an http-01 token", |mut c| {
@@ -123,7 +135,7 @@ impl Fleet {
         let events = response
             .kvs()
             .iter()
-            .filter_map(|kv| self.event(EventType::Put, kv.key(), kv.value()))
+            .filter_map(|kv| self.event(EventType::Put, kv.key(), kv.value(), kv.lease()))
             .collect();
         Ok((events, revision))
     }
@@ -147,7 +159,13 @@ impl Fleet {
         })
     }
 
-    fn event(&self, kind: EventType, key: &[u8], value: &[u8]) -> Option<ChallengeEvent> {
+    fn event(
+        &self,
+        kind: EventType,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Option<ChallengeEvent> {
         let key = std::str::from_utf8(key).ok()?;
         let token = key.strip_prefix(&self.challenges_prefix())?.to_string();
         check_token(&token).ok()?;
@@ -167,24 +185,19 @@ impl Fleet {
                             && t.bytes()
                                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     });
-                ok.then_some(ChallengeEvent::Put { token, key_auth })
+                ok.then_some(ChallengeEvent::Put {
+                    token,
+                    key_auth,
+                    lease,
+                })
             }
         }
     }
 }
 
-/// Tokens name files: only base64url characters (RFC 8555 §8.3).
-pub fn check_token(token: &str) -> Result<()> {
-    let ok = !token.is_empty()
-        && token.len() <= 256
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::msg("an invalid http-01 token"))
-    }
+/// Tokens name files: only base64url characters (RFC 8555 §8.3), as the ACME responder checks.
+fn check_token(token: &str) -> Result<()> {
+    crate::issuer::acme::check_token(token)
 }
 
 /// A watch on the challenges; an error when the stream breaks (read them again, watch anew).
@@ -209,7 +222,10 @@ impl ChallengeWatch<'_> {
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                if let Some(e) = self.fleet.event(event.event_type(), kv.key(), kv.value()) {
+                if let Some(e) =
+                    self.fleet
+                        .event(event.event_type(), kv.key(), kv.value(), kv.lease())
+                {
                     self.queued.push(e);
                 }
             }

@@ -200,6 +200,16 @@ impl Fleet {
             .ok_or_else(|| Error::msg("this host's liveness lease is gone"))
     }
 
+    /// This host's last report for `name`.
+    pub async fn own_report(&self, name: &str) -> Result<Option<HostReport>> {
+        records::check_segment("certificate name", name)?;
+        let key = self.keys.report(&self.node, name);
+        self.get_one(&key)
+            .await?
+            .map(|(v, _)| records::decode(&key, &v, MAX_SMALL))
+            .transpose()
+    }
+
     /// Grants the liveness lease and writes `alive/NODE` on it, unless a live one exists.
     async fn ensure_alive(&self) -> Result<()> {
         let mut liveness = self.liveness.lock().await;
@@ -335,12 +345,14 @@ impl From<Retry> for Error {
     }
 }
 
+/// A temporary failure (exit 75): etcd may answer later.
 fn timed_out(what: &str, timeout: Duration) -> Error {
     Error::msg(format!(
         "failed to {what}: etcd did not answer within {} s",
         timeout.as_secs_f32()
     ))
     .with_hint(HEALTH_HINT)
+    .unavailable()
 }
 
 /// Runs one etcd request with a deadline: `failed to WHAT: CAUSE`, or a timeout that names
@@ -356,7 +368,7 @@ pub(crate) async fn bounded<T>(
             let error =
                 Error::msg(format!("failed to {what}: {}", describe(&e))).with_hint(HEALTH_HINT);
             Err(if unavailable(&e) {
-                Retry::Again(error)
+                Retry::Again(error.unavailable())
             } else {
                 Retry::Final(error)
             })
@@ -438,8 +450,12 @@ fn tls_options(config: &ClusterConfig) -> Result<Option<TlsOptions>> {
     Ok(any.then_some(tls))
 }
 
-fn read_credential(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+/// Reads a TLS or password file; under the unit, one in `/etc/certagent/credentials/` is
+/// read from its systemd credential, like every other secret file.
+fn read_credential(configured: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
+    let path = crate::systemd::secret_path(configured);
+    let path = path.as_path();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_CREDENTIAL_FILE).read_to_end(&mut bytes))
@@ -450,4 +466,42 @@ fn read_credential(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
             ))
         })?;
     Ok(bytes)
+}
+
+impl Fleet {
+    fn account_key(&self, issuer: &str) -> String {
+        format!("{}/accounts/{issuer}", self.keys.prefix())
+    }
+
+    /// The fleet's ACME account for `issuer` (sealed credentials), if one was offered.
+    pub async fn shared_account(&self, issuer: &str) -> Result<Option<Vec<u8>>> {
+        records::check_segment("issuer name", issuer)?;
+        let key = self.account_key(issuer);
+        Ok(self
+            .get_one(&key)
+            .await?
+            .map(|(v, _)| v)
+            .filter(|v| v.len() <= records::MAX_PENDING))
+    }
+
+    /// Offers this host's ACME account (sealed) as the fleet's, unless one is there already:
+    /// true when it became the fleet's.
+    pub async fn offer_account(&self, issuer: &str, sealed: Vec<u8>) -> Result<bool> {
+        records::check_segment("issuer name", issuer)?;
+        let key = self.account_key(issuer);
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), sealed, None)]);
+        let response = self
+            .call("offer the ACME account to the fleet", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(response.succeeded())
+    }
 }

@@ -29,7 +29,7 @@ pub use etcd::{FENCED, Fleet, HostStatus};
 pub use lock::{FleetLock, LockLost};
 pub use records::{HostReport, LockRecord, Pending, Published};
 pub use seal::FleetKey;
-pub use watch::{PublishedEvent, PublishedWatch};
+pub use watch::{AllPublishedWatch, PublishedEvent, PublishedWatch};
 
 pub use crate::config::{
     ClusterConfig, ClusterKind, DEFAULT_LEASE_TTL, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT,

@@ -38,8 +38,11 @@ impl FleetKey {
     /// Reads the key file: exactly 32 raw bytes, or 64 hex digits, or 32 bytes in standard
     /// base64 (a trailing newline allowed for the text forms, so config management can write
     /// them from a variable). The file must be owned by root (or the user certagent runs as)
-    /// and readable by nobody else: anyone who reads it can open every key in etcd.
-    pub fn load(path: &Path) -> Result<FleetKey> {
+    /// and readable by nobody else: anyone who reads it can open every key in etcd. Under the
+    /// unit, a path in `/etc/certagent/credentials/` is read from its systemd credential.
+    pub fn load(configured: &Path) -> Result<FleetKey> {
+        let path = crate::systemd::secret_path(configured);
+        let path = path.as_path();
         let fail = |cause: String| {
             Error::msg(format!(
                 "failed to read the fleet key {:?}: {cause}",

@@ -145,3 +145,110 @@ impl PublishedWatch<'_> {
         Ok(())
     }
 }
+
+/// One watch on every certificate's published record (`PREFIX/certs/*/published`): a host
+/// follows its whole fleet on one stream. After an error (etcd unreachable, a compaction
+/// of the history it needs), read everything again with [`Fleet::all_published`] and watch
+/// from there.
+pub struct AllPublishedWatch<'a> {
+    fleet: &'a Fleet,
+    stream: WatchStream,
+    queued: VecDeque<Published>,
+}
+
+impl Fleet {
+    fn certs_prefix(&self) -> String {
+        format!("{}/certs/", self.keys.prefix())
+    }
+
+    /// Every certificate's published record, and the store's revision they were read at.
+    /// Records that do not decode are left out (and logged).
+    pub async fn all_published(&self) -> Result<(Vec<Published>, i64)> {
+        let prefix = self.certs_prefix();
+        let response = self
+            .call("read the published certificates", |mut c| {
+                let prefix = prefix.clone();
+                let options = etcd_client::GetOptions::new().with_prefix();
+                async move { c.get(prefix, Some(options)).await }
+            })
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let records = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.published_of(kv.key(), kv.value()))
+            .collect();
+        Ok((records, revision))
+    }
+
+    /// Watches every published record for events after revision `seen`.
+    pub async fn watch_all_published(&self, seen: i64) -> Result<AllPublishedWatch<'_>> {
+        let prefix = self.certs_prefix();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(seen + 1);
+        let stream = self
+            .call("watch the published certificates", |mut c| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { c.watch(prefix, Some(options)).await }
+            })
+            .await?;
+        Ok(AllPublishedWatch {
+            fleet: self,
+            stream,
+            queued: VecDeque::new(),
+        })
+    }
+
+    /// The record at `key` if it is a `published` one that decodes.
+    fn published_of(&self, key: &[u8], value: &[u8]) -> Option<Published> {
+        let key = std::str::from_utf8(key).ok()?;
+        let name = key
+            .strip_prefix(&self.certs_prefix())?
+            .strip_suffix("/published")?;
+        match records::decode::<Published>(key, value, MAX_PUBLISHED) {
+            Ok(record) if record.name == name => Some(record),
+            Ok(_) => {
+                log::warn!("ignoring {key:?} in etcd: it names another certificate");
+                None
+            }
+            Err(e) => {
+                log::warn!("ignoring {key:?} in etcd: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl AllPublishedWatch<'_> {
+    /// The next record published (deletions are skipped: an operator cleaning up changes
+    /// nothing a host serves).
+    pub async fn next(&mut self) -> Result<Published> {
+        loop {
+            if let Some(record) = self.queued.pop_front() {
+                return Ok(record);
+            }
+            let response = match self.stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) | Err(_) => {
+                    return Err(Error::msg(
+                        "failed to watch the published certificates in etcd: the stream ended",
+                    ));
+                }
+            };
+            if response.compact_revision() > 0 || response.canceled() {
+                return Err(Error::msg(
+                    "the watch on the published certificates was cancelled (compacted history); reading them again",
+                ));
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                if event.event_type() == EventType::Put
+                    && let Some(record) = self.fleet.published_of(kv.key(), kv.value())
+                {
+                    self.queued.push_back(record);
+                }
+            }
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! The daemon's side of a fleet: one watch on each shared certificate's published record
 //! (from the revision it was read at, so nothing is missed; re-reading after a compaction or
 //! a broken stream), and the decision to install a published generation this host does not
-//! serve yet. Every generation is installed at most once by this path per daemon life: one
-//! that fails here is left to the ordinary lifecycle (which re-issues through the lock).
+//! serve yet. A generation whose install failed here (its config test or TLS proof, say) is
+//! tried again after 10 s, doubling to an hour, until this host serves it or another is
+//! published; the host reports the failure meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,18 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use super::jobs::Job;
-use crate::cluster::{ChallengeEvent, Published, PublishedEvent};
+use crate::cluster::{ChallengeEvent, Published};
 use crate::config::Config;
+use crate::core::Timestamp;
 use crate::executor::Executor;
 use crate::fleet::FleetLink;
 
 /// Longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A published generation that failed to install here is tried again after this many
+/// seconds, doubling, up to `RETRY_MAX`.
+const RETRY_FIRST: i64 = 10;
+const RETRY_MAX: i64 = 3_600;
 
 #[derive(Default)]
 pub(super) struct FleetWatch {
@@ -27,8 +33,9 @@ pub(super) struct FleetWatch {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The newest record seen for each shared certificate.
     latest: HashMap<String, Published>,
-    /// Generations this daemon already tried to install from a watch event.
-    tried: HashSet<(String, u64)>,
+    /// Generations this daemon tried to install from a watch event: how many times, and
+    /// when it may try again.
+    tried: HashMap<(String, u64), (u32, Timestamp)>,
 }
 
 impl Drop for FleetWatch {
@@ -56,10 +63,7 @@ impl FleetWatch {
         }
         log::info!(node = link.node(), certificates = names.len(); "watching the fleet's published certificates in etcd");
         let (tx, rx) = mpsc::channel(64);
-        let mut tasks: Vec<_> = names
-            .into_iter()
-            .map(|name| tokio::spawn(watch_one(link.clone(), name, tx.clone())))
-            .collect();
+        let mut tasks = vec![tokio::spawn(watch_all(link.clone(), names, tx))];
         let webroots = webroots(config);
         if !webroots.is_empty() {
             tasks.push(tokio::spawn(serve_tokens(link.clone(), webroots)));
@@ -68,7 +72,7 @@ impl FleetWatch {
             rx: Some(rx),
             tasks,
             latest: HashMap::new(),
-            tried: HashSet::new(),
+            tried: HashMap::new(),
         }
     }
 
@@ -81,32 +85,33 @@ impl FleetWatch {
     }
 }
 
-/// Follow one certificate's published record for ever, reconnecting with backoff.
-async fn watch_one(
+/// Follow every published record for ever on one watch, reconnecting with backoff (and
+/// reading everything again after each break, so nothing is missed).
+async fn watch_all(
     link: Arc<FleetLink>,
-    cert: crate::config::Certificate,
+    shared: Vec<crate::config::Certificate>,
     tx: mpsc::Sender<Published>,
 ) {
-    let name = cert.name.clone();
     let mut backoff = Duration::from_millis(500);
     let mut warned = false;
     let mut reported = false;
     loop {
         if !reported && link.connect().await.is_ok() {
             // Join the fleet's view: what this host serves now.
-            crate::fleet::report(&link, &cert, &crate::executor::Outcome::Finished).await;
+            for cert in &shared {
+                crate::fleet::report(&link, cert, &crate::executor::Outcome::Finished).await;
+            }
             reported = true;
         }
-        match follow(&link, &name, &tx).await {
+        match follow(&link, &tx, &mut backoff).await {
             Ok(()) => return, // the daemon is gone
-            Err(e) => {
-                if !warned {
-                    log::warn!(cert = name.as_str(); "cannot follow the fleet in etcd: {e}; trying again (the certificate in service stays)");
-                    warned = true;
-                } else {
-                    log::debug!(cert = name.as_str(); "etcd: {e}");
-                }
+            Err(e) if !warned => {
+                log::warn!(
+                    "cannot follow the fleet in etcd: {e}; trying again (the certificates in service stay)"
+                );
+                warned = true;
             }
+            Err(e) => log::debug!("etcd: {e}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -115,26 +120,21 @@ async fn watch_one(
 
 async fn follow(
     link: &FleetLink,
-    name: &str,
     tx: &mpsc::Sender<Published>,
+    backoff: &mut Duration,
 ) -> crate::error::Result<()> {
     let fleet = link.connect().await?;
-    let (record, revision) = fleet.published(name).await?;
-    if let Some(record) = record
-        && tx.send(record).await.is_err()
-    {
-        return Ok(());
+    let (records, revision) = fleet.all_published().await?;
+    let mut watch = fleet.watch_all_published(revision).await?;
+    *backoff = Duration::from_millis(500);
+    for record in records {
+        if tx.send(record).await.is_err() {
+            return Ok(());
+        }
     }
-    let mut watch = fleet.watch_published(name, revision)?;
     loop {
-        let record = match watch.next().await? {
-            PublishedEvent::Published { record, .. } => Some(record),
-            PublishedEvent::Resynced { record, .. } => record,
-            PublishedEvent::Deleted { .. } => None,
-        };
-        if let Some(record) = record
-            && tx.send(record).await.is_err()
-        {
+        let record = watch.next().await?;
+        if tx.send(record).await.is_err() {
             return Ok(());
         }
     }
@@ -192,7 +192,11 @@ async fn serve_tokens(link: Arc<FleetLink>, webroots: Vec<PathBuf>) {
 
 async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event: ChallengeEvent) {
     match event {
-        ChallengeEvent::Put { token, key_auth } => {
+        ChallengeEvent::Put {
+            token,
+            key_auth,
+            lease,
+        } => {
             for dir in webroots {
                 let written = crate::files::ensure_dir(dir, 0o755).and_then(|()| {
                     crate::files::replace_file(
@@ -205,7 +209,7 @@ async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event:
                     log::warn!("failed to serve the fleet's http-01 token: {e}");
                 }
             }
-            if let Err(e) = fleet.ack_challenge(&token).await {
+            if let Err(e) = fleet.ack_challenge(&token, lease).await {
                 log::debug!("failed to acknowledge an http-01 token: {e}");
             }
         }
@@ -218,9 +222,35 @@ async fn token_event(fleet: &crate::cluster::Fleet, webroots: &[PathBuf], event:
 }
 
 impl Daemon {
+    /// When the newest published generation, which failed to install here and is still not
+    /// served, may be tried again (in the future; `None` otherwise).
+    pub(super) fn retry_at(&self, name: &str) -> Option<Timestamp> {
+        let record = self.fleet.latest.get(name)?;
+        let (_, at) = self
+            .fleet
+            .tried
+            .get(&(name.to_string(), record.generation))?;
+        if *at <= self.clock.now() {
+            return None;
+        }
+        let cert = self.config.certificates.get(name)?;
+        let serving = crate::executor::InService::read(cert)
+            .leaf()
+            .map(|l| l.serial.clone());
+        (serving.as_deref() != Some(record.serial.as_str())).then_some(*at)
+    }
+
     /// A record arrived from the watch: install it if this host does not serve it.
     pub(super) fn on_published(&mut self, record: Published) {
         let name = record.name.clone();
+        if !self
+            .config
+            .certificates
+            .get(&name)
+            .is_some_and(|c| c.shared)
+        {
+            return; // another host's certificate
+        }
         let newer = self
             .fleet
             .latest
@@ -252,13 +282,14 @@ impl Daemon {
         if serving.as_deref() == Some(record.serial.as_str()) {
             return false;
         }
-        if !self
-            .fleet
-            .tried
-            .insert((name.to_string(), record.generation))
-        {
-            return false;
+        let now = self.clock.now();
+        let key = (name.to_string(), record.generation);
+        let (attempts, not_before) = self.fleet.tried.get(&key).copied().unwrap_or((0, now));
+        if now < not_before {
+            return false; // `retry_at` wakes the certificate then
         }
+        let delay = (RETRY_FIRST << attempts.min(9)).min(RETRY_MAX);
+        self.fleet.tried.insert(key, (attempts + 1, now + delay));
         log::info!(cert = name, generation = record.generation, node = record.node.as_str(), event = "fleet-install"; "installing generation {} the fleet published", record.generation);
         let job = Job::InstallPublished(Box::new(record.clone()));
         self.start(name, job);

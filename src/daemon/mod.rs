@@ -111,6 +111,10 @@ mod fleet {
         pub(super) fn offer_published(&mut self, _: &str) -> bool {
             false
         }
+
+        pub(super) fn retry_at(&self, _: &str) -> Option<crate::core::Timestamp> {
+            None
+        }
     }
 }
 

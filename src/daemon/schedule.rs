@@ -218,6 +218,11 @@ impl Daemon {
             }
             Plan::WakeAt(wake_at) => {
                 self.log_wait(name, &step, &detail);
+                // A published generation to try installing again comes first if sooner.
+                let wake_at = match (wake_at, self.retry_at(name)) {
+                    (Some(w), Some(r)) => Some(w.min(r)),
+                    (w, r) => w.or(r),
+                };
                 self.certs.entry(name.to_string()).or_default().wake_at = wake_at;
             }
         }

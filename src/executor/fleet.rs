@@ -173,15 +173,35 @@ impl Executor {
             .as_ref()
             .map(PrivateKey::spki_sha256)
             .is_some_and(|s| Some(s.as_str()) == compromised_spki);
-        if serving_compromised {
-            let mut work =
-                self.capture_compromise(cert, &mut journal, &mut blocked, &in_service)?;
-            // The holder revokes the old certificate, once for the fleet.
-            work.revoked_first = true;
-            if let Some(p) = journal.pending.as_mut() {
-                p.compromise = Some(work);
+        // The response to the compromise this generation answers was the holder's (capture,
+        // revocation): here only the compromised key is quarantined if this host serves it,
+        // and purged from the kept generations. Marked answered, so that the transaction does
+        // not take the key in service (maybe this very generation, being healed) for it.
+        let answered = match compromised_spki {
+            Some(spki) => {
+                let mut work = if serving_compromised {
+                    self.capture_compromise(cert, &mut journal, &mut blocked, &in_service)?
+                } else {
+                    crate::store::CompromiseWork {
+                        old_spki_sha256: spki.to_string(),
+                        old_leaf: None,
+                        revoked_first: false,
+                    }
+                };
+                // The holder revokes the old certificate, once for the fleet.
+                work.revoked_first = true;
+                if let Some(p) = journal.pending.as_mut() {
+                    p.compromise = Some(work);
+                }
+                true
             }
-        }
+            None => false,
+        };
+        let reason = if reason == Reason::KeyCompromised && !answered {
+            Reason::Forced
+        } else {
+            reason
+        };
         self.accept_chain(cert, &mut journal, &key, chain, now, reason)?;
         self.reissue_fresh(cert, reason, journal).await
     }

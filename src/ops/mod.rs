@@ -17,7 +17,11 @@ macro_rules! out {
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
 }
+#[cfg(feature = "fleet")]
+mod fleet;
 mod render;
+#[cfg(feature = "fleet")]
+pub(crate) use fleet::{cluster_of, fleet_doc, render_fleet, select_shared};
 pub(crate) use render::{render_check, render_reissue, render_status};
 
 use crate::output::{

@@ -22,6 +22,9 @@
 //! * [`FakeDnsimple`]: an in-process fake of DNSimple's API v2 (Let's Encrypt certificates
 //!   with DNSimple-generated keys, zone records mirrored to `pebble-challtestsrv`, fault
 //!   injection) (`dnsimple.rs`).
+//! * [`fleet::FleetRig`] (feature `fleet`): three hosts (nginx + certagent daemon each) sharing
+//!   a certificate through a 3-member etcd ([`etcd::EtcdCluster`]), Pebble validating through
+//!   a round-robin TCP [`balancer::Balancer`] in front of them (`fleet.rs`, `balancer.rs`).
 //!
 //! All helpers are synchronous and panic with a descriptive message (including
 //! the relevant server logs) when the environment cannot be set up; they are
@@ -37,9 +40,13 @@
 
 mod agent;
 mod apache;
+#[cfg(feature = "fleet")]
+pub mod balancer;
 mod dnsimple;
 #[cfg(feature = "fleet")]
 pub mod etcd;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 mod front;
 mod http;
 mod http1;

@@ -21,9 +21,15 @@ mod dnsimple_selftest;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
+mod fleet;
+#[cfg(feature = "fleet")]
 mod fleet_daemon;
 #[cfg(feature = "fleet")]
 mod fleet_etcd;
+#[cfg(feature = "fleet")]
+mod fleet_selftest;
+#[cfg(feature = "fleet")]
+mod fleet_status;
 mod front_selftest;
 mod hardening;
 mod hardening_dirs;

@@ -272,6 +272,20 @@ box grep -qx 'ReadWritePaths=-/etc/nginx/ssl' /etc/systemd/system/certagent.serv
   fail "the role did not grant /etc/nginx/ssl"
 box grep -q '^certagent_certificate_not_after_timestamp_seconds{certificate="shop"}' \
   /var/lib/prometheus/node-exporter/certagent.prom || fail "no metrics for shop after the role"
+say "Ansible: [cluster] in config.toml, the fleet key a credential only the service reads"
+box grep -qx 'endpoints = \["http://127.0.0.1:2379"\]' /etc/certagent/config.toml ||
+  fail "the role wrote no [cluster] endpoints: $(box cat /etc/certagent/config.toml)"
+box grep -qx 'node = "box-1"' /etc/certagent/config.toml || fail "the role wrote no [cluster] node"
+expect_eq "$(box stat -c '%a %U:%G' /etc/certagent/credentials/fleet.key)" "600 root:root" "the fleet key file"
+main=$(box systemctl show -p MainPID --value certagent)
+in_service() { box nsenter -t "$main" -m "$@"; } # in the service's mount namespace
+in_service cmp -s /etc/certagent/credentials/fleet.key /run/credentials/certagent.service/certagent_fleet.key &&
+  fail "the service can read /etc/certagent/credentials (InaccessiblePaths=)"
+box sh -c "nsenter -t $main -m cat /run/credentials/certagent.service/certagent_fleet.key" |
+  grep -qx "$(printf '42%.0s' $(seq 32))" || fail "the fleet key did not reach the service as a credential"
+out=$(box certagent status --fleet --json) || fail "status --fleet exited $?: $out"
+expect_eq "$(jq -r .node <<<"$out")" box-1 "status --fleet node"
+expect_eq "$(jq -c .certificates <<<"$out")" "[]" "status --fleet with nothing shared"
 expect_eq "$(playbook test.yml)" 0 "changed count of the second run of the role"
 before=$(served_serial 8443 shop.test)
 expect_eq "$(playbook reissue.yml)" 1 "changed count of the reissue task"

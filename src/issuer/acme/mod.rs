@@ -28,6 +28,8 @@ use crate::store::{Perms, fsutil};
 pub(crate) mod certbot;
 mod poll;
 mod responder;
+
+pub(crate) use responder::check_token;
 mod revoke;
 
 use responder::Responder;

@@ -23,7 +23,7 @@ pub(super) enum Responder {
 }
 
 /// Tokens come from the CA: only base64url characters may name a file (RFC 8555 §8.3).
-pub(super) fn check_token(token: &str) -> Result<()> {
+pub(crate) fn check_token(token: &str) -> Result<()> {
     let ok = !token.is_empty()
         && token.len() <= 256
         && token

@@ -14,86 +14,27 @@
 //! * Every host, the holder too, installs the published generation with its ordinary
 //!   transaction and reports what it serves under `hosts/NODE/NAME`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{self, Fleet, FleetKey, FleetLock, HostReport, Pending, Published};
+
+mod account;
+mod link;
+mod relay;
+
 use crate::compromise::Blocked;
-use crate::config::{Certificate, ClusterConfig};
+use crate::config::Certificate;
 use crate::core::{Asked, Reason, renewal_time};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Obtained, Outcome};
 use crate::keys::{self, Chain, PrivateKey};
+pub(crate) use link::FleetLink;
+use relay::TokenRelay;
 
 /// How long a host waits for another holder of a certificate's lock (an order at a slow CA
 /// takes minutes); then the re-issue fails and the daemon retries later.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
-
-/// Largest cached record read back from the state directory.
-const MAX_CACHE: u64 = 512 * 1024;
-
-/// The connection to the fleet's etcd (made at first use and kept), the fleet key, and this
-/// host's copies of the generations it installed.
-pub(crate) struct FleetLink {
-    pub(crate) config: ClusterConfig,
-    cache_dir: PathBuf,
-    conn: tokio::sync::Mutex<Option<Arc<Fleet>>>,
-}
-
-impl FleetLink {
-    pub(crate) fn new(config: ClusterConfig, state_dir: &Path) -> FleetLink {
-        FleetLink {
-            config,
-            cache_dir: state_dir.join("fleet"),
-            conn: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    pub(crate) fn node(&self) -> &str {
-        &self.config.node
-    }
-
-    /// The connection, made now if there is none yet.
-    pub(crate) async fn connect(&self) -> Result<Arc<Fleet>> {
-        let mut conn = self.conn.lock().await;
-        if let Some(fleet) = conn.as_ref() {
-            return Ok(fleet.clone());
-        }
-        let fleet = Arc::new(Fleet::connect(&self.config).await?);
-        *conn = Some(fleet.clone());
-        Ok(fleet)
-    }
-
-    fn key(&self) -> Result<FleetKey> {
-        FleetKey::load(&self.config.fleet_key_file)
-    }
-
-    fn cache_path(&self, name: &str) -> PathBuf {
-        self.cache_dir.join(format!("{name}.json"))
-    }
-
-    /// This host's copy of the last generation it installed for `name` (its key sealed, as
-    /// in etcd), for healing while etcd is unreachable.
-    pub(crate) fn cached(&self, name: &str) -> Option<Published> {
-        use std::io::Read;
-        let file = std::fs::File::open(self.cache_path(name)).ok()?;
-        let mut bytes = Vec::new();
-        file.take(MAX_CACHE).read_to_end(&mut bytes).ok()?;
-        let key = self.cache_path(name).display().to_string();
-        cluster::records::decode(&key, &bytes, MAX_CACHE as usize).ok()
-    }
-
-    fn save_cache(&self, record: &Published) -> Result<()> {
-        let bytes = cluster::records::encode(record)?;
-        crate::files::ensure_dir(&self.cache_dir, 0o700)?;
-        crate::files::replace_file(
-            &self.cache_path(&record.name),
-            &bytes,
-            crate::files::Perms::mode(0o600),
-        )
-    }
-}
 
 /// A published generation opened and checked against this host's configuration.
 struct Material {
@@ -251,11 +192,18 @@ async fn hold(
         Ok(k) => k,
         Err(e) => return Held::Done(Outcome::Failed(e)),
     };
+    let shared_account = match account::take(executor, fleet, &fleet_key, cert).await {
+        Ok(has) => has,
+        Err(e) => return Held::Done(Outcome::Failed(e)),
+    };
     resume_pending(executor, fleet, &fleet_key, cert, reason).await;
     let obtained = obtain(
         executor, fleet, lock, &fleet_key, cert, reason, asked, generation,
     )
     .await;
+    if !shared_account && let Err(e) = account::offer(executor, fleet, &fleet_key, cert).await {
+        log::warn!(cert = cert.name.as_str(); "failed to offer the ACME account to the fleet: {e}");
+    }
     let obtained = match obtained {
         Ok(o) => o,
         Err(outcome) => return Held::Done(outcome),
@@ -547,17 +495,13 @@ pub(crate) async fn report(link: &FleetLink, cert: &Certificate, outcome: &Outco
         .cached(&cert.name)
         .filter(|c| Some(&c.serial) == serial.as_ref())
         .map(|c| c.generation);
+    let previous = fleet.own_report(&cert.name).await.ok().flatten();
     let verified_at = match outcome {
         Outcome::Installed(_) => Some(cluster::unix_now()),
-        _ => fleet
-            .reports(Some(&cert.name))
-            .await
-            .ok()
-            .and_then(|r| {
-                r.into_iter()
-                    .find(|h| h.report.node == link.node() && h.report.serial == serial)
-            })
-            .and_then(|h| h.report.verified_at),
+        _ => previous
+            .as_ref()
+            .filter(|r| r.serial == serial)
+            .and_then(|r| r.verified_at),
     };
     let report = HostReport {
         node: link.node().to_string(),
@@ -567,57 +511,14 @@ pub(crate) async fn report(link: &FleetLink, cert: &Certificate, outcome: &Outco
         verified_at,
         error: outcome.error().map(|e| e.to_string()),
     };
+    if previous.as_ref() == Some(&report) {
+        // Nothing new to say (a daemon starting, say): only make sure this host is alive.
+        if let Err(e) = fleet.alive_lease().await {
+            log::debug!(cert = cert.name.as_str(); "failed to keep this host alive in etcd: {e}");
+        }
+        return;
+    }
     if let Err(e) = fleet.report(&report).await {
         log::debug!(cert = cert.name.as_str(); "failed to report to the fleet: {e}");
-    }
-}
-
-/// How long the holder waits for every live host to serve an http-01 token before it lets
-/// the CA validate anyway (a host that does not answer in time may fail the validation).
-const TOKEN_WAIT: Duration = Duration::from_secs(10);
-
-/// The holder's http-01 tokens, published in etcd for every host to serve.
-struct TokenRelay {
-    fleet: Arc<Fleet>,
-    lease: i64,
-    added: std::sync::Mutex<Vec<String>>,
-}
-
-impl crate::issuer::Relay for TokenRelay {
-    fn add<'a>(
-        &'a self,
-        token: &'a str,
-        key_auth: &'a str,
-    ) -> crate::issuer::BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.fleet
-                .put_challenge(self.lease, token, key_auth)
-                .await?;
-            if let Ok(mut added) = self.added.lock() {
-                added.push(token.to_string());
-            }
-            let (acked, alive) = self.fleet.wait_acks(token, TOKEN_WAIT).await?;
-            if acked < alive {
-                log::warn!(token = token; "only {acked} of {alive} live hosts serve the http-01 token; letting the CA validate anyway");
-            } else {
-                log::debug!(token = token; "all {alive} live hosts serve the http-01 token");
-            }
-            Ok(())
-        })
-    }
-
-    fn clear(&self) -> crate::issuer::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let tokens = self
-                .added
-                .lock()
-                .map(|mut a| std::mem::take(&mut *a))
-                .unwrap_or_default();
-            for token in tokens {
-                if let Err(e) = self.fleet.remove_challenge(&token).await {
-                    log::debug!("failed to remove an http-01 token from etcd: {e}");
-                }
-            }
-        })
     }
 }
