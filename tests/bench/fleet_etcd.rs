@@ -182,6 +182,7 @@ pub fn etcd_state(etcd: &EtcdCluster, prefix: &str, now: &Scrape, hosts: usize) 
             "locks" => "lock",
             "challenges" => "challenge",
             "acks" => "ack",
+            "accounts" => "account",
             _ => "other",
         };
         let e = kinds.entry(kind).or_default();
