@@ -82,8 +82,8 @@ async fn reissue_shared(
         Ok(fleet) => fleet,
         Err(e) => return without_etcd(executor, link, cert, reason, asked, e).await,
     };
-    let published = match fleet.published(&cert.name).await {
-        Ok((published, _)) => published,
+    let (published, revision) = match fleet.published(&cert.name).await {
+        Ok(read) => read,
         Err(e) => return without_etcd(executor, link, cert, reason, asked, e).await,
     };
     if let Some(record) = &published
@@ -103,7 +103,17 @@ async fn reissue_shared(
     // Fenced out once (paused past the lease): take the lock again and publish what was
     // obtained, unless somebody published meanwhile.
     for _ in 0..3 {
-        let lock = match fleet.acquire(&cert.name, LOCK_WAIT).await {
+        // While waiting for the lock, a generation another host publishes that does for
+        // this host ends the wait: hosts that saw the same trigger do not queue for the lock
+        // one after another only to find the work done.
+        let acquired = tokio::select! {
+            acquired = fleet.acquire(&cert.name, LOCK_WAIT) => acquired,
+            (record, material) = published_after(executor, link, &fleet, cert, revision, before) => {
+                log::info!(cert = cert.name.as_str(), generation = record.generation, node = record.node.as_str(), event = "fleet-heal"; "another host published while this one waited for the lock: installing that (no order)");
+                return install(executor, link, cert, &record, material).await;
+            }
+        };
+        let lock = match acquired {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 return Outcome::Failed(
@@ -148,6 +158,33 @@ async fn reissue_shared(
         "failed to publish {:?} to the fleet: the lock was lost three times",
         cert.name
     )))
+}
+
+/// The first generation after `before` published from `revision` on that does for this
+/// host; never returns if none comes (or the watch breaks: the lock decides then).
+async fn published_after(
+    executor: &Executor,
+    link: &FleetLink,
+    fleet: &Fleet,
+    cert: &Certificate,
+    revision: i64,
+    before: u64,
+) -> (Published, Material) {
+    if let Ok(mut watch) = fleet.watch_published(&cert.name, revision) {
+        while let Ok(event) = watch.next().await {
+            let record = match event {
+                cluster::PublishedEvent::Published { record, .. } => Some(record),
+                cluster::PublishedEvent::Resynced { record, .. } => record,
+                cluster::PublishedEvent::Deleted { .. } => None,
+            };
+            if let Some(record) = record.filter(|r| r.generation > before)
+                && let Ok(material) = open(executor, link, cert, &record)
+            {
+                return (record, material);
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// How the work under the lock ended.

@@ -129,6 +129,14 @@ impl EtcdCluster {
         }
     }
 
+    /// Waits until the members still running answer `endpoint health` (which needs a
+    /// leader: after a member was killed, the survivors have elected one).
+    pub fn wait_leader(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.etcdctl(&["endpoint", "health"]).status.success()
+        })
+    }
+
     /// Stops every member (by pid).
     pub fn stop_all(&mut self) {
         for i in 0..self.members.len() {

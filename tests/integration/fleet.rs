@@ -279,8 +279,14 @@ fn a_holder_stopped_past_its_lease_then_continued_publishes_once() {
 fn one_etcd_member_down_changes_nothing_and_all_down_keeps_serving_and_healing() {
     let (mut rig, l1) = issued_rig();
 
-    // One member of three killed: a re-issue works as before.
+    // One member of three killed: once the two others have a leader (an election when it
+    // was the leader), a re-issue works as before.
     rig.etcd.kill_member(0);
+    assert!(
+        rig.etcd.wait_leader(Duration::from_secs(20)),
+        "{}",
+        rig.diagnostics()
+    );
     let run = rig.hosts[0].certagent(&["reissue", "--now", CERT]);
     assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
     let l2 = rig.wait_all_serve_one_leaf(&[&l1], SETTLE);
