@@ -19,7 +19,9 @@ use std::time::Duration;
 use super::nginx::Site;
 use super::process::{Child, child_pids, pid_alive, send_signal, wait_until};
 
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A bound on a positive signal: generous, since a busy machine (CI beside other load) can
+/// take many seconds to start a server, and a server that is up returns at once.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 const MODULES: &str = "/usr/lib/apache2/modules";
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use super::process::{Child, child_pids, pid_alive, send_signal, wait_until};
 
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A bound on a positive signal: generous, since a busy machine (CI beside other load) can
+/// take many seconds to start a server, and a server that is up returns at once.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One TLS virtual server: `listen 127.0.0.1:<port> ssl` with these names and

@@ -17,8 +17,9 @@ use super::http::https_get;
 use super::process::{Child, reserved_port, wait_until};
 use super::tls::TlsCa;
 
-/// How long to wait for the servers to come up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the servers to come up: a bound on a positive signal: generous, since a busy machine (CI beside other load) can
+/// take many seconds to start a server, and a server that is up returns at once.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The line Pebble 2.4.0's in-memory store logs for every new order
 /// (`log.Printf("Added order %q to the db\n", ...)` in `db/memorystore.go`).
