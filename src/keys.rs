@@ -9,11 +9,13 @@ use std::fmt;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, PublicKeyData, RsaKeySize, SigningKey};
+use rcgen::{
+    CertificateParams, DistinguishedName, KeyPair, PublicKeyData, RsaKeySize, SanType, SigningKey,
+};
 use x509_parser::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::core::{DomainName, KeySpec, LeafFacts};
+use crate::core::{CertName, KeySpec, LeafFacts};
 
 /// Files we read are capped: a chain is a few KiB.
 pub(crate) const MAX_PEM_BYTES: usize = 1 << 20;
@@ -129,11 +131,11 @@ impl PrivateKey {
         sha256_hex(&self.spki_der())
     }
 
-    /// A CSR for `names` (first name as CN as well, for CAs that still want one).
-    pub(crate) fn csr_der(&self, names: &[DomainName]) -> Result<Vec<u8>, String> {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .map_err(|e| format!("failed to build CSR: {e}"))?;
+    /// A CSR for `names`: dNSName and iPAddress SANs, an empty subject.
+    pub(crate) fn csr_der(&self, names: &[CertName]) -> Result<Vec<u8>, String> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            san_list(names).map_err(|e| format!("failed to build CSR: {e}"))?;
         params.distinguished_name = DistinguishedName::new();
         let csr = params
             .serialize_request(&self.pair)
@@ -313,16 +315,44 @@ pub fn pem_encode(tag: &str, der: &[u8]) -> String {
     out
 }
 
+/// The SANs for `names`, in order: a DNS name as dNSName, an IP address as iPAddress
+/// (RFC 8738 §3).
+pub(crate) fn san_list(names: &[CertName]) -> Result<Vec<SanType>, rcgen::Error> {
+    names
+        .iter()
+        .map(|n| {
+            Ok(match n {
+                CertName::Dns(d) => SanType::DnsName(d.as_str().to_string().try_into()?),
+                CertName::Ip(ip) => SanType::IpAddress(*ip),
+            })
+        })
+        .collect()
+}
+
+/// A SAN as the canonical text of the name it stands for (see `CertName`); `None` for kinds
+/// certagent does not issue (URI, e-mail, …) and malformed addresses.
+fn san_text(n: &GeneralName) -> Option<String> {
+    match n {
+        GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+        GeneralName::IPAddress(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::IpAddr::from(a).to_string()),
+            16 => <[u8; 16]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::IpAddr::from(a).to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, String> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
     let mut names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                names.insert(d.to_ascii_lowercase());
-            }
-        }
+        names.extend(san.value.general_names.iter().filter_map(san_text));
     }
     let spki = cert.public_key().raw;
     let crl_urls = crl_urls(&cert);
@@ -481,7 +511,7 @@ pub(crate) mod pem_rfc7468_like {
 /// Step 3 of the transaction: the chain must be for our key and our names, currently valid,
 /// and linked; the key must sign for the leaf. What fails here never reaches the server.
 pub(crate) fn validate_chain(
-    names: &[DomainName],
+    names: &[CertName],
     key: &PrivateKey,
     chain: &Chain,
     now: crate::core::Timestamp,
@@ -547,7 +577,7 @@ pub(crate) fn check_generation(
 mod tests {
     use super::*;
 
-    fn names(list: &[&str]) -> Vec<DomainName> {
+    fn names(list: &[&str]) -> Vec<CertName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
 
@@ -585,6 +615,66 @@ mod tests {
             }
         }
         assert_eq!(found, vec!["a.test", "*.b.test"]);
+    }
+
+    #[test]
+    fn csr_carries_ip_addresses_as_ip_sans_without_a_subject() {
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let der = key
+            .csr_der(&names(&["a.test", "127.0.0.1", "2001:db8::1"]))
+            .unwrap();
+        let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
+        csr.verify_signature().unwrap();
+        assert_eq!(csr.certification_request_info.subject.iter().count(), 0);
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        for ext in csr.requested_extensions().unwrap() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::DNSName(d) => dns.push(d.to_string()),
+                        GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+                        other => panic!("unexpected SAN {other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(dns, vec!["a.test"]);
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ips, vec![vec![127, 0, 0, 1], v6.octets().to_vec()]);
+    }
+
+    /// A leaf with iPAddress SANs matches the IP names however the addresses are written.
+    #[test]
+    fn names_check_compares_ip_sans_with_ip_names_canonically() {
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let leaf = |sans: Vec<SanType>| {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = sans;
+            params.not_before = ::time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+            params.not_after = ::time::OffsetDateTime::from_unix_timestamp(3_000_000_000).unwrap();
+            let cert = params.self_signed(key.key_pair()).unwrap();
+            Chain {
+                certs: vec![cert.der().to_vec()],
+            }
+        };
+        let ip_leaf = leaf(vec![
+            SanType::IpAddress("::1".parse().unwrap()),
+            SanType::DnsName("a.test".try_into().unwrap()),
+        ]);
+        assert_eq!(
+            ip_leaf.leaf().unwrap().names,
+            ["::1", "a.test"].map(String::from).into()
+        );
+        let now = 2_000_000_000;
+        validate_chain(&names(&["a.test", "0:0::1"]), &key, &ip_leaf, now).unwrap();
+        let err = validate_chain(&names(&["a.test", "::2"]), &key, &ip_leaf, now).unwrap_err();
+        assert_eq!(
+            err,
+            "the certificate is for [\"::1\", \"a.test\"], not the configured names [\"::2\", \"a.test\"]"
+        );
+        let v4_leaf = leaf(vec![SanType::IpAddress("1.2.3.4".parse().unwrap())]);
+        validate_chain(&names(&["1.2.3.4"]), &key, &v4_leaf, now).unwrap();
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Builder {
                 // A second definition is refused below: its keys are not where the first is.
                 let first = !self.certificates.contains_key(&name);
                 for key in [
+                    "names",
                     "issuer",
                     "server",
                     "renew_before",
@@ -201,6 +202,7 @@ impl Builder {
             });
         self.check_refs(errors);
         self.check_renew_before(errors);
+        self.check_ip_names(errors);
         self.check_verify_endpoints(errors);
         self.check_shared_outputs(errors);
         self.check_cluster(errors);
@@ -307,6 +309,25 @@ impl Builder {
         }
     }
 
+    /// IP address names need an issuer that can validate them (`ip_names_refusal`).
+    fn check_ip_names(&self, errors: &mut Vec<ConfigError>) {
+        for (name, (cert, origin)) in &self.certificates {
+            let Some((issuer, _)) = self.issuers.get(&cert.issuer) else {
+                continue;
+            };
+            if let Some((message, hint)) = super::certificate::ip_names_refusal(cert, issuer) {
+                let at = self.at(name, "names", origin);
+                errors.push(ConfigError {
+                    file: at.file.clone(),
+                    line: at.line,
+                    key: format!("certificate.{}.names", shown(name)),
+                    message,
+                    hint: Some(hint),
+                });
+            }
+        }
+    }
+
     /// Every certificate on a server that is probed needs an endpoint to probe it at.
     fn check_verify_endpoints(&self, errors: &mut Vec<ConfigError>) {
         for (name, (cert, origin)) in &self.certificates {
@@ -321,7 +342,7 @@ impl Builder {
                 .iter()
                 .all(|e| e.sni_for(&cert.names).is_none())
             {
-                let names: Vec<&str> = cert.names.iter().map(|n| n.as_str()).collect();
+                let names: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
                 let at = self.at(name, "server", origin);
                 errors.push(ConfigError {
                     hint: None,
@@ -466,7 +487,7 @@ mod tests {
         assert_eq!(cert.issuer, "internal");
         assert_eq!(cert.key_type, KeySpec::EcdsaP256);
         assert_eq!(cert.key_mode, 0o600);
-        assert_eq!(cert.names[0].as_str(), "example.com");
+        assert_eq!(cert.names[0].to_string(), "example.com");
         assert!(matches!(
             c.issuers["internal"].kind,
             IssuerKind::Internal(_)

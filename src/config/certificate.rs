@@ -5,16 +5,18 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::build::{s_has, valid_name};
+use super::issuer::{Challenge, Issuer, IssuerKind};
 use super::walk::{Ctx, Section};
 use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
-use crate::core::{DomainName, KeySpec, Span};
+use crate::core::{CertName, KeySpec, Span};
 
 pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, shared, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Certificate {
     pub(crate) name: String,
-    pub(crate) names: Vec<DomainName>,
+    /// DNS names and IP addresses (RFC 8738), none twice.
+    pub(crate) names: Vec<CertName>,
     pub(crate) issuer: String,
     /// `None`: install only, nothing to reload or probe.
     pub(crate) server: Option<String>,
@@ -111,19 +113,20 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
     })
 }
 
-/// `names`: one to 100 DNS names, none twice.
-fn read_names(cx: &mut Ctx, s: &mut Section) -> Vec<DomainName> {
+/// `names`: one to 100 DNS names or IP addresses, none twice (`::1` and `0:0::1` are the
+/// same address).
+fn read_names(cx: &mut Ctx, s: &mut Section) -> Vec<CertName> {
     let mut names = Vec::new();
     match s.strings(cx, "names") {
         Some(list) if !list.is_empty() => {
             let mut seen = BTreeSet::new();
             for (n, span) in list {
-                match n.parse::<DomainName>() {
+                match n.parse::<CertName>() {
                     Ok(d) if seen.insert(d.clone()) => names.push(d),
                     Ok(d) => cx.error(
                         &span,
                         &s.full_key("names"),
-                        format!("{:?} is listed twice", d.as_str()),
+                        format!("{:?} is listed twice", d.to_string()),
                     ),
                     Err(e) => cx.error(&span, &s.full_key("names"), e),
                 }
@@ -139,15 +142,50 @@ fn read_names(cx: &mut Ctx, s: &mut Section) -> Vec<DomainName> {
         Some(_) => cx.error(
             &s.span,
             &s.full_key("names"),
-            "must list at least one DNS name",
+            "must list at least one DNS name or IP address",
         ),
         None => cx.error(
             &s.span,
             &s.full_key("names"),
-            "missing; the DNS names the certificate is for",
+            "missing; the DNS names (or IP addresses) the certificate is for",
         ),
     }
     names
+}
+
+/// Why `issuer` cannot issue for the IP addresses among `cert`'s names, with a hint, or
+/// `None` when it can (or there are none). RFC 8738 §7 validates an IP address by http-01
+/// or tls-alpn-01 only (there is no reverse-DNS dns-01); DNSimple sells certificates for its
+/// domains, and the manual CAs certagent hands CSRs to are not known to take IP identifiers.
+pub(super) fn ip_names_refusal(cert: &Certificate, issuer: &Issuer) -> Option<(String, String)> {
+    let ip = cert.names.iter().find(|n| n.is_ip())?.to_string();
+    let table = format!("[issuer.{}]", crate::error::shown(&issuer.name));
+    match &issuer.kind {
+        IssuerKind::Acme(a) if matches!(a.challenge, Challenge::Dns01 { .. }) => Some((
+            format!(
+                "{ip:?} is an IP address: IP address names cannot be validated by dns-01, the challenge of issuer {:?}",
+                issuer.name
+            ),
+            format!(
+                "use challenge = \"http-01\" (webroot or listen) in {table}, or an issuer that does, for the certificates with IP addresses"
+            ),
+        )),
+        IssuerKind::Dnsimple(_) => Some((
+            format!(
+                "{ip:?} is an IP address: issuer {:?} (DNSimple) issues for DNS names in its domain only",
+                issuer.name
+            ),
+            "issue certificates for IP addresses from an ACME issuer with challenge = \"http-01\", or from the embedded CA (issuer = \"internal\")".to_string(),
+        )),
+        IssuerKind::Manual(_) => Some((
+            format!(
+                "{ip:?} is an IP address: issuer {:?} (manual) does not take IP address names",
+                issuer.name
+            ),
+            "issue certificates for IP addresses from an ACME issuer with challenge = \"http-01\", or from the embedded CA (issuer = \"internal\")".to_string(),
+        )),
+        IssuerKind::Acme(_) | IssuerKind::Internal(_) => None,
+    }
 }
 
 /// `cert_file` and `key_file`, both required.
@@ -207,5 +245,73 @@ fn check_files(
             &s.key,
             "cert_file and key_file must be different files",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::parse;
+    use crate::core::CertName;
+
+    fn config(names: &str, issuer: &str) -> String {
+        format!(
+            "{issuer}\n[certificate.c]\nnames = {names}\nissuer = \"ca\"\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n"
+        )
+    }
+
+    const HTTP01: &str = "[issuer.ca]\nkind = \"acme\"\ndirectory = \"https://ca.test/dir\"\nwebroot = \"/var/www/acme\"\n";
+    const DNS01: &str = "[issuer.ca]\nkind = \"acme\"\ndirectory = \"https://ca.test/dir\"\nchallenge = \"dns-01\"\ndns_provider = \"dnsimple\"\ntoken_file = \"/t\"\n";
+
+    #[test]
+    fn ip_addresses_are_names_beside_dns_names() {
+        let c = parse(&config(r#"["a.test", "127.0.0.1", "2001:DB8::1"]"#, HTTP01)).unwrap();
+        let names: Vec<String> = c.certificates["c"]
+            .names
+            .iter()
+            .map(CertName::to_string)
+            .collect();
+        assert_eq!(names, ["a.test", "127.0.0.1", "2001:db8::1"]);
+        assert!(c.certificates["c"].names[1].is_ip());
+        // The embedded CA signs for IP addresses too.
+        assert!(parse(&config(r#"["::1"]"#, "[issuer.ca]\nkind = \"internal\"\n")).is_ok());
+    }
+
+    #[test]
+    fn bracketed_and_repeated_addresses_are_refused_at_the_names_key() {
+        let errors = parse(&config(r#"["[::1]", "::1", "0:0::1"]"#, HTTP01)).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:7: certificate.c.names: invalid name \"[::1]\": write an IPv6 address without brackets, e.g. \"::1\"",
+                "/etc/certagent/config.toml:7: certificate.c.names: \"::1\" is listed twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_addresses_with_a_dns01_dnsimple_or_manual_issuer_are_refused_with_a_hint() {
+        let errors = parse(&config(r#"["a.test", "192.0.2.10"]"#, DNS01)).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "/etc/certagent/config.toml:9: certificate.c.names: \"192.0.2.10\" is an IP address: IP address names cannot be validated by dns-01, the challenge of issuer \"ca\"\n    hint: use challenge = \"http-01\" (webroot or listen) in [issuer.ca], or an issuer that does, for the certificates with IP addresses"
+            ]
+        );
+        // The same issuer is fine for DNS names alone.
+        assert!(parse(&config(r#"["a.test"]"#, DNS01)).is_ok());
+        let dnsimple =
+            "[issuer.ca]\nkind = \"dnsimple\"\ndomain = \"a.test\"\ntoken_file = \"/t\"\n";
+        let errors = parse(&config(r#"["::1"]"#, dnsimple)).unwrap_err();
+        assert!(
+            errors[0].contains("\"::1\" is an IP address: issuer \"ca\" (DNSimple) issues for DNS names in its domain only"),
+            "{errors:#?}"
+        );
+        let manual = "[issuer.ca]\nkind = \"manual\"\n";
+        let errors = parse(&config(r#"["::1"]"#, manual)).unwrap_err();
+        assert!(
+            errors[0].contains("issuer \"ca\" (manual) does not take IP address names"),
+            "{errors:#?}"
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
     }
 }

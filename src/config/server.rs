@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::MAX_TIMEOUT;
 use super::build::valid_name;
 use super::walk::{Ctx, Section, did_you_mean};
-use crate::core::{DomainName, Span};
+use crate::core::{CertName, Span};
 
 pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
 pub(super) const ENDPOINT_KEYS: &str = "address, sni";
@@ -67,18 +67,25 @@ pub(crate) enum ApacheLayout {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     pub(crate) address: SocketAddr,
-    pub(crate) sni: Option<DomainName>,
+    /// A host name, or an IP address (probed without SNI) for certificates with that address.
+    pub(crate) sni: Option<CertName>,
 }
 
 impl Endpoint {
     /// The SNI to probe this endpoint with while installing a certificate for `names`, or
-    /// `None` when the endpoint belongs to another certificate.
-    pub(crate) fn sni_for(&self, names: &[DomainName]) -> Option<String> {
+    /// `None` when the endpoint belongs to another certificate. For an IP address first name
+    /// it is the address, and the probe sends no SNI (RFC 6066 §3 allows host names only).
+    pub(crate) fn sni_for(&self, names: &[CertName]) -> Option<String> {
         match &self.sni {
-            None => names.first().map(|n| probe_sni(n.as_str())),
+            None => names.first().map(|n| probe_sni(&n.to_string())),
             Some(sni) => names
                 .iter()
-                .any(|n| name_covers(n.as_str(), sni.as_str()))
+                .any(|n| match (n, sni) {
+                    (CertName::Dns(n), CertName::Dns(host)) => {
+                        name_covers(n.as_str(), host.as_str())
+                    }
+                    (n, sni) => n == sni,
+                })
                 .then(|| sni.to_string()),
         }
     }
@@ -286,11 +293,11 @@ fn read_endpoint_table(cx: &mut Ctx, key: &str, mut t: Section) -> Option<Endpoi
     })
 }
 
-/// An endpoint's `sni`: one host name, not a wildcard.
-fn read_sni(cx: &mut Ctx, t: &mut Section) -> Option<DomainName> {
+/// An endpoint's `sni`: one host name, not a wildcard, or an IP address.
+fn read_sni(cx: &mut Ctx, t: &mut Section) -> Option<CertName> {
     let (n, span) = t.string(cx, "sni")?;
-    match n.parse::<DomainName>() {
-        Ok(d) if d.as_str().starts_with("*.") => {
+    match n.parse::<CertName>() {
+        Ok(d) if d.dns().is_some_and(|d| d.as_str().starts_with("*.")) => {
             cx.error(
                 &span,
                 &t.full_key("sni"),
@@ -362,9 +369,8 @@ hook_timeout = "30s"
 
     #[test]
     fn an_endpoint_with_an_sni_is_probed_only_for_certificates_with_that_name() {
-        let names = |list: &[&str]| -> Vec<DomainName> {
-            list.iter().map(|n| n.parse().unwrap()).collect()
-        };
+        let names =
+            |list: &[&str]| -> Vec<CertName> { list.iter().map(|n| n.parse().unwrap()).collect() };
         let plain = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: None,
@@ -384,6 +390,22 @@ hook_timeout = "30s"
         );
         assert_eq!(shop.sni_for(&names(&["www.example.com"])), None);
         assert_eq!(shop.sni_for(&names(&["*.shop.example.com"])), None);
+        assert_eq!(
+            plain
+                .sni_for(&names(&["2001:db8::1", "a.example.com"]))
+                .as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(shop.sni_for(&names(&["192.0.2.10"])), None);
+        let by_ip = Endpoint {
+            address: "127.0.0.1:443".parse().unwrap(),
+            sni: Some("0:0::1".parse().unwrap()),
+        };
+        assert_eq!(
+            by_ip.sni_for(&names(&["a.test", "::1"])).as_deref(),
+            Some("::1")
+        );
+        assert_eq!(by_ip.sni_for(&names(&["a.test"])), None);
         assert!(name_covers("*.example.com", "a.example.com"));
         assert!(!name_covers("*.example.com", "example.com"));
         assert!(!name_covers("*.example.com", "a.b.example.com"));

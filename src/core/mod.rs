@@ -6,10 +6,12 @@
 //! decision.
 
 pub(crate) mod lifecycle;
+mod name;
 mod types;
 
 use std::collections::BTreeSet;
 
+pub use name::CertName;
 pub use types::{
     Asked, DomainName, KeySpec, Reason, Requested, Span, Timestamp, humanize, rfc3339,
 };
@@ -17,7 +19,7 @@ pub use types::{
 /// What the configuration asks for.
 #[derive(Clone, Debug)]
 pub(crate) struct Desired {
-    pub(crate) names: BTreeSet<DomainName>,
+    pub(crate) names: BTreeSet<CertName>,
     pub(crate) key_spec: KeySpec,
     /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left".
     pub(crate) renew_before: Option<Span>,
@@ -294,8 +296,9 @@ fn leaf_reasons(
     now: Timestamp,
     reasons: &mut BTreeSet<Reason>,
 ) -> Renewal {
-    let wanted: BTreeSet<&str> = desired.names.iter().map(DomainName::as_str).collect();
-    let have: BTreeSet<&str> = leaf.names.iter().map(String::as_str).collect();
+    // Both sides in canonical text: an iPAddress SAN reads as `IpAddr` writes it.
+    let wanted: BTreeSet<String> = desired.names.iter().map(CertName::to_string).collect();
+    let have: BTreeSet<String> = leaf.names.iter().cloned().collect();
     if wanted != have {
         reasons.insert(Reason::NamesChanged);
     }
@@ -378,7 +381,7 @@ mod tests {
     const DAY: i64 = 86_400;
     const NOW: Timestamp = 1_800_000_000;
 
-    fn names(list: &[&str]) -> BTreeSet<DomainName> {
+    fn names(list: &[&str]) -> BTreeSet<CertName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
 
@@ -544,6 +547,21 @@ mod tests {
             assert_eq!(got.reasons, vec![want], "{what}");
         }
         assert!(decide(&desired(), &healthy(), NOW).is_healthy());
+    }
+
+    /// The leaf's iPAddress SANs read as canonical text (`keys::leaf_facts`); an IP name
+    /// written another way is the same name, another address is a names change.
+    #[test]
+    fn ip_names_match_ip_sans_however_written() {
+        let mut d = desired();
+        d.names = names(&["a.test", "0:0::1", "192.0.2.10"]);
+        let mut o = healthy();
+        if let CertFact::Present(l) = &mut o.cert {
+            l.names = ["a.test", "::1", "192.0.2.10"].map(String::from).into();
+        }
+        assert!(decide(&d, &o, NOW).is_healthy());
+        d.names = names(&["a.test", "::2", "192.0.2.10"]);
+        assert_eq!(decide(&d, &o, NOW).reasons, vec![Reason::NamesChanged]);
     }
 
     #[test]

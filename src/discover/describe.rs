@@ -18,7 +18,10 @@ pub(super) fn describe(
     let (leaf, names, key_spec) = read_facts(&first.cert_file, &server_names, &mut problems);
     let endpoints = endpoints_of(sites, &names);
     let name = table_name(
-        names.first().map(|n| n.as_str()).unwrap_or("site"),
+        &names
+            .first()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "site".into()),
         taken_names,
     );
     let mut usable = check_usable(
@@ -76,7 +79,7 @@ pub(super) fn read_facts(
     cert_file: &Path,
     server_names: &[String],
     problems: &mut Vec<String>,
-) -> (Option<Leaf>, Vec<DomainName>, Option<KeySpec>) {
+) -> (Option<Leaf>, Vec<CertName>, Option<KeySpec>) {
     let leaf = read_leaf(cert_file, problems);
     let names = names_of(leaf.as_ref().map(|(f, _)| f), server_names, problems);
     let key_spec = leaf.as_ref().and_then(|(f, _)| f.key_spec);
@@ -95,15 +98,17 @@ pub(super) fn read_facts(
 pub(super) fn check_usable(
     complete: bool,
     blocked: bool,
-    names: &[DomainName],
+    names: &[CertName],
     endpoints: &[EndpointReport],
     problems: &mut Vec<String>,
 ) -> bool {
     let mut usable = complete && !names.is_empty();
     usable &= !blocked;
     if names.is_empty() {
-        problems
-            .push("no DNS names: neither the certificate nor the configuration names one".into());
+        problems.push(
+            "no names: neither the certificate nor the configuration names a host or an IP address"
+                .into(),
+        );
     }
     if endpoints.is_empty() {
         problems.push("no TLS listen address to verify it at".into());
@@ -145,16 +150,17 @@ pub(super) fn read_leaf(cert_file: &Path, problems: &mut Vec<String>) -> Option<
     }
 }
 
-/// The certificate's DNS names, or when it has none the configuration's server names.
+/// The certificate's names (DNS names and IP addresses), or when it has none the
+/// configuration's server names (a literal IP address there is an IP name).
 pub(super) fn names_of(
     leaf: Option<&LeafFacts>,
     server_names: &[String],
     problems: &mut Vec<String>,
-) -> Vec<DomainName> {
-    let mut names: Vec<DomainName> = Vec::new();
+) -> Vec<CertName> {
+    let mut names: Vec<CertName> = Vec::new();
     if let Some(facts) = leaf {
         for n in &facts.names {
-            match n.parse::<DomainName>() {
+            match n.parse::<CertName>() {
                 Ok(d) if !names.contains(&d) => names.push(d),
                 Ok(_) => {}
                 Err(e) => problems.push(format!("left out of names: {e}")),
@@ -164,7 +170,7 @@ pub(super) fn names_of(
     if names.is_empty() {
         names = server_names
             .iter()
-            .filter_map(|n| n.parse::<DomainName>().ok())
+            .filter_map(|n| n.parse::<CertName>().ok())
             .collect();
     }
     names
@@ -172,7 +178,7 @@ pub(super) fn names_of(
 
 /// Each place the certificate is served, probed with a name the site answers to and the
 /// certificate carries (so the endpoint applies to this certificate and no other).
-pub(super) fn endpoints_of(sites: &[Site], names: &[DomainName]) -> Vec<EndpointReport> {
+pub(super) fn endpoints_of(sites: &[Site], names: &[CertName]) -> Vec<EndpointReport> {
     let mut endpoints: Vec<EndpointReport> = Vec::new();
     for s in sites {
         let sni = s
@@ -182,10 +188,10 @@ pub(super) fn endpoints_of(sites: &[Site], names: &[DomainName]) -> Vec<Endpoint
                 !h.starts_with("*.")
                     && names
                         .iter()
-                        .any(|n| crate::config::name_covers(n.as_str(), h))
+                        .any(|n| crate::config::name_covers(&n.to_string(), h))
             })
             .cloned()
-            .or_else(|| names.first().map(|n| probe_sni(n.as_str())));
+            .or_else(|| names.first().map(|n| probe_sni(&n.to_string())));
         if let Some(sni) = sni {
             for a in &s.addresses {
                 let e = EndpointReport {

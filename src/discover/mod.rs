@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::{ServerKind, probe_sni};
-use crate::core::{DomainName, KeySpec, LeafFacts};
+use crate::core::{CertName, KeySpec, LeafFacts};
 use crate::keys::{self, Chain};
 use crate::output::{SCHEMA, rfc3339};
 

@@ -520,7 +520,7 @@ fn check_pair(files: &GenFiles, fullchain: &[u8]) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::InternalIssuer;
-    use crate::core::{DomainName, KeySpec, Span};
+    use crate::core::{CertName, KeySpec, Span};
     use crate::issuer::internal::LocalCa;
     use crate::keys::PrivateKey;
 
@@ -554,7 +554,7 @@ mod tests {
                 validity: Span::days(30),
             },
         );
-        let names: Vec<DomainName> = vec!["a.test".parse().unwrap()];
+        let names: Vec<CertName> = vec!["a.test".parse().unwrap()];
         let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
         let other = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
         let chain = ca

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::config::{DnsimpleApi, DnsimpleIssuer};
-use crate::core::{DomainName, KeySpec};
+use crate::core::{CertName, KeySpec};
 use crate::error::{Error, Result};
 use crate::http::{MAX_BODY_BYTES, Timeouts, describe_reqwest};
 use crate::keys::{Chain, SecretPem};
@@ -236,8 +236,20 @@ async fn read_body(mut rsp: reqwest::Response, what: &str) -> Result<Vec<u8>> {
 
 /// DNSimple's certificate `name` and `alternate_names` for our names in `domain`: "www"
 /// stands for the apex plus www; another name X for X.DOMAIN ("*" for the wildcard).
-pub(crate) fn dnsimple_names(domain: &str, names: &[DomainName]) -> Result<(String, Vec<String>)> {
-    let mut rest: Vec<&str> = names.iter().map(DomainName::as_str).collect();
+/// IP addresses are refused (config validation already does).
+pub(crate) fn dnsimple_names(domain: &str, names: &[CertName]) -> Result<(String, Vec<String>)> {
+    let mut rest = Vec::new();
+    for n in names {
+        match n {
+            CertName::Dns(d) => rest.push(d.as_str()),
+            CertName::Ip(ip) => {
+                return Err(Error::msg(format!(
+                    "DNSimple cannot issue for the IP address {:?}",
+                    ip.to_string()
+                )));
+            }
+        }
+    }
     for n in &rest {
         if *n != domain && !n.ends_with(&format!(".{domain}")) {
             return Err(Error::msg(format!(
@@ -286,7 +298,7 @@ impl Dnsimple {
     /// `timeout`: `Error::Pending` (the daemon checks again later; nothing is bought twice).
     pub(crate) async fn issue(
         &self,
-        names: &[DomainName],
+        names: &[CertName],
         key_spec: KeySpec,
         resume: Option<&str>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
@@ -314,7 +326,7 @@ impl Dnsimple {
         &self,
         client: &Client,
         base: &str,
-        names: &[DomainName],
+        names: &[CertName],
         algorithm: &str,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<u64> {
@@ -447,7 +459,7 @@ async fn download(client: &Client, base: &str, id: u64) -> Result<(Chain, Secret
 mod tests {
     use super::*;
 
-    fn names(list: &[&str]) -> Vec<DomainName> {
+    fn names(list: &[&str]) -> Vec<CertName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
 

@@ -11,7 +11,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use crate::config::InternalIssuer;
-use crate::core::{DomainName, Timestamp};
+use crate::core::{CertName, Timestamp};
 use crate::error::{Context, Error, Result};
 use crate::keys::{Chain, PrivateKey};
 use crate::store::{Perms, fsutil};
@@ -105,7 +105,7 @@ impl LocalCa {
     /// Sign a leaf for `names` and the public key `spki_der`.
     pub(crate) fn issue(
         &self,
-        names: &[DomainName],
+        names: &[CertName],
         spki_der: &[u8],
         now: Timestamp,
     ) -> Result<Chain> {
@@ -143,13 +143,15 @@ impl LocalCa {
         })
     }
 
-    /// A server leaf for `names`, valid from a minute ago for the configured validity.
-    fn leaf_params(&self, names: &[DomainName], now: Timestamp) -> Result<CertificateParams> {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .context("failed to build certificate")?;
+    /// A server leaf for `names`, valid from a minute ago for the configured validity. The
+    /// CN is the first DNS name; an IP address is never a CN (CA/B BR 7.1.4.3 allows it, but
+    /// clients match IP SANs only), so a certificate for IP addresses alone has no subject.
+    fn leaf_params(&self, names: &[CertName], now: Timestamp) -> Result<CertificateParams> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            crate::keys::san_list(names).context("failed to build certificate")?;
         let mut dn = DistinguishedName::new();
-        if let Some(first) = names.first() {
+        if let Some(first) = names.iter().find_map(CertName::dns) {
             dn.push(DnType::CommonName, first.as_str());
         }
         params.distinguished_name = dn;
@@ -246,7 +248,7 @@ mod tests {
             },
         );
         let key = PrivateKey::generate(KeySpec::EcdsaP384).unwrap();
-        let names: Vec<DomainName> = vec!["a.test".parse().unwrap(), "b.test".parse().unwrap()];
+        let names: Vec<CertName> = vec!["a.test".parse().unwrap(), "b.test".parse().unwrap()];
         let now = 1_800_000_000;
         let chain = ca.issue(&names, &key.spki_der(), now).unwrap();
         assert_eq!(chain.certs.len(), 2);
@@ -268,12 +270,47 @@ mod tests {
     }
 
     #[test]
+    fn local_ca_signs_ip_addresses_as_ip_sans_with_the_first_dns_name_as_cn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = LocalCa::new(
+            tmp.path(),
+            &InternalIssuer {
+                validity: Span(6 * 3_600),
+            },
+        );
+        let key = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
+        let now = 1_800_000_000;
+        let subject_of = |chain: &Chain| {
+            let (_, cert) = x509_parser::parse_x509_certificate(chain.leaf_der()).unwrap();
+            cert.subject().to_string()
+        };
+        let names: Vec<CertName> = ["127.0.0.1", "a.test", "2001:db8::1"]
+            .map(|n| n.parse().unwrap())
+            .into();
+        let chain = ca.issue(&names, &key.spki_der(), now).unwrap();
+        let leaf = chain.leaf().unwrap();
+        assert_eq!(
+            leaf.names,
+            ["127.0.0.1", "2001:db8::1", "a.test"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(leaf.not_after, now + 6 * 3_600);
+        assert_eq!(subject_of(&chain), "CN=a.test");
+        crate::keys::validate_chain(&names, &key, &chain, now).unwrap();
+        let only_ip: Vec<CertName> = vec!["::1".parse().unwrap()];
+        let chain = ca.issue(&only_ip, &key.spki_der(), now).unwrap();
+        assert_eq!(chain.leaf().unwrap().names, ["::1".to_string()].into());
+        assert_eq!(subject_of(&chain), "");
+    }
+
+    #[test]
     fn parallel_first_issuances_create_one_ca() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = InternalIssuer {
             validity: Span::days(30),
         };
-        let names: Vec<DomainName> = vec!["a.test".parse().unwrap()];
+        let names: Vec<CertName> = vec!["a.test".parse().unwrap()];
         let now = 1_800_000_000;
         let chains: Vec<Chain> = std::thread::scope(|s| {
             let jobs: Vec<_> = (0..8)

@@ -9,7 +9,7 @@ pub(crate) mod manual;
 
 use crate::clock::Clock;
 use crate::config::{Issuer as IssuerConfig, IssuerKind};
-use crate::core::{DomainName, KeySpec, Timestamp};
+use crate::core::{CertName, KeySpec, Timestamp};
 use crate::error::Result;
 use crate::keys::{Chain, SecretPem};
 use crate::store::Store;
@@ -17,7 +17,7 @@ use crate::store::Store;
 /// What one issuance needs.
 pub(crate) struct IssueRequest<'a> {
     pub(crate) cert_name: &'a str,
-    pub(crate) names: &'a [DomainName],
+    pub(crate) names: &'a [CertName],
     pub(crate) key_spec: KeySpec,
     pub(crate) csr_der: &'a [u8],
     pub(crate) spki_der: &'a [u8],

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::config::{ApacheLayout, Server, ServerKind};
-use crate::core::DomainName;
+use crate::core::CertName;
 use crate::error::{Error, Result};
 
 pub(crate) struct WebServer {
@@ -281,7 +281,7 @@ impl WebServer {
     pub(crate) async fn preflight(
         &self,
         cert_name: &str,
-        names: &[DomainName],
+        names: &[CertName],
         in_service: bool,
     ) -> Result<()> {
         let running = self.is_running();
@@ -326,10 +326,7 @@ impl WebServer {
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
-    pub(crate) fn endpoints_for(
-        &self,
-        names: &[DomainName],
-    ) -> Vec<(std::net::SocketAddr, String)> {
+    pub(crate) fn endpoints_for(&self, names: &[CertName]) -> Vec<(std::net::SocketAddr, String)> {
         self.cfg
             .verify
             .iter()
@@ -348,7 +345,7 @@ impl WebServer {
     /// the new leaf must be served without a break for `settle`.
     pub(crate) async fn wait_served(
         &self,
-        names: &[DomainName],
+        names: &[CertName],
         leaf_der: &[u8],
         within: Duration,
         settle: Duration,

@@ -73,13 +73,20 @@ fn connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// Handshake with `addr` using `sni`; the leaf DER, or why not.
+/// Handshake with `addr` using `sni`; the leaf DER, or why not. An IP address as `sni` (a
+/// certificate for an IP name) is a `ServerName::IpAddress`, for which rustls sends no SNI
+/// extension (RFC 6066 §3: host names only): the server picks its default certificate.
 pub(crate) async fn served_leaf(
     addr: SocketAddr,
     sni: &str,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
-    let name = ServerName::try_from(sni.to_string()).map_err(|_| format!("invalid SNI {sni:?}"))?;
+    let name = match sni.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => {
+            ServerName::try_from(sni.to_string()).map_err(|_| format!("invalid SNI {sni:?}"))?
+        }
+    };
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await

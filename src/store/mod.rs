@@ -459,12 +459,12 @@ mod tests {
 
     use super::*;
     use crate::core::KeySpec;
-    use crate::core::{DomainName, Span};
+    use crate::core::{CertName, Span};
 
     fn cert(dir: &Path) -> Certificate {
         Certificate {
             name: "site".into(),
-            names: vec!["a.test".parse::<DomainName>().unwrap()],
+            names: vec!["a.test".parse::<CertName>().unwrap()],
             issuer: "internal".into(),
             server: None,
             key_type: KeySpec::EcdsaP256,

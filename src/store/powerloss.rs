@@ -215,13 +215,13 @@ fn every_crash_point(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{DomainName, KeySpec, Span};
+    use crate::core::{CertName, KeySpec, Span};
     use crate::store::{GenerationContent, Store};
 
     fn cert(dir: &Path) -> crate::config::Certificate {
         crate::config::Certificate {
             name: "site".into(),
-            names: vec!["a.test".parse::<DomainName>().unwrap()],
+            names: vec!["a.test".parse::<CertName>().unwrap()],
             issuer: "internal".into(),
             server: None,
             key_type: KeySpec::EcdsaP256,

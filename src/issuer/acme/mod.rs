@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clock::Clock;
 use crate::config::{AcmeIssuer, Challenge, Http01};
-use crate::core::DomainName;
+use crate::core::CertName;
 use crate::error::{Context, Error, Problem, Result, Subproblem};
 use crate::http::Http;
 use crate::keys::Chain;
@@ -60,6 +60,7 @@ fn problem(p: instant_acme::Problem) -> Problem {
             .map(|s| Subproblem {
                 identifier: s.identifier.map(|i| match i {
                     Identifier::Dns(name) => name,
+                    Identifier::Ip(ip) => ip.to_string(),
                     other => format!("{other:?}"),
                 }),
                 kind: problem_kind(s.r#type.as_deref()),
@@ -214,7 +215,7 @@ impl Acme {
     /// a new order URL durable before this function goes on.
     pub(crate) async fn issue(
         &self,
-        names: &[DomainName],
+        names: &[CertName],
         csr_der: &[u8],
         resume: Option<&str>,
         replaces: Option<&str>,
@@ -257,7 +258,7 @@ impl Acme {
     async fn issue_with(
         &self,
         http: &Http,
-        names: &[DomainName],
+        names: &[CertName],
         csr_der: &[u8],
         resume: Option<&str>,
         replaces: Option<&str>,
@@ -288,9 +289,14 @@ impl Acme {
         let mut order = match order.take() {
             Some(o) => o,
             None => {
+                // An IP address is an `ip` identifier (RFC 8738 §3): a CA refuses a `dns`
+                // identifier whose value is an address.
                 let ids: Vec<Identifier> = names
                     .iter()
-                    .map(|n| Identifier::Dns(n.to_string()))
+                    .map(|n| match n {
+                        CertName::Dns(d) => Identifier::Dns(d.to_string()),
+                        CertName::Ip(ip) => Identifier::Ip(*ip),
+                    })
                     .collect();
                 let o = self.new_order(&account, &ids, replaces).await?;
                 on_order(o.url())?;
