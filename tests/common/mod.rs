@@ -68,7 +68,7 @@ pub use pebble::{Pebble, PebbleOpts};
 pub use process::{Child, pid_alive, reserved_port, send_signal, wait_until};
 pub use tls::{
     Leaf, TlsCa, cert_serial_hex, cert_validity, ensure_crypto_provider, hold_connection,
-    pem_to_der, san_dns_names, served_leaf, spki_of_cert_der, spki_of_key_pem,
+    pem_to_der, san_dns_names, san_ip_addresses, served_leaf, spki_of_cert_der, spki_of_key_pem,
 };
 pub use user::TestUser;
 // Only the fault tests (a failpoints module) hold it themselves.

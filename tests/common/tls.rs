@@ -262,6 +262,30 @@ pub fn san_dns_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// IP addresses (iPAddress SANs, RFC 5280 §4.2.1.6) in the subjectAltName extension of a
+/// DER certificate.
+pub fn san_ip_addresses(der: &[u8]) -> Vec<std::net::IpAddr> {
+    let cert = parse_cert(der);
+    let Some(san) = cert
+        .subject_alternative_name()
+        .unwrap_or_else(|e| panic!("bad subjectAltName extension: {e}"))
+    else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?)),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?)),
+                n => panic!("iPAddress SAN of {n} bytes"),
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// Serial number of a DER certificate as lower-case hex without leading zeros,
 /// the format Pebble uses for `cert-status-by-serial`.
 pub fn cert_serial_hex(der: &[u8]) -> String {

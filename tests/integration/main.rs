@@ -38,6 +38,7 @@ mod hardening_inputs;
 mod hardening_loops;
 mod harness;
 mod install;
+mod ip_names;
 mod manual;
 mod messages;
 mod notify;
