@@ -86,7 +86,8 @@ pub(crate) async fn check_crl(
 pub struct RenewalInfo {
     pub start: Timestamp,
     pub end: Timestamp,
-    /// Seconds until asking again (the server's Retry-After, clamped to 1 min .. 1 day).
+    /// Seconds until asking again: the server's Retry-After, clamped to 1 min .. 12 h
+    /// (`core::cadence::ari_poll_interval`).
     pub retry_after: i64,
     pub(crate) explanation_url: Option<String>,
 }
@@ -110,7 +111,7 @@ pub fn parse_renewal_info(body: &[u8], retry_after: Option<i64>) -> Result<Renew
         start,
         end,
         // RFC 9773 §4.3: clamp to sane limits; absent means the server has no opinion.
-        retry_after: retry_after.unwrap_or(6 * 3600).clamp(60, 86_400),
+        retry_after: crate::core::cadence::ari_poll_interval(retry_after),
         explanation_url: v["explanationURL"]
             .as_str()
             .filter(|u| u.len() < 2048)
@@ -166,6 +167,13 @@ mod tests {
         assert_eq!(ri.retry_after, 60);
         assert_eq!(ri.explanation_url.as_deref(), Some("https://x/why"));
         assert_eq!(parse_renewal_info(body, None).unwrap().retry_after, 21_600);
+        // Asked at least twice a day, even when the CA says to wait longer.
+        assert_eq!(
+            parse_renewal_info(body, Some(2 * 86_400))
+                .unwrap()
+                .retry_after,
+            43_200
+        );
         let backwards =
             br#"{"suggestedWindow":{"start":"2026-12-02T00:00:00Z","end":"2026-12-01T00:00:00Z"}}"#;
         assert_eq!(

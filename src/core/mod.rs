@@ -5,6 +5,7 @@
 //! is tested with tables. The shell (executor, daemon) gathers the facts and carries out the
 //! decision.
 
+pub(crate) mod cadence;
 pub(crate) mod lifecycle;
 mod name;
 mod types;
@@ -360,17 +361,23 @@ pub(crate) fn ari_renewal_time(start: Timestamp, end: Timestamp, sample: f64) ->
     start + (((end - start).max(0) as f64) * sample.clamp(0.0, 1.0)) as i64
 }
 
-/// Delay before retry number `attempt` (1-based) after a transient failure: 1 min doubling to
-/// a cap of 1 day, with ±20 % jitter from `sample` in `[0, 1)`. A server's `Retry-After`, when
-/// given, wins if it is later, but is itself capped at a day.
-pub(crate) fn retry_delay(attempt: u32, sample: f64, retry_after: Option<i64>) -> i64 {
+/// Delay before retry number `attempt` (1-based) after a transient failure: 1 min doubling,
+/// with ±20 % jitter from `sample` in `[0, 1)`, to `ceiling` (`cadence::backoff_ceiling`: a
+/// day, or less as expiry nears). A server's `Retry-After`, when given, wins if it is later
+/// (asking again sooner only meets the same refusal), but is itself capped at a day.
+pub(crate) fn retry_delay(
+    attempt: u32,
+    sample: f64,
+    retry_after: Option<i64>,
+    ceiling: i64,
+) -> i64 {
     const BASE: i64 = 60;
-    const CAP: i64 = 86_400;
+    const CAP: i64 = cadence::MAX_BACKOFF;
     let exp = BASE
         .saturating_mul(1_i64 << attempt.saturating_sub(1).min(20))
         .min(CAP);
     let jitter = 0.8 + 0.4 * sample.clamp(0.0, 1.0);
-    let ours = ((exp as f64) * jitter) as i64;
+    let ours = (((exp as f64) * jitter) as i64).min(ceiling.clamp(1, CAP));
     ours.max(retry_after.unwrap_or(0).clamp(0, CAP)).min(CAP)
 }
 
@@ -894,13 +901,15 @@ mod tests {
 
     #[test]
     fn retry_delay_doubles_with_jitter_and_caps() {
-        assert_eq!(retry_delay(1, 0.5, None), 60);
-        assert_eq!(retry_delay(2, 0.5, None), 120);
-        assert_eq!(retry_delay(3, 0.0, None), 192);
-        assert_eq!(retry_delay(3, 1.0, None), 288);
-        assert_eq!(retry_delay(40, 0.5, None), 86_400);
-        assert_eq!(retry_delay(1, 0.5, Some(3_600)), 3_600);
-        assert_eq!(retry_delay(1, 0.5, Some(10 * DAY)), 86_400);
-        assert_eq!(retry_delay(1, 0.5, Some(-5)), 60);
+        let day = cadence::MAX_BACKOFF;
+        assert_eq!(retry_delay(1, 0.5, None, day), 60);
+        assert_eq!(retry_delay(2, 0.5, None, day), 120);
+        assert_eq!(retry_delay(3, 0.0, None, day), 192);
+        assert_eq!(retry_delay(3, 1.0, None, day), 288);
+        assert_eq!(retry_delay(40, 0.5, None, day), 86_400);
+        assert_eq!(retry_delay(1, 0.5, Some(3_600), day), 3_600);
+        assert_eq!(retry_delay(1, 0.5, Some(10 * DAY), day), 86_400);
+        assert_eq!(retry_delay(1, 0.5, Some(-5), day), 60);
+        assert_eq!(retry_delay(10, 0.5, None, 600), 600);
     }
 }

@@ -315,16 +315,23 @@ impl Daemon {
                 return;
             }
         };
-        let delay = core::retry_delay(
-            journal.failures.max(1),
-            rand::random::<f64>(),
-            journal.server_retry_after,
-        );
-        journal.retry_at = Some(now + delay);
         let observation = self.config.certificates.get(name).map(|c| {
             let signals = Signals::for_cert(&self.config, &self.blocked, Some(&journal), name);
             observe(c, now, &signals)
         });
+        // The validity of the certificate in service: the backoff never waits past the
+        // point where fewer than two more attempts would fit before it expires.
+        let validity = observation
+            .as_ref()
+            .and_then(|o| o.leaf.as_ref())
+            .map(|l| (l.not_before, l.not_after));
+        let delay = core::retry_delay(
+            journal.failures.max(1),
+            rand::random::<f64>(),
+            journal.server_retry_after,
+            core::cadence::backoff_ceiling(validity.map(|(_, na)| na - now)),
+        );
+        journal.retry_at = Some(now + delay);
         journal.retry_reasons = observation
             .as_ref()
             .map(|o| o.decision.reasons.clone())
@@ -332,15 +339,15 @@ impl Daemon {
         if let Err(e) = store.save_journal(name, &journal) {
             log::error!(cert = name; "failed to journal the retry time: {e}");
         }
-        let left = observation
-            .and_then(|o| o.decision.not_after)
-            .map(|na| na - now);
         let when = humanize(delay);
-        match left {
-            Some(l) if l < 7 * 86_400 => log::error!(
-                cert = name, event = "failed", failures = journal.failures;
-                "re-issue failed, certificate expires in {}, retrying in {when}: {why}", humanize(l)
-            ),
+        match validity {
+            // Less than a quarter of its lifetime left: a human must act.
+            Some((nb, na)) if core::cadence::renewal_failure_is_urgent(nb, na, now) => {
+                log::error!(
+                    cert = name, event = "failed", failures = journal.failures;
+                    "re-issue failed, certificate expires in {}, retrying in {when}: {why}", humanize(na - now)
+                )
+            }
             _ => log::warn!(
                 cert = name, event = "failed", failures = journal.failures;
                 "re-issue failed, retrying in {when}: {why}"

@@ -209,8 +209,12 @@ impl Executor {
                 Ok(()) => post.revoke = None,
                 Err(e) => {
                     post.revoke_attempts += 1;
-                    let delay =
-                        core::retry_delay(post.revoke_attempts, rand::random::<f64>(), None);
+                    let delay = core::retry_delay(
+                        post.revoke_attempts,
+                        rand::random::<f64>(),
+                        None,
+                        core::cadence::MAX_BACKOFF,
+                    );
                     journal.retry_at = Some(self.clock.now() + delay);
                     log::error!(cert = cert.name.as_str(), event = "failed"; "failed to revoke the compromised certificate (attempt {}): {e}", post.revoke_attempts);
                 }

@@ -153,7 +153,7 @@ pub(crate) struct Ari {
     pub(crate) window_end: Timestamp,
     /// Uniformly random point in the window, chosen once per window (RFC 9773 §4.2).
     pub(crate) renew_at: Timestamp,
-    /// When to ask again (the server's Retry-After, clamped to 1 min .. 1 day).
+    /// When to ask again (the server's Retry-After, clamped to 1 min .. 12 h).
     pub(crate) next_fetch: Timestamp,
     pub(crate) explanation_url: Option<String>,
 }

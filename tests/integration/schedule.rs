@@ -135,6 +135,33 @@ async fn renewal_happens_at_the_computed_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_short_lived_certificate_is_renewed_halfway_through_its_lifetime() {
+    // 4-hour certificates and no renew_before: under ten days of lifetime, renewal starts
+    // when half of it is left (2/3 elapsed would be the rule for longer ones): every 2 hours.
+    let setup = setup(
+        "[issuer.internal]\nkind = \"internal\"\nvalidity = \"4h\"\n",
+        "",
+    );
+    let seen = observe_changes(
+        &setup,
+        Duration::from_secs(6 * 3600 + 600),
+        Duration::from_secs(30),
+        |j| j["current"].as_u64(),
+    )
+    .await;
+    let generations: Vec<u64> = seen.iter().map(|(_, g)| *g).collect();
+    assert_eq!(generations, vec![0, 1, 2, 3], "{seen:?}");
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        // The local CA back-dates by a minute: half of 4 h + 1 min from issuance.
+        assert!(
+            (7_170..=7_300).contains(&gap),
+            "re-issued after {gap}s, not after two hours: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_with_jitter() {
     // An ACME CA that refuses connections: every attempt fails at once. The port is bound
     // (so nothing else can take it) but not listening (so connections are refused).
