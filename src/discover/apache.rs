@@ -159,10 +159,8 @@ impl Reader<'_> {
             }
             "servername" => {
                 if let Some(v) = self.vhost.as_mut() {
-                    // "ServerName https://www.example.com:443" names scheme and port too.
-                    let host = first.rsplit("://").next().unwrap_or(&first);
-                    let host = host.split(':').next().unwrap_or(host);
-                    v.names.insert(0, host.to_ascii_lowercase());
+                    v.names
+                        .insert(0, server_name_host(&first).to_ascii_lowercase());
                 }
             }
             "serveralias" => {
@@ -396,9 +394,36 @@ pub(crate) fn scan(root: &Path, conf: &Path, scan: &mut Scan) {
     r.add_sites();
 }
 
+/// The host of a `ServerName`, which may name scheme and port too
+/// ("https://www.example.com:443"); an IPv6 address is bare or in brackets ("[2001:db8::1]:443").
+fn server_name_host(arg: &str) -> &str {
+    let host = arg.rsplit("://").next().unwrap_or(arg);
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return host;
+    }
+    host.split(':').next().unwrap_or(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_name_hosts_drop_scheme_and_port_but_keep_ipv6_addresses_whole() {
+        for (arg, host) in [
+            ("www.example.com", "www.example.com"),
+            ("https://www.example.com:443", "www.example.com"),
+            ("192.0.2.10:443", "192.0.2.10"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("https://[::1]", "::1"),
+        ] {
+            assert_eq!(server_name_host(arg), host, "{arg}");
+        }
+    }
 
     #[test]
     fn a_file_that_includes_itself_is_reported_not_followed() {

@@ -168,8 +168,15 @@ pub(super) fn names_of(
         }
     }
     if names.is_empty() {
+        // A literal address is an IP name; nginx writes IPv6 ones in brackets.
         names = server_names
             .iter()
+            .map(
+                |n| match n.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+                    Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner,
+                    _ => n.as_str(),
+                },
+            )
             .filter_map(|n| n.parse::<CertName>().ok())
             .collect();
     }

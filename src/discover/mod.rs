@@ -405,6 +405,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn literal_addresses_in_server_names_and_ip_sans_are_ip_names() {
+        let server_names: Vec<String> = ["127.0.0.1", "[2001:db8::1]", "a.test", "~^re$"]
+            .map(String::from)
+            .into();
+        let mut problems = Vec::new();
+        let names = describe::names_of(None, &server_names, &mut problems);
+        let text: Vec<String> = names.iter().map(CertName::to_string).collect();
+        assert_eq!(text, ["127.0.0.1", "2001:db8::1", "a.test"]);
+        assert!(names[0].is_ip() && names[1].is_ip());
+        // The certificate's SANs come first; an iPAddress SAN reads as its address.
+        let leaf = LeafFacts {
+            names: ["0:0::1".to_string(), "b.test".into()].into(),
+            not_before: 0,
+            not_after: 1,
+            serial: "1".into(),
+            key_spec: None,
+            spki_sha256: String::new(),
+            crl_urls: Vec::new(),
+            cert_id: None,
+            issuer_dn: String::new(),
+        };
+        let names = describe::names_of(Some(&leaf), &server_names, &mut problems);
+        let text: Vec<String> = names.iter().map(CertName::to_string).collect();
+        assert_eq!(text, ["::1", "b.test"]);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
     fn listen_addresses_become_probe_addresses() {
         let cases = [
             ("443", Some("127.0.0.1:443")),

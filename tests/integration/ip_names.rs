@@ -73,6 +73,46 @@ webroot = "{webroot}"
 }
 
 #[test]
+fn an_ip_address_alone_is_validated_by_the_built_in_http01_responder() {
+    let pebble = Pebble::start(PebbleOpts::default());
+    let env = Env::new(&["127.0.0.1"], None);
+    env.write_config(
+        "issuer = \"pebble\"",
+        &format!(
+            r#"[issuer.pebble]
+kind = "acme"
+directory = "{dir}"
+ca_bundle = "{bundle}"
+timeout = "60s"
+listen = "127.0.0.1:{port}"
+"#,
+            dir = pebble.directory_url(),
+            bundle = pebble.ca_bundle().display(),
+            port = pebble.http_port(),
+        ),
+    );
+    let run = env.certagent(&["reissue", "--now", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", pebble.log());
+    let served = env.served();
+    assert_ne!(served, env.initial_leaf, "nginx still serves the old leaf");
+    assert!(env.serves_key_file());
+    assert_eq!(
+        san_ip_addresses(&served),
+        vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(san_dns_names(&served).is_empty());
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let doc = status.json();
+    assert_eq!(
+        doc["certificates"][0]["names"],
+        serde_json::json!(["127.0.0.1"]),
+        "{status:?}"
+    );
+    assert_eq!(doc["certificates"][0]["verify"][0]["sni"], "127.0.0.1");
+}
+
+#[test]
 fn a_dns01_issuer_for_an_ip_address_is_refused_before_anything_runs() {
     let env = Env::new(&["127.0.0.1"], None);
     env.write_config(
@@ -93,4 +133,110 @@ token_file = "/nonexistent/token"
         ) && check.stderr.contains("hint: use challenge = \"http-01\""),
         "{check:?}"
     );
+}
+
+/// `discover` reads a literal address in `server_name` (and an iPAddress SAN) as an IP name;
+/// the configuration it prints validates, and a re-issue from the embedded CA is proven
+/// served through the discovered endpoint, without SNI.
+#[test]
+fn discover_turns_an_ip_server_name_into_an_ip_name_that_reissues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = common::TlsCa::new(&dir.join("testca"));
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("ssl")).unwrap();
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    let old = ca.issue_leaf(&["127.0.0.1"], now - day, now + 60 * day);
+    old.write(&prefix.join("ssl/ip.pem"), &prefix.join("ssl/ip.key"));
+    let port = common::reserved_port();
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+user root;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name 127.0.0.1;
+        ssl_certificate ssl/ip.pem;
+        ssl_certificate_key ssl/ip.key;
+    }}
+}}
+"#,
+            prefix = prefix.display(),
+        ),
+    )
+    .unwrap();
+    let nginx = common::Nginx::start_custom(&prefix, &conf, &[port]);
+    let conf_arg = conf.to_str().unwrap();
+    let run = |config: &std::path::Path, args: &[&str]| common::run_certagent(config, args, &[]);
+
+    let json = run(
+        std::path::Path::new("/nonexistent/config.toml"),
+        &["discover", "--nginx-conf", conf_arg, "--json"],
+    );
+    assert_eq!(json.code, 0, "{json:?}");
+    let doc = json.json();
+    let cert = &doc["certificates"][0];
+    assert_eq!(cert["names"], serde_json::json!(["127.0.0.1"]), "{doc}");
+    assert_eq!(
+        cert["endpoints"],
+        serde_json::json!([{"address": format!("127.0.0.1:{port}"), "sni": "127.0.0.1"}])
+    );
+    assert_eq!(cert["usable"], true, "{doc}");
+
+    let toml = run(
+        std::path::Path::new("/nonexistent/config.toml"),
+        &["discover", "--nginx-conf", conf_arg],
+    );
+    assert_eq!(toml.code, 0, "{toml:?}");
+    // The test CA is no public CA: as an operator would, name the embedded CA.
+    let body: String = toml
+        .stdout
+        .lines()
+        .map(|l| {
+            if l.starts_with("[certificate.") {
+                format!("{l}\nissuer = \"internal\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let config = dir.join("etc/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n{body}",
+            dir.join("state").display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    let valid = run(&config, &["config", "validate"]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{body}");
+    let check = run(&config, &["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let name = cert["name"].as_str().unwrap();
+    let reissue = run(&config, &["reissue", "--now", name]);
+    assert_eq!(reissue.code, 0, "{reissue:?}\n{}", nginx.log());
+    let served = served_leaf(&format!("127.0.0.1:{port}"), "127.0.0.1").unwrap();
+    assert_ne!(served, old.cert_der);
+    assert_eq!(
+        san_ip_addresses(&served),
+        vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(san_dns_names(&served).is_empty());
 }
