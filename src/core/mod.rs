@@ -22,7 +22,8 @@ pub use types::{
 pub(crate) struct Desired {
     pub(crate) names: BTreeSet<CertName>,
     pub(crate) key_spec: KeySpec,
-    /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left".
+    /// Re-issue this long before `not_after`; `None` means "when 1/3 of the lifetime is left"
+    /// (1/2 under ten days of lifetime; see `renewal_time`).
     pub(crate) renew_before: Option<Span>,
     /// Re-issue when the certificate in service comes from another CA than the configured
     /// issuer (`reissue_on_issuer_change`); else that is only reported.
