@@ -123,6 +123,9 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.not_after.as_deref().unwrap_or("-")
             ),
         }
+        if let Some(profile) = &r.profile {
+            out!("  profile:     {profile}");
+        }
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",
@@ -221,11 +224,15 @@ pub(crate) fn render_reissue(doc: &ReissueDoc) {
         };
         if let Some(what) = what {
             out!(
-                "{}: {what} serial {} (generation {}), expires {}",
+                "{}: {what} serial {} (generation {}), expires {}{}",
                 r.name,
                 r.serial.as_deref().unwrap_or("?"),
                 r.generation.unwrap_or_default(),
-                r.not_after.as_deref().unwrap_or("?")
+                r.not_after.as_deref().unwrap_or("?"),
+                r.profile
+                    .as_ref()
+                    .map(|p| format!(", profile {p}"))
+                    .unwrap_or_default()
             );
         }
         // Also after an install: a failed post_install hook is reported, not swallowed.

@@ -42,6 +42,7 @@ mod manual;
 mod messages;
 mod notify;
 mod operator;
+mod profiles;
 mod reissue;
 mod revocation;
 mod schedule;
