@@ -267,6 +267,28 @@ pub(crate) struct ReissueResult {
     /// `reissue --dry-run`: issued and checked, then discarded (`changed` is false).
     #[serde(default)]
     pub(crate) dry_run: bool,
+    /// The CA's problem document when the CA refused (RFC 8555 §6.7); `null` otherwise.
+    #[serde(default)]
+    pub(crate) problem: Option<ProblemReport>,
+}
+
+/// A CA's problem document, as the CA sent it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct ProblemReport {
+    /// The full type URN (`urn:ietf:params:acme:error:connection`).
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) status: Option<u16>,
+    pub(crate) subproblems: Vec<SubproblemReport>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct SubproblemReport {
+    pub(crate) identifier: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
 }
 
 impl ReissueResult {
@@ -287,6 +309,7 @@ impl ReissueResult {
             observed: Vec::new(),
             profile: None,
             dry_run: false,
+            problem: None,
         }
     }
 }

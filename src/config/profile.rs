@@ -1,6 +1,6 @@
-//! ACME profiles (`profile`, `profile_required`): reading them, the checks across sections (a
-//! profile only goes with an ACME issuer), and the profile in effect for a certificate (its
-//! own, else its issuer's default).
+//! ACME profiles (`profile`, `profile_required`) and the staging directory of an ACME issuer:
+//! reading them, the checks across sections (a profile only goes with an ACME issuer), and
+//! the profile in effect for a certificate (its own, else its issuer's default).
 
 use super::build::Origin;
 use super::walk::{Ctx, Section};
@@ -58,6 +58,24 @@ pub(super) fn read_profile_keys(cx: &mut Ctx, s: &mut Section) -> ProfileKeys {
         });
     let required = s.boolean(cx, "profile_required");
     ProfileKeys { profile, required }
+}
+
+/// `staging_directory`: an optional https:// URL, where `reissue --dry-run` orders.
+pub(super) fn read_staging_directory(cx: &mut Ctx, s: &mut Section) -> Option<String> {
+    let (d, span) = s.string(cx, "staging_directory")?;
+    if !d.starts_with("https://") {
+        cx.error(
+            &span,
+            &s.full_key("staging_directory"),
+            format!("{:?} must be an https:// URL", shown(&d)),
+        );
+        return None;
+    }
+    if d.len() >= 2048 {
+        cx.error(&span, &s.full_key("staging_directory"), "URL is too long");
+        return None;
+    }
+    Some(d)
 }
 
 impl Config {
@@ -226,5 +244,29 @@ mod tests {
             errors[0].starts_with("/etc/certagent/config.toml:1: issuer.le.profile_required: profile_required = true, but this issuer sets no default profile"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_staging_directory_is_an_https_url() {
+        let errors = parse(&format!("{ACME}staging_directory = \"http://x/dir\"\n")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:5: issuer.le.staging_directory: \"http://x/dir\" must be an https:// URL"
+            ]
+        );
+        let c = parse(&format!(
+            "{ACME}staging_directory = \"https://staging.test/dir\"\n"
+        ))
+        .unwrap();
+        match &c.issuers["le"].kind {
+            super::IssuerKind::Acme(a) => {
+                assert_eq!(
+                    a.staging_directory.as_deref(),
+                    Some("https://staging.test/dir")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -17,9 +17,11 @@ macro_rules! out {
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
 }
+mod dry_run;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod render;
+pub(crate) use dry_run::{check_supported as dry_run_supported, dry_run};
 #[cfg(feature = "fleet")]
 pub(crate) use fleet::{cluster_of, fleet_doc, render_fleet, select_shared};
 pub(crate) use render::{render_check, render_reissue, render_status};

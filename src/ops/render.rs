@@ -218,6 +218,23 @@ pub(crate) fn render_reissue(doc: &ReissueDoc) {
                 out!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""));
                 None
             }
+            "issued" if r.dry_run => {
+                out!(
+                    "{}: dry run: issued serial {}, expires {}{}; checked and discarded, nothing changed{}",
+                    r.name,
+                    r.serial.as_deref().unwrap_or("?"),
+                    r.not_after.as_deref().unwrap_or("?"),
+                    r.profile
+                        .as_ref()
+                        .map(|p| format!(", profile {p}"))
+                        .unwrap_or_default(),
+                    r.hint
+                        .as_ref()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default()
+                );
+                None
+            }
             "installed" => Some("installed and verified in service:"),
             "installed-not-loaded" => Some("installed, not loaded (web server not running):"),
             _ => None,

@@ -79,6 +79,12 @@ fn a_preferred_profile_the_ca_offers_is_ordered_and_shows_in_the_result_and_stat
     );
     let check = env.certagent(&["check"]);
     assert_eq!(check.code, 0, "{check:?}");
+    // A dry run orders under the profile too, and says so.
+    let run = env.certagent(&["reissue", "--dry-run", "site", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["certificates"][0]["profile"], "tlsserver");
+    assert_eq!(front.profiles_seen().len(), 2);
+    assert_eq!(env.served(), served);
 }
 
 #[test]
