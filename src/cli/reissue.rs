@@ -63,7 +63,7 @@ fn now_missing(args: &ReissueArgs) -> Error {
         "reissue needs --now: it replaces the key and certificate in service at once, even a healthy one",
     )
     .with_hint(format!(
-        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`"
+        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`; to rehearse without changing anything: `certagent reissue --dry-run {target}`"
     ))
 }
 
