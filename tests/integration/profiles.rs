@@ -107,7 +107,7 @@ fn a_preferred_profile_the_ca_does_not_offer_is_warned_about_and_issued_without(
         .find(|l| l.contains("event=profile-not-offered"))
         .unwrap_or_else(|| panic!("no warning: {run:?}"));
     assert!(warning.starts_with("certagent: warning: "), "{warning}");
-    assert!(warning.contains("offers no profiles"), "{warning}");
+    assert!(warning.contains("offers none"), "{warning}");
     assert!(warning.contains("\"tlsserver\""), "{warning}");
     assert_ne!(env.served(), env.initial_leaf);
 
@@ -181,7 +181,7 @@ fn a_required_profile_the_ca_does_not_offer_fails_and_changes_nothing() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr.contains(
-            "ACME profile \"tlsserver\" is required, and the CA of issuer \"pebble\" offers no profiles"
+            "ACME profile \"tlsserver\" is required, and the CA of issuer \"pebble\" offers none"
         ),
         "{run:?}"
     );

@@ -51,7 +51,7 @@ fn offered_list(offered: &[&str]) -> String {
     let mut names: Vec<String> = offered.iter().map(|p| format!("{:?}", shown(p))).collect();
     names.sort();
     if names.is_empty() {
-        "offers no profiles".into()
+        "offers none".into()
     } else {
         format!("offers only {}", names.join(", "))
     }
@@ -88,7 +88,7 @@ mod tests {
         let e = choose(Some(&tls), &[], "pebble").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "ACME profile \"tlsserver\" is required, and the CA of issuer \"pebble\" offers no profiles"
+            "ACME profile \"tlsserver\" is required, and the CA of issuer \"pebble\" offers none"
         );
         assert!(e.hint().unwrap().contains("profile_required = false"));
         let e = choose(Some(&wish("x", true)), &le, "le").unwrap_err();
