@@ -21,6 +21,9 @@ pub mod exit {
     /// EX_NOPERM: a command that needs root was run by another user.
     pub(crate) const NOT_ROOT: u8 = 77;
     pub(crate) const CONFIG: u8 = 78;
+    /// EX_USAGE: the command cannot do what it was asked for these arguments (a dry run of
+    /// a certificate whose issuer has nothing to rehearse).
+    pub(crate) const USAGE: u8 = 64;
 }
 
 #[derive(Debug)]
@@ -49,6 +52,11 @@ pub enum Error {
     /// The configuration reads, but does not match this host (a `verify` endpoint nothing
     /// listens on): exit 78 like an invalid configuration, without a file and line.
     Mismatch {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The command does not apply to what it was given (exit 64, EX_USAGE).
+    Usage {
         message: String,
         hint: Option<String>,
     },
@@ -135,6 +143,14 @@ impl Error {
         }
     }
 
+    /// The CA's problem document, when the CA refused.
+    pub(crate) fn problem(&self) -> Option<&Problem> {
+        match self {
+            Error::Acme { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+
     pub(crate) fn retry_after(&self) -> Option<i64> {
         match self {
             Error::Failed { retry_after, .. } => *retry_after,
@@ -150,6 +166,7 @@ impl Error {
             Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::NotRoot { .. } => exit::NOT_ROOT,
             Error::Failed { .. } | Error::Acme { .. } => exit::ERROR,
+            Error::Usage { .. } => exit::USAGE,
         }
     }
 
@@ -158,6 +175,7 @@ impl Error {
             Error::Failed { hint, .. }
             | Error::Acme { hint, .. }
             | Error::Mismatch { hint, .. }
+            | Error::Usage { hint, .. }
             | Error::Unavailable { hint, .. } => hint.as_deref(),
             Error::Busy(_) => {
                 Some("another certagent command or the daemon is working; retry later")
@@ -211,6 +229,7 @@ impl fmt::Display for Error {
             ),
             Error::Failed { message, .. }
             | Error::Mismatch { message, .. }
+            | Error::Usage { message, .. }
             | Error::Unavailable { message, .. } => f.write_str(message),
             Error::Acme {
                 context, problem, ..

@@ -219,6 +219,8 @@ mod tests {
                 compromise: None,
                 reminders: 0,
                 next_look: None,
+                profile_asked: None,
+                profile: None,
             }),
             ..Journal::default()
         };

@@ -51,6 +51,10 @@ pub(crate) struct CertificateReport {
     /// (the server may still serve `from`); `null` otherwise.
     #[serde(default)]
     pub(crate) installing: Option<InstallingReport>,
+    /// The ACME profile the certificate in service was issued under, as certagent recorded
+    /// it when it installed it; `null`: none, or not installed by certagent.
+    #[serde(default)]
+    pub(crate) profile: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -256,6 +260,35 @@ pub(crate) struct ReissueResult {
     /// What `check` observed when the re-issue started (`[]`: nothing was wrong with it).
     #[serde(default)]
     pub(crate) observed: Vec<String>,
+    /// The ACME profile the new certificate was issued under (`null`: none, or nothing
+    /// issued).
+    #[serde(default)]
+    pub(crate) profile: Option<String>,
+    /// `reissue --dry-run`: issued and checked, then discarded (`changed` is false).
+    #[serde(default)]
+    pub(crate) dry_run: bool,
+    /// The CA's problem document when the CA refused (RFC 8555 §6.7); `null` otherwise.
+    #[serde(default)]
+    pub(crate) problem: Option<ProblemReport>,
+}
+
+/// A CA's problem document, as the CA sent it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct ProblemReport {
+    /// The full type URN (`urn:ietf:params:acme:error:connection`).
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) status: Option<u16>,
+    pub(crate) subproblems: Vec<SubproblemReport>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct SubproblemReport {
+    pub(crate) identifier: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) detail: Option<String>,
 }
 
 impl ReissueResult {
@@ -274,6 +307,9 @@ impl ReissueResult {
             retry_in: None,
             requested_reason: None,
             observed: Vec::new(),
+            profile: None,
+            dry_run: false,
+            problem: None,
         }
     }
 }
@@ -283,6 +319,9 @@ pub(crate) struct ReissueDoc {
     pub(crate) schema: u32,
     pub(crate) changed: bool,
     pub(crate) ok: bool,
+    /// `reissue --dry-run`: nothing on the host changed, whatever the results say.
+    #[serde(default)]
+    pub(crate) dry_run: bool,
     pub(crate) certificates: Vec<ReissueResult>,
 }
 

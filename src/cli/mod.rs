@@ -16,7 +16,7 @@ use crate::config::DEFAULT_CONFIG;
 use crate::error::{Error, Result, exit};
 
 /// Exit codes, for `--help` and the man page (values from `error::exit`).
-pub const EXIT_CODES: [(u8, &str); 7] = [
+pub const EXIT_CODES: [(u8, &str); 8] = [
     (exit::OK, "success / everything healthy"),
     (
         exit::NEEDS_ACTION,
@@ -26,6 +26,10 @@ pub const EXIT_CODES: [(u8, &str); 7] = [
     (
         exit::BUSY,
         "busy: another certagent process held the lock for too long",
+    ),
+    (
+        exit::USAGE,
+        "usage: reissue --dry-run of a certificate whose issuer has nothing to rehearse (manual, DNSimple)",
     ),
     (
         exit::PENDING,
@@ -226,7 +230,7 @@ pub(crate) enum Command {
     /// when the new certificate is verified in service. A run that is interrupted (killed,
     /// power cut) is resumed by the next one without ordering again.
     #[command(
-        override_usage = "certagent reissue --now <NAME>... [OPTIONS]\n       certagent reissue --now --all [OPTIONS]"
+        override_usage = "certagent reissue --now <NAME>... [OPTIONS]\n       certagent reissue --now --all [OPTIONS]\n       certagent reissue --dry-run <NAME>...|--all [--json]"
     )]
     #[command(after_help = sub_help(
         &[
@@ -236,6 +240,10 @@ pub(crate) enum Command {
                 "the key leaked: also revoke the old certificate and never use its key again",
             ),
             ("certagent reissue --now --all --json", "every certificate, as JSON"),
+            (
+                "certagent reissue --dry-run www",
+                "rehearse: issue from the issuer's staging_directory (else the issuer), check, discard",
+            ),
         ],
         "certagent check (what would be re-issued by itself, and why), certagent status",
     ))]

@@ -23,8 +23,13 @@ pub(crate) struct ReissueArgs {
     /// Required: replace the key and certificate in service now, whatever their state.
     /// certagent already re-issues by itself when a certificate needs it (`certagent check`
     /// says whether one does and why); --now is the operator saying "anyway, at once".
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub(crate) now: bool,
+    /// Rehearse: issue a certificate as a re-issue would (from the issuer's
+    /// staging_directory when it has one), check it, and throw it away. Nothing on this host
+    /// changes.
+    #[arg(long, conflicts_with_all = ["no_wait", "reason"])]
+    pub(crate) dry_run: bool,
     /// Certificates to re-issue.
     #[arg(
         value_name = "NAME",
@@ -58,7 +63,7 @@ fn now_missing(args: &ReissueArgs) -> Error {
         "reissue needs --now: it replaces the key and certificate in service at once, even a healthy one",
     )
     .with_hint(format!(
-        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`"
+        "certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now {target}`; to rehearse without changing anything: `certagent reissue --dry-run {target}`"
     ))
 }
 
@@ -73,6 +78,9 @@ pub(crate) fn requested(r: ReasonArg) -> Requested {
 }
 
 pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
+    if args.dry_run {
+        return dry_run(config_path, args).await;
+    }
     if !args.now {
         return Err(now_missing(args));
     }
@@ -117,6 +125,31 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
             ops::reissue_doc(results)
         }
     };
+    if args.json {
+        output::print_json(&doc);
+    } else {
+        ops::render_reissue(&doc);
+    }
+    Ok(code)
+}
+
+/// `reissue --dry-run`: in this process, daemon or not, without the lock (it changes
+/// nothing another process reads; see `executor::dry_run`).
+async fn dry_run(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
+    let config = crate::config::Config::load(config_path)?;
+    let names: &[String] = if args.all { &[] } else { &args.names };
+    let certs = ops::select(&config, names)?;
+    if certs.is_empty() {
+        return Err(Error::msg("no certificates configured")
+            .with_hint("add a [certificate.NAME] table to the configuration"));
+    }
+    ops::dry_run_supported(&config, &certs)?;
+    let names: Vec<String> = certs.iter().map(|c| c.name.clone()).collect();
+    let config = Arc::new(config);
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    let executor = Executor::new(config.clone(), Clock::new(), never)?;
+    let certs: Vec<_> = names.iter().filter_map(|n| config.certificate(n)).collect();
+    let (doc, code) = ops::dry_run(&executor, &certs).await;
     if args.json {
         output::print_json(&doc);
     } else {

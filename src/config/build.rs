@@ -10,6 +10,7 @@ use super::certificate::{CERT_KEYS, read_certificate};
 use super::cluster::{CLUSTER_KEYS, ClusterConfig, read_cluster};
 use super::issuer::{ISSUER_KEYS, read_issuer};
 use super::notify::{NOTIFY_KEYS, read_notify};
+use super::profile;
 use super::server::{SERVER_KEYS, read_server};
 use super::walk::{Ctx, Section};
 use super::{
@@ -22,8 +23,8 @@ use crate::error::shown;
 /// Where a named table was first defined, to report duplicates across drop-ins.
 #[derive(Clone, Debug)]
 pub(super) struct Origin {
-    file: PathBuf,
-    line: usize,
+    pub(super) file: PathBuf,
+    pub(super) line: usize,
 }
 
 /// The file being read and the line of `span` in it.
@@ -137,6 +138,8 @@ impl Builder {
                     "chain_file",
                     "leaf_file",
                     "shared",
+                    "profile",
+                    "profile_required",
                 ] {
                     if let Some(span) = s.value_span(key).filter(|_| first) {
                         self.key_at
@@ -206,6 +209,7 @@ impl Builder {
         self.check_verify_endpoints(errors);
         self.check_shared_outputs(errors);
         self.check_cluster(errors);
+        self.check_profiles(errors);
         let agent = self.agent.take().unwrap_or_else(default_agent);
         self.check_implicit_issuers(&agent, errors);
         Config {
@@ -430,6 +434,22 @@ impl Builder {
                     hint: Some(hint.into()),
                 });
             }
+        }
+    }
+
+    /// `profile` and `profile_required` make sense with an ACME issuer only.
+    fn check_profiles(&self, errors: &mut Vec<ConfigError>) {
+        for (issuer, at) in self.issuers.values() {
+            profile::check_issuer_profile(issuer, at, errors);
+        }
+        for (name, (cert, origin)) in &self.certificates {
+            let issuer = self.issuers.get(&cert.issuer).map(|(i, _)| i);
+            profile::check_profiles(
+                cert,
+                issuer,
+                |key| self.at(name, key, origin).clone(),
+                errors,
+            );
         }
     }
 

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use super::build::{s_has, valid_name};
 use super::issuer::{Challenge, Issuer, IssuerKind};
+use super::profile::{ProfileKeys, read_profile_keys};
 use super::walk::{Ctx, Section};
 use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
 use crate::core::{CertName, KeySpec, Span};
 
-pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, shared, pre_install, post_install, hook_timeout";
+pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Certificate {
@@ -35,6 +36,8 @@ pub(crate) struct Certificate {
     /// Re-issue when the certificate in service was issued by another CA than `issuer`
     /// (`issuer-changed`); by default that is only reported.
     pub(crate) reissue_on_issuer_change: bool,
+    /// The ACME profile to order under, and whether it is required (else the issuer's).
+    pub(crate) profile: ProfileKeys,
     /// One certificate for every host of the fleet that configures it (`[cluster]`).
     pub(crate) shared: bool,
     /// Run before the flip (the new files exist, nothing the server reads has changed); a
@@ -79,6 +82,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
     let cert_mode = read_mode(cx, s, "cert_mode", 0o644);
     let revoke_first = s.boolean(cx, "revoke_first").unwrap_or(false);
     let reissue_on_issuer_change = s.boolean(cx, "reissue_on_issuer_change").unwrap_or(false);
+    let profile = read_profile_keys(cx, s);
     let shared = s.boolean(cx, "shared").unwrap_or(false);
     let pre_install = s.command(cx, "pre_install");
     let post_install = s.command(cx, "post_install");
@@ -106,6 +110,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
         cert_mode,
         revoke_first,
         reissue_on_issuer_change,
+        profile,
         shared,
         pre_install,
         post_install,

@@ -6,11 +6,12 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use super::build::valid_name;
+use super::profile::{ProfileKeys, read_profile_keys, read_staging_directory};
 use super::walk::{self, Ctx, Section};
 use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
 use crate::core::{DomainName, Span};
 
-pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, profile, profile_required, staging_directory, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Issuer {
@@ -33,6 +34,8 @@ impl Issuer {
     }
 }
 
+// A handful per configuration, built once: the size of the ACME variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub(crate) enum IssuerKind {
     Acme(AcmeIssuer),
@@ -83,6 +86,10 @@ pub(crate) struct AcmeIssuer {
     /// A certbot account directory (`…/accounts/SERVER/directory/ID`) whose account to take
     /// over at first use, instead of registering a new one (`issuer::acme::certbot`).
     pub(crate) account_from_certbot: Option<PathBuf>,
+    /// The default ACME profile of this issuer's certificates (a certificate's own wins).
+    pub(crate) profile: ProfileKeys,
+    /// Where `reissue --dry-run` orders instead of `directory` (a staging CA).
+    pub(crate) staging_directory: Option<String>,
 }
 
 /// How ACME challenges are answered.
@@ -189,8 +196,12 @@ fn read_acme(cx: &mut Ctx, s: &mut Section) -> Option<AcmeIssuer> {
         .span(cx, "timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(600));
     let account_from_certbot = s.path(cx, "account_from_certbot");
+    let profile = read_profile_keys(cx, s);
+    let staging_directory = read_staging_directory(cx, s);
     Some(AcmeIssuer {
         account_from_certbot,
+        profile,
+        staging_directory,
         directory: directory?,
         contact: contact.into_iter().map(|(c, _)| c).collect(),
         ca_bundle,

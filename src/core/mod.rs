@@ -28,6 +28,8 @@ pub(crate) struct Desired {
     /// Re-issue when the certificate in service comes from another CA than the configured
     /// issuer (`reissue_on_issuer_change`); else that is only reported.
     pub(crate) reissue_on_issuer_change: bool,
+    /// The ACME profile to order under (`None`: none asked for).
+    pub(crate) profile: Option<String>,
 }
 
 /// What the certificate file holds.
@@ -102,6 +104,19 @@ pub(crate) struct Observed {
     pub(crate) installed_at: Option<Timestamp>,
     /// Which CA the leaf in service should come from.
     pub(crate) issuer: IssuerFact,
+    /// Which ACME profile the leaf in service was ordered under.
+    pub(crate) profile: ProfileFact,
+}
+
+/// What certagent recorded of the ACME profile the leaf in service was ordered under.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ProfileFact {
+    /// certagent did not install that leaf (adopted or foreign files): no judgement.
+    Unknown,
+    /// certagent installed it, ordered asking for this profile (`None`: none). What was
+    /// asked, not what the CA granted: a CA that does not offer the profile is not asked
+    /// again and again for the same configuration.
+    AskedFor(Option<String>),
 }
 
 /// The outcome of `decide`: every reason that applies (most urgent first) and when the
@@ -237,6 +252,11 @@ pub(crate) fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> 
     if key_in_service.is_some_and(|k| k != Some(desired.key_spec)) {
         reasons.insert(Reason::KeyTypeChanged);
     }
+    if matches!(observed.cert, CertFact::Present(_))
+        && profile_changed(desired.profile.as_deref(), &observed.profile)
+    {
+        reasons.insert(Reason::ProfileChanged);
+    }
     let mut noted = Vec::new();
     if let CertFact::Present(leaf) = &observed.cert
         && issuer_changed(&observed.issuer, leaf)
@@ -253,6 +273,17 @@ pub(crate) fn decide(desired: &Desired, observed: &Observed, now: Timestamp) -> 
         renew_at: renewal.map(|r| r.at),
         renewal_rule: renewal.map(|r| r.rule),
         not_after,
+    }
+}
+
+/// Whether the configured ACME profile is a reason to re-issue: only a profile that is
+/// configured and was not asked for when the leaf in service was ordered. Removing a
+/// profile from the configuration is no reason (the CA's default serves until renewal), nor
+/// is a leaf certagent did not order.
+pub(crate) fn profile_changed(configured: Option<&str>, fact: &ProfileFact) -> bool {
+    match (configured, fact) {
+        (Some(wanted), ProfileFact::AskedFor(asked)) => asked.as_deref() != Some(wanted),
+        (None, _) | (_, ProfileFact::Unknown) => false,
     }
 }
 
@@ -399,6 +430,7 @@ mod tests {
             key_spec: KeySpec::EcdsaP256,
             renew_before: None,
             reissue_on_issuer_change: false,
+            profile: None,
         }
     }
 
@@ -434,6 +466,7 @@ mod tests {
             compromise_unknown: false,
             installed_at: None,
             issuer: IssuerFact::Dn("CN=Test CA".into()),
+            profile: ProfileFact::Unknown,
         }
     }
 
@@ -515,6 +548,14 @@ mod tests {
                 Reason::IssuerChanged,
             ),
             (
+                "another ACME profile configured than the leaf was ordered under",
+                Box::new(|o, d| {
+                    o.profile = ProfileFact::AskedFor(Some("classic".into()));
+                    d.profile = Some("tlsserver".into());
+                }),
+                Reason::ProfileChanged,
+            ),
+            (
                 "compromised",
                 Box::new(|o, _| o.compromised = true),
                 Reason::KeyCompromised,
@@ -570,6 +611,44 @@ mod tests {
         assert!(decide(&d, &o, NOW).is_healthy());
         d.names = names(&["a.test", "::2", "192.0.2.10"]);
         assert_eq!(decide(&d, &o, NOW).reasons, vec![Reason::NamesChanged]);
+    }
+
+    #[test]
+    fn only_a_configured_profile_that_was_not_asked_for_is_a_reason() {
+        let asked = |p: Option<&str>| ProfileFact::AskedFor(p.map(String::from));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Option<&str>, ProfileFact, bool)> = vec![
+            ("a profile added to the configuration", Some("tlsserver"), asked(None), true),
+            ("the profile changed", Some("shortlived"), asked(Some("tlsserver")), true),
+            ("the same profile", Some("tlsserver"), asked(Some("tlsserver")), false),
+            // Asked for last time and the CA did not offer it (issued under its default):
+            // the same configuration does not ask again, so no re-issue loop.
+            ("asked for, not granted", Some("tlsserver"), asked(Some("tlsserver")), false),
+            ("the profile removed: the CA's default serves until renewal", None, asked(Some("tlsserver")), false),
+            ("none configured, none asked", None, asked(None), false),
+            ("a leaf certagent did not order: no judgement", Some("tlsserver"), ProfileFact::Unknown, false),
+        ];
+        for (what, configured, fact, want) in cases {
+            assert_eq!(profile_changed(configured, &fact), want, "{what}");
+            let (mut o, mut d) = (healthy(), desired());
+            o.profile = fact;
+            d.profile = configured.map(String::from);
+            let reasons = decide(&d, &o, NOW).reasons;
+            assert_eq!(
+                reasons.contains(&Reason::ProfileChanged),
+                want,
+                "{what}: {reasons:?}"
+            );
+        }
+        // No certificate: it is missing, whatever the profile.
+        let mut o = healthy();
+        o.cert = CertFact::Missing;
+        o.profile = asked(None);
+        let d = Desired {
+            profile: Some("tlsserver".into()),
+            ..desired()
+        };
+        assert_eq!(decide(&d, &o, NOW).reasons, vec![Reason::CertMissing]);
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub enum Reason {
     KeyTypeChanged,
     /// The configured names differ from the certificate's SANs.
     NamesChanged,
+    /// The configured ACME profile differs from the one the certificate in service was
+    /// ordered under.
+    ProfileChanged,
     /// The certificate in service was issued by another CA than the configured issuer
     /// (acted on only with `reissue_on_issuer_change = true`).
     IssuerChanged,
@@ -104,6 +107,7 @@ impl Reason {
             Reason::KeyMismatch => "key-mismatch",
             Reason::KeyTypeChanged => "key-type-changed",
             Reason::NamesChanged => "names-changed",
+            Reason::ProfileChanged => "profile-changed",
             Reason::IssuerChanged => "issuer-changed",
             Reason::Expiring => "expiring",
             Reason::Forced => "forced",
@@ -113,7 +117,7 @@ impl Reason {
     /// The reason `as_str` names (records written by other hosts of a fleet).
     #[cfg(feature = "fleet")]
     pub(crate) fn parse(s: &str) -> Option<Reason> {
-        const ALL: [Reason; 11] = [
+        const ALL: [Reason; 12] = [
             Reason::KeyCompromised,
             Reason::CompromiseUnknown,
             Reason::Revoked,
@@ -122,6 +126,7 @@ impl Reason {
             Reason::KeyMismatch,
             Reason::KeyTypeChanged,
             Reason::NamesChanged,
+            Reason::ProfileChanged,
             Reason::IssuerChanged,
             Reason::Expiring,
             Reason::Forced,

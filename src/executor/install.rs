@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledIssuer, Journal, OutcomeKind,
-    PostActions, fsutil,
+    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledIssuer, InstalledProfile, Journal,
+    OutcomeKind, PostActions, fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -196,6 +196,10 @@ impl Executor {
             not_after: leaf.not_after,
             loaded: load.loaded(),
             hook_error: None,
+            profile: journal
+                .installed_profile
+                .as_ref()
+                .and_then(|p| p.issued.clone()),
         };
         let installed = self.post_install(cert, journal, flip, installed).await;
         if let Err(e) = self.run_post_actions(cert, journal).await {
@@ -380,6 +384,10 @@ impl Executor {
         journal.installed_issuer = self.config.issuers.get(issuer).map(|i| InstalledIssuer {
             identity: i.identity(),
             dn: leaf.issuer_dn.clone(),
+        });
+        journal.installed_profile = journal.pending.as_ref().map(|p| InstalledProfile {
+            asked: p.profile_asked.clone(),
+            issued: p.profile.clone(),
         });
         journal_installed(journal, flip, installed);
         self.store.save_journal(&cert.name, journal)?;

@@ -13,6 +13,7 @@
 //! its own events); the JSON document is made from the Outcome by `ops`, never here.
 
 mod compromise;
+mod dry_run;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod install;
@@ -22,6 +23,7 @@ mod outcome;
 mod refresh;
 mod rollback;
 
+pub(crate) use dry_run::supported as dry_run_supported;
 #[cfg(feature = "fleet")]
 pub(crate) use fleet::Obtained;
 #[cfg(feature = "fleet")]

@@ -2,7 +2,9 @@
 
 use crate::compromise::{self, Blocked};
 use crate::config::{Certificate, Config, IssuerKind};
-use crate::core::{self, CertFact, Decision, Desired, IssuerFact, KeyFact, Observed, Timestamp};
+use crate::core::{
+    self, CertFact, Decision, Desired, IssuerFact, KeyFact, Observed, ProfileFact, Timestamp,
+};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::store::{FlagId, Journal, fsutil};
 use zeroize::Zeroizing;
@@ -17,12 +19,15 @@ pub(crate) struct Observation {
     pub(crate) compromise_problem: Option<String>,
 }
 
-pub(crate) fn desired(cert: &Certificate) -> Desired {
+/// What the configuration asks for; `profile` is the ACME profile in effect
+/// (`Config::profile_of`).
+pub(crate) fn desired(cert: &Certificate, profile: Option<String>) -> Desired {
     Desired {
         names: cert.names.iter().cloned().collect(),
         key_spec: cert.key_type,
         renew_before: cert.renew_before,
         reissue_on_issuer_change: cert.reissue_on_issuer_change,
+        profile,
     }
 }
 
@@ -45,12 +50,15 @@ pub(crate) struct ConfiguredIssuer {
     pub(crate) identity: String,
     /// A local CA's subject, when it exists: the issuer DN its certificates carry.
     pub(crate) local_ca_dn: Option<String>,
+    /// The ACME profile the certificate is to be ordered under (`Config::profile_of`).
+    pub(crate) profile: Option<String>,
 }
 
 impl ConfiguredIssuer {
     /// The issuer of `cert` as configured; a local CA's certificate is read (never created).
     fn of(config: &Config, cert: &str) -> Option<ConfiguredIssuer> {
-        let issuer = config.issuers.get(&config.certificate(cert)?.issuer)?;
+        let cert = config.certificate(cert)?;
+        let issuer = config.issuers.get(&cert.issuer)?;
         let local_ca_dn = match issuer.kind {
             IssuerKind::Internal(_) => {
                 let path = config
@@ -70,6 +78,7 @@ impl ConfiguredIssuer {
         Some(ConfiguredIssuer {
             identity: issuer.identity(),
             local_ca_dn,
+            profile: config.profile_of(cert).map(|p| p.name),
         })
     }
 }
@@ -186,8 +195,15 @@ pub(crate) fn decide(
         (Some(configured), Some(leaf)) => expected_issuer(configured, signals.journal, leaf),
         _ => IssuerFact::Unknown,
     };
+    let profile = match (&leaf, signals.journal) {
+        (Some(leaf), Some(j)) if j.installed_serial.as_deref() == Some(leaf.serial.as_str()) => {
+            ProfileFact::AskedFor(j.installed_profile.as_ref().and_then(|p| p.asked.clone()))
+        }
+        _ => ProfileFact::Unknown,
+    };
     let observed = Observed {
         issuer,
+        profile,
         compromise_unknown: compromise_problem.is_some(),
         installed_at,
         cert: files.cert.clone(),
@@ -200,7 +216,8 @@ pub(crate) fn decide(
             .filter(|a| leaf.as_ref().is_some_and(|l| l.serial == a.serial))
             .map(|a| a.renew_at),
     };
-    let decision = core::decide(&desired(cert), &observed, now);
+    let configured = signals.issuer.as_ref().and_then(|i| i.profile.clone());
+    let decision = core::decide(&desired(cert, configured), &observed, now);
     Observation {
         decision,
         leaf,
@@ -314,6 +331,7 @@ mod tests {
         let acme = |dir: &str| ConfiguredIssuer {
             identity: format!("acme {dir}"),
             local_ca_dn: None,
+            profile: None,
         };
         let journal = |identity: &str| Journal {
             installed_serial: Some("1a".into()),
@@ -328,6 +346,7 @@ mod tests {
         let local = ConfiguredIssuer {
             identity: "internal internal".into(),
             local_ca_dn: Some("CN=local".into()),
+            profile: None,
         };
         #[rustfmt::skip]
         let cases: Vec<(&str, &ConfiguredIssuer, Option<&Journal>, core::LeafFacts, IssuerFact)> = vec![

@@ -120,10 +120,12 @@ impl Executor {
         now: Timestamp,
     ) -> Result<PrivateKey> {
         let wanted: Vec<String> = cert.names.iter().map(|n| n.to_string()).collect();
+        let profile = self.config.profile_of(cert).map(|p| p.name);
         let reusable = journal.pending.as_ref().is_some_and(|p| {
             p.names == wanted
                 && p.key_spec == cert.key_type
                 && p.issuer == cert.issuer
+                && p.profile_asked == profile
                 && !blocked.contains(&p.key_spki_sha256)
         });
         let key = match (reusable, self.store.pending_key(&cert.name)?) {
@@ -210,6 +212,9 @@ impl Executor {
                 return Err(Stop::Failed(e));
             }
         };
+        if let Some(p) = journal.pending.as_mut() {
+            p.profile = issued.profile;
+        }
         let key = self.issuer_key(cert, journal, ask.blocked, ask.key, issued.key)?;
         let chain = self.accept_chain(cert, journal, &key, issued.chain, ask.now, reason)?;
         Ok((key, chain))
@@ -290,6 +295,8 @@ impl Executor {
             reminders: 0,
             next_look: None,
             requested: journal.asked.as_ref().and_then(|a| a.requested),
+            profile_asked: self.config.profile_of(cert).map(|p| p.name),
+            profile: None,
         });
         self.store.save_journal(&cert.name, journal)
     }
@@ -352,7 +359,9 @@ impl Executor {
             p.attempts += 1;
         }
         self.store.save_journal(&cert.name, journal)?;
+        let profile = self.config.profile_of(cert);
         let req = IssueRequest {
+            profile: profile.as_ref(),
             cert_name: &cert.name,
             key_spec: cert.key_type,
             names: &cert.names,

@@ -17,6 +17,8 @@ pub(crate) struct Installed {
     pub(crate) loaded: bool,
     /// The post_install hook failed (the certificate is installed all the same).
     pub(crate) hook_error: Option<Error>,
+    /// The ACME profile it was issued under (`None`: none).
+    pub(crate) profile: Option<String>,
 }
 
 /// Waiting on the CA or on a human (an approval e-mail); the old certificate stays in service.

@@ -8,7 +8,7 @@ pub(crate) mod jws;
 pub(crate) mod manual;
 
 use crate::clock::Clock;
-use crate::config::{Issuer as IssuerConfig, IssuerKind};
+use crate::config::{Issuer as IssuerConfig, IssuerKind, ProfileWish};
 use crate::core::{CertName, KeySpec, Timestamp};
 use crate::error::Result;
 use crate::keys::{Chain, SecretPem};
@@ -28,6 +28,8 @@ pub(crate) struct IssueRequest<'a> {
     pub(crate) replaces: Option<&'a str>,
     /// Where http-01 key authorizations must be served from too (a fleet's other hosts).
     pub(crate) relay: Option<&'a dyn Relay>,
+    /// The ACME profile to order under (config validation allows it for ACME only).
+    pub(crate) profile: Option<&'a ProfileWish>,
 }
 
 pub(crate) type BoxFuture<'a, T> =
@@ -44,6 +46,8 @@ pub(crate) trait Relay: Send + Sync {
 pub(crate) struct Issued {
     pub(crate) chain: Chain,
     pub(crate) key: Option<SecretPem>,
+    /// The ACME profile the CA issued it under (`None`: none, or not ACME).
+    pub(crate) profile: Option<String>,
 }
 
 /// What the CA said to a revocation request.
@@ -59,6 +63,8 @@ pub(crate) enum RevokeOutcome {
     Refused(String),
 }
 
+// One per issuance, short-lived: the size of the ACME variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Issuer {
     Acme(acme::Acme),
     Internal(internal::LocalCa),
@@ -114,19 +120,20 @@ impl Issuer {
         req: &IssueRequest<'_>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
     ) -> Result<Issued> {
-        let ours = |chain| Issued { chain, key: None };
+        let ours = |chain| Issued {
+            chain,
+            key: None,
+            profile: None,
+        };
         match self {
-            Issuer::Acme(a) => a
-                .issue(
-                    req.names,
-                    req.csr_der,
-                    req.resume_order,
-                    req.replaces,
-                    req.relay,
-                    on_order,
-                )
-                .await
-                .map(ours),
+            Issuer::Acme(a) => {
+                let (chain, profile) = a.issue(req, on_order).await?;
+                Ok(Issued {
+                    chain,
+                    key: None,
+                    profile,
+                })
+            }
             Issuer::Internal(ca) => ca.issue(req.names, req.spki_der, req.now).map(ours),
             Issuer::Manual(m) => m.issue(req.cert_name, req.csr_der).map(ours),
             Issuer::Dnsimple(d) => {
@@ -136,6 +143,7 @@ impl Issuer {
                 Ok(Issued {
                     chain,
                     key: Some(key),
+                    profile: None,
                 })
             }
         }

@@ -17,9 +17,11 @@ macro_rules! out {
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
 }
+mod dry_run;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod render;
+pub(crate) use dry_run::{check_supported as dry_run_supported, dry_run};
 #[cfg(feature = "fleet")]
 pub(crate) use fleet::{cluster_of, fleet_doc, render_fleet, select_shared};
 pub(crate) use render::{render_check, render_reissue, render_status};
@@ -118,6 +120,17 @@ pub(crate) fn report(
             leaf.issuer_dn, cert.issuer
         ));
     }
+    if obs.decision.reasons.contains(&Reason::ProfileChanged) {
+        let asked = journal
+            .and_then(|j| j.installed_profile.as_ref()?.asked.clone())
+            .map_or("no ACME profile".to_string(), |p| {
+                format!("ACME profile {p:?}")
+            });
+        let wanted = config.profile_of(cert).map(|p| p.name).unwrap_or_default();
+        problems.push(format!(
+            "the certificate in service was ordered under {asked}; the configuration asks for {wanted:?}"
+        ));
+    }
     let mut reason = obs.decision.reason().map(|r| r.as_str().to_string());
     let mut healthy = obs.decision.is_healthy();
     let mut action = step.action();
@@ -192,6 +205,12 @@ pub(crate) fn report(
                 to: f.to,
                 phase: f.phase.as_str().to_string(),
             }),
+        profile: journal
+            .filter(|j| {
+                j.installed_serial.is_some()
+                    && j.installed_serial == obs.leaf.as_ref().map(|l| l.serial.clone())
+            })
+            .and_then(|j| j.installed_profile.as_ref()?.issued.clone()),
         last: journal.and_then(|j| j.last.as_ref()).map(|l| LastReport {
             at: rfc3339(l.at),
             result: outcome_str(l.result).to_string(),
@@ -331,6 +350,7 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
     r.serial = Some(i.serial.clone());
     r.not_after = Some(rfc3339(i.not_after));
     r.generation = Some(i.generation);
+    r.profile = i.profile.clone();
     r.error = i.hook_error.as_ref().map(|e| e.to_string());
     r.hint = i
         .hook_error
@@ -473,6 +493,7 @@ pub(crate) fn reissue_doc(certificates: Vec<ReissueResult>) -> (ReissueDoc, u8) 
             schema: output::SCHEMA,
             changed,
             ok,
+            dry_run: false,
             certificates,
         },
         code,
@@ -492,6 +513,7 @@ mod tests {
             not_after: 1_800_000_000,
             loaded: true,
             hook_error,
+            profile: None,
         }
     }
 

@@ -123,6 +123,9 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.not_after.as_deref().unwrap_or("-")
             ),
         }
+        if let Some(profile) = &r.profile {
+            out!("  profile:     {profile}");
+        }
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",
@@ -215,17 +218,38 @@ pub(crate) fn render_reissue(doc: &ReissueDoc) {
                 out!("{}: pending: {}", r.name, r.hint.as_deref().unwrap_or(""));
                 None
             }
+            "issued" if r.dry_run => {
+                out!(
+                    "{}: dry run: issued serial {}, expires {}{}; checked and discarded, nothing changed{}",
+                    r.name,
+                    r.serial.as_deref().unwrap_or("?"),
+                    r.not_after.as_deref().unwrap_or("?"),
+                    r.profile
+                        .as_ref()
+                        .map(|p| format!(", profile {p}"))
+                        .unwrap_or_default(),
+                    r.hint
+                        .as_ref()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default()
+                );
+                None
+            }
             "installed" => Some("installed and verified in service:"),
             "installed-not-loaded" => Some("installed, not loaded (web server not running):"),
             _ => None,
         };
         if let Some(what) = what {
             out!(
-                "{}: {what} serial {} (generation {}), expires {}",
+                "{}: {what} serial {} (generation {}), expires {}{}",
                 r.name,
                 r.serial.as_deref().unwrap_or("?"),
                 r.generation.unwrap_or_default(),
-                r.not_after.as_deref().unwrap_or("?")
+                r.not_after.as_deref().unwrap_or("?"),
+                r.profile
+                    .as_ref()
+                    .map(|p| format!(", profile {p}"))
+                    .unwrap_or_default()
             );
         }
         // Also after an install: a failed post_install hook is reported, not swallowed.

@@ -59,6 +59,11 @@ pub(crate) struct Journal {
     /// and in journals written before it was recorded).
     #[serde(default)]
     pub(crate) installed_issuer: Option<InstalledIssuer>,
+    /// The ACME profile of the certificate certagent last installed (`None` before the
+    /// first install, and in journals written before it was recorded: no profile was asked
+    /// for then).
+    #[serde(default)]
+    pub(crate) installed_profile: Option<InstalledProfile>,
     /// What the certificate needed when the failure behind `retry_at` happened: the backoff
     /// holds back only these (`core::backoff_holds`).
     #[serde(default)]
@@ -114,6 +119,17 @@ pub(crate) struct InstalledIssuer {
     pub(crate) identity: String,
     /// The leaf's issuer distinguished name.
     pub(crate) dn: String,
+}
+
+/// The ACME profile of the certificate certagent last installed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct InstalledProfile {
+    /// What the configuration asked for when it was ordered (`None`: none). `check`
+    /// compares the configured profile with this (`profile-changed`).
+    pub(crate) asked: Option<String>,
+    /// What the CA issued it under (`None`: its default, e.g. because it does not offer the
+    /// profile asked for).
+    pub(crate) issued: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +202,12 @@ pub(crate) struct Pending {
     /// The reason the operator gave when an operator started it, in their words.
     #[serde(default)]
     pub(crate) requested: Option<Requested>,
+    /// The ACME profile the configuration asked for when it started (`None`: none).
+    #[serde(default)]
+    pub(crate) profile_asked: Option<String>,
+    /// The ACME profile the CA issued it under, once issued (`None`: none).
+    #[serde(default)]
+    pub(crate) profile: Option<String>,
 }
 
 /// The compromised key being replaced, captured before anything else happens.

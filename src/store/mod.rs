@@ -28,8 +28,8 @@ pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub(crate) use fsutil::Perms;
 pub(crate) use journal::{
-    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, Journal, Outcome, OutcomeKind, Pending,
-    PostActions, Refresh, Revoked,
+    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, InstalledProfile, Journal, Outcome,
+    OutcomeKind, Pending, PostActions, Refresh, Revoked,
 };
 pub(crate) use lock::Lock;
 pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
@@ -479,6 +479,7 @@ mod tests {
             cert_mode: 0o644,
             revoke_first: false,
             reissue_on_issuer_change: false,
+            profile: Default::default(),
             shared: false,
             pre_install: None,
             post_install: None,

@@ -236,6 +236,7 @@ mod tests {
             cert_mode: 0o644,
             revoke_first: false,
             reissue_on_issuer_change: false,
+            profile: Default::default(),
             shared: false,
             pre_install: None,
             post_install: None,

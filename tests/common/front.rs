@@ -6,6 +6,15 @@
 //!   `Retry-After`; `replaces` in newOrder is recorded, echoed in the order object (instant-acme
 //!   0.8.5 insists on that), and the first N such orders get `409 alreadyReplaced`.
 //! * **CRLs**: a plain-HTTP listener serving DER CRLs that the test publishes, counting fetches.
+//! * **ACME profiles** (draft-ietf-acme-profiles): `meta.profiles` in the directory when
+//!   [`FrontOpts::profiles`] lists some; a newOrder `profile` that is not one of them is
+//!   answered `400 urn:ietf:params:acme:error:invalidProfile`; the profile of each newOrder is
+//!   recorded ([`Front::profiles_seen`]) and echoed in the order object. Pebble 2.4.0 ignores
+//!   the field (the JWS is signed, so it is forwarded as it is), and it has one validity
+//!   period for every certificate: the front reads it from Pebble's `pebble.json`
+//!   (`certificateValidityPeriod`) and refuses, with `invalidProfile`, an order under a profile
+//!   whose lifetime is another. A test starts Pebble with the lifetime of the profile it
+//!   orders, so the certificate it gets reflects the profile named in the order.
 //!
 //! How: an HTTPS reverse proxy on its own `127.0.0.1` port, in-process (a tokio runtime on a
 //! thread of its own, torn down when the [`Front`] is dropped). Every request not handled here
@@ -51,7 +60,50 @@ pub struct FrontOpts {
     /// Answer the first N newOrder requests that carry `replaces` with 409
     /// urn:ietf:params:acme:error:alreadyReplaced.
     pub already_replaced: usize,
+    /// ACME profiles to advertise in the directory's `meta.profiles` (none: no `meta`
+    /// profiles, and a newOrder `profile` is refused as for any unknown profile).
+    pub profiles: Vec<FrontProfile>,
 }
+
+/// One profile the front advertises.
+#[derive(Clone, Debug)]
+pub struct FrontProfile {
+    pub name: String,
+    pub description: String,
+    /// The lifetime of its certificates, in seconds.
+    pub lifetime_secs: u64,
+}
+
+impl FrontProfile {
+    /// Let's Encrypt's three: classic (90 days), tlsserver (45 days), shortlived (160 hours).
+    pub fn lets_encrypt() -> Vec<FrontProfile> {
+        let p = |name: &str, description: &str, lifetime_secs| FrontProfile {
+            name: name.into(),
+            description: description.into(),
+            lifetime_secs,
+        };
+        vec![
+            p(
+                "classic",
+                "The same profile you've been getting all along",
+                90 * 86_400,
+            ),
+            p(
+                "tlsserver",
+                "45-day certificates without a common name",
+                45 * 86_400,
+            ),
+            p(
+                "shortlived",
+                "160-hour certificates for DNS names and IP addresses",
+                160 * 3_600,
+            ),
+        ]
+    }
+}
+
+/// Pebble 2.4.0's validity period when `certificateValidityPeriod` is not set: 5 years.
+const PEBBLE_DEFAULT_VALIDITY: u64 = 157_766_400;
 
 /// Mutable state shared by the server tasks and the test.
 #[derive(Default)]
@@ -61,6 +113,11 @@ struct State {
     already_replaced_left: usize,
     renewal_info_requests: Vec<String>,
     replaces_seen: Vec<Option<String>>,
+    profiles: Vec<FrontProfile>,
+    /// `profile` of each newOrder payload (None when absent), in order, refused ones too.
+    profiles_seen: Vec<Option<String>>,
+    /// Paths of order objects (order URL, finalize URL) created with a profile → it.
+    profile_echo: HashMap<String, String>,
     /// Paths of order objects (order URL, finalize URL) created with `replaces` → its value:
     /// answers to POSTs there get `replaces` echoed too (RFC 9773 §5).
     echo: HashMap<String, String>,
@@ -79,6 +136,8 @@ struct Shared {
     new_order_path: String,
     /// Pebble's newNonce URL (asked directly for nonces on the front's own error answers).
     new_nonce_url: String,
+    /// The validity period of every certificate the Pebble behind issues, in seconds.
+    upstream_validity: u64,
     client: reqwest::Client,
 }
 
@@ -141,6 +200,13 @@ impl Front {
         };
         let new_order_path = path_of(&url_field("newOrder"));
         let new_nonce_url = url_field("newNonce");
+        let pebble_json: Value = serde_json::from_slice(
+            &std::fs::read(pebble.dir().join("pebble.json")).expect("read pebble.json"),
+        )
+        .expect("pebble.json is JSON");
+        let upstream_validity = pebble_json["pebble"]["certificateValidityPeriod"]
+            .as_u64()
+            .unwrap_or(PEBBLE_DEFAULT_VALIDITY);
 
         let pebble_ca_pem = std::fs::read(pebble.ca_bundle()).expect("read Pebble's CA");
         let client = reqwest::Client::builder()
@@ -183,12 +249,14 @@ impl Front {
                 window: opts.window,
                 retry_after: opts.retry_after,
                 already_replaced_left: opts.already_replaced,
+                profiles: opts.profiles,
                 ..State::default()
             }),
             origin: format!("https://127.0.0.1:{port}"),
             upstream: origin_of(&pebble.directory_url()),
             new_order_path,
             new_nonce_url,
+            upstream_validity,
             client,
         });
 
@@ -264,6 +332,12 @@ impl Front {
     /// orders answered with `alreadyReplaced`.
     pub fn replaces_seen(&self) -> Vec<Option<String>> {
         self.shared.state().replaces_seen.clone()
+    }
+
+    /// `profile` of each newOrder payload (None when absent), in order, including the orders
+    /// refused with `invalidProfile`.
+    pub fn profiles_seen(&self) -> Vec<Option<String>> {
+        self.shared.state().profiles_seen.clone()
     }
 
     /// `http://127.0.0.1:PORT2/NAME.crl`.
@@ -419,10 +493,20 @@ async fn handle(shared: &Shared, req: &Request) -> Response {
         return new_order(shared, req).await;
     }
     let mut resp = forward(shared, req).await;
-    // Order objects created with `replaces` keep echoing it (finalize, POST-as-GET).
-    let echo = shared.state().echo.get(path).cloned();
+    // Order objects created with `replaces` or a profile keep echoing it (finalize,
+    // POST-as-GET).
+    let (echo, profile) = {
+        let state = shared.state();
+        (
+            state.echo.get(path).cloned(),
+            state.profile_echo.get(path).cloned(),
+        )
+    };
     if let Some(replaces) = echo {
-        add_replaces(&mut resp, &replaces);
+        add_field(&mut resp, "replaces", &replaces);
+    }
+    if let Some(profile) = profile {
+        add_field(&mut resp, "profile", &profile);
     }
     resp
 }
@@ -482,12 +566,27 @@ async fn forward(shared: &Shared, req: &Request) -> Response {
 /// `GET /dir`: Pebble's directory, plus `renewalInfo` while a window is set.
 async fn directory(shared: &Shared, req: &Request) -> Response {
     let mut resp = forward(shared, req).await;
-    let window = shared.state().window;
+    let (window, profiles) = {
+        let state = shared.state();
+        (state.window, state.profiles.clone())
+    };
     if resp.status == 200
-        && window.is_some()
+        && (window.is_some() || !profiles.is_empty())
         && let Ok(mut dir) = serde_json::from_slice::<Value>(&resp.body)
     {
-        dir["renewalInfo"] = json!(format!("{}/renewal-info", shared.origin));
+        if window.is_some() {
+            dir["renewalInfo"] = json!(format!("{}/renewal-info", shared.origin));
+        }
+        if !profiles.is_empty() {
+            let listed: serde_json::Map<String, Value> = profiles
+                .iter()
+                .map(|p| (p.name.clone(), json!(p.description)))
+                .collect();
+            if !dir["meta"].is_object() {
+                dir["meta"] = json!({});
+            }
+            dir["meta"]["profiles"] = Value::Object(listed);
+        }
         resp.set_json(&dir);
     }
     resp
@@ -527,65 +626,113 @@ fn jws_payload(body: &[u8]) -> Option<Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
-/// `POST newOrder`: record `replaces`, maybe answer alreadyReplaced, else forward and echo.
+/// Why the front refuses an order's `profile`, if it does: not advertised, or advertised
+/// with another lifetime than the Pebble behind issues.
+fn profile_refusal(shared: &Shared, profile: &str) -> Option<String> {
+    let state = shared.state();
+    let Some(p) = state.profiles.iter().find(|p| p.name == profile) else {
+        let names: Vec<&str> = state.profiles.iter().map(|p| p.name.as_str()).collect();
+        return Some(format!(
+            "profile {profile:?} is not offered (offered: {names:?}) (test front)"
+        ));
+    };
+    (p.lifetime_secs != shared.upstream_validity).then(|| {
+        format!(
+            "profile {profile:?} issues {}-second certificates, and this front's Pebble issues {}-second ones: start Pebble with the profile's lifetime (test front)",
+            p.lifetime_secs, shared.upstream_validity
+        )
+    })
+}
+
+/// `POST newOrder`: record `replaces` and `profile`, maybe answer alreadyReplaced or
+/// invalidProfile, else forward and echo.
 async fn new_order(shared: &Shared, req: &Request) -> Response {
-    let replaces = jws_payload(&req.body)
-        .and_then(|p| p.get("replaces").cloned())
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    let payload = jws_payload(&req.body);
+    let field = |name: &str| {
+        payload
+            .as_ref()
+            .and_then(|p| p.get(name).cloned())
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    let (replaces, profile) = (field("replaces"), field("profile"));
+    {
+        let mut state = shared.state();
+        state.profiles_seen.push(profile.clone());
+        state.replaces_seen.push(replaces.clone());
+    }
+    if let Some(why) = profile.as_deref().and_then(|p| profile_refusal(shared, p)) {
+        return problem(shared, 400, "invalidProfile", why).await;
+    }
     let refuse = {
         let mut state = shared.state();
-        state.replaces_seen.push(replaces.clone());
         let refuse = replaces.is_some() && state.already_replaced_left > 0;
         if refuse {
             state.already_replaced_left -= 1;
         }
         refuse
     };
-    let Some(replaces) = replaces else {
-        return forward(shared, req).await;
-    };
-    if refuse {
-        let problem = json!({
-            "type": "urn:ietf:params:acme:error:alreadyReplaced",
-            "detail": format!("certificate {replaces} has already been replaced (test front)"),
-            "status": 409,
-        });
-        let mut resp = Response::front(
-            409,
-            "application/problem+json",
-            serde_json::to_vec(&problem).expect("JSON"),
-        );
-        resp.headers
-            .push(("Cache-Control".into(), "no-store".into()));
-        resp.headers.push((
-            "Link".into(),
-            format!("<{}/dir>;rel=\"index\"", shared.origin),
-        ));
-        match fresh_nonce(shared).await {
-            Ok(nonce) => resp.headers.push(("Replay-Nonce".into(), nonce)),
-            Err(e) => shared.state().log.push(format!("no nonce for 409: {e}")),
-        }
-        return resp;
+    if refuse && let Some(replaces) = &replaces {
+        let detail = format!("certificate {replaces} has already been replaced (test front)");
+        return problem(shared, 409, "alreadyReplaced", detail).await;
     }
     let mut resp = forward(shared, req).await;
-    if (200..300).contains(&resp.status) {
-        add_replaces(&mut resp, &replaces);
+    if (200..300).contains(&resp.status) && (replaces.is_some() || profile.is_some()) {
         let mut paths: Vec<String> = resp.header("location").map(path_of).into_iter().collect();
         if let Ok(order) = serde_json::from_slice::<Value>(&resp.body) {
             paths.extend(order["finalize"].as_str().map(path_of));
         }
+        if let Some(replaces) = &replaces {
+            add_field(&mut resp, "replaces", replaces);
+        }
+        if let Some(profile) = &profile {
+            add_field(&mut resp, "profile", profile);
+        }
         let mut state = shared.state();
         for p in paths {
-            state.echo.insert(p, replaces.clone());
+            if let Some(replaces) = &replaces {
+                state.echo.insert(p.clone(), replaces.clone());
+            }
+            if let Some(profile) = &profile {
+                state.profile_echo.insert(p, profile.clone());
+            }
         }
     }
     resp
 }
 
-/// Adds `"replaces"` to a JSON object answer (anything else is left alone).
-fn add_replaces(resp: &mut Response, replaces: &str) {
+/// An ACME problem document made by the front (`kind` without its URN prefix), with the
+/// headers a client expects on one (a fresh nonce, the directory link).
+async fn problem(shared: &Shared, status: u16, kind: &str, detail: String) -> Response {
+    let problem = json!({
+        "type": format!("urn:ietf:params:acme:error:{kind}"),
+        "detail": detail,
+        "status": status,
+    });
+    let mut resp = Response::front(
+        status,
+        "application/problem+json",
+        serde_json::to_vec(&problem).expect("JSON"),
+    );
+    resp.headers
+        .push(("Cache-Control".into(), "no-store".into()));
+    resp.headers.push((
+        "Link".into(),
+        format!("<{}/dir>;rel=\"index\"", shared.origin),
+    ));
+    match fresh_nonce(shared).await {
+        Ok(nonce) => resp.headers.push(("Replay-Nonce".into(), nonce)),
+        Err(e) => shared
+            .state()
+            .log
+            .push(format!("no nonce for {status}: {e}")),
+    }
+    resp
+}
+
+/// Adds `"NAME": value` to a JSON object answer (anything else is left alone).
+fn add_field(resp: &mut Response, name: &str, value: &str) {
     if let Ok(mut v @ Value::Object(_)) = serde_json::from_slice::<Value>(&resp.body) {
-        v["replaces"] = json!(replaces);
+        v[name] = json!(value);
         resp.set_json(&v);
     }
 }

@@ -105,6 +105,16 @@ async fn order(
     account: &Account,
     new: &NewOrder<'_>,
 ) -> Result<(Vec<u8>, Option<String>), instant_acme::Error> {
+    order_with_profile(account, new)
+        .await
+        .map(|(leaf, replaces, _)| (leaf, replaces))
+}
+
+/// `order`, also returning the order's `profile` as last fetched.
+async fn order_with_profile(
+    account: &Account,
+    new: &NewOrder<'_>,
+) -> Result<(Vec<u8>, Option<String>, Option<String>), instant_acme::Error> {
     let mut order = account.new_order(new).await?;
     let mut authzs = order.authorizations();
     while let Some(authz) = authzs.next().await {
@@ -121,7 +131,8 @@ async fn order(
     order.finalize_csr(csr.der()).await.unwrap();
     let chain = order.poll_certificate(&retry).await.unwrap();
     let replaces = order.state().replaces.as_ref().map(|c| c.to_string());
-    Ok((pem_to_der(&chain), replaces))
+    let profile = order.state().profile.clone();
+    Ok((pem_to_der(&chain), replaces, profile))
 }
 
 #[test]
@@ -139,6 +150,7 @@ fn ari_and_replaces_through_the_front_with_pebble() {
             window: Some(window),
             retry_after: 4321,
             already_replaced: 2,
+            ..FrontOpts::default()
         },
     );
     let origin = front.directory_url().trim_end_matches("/dir").to_owned();
@@ -303,6 +315,132 @@ fn ari_and_replaces_through_the_front_with_pebble() {
         );
     });
     eprintln!("ARI self-test took {:?}", started.elapsed());
+}
+
+/// A new account at the front.
+async fn account_at(front: &Front) -> Account {
+    Account::builder_with_http(Box::new(ReqwestHttp::new(&front.ca_bundle())))
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            front.directory_url(),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("account: {e}\n{}", front.log()))
+        .0
+}
+
+fn lifetime_secs(leaf: &[u8]) -> i64 {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+#[test]
+fn profiles_are_advertised_checked_recorded_and_echoed() {
+    const DAYS_45: u64 = 45 * 86_400;
+    let pebble = Pebble::start(PebbleOpts {
+        always_valid: true,
+        validity_period_secs: Some(DAYS_45),
+        ..PebbleOpts::default()
+    });
+    let front = Front::start(
+        &pebble,
+        FrontOpts {
+            profiles: FrontProfile::lets_encrypt(),
+            ..FrontOpts::default()
+        },
+    );
+    let bare = Front::start(&pebble, FrontOpts::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_, _, body) = get(&front.directory_url(), Some(&front.ca_bundle())).await;
+        let dir = json(&body);
+        assert_eq!(
+            dir["meta"]["profiles"]["tlsserver"], "45-day certificates without a common name",
+            "{dir}"
+        );
+        let (_, _, body) = get(&bare.directory_url(), Some(&bare.ca_bundle())).await;
+        assert!(json(&body)["meta"].get("profiles").is_none());
+
+        let account = account_at(&front).await;
+        let mut offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        offered.sort();
+        assert_eq!(offered, ["classic", "shortlived", "tlsserver"]);
+        let ids = [Identifier::Dns("a.test".to_owned())];
+
+        // Offered, and the lifetime of the Pebble behind: issued, echoed, 45 days.
+        let before = pebble.orders_created();
+        let (leaf, _, profile) =
+            order_with_profile(&account, &NewOrder::new(&ids).profile("tlsserver"))
+                .await
+                .unwrap_or_else(|e| panic!("tlsserver: {e}\n{}", front.log()));
+        assert_eq!(profile.as_deref(), Some("tlsserver"), "{}", front.log());
+        assert!(
+            (lifetime_secs(&leaf) - DAYS_45 as i64).abs() <= 60,
+            "{}",
+            lifetime_secs(&leaf)
+        );
+        assert_eq!(pebble.orders_created(), before + 1);
+
+        // Not offered, or offered with another lifetime than Pebble's: invalidProfile, 400,
+        // nothing reaches Pebble.
+        for (name, detail) in [
+            ("bogus", "profile \"bogus\" is not offered"),
+            (
+                "classic",
+                "profile \"classic\" issues 7776000-second certificates",
+            ),
+        ] {
+            let err = account
+                .new_order(&NewOrder::new(&ids).profile(name))
+                .await
+                .map(|_| ())
+                .expect_err(name);
+            match err {
+                instant_acme::Error::Api(p) => {
+                    assert_eq!(
+                        p.r#type.as_deref(),
+                        Some("urn:ietf:params:acme:error:invalidProfile")
+                    );
+                    assert_eq!(p.status, Some(400));
+                    assert!(p.detail.as_deref().unwrap().starts_with(detail), "{p:?}");
+                }
+                e => panic!("expected invalidProfile, got {e}\n{}", front.log()),
+            }
+        }
+        assert_eq!(pebble.orders_created(), before + 1, "{}", front.log());
+        // Without a profile: Pebble's default, no echo.
+        let (_, _, profile) = order_with_profile(&account, &NewOrder::new(&ids))
+            .await
+            .unwrap();
+        assert_eq!(profile, None);
+        assert_eq!(
+            front.profiles_seen(),
+            [
+                Some("tlsserver".to_owned()),
+                Some("bogus".to_owned()),
+                Some("classic".to_owned()),
+                None
+            ]
+        );
+        // A front without profiles refuses any.
+        let account = account_at(&bare).await;
+        assert_eq!(account.profiles().count(), 0);
+        let err = account
+            .new_order(&NewOrder::new(&ids).profile("tlsserver"))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("invalidProfile"), "{err}");
+    });
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod daemon;
 mod discover;
 mod dnsimple;
 mod dnsimple_selftest;
+mod dry_run;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
@@ -43,6 +44,7 @@ mod manual;
 mod messages;
 mod notify;
 mod operator;
+mod profiles;
 mod reissue;
 mod revocation;
 mod schedule;

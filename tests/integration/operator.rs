@@ -71,7 +71,7 @@ fn reissue_help_and_error_say_why_now_is_required() {
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(
         run.stderr,
-        "certagent: reissue needs --now: it replaces the key and certificate in service at once, even a healthy one\n  hint: certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now www`\n",
+        "certagent: reissue needs --now: it replaces the key and certificate in service at once, even a healthy one\n  hint: certagent re-issues by itself when a certificate needs it; `certagent check` says whether one does and why; to replace it anyway: `certagent reissue --now www`; to rehearse without changing anything: `certagent reissue --dry-run www`\n",
         "{run:?}"
     );
 }

@@ -47,6 +47,7 @@ fn an_ari_window_in_the_future_schedules_the_renewal_inside_it() {
             window: Some((start, end)),
             retry_after: 3600,
             already_replaced: 0,
+            ..FrontOpts::default()
         },
     );
     let env = Env::new(&["a.test"], None);
@@ -91,6 +92,7 @@ fn an_ari_window_in_the_past_renews_now_replacing_the_old_certificate() {
             window: None,
             retry_after: 3600,
             already_replaced: 1,
+            ..FrontOpts::default()
         },
     );
     let env = Env::new(&["a.test"], None);

@@ -27,6 +27,7 @@ use crate::store::{Perms, fsutil};
 
 pub(crate) mod certbot;
 mod poll;
+mod profile;
 mod responder;
 
 // Fleets check the tokens they relay with the same rule.
@@ -213,22 +214,17 @@ impl Acme {
         Ok(account)
     }
 
-    /// Obtain a chain for `csr_der`. `resume` is a journalled order URL; `on_order` must make
-    /// a new order URL durable before this function goes on.
+    /// Obtain a chain for `req.csr_der`, and the ACME profile it was issued under.
+    /// `req.resume_order` is a journalled order URL; `on_order` must make a new order URL
+    /// durable before this function goes on.
     pub(crate) async fn issue(
         &self,
-        names: &[CertName],
-        csr_der: &[u8],
-        resume: Option<&str>,
-        replaces: Option<&str>,
-        relay: Option<&dyn crate::issuer::Relay>,
+        req: &crate::issuer::IssueRequest<'_>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
-    ) -> Result<Chain> {
+    ) -> Result<(Chain, Option<String>)> {
         let http = Http::new(self.cfg.ca_bundle.as_deref(), self.clock)?;
         let throttle = http.retry_after.clone();
-        let result = self
-            .issue_with(&http, names, csr_der, resume, replaces, relay, on_order)
-            .await;
+        let result = self.issue_with(&http, req, on_order).await;
         // A 429/503 on the way carries the server's wish for when to come back.
         let retry_after = throttle.lock().ok().and_then(|slot| *slot);
         result.map_err(|e| self.trust_hint(&http, e.with_retry_after(retry_after)))
@@ -255,19 +251,23 @@ impl Acme {
         })
     }
 
-    // The request's parts, one by one: bundling them would only rename them.
-    #[allow(clippy::too_many_arguments)]
     async fn issue_with(
         &self,
         http: &Http,
-        names: &[CertName],
-        csr_der: &[u8],
-        resume: Option<&str>,
-        replaces: Option<&str>,
-        relay: Option<&dyn crate::issuer::Relay>,
+        req: &crate::issuer::IssueRequest<'_>,
         on_order: &mut (dyn FnMut(&str) -> Result<()> + Send),
-    ) -> Result<Chain> {
+    ) -> Result<(Chain, Option<String>)> {
         let account = self.account(http).await?;
+        let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        let profile = match profile::choose(req.profile, &offered, &self.name)? {
+            profile::Choice::Default => None,
+            profile::Choice::Use(p) => Some(p),
+            profile::Choice::NotOffered { wanted, offered } => {
+                log::warn!(issuer = self.name.as_str(), cert = req.cert_name, profile = wanted, event = "profile-not-offered"; "the CA {offered}: ordering under its default profile instead of {wanted:?} (profile_required = true makes this an error)");
+                None
+            }
+        };
+        let resume = req.resume_order;
         let mut order = match resume {
             Some(url) => match account.order(url.to_string()).await.map(|mut o| {
                 let invalid = o.state().status == OrderStatus::Invalid;
@@ -293,27 +293,44 @@ impl Acme {
             None => {
                 // An IP address is an `ip` identifier (RFC 8738 §3): a CA refuses a `dns`
                 // identifier whose value is an address.
-                let ids: Vec<Identifier> = names
+                let ids: Vec<Identifier> = req
+                    .names
                     .iter()
                     .map(|n| match n {
                         CertName::Dns(d) => Identifier::Dns(d.to_string()),
                         CertName::Ip(ip) => Identifier::Ip(*ip),
                     })
                     .collect();
-                let o = self.new_order(&account, &ids, replaces).await?;
+                let o = self
+                    .new_order(&account, &ids, req.replaces, profile)
+                    .await?;
                 on_order(o.url())?;
                 crate::failpoint_async!("after-order-created");
-                log::info!(issuer = self.name.as_str(), order = o.url(), event = "ordered"; "created ACME order");
+                match profile {
+                    Some(p) => {
+                        log::info!(issuer = self.name.as_str(), order = o.url(), profile = p, event = "ordered"; "created ACME order")
+                    }
+                    None => {
+                        log::info!(issuer = self.name.as_str(), order = o.url(), event = "ordered"; "created ACME order")
+                    }
+                }
                 o
             }
         };
+        // The order's own word on its profile (a resumed order was placed with the same
+        // configuration: a changed profile discards the pending re-issue).
+        let issued_under = order
+            .state()
+            .profile
+            .clone()
+            .or(profile.map(str::to_string));
         let timeout = Duration::from_secs(self.cfg.timeout.0.max(1) as u64);
         if order.state().status == OrderStatus::Pending {
-            self.solve(&mut order, http, timeout, relay).await?;
+            self.solve(&mut order, http, timeout, req.relay).await?;
         }
         if order.state().status == OrderStatus::Ready {
             order
-                .finalize_csr(csr_der)
+                .finalize_csr(req.csr_der)
                 .await
                 .map_err(|e| failed("failed to finalize ACME order", e))?;
         }
@@ -325,21 +342,28 @@ impl Acme {
             .await
             .map_err(|e| failed("failed to download certificate", e))?
             .ok_or_else(|| Error::msg("the ACME order did not become valid"))?;
-        Chain::from_pem(pem.as_bytes())
-            .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))
+        let chain = Chain::from_pem(pem.as_bytes())
+            .map_err(|e| Error::msg(format!("the CA sent an unusable chain: {e}")))?;
+        Ok((chain, issued_under))
     }
 
-    /// Place an order, naming the certificate it replaces when there is one; a CA that says
-    /// that certificate was already replaced gets the order again without it (RFC 9773 §5).
+    /// Place an order (under `profile`, if any), naming the certificate it replaces when
+    /// there is one; a CA that says that certificate was already replaced gets the order
+    /// again without it (RFC 9773 §5).
     async fn new_order(
         &self,
         account: &Account,
         ids: &[Identifier],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<Order> {
         let fail = |e| failed("failed to create ACME order", e);
+        let plain = || match profile {
+            Some(p) => NewOrder::new(ids).profile(p),
+            None => NewOrder::new(ids),
+        };
         let Some(cid) = replaces else {
-            return account.new_order(&NewOrder::new(ids)).await.map_err(fail);
+            return account.new_order(&plain()).await.map_err(fail);
         };
         let b64 = |part: &str| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -356,7 +380,7 @@ impl Acme {
             rustls::pki_types::Der::from(aki),
             rustls::pki_types::Der::from(serial),
         );
-        match account.new_order(&NewOrder::new(ids).replaces(id)).await {
+        match account.new_order(&plain().replaces(id)).await {
             Ok(o) => {
                 log::info!(issuer = self.name.as_str(), replaces = cid; "ordered as the replacement of the certificate in service");
                 Ok(o)
@@ -367,10 +391,10 @@ impl Acme {
                     .is_some_and(|t| t.ends_with(":alreadyReplaced")) =>
             {
                 log::info!(issuer = self.name.as_str(), replaces = cid; "the CA says that certificate was already replaced; ordering without replaces");
-                account.new_order(&NewOrder::new(ids)).await.map_err(fail)
+                account.new_order(&plain()).await.map_err(fail)
             }
             Err(instant_acme::Error::Unsupported(_)) => {
-                account.new_order(&NewOrder::new(ids)).await.map_err(fail)
+                account.new_order(&plain()).await.map_err(fail)
             }
             Err(e) => Err(fail(e)),
         }
