@@ -28,7 +28,7 @@ pub(crate) use issuer::{
     ManualIssuer,
 };
 pub(crate) use notify::{Notify, NotifyTarget};
-pub(crate) use server::{ApacheLayout, Server, ServerKind, name_covers, probe_sni};
+pub(crate) use server::{ApacheLayout, Server, ServerKind, Starttls, name_covers, probe_sni};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use super::walk::{Ctx, Section, did_you_mean};
 use crate::core::{DomainName, Span};
 
 pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
-pub(super) const ENDPOINT_KEYS: &str = "address, sni";
+pub(super) const ENDPOINT_KEYS: &str = "address, sni, starttls";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Server {
@@ -68,6 +68,29 @@ pub(crate) enum ApacheLayout {
 pub(crate) struct Endpoint {
     pub(crate) address: SocketAddr,
     pub(crate) sni: Option<DomainName>,
+    /// A mail server's plain-text port: the protocol's upgrade is spoken before the handshake.
+    pub(crate) starttls: Option<Starttls>,
+}
+
+/// The plain-text protocol a `verify` endpoint speaks before TLS (`starttls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Starttls {
+    /// SMTP (Postfix, port 25 or 587): `EHLO`, then `STARTTLS`.
+    Smtp,
+    /// IMAP (Dovecot, port 143): `a001 STARTTLS`.
+    Imap,
+    /// POP3 (Dovecot, port 110): `STLS`.
+    Pop3,
+}
+
+impl Starttls {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+        }
+    }
 }
 
 impl Endpoint {
@@ -205,7 +228,8 @@ fn read_layout(cx: &mut Ctx, s: &mut Section, kind: ServerKind) -> Option<Apache
     layout
 }
 
-/// `verify`: each element is an address string, or a table `{ address = "...", sni = "..." }`.
+/// `verify`: each element is an address string, or a table `{ address = "...", sni = "...",
+/// starttls = "smtp" }`.
 fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
     let key = s.full_key("verify");
     let Some(v) = s.raw("verify") else {
@@ -229,6 +253,7 @@ fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
                 out.push(Endpoint {
                     address: a,
                     sni: None,
+                    starttls: None,
                 });
             }
             continue;
@@ -279,11 +304,30 @@ fn read_endpoint_table(cx: &mut Ctx, key: &str, mut t: Section) -> Option<Endpoi
         }
     };
     let sni = read_sni(cx, &mut t);
+    let starttls = read_starttls(cx, &mut t);
     t.finish(cx, ENDPOINT_KEYS);
     Some(Endpoint {
         address: addr?,
         sni,
+        starttls,
     })
+}
+
+/// An endpoint's `starttls`: the mail protocol spoken before the handshake.
+fn read_starttls(cx: &mut Ctx, t: &mut Section) -> Option<Starttls> {
+    let (p, span) = t.string(cx, "starttls")?;
+    let known = [Starttls::Smtp, Starttls::Imap, Starttls::Pop3];
+    if let Some(found) = known.into_iter().find(|k| k.as_str() == p) {
+        return Some(found);
+    }
+    let message = match did_you_mean(&p, known.map(Starttls::as_str)) {
+        Some(close) => format!("unknown STARTTLS protocol {p:?}; did you mean {close:?}?"),
+        None => format!(
+            "unknown STARTTLS protocol {p:?}; expected \"smtp\", \"imap\" or \"pop3\" (leave it out for a port that speaks TLS at once)"
+        ),
+    };
+    cx.error(&span, &t.full_key("starttls"), message);
+    None
 }
 
 /// An endpoint's `sni`: one host name, not a wildcard.
@@ -343,11 +387,13 @@ hook_timeout = "30s"
             vec![
                 Endpoint {
                     address: "127.0.0.1:443".parse().unwrap(),
-                    sni: None
+                    sni: None,
+                    starttls: None,
                 },
                 Endpoint {
                     address: "127.0.0.1:8443".parse().unwrap(),
-                    sni: Some("shop.example.com".parse().unwrap())
+                    sni: Some("shop.example.com".parse().unwrap()),
+                    starttls: None,
                 },
             ]
         );
@@ -368,10 +414,12 @@ hook_timeout = "30s"
         let plain = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: None,
+            starttls: None,
         };
         let shop = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: Some("shop.example.com".parse().unwrap()),
+            starttls: None,
         };
         assert_eq!(
             plain.sni_for(&names(&["*.example.com"])).as_deref(),
@@ -415,7 +463,7 @@ pre_install = []
             "/c/config.toml:4: server.web.layout: only kind = \"apache\" has a layout",
             "/c/config.toml:5: server.web.verify: \"127.0.0.1\" is not an address like \"127.0.0.1:443\"",
             "/c/config.toml:5: server.web.verify.sni: \"*.example.com\" is a wildcard; an SNI names one host, e.g. \"www.example.com\"",
-            "/c/config.toml:5: server.web.verify.port: unknown key; known keys here: address, sni",
+            "/c/config.toml:5: server.web.verify.port: unknown key; known keys here: address, sni, starttls",
             "/c/config.toml:5: server.web.verify.address: missing; the endpoint's address, like \"127.0.0.1:443\"",
             "/c/config.toml:5: server.web.verify: expected an address string or a table { address = \"127.0.0.1:443\", sni = \"www.example.com\" }, found integer",
             "/c/config.toml:9: server.ap.layout: unknown layout \"arch\"; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)",
@@ -429,5 +477,43 @@ pre_install = []
             );
         }
         assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_verify_endpoint_may_speak_a_mail_protocol_before_tls() {
+        let text = r#"
+[server.mail]
+kind = "command"
+reload_command = ["postfix", "reload"]
+verify = ["127.0.0.1:465", { address = "127.0.0.1:25", starttls = "smtp" }, { address = "127.0.0.1:143", starttls = "imap", sni = "mail.example.com" }, { address = "127.0.0.1:110", starttls = "pop3" }]
+"#;
+        let c = parse(text).unwrap();
+        let got: Vec<_> = c.servers["mail"]
+            .verify
+            .iter()
+            .map(|e| (e.address.port(), e.starttls))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (465, None),
+                (25, Some(Starttls::Smtp)),
+                (143, Some(Starttls::Imap)),
+                (110, Some(Starttls::Pop3))
+            ]
+        );
+        let errors = parse(
+            &text
+                .replace("\"imap\"", "\"imapp\"")
+                .replace("\"pop3\"", "\"ldap\""),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"imapp\"; did you mean \"imap\"?".to_string(),
+                "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"ldap\"; expected \"smtp\", \"imap\" or \"pop3\" (leave it out for a port that speaks TLS at once)".to_string(),
+            ]
+        );
     }
 }

@@ -227,7 +227,7 @@ fn verify_reports(
     crate::server::WebServer::new(server)
         .endpoints_for(&cert.names)
         .into_iter()
-        .map(|(addr, sni)| {
+        .map(|crate::server::Target { addr, sni, .. }| {
             let answer = seen
                 .entry(addr)
                 .or_insert_with(|| crate::server::answer(addr, crate::server::ANSWER_TIMEOUT));

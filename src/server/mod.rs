@@ -5,6 +5,7 @@
 
 pub(crate) mod apache;
 pub(crate) mod probe;
+pub(crate) mod starttls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::config::{ApacheLayout, Server, ServerKind};
+use crate::config::{ApacheLayout, Server, ServerKind, Starttls};
 use crate::core::DomainName;
 use crate::error::{Error, Result};
 
@@ -289,7 +290,7 @@ impl WebServer {
             return Ok(());
         }
         let mut refused = Vec::new();
-        for (addr, _) in self.endpoints_for(names) {
+        for Target { addr, .. } in self.endpoints_for(names) {
             let probe = tokio::task::spawn_blocking(move || answer(addr, ANSWER_TIMEOUT));
             match probe.await {
                 Ok(Answer::Answered) => {}
@@ -326,14 +327,17 @@ impl WebServer {
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
-    pub(crate) fn endpoints_for(
-        &self,
-        names: &[DomainName],
-    ) -> Vec<(std::net::SocketAddr, String)> {
+    pub(crate) fn endpoints_for(&self, names: &[DomainName]) -> Vec<Target> {
         self.cfg
             .verify
             .iter()
-            .filter_map(|e| Some((e.address, e.sni_for(names)?)))
+            .filter_map(|e| {
+                Some(Target {
+                    addr: e.address,
+                    sni: e.sni_for(names)?,
+                    starttls: e.starttls,
+                })
+            })
             .collect()
     }
 
@@ -386,19 +390,28 @@ impl WebServer {
     }
 }
 
+/// A `verify` endpoint as probed for one certificate.
+pub(crate) struct Target {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) sni: String,
+    pub(crate) starttls: Option<Starttls>,
+}
+
 /// Probe every endpoint once; why the last one that does not serve `leaf_der` does not,
 /// `None` when all do.
-async fn probe_round(
-    endpoints: &[(std::net::SocketAddr, String)],
-    leaf_der: &[u8],
-    deadline: Instant,
-) -> Option<String> {
+async fn probe_round(endpoints: &[Target], leaf_der: &[u8], deadline: Instant) -> Option<String> {
     let mut last = None;
-    for (addr, sni) in endpoints {
+    for Target {
+        addr,
+        sni,
+        starttls,
+    } in endpoints
+    {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(200));
-        match probe::served_leaf(*addr, sni, left.min(Duration::from_secs(5))).await {
+        let timeout = left.min(Duration::from_secs(5));
+        match probe::served_leaf(*addr, sni, *starttls, timeout).await {
             Ok(der) if der == leaf_der => {}
             Ok(der) => {
                 let serial = crate::keys::leaf_facts(&der)

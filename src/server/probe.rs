@@ -9,6 +9,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::config::Starttls;
+
 #[derive(Debug)]
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
 
@@ -73,17 +75,22 @@ fn connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// Handshake with `addr` using `sni`; the leaf DER, or why not.
+/// Handshake with `addr` using `sni` (after `starttls`'s upgrade, for a mail server's
+/// plain-text port); the leaf DER, or why not.
 pub(crate) async fn served_leaf(
     addr: SocketAddr,
     sni: &str,
+    starttls: Option<Starttls>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
     let name = ServerName::try_from(sni.to_string()).map_err(|_| format!("invalid SNI {sni:?}"))?;
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let mut tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
+        if let Some(proto) = starttls {
+            super::starttls::upgrade(&mut tcp, proto, addr).await?;
+        }
         let tls = connector()
             .connect(name, tcp)
             .await
