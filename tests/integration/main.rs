@@ -38,6 +38,7 @@ mod hardening_inputs;
 mod hardening_loops;
 mod harness;
 mod install;
+mod mail;
 mod manual;
 mod messages;
 mod notify;
