@@ -10,7 +10,7 @@ use super::build::valid_name;
 use super::walk::{Ctx, Section, did_you_mean};
 use crate::core::{DomainName, Span};
 
-pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
+pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, runtime_socket, command_timeout, verify_timeout, verify_settle";
 pub(super) const ENDPOINT_KEYS: &str = "address, sni, starttls";
 
 #[derive(Clone, Debug)]
@@ -24,6 +24,9 @@ pub(crate) struct Server {
     pub(crate) test_command: Option<Vec<String>>,
     pub(crate) reload_command: Option<Vec<String>>,
     pub(crate) pid_file: Option<PathBuf>,
+    /// HAProxy only: its runtime API (the `stats socket ... level admin`); certificates with
+    /// a `bundle_file` are swapped through it, with no reload.
+    pub(crate) runtime_socket: Option<PathBuf>,
     /// Limit for each test/reload command.
     pub(crate) command_timeout: Span,
     /// How long to wait for the new certificate to be served after a reload.
@@ -37,6 +40,7 @@ pub(crate) struct Server {
 pub(crate) enum ServerKind {
     Nginx,
     Apache,
+    Haproxy,
     Command,
     None,
 }
@@ -46,6 +50,7 @@ impl ServerKind {
         match self {
             ServerKind::Nginx => "nginx",
             ServerKind::Apache => "apache",
+            ServerKind::Haproxy => "haproxy",
             ServerKind::Command => "command",
             ServerKind::None => "none",
         }
@@ -133,6 +138,14 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
     let test_command = s.command(cx, "test_command");
     let reload_command = s.command(cx, "reload_command");
     let pid_file = s.path(cx, "pid_file");
+    let runtime_socket = s.path(cx, "runtime_socket");
+    if runtime_socket.is_some() && kind != ServerKind::Haproxy {
+        cx.error(
+            &s.at("runtime_socket"),
+            &s.full_key("runtime_socket"),
+            "only kind = \"haproxy\" has a runtime API socket",
+        );
+    }
     if kind == ServerKind::Command && reload_command.is_none() {
         cx.error(
             &s.span,
@@ -164,6 +177,7 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
         test_command,
         reload_command,
         pid_file,
+        runtime_socket,
         command_timeout,
         verify_timeout,
         verify_settle,
@@ -172,20 +186,22 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
 
 /// `kind`: required, one of the known server kinds.
 fn read_kind(cx: &mut Ctx, s: &mut Section) -> Option<ServerKind> {
-    const KINDS: &str = "\"nginx\", \"apache\", \"command\" or \"none\"";
+    const KINDS: &str = "\"nginx\", \"apache\", \"haproxy\", \"command\" or \"none\"";
     match s.string(cx, "kind") {
         Some((k, span)) => match k.as_str() {
             "nginx" => Some(ServerKind::Nginx),
             "apache" => Some(ServerKind::Apache),
+            "haproxy" => Some(ServerKind::Haproxy),
             "command" => Some(ServerKind::Command),
             "none" => Some(ServerKind::None),
             other => {
-                let message = match did_you_mean(other, ["nginx", "apache", "command", "none"]) {
-                    Some(close) => {
-                        format!("unknown server kind {other:?}; did you mean {close:?}?")
-                    }
-                    None => format!("unknown server kind {other:?}; expected {KINDS}"),
-                };
+                let message =
+                    match did_you_mean(other, ["nginx", "apache", "haproxy", "command", "none"]) {
+                        Some(close) => {
+                            format!("unknown server kind {other:?}; did you mean {close:?}?")
+                        }
+                        None => format!("unknown server kind {other:?}; expected {KINDS}"),
+                    };
                 cx.error(&span, &s.full_key("kind"), message);
                 s.abandon();
                 None
@@ -514,6 +530,25 @@ verify = ["127.0.0.1:465", { address = "127.0.0.1:25", starttls = "smtp" }, { ad
                 "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"imapp\"; did you mean \"imap\"?".to_string(),
                 "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"ldap\"; expected \"smtp\", \"imap\" or \"pop3\" (leave it out for a port that speaks TLS at once)".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn only_haproxy_has_a_runtime_socket() {
+        let text = "[server.lb]\nkind = \"haproxy\"\nverify = [\"127.0.0.1:443\"]\nruntime_socket = \"/run/haproxy/admin.sock\"\n\n[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]\nruntime_socket = \"/run/haproxy/admin.sock\"\n";
+        let errors = parse(text).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/c/config.toml:9: server.web.runtime_socket: only kind = \"haproxy\" has a runtime API socket"
+                    .to_string()
+            ]
+        );
+        let ok = parse(&text.replace("kind = \"nginx\"", "kind = \"haproxy\"")).unwrap();
+        assert_eq!(ok.servers["lb"].kind, ServerKind::Haproxy);
+        assert_eq!(
+            ok.servers["lb"].runtime_socket.as_deref(),
+            Some(std::path::Path::new("/run/haproxy/admin.sock"))
         );
     }
 }

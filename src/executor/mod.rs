@@ -16,6 +16,7 @@ mod compromise;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod install;
+mod load;
 mod observe;
 mod obtain;
 mod outcome;

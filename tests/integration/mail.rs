@@ -155,13 +155,7 @@ fn dovecot_gets_a_new_certificate_proven_over_imap_and_pop3_starttls() {
 fn a_starttls_service_still_presenting_the_old_certificate_is_rolled_back() {
     let s = scratch();
     let (imap, pop3) = (reserved_port(), reserved_port());
-    let dovecot = Dovecot::start(
-        &s.dir.path().join("dovecot"),
-        imap,
-        pop3,
-        &s.cert,
-        &s.key,
-    );
+    let dovecot = Dovecot::start(&s.dir.path().join("dovecot"), imap, pop3, &s.cert, &s.key);
     let addr = format!("127.0.0.1:{imap}");
     let old_cert = std::fs::read(&s.cert).unwrap();
     let old_key = std::fs::read(&s.key).unwrap();

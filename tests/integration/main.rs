@@ -31,6 +31,7 @@ mod fleet_selftest;
 #[cfg(feature = "fleet")]
 mod fleet_status;
 mod front_selftest;
+mod haproxy;
 mod hardening;
 mod hardening_dirs;
 mod hardening_inputs;
