@@ -118,6 +118,20 @@ fn postfix_gets_a_new_certificate_proven_over_smtp_starttls() {
         doc["certificates"][0]["serial"].as_str().unwrap()
     );
     assert_eq!(spki_of_cert_der(&served), key_spki(&s.key));
+    // `check` and `status` report the endpoint with its protocol.
+    let check = run_certagent(&config, &["check", "--json"], &[]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(
+        check.json()["certificates"][0]["verify"],
+        serde_json::json!([{"endpoint": addr, "sni": NAME, "starttls": "smtp", "answered": true, "error": null}])
+    );
+    let check = run_certagent(&config, &["status"], &[]);
+    assert!(
+        check.stdout.contains(&format!(
+            "verify:      {addr} (SNI {NAME}, STARTTLS smtp) answers"
+        )),
+        "{check:?}"
+    );
 }
 
 #[test]
