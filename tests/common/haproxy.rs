@@ -22,14 +22,26 @@ impl Haproxy {
     /// Writes `dir/haproxy.cfg` serving `bundle` on `127.0.0.1:port`, starts the master and
     /// waits until its pid file names it, a worker runs and the port accepts connections.
     pub fn start(dir: &Path, port: u16, bundle: &Path) -> Haproxy {
+        Haproxy::start_with(dir, port, bundle, &[])
+    }
+
+    /// [`Haproxy::start`] with more frontends, each `(port, bundle)`.
+    pub fn start_with(dir: &Path, port: u16, bundle: &Path, more: &[(u16, &Path)]) -> Haproxy {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let cfg = format!(
+        let mut cfg = format!(
             "global\n    stats socket {sock} mode 600 level admin\n\n\
-             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n\
-             frontend fe\n    bind 127.0.0.1:{port} ssl crt {bundle}\n    http-request return status 200 content-type text/plain string ok\n",
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n",
             sock = dir.join("admin.sock").display(),
-            bundle = bundle.display(),
         );
+        for (i, (p, b)) in std::iter::once((port, bundle))
+            .chain(more.iter().copied())
+            .enumerate()
+        {
+            cfg.push_str(&format!(
+                "\nfrontend fe{i}\n    bind 127.0.0.1:{p} ssl crt {b}\n    http-request return status 200 content-type text/plain string ok\n",
+                b = b.display(),
+            ));
+        }
         let conf = dir.join("haproxy.cfg");
         std::fs::write(&conf, cfg).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
         let pid_file = dir.join("haproxy.pid");

@@ -30,6 +30,12 @@ struct Rig {
 /// HAProxy serving a test CA's leaf for lb.test from `ssl/lb.bundle.pem`; the same pair also
 /// as `ssl/lb.pem` and `ssl/lb.key`.
 fn rig() -> Rig {
+    rig_with_decoy(None)
+}
+
+/// [`rig`], with a second frontend on `decoy` serving another leaf for lb.test from a bundle
+/// of its own, which certagent never touches.
+fn rig_with_decoy(decoy: Option<u16>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let ca = TlsCa::new(&dir.path().join("testca"));
     let ssl = dir.path().join("ssl");
@@ -48,7 +54,20 @@ fn rig() -> Rig {
     initial.write(&cert, &key);
     std::fs::write(&bundle, format!("{}{}", initial.key_pem, initial.cert_pem)).unwrap();
     std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let haproxy = Haproxy::start(&dir.path().join("haproxy"), reserved_port(), &bundle);
+    let decoy_bundle = ssl.join("decoy.bundle.pem");
+    let other = ca.issue_leaf(
+        &[NAME],
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(60 * 86_400),
+    );
+    std::fs::write(
+        &decoy_bundle,
+        format!("{}{}", other.key_pem, other.cert_pem),
+    )
+    .unwrap();
+    let more: Vec<(u16, &std::path::Path)> =
+        decoy.iter().map(|p| (*p, decoy_bundle.as_path())).collect();
+    let haproxy = Haproxy::start_with(&dir.path().join("haproxy"), reserved_port(), &bundle, &more);
     Rig {
         dir,
         cert,
@@ -62,6 +81,10 @@ fn rig() -> Rig {
 impl Rig {
     /// `server_extra` goes into `[server.lb]` (pid_file or runtime_socket).
     fn write_config(&self, server_extra: &str) -> PathBuf {
+        self.write_config_verifying(&self.haproxy.addr(), server_extra)
+    }
+
+    fn write_config_verifying(&self, verify: &str, server_extra: &str) -> PathBuf {
         let d = self.dir.path();
         let text = format!(
             r#"[agent]
@@ -85,7 +108,7 @@ bundle_file = "{bundle}"
 "#,
             state = d.join("state").display(),
             run = d.join("run").display(),
-            addr = self.haproxy.addr(),
+            addr = verify,
             test = common::toml_list(&self.haproxy.test_command()),
             cert = self.cert.display(),
             key = self.key.display(),
@@ -232,4 +255,45 @@ fn a_swap_haproxy_refuses_is_rolled_back() {
     assert_eq!(std::fs::read(&rig.key).unwrap(), old_key);
     assert_eq!(rig.served(), rig.initial.cert_der);
     rig.assert_bundle_is_key_and_chain();
+}
+
+/// The swap succeeds but the endpoint probed (a second frontend with a bundle of its own)
+/// never shows the new leaf: the rollback swaps the previous bundle back through the runtime
+/// API, so the frontend that had taken the new leaf serves the old one again, with no reload.
+#[test]
+fn a_swapped_certificate_not_served_is_swapped_back() {
+    let decoy = reserved_port();
+    let rig = rig_with_decoy(Some(decoy));
+    let workers = rig.haproxy.workers();
+    let config = rig.write_config_verifying(
+        &format!("127.0.0.1:{decoy}"),
+        &format!(
+            "runtime_socket = \"{}\"\nverify_settle = \"0s\"",
+            rig.haproxy.runtime_socket().display()
+        ),
+    );
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("verify_timeout = \"5s\"", "verify_timeout = \"1s\""),
+    )
+    .unwrap();
+    let run = run_certagent(&config, &["reissue", "--now", "lb", "--json"], &[]);
+    assert_eq!(run.code, 2, "{run:?}\n{}", rig.haproxy.log());
+    let doc = run.json();
+    assert_eq!(doc["certificates"][0]["result"], "rolled-back");
+    let error = doc["certificates"][0]["error"].as_str().unwrap();
+    assert!(
+        error.ends_with("; rolled back to generation 0, reloaded the previous certificate"),
+        "{error}"
+    );
+    // The log shows the new leaf was swapped in (twice: the retry) before being swapped out.
+    assert!(
+        run.stderr
+            .contains("new certificate not served after reload"),
+        "{run:?}"
+    );
+    assert_eq!(rig.served(), rig.initial.cert_der);
+    assert_eq!(rig.haproxy.workers(), workers);
 }
