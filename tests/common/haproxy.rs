@@ -21,12 +21,8 @@ pub struct Haproxy {
 impl Haproxy {
     /// Writes `dir/haproxy.cfg` serving `bundle` on `127.0.0.1:port`, starts the master and
     /// waits until its pid file names it, a worker runs and the port accepts connections.
-    pub fn start(dir: &Path, port: u16, bundle: &Path) -> Haproxy {
-        Haproxy::start_with(dir, port, bundle, &[])
-    }
-
-    /// [`Haproxy::start`] with more frontends, each `(port, bundle)`.
-    pub fn start_with(dir: &Path, port: u16, bundle: &Path, more: &[(u16, &Path)]) -> Haproxy {
+    /// `more`: further frontends, each `(port, bundle)`.
+    pub fn start(dir: &Path, port: u16, bundle: &Path, more: &[(u16, &Path)]) -> Haproxy {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let mut cfg = format!(
             "global\n    stats socket {sock} mode 600 level admin\n\n\

@@ -67,7 +67,7 @@ fn rig_with_decoy(decoy: Option<u16>) -> Rig {
     .unwrap();
     let more: Vec<(u16, &std::path::Path)> =
         decoy.iter().map(|p| (*p, decoy_bundle.as_path())).collect();
-    let haproxy = Haproxy::start_with(&dir.path().join("haproxy"), reserved_port(), &bundle, &more);
+    let haproxy = Haproxy::start(&dir.path().join("haproxy"), reserved_port(), &bundle, &more);
     Rig {
         dir,
         cert,
