@@ -214,4 +214,27 @@ mod tests {
             "abort ssl cert /etc/haproxy/site.pem\n"
         );
     }
+
+    #[test]
+    fn only_a_process_whose_executable_is_haproxy_is_taken_for_haproxy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("haproxy");
+        std::fs::copy("/bin/sleep", &binary).unwrap();
+        let spawn = |bin: &Path| loop {
+            match std::process::Command::new(bin).arg("30").spawn() {
+                // Another test thread may hold a copy's write descriptor across its fork.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => continue,
+                other => break other.unwrap(),
+            }
+        };
+        let mut real = spawn(&binary);
+        let mut other = spawn(Path::new("/bin/sleep"));
+        let pid = |c: &std::process::Child| nix::unistd::Pid::from_raw(c.id() as i32);
+        assert!(is_haproxy(pid(&real)));
+        assert!(!is_haproxy(pid(&other)));
+        for c in [&mut real, &mut other] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
