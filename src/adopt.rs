@@ -48,6 +48,9 @@ fn outputs(cert: &Certificate) -> Vec<(&'static str, &Path)> {
     if let Some(l) = &cert.leaf_file {
         v.push(("leaf_file", l.as_path()));
     }
+    if let Some(b) = &cert.bundle_file {
+        v.push(("bundle_file", b.as_path()));
+    }
     v
 }
 
@@ -78,6 +81,13 @@ pub(crate) fn take_over(store: &Store, cert: &Certificate) -> Result<Option<Gene
     for (role, path) in outputs(cert) {
         match classify(cert, role, path, owner)? {
             Found::Nothing => {}
+            // A bundle is made from the key and chain of each generation: the file found
+            // there is kept, never adopted.
+            Found::Material(bytes, _) | Found::Keep(bytes, _) if role == "bundle_file" => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                let kept = store.keep_verbatim(&cert.name, role, &bytes)?;
+                log::info!(cert = cert.name.as_str(), kept = kept.display().to_string().as_str(); "replacing bundle_file {:?} by one made from the key and chain; kept the old one in {:?}", path.display().to_string(), kept.display().to_string());
+            }
             Found::Keep(bytes, why) => {
                 let kept = store.keep_verbatim(&cert.name, role, &bytes)?;
                 log::warn!(cert = cert.name.as_str(), path = path.display().to_string().as_str(), kept = kept.display().to_string().as_str(); "not adopting {role} {:?}: {why}; kept it verbatim in {:?}", path.display().to_string(), kept.display().to_string());

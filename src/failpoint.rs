@@ -2,8 +2,10 @@
 //! `failpoints` feature; `CERTAGENT_FAILPOINT=NAME` makes the process kill itself with
 //! SIGKILL when it reaches `failpoint!("NAME")`, exactly like a power cut or an OOM kill would
 //! stop it. A few named faults change behaviour instead: `issue-foreign-key` (the internal CA
-//! signs a different key, like a broken CA) and `truncate-staged-key` (the published key file
-//! is cut short, like an unnoticed short write). `NAME=panic` panics there instead.
+//! signs a different key, like a broken CA), `truncate-staged-key` (the published key file
+//! is cut short, like an unnoticed short write) and `haproxy-foreign-key` (the first bundle
+//! swapped into HAProxy through its runtime API carries another key). `NAME=panic` panics
+//! there instead.
 
 /// Die here (SIGKILL, no destructors, no flush) when `CERTAGENT_FAILPOINT` names this point.
 #[macro_export]

@@ -84,6 +84,10 @@ pub(crate) struct VerifyReport {
     pub(crate) endpoint: String,
     /// The SNI a re-issue probes it with.
     pub(crate) sni: String,
+    /// "smtp", "imap" or "pop3": the plain-text protocol upgraded before the handshake;
+    /// absent for a port that speaks TLS at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) starttls: Option<String>,
     pub(crate) answered: bool,
     /// Why not (`connection refused`, a timeout), when it did not.
     pub(crate) error: Option<String>,

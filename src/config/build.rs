@@ -338,6 +338,19 @@ impl Builder {
             let Some((server, _)) = cert.server.as_ref().and_then(|s| self.servers.get(s)) else {
                 continue;
             };
+            if server.runtime_socket.is_some() && cert.bundle_file.is_none() {
+                let at = self.at(name, "server", origin);
+                errors.push(ConfigError {
+                    hint: Some("set bundle_file to the file HAProxy's `crt` names; its key, leaf and chain are what the runtime API swaps".into()),
+                    file: at.file.clone(),
+                    line: at.line,
+                    key: format!("certificate.{}.bundle_file", shown(name)),
+                    message: format!(
+                        "missing; server {:?} swaps certificates through its runtime_socket, which needs the bundle HAProxy loaded",
+                        server.name
+                    ),
+                });
+            }
             if server.kind == ServerKind::None || server.verify.is_empty() {
                 continue;
             }
@@ -371,6 +384,7 @@ impl Builder {
                 ("key_file", Some(&cert.key_file)),
                 ("chain_file", cert.chain_file.as_ref()),
                 ("leaf_file", cert.leaf_file.as_ref()),
+                ("bundle_file", cert.bundle_file.as_ref()),
             ];
             for (key, path) in outputs {
                 let Some(path) = path else { continue };

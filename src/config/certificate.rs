@@ -11,7 +11,7 @@ use super::walk::{Ctx, Section};
 use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
 use crate::core::{CertName, KeySpec, Span};
 
-pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout";
+pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Certificate {
@@ -26,6 +26,8 @@ pub(crate) struct Certificate {
     pub(crate) key_file: PathBuf,
     pub(crate) chain_file: Option<PathBuf>,
     pub(crate) leaf_file: Option<PathBuf>,
+    /// Key, leaf and chain in one file (HAProxy's `crt`), with the key's mode.
+    pub(crate) bundle_file: Option<PathBuf>,
     pub(crate) renew_before: Option<Span>,
     pub(crate) owner: Option<String>,
     pub(crate) group: Option<String>,
@@ -75,6 +77,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
     let (cert_file, key_file) = read_served_files(cx, s);
     let chain_file = s.path(cx, "chain_file");
     let leaf_file = s.path(cx, "leaf_file");
+    let bundle_file = s.path(cx, "bundle_file");
     let renew_before = s.span(cx, "renew_before", MAX_LIFETIME);
     let owner = s.string(cx, "owner").map(|(v, _)| v);
     let group = s.string(cx, "group").map(|(v, _)| v);
@@ -103,6 +106,7 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
         key_file: key_file?,
         chain_file,
         leaf_file,
+        bundle_file,
         renew_before,
         owner,
         group,

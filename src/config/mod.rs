@@ -30,7 +30,7 @@ pub(crate) use issuer::{
 };
 pub(crate) use notify::{Notify, NotifyTarget};
 pub(crate) use profile::ProfileWish;
-pub(crate) use server::{ApacheLayout, Server, ServerKind, name_covers, probe_sni};
+pub(crate) use server::{ApacheLayout, Server, ServerKind, Starttls, name_covers, probe_sni};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -229,7 +229,7 @@ fn check_output_directories(config: &Config, root: &Path, errors: &mut Vec<Confi
 }
 
 impl Certificate {
-    /// The output paths (`cert_file`, `key_file`, `chain_file`, `leaf_file`) whose directory,
+    /// The output paths (`cert_file`, `key_file`, `chain_file`, `leaf_file`, `bundle_file`) whose directory,
     /// looked for under `root`, is missing or not a directory: (key, directory as shown, the
     /// problem, a hint). Directories under `state_dir` are certagent's to create; one that
     /// cannot be read here (another user's) is for the re-issue, as root, to tell.
@@ -243,6 +243,7 @@ impl Certificate {
             ("key_file", Some(&self.key_file)),
             ("chain_file", self.chain_file.as_ref()),
             ("leaf_file", self.leaf_file.as_ref()),
+            ("bundle_file", self.bundle_file.as_ref()),
         ];
         let mut missing = Vec::new();
         for (key, path) in outputs {
@@ -565,7 +566,7 @@ mod dropin_tests {
             shown,
             [
                 "/etc/certagent/config.toml:1: server.a\\nb: invalid server name \"a\\nb\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
-                "/etc/certagent/config.toml:3: server.a\\nb.x\\u{1b}[2Jy: unknown key; known keys here: kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle",
+                "/etc/certagent/config.toml:3: server.a\\nb.x\\u{1b}[2Jy: unknown key; known keys here: kind, layout, verify, test_command, reload_command, pid_file, runtime_socket, command_timeout, verify_timeout, verify_settle",
                 "/etc/certagent/config.toml:5: certificate.c\\rd: invalid certificate name \"c\\rd\": use 1 to 64 letters, digits, '-', '_' or '.' (it names files)",
                 "/etc/certagent/config.toml:12: certificate.ok.server: no [server.w\\u{202e}eb] is defined (defined: none)",
                 "/etc/certagent/config.toml:17: notify.n\\0: expected a table [notify.n\\0], found integer",
@@ -764,7 +765,7 @@ mod message_tests {
             errors,
             [
                 "/etc/certagent/config.toml:3: certificate.site.servr: unknown key; did you mean `server`?",
-                "/etc/certagent/config.toml:6: certificate.site.colour: unknown key; known keys here: names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout",
+                "/etc/certagent/config.toml:6: certificate.site.colour: unknown key; known keys here: names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout",
                 "/etc/certagent/config.toml:8: certificat: unknown key; did you mean `certificate`?",
             ]
         );
@@ -790,7 +791,7 @@ mod message_tests {
         assert_eq!(
             errors,
             [
-                "/etc/certagent/config.toml:2: server.web.kind: unknown server kind \"caddy\"; expected \"nginx\", \"apache\", \"command\" or \"none\""
+                "/etc/certagent/config.toml:2: server.web.kind: unknown server kind \"caddy\"; expected \"nginx\", \"apache\", \"haproxy\", \"command\" or \"none\""
             ]
         );
     }

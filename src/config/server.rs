@@ -10,8 +10,8 @@ use super::build::valid_name;
 use super::walk::{Ctx, Section, did_you_mean};
 use crate::core::{CertName, Span};
 
-pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, command_timeout, verify_timeout, verify_settle";
-pub(super) const ENDPOINT_KEYS: &str = "address, sni";
+pub(super) const SERVER_KEYS: &str = "kind, layout, verify, test_command, reload_command, pid_file, runtime_socket, command_timeout, verify_timeout, verify_settle";
+pub(super) const ENDPOINT_KEYS: &str = "address, sni, starttls";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Server {
@@ -24,6 +24,9 @@ pub(crate) struct Server {
     pub(crate) test_command: Option<Vec<String>>,
     pub(crate) reload_command: Option<Vec<String>>,
     pub(crate) pid_file: Option<PathBuf>,
+    /// HAProxy only: its runtime API (the `stats socket ... level admin`); certificates with
+    /// a `bundle_file` are swapped through it, with no reload.
+    pub(crate) runtime_socket: Option<PathBuf>,
     /// Limit for each test/reload command.
     pub(crate) command_timeout: Span,
     /// How long to wait for the new certificate to be served after a reload.
@@ -37,6 +40,7 @@ pub(crate) struct Server {
 pub(crate) enum ServerKind {
     Nginx,
     Apache,
+    Haproxy,
     Command,
     None,
 }
@@ -46,6 +50,7 @@ impl ServerKind {
         match self {
             ServerKind::Nginx => "nginx",
             ServerKind::Apache => "apache",
+            ServerKind::Haproxy => "haproxy",
             ServerKind::Command => "command",
             ServerKind::None => "none",
         }
@@ -69,6 +74,29 @@ pub(crate) struct Endpoint {
     pub(crate) address: SocketAddr,
     /// A host name, or an IP address (probed without SNI) for certificates with that address.
     pub(crate) sni: Option<CertName>,
+    /// A mail server's plain-text port: the protocol's upgrade is spoken before the handshake.
+    pub(crate) starttls: Option<Starttls>,
+}
+
+/// The plain-text protocol a `verify` endpoint speaks before TLS (`starttls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Starttls {
+    /// SMTP (Postfix, port 25 or 587): `EHLO`, then `STARTTLS`.
+    Smtp,
+    /// IMAP (Dovecot, port 143): `a001 STARTTLS`.
+    Imap,
+    /// POP3 (Dovecot, port 110): `STLS`.
+    Pop3,
+}
+
+impl Starttls {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+        }
+    }
 }
 
 impl Endpoint {
@@ -117,6 +145,14 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
     let test_command = s.command(cx, "test_command");
     let reload_command = s.command(cx, "reload_command");
     let pid_file = s.path(cx, "pid_file");
+    let runtime_socket = s.path(cx, "runtime_socket");
+    if runtime_socket.is_some() && kind != ServerKind::Haproxy {
+        cx.error(
+            &s.at("runtime_socket"),
+            &s.full_key("runtime_socket"),
+            "only kind = \"haproxy\" has a runtime API socket",
+        );
+    }
     if kind == ServerKind::Command && reload_command.is_none() {
         cx.error(
             &s.span,
@@ -148,6 +184,7 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
         test_command,
         reload_command,
         pid_file,
+        runtime_socket,
         command_timeout,
         verify_timeout,
         verify_settle,
@@ -156,20 +193,22 @@ pub(super) fn read_server(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<S
 
 /// `kind`: required, one of the known server kinds.
 fn read_kind(cx: &mut Ctx, s: &mut Section) -> Option<ServerKind> {
-    const KINDS: &str = "\"nginx\", \"apache\", \"command\" or \"none\"";
+    const KINDS: &str = "\"nginx\", \"apache\", \"haproxy\", \"command\" or \"none\"";
     match s.string(cx, "kind") {
         Some((k, span)) => match k.as_str() {
             "nginx" => Some(ServerKind::Nginx),
             "apache" => Some(ServerKind::Apache),
+            "haproxy" => Some(ServerKind::Haproxy),
             "command" => Some(ServerKind::Command),
             "none" => Some(ServerKind::None),
             other => {
-                let message = match did_you_mean(other, ["nginx", "apache", "command", "none"]) {
-                    Some(close) => {
-                        format!("unknown server kind {other:?}; did you mean {close:?}?")
-                    }
-                    None => format!("unknown server kind {other:?}; expected {KINDS}"),
-                };
+                let message =
+                    match did_you_mean(other, ["nginx", "apache", "haproxy", "command", "none"]) {
+                        Some(close) => {
+                            format!("unknown server kind {other:?}; did you mean {close:?}?")
+                        }
+                        None => format!("unknown server kind {other:?}; expected {KINDS}"),
+                    };
                 cx.error(&span, &s.full_key("kind"), message);
                 s.abandon();
                 None
@@ -212,7 +251,8 @@ fn read_layout(cx: &mut Ctx, s: &mut Section, kind: ServerKind) -> Option<Apache
     layout
 }
 
-/// `verify`: each element is an address string, or a table `{ address = "...", sni = "..." }`.
+/// `verify`: each element is an address string, or a table `{ address = "...", sni = "...",
+/// starttls = "smtp" }`.
 fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
     let key = s.full_key("verify");
     let Some(v) = s.raw("verify") else {
@@ -236,6 +276,7 @@ fn read_endpoints(cx: &mut Ctx, s: &mut Section) -> Vec<Endpoint> {
                 out.push(Endpoint {
                     address: a,
                     sni: None,
+                    starttls: None,
                 });
             }
             continue;
@@ -286,11 +327,30 @@ fn read_endpoint_table(cx: &mut Ctx, key: &str, mut t: Section) -> Option<Endpoi
         }
     };
     let sni = read_sni(cx, &mut t);
+    let starttls = read_starttls(cx, &mut t);
     t.finish(cx, ENDPOINT_KEYS);
     Some(Endpoint {
         address: addr?,
         sni,
+        starttls,
     })
+}
+
+/// An endpoint's `starttls`: the mail protocol spoken before the handshake.
+fn read_starttls(cx: &mut Ctx, t: &mut Section) -> Option<Starttls> {
+    let (p, span) = t.string(cx, "starttls")?;
+    let known = [Starttls::Smtp, Starttls::Imap, Starttls::Pop3];
+    if let Some(found) = known.into_iter().find(|k| k.as_str() == p) {
+        return Some(found);
+    }
+    let message = match did_you_mean(&p, known.map(Starttls::as_str)) {
+        Some(close) => format!("unknown STARTTLS protocol {p:?}; did you mean {close:?}?"),
+        None => format!(
+            "unknown STARTTLS protocol {p:?}; expected \"smtp\", \"imap\" or \"pop3\" (leave it out for a port that speaks TLS at once)"
+        ),
+    };
+    cx.error(&span, &t.full_key("starttls"), message);
+    None
 }
 
 /// An endpoint's `sni`: one host name, not a wildcard, or an IP address.
@@ -350,11 +410,13 @@ hook_timeout = "30s"
             vec![
                 Endpoint {
                     address: "127.0.0.1:443".parse().unwrap(),
-                    sni: None
+                    sni: None,
+                    starttls: None,
                 },
                 Endpoint {
                     address: "127.0.0.1:8443".parse().unwrap(),
-                    sni: Some("shop.example.com".parse().unwrap())
+                    sni: Some("shop.example.com".parse().unwrap()),
+                    starttls: None,
                 },
             ]
         );
@@ -374,10 +436,12 @@ hook_timeout = "30s"
         let plain = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: None,
+            starttls: None,
         };
         let shop = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: Some("shop.example.com".parse().unwrap()),
+            starttls: None,
         };
         assert_eq!(
             plain.sni_for(&names(&["*.example.com"])).as_deref(),
@@ -400,6 +464,7 @@ hook_timeout = "30s"
         let by_ip = Endpoint {
             address: "127.0.0.1:443".parse().unwrap(),
             sni: Some("0:0::1".parse().unwrap()),
+            starttls: None,
         };
         assert_eq!(
             by_ip.sni_for(&names(&["a.test", "::1"])).as_deref(),
@@ -437,7 +502,7 @@ pre_install = []
             "/c/config.toml:4: server.web.layout: only kind = \"apache\" has a layout",
             "/c/config.toml:5: server.web.verify: \"127.0.0.1\" is not an address like \"127.0.0.1:443\"",
             "/c/config.toml:5: server.web.verify.sni: \"*.example.com\" is a wildcard; an SNI names one host, e.g. \"www.example.com\"",
-            "/c/config.toml:5: server.web.verify.port: unknown key; known keys here: address, sni",
+            "/c/config.toml:5: server.web.verify.port: unknown key; known keys here: address, sni, starttls",
             "/c/config.toml:5: server.web.verify.address: missing; the endpoint's address, like \"127.0.0.1:443\"",
             "/c/config.toml:5: server.web.verify: expected an address string or a table { address = \"127.0.0.1:443\", sni = \"www.example.com\" }, found integer",
             "/c/config.toml:9: server.ap.layout: unknown layout \"arch\"; expected \"debian\" (apache2, apache2ctl) or \"rhel\" (httpd, apachectl)",
@@ -451,5 +516,62 @@ pre_install = []
             );
         }
         assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_verify_endpoint_may_speak_a_mail_protocol_before_tls() {
+        let text = r#"
+[server.mail]
+kind = "command"
+reload_command = ["postfix", "reload"]
+verify = ["127.0.0.1:465", { address = "127.0.0.1:25", starttls = "smtp" }, { address = "127.0.0.1:143", starttls = "imap", sni = "mail.example.com" }, { address = "127.0.0.1:110", starttls = "pop3" }]
+"#;
+        let c = parse(text).unwrap();
+        let got: Vec<_> = c.servers["mail"]
+            .verify
+            .iter()
+            .map(|e| (e.address.port(), e.starttls))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (465, None),
+                (25, Some(Starttls::Smtp)),
+                (143, Some(Starttls::Imap)),
+                (110, Some(Starttls::Pop3))
+            ]
+        );
+        let errors = parse(
+            &text
+                .replace("\"imap\"", "\"imapp\"")
+                .replace("\"pop3\"", "\"ldap\""),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"imapp\"; did you mean \"imap\"?".to_string(),
+                "/c/config.toml:5: server.mail.verify.starttls: unknown STARTTLS protocol \"ldap\"; expected \"smtp\", \"imap\" or \"pop3\" (leave it out for a port that speaks TLS at once)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_haproxy_has_a_runtime_socket() {
+        let text = "[server.lb]\nkind = \"haproxy\"\nverify = [\"127.0.0.1:443\"]\nruntime_socket = \"/run/haproxy/admin.sock\"\n\n[server.web]\nkind = \"nginx\"\nverify = [\"127.0.0.1:443\"]\nruntime_socket = \"/run/haproxy/admin.sock\"\n";
+        let errors = parse(text).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/c/config.toml:9: server.web.runtime_socket: only kind = \"haproxy\" has a runtime API socket"
+                    .to_string()
+            ]
+        );
+        let ok = parse(&text.replace("kind = \"nginx\"", "kind = \"haproxy\"")).unwrap();
+        assert_eq!(ok.servers["lb"].kind, ServerKind::Haproxy);
+        assert_eq!(
+            ok.servers["lb"].runtime_socket.as_deref(),
+            Some(std::path::Path::new("/run/haproxy/admin.sock"))
+        );
     }
 }

@@ -297,7 +297,7 @@ impl Executor {
         chain: &Chain,
     ) -> Result<Served> {
         let old_workers = server.workers();
-        server.reload().await?;
+        self.load_current(server, cert).await?;
         self.journal_phase(cert, journal, FlipPhase::Verifying);
         let settle = server
             .wait_retired(&old_workers, server.verify_timeout())

@@ -17,6 +17,7 @@ mod dry_run;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod install;
+mod load;
 mod observe;
 mod obtain;
 mod outcome;

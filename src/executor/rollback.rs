@@ -110,7 +110,7 @@ impl Executor {
             Err(e) => notes.push(format!("ROLLBACK FAILED: {e}")),
         }
         if let (true, Some(server)) = (reloaded, server) {
-            match server.reload().await {
+            match self.load_current(server, cert).await {
                 Ok(()) => notes.push("reloaded the previous certificate".into()),
                 Err(e) => notes.push(format!("reload after rollback failed: {e}")),
             }

@@ -246,21 +246,28 @@ fn verify_reports(
     crate::server::WebServer::new(server)
         .endpoints_for(&cert.names)
         .into_iter()
-        .map(|(addr, sni)| {
-            let answer = seen
-                .entry(addr)
-                .or_insert_with(|| crate::server::answer(addr, crate::server::ANSWER_TIMEOUT));
-            let error = match answer {
-                Answer::Answered => None,
-                Answer::Refused(e) | Answer::Silent(e) => Some(e.clone()),
-            };
-            VerifyReport {
-                endpoint: addr.to_string(),
-                sni,
-                answered: error.is_none(),
-                error,
-            }
-        })
+        .map(
+            |crate::server::Target {
+                 addr,
+                 sni,
+                 starttls,
+             }| {
+                let answer = seen
+                    .entry(addr)
+                    .or_insert_with(|| crate::server::answer(addr, crate::server::ANSWER_TIMEOUT));
+                let error = match answer {
+                    Answer::Answered => None,
+                    Answer::Refused(e) | Answer::Silent(e) => Some(e.clone()),
+                };
+                VerifyReport {
+                    endpoint: addr.to_string(),
+                    sni,
+                    starttls: starttls.map(|p| p.as_str().to_string()),
+                    answered: error.is_none(),
+                    error,
+                }
+            },
+        )
         .collect()
 }
 

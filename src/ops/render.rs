@@ -89,13 +89,13 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
             out!("  problem:     {p}");
         }
         for v in &r.verify {
+            let how = match &v.starttls {
+                Some(p) => format!("SNI {}, STARTTLS {p}", v.sni),
+                None => format!("SNI {}", v.sni),
+            };
             match &v.error {
-                None => out!("  verify:      {} (SNI {}) answers", v.endpoint, v.sni),
-                Some(e) => out!(
-                    "  verify:      {} (SNI {}) does not answer: {e}",
-                    v.endpoint,
-                    v.sni
-                ),
+                None => out!("  verify:      {} ({how}) answers", v.endpoint),
+                Some(e) => out!("  verify:      {} ({how}) does not answer: {e}", v.endpoint),
             }
         }
         let generation = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_else(|| "-".into());

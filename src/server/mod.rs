@@ -4,7 +4,9 @@
 //! starts a server that is not running.
 
 pub(crate) mod apache;
+pub(crate) mod haproxy;
 pub(crate) mod probe;
+pub(crate) mod starttls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::config::{ApacheLayout, Server, ServerKind};
+use crate::config::{ApacheLayout, Server, ServerKind, Starttls};
 use crate::core::CertName;
 use crate::error::{Error, Result};
 
@@ -88,10 +90,12 @@ impl WebServer {
         Path::new("/run/systemd/system").is_dir()
     }
 
-    /// nginx and Apache are reloaded through systemd when nothing else is configured.
+    /// nginx, Apache and HAProxy are reloaded through systemd when nothing else is configured.
     fn via_systemd(&self) -> bool {
-        matches!(self.cfg.kind, ServerKind::Nginx | ServerKind::Apache)
-            && self.cfg.pid_file.is_none()
+        matches!(
+            self.cfg.kind,
+            ServerKind::Nginx | ServerKind::Apache | ServerKind::Haproxy
+        ) && self.cfg.pid_file.is_none()
             && self.cfg.reload_command.is_none()
             && Self::under_systemd()
     }
@@ -155,6 +159,7 @@ impl WebServer {
             (None, ServerKind::Nginx) if self.reloads_through_systemctl() => return Ok(()),
             (None, ServerKind::Nginx) => vec!["nginx".into(), "-t".into(), "-q".into()],
             (None, ServerKind::Apache) => self.layout.test_command(),
+            (None, ServerKind::Haproxy) => haproxy::test_command(),
             (None, _) => return Ok(()),
         };
         run(&argv, self.timeout()).await.map_err(|e| {
@@ -167,7 +172,8 @@ impl WebServer {
 
     /// Ask the server to load the files again: `reload_command`; else `systemctl reload`
     /// under systemd when no pid file is configured; else a signal to the master from the
-    /// pid file (nginx SIGHUP, Apache SIGUSR1 — a graceful restart).
+    /// pid file (nginx SIGHUP, Apache SIGUSR1 — a graceful restart, HAProxy's master (`-W`)
+    /// SIGUSR2).
     pub(crate) async fn reload(&self) -> Result<()> {
         let fail = |e: Error| e.context(format!("reload of server {:?} failed", self.cfg.name));
         if let Some(cmd) = &self.cfg.reload_command {
@@ -177,6 +183,7 @@ impl WebServer {
             ServerKind::None | ServerKind::Command => return Ok(()),
             ServerKind::Nginx => ("nginx", Signal::SIGHUP),
             ServerKind::Apache => (self.layout.unit(), Signal::SIGUSR1),
+            ServerKind::Haproxy => ("haproxy", Signal::SIGUSR2),
         };
         if self.via_systemd() {
             let argv = ["systemctl", "reload", unit].map(String::from).to_vec();
@@ -205,11 +212,38 @@ impl WebServer {
             )))
             .with_hint("the pid file is stale: check pid_file, or that nginx is running"));
         }
+        if self.cfg.kind == ServerKind::Haproxy && !haproxy::is_haproxy(pid) {
+            return Err(fail(Error::msg(format!(
+                "pid {pid} from {shown:?} is not HAProxy; not signalling it"
+            )))
+            .with_hint(
+                "the pid file is stale: check pid_file (the master's, haproxy -W), or that HAProxy is running",
+            ));
+        }
         kill(pid, signal).map_err(|e| fail(Error::msg(format!("failed to signal pid {pid}: {e}"))))
     }
 
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.command_timeout.0.max(1) as u64)
+    }
+
+    /// HAProxy's runtime API socket, when certificates are swapped through it.
+    pub(crate) fn runtime_socket(&self) -> Option<&Path> {
+        self.cfg.runtime_socket.as_deref()
+    }
+
+    /// Swap the certificate HAProxy loaded from `crt_path` for `pem` through the runtime API
+    /// (no reload). An error when there is no runtime socket.
+    pub(crate) async fn hot_swap(&self, crt_path: &Path, pem: &str) -> Result<()> {
+        let Some(socket) = self.runtime_socket() else {
+            return Err(Error::msg(format!(
+                "server {:?} has no runtime_socket",
+                self.cfg.name
+            )));
+        };
+        haproxy::swap(socket, crt_path, pem, self.timeout())
+            .await
+            .map_err(|e| e.context(format!("hot swap on server {:?} failed", self.cfg.name)))
     }
 
     pub(crate) fn verify_timeout(&self) -> Duration {
@@ -289,7 +323,7 @@ impl WebServer {
             return Ok(());
         }
         let mut refused = Vec::new();
-        for (addr, _) in self.endpoints_for(names) {
+        for Target { addr, .. } in self.endpoints_for(names) {
             let probe = tokio::task::spawn_blocking(move || answer(addr, ANSWER_TIMEOUT));
             match probe.await {
                 Ok(Answer::Answered) => {}
@@ -326,11 +360,17 @@ impl WebServer {
     }
 
     /// The endpoints to probe for a certificate with `names`, each with its SNI.
-    pub(crate) fn endpoints_for(&self, names: &[CertName]) -> Vec<(std::net::SocketAddr, String)> {
+    pub(crate) fn endpoints_for(&self, names: &[CertName]) -> Vec<Target> {
         self.cfg
             .verify
             .iter()
-            .filter_map(|e| Some((e.address, e.sni_for(names)?)))
+            .filter_map(|e| {
+                Some(Target {
+                    addr: e.address,
+                    sni: e.sni_for(names)?,
+                    starttls: e.starttls,
+                })
+            })
             .collect()
     }
 
@@ -383,19 +423,28 @@ impl WebServer {
     }
 }
 
+/// A `verify` endpoint as probed for one certificate.
+pub(crate) struct Target {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) sni: String,
+    pub(crate) starttls: Option<Starttls>,
+}
+
 /// Probe every endpoint once; why the last one that does not serve `leaf_der` does not,
 /// `None` when all do.
-async fn probe_round(
-    endpoints: &[(std::net::SocketAddr, String)],
-    leaf_der: &[u8],
-    deadline: Instant,
-) -> Option<String> {
+async fn probe_round(endpoints: &[Target], leaf_der: &[u8], deadline: Instant) -> Option<String> {
     let mut last = None;
-    for (addr, sni) in endpoints {
+    for Target {
+        addr,
+        sni,
+        starttls,
+    } in endpoints
+    {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(200));
-        match probe::served_leaf(*addr, sni, left.min(Duration::from_secs(5))).await {
+        let timeout = left.min(Duration::from_secs(5));
+        match probe::served_leaf(*addr, sni, *starttls, timeout).await {
             Ok(der) if der == leaf_der => {}
             Ok(der) => {
                 let serial = crate::keys::leaf_facts(&der)

@@ -9,6 +9,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::config::Starttls;
+
 #[derive(Debug)]
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
 
@@ -73,12 +75,14 @@ fn connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// Handshake with `addr` using `sni`; the leaf DER, or why not. An IP address as `sni` (a
-/// certificate for an IP name) is a `ServerName::IpAddress`, for which rustls sends no SNI
-/// extension (RFC 6066 §3: host names only): the server picks its default certificate.
+/// Handshake with `addr` using `sni` (after `starttls`'s upgrade, for a mail server's
+/// plain-text port); the leaf DER, or why not. An IP address as `sni` (a certificate for an
+/// IP name) is a `ServerName::IpAddress`, for which rustls sends no SNI extension (RFC 6066
+/// §3: host names only): the server picks its default certificate.
 pub(crate) async fn served_leaf(
     addr: SocketAddr,
     sni: &str,
+    starttls: Option<Starttls>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
     let name = match sni.parse::<std::net::IpAddr>() {
@@ -88,9 +92,12 @@ pub(crate) async fn served_leaf(
         }
     };
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let mut tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
+        if let Some(proto) = starttls {
+            super::starttls::upgrade(&mut tcp, proto, addr).await?;
+        }
         let tls = connector()
             .connect(name, tcp)
             .await

@@ -61,7 +61,14 @@ impl GenFiles {
     pub(crate) fn chain(&self) -> PathBuf {
         self.dir.join("chain.pem")
     }
+    /// Key, leaf and chain in one file (`bundle_file`), with the key's access.
+    pub(crate) fn bundle(&self) -> PathBuf {
+        self.dir.join(BUNDLE)
+    }
 }
+
+/// The name of a generation's bundle (key + leaf + chain).
+pub(crate) const BUNDLE: &str = "bundle.pem";
 
 impl Store {
     /// Open (and create, 0711: traversable so a configured group can reach its key, not
@@ -238,6 +245,17 @@ impl Store {
             if let Some(chain) = &files.chain {
                 fsutil::create_new(&g.chain(), chain, cert_perms)?;
             }
+            // The bundle is made from the key and the full chain, never taken from elsewhere.
+            if let (Some(_), Some(key), Some(fullchain)) =
+                (&cert.bundle_file, &files.key, &files.fullchain)
+            {
+                let mut bundle = zeroize::Zeroizing::new(key.to_vec());
+                if !bundle.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+                bundle.extend_from_slice(fullchain);
+                fsutil::create_new(&g.bundle(), &bundle, key_perms)?;
+            }
             if files.adopted {
                 fsutil::create_new(
                     &staging.join(perms::ADOPTED_MARKER),
@@ -293,6 +311,9 @@ impl Store {
         }
         if let Some(l) = &cert.leaf_file {
             links.push((l.clone(), cur.join("cert.pem")));
+        }
+        if let Some(b) = &cert.bundle_file {
+            links.push((b.clone(), cur.join(BUNDLE)));
         }
         links
     }
@@ -472,6 +493,7 @@ mod tests {
             key_file: dir.join("site.key"),
             chain_file: None,
             leaf_file: None,
+            bundle_file: None,
             renew_before: Some(Span::days(1)),
             owner: None,
             group: None,

@@ -107,6 +107,7 @@ fn generation_drift(dir: &Path, number: u64, cert: &Certificate, ids: (u32, u32)
     let adopted = dir.join(ADOPTED_MARKER).exists();
     for (file, mode) in [
         ("key.pem", cert.key_mode),
+        (super::BUNDLE, cert.key_mode),
         ("fullchain.pem", cert.cert_mode),
         ("cert.pem", cert.cert_mode),
         ("chain.pem", cert.cert_mode),

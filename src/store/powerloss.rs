@@ -229,6 +229,7 @@ mod tests {
             key_file: dir.join("ssl/site.key"),
             chain_file: None,
             leaf_file: None,
+            bundle_file: None,
             renew_before: Some(Span::days(1)),
             owner: None,
             group: None,

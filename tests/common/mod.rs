@@ -22,6 +22,10 @@
 //! * [`FakeDnsimple`]: an in-process fake of DNSimple's API v2 (Let's Encrypt certificates
 //!   with DNSimple-generated keys, zone records mirrored to `pebble-challtestsrv`, fault
 //!   injection) (`dnsimple.rs`).
+//! * [`Haproxy`]: a private HAProxy master-worker serving one bundle, with a pid file and
+//!   its runtime API socket (`haproxy.rs`);
+//! * [`Postfix`], [`Dovecot`]: private mail servers offering STARTTLS on loopback, and
+//!   [`starttls_leaf`] to read what they present (`mail.rs`).
 //! * [`fleet::FleetRig`] (feature `fleet`): three hosts (nginx + certagent daemon each) sharing
 //!   a certificate through a 3-member etcd ([`etcd::EtcdCluster`]), Pebble validating through
 //!   a round-robin TCP [`balancer::Balancer`] in front of them (`fleet.rs`, `balancer.rs`).
@@ -48,8 +52,10 @@ pub mod etcd;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 mod front;
+mod haproxy;
 mod http;
 mod http1;
+mod mail;
 mod nginx;
 mod pebble;
 mod process;
@@ -62,7 +68,9 @@ pub use agent::{
 pub use apache::Apache;
 pub use dnsimple::*;
 pub use front::*;
+pub use haproxy::Haproxy;
 pub use http::{http_get, https_get};
+pub use mail::{Dovecot, Postfix, starttls_leaf};
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
 pub use process::{Child, pid_alive, reserved_port, send_signal, wait_until};

@@ -32,6 +32,7 @@ mod fleet_selftest;
 #[cfg(feature = "fleet")]
 mod fleet_status;
 mod front_selftest;
+mod haproxy;
 mod hardening;
 mod hardening_dirs;
 mod hardening_inputs;
@@ -40,6 +41,7 @@ mod hardening_loops;
 mod harness;
 mod install;
 mod ip_names;
+mod mail;
 mod manual;
 mod messages;
 mod notify;
