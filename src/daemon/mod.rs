@@ -12,6 +12,7 @@ mod clients;
 mod fleet;
 mod jobs;
 mod schedule;
+mod trim;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -183,10 +184,13 @@ pub async fn run(
     let mut dirty: HashSet<String> = HashSet::new();
     let mut settle_at: Option<Instant> = None;
     let mut reload_pending = false;
+    // When the code the last work paged in is given back (`trim`); armed again by any work.
+    let mut trim_at = Some(Instant::now() + trim::AFTER);
     tokio::pin!(shutdown);
 
     loop {
         let wake = d.next_wake().map(|ts| clock.instant_at(ts));
+        let mut worked = true;
         tokio::select! {
             () = &mut shutdown => break,
             Some(event) = fs_rx.recv() => {
@@ -201,6 +205,7 @@ pub async fn run(
                     watch::Touched::Nothing => continue,
                 }
                 settle_at.get_or_insert_with(|| Instant::now() + SETTLE);
+                worked = false;
             }
             () = sleep_until(settle_at) => {
                 settle_at = None;
@@ -223,7 +228,21 @@ pub async fn run(
             () = sleep_until(watchdog_at) => {
                 crate::systemd::notify_watchdog();
                 watchdog_at = watchdog.map(|w| Instant::now() + w);
+                worked = false;
             }
+            () = sleep_until(trim_at) => {
+                worked = false;
+                trim_at = None;
+                if d.jobs.is_empty() {
+                    let bytes = trim::page_out_code();
+                    log::debug!(advised_kib = bytes / 1024; "idle: paged out the code the last work used");
+                } else {
+                    trim_at = Some(Instant::now() + trim::AFTER);
+                }
+            }
+        }
+        if worked {
+            trim_at = Some(Instant::now() + trim::AFTER);
         }
     }
 
