@@ -294,3 +294,76 @@ pub(crate) fn txt_values(answer: &Message, name: &str) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers every message with `code`, unsigned.
+    async fn fake_server(code: ResponseCode) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let n = s.read_u16().await.unwrap() as usize;
+                let mut buf = vec![0u8; n];
+                s.read_exact(&mut buf).await.unwrap();
+                let query = Message::from_vec(&buf).unwrap();
+                let answer = Message::error_msg(query.id, query.op_code, code)
+                    .to_vec()
+                    .unwrap();
+                let mut out = (answer.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&answer);
+                s.write_all(&out).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    fn updater(server: SocketAddr) -> Updater {
+        let name = Name::from_ascii("k.").unwrap();
+        Updater {
+            server,
+            signer: TSigner::new(vec![7; 32], TsigAlgorithm::HmacSha256, name, FUDGE).unwrap(),
+            key_name: "k".into(),
+            zone: Some("example.test".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_signed_with_the_key_is_not_taken_for_success() {
+        let server = fake_server(ResponseCode::NoError).await;
+        let err = updater(server)
+            .add_challenge("*.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the DNS server {server}'s answer to the update is not signed by key \"k\""
+            )),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_server_the_zone_and_the_rcode() {
+        let server = fake_server(ResponseCode::Refused).await;
+        let err = updater(server)
+            .add_challenge("www.example.test", "v")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the DNS server {server} refused the update of zone \"example.test\": REFUSED")
+        );
+        assert_eq!(err.exit_code(), crate::error::exit::ERROR);
+        let err = updater(server)
+            .add_challenge("www.other.test", "v")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"_acme-challenge.www.other.test\" is not in the DNS zone \"example.test\""
+        );
+    }
+}
