@@ -1,5 +1,7 @@
 //! [`Named`]: a private BIND `named` on 127.0.0.1 (a reserved port, UDP and TCP), primary for
 //! the zones it is given, accepting RFC 2136 updates of TXT records signed with one TSIG key.
+//! Recursion is on for loopback only, so that a CNAME at a challenge name is answered with its
+//! target's TXT from named's own zones (Pebble's resolver does not chase it itself).
 //! Its own directory holds the config, the zone files and their journals; it runs in the
 //! foreground (`-g`) and is ended by pid on drop. [`Named::txt`] asks it (over TCP, by hand:
 //! no dig) which TXT values a name has.
@@ -42,7 +44,7 @@ impl Named {
         let secret: [u8; 32] = rand::random();
         let secret_b64 = base64::engine::general_purpose::STANDARD.encode(secret);
         let mut conf = format!(
-            "options {{\n  directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  pid-file none;\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  recursion no;\n  dnssec-validation no;\n  notify no;\n}};\ncontrols {{ }};\nkey \"{TSIG_KEY_NAME}\" {{ algorithm hmac-sha256; secret \"{secret_b64}\"; }};\n"
+            "options {{\n  directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  pid-file none;\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  recursion yes;\n  allow-recursion {{ 127.0.0.1; }};\n  dnssec-validation no;\n  notify no;\n}};\ncontrols {{ }};\nkey \"{TSIG_KEY_NAME}\" {{ algorithm hmac-sha256; secret \"{secret_b64}\"; }};\n"
         );
         for (origin, extra) in zones {
             let file = format!("{d}/{origin}.zone");

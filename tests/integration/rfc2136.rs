@@ -138,3 +138,40 @@ fn a_name_server_that_does_not_serve_the_record_is_named_and_the_record_is_remov
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_cname_at_the_challenge_name_delegates_the_record_to_another_zone() {
+    let named = Named::start(&[
+        (
+            "example.test",
+            "_acme-challenge.www IN CNAME www.acme.delegated.test.",
+        ),
+        ("delegated.test", ""),
+    ]);
+    let pebble = Pebble::start(PebbleOpts {
+        dns_server: Some(named.addr()),
+        ..PebbleOpts::default()
+    });
+    let mut env = Env::new(&["www.example.test"], None);
+    env.names = vec!["www.example.test".into()];
+    named.write_key_file(&env.dir.path().join("tsig.key"));
+    // dns_zone names the certificate's zone; the delegated record's zone is found by SOA.
+    env.write_config(
+        "issuer = \"pebble\"",
+        &rfc2136_issuer(&env, &pebble, &named, "dns_zone = \"example.test\""),
+    );
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}\n{}", named.log(), pebble.log());
+    assert_eq!(san_dns_names(&env.served()), vec!["www.example.test"]);
+    let log = named.log();
+    assert!(
+        log.contains("/key acme-update: updating zone 'delegated.test/IN': adding an RR at 'www.acme.delegated.test' TXT"),
+        "{log}"
+    );
+    assert!(
+        log.contains("/key acme-update: updating zone 'delegated.test/IN': deleting an RR at www.acme.delegated.test TXT"),
+        "{log}"
+    );
+    assert!(!log.contains("updating zone 'example.test/IN'"), "{log}");
+    assert_eq!(named.txt("www.acme.delegated.test"), Vec::<String>::new());
+}

@@ -1,7 +1,8 @@
 //! dns-01 by RFC 2136 dynamic update: TXT records added to (and deleted from) a zone's primary
 //! by TSIG-signed updates (RFC 8945), over TCP. Messages are built, signed and verified with
 //! hickory-proto; every answer is one length-prefixed TCP message (at most 64 KiB) read within
-//! a deadline. The zone is `dns_zone` or found by an SOA query to the same server.
+//! a deadline. A CNAME at `_acme-challenge.NAME` is followed (on the same server) and the record
+//! written at its target. The zone is `dns_zone` or found by an SOA query to the same server.
 
 mod key;
 mod propagation;
@@ -77,10 +78,12 @@ impl Updater {
     /// Add the TXT record `_acme-challenge.IDENT` = `value` in its zone.
     pub(crate) async fn add_challenge(&self, ident: &str, value: &str) -> Result<Added> {
         let ident = ident.trim_start_matches("*.").trim_end_matches('.');
-        let name = format!("_acme-challenge.{ident}").to_ascii_lowercase();
+        let asked = format!("_acme-challenge.{ident}").to_ascii_lowercase();
+        let name = self.follow_cname(&asked).await?;
+        // A delegated record lives in its target's zone, which `dns_zone` does not name.
         let zone = match &self.zone {
-            Some(z) => z.clone(),
-            None => self.find_zone(&name).await?,
+            Some(z) if name == asked => z.clone(),
+            _ => self.find_zone(&name).await?,
         };
         if !(name == zone || name.ends_with(&format!(".{zone}"))) {
             return Err(
@@ -154,6 +157,36 @@ impl Updater {
             ))
         })?;
         Ok(())
+    }
+
+    /// Where the record for `name` is written: `name`, or the end of the CNAME chain the
+    /// primary serves at it (dns-01 delegation, RFC 8555 §8.4 allows following CNAMEs).
+    async fn follow_cname(&self, name: &str) -> Result<String> {
+        let mut current = name.to_string();
+        for _ in 0..8 {
+            let answer = self.query(&current, RecordType::CNAME).await?;
+            let target = answer.answers.iter().find_map(|r| match &r.data {
+                RData::CNAME(c)
+                    if r.name
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .eq_ignore_ascii_case(&current) =>
+                {
+                    Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                }
+                _ => None,
+            });
+            match target {
+                Some(t) => {
+                    log::info!(record = current.as_str(), target = t.as_str(); "dns-01 record delegated by CNAME");
+                    current = t;
+                }
+                None => return Ok(current),
+            }
+        }
+        Err(Error::msg(format!(
+            "the CNAME chain at {name:?} is longer than 8 links"
+        )))
     }
 
     /// The zone `name` is in: the owner of the SOA record in the answer (or, for a name that
