@@ -170,7 +170,8 @@ pub(super) fn ip_names_refusal(cert: &Certificate, issuer: &Issuer) -> Option<(S
     let ip = cert.names.iter().find(|n| n.is_ip())?.to_string();
     let table = format!("[issuer.{}]", crate::error::shown(&issuer.name));
     match &issuer.kind {
-        IssuerKind::Acme(a) if matches!(a.challenge, Challenge::Dns01 { .. }) => Some((
+        IssuerKind::Acme(a)
+            if matches!(a.challenge, Challenge::Dns01 { .. } | Challenge::Rfc2136(_)) => Some((
             format!(
                 "{ip:?} is an IP address: IP address names cannot be validated by dns-01, the challenge of issuer {:?}",
                 issuer.name

@@ -11,7 +11,7 @@ use super::walk::{self, Ctx, Section};
 use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
 use crate::core::{DomainName, Span};
 
-pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, profile, profile_required, staging_directory, timeout, validity, dns_provider, dns_zone, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, profile, profile_required, staging_directory, timeout, validity, dns_provider, dns_zone, dns_server, tsig_key_file, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Issuer {
@@ -102,6 +102,8 @@ pub(crate) enum Challenge {
         zone: Option<String>,
         propagation_timeout: Span,
     },
+    /// TXT records by RFC 2136 dynamic update, TSIG-signed, to the zone's primary.
+    Rfc2136(super::rfc2136::Rfc2136),
 }
 
 /// How http-01 challenges are answered.
@@ -259,7 +261,8 @@ fn read_challenge(cx: &mut Ctx, s: &mut Section) -> Option<Challenge> {
     }
 }
 
-/// `dns_provider`, `dns_zone`, `propagation_timeout` and the DNSimple API for dns-01;
+/// `dns_provider`, `dns_zone`, `propagation_timeout` and the DNSimple API (or the RFC 2136
+/// server and key) for dns-01;
 /// `challenge_span` is where `challenge = "dns-01"` was set.
 fn read_dns01(cx: &mut Ctx, s: &mut Section, challenge_span: &Range<usize>) -> Option<Challenge> {
     match s.string(cx, "dns_provider") {
@@ -277,19 +280,22 @@ fn read_dns01(cx: &mut Ctx, s: &mut Section, challenge_span: &Range<usize>) -> O
                 propagation_timeout,
             })
         }
+        Some((p, _)) if p == "rfc2136" => {
+            super::rfc2136::read_rfc2136(cx, s).map(Challenge::Rfc2136)
+        }
         Some((p, pspan)) => {
-            cx.error(
-                &pspan,
-                &s.full_key("dns_provider"),
-                format!("unknown DNS provider {p:?}; expected \"dnsimple\""),
-            );
+            let message = match walk::did_you_mean(&p, ["dnsimple", "rfc2136"]) {
+                Some(close) => format!("unknown DNS provider {p:?}; did you mean {close:?}?"),
+                None => format!("unknown DNS provider {p:?}; expected \"dnsimple\" or \"rfc2136\""),
+            };
+            cx.error(&pspan, &s.full_key("dns_provider"), message);
             None
         }
         None => {
             cx.error(
                 challenge_span,
                 &s.full_key("dns_provider"),
-                "dns-01 needs dns_provider = \"dnsimple\"",
+                "dns-01 needs dns_provider = \"dnsimple\" or \"rfc2136\"",
             );
             None
         }

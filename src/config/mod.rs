@@ -14,6 +14,7 @@ mod in_service;
 mod issuer;
 mod notify;
 mod profile;
+mod rfc2136;
 mod server;
 mod walk;
 
@@ -30,6 +31,7 @@ pub(crate) use issuer::{
 };
 pub(crate) use notify::{Notify, NotifyTarget};
 pub(crate) use profile::ProfileWish;
+pub(crate) use rfc2136::Rfc2136;
 pub(crate) use server::{ApacheLayout, Server, ServerKind, Starttls, name_covers, probe_sni};
 
 use std::collections::BTreeMap;

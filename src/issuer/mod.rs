@@ -6,6 +6,7 @@ pub(crate) mod dnsimple;
 pub(crate) mod internal;
 pub(crate) mod jws;
 pub(crate) mod manual;
+pub(crate) mod rfc2136;
 
 use crate::clock::Clock;
 use crate::config::{Issuer as IssuerConfig, IssuerKind, ProfileWish};

@@ -26,6 +26,8 @@
 //!   its runtime API socket (`haproxy.rs`);
 //! * [`Postfix`], [`Dovecot`]: private mail servers offering STARTTLS on loopback, and
 //!   [`starttls_leaf`] to read what they present (`mail.rs`).
+//! * [`Named`]: a private BIND primary taking TSIG-signed RFC 2136 updates, for dns-01
+//!   (`named.rs`).
 //! * [`fleet::FleetRig`] (feature `fleet`): three hosts (nginx + certagent daemon each) sharing
 //!   a certificate through a 3-member etcd ([`etcd::EtcdCluster`]), Pebble validating through
 //!   a round-robin TCP [`balancer::Balancer`] in front of them (`fleet.rs`, `balancer.rs`).
@@ -56,6 +58,7 @@ mod haproxy;
 mod http;
 mod http1;
 mod mail;
+mod named;
 mod nginx;
 mod pebble;
 mod process;
@@ -71,6 +74,7 @@ pub use front::*;
 pub use haproxy::Haproxy;
 pub use http::{http_get, https_get};
 pub use mail::{Dovecot, Postfix, starttls_leaf};
+pub use named::Named;
 pub use nginx::{Nginx, Site};
 pub use pebble::{Pebble, PebbleOpts};
 pub use process::{Child, pid_alive, reserved_port, send_signal, wait_until};

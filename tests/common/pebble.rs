@@ -45,6 +45,9 @@ pub struct PebbleOpts {
     pub tls_port: Option<u16>,
     /// Extra environment variables for `pebble` (e.g. `PEBBLE_CHAIN_LENGTH`).
     pub extra_env: Vec<(String, String)>,
+    /// The DNS server Pebble's VA asks (`-dnsserver`, e.g. a [`super::Named`]); default:
+    /// its own pebble-challtestsrv.
+    pub dns_server: Option<String>,
 }
 
 /// A running Pebble + pebble-challtestsrv pair. Both processes are killed
@@ -158,7 +161,11 @@ impl Pebble {
         cmd.arg("-config")
             .arg(&config_path)
             .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{dns_port}"))
+            .arg(
+                opts.dns_server
+                    .clone()
+                    .unwrap_or_else(|| format!("127.0.0.1:{dns_port}")),
+            )
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")

@@ -49,5 +49,6 @@ mod operator;
 mod profiles;
 mod reissue;
 mod revocation;
+mod rfc2136;
 mod schedule;
 mod servers;

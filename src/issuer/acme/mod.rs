@@ -466,7 +466,7 @@ impl Acme {
                         .and_then(|p| p.detail.clone())
                         .unwrap_or_default();
                     Err(Error::msg(format!("ACME order became {status:?} instead of ready: {why}")).with_hint(match kind {
-                        ChallengeType::Dns01 => "check that the zone is served by DNSimple and dns_zone names it",
+                        ChallengeType::Dns01 => "check that the zone is served by the DNS provider (DNSimple, or the rfc2136 dns_server and its secondaries) and dns_zone names it",
                         _ => "check that the names resolve to this host and the http-01 responder is reachable on port 80",
                     }))
                 }

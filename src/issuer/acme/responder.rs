@@ -1,5 +1,5 @@
 //! Answering the CA's challenges: the built-in http-01 listener, files in a webroot, or dns-01
-//! TXT records through DNSimple; tokens checked so they cannot name other files.
+//! TXT records through DNSimple or RFC 2136 updates; tokens checked so they cannot name other files.
 
 use super::*;
 
@@ -19,6 +19,12 @@ pub(super) enum Responder {
         zone: Option<String>,
         propagation: Duration,
         created: Vec<(String, u64)>,
+    },
+    /// dns-01 by RFC 2136: TXT records added by signed updates, deleted afterwards.
+    Rfc2136 {
+        updater: crate::issuer::rfc2136::Updater,
+        propagation: Duration,
+        added: Vec<crate::issuer::rfc2136::Added>,
     },
 }
 
@@ -71,12 +77,17 @@ impl Responder {
                 propagation: Duration::from_secs(propagation_timeout.0.max(1) as u64),
                 created: Vec::new(),
             }),
+            Challenge::Rfc2136(cfg) => Ok(Responder::Rfc2136 {
+                updater: crate::issuer::rfc2136::Updater::new(cfg)?,
+                propagation: Duration::from_secs(cfg.propagation_timeout.0.max(1) as u64),
+                added: Vec::new(),
+            }),
         }
     }
 
     pub(super) fn challenge_type(&self) -> ChallengeType {
         match self {
-            Responder::Dns { .. } => ChallengeType::Dns01,
+            Responder::Dns { .. } | Responder::Rfc2136 { .. } => ChallengeType::Dns01,
             _ => ChallengeType::Http01,
         }
     }
@@ -138,6 +149,16 @@ impl Responder {
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
+            Responder::Rfc2136 {
+                updater,
+                propagation,
+                added,
+            } => {
+                let record = updater.add_challenge(ident, dns_value).await?;
+                log::info!(zone = record.zone.as_str(), record = record.name.as_str(); "published dns-01 TXT record by RFC 2136 update");
+                added.push(record.clone());
+                updater.wait_served(&record, *propagation).await?;
+            }
         }
         Ok(())
     }
@@ -156,6 +177,13 @@ impl Responder {
                 for (zone, id) in created {
                     if let Err(e) = client.delete_record(&zone, id).await {
                         log::warn!(zone = zone.as_str(); "failed to remove a dns-01 TXT record: {e}");
+                    }
+                }
+            }
+            Responder::Rfc2136 { updater, added, .. } => {
+                for record in added {
+                    if let Err(e) = updater.delete(&record).await {
+                        log::warn!(zone = record.zone.as_str(), record = record.name.as_str(); "failed to remove a dns-01 TXT record: {e}");
                     }
                 }
             }
