@@ -51,6 +51,11 @@ pub(crate) struct CertificateReport {
     /// (the server may still serve `from`); `null` otherwise.
     #[serde(default)]
     pub(crate) installing: Option<InstallingReport>,
+    /// The configured issuer the certificate in service came from (of a failover list, the
+    /// one that issued it); `null` when certagent did not install it (or before it recorded
+    /// that).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -256,6 +261,10 @@ pub(crate) struct ReissueResult {
     /// What `check` observed when the re-issue started (`[]`: nothing was wrong with it).
     #[serde(default)]
     pub(crate) observed: Vec<String>,
+    /// Once installed: the configured issuer the certificate came from (of a failover list,
+    /// the one that issued it).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 impl ReissueResult {
@@ -274,6 +283,7 @@ impl ReissueResult {
             retry_in: None,
             requested_reason: None,
             observed: Vec::new(),
+            issuer: None,
         }
     }
 }

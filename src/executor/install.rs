@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledIssuer, Journal, OutcomeKind,
-    PostActions, fsutil,
+    self, Flip, FlipPhase, GenFiles, GenerationContent, Journal, OutcomeKind, PostActions, fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -196,6 +195,10 @@ impl Executor {
             not_after: leaf.not_after,
             loaded: load.loaded(),
             hook_error: None,
+            issuer: journal
+                .installed_issuer
+                .as_ref()
+                .and_then(|i| i.name.clone()),
         };
         let installed = self.post_install(cert, journal, flip, installed).await;
         if let Err(e) = self.run_post_actions(cert, journal).await {
@@ -373,14 +376,8 @@ impl Executor {
             asked: None,
         };
         // The issuer of this re-issue (a resumed one keeps the issuer it started with).
-        let issuer = journal
-            .pending
-            .as_ref()
-            .map_or(cert.issuer.as_str(), |p| p.issuer.as_str());
-        journal.installed_issuer = self.config.issuers.get(issuer).map(|i| InstalledIssuer {
-            identity: i.identity(),
-            dn: leaf.issuer_dn.clone(),
-        });
+        journal.installed_issuer =
+            super::failover::installed(&self.config, cert, journal, &leaf.issuer_dn);
         journal_installed(journal, flip, installed);
         self.store.save_journal(&cert.name, journal)?;
         self.store.clear_pending(&cert.name)?;
@@ -449,6 +446,7 @@ fn hook_timeout(cert: &Certificate) -> std::time::Duration {
 fn journal_installed(journal: &mut Journal, flip: &Flip, installed: store::Outcome) {
     journal.current = Some(flip.to);
     journal.flip = None;
+    journal.failover = None;
     // A compromised predecessor still has to be revoked and purged: journalled in the
     // same write that records the new generation, so a crash cannot lose it.
     if let Some(work) = journal.pending.as_ref().and_then(|p| p.compromise.clone()) {

@@ -13,6 +13,7 @@
 //! its own events); the JSON document is made from the Outcome by `ops`, never here.
 
 mod compromise;
+mod failover;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod install;

@@ -17,6 +17,8 @@ pub(crate) struct Installed {
     pub(crate) loaded: bool,
     /// The post_install hook failed (the certificate is installed all the same).
     pub(crate) hook_error: Option<Error>,
+    /// The configured issuer it came from (of a failover list, the one that issued it).
+    pub(crate) issuer: Option<String>,
 }
 
 /// Waiting on the CA or on a human (an approval e-mail); the old certificate stays in service.

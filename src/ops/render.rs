@@ -123,6 +123,9 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
                 r.not_after.as_deref().unwrap_or("-")
             ),
         }
+        if let Some(i) = &r.issuer {
+            out!("  issued by:   issuer {i:?}");
+        }
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",

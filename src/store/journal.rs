@@ -70,9 +70,38 @@ pub(crate) struct Journal {
     /// into the outcome that ends it.
     #[serde(default)]
     pub(crate) asked: Option<Asked>,
+    /// The issuer of a failover list (`issuer = [..]`) the renewal in progress uses, and
+    /// since when it has been failing; cleared by an install (the next renewal starts with
+    /// the first issuer again).
+    #[serde(default)]
+    pub(crate) failover: Option<IssuerInUse>,
+}
+
+/// The issuer a renewal in progress uses (`Journal::failover`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct IssuerInUse {
+    /// Its configured name.
+    pub(crate) issuer: String,
+    /// When its first failure in a row happened (`None`: it has not failed).
+    #[serde(default)]
+    pub(crate) failing_since: Option<Timestamp>,
+    /// The last failure, for the log line that moves on.
+    #[serde(default)]
+    pub(crate) last_error: Option<String>,
 }
 
 impl Journal {
+    /// The configured issuer of the certificate with `serial` when it is the one certagent
+    /// installed last.
+    pub(crate) fn issued_by(&self, serial: Option<&str>) -> Option<String> {
+        let ours = serial.is_some() && self.installed_serial.as_deref() == serial;
+        self.installed_issuer
+            .as_ref()
+            .filter(|_| ours)?
+            .name
+            .clone()
+    }
+
     /// The reason to log for the attempt in progress (or the one that just ended): the
     /// operator's words when an operator asked (`superseded`), else `reason`.
     pub(crate) fn said(&self, reason: Reason) -> &'static str {
@@ -114,6 +143,9 @@ pub(crate) struct InstalledIssuer {
     pub(crate) identity: String,
     /// The leaf's issuer distinguished name.
     pub(crate) dn: String,
+    /// The configured name of that issuer (`None` in journals written before it was).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
