@@ -49,6 +49,15 @@ pub(super) fn installed(
     })
 }
 
+/// The issuer the certificate with `serial` in service came from, as journalled when
+/// certagent installed it and still of the list; else the first of the list.
+pub(super) fn in_service<'a>(cert: &'a Certificate, journal: &'a Journal, serial: &str) -> &'a str {
+    journal
+        .issued_by(Some(serial))
+        .and_then(|n| cert.issuers.iter().find(|i| **i == n))
+        .map_or(cert.issuer.as_str(), String::as_str)
+}
+
 /// An order at `issuer` failed: its failures began now unless they already had.
 pub(super) fn note_failure(
     journal: &mut Journal,

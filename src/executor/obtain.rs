@@ -155,8 +155,15 @@ impl Executor {
             log::info!(cert = cert.name.as_str(); "resuming pending re-issue");
             return Ok(k);
         }
-        if journal.pending.is_some() {
-            log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
+        let issuer = super::failover::in_use(cert, journal);
+        match journal.pending.as_ref() {
+            Some(p) if p.issuer != issuer && cert.issuers.contains(&p.issuer) => {
+                log::info!(cert = cert.name.as_str(), issuer = issuer; "abandoning the pending re-issue at issuer {:?} for a new one at {issuer:?}", p.issuer);
+            }
+            Some(_) => {
+                log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
+            }
+            None => {}
         }
         self.new_key(cert, journal, blocked, reason, now, wanted)
     }
@@ -361,9 +368,11 @@ impl Executor {
         let resume = journal.pending.as_ref().and_then(|p| p.order_url.clone());
         // With ARI, the new order names its predecessor (RFC 9773 §5): the serial in service
         // whose renewal information this CA gave us.
+        // Only at the CA that issued it: another of a failover list does not know it.
         let replaces = ask
             .in_service
             .filter(|l| journal.ari.as_ref().is_some_and(|a| a.serial == l.serial))
+            .filter(|l| super::failover::in_service(cert, journal, &l.serial) == ask.issuer.name)
             .and_then(|l| l.cert_id.clone());
         if let Some(p) = journal.pending.as_mut() {
             p.attempts += 1;

@@ -18,6 +18,7 @@ mod daemon;
 mod discover;
 mod dnsimple;
 mod dnsimple_selftest;
+mod failover;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
