@@ -65,9 +65,36 @@ pub(crate) fn choose(
     }
 }
 
+/// When a renewal whose attempts with issuer `failing.0` have been failing since `failing.1`
+/// moves on to the next issuer of the list: the daemon's backoff waits no longer than that.
+/// `None` when that issuer is the last of the list (or not in it).
+pub(crate) fn moves_on_at(
+    issuers: &[String],
+    failing: Option<(&str, Timestamp)>,
+    failover_after: Span,
+) -> Option<Timestamp> {
+    let (issuer, since) = failing?;
+    let at = issuers.iter().position(|i| i == issuer)?;
+    (at + 1 < issuers.len()).then(|| since.saturating_add(failover_after.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backoff_ends_when_the_next_issuer_is_due() {
+        let at = moves_on_at(&list(), Some(("le", 1_000)), HOUR);
+        assert_eq!(at, Some(4_600));
+        assert_eq!(
+            moves_on_at(&list(), Some(("zerossl", 0)), HOUR),
+            Some(3_600)
+        );
+        // The last issuer, an unknown one, or none failing: the backoff alone decides.
+        assert_eq!(moves_on_at(&list(), Some(("internal", 0)), HOUR), None);
+        assert_eq!(moves_on_at(&list(), Some(("gone", 0)), HOUR), None);
+        assert_eq!(moves_on_at(&list(), None, HOUR), None);
+    }
 
     fn list() -> Vec<String> {
         vec!["le".into(), "zerossl".into(), "internal".into()]

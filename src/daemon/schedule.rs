@@ -331,6 +331,15 @@ impl Daemon {
             journal.server_retry_after,
             core::cadence::backoff_ceiling(validity.map(|(_, na)| na - now)),
         );
+        // With a failover list, no longer than until the next issuer is due.
+        let next_issuer = self.config.certificates.get(name).and_then(|c| {
+            let failing = journal
+                .failover
+                .as_ref()
+                .and_then(|f| Some((f.issuer.as_str(), f.failing_since?)));
+            core::failover::moves_on_at(&c.issuers, failing, c.failover_after)
+        });
+        let delay = next_issuer.map_or(delay, |at| delay.min((at - now).max(1)));
         journal.retry_at = Some(now + delay);
         journal.retry_reasons = observation
             .as_ref()

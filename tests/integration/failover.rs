@@ -8,7 +8,9 @@
 
 use crate::common;
 
-use common::{Env, Pebble, PebbleOpts, spki_of_cert_der, spki_of_key_pem};
+use std::time::Duration;
+
+use common::{Daemon, Env, Pebble, PebbleOpts, spki_of_cert_der, spki_of_key_pem, wait_until};
 
 /// A loopback port nothing listens on (bound, then released).
 fn dead_port() -> u16 {
@@ -127,4 +129,34 @@ fn a_killed_run_resumes_its_order_at_the_issuer_it_was_placed_with() {
     assert_eq!(run.json()["certificates"][0]["issuer"], "pebble", "{run:?}");
     assert_eq!(pebble.orders_created(), 1, "{}", pebble.log());
     assert_pebble_serves_key_file(&env, &pebble);
+}
+
+#[test]
+fn the_daemon_retries_no_later_than_failover_after_and_then_moves_on() {
+    let (pebble, env) = setup("3s");
+    let daemon = Daemon::start(&env.config, &env.dir.path().join("daemon.log"), &[]);
+    std::fs::remove_file(&env.key_file).unwrap();
+    // The first attempt fails at "dead"; the backoff (a minute for the first retry) is cut
+    // to when failover_after is over, and that retry moves on to Pebble.
+    daemon.wait_log("issuer \"dead\" has failed for", Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&env.key_file).is_ok()
+                && spki_of_cert_der(&env.served())
+                    == spki_of_key_pem(&std::fs::read_to_string(&env.key_file).unwrap())
+        }),
+        "not healed:\n{}\n{}",
+        daemon.log(),
+        pebble.log()
+    );
+    daemon.wait_log("event=installed", Duration::from_secs(10));
+    let log = daemon.log();
+    assert!(log.contains("; trying \"pebble\""), "{log}");
+    assert_eq!(pebble.orders_created(), 1);
+    let status = env.certagent(&["status", "--json"]);
+    assert_eq!(
+        status.json()["certificates"][0]["issuer"],
+        "pebble",
+        "{status:?}"
+    );
 }
