@@ -459,6 +459,7 @@ fn journal_installed(journal: &mut Journal, flip: &Flip, installed: store::Outco
             },
             revoke_attempts: 0,
             purged: false,
+            issuer: work.issuer,
         });
     }
     journal.pending = None;

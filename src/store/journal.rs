@@ -175,6 +175,9 @@ pub(crate) struct PostActions {
     pub(crate) revoke: Option<String>,
     pub(crate) revoke_attempts: u32,
     pub(crate) purged: bool,
+    /// The configured issuer of the old leaf (`CompromiseWork::issuer`).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// The CA's suggested renewal window and the point certagent picked inside it.
@@ -229,6 +232,10 @@ pub(crate) struct CompromiseWork {
     /// Revoked before replacing (`revoke_first`).
     #[serde(default)]
     pub(crate) revoked_first: bool,
+    /// The configured issuer of that leaf, when certagent installed it (of a failover list,
+    /// the one that issued it): the CA it is revoked at.
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -344,5 +351,24 @@ mod tests {
         assert_eq!(j.flip.unwrap().phase, FlipPhase::Flipped);
         assert!(j.last.unwrap().asked.is_none());
         assert!(j.asked.is_none());
+    }
+
+    #[test]
+    fn a_journal_from_before_failover_still_reads_and_names_no_issuer() {
+        let j: Journal = serde_json::from_str(
+            r#"{"schema":1,"current":1,"next_generation":2,"pending":null,"flip":null,"last":null,
+                "installed_serial":"1a","installed_issuer":{"identity":"acme https://le/dir","dn":"CN=R11"}}"#,
+        )
+        .unwrap();
+        assert!(j.failover.is_none());
+        assert_eq!(j.issued_by(Some("1a")), None);
+        let mut j = j;
+        if let Some(i) = j.installed_issuer.as_mut() {
+            i.name = Some("le".into());
+        }
+        assert_eq!(j.issued_by(Some("1a")).as_deref(), Some("le"));
+        // Another serial in service: not the one certagent installed.
+        assert_eq!(j.issued_by(Some("2b")), None);
+        assert_eq!(j.issued_by(None), None);
     }
 }

@@ -160,3 +160,23 @@ fn the_daemon_retries_no_later_than_failover_after_and_then_moves_on() {
         "{status:?}"
     );
 }
+
+#[test]
+fn a_compromised_key_is_revoked_at_the_issuer_its_certificate_came_from() {
+    let (pebble, env) = setup("0s");
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let serial = common::cert_serial_hex(&env.served());
+    // The replacement fails over to Pebble again; the old leaf is revoked at Pebble, which
+    // issued it, not at the first issuer of the list.
+    let run = env.certagent(&["reissue", "--now", "site", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", pebble.log());
+    let status = pebble.cert_status(&serial);
+    assert!(
+        status
+            .as_ref()
+            .is_some_and(|s| s["Status"] == "Revoked" && s["Reason"] == 1),
+        "{status:?}\n{run:?}"
+    );
+    assert_pebble_serves_key_file(&env, &pebble);
+}
