@@ -70,7 +70,8 @@ fn view(
     permission_drift: bool,
     now: Timestamp,
 ) -> View {
-    let issuer = config.issuers.get(&cert.issuer).map(|i| &i.kind);
+    // The issuer of the pending order (of a failover list, the one it was placed with).
+    let kind = |name: &str| config.issuers.get(name).map(|i| &i.kind);
     View {
         flip: journal.is_some_and(|j| j.flip.is_some()),
         post_compromise: journal.is_some_and(|j| j.post.is_some()),
@@ -81,7 +82,7 @@ fn view(
             .map(|p| PendingView {
                 reason: p.reason,
                 answers_compromise: p.compromise.is_some(),
-                human: matches!(issuer, Some(IssuerKind::Manual(_))),
+                human: matches!(kind(&p.issuer), Some(IssuerKind::Manual(_))),
                 next_look: p.next_look,
             }),
         compromise_problem: observation.compromise_problem.clone(),
@@ -108,8 +109,13 @@ fn ca_view(
     leaf: &LeafFacts,
     journal: Option<&Journal>,
 ) -> CaView {
+    // The issuer it came from (of a failover list, the one that issued it).
+    let issuer = journal
+        .and_then(|j| j.issued_by(Some(&leaf.serial)))
+        .filter(|n| cert.issuers.contains(n))
+        .unwrap_or_else(|| cert.issuer.clone());
     let acme = matches!(
-        config.issuers.get(&cert.issuer).map(|i| &i.kind),
+        config.issuers.get(&issuer).map(|i| &i.kind),
         Some(IssuerKind::Acme(_))
     );
     if leaf.crl_urls.is_empty() && !acme {

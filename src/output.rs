@@ -55,6 +55,11 @@ pub(crate) struct CertificateReport {
     /// it when it installed it; `null`: none, or not installed by certagent.
     #[serde(default)]
     pub(crate) profile: Option<String>,
+    /// The configured issuer the certificate in service came from (of a failover list, the
+    /// one that issued it); `null` when certagent did not install it (or before it recorded
+    /// that).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -274,6 +279,10 @@ pub(crate) struct ReissueResult {
     /// The CA's problem document when the CA refused (RFC 8555 §6.7); `null` otherwise.
     #[serde(default)]
     pub(crate) problem: Option<ProblemReport>,
+    /// Once installed: the configured issuer the certificate came from (of a failover list,
+    /// the one that issued it).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// A CA's problem document, as the CA sent it.
@@ -314,6 +323,7 @@ impl ReissueResult {
             profile: None,
             dry_run: false,
             problem: None,
+            issuer: None,
         }
     }
 }

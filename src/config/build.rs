@@ -149,8 +149,10 @@ impl Builder {
                 let at = |key| self.key_at.get(&(name.clone(), key)).unwrap_or(&origin);
                 let issuer_at = at("issuer").clone();
                 let server_at = at("server").clone();
-                self.refs
-                    .push((name.clone(), cert.issuer.clone(), issuer_at, "issuer"));
+                for issuer in &cert.issuers {
+                    self.refs
+                        .push((name.clone(), issuer.clone(), issuer_at.clone(), "issuer"));
+                }
                 if let Some(server) = &cert.server {
                     self.refs
                         .push((name.clone(), server.clone(), server_at, "server"));
@@ -290,7 +292,13 @@ impl Builder {
             ) else {
                 continue;
             };
-            let Some((issuer, _)) = self.issuers.get(&cert.issuer) else {
+            // The first local CA of the list whose certificates would be due at once.
+            let Some(issuer) = cert
+                .issuers
+                .iter()
+                .filter_map(|i| self.issuers.get(i).map(|(i, _)| i))
+                .find(|i| matches!(&i.kind, IssuerKind::Internal(c) if before >= c.validity))
+            else {
                 continue;
             };
             if let IssuerKind::Internal(internal) = &issuer.kind
@@ -316,10 +324,13 @@ impl Builder {
     /// IP address names need an issuer that can validate them (`ip_names_refusal`).
     fn check_ip_names(&self, errors: &mut Vec<ConfigError>) {
         for (name, (cert, origin)) in &self.certificates {
-            let Some((issuer, _)) = self.issuers.get(&cert.issuer) else {
-                continue;
-            };
-            if let Some((message, hint)) = super::certificate::ip_names_refusal(cert, issuer) {
+            // Every issuer of a failover list may have to issue it.
+            let refusal = cert
+                .issuers
+                .iter()
+                .filter_map(|i| self.issuers.get(i))
+                .find_map(|(issuer, _)| super::certificate::ip_names_refusal(cert, issuer));
+            if let Some((message, hint)) = refusal {
                 let at = self.at(name, "names", origin);
                 errors.push(ConfigError {
                     file: at.file.clone(),
@@ -426,6 +437,11 @@ impl Builder {
                 Some((
                     "shared = true needs a [cluster] table: the etcd cluster the hosts share it through",
                     "add [cluster] with endpoints and fleet_key_file (see certagent.toml(5), FLEETS), or remove shared",
+                ))
+            } else if cert.issuers.len() > 1 {
+                Some((
+                    "a shared certificate has one issuer: failover between issuers (issuer = [a list]) is not supported for fleets",
+                    "name one issuer (kind = \"acme\") for a shared certificate",
                 ))
             } else if self
                 .issuers

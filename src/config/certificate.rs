@@ -11,14 +11,19 @@ use super::walk::{Ctx, Section};
 use super::{BUILTIN_ISSUER, MAX_LIFETIME, MAX_TIMEOUT};
 use crate::core::{CertName, KeySpec, Span};
 
-pub(super) const CERT_KEYS: &str = "names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout";
+pub(super) const CERT_KEYS: &str = "names, issuer, failover_after, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Certificate {
     pub(crate) name: String,
     /// DNS names and IP addresses (RFC 8738), none twice.
     pub(crate) names: Vec<CertName>,
+    /// The first (primary) issuer of `issuers`: the one every renewal starts with.
     pub(crate) issuer: String,
+    /// `issuer` as written: one name, or a list tried in order (failover; none twice).
+    pub(crate) issuers: Vec<String>,
+    /// Move to the next issuer of `issuers` after the current one has failed this long.
+    pub(crate) failover_after: Span,
     /// `None`: install only, nothing to reload or probe.
     pub(crate) server: Option<String>,
     pub(crate) key_type: KeySpec,
@@ -66,10 +71,10 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Option<Certificate> {
     let name_ok = valid_name(cx, s, "certificate", name);
     let names = read_names(cx, s);
-    let issuer = s
-        .string(cx, "issuer")
-        .map(|(i, _)| i)
-        .unwrap_or_else(|| BUILTIN_ISSUER.to_string());
+    let issuers = read_issuers(cx, s);
+    let failover_after = s
+        .span(cx, "failover_after", MAX_LIFETIME)
+        .unwrap_or(DEFAULT_FAILOVER_AFTER);
     let server = s.string(cx, "server").map(|(v, _)| v);
     let key_type = s
         .parsed::<KeySpec>(cx, "key_type")
@@ -99,7 +104,9 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
     Some(Certificate {
         name: name.to_string(),
         names,
-        issuer,
+        issuer: issuers.first()?.clone(),
+        issuers,
+        failover_after,
         server,
         key_type,
         cert_file: cert_file?,
@@ -120,6 +127,42 @@ pub(super) fn read_certificate(cx: &mut Ctx, s: &mut Section, name: &str) -> Opt
         post_install,
         hook_timeout,
     })
+}
+
+/// `failover_after` when it is not set: long enough that one CA's short outage does not move
+/// a renewal to the next issuer, short next to any renewal window.
+pub(crate) const DEFAULT_FAILOVER_AFTER: Span = Span::secs(3_600);
+
+/// `issuer`: one issuer name, or a non-empty list of distinct names tried in order (the
+/// built-in issuer when absent). Whether each exists is checked once every file is read.
+fn read_issuers(cx: &mut Ctx, s: &mut Section) -> Vec<String> {
+    let key = s.full_key("issuer");
+    let list = match s.raw("issuer").map(|v| v.get_ref().as_array().is_some()) {
+        None => return vec![BUILTIN_ISSUER.to_string()],
+        Some(false) => {
+            return s
+                .string(cx, "issuer")
+                .map(|(i, _)| vec![i])
+                .unwrap_or_default();
+        }
+        Some(true) => s.strings(cx, "issuer").unwrap_or_default(),
+    };
+    let mut issuers: Vec<String> = Vec::new();
+    for (name, span) in list {
+        if issuers.contains(&name) {
+            cx.error(&span, &key, format!("issuer {name:?} is listed twice"));
+        } else {
+            issuers.push(name);
+        }
+    }
+    if issuers.is_empty() {
+        cx.error(
+            &s.at("issuer"),
+            &key,
+            "must name at least one issuer; leave issuer out for the built-in CA (\"internal\")",
+        );
+    }
+    issuers
 }
 
 /// `names`: one to 100 DNS names or IP addresses, none twice (`::1` and `0:0::1` are the
@@ -323,5 +366,67 @@ mod tests {
             "{errors:#?}"
         );
         assert_eq!(errors.len(), 1, "{errors:#?}");
+    }
+
+    const LISTED: &str = "[issuer.le]\nkind = \"acme\"\ndirectory = \"https://ca.test/dir\"\nwebroot = \"/var/www/acme\"\n[issuer.backup]\nkind = \"internal\"\n";
+
+    fn listed(issuer: &str, extra: &str) -> Result<crate::config::Config, Vec<String>> {
+        parse(&format!(
+            "{LISTED}{HTTP01}[certificate.c]\nnames = [\"a.test\"]\nissuer = {issuer}\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn issuer_is_a_name_or_a_failover_list() {
+        let c = listed(r#"["le", "backup"]"#, "failover_after = \"10m\"\n").unwrap();
+        let cert = &c.certificates["c"];
+        assert_eq!(cert.issuer, "le");
+        assert_eq!(cert.issuers, ["le", "backup"]);
+        assert_eq!(cert.failover_after, crate::core::Span::secs(600));
+        let c = listed(r#""backup""#, "").unwrap();
+        assert_eq!(c.certificates["c"].issuers, ["backup"]);
+        assert_eq!(
+            c.certificates["c"].failover_after,
+            super::DEFAULT_FAILOVER_AFTER
+        );
+        assert!(listed(r#"["ca", "backup"]"#, "failover_after = \"0s\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_failover_list_is_refused_empty_with_a_name_twice_or_an_unknown_issuer() {
+        let e = listed("[]", "").unwrap_err();
+        assert!(
+            e[0].contains("certificate.c.issuer: must name at least one issuer"),
+            "{e:#?}"
+        );
+        let e = listed(r#"["le", "le"]"#, "").unwrap_err();
+        assert!(
+            e[0].contains("certificate.c.issuer: issuer \"le\" is listed twice"),
+            "{e:#?}"
+        );
+        let e = listed(r#"["le", "bakcup"]"#, "").unwrap_err();
+        assert!(
+            e[0].contains(
+                "certificate.c.issuer: no [issuer.bakcup] is defined; did you mean \"backup\"?"
+            ),
+            "{e:#?}"
+        );
+        let e = listed("[\"le\", 3]", "").unwrap_err();
+        assert!(e[0].contains("expected an array of strings"), "{e:#?}");
+    }
+
+    #[test]
+    fn every_issuer_of_the_list_must_be_able_to_issue_for_ip_addresses() {
+        let config = |issuer: &str| {
+            format!(
+                "{LISTED}[issuer.dns]\nkind = \"acme\"\ndirectory = \"https://ca.test/dir\"\nchallenge = \"dns-01\"\ndns_provider = \"dnsimple\"\ntoken_file = \"/t\"\n[certificate.c]\nnames = [\"192.0.2.10\"]\nissuer = {issuer}\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n"
+            )
+        };
+        assert!(parse(&config(r#"["le", "backup"]"#)).is_ok());
+        let e = parse(&config(r#"["le", "dns"]"#)).unwrap_err();
+        assert!(
+            e[0].contains("cannot be validated by dns-01, the challenge of issuer \"dns\""),
+            "{e:#?}"
+        );
     }
 }

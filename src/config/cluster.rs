@@ -365,5 +365,17 @@ shared = true
             )),
             "{errors:#?}"
         );
+        // One issuer per fleet certificate: no failover list.
+        let listed = SHARED.replace("issuer = \"le\"", "issuer = [\"le\", \"internal\"]");
+        let errors = parse(&format!(
+            "[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\nfleet_key_file = \"/k\"\n{listed}"
+        ))
+        .unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "certificate.www.shared: a shared certificate has one issuer: failover between issuers"
+            )),
+            "{errors:#?}"
+        );
     }
 }

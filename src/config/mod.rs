@@ -767,7 +767,7 @@ mod message_tests {
             errors,
             [
                 "/etc/certagent/config.toml:3: certificate.site.servr: unknown key; did you mean `server`?",
-                "/etc/certagent/config.toml:6: certificate.site.colour: unknown key; known keys here: names, issuer, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout",
+                "/etc/certagent/config.toml:6: certificate.site.colour: unknown key; known keys here: names, issuer, failover_after, server, key_type, cert_file, key_file, chain_file, leaf_file, bundle_file, renew_before, owner, group, key_mode, cert_mode, revoke_first, reissue_on_issuer_change, profile, profile_required, shared, pre_install, post_install, hook_timeout",
                 "/etc/certagent/config.toml:8: certificat: unknown key; did you mean `certificate`?",
             ]
         );

@@ -6,6 +6,7 @@
 //! decision.
 
 pub(crate) mod cadence;
+pub(crate) mod failover;
 pub(crate) mod lifecycle;
 mod name;
 mod types;

@@ -258,19 +258,23 @@ impl Daemon {
         retry_in: Option<i64>,
     ) -> std::result::Result<(), Timestamp> {
         let now = self.clock.now();
-        let every = match self
-            .config
-            .certificates
-            .get(name)
-            .and_then(|c| self.config.issuers.get(&c.issuer))
+        let store = &self.executor.store;
+        let journal = store.journal(name).ok();
+        // The issuer of the pending order (of a failover list, the one it was placed with).
+        let issuer = journal
+            .as_ref()
+            .and_then(|j| j.pending.as_ref())
+            .map(|p| p.issuer.clone())
+            .or_else(|| self.config.certificates.get(name).map(|c| c.issuer.clone()));
+        let every = match issuer
+            .and_then(|i| self.config.issuers.get(&i))
             .map(|i| &i.kind)
         {
             Some(crate::config::IssuerKind::Manual(m)) => Some(m.remind_every.0.max(60)),
             _ => None,
         };
         let fallback = now + every.unwrap_or_else(|| retry_in.unwrap_or(300).clamp(10, 86_400));
-        let store = &self.executor.store;
-        let Ok(mut journal) = store.journal(name) else {
+        let Some(mut journal) = journal else {
             return Err(fallback);
         };
         let Some(p) = journal.pending.as_mut() else {
@@ -331,6 +335,15 @@ impl Daemon {
             journal.server_retry_after,
             core::cadence::backoff_ceiling(validity.map(|(_, na)| na - now)),
         );
+        // With a failover list, no longer than until the next issuer is due.
+        let next_issuer = self.config.certificates.get(name).and_then(|c| {
+            let failing = journal
+                .failover
+                .as_ref()
+                .and_then(|f| Some((f.issuer.as_str(), f.failing_since?)));
+            core::failover::moves_on_at(&c.issuers, failing, c.failover_after)
+        });
+        let delay = next_issuer.map_or(delay, |at| delay.min((at - now).max(1)));
         journal.retry_at = Some(now + delay);
         journal.retry_reasons = observation
             .as_ref()

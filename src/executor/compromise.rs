@@ -42,7 +42,8 @@ impl Executor {
         if let Some(work) = work {
             // The key is known to be in an attacker's hands: revoke before replacing, so
             // nothing signed by it is trusted a minute longer than necessary.
-            self.revoke_compromised(cert, &work.old_spki_sha256, work.old_leaf.as_deref())
+            let leaf = work.old_leaf.as_deref();
+            self.revoke_compromised(cert, &work.old_spki_sha256, leaf, work.issuer.as_deref())
                 .await?;
             if let Some(c) = journal.pending.as_mut().and_then(|p| p.compromise.as_mut()) {
                 c.revoked_first = true;
@@ -119,7 +120,9 @@ impl Executor {
             "key marked compromised: it is replaced now and never used again"
         );
         use base64::Engine;
+        let serial = in_service.leaf().map(|l| l.serial.as_str());
         Ok(CompromiseWork {
+            issuer: journal.issued_by(serial),
             old_spki_sha256: digest,
             old_leaf: chain
                 .as_ref()
@@ -128,14 +131,16 @@ impl Executor {
         })
     }
 
-    /// Revoke a compromised key's certificate at the CA that issued it (as configured for the
-    /// certificate), signed with the compromised key itself when certagent still has it.
+    /// Revoke a compromised key's certificate at the CA that issued it (`issuer`, journalled
+    /// when it was captured: of a failover list, the one it came from; else the certificate's
+    /// first issuer), signed with the compromised key itself when certagent still has it.
     /// A refusal is logged for a human (ERROR) and not retried; a transport failure is.
     pub(super) async fn revoke_compromised(
         &self,
         cert: &Certificate,
         digest: &str,
         leaf_b64: Option<&str>,
+        issuer: Option<&str>,
     ) -> Result<()> {
         use base64::Engine;
         let Some(leaf_b64) = leaf_b64 else {
@@ -149,11 +154,15 @@ impl Executor {
             .store
             .quarantined_key(&cert.name, digest)
             .and_then(|pem| PrivateKey::from_pem(&String::from_utf8_lossy(&pem)).ok());
+        // The issuer that issued it, when known and still configured for the certificate.
+        let name = issuer
+            .filter(|i| cert.issuers.iter().any(|c| c == i))
+            .unwrap_or(cert.issuer.as_str());
         let issuer_cfg = self
             .config
             .issuers
-            .get(&cert.issuer)
-            .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
+            .get(name)
+            .ok_or_else(|| Error::msg(format!("issuer {name:?} is not configured")))?;
         let issuer = Issuer::open(issuer_cfg, &self.store, self.clock)?;
         let outcome = issuer.revoke(&der, key.as_ref()).await?;
         self.revocation_done(cert, &serial, outcome).await;
@@ -203,7 +212,12 @@ impl Executor {
         crate::failpoint_async!("before-revoke");
         if let Some(leaf) = post.revoke.clone() {
             match self
-                .revoke_compromised(cert, &post.old_spki_sha256, Some(&leaf))
+                .revoke_compromised(
+                    cert,
+                    &post.old_spki_sha256,
+                    Some(&leaf),
+                    post.issuer.as_deref(),
+                )
                 .await
             {
                 Ok(()) => post.revoke = None,

@@ -186,6 +186,7 @@ impl Executor {
                         old_spki_sha256: spki.to_string(),
                         old_leaf: None,
                         revoked_first: false,
+                        issuer: None,
                     }
                 };
                 // The holder revokes the old certificate, once for the fleet.

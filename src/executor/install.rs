@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Chain, PrivateKey};
 use crate::server::{self, Served, WebServer};
 use crate::store::{
-    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledIssuer, InstalledProfile, Journal,
-    OutcomeKind, PostActions, fsutil,
+    self, Flip, FlipPhase, GenFiles, GenerationContent, InstalledProfile, Journal, OutcomeKind,
+    PostActions, fsutil,
 };
 
 use super::{Attempt, Executor, Installed, Stop};
@@ -200,6 +200,10 @@ impl Executor {
                 .installed_profile
                 .as_ref()
                 .and_then(|p| p.issued.clone()),
+            issuer: journal
+                .installed_issuer
+                .as_ref()
+                .and_then(|i| i.name.clone()),
         };
         let installed = self.post_install(cert, journal, flip, installed).await;
         if let Err(e) = self.run_post_actions(cert, journal).await {
@@ -377,14 +381,8 @@ impl Executor {
             asked: None,
         };
         // The issuer of this re-issue (a resumed one keeps the issuer it started with).
-        let issuer = journal
-            .pending
-            .as_ref()
-            .map_or(cert.issuer.as_str(), |p| p.issuer.as_str());
-        journal.installed_issuer = self.config.issuers.get(issuer).map(|i| InstalledIssuer {
-            identity: i.identity(),
-            dn: leaf.issuer_dn.clone(),
-        });
+        journal.installed_issuer =
+            super::failover::installed(&self.config, cert, journal, &leaf.issuer_dn);
         journal.installed_profile = journal.pending.as_ref().map(|p| InstalledProfile {
             asked: p.profile_asked.clone(),
             issued: p.profile.clone(),
@@ -457,6 +455,7 @@ fn hook_timeout(cert: &Certificate) -> std::time::Duration {
 fn journal_installed(journal: &mut Journal, flip: &Flip, installed: store::Outcome) {
     journal.current = Some(flip.to);
     journal.flip = None;
+    journal.failover = None;
     // A compromised predecessor still has to be revoked and purged: journalled in the
     // same write that records the new generation, so a crash cannot lose it.
     if let Some(work) = journal.pending.as_ref().and_then(|p| p.compromise.clone()) {
@@ -469,6 +468,7 @@ fn journal_installed(journal: &mut Journal, flip: &Flip, installed: store::Outco
             },
             revoke_attempts: 0,
             purged: false,
+            issuer: work.issuer,
         });
     }
     journal.pending = None;

@@ -14,6 +14,7 @@
 
 mod compromise;
 mod dry_run;
+mod failover;
 #[cfg(feature = "fleet")]
 mod fleet;
 mod install;

@@ -52,6 +52,9 @@ pub(crate) struct ConfiguredIssuer {
     pub(crate) local_ca_dn: Option<String>,
     /// The ACME profile the certificate is to be ordered under (`Config::profile_of`).
     pub(crate) profile: Option<String>,
+    /// The identities of the other issuers of a failover list: a certificate from one of
+    /// them is from a configured issuer too.
+    pub(crate) failover: Vec<String>,
 }
 
 impl ConfiguredIssuer {
@@ -75,10 +78,15 @@ impl ConfiguredIssuer {
             }
             _ => None,
         };
+        let failover = cert.issuers[1..]
+            .iter()
+            .filter_map(|i| Some(config.issuers.get(i)?.identity()))
+            .collect();
         Some(ConfiguredIssuer {
             identity: issuer.identity(),
             local_ca_dn,
             profile: config.profile_of(cert).map(|p| p.name),
+            failover,
         })
     }
 }
@@ -251,17 +259,26 @@ pub(crate) fn expected_issuer(
     journal: Option<&Journal>,
     leaf: &core::LeafFacts,
 ) -> IssuerFact {
-    if let Some(dn) = &configured.local_ca_dn {
-        return IssuerFact::Dn(dn.clone());
-    }
-    let Some((record, installed_serial)) = journal.and_then(|j| {
+    let record = journal.and_then(|j| {
         j.installed_issuer
             .as_ref()
             .map(|r| (r, j.installed_serial.as_deref()))
-    }) else {
+    });
+    let ours = |s: Option<&str>| s == Some(leaf.serial.as_str());
+    // Installed from a failover issuer of the list: from a configured issuer all the same.
+    if let Some((r, s)) = record
+        && ours(s)
+        && configured.failover.contains(&r.identity)
+    {
+        return IssuerFact::Unknown;
+    }
+    if let Some(dn) = &configured.local_ca_dn {
+        return IssuerFact::Dn(dn.clone());
+    }
+    let Some((record, installed_serial)) = record else {
         return IssuerFact::Unknown;
     };
-    let ours = installed_serial == Some(leaf.serial.as_str());
+    let ours = ours(installed_serial);
     match (record.identity == configured.identity, ours) {
         (false, true) => IssuerFact::Other,
         (false, false) if record.dn == leaf.issuer_dn => IssuerFact::Other,
@@ -332,12 +349,14 @@ mod tests {
             identity: format!("acme {dir}"),
             local_ca_dn: None,
             profile: None,
+            failover: Vec::new(),
         };
         let journal = |identity: &str| Journal {
             installed_serial: Some("1a".into()),
             installed_issuer: Some(InstalledIssuer {
                 identity: identity.into(),
                 dn: "CN=R11".into(),
+                name: None,
             }),
             ..Journal::default()
         };
@@ -347,7 +366,16 @@ mod tests {
             identity: "internal internal".into(),
             local_ca_dn: Some("CN=local".into()),
             profile: None,
+            failover: Vec::new(),
         };
+        // issuer = ["pebble", "le"] and issuer = ["internal", "le"]: le is a failover issuer.
+        let with_le = |c: &ConfiguredIssuer| ConfiguredIssuer {
+            identity: c.identity.clone(),
+            local_ca_dn: c.local_ca_dn.clone(),
+            profile: c.profile.clone(),
+            failover: vec!["acme https://le/dir".into()],
+        };
+        let (pebble_le, local_le) = (with_le(&pebble), with_le(&local));
         #[rustfmt::skip]
         let cases: Vec<(&str, &ConfiguredIssuer, Option<&Journal>, core::LeafFacts, IssuerFact)> = vec![
             ("a local CA: its subject, whatever was recorded",
@@ -364,6 +392,12 @@ mod tests {
                 &pebble, Some(&le), leaf("2b", "CN=R11"), IssuerFact::Other),
             ("another CA configured, a leaf no one recorded: no judgement",
                 &pebble, Some(&le), leaf("2b", "CN=Pebble"), IssuerFact::Unknown),
+            ("certagent's leaf from a failover issuer of the list: a configured issuer",
+                &pebble_le, Some(&le), leaf("1a", "CN=R11"), IssuerFact::Unknown),
+            ("the same with a local CA first",
+                &local_le, Some(&le), leaf("1a", "CN=R11"), IssuerFact::Unknown),
+            ("a leaf certagent did not install, a local CA first: its subject",
+                &local_le, Some(&le), leaf("2b", "CN=R11"), IssuerFact::Dn("CN=local".into())),
         ];
         for (what, configured, journal, leaf, want) in cases {
             assert_eq!(expected_issuer(configured, journal, &leaf), want, "{what}");

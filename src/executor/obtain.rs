@@ -48,26 +48,42 @@ impl Executor {
                 .preflight(&cert.name, &cert.names, in_service)
                 .await?;
         }
-        let issuer = self
-            .config
-            .issuers
-            .get(&cert.issuer)
-            .ok_or_else(|| Error::msg(format!("issuer {:?} is not configured", cert.issuer)))?;
-        let key = self.pending_key(cert, journal, &blocked, reason, now)?;
-        crate::failpoint!("after-key-persisted");
-        self.answer_compromise(cert, journal, &mut blocked, &in_service, reason, now)
-            .await?;
-        let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
-        let ask = Ask {
-            cert,
-            issuer,
-            key,
-            blocked: &blocked,
-            in_service: in_service.leaf(),
-            reason,
-            now,
+        let left = in_service.leaf().map(|l| l.not_after - now);
+        let (key, chain, reason) = loop {
+            // With a failover list, a failure may move this very attempt on to the next issuer.
+            let used = self.choose_issuer(cert, journal, left, now)?;
+            let issuer = self
+                .config
+                .issuers
+                .get(&used)
+                .ok_or_else(|| Error::msg(format!("issuer {used:?} is not configured")))?;
+            let carried = journal.pending.as_ref().and_then(|p| p.compromise.clone());
+            let key = self.pending_key(cert, journal, &blocked, reason, now)?;
+            if let Some(p) = journal.pending.as_mut().filter(|p| p.compromise.is_none()) {
+                // A compromise being answered stays answered across a failover.
+                p.compromise = carried;
+            }
+            crate::failpoint!("after-key-persisted");
+            self.answer_compromise(cert, journal, &mut blocked, &in_service, reason, now)
+                .await?;
+            let reason = journal.pending.as_ref().map(|p| p.reason).unwrap_or(reason);
+            let ask = Ask {
+                cert,
+                issuer,
+                key,
+                blocked: &blocked,
+                in_service: in_service.leaf(),
+                reason,
+                now: self.clock.now(),
+            };
+            match self.chain(ask, journal).await {
+                Ok((key, chain)) => break (key, chain, reason),
+                Err(Stop::Failed(e)) if self.moves_on(cert, journal, left, &used) => {
+                    log::debug!(cert = cert.name.as_str(); "{e}");
+                }
+                Err(stop) => return Err(stop),
+            }
         };
-        let (key, chain) = self.chain(ask, journal).await?;
         // Validate again: a saved chain is input from disk like any other.
         keys::validate_chain(&cert.names, &key, &chain, now)
             .map_err(|e| Error::msg(format!("saved certificate is unusable: {e}")))?;
@@ -124,7 +140,7 @@ impl Executor {
         let reusable = journal.pending.as_ref().is_some_and(|p| {
             p.names == wanted
                 && p.key_spec == cert.key_type
-                && p.issuer == cert.issuer
+                && p.issuer == super::failover::in_use(cert, journal)
                 && p.profile_asked == profile
                 && !blocked.contains(&p.key_spki_sha256)
         });
@@ -141,8 +157,15 @@ impl Executor {
             log::info!(cert = cert.name.as_str(); "resuming pending re-issue");
             return Ok(k);
         }
-        if journal.pending.is_some() {
-            log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
+        let issuer = super::failover::in_use(cert, journal);
+        match journal.pending.as_ref() {
+            Some(p) if p.issuer != issuer && cert.issuers.contains(&p.issuer) => {
+                log::info!(cert = cert.name.as_str(), issuer = issuer; "abandoning the pending re-issue at issuer {:?} for a new one at {issuer:?}", p.issuer);
+            }
+            Some(_) => {
+                log::info!(cert = cert.name.as_str(); "discarding pending re-issue that no longer matches the configuration");
+            }
+            None => {}
         }
         self.new_key(cert, journal, blocked, reason, now, wanted)
     }
@@ -208,6 +231,7 @@ impl Executor {
                 let e = stop.into_error();
                 journal.server_retry_after = e.retry_after();
                 let message = e.to_string();
+                super::failover::note_failure(journal, ask.issuer, &message, ask.now);
                 self.record(cert, journal, OutcomeKind::Failed, reason, &message, None)?;
                 return Err(Stop::Failed(e));
             }
@@ -284,7 +308,7 @@ impl Executor {
         journal.pending = Some(Pending {
             reason,
             started_at: now,
-            issuer: cert.issuer.clone(),
+            issuer: super::failover::in_use(cert, journal).to_string(),
             key_spec: cert.key_type,
             key_spki_sha256: key.spki_sha256(),
             names,
@@ -351,9 +375,11 @@ impl Executor {
         let resume = journal.pending.as_ref().and_then(|p| p.order_url.clone());
         // With ARI, the new order names its predecessor (RFC 9773 §5): the serial in service
         // whose renewal information this CA gave us.
+        // Only at the CA that issued it: another of a failover list does not know it.
         let replaces = ask
             .in_service
             .filter(|l| journal.ari.as_ref().is_some_and(|a| a.serial == l.serial))
+            .filter(|l| super::failover::in_service(cert, journal, &l.serial) == ask.issuer.name)
             .and_then(|l| l.cert_id.clone());
         if let Some(p) = journal.pending.as_mut() {
             p.attempts += 1;
@@ -388,7 +414,7 @@ impl Executor {
         issuer.issue(&req, &mut on_order).await.map_err(|e| {
             e.context(format!(
                 "failed to obtain a certificate for {:?} from issuer {:?}",
-                cert.name, cert.issuer
+                cert.name, ask.issuer.name
             ))
         })
     }

@@ -19,6 +19,8 @@ pub(crate) struct Installed {
     pub(crate) hook_error: Option<Error>,
     /// The ACME profile it was issued under (`None`: none).
     pub(crate) profile: Option<String>,
+    /// The configured issuer it came from (of a failover list, the one that issued it).
+    pub(crate) issuer: Option<String>,
 }
 
 /// Waiting on the CA or on a human (an approval e-mail); the old certificate stays in service.

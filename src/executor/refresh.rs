@@ -34,21 +34,26 @@ impl Executor {
         let (_, x509) = x509_parser::parse_x509_certificate(chain.leaf_der())
             .map_err(|e| Error::msg(format!("leaf does not parse: {e}")))?;
         let mut journal = self.store.journal(&cert.name)?;
-        let view = self.fetch_view(cert, &chain, &x509, leaf, now).await?;
+        let issuer = super::failover::in_service(cert, &journal, &leaf.serial).to_string();
+        let view = self
+            .fetch_view(cert, &issuer, &chain, &x509, leaf, now)
+            .await?;
         view.apply(&cert.name, &mut journal, rand::random::<f64>());
         self.store.save_journal(&cert.name, &journal)
     }
 
-    /// Ask the CRL and ARI about `leaf`; nothing is written here.
+    /// Ask the CRL and ARI (of `issuer`, the one it came from) about `leaf`; nothing is
+    /// written here.
     async fn fetch_view(
         &self,
         cert: &Certificate,
+        issuer: &str,
         chain: &Chain,
         x509: &X509Certificate<'_>,
         leaf: LeafFacts,
         now: Timestamp,
     ) -> Result<CaNews> {
-        let acme = match self.config.issuers.get(&cert.issuer).map(|i| &i.kind) {
+        let acme = match self.config.issuers.get(issuer).map(|i| &i.kind) {
             Some(IssuerKind::Acme(a)) => Some(a.clone()),
             _ => None,
         };

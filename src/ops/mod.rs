@@ -20,10 +20,12 @@ macro_rules! out {
 mod dry_run;
 #[cfg(feature = "fleet")]
 mod fleet;
+mod preflight;
 mod render;
 pub(crate) use dry_run::{check_supported as dry_run_supported, dry_run};
 #[cfg(feature = "fleet")]
 pub(crate) use fleet::{cluster_of, fleet_doc, render_fleet, select_shared};
+pub(crate) use preflight::preflight;
 pub(crate) use render::{render_check, render_reissue, render_status};
 
 use crate::output::{
@@ -156,6 +158,7 @@ pub(crate) fn report(
         cert_file: cert.cert_file.display().to_string(),
         key_file: cert.key_file.display().to_string(),
         serial: obs.leaf.as_ref().map(|l| l.serial.clone()),
+        issuer: journal.and_then(|j| j.issued_by(obs.leaf.as_ref().map(|l| l.serial.as_str()))),
         not_after: obs.decision.not_after.map(rfc3339),
         renew_at: obs.decision.renew_at.map(rfc3339),
         problems,
@@ -358,29 +361,13 @@ fn installed(name: &str, result: &str, i: &Installed) -> ReissueResult {
     r.not_after = Some(rfc3339(i.not_after));
     r.generation = Some(i.generation);
     r.profile = i.profile.clone();
+    r.issuer = i.issuer.clone();
     r.error = i.hook_error.as_ref().map(|e| e.to_string());
     r.hint = i
         .hook_error
         .as_ref()
         .and_then(|e| e.hint().map(str::to_string));
     r
-}
-
-/// Before a re-issue is asked for (in-process or of the daemon): every `verify` endpoint of
-/// each certificate accepts a connection, or the command fails at once, exit 78, having
-/// changed nothing (`WebServer::preflight`).
-pub(crate) async fn preflight(config: &Config, certs: &[&Certificate]) -> Result<()> {
-    for cert in certs {
-        let Some(server) = cert.server.as_ref().and_then(|s| config.servers.get(s)) else {
-            continue;
-        };
-        let now = crate::clock::Clock::new().now();
-        let in_service = observe(cert, now, &Signals::default()).leaf.is_some();
-        crate::server::WebServer::new(server)
-            .preflight(&cert.name, &cert.names, in_service)
-            .await?;
-    }
-    Ok(())
 }
 
 /// `document` of a re-issue, with what was asked for and observed when it started.
@@ -521,6 +508,7 @@ mod tests {
             loaded: true,
             hook_error,
             profile: None,
+            issuer: Some("backup".into()),
         }
     }
 
@@ -536,6 +524,7 @@ mod tests {
         assert_eq!(d["changed"], true);
         assert_eq!(d["serial"], "8ded");
         assert_eq!(d["generation"], 7);
+        assert_eq!(d["issuer"], "backup");
         assert_eq!(d["not_after"], rfc3339(1_800_000_000));
         assert!(d["error"].is_null());
         let d = doc(Reason::Forced, Outcome::InstalledNotLoaded(installed(None)));

@@ -126,6 +126,9 @@ pub(crate) fn render_status(doc: &CheckDoc, now: Timestamp) {
         if let Some(profile) = &r.profile {
             out!("  profile:     {profile}");
         }
+        if let Some(i) = &r.issuer {
+            out!("  issued by:   issuer {i:?}");
+        }
         if let Some(p) = &r.pending {
             out!(
                 "  pending:     re-issue ({}) since {}, {} attempt(s){}",

@@ -75,9 +75,38 @@ pub(crate) struct Journal {
     /// into the outcome that ends it.
     #[serde(default)]
     pub(crate) asked: Option<Asked>,
+    /// The issuer of a failover list (`issuer = [..]`) the renewal in progress uses, and
+    /// since when it has been failing; cleared by an install (the next renewal starts with
+    /// the first issuer again).
+    #[serde(default)]
+    pub(crate) failover: Option<IssuerInUse>,
+}
+
+/// The issuer a renewal in progress uses (`Journal::failover`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct IssuerInUse {
+    /// Its configured name.
+    pub(crate) issuer: String,
+    /// When its first failure in a row happened (`None`: it has not failed).
+    #[serde(default)]
+    pub(crate) failing_since: Option<Timestamp>,
+    /// The last failure, for the log line that moves on.
+    #[serde(default)]
+    pub(crate) last_error: Option<String>,
 }
 
 impl Journal {
+    /// The configured issuer of the certificate with `serial` when it is the one certagent
+    /// installed last.
+    pub(crate) fn issued_by(&self, serial: Option<&str>) -> Option<String> {
+        let ours = serial.is_some() && self.installed_serial.as_deref() == serial;
+        self.installed_issuer
+            .as_ref()
+            .filter(|_| ours)?
+            .name
+            .clone()
+    }
+
     /// The reason to log for the attempt in progress (or the one that just ended): the
     /// operator's words when an operator asked (`superseded`), else `reason`.
     pub(crate) fn said(&self, reason: Reason) -> &'static str {
@@ -119,6 +148,9 @@ pub(crate) struct InstalledIssuer {
     pub(crate) identity: String,
     /// The leaf's issuer distinguished name.
     pub(crate) dn: String,
+    /// The configured name of that issuer (`None` in journals written before it was).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
 }
 
 /// The ACME profile of the certificate certagent last installed.
@@ -159,6 +191,9 @@ pub(crate) struct PostActions {
     pub(crate) revoke: Option<String>,
     pub(crate) revoke_attempts: u32,
     pub(crate) purged: bool,
+    /// The configured issuer of the old leaf (`CompromiseWork::issuer`).
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// The CA's suggested renewal window and the point certagent picked inside it.
@@ -219,6 +254,10 @@ pub(crate) struct CompromiseWork {
     /// Revoked before replacing (`revoke_first`).
     #[serde(default)]
     pub(crate) revoked_first: bool,
+    /// The configured issuer of that leaf, when certagent installed it (of a failover list,
+    /// the one that issued it): the CA it is revoked at.
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -334,5 +373,24 @@ mod tests {
         assert_eq!(j.flip.unwrap().phase, FlipPhase::Flipped);
         assert!(j.last.unwrap().asked.is_none());
         assert!(j.asked.is_none());
+    }
+
+    #[test]
+    fn a_journal_from_before_failover_still_reads_and_names_no_issuer() {
+        let j: Journal = serde_json::from_str(
+            r#"{"schema":1,"current":1,"next_generation":2,"pending":null,"flip":null,"last":null,
+                "installed_serial":"1a","installed_issuer":{"identity":"acme https://le/dir","dn":"CN=R11"}}"#,
+        )
+        .unwrap();
+        assert!(j.failover.is_none());
+        assert_eq!(j.issued_by(Some("1a")), None);
+        let mut j = j;
+        if let Some(i) = j.installed_issuer.as_mut() {
+            i.name = Some("le".into());
+        }
+        assert_eq!(j.issued_by(Some("1a")).as_deref(), Some("le"));
+        // Another serial in service: not the one certagent installed.
+        assert_eq!(j.issued_by(Some("2b")), None);
+        assert_eq!(j.issued_by(None), None);
     }
 }

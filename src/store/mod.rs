@@ -28,8 +28,8 @@ pub(crate) use crate::files::{nofollow, trust};
 use crate::keys::{Chain, SecretPem};
 pub(crate) use fsutil::Perms;
 pub(crate) use journal::{
-    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, InstalledProfile, Journal, Outcome,
-    OutcomeKind, Pending, PostActions, Refresh, Revoked,
+    Ari, CompromiseWork, Flip, FlipPhase, InstalledIssuer, InstalledProfile, IssuerInUse, Journal,
+    Outcome, OutcomeKind, Pending, PostActions, Refresh, Revoked,
 };
 pub(crate) use lock::Lock;
 pub(crate) use quarantine::{FlagId, MAX_LIST_BYTES, parse_digests};
@@ -487,6 +487,8 @@ mod tests {
             name: "site".into(),
             names: vec!["a.test".parse::<CertName>().unwrap()],
             issuer: "internal".into(),
+            issuers: vec!["internal".into()],
+            failover_after: crate::core::Span::secs(3_600),
             server: None,
             key_type: KeySpec::EcdsaP256,
             cert_file: dir.join("site.pem"),

@@ -223,6 +223,8 @@ mod tests {
             name: "site".into(),
             names: vec!["a.test".parse::<CertName>().unwrap()],
             issuer: "internal".into(),
+            issuers: vec!["internal".into()],
+            failover_after: crate::core::Span::secs(3_600),
             server: None,
             key_type: KeySpec::EcdsaP256,
             cert_file: dir.join("ssl/site.pem"),

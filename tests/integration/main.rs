@@ -19,6 +19,7 @@ mod discover;
 mod dnsimple;
 mod dnsimple_selftest;
 mod dry_run;
+mod failover;
 #[cfg(feature = "failpoints")]
 mod faults;
 #[cfg(feature = "fleet")]
