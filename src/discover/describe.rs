@@ -8,7 +8,7 @@ pub(super) fn describe(
     server: &str,
     sites: &[Site],
     taken_names: &mut BTreeSet<String>,
-    taken_files: &mut BTreeSet<PathBuf>,
+    taken_files: &mut Taken,
 ) -> (CertificateFound, Option<lineage::IssuerFound>) {
     let first = &sites[0];
     let mut problems = unique(sites.iter().flat_map(|s| s.problems.iter()));
@@ -32,7 +32,7 @@ pub(super) fn describe(
         &endpoints,
         &mut problems,
     );
-    usable &= claim_files(first, taken_files, &mut problems);
+    usable &= claim_files(first, server, taken_files, &mut problems);
     let leaf_issuer = leaf.as_ref().and_then(|(_, i)| i.as_ref());
     let issuer_dn = leaf_issuer.map(|(dn, _)| dn.clone());
     let self_signed = leaf_issuer.is_some_and(|(_, s)| *s);
@@ -235,11 +235,15 @@ pub(super) fn endpoints_of(sites: &[Site], names: &[CertName]) -> Vec<EndpointRe
     endpoints
 }
 
+/// Files claimed by a certificate already, with the server that serves them.
+pub(super) type Taken = std::collections::BTreeMap<PathBuf, String>;
+
 /// Take the site's certificate and key files for this certificate; false (with a problem
 /// each) when another certificate already has one.
 pub(super) fn claim_files(
     first: &Site,
-    taken_files: &mut BTreeSet<PathBuf>,
+    server: &str,
+    taken_files: &mut Taken,
     problems: &mut Vec<String>,
 ) -> bool {
     let mut free = true;
@@ -251,12 +255,31 @@ pub(super) fn claim_files(
     .into_iter()
     .flatten()
     {
-        if !taken_files.insert(f.clone()) {
-            problems.push(format!(
-                "{:?} is also used by another certificate with a different pair",
-                f.display().to_string()
-            ));
-            free = false;
+        match taken_files.get(f) {
+            None => {
+                taken_files.insert(f.clone(), server.to_string());
+            }
+            Some(other) if other != server => {
+                let reload = match server {
+                    "postfix" => "[\"postfix\", \"reload\"]",
+                    "dovecot" => "[\"doveadm\", \"reload\"]",
+                    "haproxy" => "[\"systemctl\", \"reload\", \"haproxy\"]",
+                    "apache" => "[\"apachectl\", \"graceful\"]",
+                    _ => "[\"systemctl\", \"reload\", \"nginx\"]",
+                };
+                problems.push(format!(
+                    "{:?} is also served by {other}, whose certificate manages it: a certificate reloads one server; reload {server} too with post_install = {reload} in that certificate",
+                    f.display().to_string()
+                ));
+                free = false;
+            }
+            Some(_) => {
+                problems.push(format!(
+                    "{:?} is also used by another certificate with a different pair",
+                    f.display().to_string()
+                ));
+                free = false;
+            }
         }
     }
     free

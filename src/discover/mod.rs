@@ -319,7 +319,7 @@ pub(crate) fn discover(targets: &Targets) -> DiscoverDoc {
         certbot: None,
     };
     let mut taken_names = BTreeSet::new();
-    let mut taken_files = BTreeSet::new();
+    let mut taken_files = describe::Taken::new();
     let scans = [
         scan_nginx(targets),
         scan_apache(targets),

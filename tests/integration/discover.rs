@@ -867,9 +867,11 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
     std::fs::write(
         d.join("dovecot/conf.d/10-ssl.conf"),
         format!(
-            "ssl = required\nssl_cert = <{}\nssl_key = <{}\n",
+            "ssl = required\nssl_cert = <{}\nssl_key = <{}\nlocal_name mx.test {{\n  ssl_cert = <{}\n  ssl_key = <{}\n}}\n",
             mail.join("imap.pem").display(),
-            mail.join("imap.key").display()
+            mail.join("imap.key").display(),
+            mail.join("mx.pem").display(),
+            mail.join("mx.key").display()
         ),
     )
     .unwrap();
@@ -994,6 +996,7 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
                 j(&["imap.test"]),
                 true
             ),
+            ("mx-test-2".into(), "dovecot".into(), j(&["mx.test"]), false),
         ],
         "{doc:#}"
     );
@@ -1014,6 +1017,14 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
     assert_eq!(certs_found[3]["key_file"], s(&mail.join("mx.key")));
     assert_eq!(certs_found[3]["bundle_file"], serde_json::Value::Null);
     assert_eq!(certs_found[4]["cert_file"], s(&mail.join("imap.pem")));
+    // Postfix and Dovecot sharing files: managed once, the other server reloaded by a hook.
+    assert!(
+        certs_found[5]["problems"].as_array().unwrap().contains(&serde_json::json!(format!(
+            "{:?} is also served by postfix, whose certificate manages it: a certificate reloads one server; reload dovecot too with post_install = [\"doveadm\", \"reload\"] in that certificate",
+            mail.join("mx.key").display().to_string()
+        ))),
+        "{doc:#}"
+    );
 
     // The TOML validates as certagent configuration.
     let toml = discover(&args);
@@ -1028,4 +1039,19 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
     let config = adopt(d, &toml.stdout);
     let valid = run_certagent(&config, &["config", "validate"], &[]);
     assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+
+    // The fixtures are what the real servers accept: the discovered test commands pass.
+    for server in [lb, imap] {
+        let argv: Vec<&str> = server["test_command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let out = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
 }
