@@ -43,6 +43,8 @@ struct Settings {
     main: Pair,
     /// `local_name NAME { ... }` blocks with their own certificate.
     local: Vec<(String, Pair)>,
+    /// `port` of `inet_listener imap|imaps|pop3|pop3s` in a `service` (0: off).
+    ports: Vec<(String, u16)>,
 }
 
 #[derive(Default, Clone)]
@@ -63,19 +65,27 @@ pub(super) fn read(conf: &Path, scan: &mut Scan) {
     let protocols = settings
         .protocols
         .unwrap_or_else(|| vec!["imap".into(), "pop3".into()]);
+    let port = |listener: &str, default: u16| {
+        settings
+            .ports
+            .iter()
+            .rev()
+            .find(|(l, _)| l == listener)
+            .map_or(default, |(_, p)| *p)
+    };
     let mut starttls = Vec::new();
     let mut addresses = Vec::new();
     for p in &protocols {
-        match p.as_str() {
-            "imap" => {
-                starttls.push(("127.0.0.1:143".to_string(), Starttls::Imap));
-                addresses.push("127.0.0.1:993".to_string());
-            }
-            "pop3" => {
-                starttls.push(("127.0.0.1:110".to_string(), Starttls::Pop3));
-                addresses.push("127.0.0.1:995".to_string());
-            }
-            _ => {}
+        let (plain, tls, upgrade) = match p.as_str() {
+            "imap" => (port("imap", 143), port("imaps", 993), Starttls::Imap),
+            "pop3" => (port("pop3", 110), port("pop3s", 995), Starttls::Pop3),
+            _ => continue,
+        };
+        if plain != 0 {
+            starttls.push((format!("127.0.0.1:{plain}"), upgrade));
+        }
+        if tls != 0 {
+            addresses.push(format!("127.0.0.1:{tls}"));
         }
     }
     let pairs = [(None, settings.main)]
@@ -182,6 +192,15 @@ fn strip_comment(line: &str) -> &str {
 /// One `key = value` inside the current blocks.
 fn setting(k: &str, v: &str, dir: &Path, source: Source, blocks: &[String], set: &mut Settings) {
     let v = v.trim_matches('"');
+    if let [service, listener] = blocks
+        && service.starts_with("service ")
+        && k == "port"
+        && let Some(name) = listener.strip_prefix("inet_listener ")
+        && let Ok(port) = v.parse::<u16>()
+    {
+        set.ports.push((name.trim().to_string(), port));
+        return;
+    }
     let file = || normalize(&dir.join(v.strip_prefix('<').unwrap_or(v).trim()));
     let pair = match blocks {
         [] => &mut set.main,

@@ -1,7 +1,8 @@
 //! Postfix's main.cf (`smtpd_tls_chain_files`, else `smtpd_tls_cert_file` and
 //! `smtpd_tls_key_file`; simple `$name` references expanded) and the listeners of master.cf
 //! beside it: `smtp` (25) and `submission` (587) speak STARTTLS, `smtps`/`submissions` (465)
-//! TLS from the first byte. Other services are not read.
+//! TLS from the first byte, and so does any other `smtpd` on a numbered port with
+//! `-o smtpd_tls_wrappermode=yes` (STARTTLS without). Other services are not read.
 
 use std::collections::BTreeMap;
 
@@ -194,10 +195,19 @@ fn listeners(master: &Path, site: &mut Site, scan: &mut Scan) {
             Some((h, p)) => (h.trim_matches(['[', ']']), p),
             None => ("", *service),
         };
+        // smtpd with -o smtpd_tls_wrappermode=yes speaks TLS from the first byte.
+        let wrapper = w[8..]
+            .windows(2)
+            .any(|o| o[0] == "-o" && o[1].replace(' ', "") == "smtpd_tls_wrappermode=yes")
+            || w[8..].contains(&"-osmtpd_tls_wrappermode=yes");
         let (number, starttls) = match (port, command) {
-            ("smtp" | "25", "smtpd" | "postscreen") => (25, true),
-            ("submission" | "587", "smtpd") => (587, true),
+            ("smtp" | "25", "smtpd" | "postscreen") => (25, !wrapper),
+            ("submission" | "587", "smtpd") => (587, !wrapper),
             ("smtps" | "submissions" | "465", "smtpd") => (465, false),
+            (n, "smtpd") => match n.parse::<u16>() {
+                Ok(n) => (n, !wrapper),
+                Err(_) => continue,
+            },
             _ => continue,
         };
         let listen = match host {
@@ -234,7 +244,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             d.join("master.cf"),
-            "# service type private unpriv chroot wakeup maxproc command\nsmtp      inet  n       -       y       -       -       smtpd\nsubmission inet n       -       y       -       -       smtpd\n  -o smtpd_tls_security_level=encrypt\n127.0.0.1:submissions inet n - y - - smtpd\n  -o smtpd_tls_wrappermode=yes\npickup    unix  n       -       y       60      1       pickup\n2525      inet  n       -       y       -       -       smtpd\n",
+            "# service type private unpriv chroot wakeup maxproc command\nsmtp      inet  n       -       y       -       -       smtpd\nsubmission inet n       -       y       -       -       smtpd\n  -o smtpd_tls_security_level=encrypt\n127.0.0.1:submissions inet n - y - - smtpd\n  -o smtpd_tls_wrappermode=yes\npickup    unix  n       -       y       60      1       pickup\n2525      inet  n       -       y       -       -       smtpd\n127.0.0.1:4465 inet n - y - - smtpd -o smtpd_tls_wrappermode=yes\nrelay     inet  n       -       y       -       -       smtpd\n",
         )
         .unwrap();
         let mut scan = Scan::default();
@@ -255,10 +265,11 @@ mod tests {
             s.starttls,
             [
                 ("127.0.0.1:25".to_string(), Starttls::Smtp),
-                ("127.0.0.1:587".to_string(), Starttls::Smtp)
+                ("127.0.0.1:587".to_string(), Starttls::Smtp),
+                ("127.0.0.1:2525".to_string(), Starttls::Smtp)
             ]
         );
-        assert_eq!(s.addresses, ["127.0.0.1:465"]);
+        assert_eq!(s.addresses, ["127.0.0.1:465", "127.0.0.1:4465"]);
         assert!(s.problems.is_empty(), "{:?}", s.problems);
     }
 

@@ -1055,3 +1055,107 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
         assert!(out.status.success(), "{argv:?}: {out:?}");
     }
 }
+
+/// A real HAProxy serving a bundle, with its runtime API: the discovered configuration
+/// re-issues through the API (no reload) and the new leaf is what HAProxy serves.
+#[test]
+fn a_discovered_haproxy_certificate_is_reissued_through_the_runtime_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ca = TlsCa::new(&d.join("ca"));
+    let pem = d.join("certs/lb.pem");
+    let old = bundle(&ca, &["lb.test"], &pem);
+    let port = reserved_port();
+    let haproxy = common::Haproxy::start(&d.join("haproxy"), port, &pem, &[]);
+    let conf = d.join("haproxy/haproxy.cfg");
+    let toml = discover(&["--haproxy-conf", conf.to_str().unwrap()]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    assert!(
+        toml.stdout.contains(&format!(
+            "runtime_socket = {:?}\n",
+            haproxy.runtime_socket().display().to_string()
+        )),
+        "{}",
+        toml.stdout
+    );
+    let config = adopt(d, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    let master = haproxy.master_pid();
+    let run = run_certagent(&config, &["reissue", "--now", "lb-test"], &[]);
+    assert_eq!(run.code, 0, "{run:?}\n{}\n{}", toml.stdout, haproxy.log());
+    let served = served_leaf(&format!("127.0.0.1:{port}"), "lb.test").unwrap();
+    assert_ne!(served, old.cert_der);
+    // Swapped in the running process: the same master, and the new files where discover
+    // put them.
+    assert_eq!(haproxy.master_pid(), master);
+    let leaf_pem = std::fs::read_to_string(d.join("certs/lb.crt")).unwrap();
+    assert_eq!(common::pem_to_der(&leaf_pem), served);
+    assert!(d.join("certs/lb.key").exists());
+}
+
+/// Real Postfix and Dovecot (non-standard ports, as the test helpers run them): the
+/// discovered configuration re-issues both, proven over STARTTLS on the discovered endpoints.
+#[test]
+fn discovered_postfix_and_dovecot_certificates_are_reissued_and_proven_over_starttls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ca = TlsCa::new(&d.join("ca"));
+    let (smtp, imap, pop3) = (reserved_port(), reserved_port(), reserved_port());
+    let mx = leaf(
+        &ca,
+        &["mx.test"],
+        &d.join("tls/mx.pem"),
+        &d.join("tls/mx.key"),
+    );
+    let im = leaf(
+        &ca,
+        &["imap.test"],
+        &d.join("tls/imap.pem"),
+        &d.join("tls/imap.key"),
+    );
+    let _postfix = common::Postfix::start(
+        &d.join("postfix"),
+        smtp,
+        &d.join("tls/mx.pem"),
+        &d.join("tls/mx.key"),
+    );
+    let dovecot = common::Dovecot::start(
+        &d.join("dovecot"),
+        imap,
+        pop3,
+        &d.join("tls/imap.pem"),
+        &d.join("tls/imap.key"),
+    );
+    let main_cf = d.join("postfix/conf/main.cf");
+    let dovecot_conf = d.join("dovecot/dovecot.conf");
+    let args = [
+        "--postfix-conf",
+        main_cf.to_str().unwrap(),
+        "--dovecot-conf",
+        dovecot_conf.to_str().unwrap(),
+    ];
+    let toml = discover(&args);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    for want in [
+        format!("{{ address = \"127.0.0.1:{smtp}\", sni = \"mx.test\", starttls = \"smtp\" }}"),
+        format!("{{ address = \"127.0.0.1:{imap}\", sni = \"imap.test\", starttls = \"imap\" }}"),
+        format!("{{ address = \"127.0.0.1:{pop3}\", sni = \"imap.test\", starttls = \"pop3\" }}"),
+    ] {
+        assert!(toml.stdout.contains(&want), "{want}\n{}", toml.stdout);
+    }
+    let config = adopt(d, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    for (name, addr, proto, sni, old) in [
+        ("mx-test", smtp, "smtp", "mx.test", &mx),
+        ("imap-test", imap, "imap", "imap.test", &im),
+    ] {
+        let run = run_certagent(&config, &["reissue", "--now", name], &[]);
+        assert_eq!(run.code, 0, "{run:?}\n{}\n{}", toml.stdout, dovecot.log());
+        let served = common::starttls_leaf(&format!("127.0.0.1:{addr}"), proto, sni).unwrap();
+        assert_ne!(&served, &old.cert_der, "{name}");
+    }
+    let served = common::starttls_leaf(&format!("127.0.0.1:{pop3}"), "pop3", "imap.test").unwrap();
+    assert_ne!(served, im.cert_der);
+}
