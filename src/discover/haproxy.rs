@@ -196,8 +196,9 @@ fn pems_in(dir: &Path) -> Vec<PathBuf> {
     };
     let mut out: Vec<PathBuf> = entries
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
+        // HAProxy loads a link to a PEM (certbot's live/ files) like the PEM.
+        .filter(|p| p.is_file())
         .filter(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             !name.starts_with('.') && !SKIPPED_IN_DIR.iter().any(|s| name.ends_with(s))
@@ -277,6 +278,9 @@ mod tests {
         for f in ["dir/a.pem", "dir/a.pem.key", "dir/b.pem", "dir/.hidden.pem"] {
             std::fs::write(d.join("certs").join(f), "").unwrap();
         }
+        // A link to a PEM elsewhere (certbot's live/) is loaded like the PEM.
+        std::fs::write(d.join("elsewhere.pem"), "").unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere.pem"), d.join("certs/dir/link.pem")).unwrap();
         std::fs::write(
             d.join("list.txt"),
             "# comment\nlisted.pem [alpn h2 ocsp-update off] shop.test !*.other.test\n\n",
@@ -340,6 +344,13 @@ mod tests {
                     c("certs/dir/b.pem"),
                     c("certs/b.crt"),
                     c("certs/b.key"),
+                    front.clone(),
+                    vec![]
+                ),
+                (
+                    c("certs/dir/link.pem"),
+                    c("certs/link.crt"),
+                    c("certs/link.key"),
                     front,
                     vec![]
                 ),
@@ -352,6 +363,6 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(scan.sites[3].directive, Source::new(&d.join("list.txt"), 2));
+        assert_eq!(scan.sites[4].directive, Source::new(&d.join("list.txt"), 2));
     }
 }

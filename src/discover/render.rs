@@ -69,7 +69,7 @@ pub(crate) fn render_toml(doc: &DiscoverDoc) -> String {
 /// A `[server.NAME]` table.
 pub(super) fn render_server(t: &mut String, s: &ServerReport) {
     let _ = writeln!(t);
-    let _ = writeln!(t, "# {} configuration: {}", s.kind, s.config);
+    let _ = writeln!(t, "# {} configuration: {}", s.name, s.config);
     let _ = writeln!(t, "[server.{}]", s.name);
     let _ = writeln!(t, "kind = {:?}", s.kind);
     let _ = writeln!(t, "verify = [");
