@@ -884,6 +884,18 @@ fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
         "--dovecot-conf",
         dovecot_conf.to_str().unwrap(),
     ];
+    // A configuration named but missing is an error naming it and the flag.
+    let missing = d.join("none/main.cf");
+    let run = discover(&["--postfix-conf", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "certagent: failed to read {:?}: no such file\n  hint: point --postfix-conf at the server's configuration\n",
+            missing.display().to_string()
+        )
+    );
+
     let mut json_args = args.to_vec();
     json_args.push("--json");
     let run = discover(&json_args);
