@@ -289,4 +289,26 @@ mod tests {
         assert_eq!(s.starttls, [("127.0.0.1:25".to_string(), Starttls::Smtp)]);
         assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
     }
+
+    #[test]
+    fn one_chain_file_is_a_bundle_with_separate_files_beside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = tmp.path().join("main.cf");
+        std::fs::write(&conf, "smtpd_tls_chain_files = /etc/mail/all.pem\n").unwrap();
+        std::fs::write(tmp.path().join("master.cf"), "").unwrap();
+        let mut scan = Scan::default();
+        read(&conf, &mut scan);
+        let [s] = scan.sites.as_slice() else {
+            panic!("{:?}", scan.sites)
+        };
+        assert_eq!(
+            s.bundle_file.as_deref(),
+            Some(Path::new("/etc/mail/all.pem"))
+        );
+        assert_eq!(s.cert_file, Path::new("/etc/mail/all.crt"));
+        assert_eq!(s.key_file.as_deref(), Some(Path::new("/etc/mail/all.key")));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        // A master.cf without TLS listeners: no endpoint.
+        assert!(s.starttls.is_empty() && s.addresses.is_empty());
+    }
 }
