@@ -1,4 +1,5 @@
-//! `certagent discover`: print the certificates nginx and Apache already serve as
+//! `certagent discover`: print the certificates nginx, Apache, HAProxy, Postfix and Dovecot
+//! already serve as
 //! ready-to-use configuration (TOML, or `--json`). Reads the servers' configuration files;
 //! never writes anything, never needs certagent's own configuration.
 
@@ -22,6 +23,15 @@ pub(crate) struct DiscoverArgs {
     /// ServerRoot).
     #[arg(long, value_name = "PATH")]
     pub(crate) apache_conf: Option<PathBuf>,
+    /// HAProxy's configuration file (default: /etc/haproxy/haproxy.cfg).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) haproxy_conf: Option<PathBuf>,
+    /// Postfix's main.cf, master.cf beside it (default: /etc/postfix/main.cf).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) postfix_conf: Option<PathBuf>,
+    /// Dovecot's main configuration file (default: /etc/dovecot/dovecot.conf).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) dovecot_conf: Option<PathBuf>,
     /// Print a JSON document on stdout instead of TOML.
     #[arg(long)]
     pub(crate) json: bool,
@@ -61,8 +71,12 @@ pub(crate) fn discover(args: &DiscoverArgs) -> Result<u8> {
 
 /// The configurations named on the command line, else the default ones.
 fn targets(args: &DiscoverArgs) -> Result<Targets> {
-    let explicit =
-        args.nginx_conf.is_some() || args.apache_root.is_some() || args.apache_conf.is_some();
+    let explicit = args.nginx_conf.is_some()
+        || args.apache_root.is_some()
+        || args.apache_conf.is_some()
+        || args.haproxy_conf.is_some()
+        || args.postfix_conf.is_some()
+        || args.dovecot_conf.is_some();
     if !explicit {
         return Ok(Targets::defaults());
     }
@@ -85,32 +99,39 @@ fn targets(args: &DiscoverArgs) -> Result<Targets> {
     Ok(Targets {
         nginx_conf: args.nginx_conf.as_deref().map(absolute).transpose()?,
         apache,
+        haproxy_conf: args.haproxy_conf.as_deref().map(absolute).transpose()?,
+        postfix_conf: args.postfix_conf.as_deref().map(absolute).transpose()?,
+        dovecot_conf: args.dovecot_conf.as_deref().map(absolute).transpose()?,
         explicit,
     })
 }
 
 /// Every target configuration exists, and there is at least one.
 fn check_targets(targets: &Targets) -> Result<()> {
-    for conf in targets
-        .nginx_conf
-        .iter()
-        .chain(targets.apache.as_ref().map(|(_, c)| c))
-    {
-        if !conf.is_file() {
+    const WEB: &str = "--nginx-conf, --apache-root or --apache-conf";
+    let named = [
+        (targets.nginx_conf.as_ref(), WEB),
+        (targets.apache.as_ref().map(|(_, c)| c), WEB),
+        (targets.haproxy_conf.as_ref(), "--haproxy-conf"),
+        (targets.postfix_conf.as_ref(), "--postfix-conf"),
+        (targets.dovecot_conf.as_ref(), "--dovecot-conf"),
+    ];
+    for (conf, flag) in named {
+        if let Some(conf) = conf
+            && !conf.is_file()
+        {
             return Err(Error::msg(format!(
                 "failed to read {:?}: no such file",
                 conf.display().to_string()
             ))
-            .with_hint(
-                "point --nginx-conf, --apache-root or --apache-conf at the server's configuration",
-            ));
+            .with_hint(format!("point {flag} at the server's configuration")));
         }
     }
-    if targets.nginx_conf.is_none() && targets.apache.is_none() {
+    if named.iter().all(|(c, _)| c.is_none()) {
         return Err(Error::msg(
-            "failed to find a web server configuration: no /etc/nginx/nginx.conf, /etc/apache2/apache2.conf or /etc/httpd/conf/httpd.conf",
+            "failed to find a server configuration: no /etc/nginx/nginx.conf, /etc/apache2/apache2.conf, /etc/httpd/conf/httpd.conf, /etc/haproxy/haproxy.cfg, /etc/postfix/main.cf or /etc/dovecot/dovecot.conf",
         )
-        .with_hint("point --nginx-conf, --apache-root or --apache-conf at the server's configuration"));
+        .with_hint("point --nginx-conf, --apache-root, --apache-conf, --haproxy-conf, --postfix-conf or --dovecot-conf at the server's configuration"));
     }
     Ok(())
 }

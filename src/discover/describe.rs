@@ -8,14 +8,15 @@ pub(super) fn describe(
     server: &str,
     sites: &[Site],
     taken_names: &mut BTreeSet<String>,
-    taken_files: &mut BTreeSet<PathBuf>,
+    taken_files: &mut Taken,
 ) -> (CertificateFound, Option<lineage::IssuerFound>) {
     let first = &sites[0];
     let mut problems = unique(sites.iter().flat_map(|s| s.problems.iter()));
     let server_names = unique(sites.iter().flat_map(|s| s.server_names.iter()));
     // A site problem (variables in the path, no key file) means certagent cannot manage it.
     let blocked = !problems.is_empty();
-    let (leaf, names, key_spec) = read_facts(&first.cert_file, &server_names, &mut problems);
+    let served = first.bundle_file.as_ref().unwrap_or(&first.cert_file);
+    let (leaf, names, key_spec) = read_facts(served, &server_names, &mut problems);
     let endpoints = endpoints_of(sites, &names);
     let name = table_name(
         &names
@@ -31,16 +32,12 @@ pub(super) fn describe(
         &endpoints,
         &mut problems,
     );
-    usable &= claim_files(first, taken_files, &mut problems);
+    usable &= claim_files(first, server, taken_files, &mut problems);
     let leaf_issuer = leaf.as_ref().and_then(|(_, i)| i.as_ref());
     let issuer_dn = leaf_issuer.map(|(dn, _)| dn.clone());
     let self_signed = leaf_issuer.is_some_and(|(_, s)| *s);
-    let (issuer, lineage) = issuer_and_lineage(
-        issuer_dn.as_ref(),
-        self_signed,
-        &first.cert_file,
-        &mut problems,
-    );
+    let (issuer, lineage) =
+        issuer_and_lineage(issuer_dn.as_ref(), self_signed, served, &mut problems);
     let found = CertificateFound {
         issuer_table: issuer.as_ref().map(|i| i.name.clone()),
         certbot_lineage: lineage.as_ref().map(|l| l.live.display().to_string()),
@@ -52,6 +49,7 @@ pub(super) fn describe(
             .as_ref()
             .and_then(|l| l.leaf_file.as_ref())
             .map(|p| p.display().to_string()),
+        bundle_file: first.bundle_file.as_ref().map(|p| p.display().to_string()),
         name,
         server: server.to_string(),
         names: names.iter().map(|n| n.to_string()).collect(),
@@ -134,7 +132,8 @@ pub(super) fn read_leaf(cert_file: &Path, problems: &mut Vec<String>) -> Option<
         .map_err(|e| e.to_string())
         .and_then(|b| {
             b.ok_or_else(|| format!("{:?} does not exist", cert_file.display().to_string()))
-        });
+        })
+        .map(|b| without_private_keys(zeroize::Zeroizing::new(b)));
     let leaf = read.and_then(|bytes| {
         Chain::from_pem(&bytes).and_then(|c| {
             let facts = c.leaf()?;
@@ -148,6 +147,25 @@ pub(super) fn read_leaf(cert_file: &Path, problems: &mut Vec<String>) -> Option<
             None
         }
     }
+}
+
+/// The PEM without its private key blocks (a bundle's key is neither read nor kept).
+fn without_private_keys(pem: zeroize::Zeroizing<Vec<u8>>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&pem);
+    let mut out = String::new();
+    let mut in_key = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("-----BEGIN") && l.contains("PRIVATE KEY") {
+            in_key = true;
+        } else if in_key && l.starts_with("-----END") {
+            in_key = false;
+        } else if !in_key {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.into_bytes()
 }
 
 /// The certificate's names (DNS names and IP addresses), or when it has none the
@@ -200,10 +218,13 @@ pub(super) fn endpoints_of(sites: &[Site], names: &[CertName]) -> Vec<EndpointRe
             .cloned()
             .or_else(|| names.first().map(|n| probe_sni(&n.to_string())));
         if let Some(sni) = sni {
-            for a in &s.addresses {
+            let plain = s.addresses.iter().map(|a| (a, None));
+            let upgraded = s.starttls.iter().map(|(a, p)| (a, Some(p.as_str())));
+            for (a, starttls) in upgraded.chain(plain) {
                 let e = EndpointReport {
                     address: a.clone(),
                     sni: sni.clone(),
+                    starttls: starttls.map(String::from),
                 };
                 if !endpoints.contains(&e) {
                     endpoints.push(e);
@@ -214,24 +235,51 @@ pub(super) fn endpoints_of(sites: &[Site], names: &[CertName]) -> Vec<EndpointRe
     endpoints
 }
 
+/// Files claimed by a certificate already, with the server that serves them.
+pub(super) type Taken = std::collections::BTreeMap<PathBuf, String>;
+
 /// Take the site's certificate and key files for this certificate; false (with a problem
 /// each) when another certificate already has one.
 pub(super) fn claim_files(
     first: &Site,
-    taken_files: &mut BTreeSet<PathBuf>,
+    server: &str,
+    taken_files: &mut Taken,
     problems: &mut Vec<String>,
 ) -> bool {
     let mut free = true;
-    for f in [Some(&first.cert_file), first.key_file.as_ref()]
-        .into_iter()
-        .flatten()
+    for f in [
+        Some(&first.cert_file),
+        first.key_file.as_ref(),
+        first.bundle_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
-        if !taken_files.insert(f.clone()) {
-            problems.push(format!(
-                "{:?} is also used by another certificate with a different pair",
-                f.display().to_string()
-            ));
-            free = false;
+        match taken_files.get(f) {
+            None => {
+                taken_files.insert(f.clone(), server.to_string());
+            }
+            Some(other) if other != server => {
+                let reload = match server {
+                    "postfix" => "[\"postfix\", \"reload\"]",
+                    "dovecot" => "[\"doveadm\", \"reload\"]",
+                    "haproxy" => "[\"systemctl\", \"reload\", \"haproxy\"]",
+                    "apache" => "[\"apachectl\", \"graceful\"]",
+                    _ => "[\"systemctl\", \"reload\", \"nginx\"]",
+                };
+                problems.push(format!(
+                    "{:?} is also served by {other}, whose certificate manages it: a certificate reloads one server; reload {server} too with post_install = {reload} in that certificate",
+                    f.display().to_string()
+                ));
+                free = false;
+            }
+            Some(_) => {
+                problems.push(format!(
+                    "{:?} is also used by another certificate with a different pair",
+                    f.display().to_string()
+                ));
+                free = false;
+            }
         }
     }
     free

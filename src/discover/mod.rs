@@ -1,13 +1,17 @@
-//! `certagent discover`: find the certificates a host already serves, by reading the nginx
-//! and Apache configurations the way the servers do (includes, globs, relative paths), and
+//! `certagent discover`: find the certificates a host already serves, by reading the nginx,
+//! Apache, HAProxy, Postfix and Dovecot configurations the way the servers do (includes,
+//! globs, relative paths), and
 //! describe each as a ready-to-use `[certificate.NAME]` table. Reads only; never writes,
 //! never starts or signals a server.
 
 mod apache;
 mod describe;
+mod dovecot;
+mod haproxy;
 mod lineage;
 mod nginx;
 mod paths;
+mod postfix;
 mod render;
 
 use describe::describe;
@@ -22,7 +26,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{ServerKind, probe_sni};
+use crate::config::{ServerKind, Starttls, probe_sni};
 use crate::core::{CertName, KeySpec, LeafFacts};
 use crate::keys::{self, Chain};
 use crate::output::{SCHEMA, rfc3339};
@@ -60,8 +64,13 @@ pub(crate) struct Site {
     pub(crate) server_names: Vec<String>,
     /// Addresses to probe it at (loopback for wildcard listens).
     pub(crate) addresses: Vec<String>,
+    /// Plain-text addresses to probe after the protocol's STARTTLS (address, protocol).
+    pub(crate) starttls: Vec<(String, Starttls)>,
     pub(crate) cert_file: PathBuf,
     pub(crate) key_file: Option<PathBuf>,
+    /// The file the server actually reads when it is one file with key, leaf and chain
+    /// (HAProxy's `crt`, a one-file `smtpd_tls_chain_files`): the certificate is read from it.
+    pub(crate) bundle_file: Option<PathBuf>,
     pub(crate) problems: Vec<String>,
 }
 
@@ -71,8 +80,10 @@ impl Site {
             directive: source,
             server_names: Vec::new(),
             addresses: Vec::new(),
+            starttls: Vec::new(),
             cert_file: PathBuf::new(),
             key_file: None,
+            bundle_file: None,
             problems: Vec::new(),
         }
     }
@@ -85,6 +96,8 @@ pub(crate) struct Scan {
     /// Every file read, in order.
     pub(crate) files: Vec<PathBuf>,
     pub(crate) pid_file: Option<PathBuf>,
+    /// HAProxy's runtime API socket (`stats socket PATH level admin`).
+    pub(crate) runtime_socket: Option<PathBuf>,
     pub(crate) problems: Vec<String>,
     /// The canonical paths of the files being read, outermost first: a file that includes
     /// one of these is an include cycle.
@@ -126,6 +139,10 @@ pub(crate) struct Targets {
     pub(crate) nginx_conf: Option<PathBuf>,
     /// Apache ServerRoot and main file.
     pub(crate) apache: Option<(PathBuf, PathBuf)>,
+    pub(crate) haproxy_conf: Option<PathBuf>,
+    /// Postfix's main.cf (master.cf is read beside it).
+    pub(crate) postfix_conf: Option<PathBuf>,
+    pub(crate) dovecot_conf: Option<PathBuf>,
     /// The configurations were named on the command line (not found at default places):
     /// the server tables then carry test commands for exactly these files.
     pub(crate) explicit: bool,
@@ -134,7 +151,8 @@ pub(crate) struct Targets {
 impl Targets {
     /// The default places, those that exist: nginx's compiled-in conf path (else
     /// /etc/nginx/nginx.conf), Debian's /etc/apache2/apache2.conf, RHEL's
-    /// /etc/httpd/conf/httpd.conf.
+    /// /etc/httpd/conf/httpd.conf, /etc/haproxy/haproxy.cfg, /etc/postfix/main.cf,
+    /// /etc/dovecot/dovecot.conf.
     pub(crate) fn defaults() -> Targets {
         let nginx = nginx::default_conf()
             .into_iter()
@@ -147,9 +165,13 @@ impl Targets {
         .into_iter()
         .map(|(r, c)| (PathBuf::from(r), PathBuf::from(c)))
         .find(|(_, c)| c.is_file());
+        let existing = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
         Targets {
             nginx_conf: nginx,
             apache,
+            haproxy_conf: existing("/etc/haproxy/haproxy.cfg"),
+            postfix_conf: existing("/etc/postfix/main.cf"),
+            dovecot_conf: existing("/etc/dovecot/dovecot.conf"),
             explicit: false,
         }
     }
@@ -219,6 +241,10 @@ pub(crate) struct ServerReport {
     pub(crate) files: Vec<String>,
     pub(crate) pid_file: Option<String>,
     pub(crate) test_command: Option<Vec<String>>,
+    /// The argv that reloads it (`kind = "command"` servers: Postfix, Dovecot).
+    pub(crate) reload_command: Option<Vec<String>>,
+    /// HAProxy's runtime API socket, when haproxy.cfg has one at `level admin`.
+    pub(crate) runtime_socket: Option<String>,
     pub(crate) verify: Vec<EndpointReport>,
 }
 
@@ -226,6 +252,10 @@ pub(crate) struct ServerReport {
 pub(crate) struct EndpointReport {
     pub(crate) address: String,
     pub(crate) sni: String,
+    /// The mail protocol spoken before the handshake ("smtp", "imap", "pop3"); absent for
+    /// TLS from the first byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) starttls: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -251,6 +281,8 @@ pub(crate) struct CertificateFound {
     pub(crate) certbot_lineage: Option<String>,
     pub(crate) chain_file: Option<String>,
     pub(crate) leaf_file: Option<String>,
+    /// The one file with key, leaf and chain the server reads (HAProxy's `crt`).
+    pub(crate) bundle_file: Option<String>,
     /// "file:line" of each directive that names the certificate.
     pub(crate) sources: Vec<String>,
     pub(crate) endpoints: Vec<EndpointReport>,
@@ -259,13 +291,20 @@ pub(crate) struct CertificateFound {
     pub(crate) problems: Vec<String>,
 }
 
-/// One server configuration read: its table name, kind, how to test it, what was found.
-struct ServerScan {
+/// One server configuration read: its table name, kind, how to test and reload it, what
+/// was found.
+pub(crate) struct ServerScan {
     name: &'static str,
     kind: ServerKind,
     conf: PathBuf,
     test_command: Option<Vec<String>>,
+    reload_command: Option<Vec<String>>,
     scan: Scan,
+}
+
+/// An argv from string slices and a path or two.
+fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|a| a.to_string()).collect()
 }
 
 /// Read every target and describe what is served.
@@ -280,8 +319,14 @@ pub(crate) fn discover(targets: &Targets) -> DiscoverDoc {
         certbot: None,
     };
     let mut taken_names = BTreeSet::new();
-    let mut taken_files = BTreeSet::new();
-    let scans = [scan_nginx(targets), scan_apache(targets)];
+    let mut taken_files = describe::Taken::new();
+    let scans = [
+        scan_nginx(targets),
+        scan_apache(targets),
+        haproxy::server_scan(targets),
+        postfix::server_scan(targets),
+        dovecot::server_scan(targets),
+    ];
     for s in scans.into_iter().flatten() {
         doc.problems.extend(s.scan.problems.iter().cloned());
         let mut verify: Vec<EndpointReport> = Vec::new();
@@ -324,6 +369,7 @@ fn scan_nginx(targets: &Targets) -> Option<ServerScan> {
         kind: ServerKind::Nginx,
         conf: conf.clone(),
         test_command,
+        reload_command: None,
         scan,
     })
 }
@@ -354,6 +400,7 @@ fn scan_apache(targets: &Targets) -> Option<ServerScan> {
         kind: ServerKind::Apache,
         conf: conf.clone(),
         test_command,
+        reload_command: None,
         scan,
     })
 }
@@ -379,6 +426,12 @@ fn server_report(s: ServerScan, explicit: bool, verify: Vec<EndpointReport>) -> 
             .filter(|_| explicit)
             .map(|p| p.display().to_string()),
         test_command: s.test_command,
+        reload_command: s.reload_command,
+        runtime_socket: s
+            .scan
+            .runtime_socket
+            .as_ref()
+            .map(|p| p.display().to_string()),
         verify,
     }
 }

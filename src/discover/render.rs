@@ -69,16 +69,33 @@ pub(crate) fn render_toml(doc: &DiscoverDoc) -> String {
 /// A `[server.NAME]` table.
 pub(super) fn render_server(t: &mut String, s: &ServerReport) {
     let _ = writeln!(t);
-    let _ = writeln!(t, "# {} configuration: {}", s.kind, s.config);
+    let _ = writeln!(t, "# {} configuration: {}", s.name, s.config);
     let _ = writeln!(t, "[server.{}]", s.name);
     let _ = writeln!(t, "kind = {:?}", s.kind);
     let _ = writeln!(t, "verify = [");
     for e in &s.verify {
-        let _ = writeln!(t, "  {{ address = {:?}, sni = {:?} }},", e.address, e.sni);
+        match &e.starttls {
+            Some(p) => {
+                let _ = writeln!(
+                    t,
+                    "  {{ address = {:?}, sni = {:?}, starttls = {p:?} }},",
+                    e.address, e.sni
+                );
+            }
+            None => {
+                let _ = writeln!(t, "  {{ address = {:?}, sni = {:?} }},", e.address, e.sni);
+            }
+        }
     }
     let _ = writeln!(t, "]");
     if let Some(cmd) = &s.test_command {
         let _ = writeln!(t, "test_command = {}", toml_array(cmd));
+    }
+    if let Some(cmd) = &s.reload_command {
+        let _ = writeln!(t, "reload_command = {}", toml_array(cmd));
+    }
+    if let Some(p) = &s.runtime_socket {
+        let _ = writeln!(t, "runtime_socket = {p:?}");
     }
     if let Some(p) = &s.pid_file {
         let _ = writeln!(t, "pid_file = {p:?}");
@@ -159,6 +176,9 @@ pub(super) fn render_certificate(t: &mut String, c: &CertificateFound) {
     }
     if let Some(f) = &c.leaf_file {
         let _ = writeln!(t, "{comment}leaf_file = {f:?}");
+    }
+    if let Some(f) = &c.bundle_file {
+        let _ = writeln!(t, "{comment}bundle_file = {f:?}");
     }
 }
 

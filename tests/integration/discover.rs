@@ -785,3 +785,389 @@ fn certbots_p256_account_is_taken_over_and_no_new_account_is_registered() {
     );
     assert_eq!(pebble.orders_created(), 3);
 }
+
+/// A PEM with key, leaf and chain (HAProxy's `crt`, certagent's `bundle_file`) for `names`.
+fn bundle(ca: &TlsCa, names: &[&str], path: &Path) -> Leaf {
+    let now = SystemTime::now();
+    let leaf = ca.issue_leaf(
+        names,
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(60 * 86_400),
+    );
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        path,
+        format!("{}{}{}", leaf.key_pem, leaf.cert_pem, ca.ca_pem()),
+    )
+    .unwrap();
+    leaf
+}
+
+#[test]
+fn haproxy_postfix_and_dovecot_certificates_become_servers_and_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ca = TlsCa::new(&d.join("ca"));
+    let (p1, p2) = (reserved_port(), reserved_port());
+    // HAProxy: a crt file and a crt directory on one bind, a crt-list on another, the runtime
+    // API at level admin.
+    let certs = d.join("haproxy/certs");
+    bundle(&ca, &["lb.test", "www.lb.test"], &certs.join("site.pem"));
+    bundle(&ca, &["dir.test"], &certs.join("dir/one.pem"));
+    bundle(&ca, &["listed.test"], &certs.join("listed.pem"));
+    std::fs::write(
+        d.join("haproxy/list.txt"),
+        "listed.pem [alpn h2,http/1.1] listed.test !other.test\n",
+    )
+    .unwrap();
+    let haproxy_cfg = d.join("haproxy/haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "global\n    crt-base {certs}\n    stats socket {sock} mode 600 level admin\n\ndefaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n    timeout server 5s\n\nfrontend web\n    bind 127.0.0.1:{p1} ssl crt site.pem crt dir\n    http-request return status 200\n\nlisten listed\n    bind 127.0.0.1:{p2} ssl crt-list {list}\n    http-request return status 200\n",
+            certs = certs.display(),
+            sock = d.join("run/admin.sock").display(),
+            list = d.join("haproxy/list.txt").display(),
+        ),
+    )
+    .unwrap();
+    // Postfix: key and chain in smtpd_tls_chain_files; smtp, submission and submissions.
+    let mail = d.join("mail");
+    leaf(
+        &ca,
+        &["mx.test"],
+        &mail.join("mx.pem"),
+        &mail.join("mx.key"),
+    );
+    let main_cf = d.join("postfix/main.cf");
+    std::fs::create_dir_all(main_cf.parent().unwrap()).unwrap();
+    std::fs::write(
+        &main_cf,
+        format!(
+            "tls = {}\nsmtpd_tls_chain_files =\n    $tls/mx.key,\n    ${{tls}}/mx.pem\n",
+            mail.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("postfix/master.cf"),
+        "smtp      inet  n       -       y       -       -       smtpd\nsubmission inet n       -       y       -       -       smtpd\n  -o smtpd_tls_security_level=encrypt\nsubmissions inet n      -       y       -       -       smtpd\n  -o smtpd_tls_wrappermode=yes\npickup    unix  n       -       y       60      1       pickup\n",
+    )
+    .unwrap();
+    // Dovecot: IMAP only, the certificate in an included conf.d file.
+    leaf(
+        &ca,
+        &["imap.test"],
+        &mail.join("imap.pem"),
+        &mail.join("imap.key"),
+    );
+    let dovecot_conf = d.join("dovecot/dovecot.conf");
+    std::fs::create_dir_all(d.join("dovecot/conf.d")).unwrap();
+    std::fs::write(&dovecot_conf, "protocols = imap\n!include conf.d/*.conf\n").unwrap();
+    std::fs::write(
+        d.join("dovecot/conf.d/10-ssl.conf"),
+        format!(
+            "ssl = required\nssl_cert = <{}\nssl_key = <{}\nlocal_name mx.test {{\n  ssl_cert = <{}\n  ssl_key = <{}\n}}\n",
+            mail.join("imap.pem").display(),
+            mail.join("imap.key").display(),
+            mail.join("mx.pem").display(),
+            mail.join("mx.key").display()
+        ),
+    )
+    .unwrap();
+
+    let args = [
+        "--haproxy-conf",
+        haproxy_cfg.to_str().unwrap(),
+        "--postfix-conf",
+        main_cf.to_str().unwrap(),
+        "--dovecot-conf",
+        dovecot_conf.to_str().unwrap(),
+    ];
+    // A configuration named but missing is an error naming it and the flag.
+    let missing = d.join("none/main.cf");
+    let run = discover(&["--postfix-conf", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "certagent: failed to read {:?}: no such file\n  hint: point --postfix-conf at the server's configuration\n",
+            missing.display().to_string()
+        )
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let run = discover(&json_args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["problems"], serde_json::json!([]), "{doc:#}");
+    let servers = doc["servers"].as_array().unwrap();
+    let names: Vec<&str> = servers
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["haproxy", "postfix", "dovecot"]);
+    let (lb, mx, imap) = (&servers[0], &servers[1], &servers[2]);
+    assert_eq!(lb["kind"], "haproxy");
+    assert_eq!(
+        lb["runtime_socket"],
+        d.join("run/admin.sock").display().to_string()
+    );
+    assert_eq!(
+        lb["files"],
+        serde_json::json!([
+            haproxy_cfg.display().to_string(),
+            d.join("haproxy/list.txt").display().to_string()
+        ])
+    );
+    assert_eq!(
+        lb["verify"],
+        serde_json::json!([
+            {"address": format!("127.0.0.1:{p1}"), "sni": "lb.test"},
+            {"address": format!("127.0.0.1:{p1}"), "sni": "dir.test"},
+            {"address": format!("127.0.0.1:{p2}"), "sni": "listed.test"},
+        ])
+    );
+    assert_eq!(mx["kind"], "command");
+    assert_eq!(
+        mx["reload_command"],
+        serde_json::json!([
+            "postfix",
+            "-c",
+            d.join("postfix").display().to_string(),
+            "reload"
+        ])
+    );
+    assert_eq!(
+        mx["verify"],
+        serde_json::json!([
+            {"address": "127.0.0.1:25", "sni": "mx.test", "starttls": "smtp"},
+            {"address": "127.0.0.1:587", "sni": "mx.test", "starttls": "smtp"},
+            {"address": "127.0.0.1:465", "sni": "mx.test"},
+        ])
+    );
+    assert_eq!(imap["kind"], "command");
+    assert_eq!(
+        imap["reload_command"],
+        serde_json::json!([
+            "doveadm",
+            "-c",
+            dovecot_conf.display().to_string(),
+            "reload"
+        ])
+    );
+    assert_eq!(
+        imap["verify"],
+        serde_json::json!([
+            {"address": "127.0.0.1:143", "sni": "imap.test", "starttls": "imap"},
+            {"address": "127.0.0.1:993", "sni": "imap.test"},
+        ])
+    );
+    assert_eq!(
+        imap["files"],
+        serde_json::json!([
+            dovecot_conf.display().to_string(),
+            d.join("dovecot/conf.d/10-ssl.conf").display().to_string()
+        ])
+    );
+
+    let certs_found = doc["certificates"].as_array().unwrap();
+    let summary: Vec<(String, String, serde_json::Value, bool)> = certs_found
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["server"].as_str().unwrap().to_string(),
+                c["names"].clone(),
+                c["usable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let j = |v: &[&str]| serde_json::json!(v);
+    assert_eq!(
+        summary,
+        [
+            (
+                "lb-test".into(),
+                "haproxy".into(),
+                j(&["lb.test", "www.lb.test"]),
+                true
+            ),
+            ("dir-test".into(), "haproxy".into(), j(&["dir.test"]), true),
+            (
+                "listed-test".into(),
+                "haproxy".into(),
+                j(&["listed.test"]),
+                true
+            ),
+            ("mx-test".into(), "postfix".into(), j(&["mx.test"]), true),
+            (
+                "imap-test".into(),
+                "dovecot".into(),
+                j(&["imap.test"]),
+                true
+            ),
+            ("mx-test-2".into(), "dovecot".into(), j(&["mx.test"]), false),
+        ],
+        "{doc:#}"
+    );
+    // The bundle HAProxy reads, and separate leaf+chain and key files beside it (for a crt
+    // directory, in the directory above, which HAProxy does not load).
+    let s = |p: &Path| p.display().to_string();
+    assert_eq!(certs_found[0]["bundle_file"], s(&certs.join("site.pem")));
+    assert_eq!(certs_found[0]["cert_file"], s(&certs.join("site.crt")));
+    assert_eq!(certs_found[0]["key_file"], s(&certs.join("site.key")));
+    assert_eq!(certs_found[1]["bundle_file"], s(&certs.join("dir/one.pem")));
+    assert_eq!(certs_found[1]["cert_file"], s(&certs.join("one.crt")));
+    assert_eq!(
+        certs_found[2]["sources"],
+        serde_json::json!([format!("{}:1", d.join("haproxy/list.txt").display())])
+    );
+    assert_eq!(certs_found[2]["server_names"], j(&["listed.test"]));
+    assert_eq!(certs_found[3]["cert_file"], s(&mail.join("mx.pem")));
+    assert_eq!(certs_found[3]["key_file"], s(&mail.join("mx.key")));
+    assert_eq!(certs_found[3]["bundle_file"], serde_json::Value::Null);
+    assert_eq!(certs_found[4]["cert_file"], s(&mail.join("imap.pem")));
+    // Postfix and Dovecot sharing files: managed once, the other server reloaded by a hook.
+    assert!(
+        certs_found[5]["problems"].as_array().unwrap().contains(&serde_json::json!(format!(
+            "{:?} is also served by postfix, whose certificate manages it: a certificate reloads one server; reload dovecot too with post_install = [\"doveadm\", \"reload\"] in that certificate",
+            mail.join("mx.key").display().to_string()
+        ))),
+        "{doc:#}"
+    );
+
+    // The TOML validates as certagent configuration.
+    let toml = discover(&args);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    assert!(
+        toml.stdout.contains(
+            "[server.postfix]\nkind = \"command\"\nverify = [\n  { address = \"127.0.0.1:25\", sni = \"mx.test\", starttls = \"smtp\" },\n"
+        ),
+        "{}",
+        toml.stdout
+    );
+    let config = adopt(d, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+
+    // The fixtures are what the real servers accept: the discovered test commands pass.
+    for server in [lb, imap] {
+        let argv: Vec<&str> = server["test_command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let out = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
+}
+
+/// A real HAProxy serving a bundle, with its runtime API: the discovered configuration
+/// re-issues through the API (no reload) and the new leaf is what HAProxy serves.
+#[test]
+fn a_discovered_haproxy_certificate_is_reissued_through_the_runtime_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ca = TlsCa::new(&d.join("ca"));
+    let pem = d.join("certs/lb.pem");
+    let old = bundle(&ca, &["lb.test"], &pem);
+    let port = reserved_port();
+    let haproxy = common::Haproxy::start(&d.join("haproxy"), port, &pem, &[]);
+    let conf = d.join("haproxy/haproxy.cfg");
+    let toml = discover(&["--haproxy-conf", conf.to_str().unwrap()]);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    assert!(
+        toml.stdout.contains(&format!(
+            "runtime_socket = {:?}\n",
+            haproxy.runtime_socket().display().to_string()
+        )),
+        "{}",
+        toml.stdout
+    );
+    let config = adopt(d, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    let master = haproxy.master_pid();
+    let run = run_certagent(&config, &["reissue", "--now", "lb-test"], &[]);
+    assert_eq!(run.code, 0, "{run:?}\n{}\n{}", toml.stdout, haproxy.log());
+    let served = served_leaf(&format!("127.0.0.1:{port}"), "lb.test").unwrap();
+    assert_ne!(served, old.cert_der);
+    // Swapped in the running process: the same master, and the new files where discover
+    // put them.
+    assert_eq!(haproxy.master_pid(), master);
+    let leaf_pem = std::fs::read_to_string(d.join("certs/lb.crt")).unwrap();
+    assert_eq!(common::pem_to_der(&leaf_pem), served);
+    assert!(d.join("certs/lb.key").exists());
+}
+
+/// Real Postfix and Dovecot (non-standard ports, as the test helpers run them): the
+/// discovered configuration re-issues both, proven over STARTTLS on the discovered endpoints.
+#[test]
+fn discovered_postfix_and_dovecot_certificates_are_reissued_and_proven_over_starttls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ca = TlsCa::new(&d.join("ca"));
+    let (smtp, imap, pop3) = (reserved_port(), reserved_port(), reserved_port());
+    let mx = leaf(
+        &ca,
+        &["mx.test"],
+        &d.join("tls/mx.pem"),
+        &d.join("tls/mx.key"),
+    );
+    let im = leaf(
+        &ca,
+        &["imap.test"],
+        &d.join("tls/imap.pem"),
+        &d.join("tls/imap.key"),
+    );
+    let _postfix = common::Postfix::start(
+        &d.join("postfix"),
+        smtp,
+        &d.join("tls/mx.pem"),
+        &d.join("tls/mx.key"),
+    );
+    let dovecot = common::Dovecot::start(
+        &d.join("dovecot"),
+        imap,
+        pop3,
+        &d.join("tls/imap.pem"),
+        &d.join("tls/imap.key"),
+    );
+    let main_cf = d.join("postfix/conf/main.cf");
+    let dovecot_conf = d.join("dovecot/dovecot.conf");
+    let args = [
+        "--postfix-conf",
+        main_cf.to_str().unwrap(),
+        "--dovecot-conf",
+        dovecot_conf.to_str().unwrap(),
+    ];
+    let toml = discover(&args);
+    assert_eq!(toml.code, 0, "{toml:?}");
+    for want in [
+        format!("{{ address = \"127.0.0.1:{smtp}\", sni = \"mx.test\", starttls = \"smtp\" }}"),
+        format!("{{ address = \"127.0.0.1:{imap}\", sni = \"imap.test\", starttls = \"imap\" }}"),
+        format!("{{ address = \"127.0.0.1:{pop3}\", sni = \"imap.test\", starttls = \"pop3\" }}"),
+    ] {
+        assert!(toml.stdout.contains(&want), "{want}\n{}", toml.stdout);
+    }
+    let config = adopt(d, &toml.stdout);
+    let valid = run_certagent(&config, &["config", "validate"], &[]);
+    assert_eq!(valid.code, 0, "{valid:?}\n{}", toml.stdout);
+    for (name, addr, proto, sni, old) in [
+        ("mx-test", smtp, "smtp", "mx.test", &mx),
+        ("imap-test", imap, "imap", "imap.test", &im),
+    ] {
+        let run = run_certagent(&config, &["reissue", "--now", name], &[]);
+        assert_eq!(run.code, 0, "{run:?}\n{}\n{}", toml.stdout, dovecot.log());
+        let served = common::starttls_leaf(&format!("127.0.0.1:{addr}"), proto, sni).unwrap();
+        assert_ne!(&served, &old.cert_der, "{name}");
+    }
+    let served = common::starttls_leaf(&format!("127.0.0.1:{pop3}"), "pop3", "imap.test").unwrap();
+    assert_ne!(served, im.cert_der);
+}
