@@ -1159,6 +1159,9 @@ fn idle_start(agent: &Agent, window: Duration) -> thread::JoinHandle<IdleWindow>
         }
         last = now;
     }
+    // And past the daemon's idle trim, 10 s after its last work (`src/daemon/trim.rs`): that
+    // costs a few ms of CPU once after each burst of work, not every minute of the day.
+    thread::sleep(Duration::from_secs(11));
     eprintln!(
         "peers: [4] certagent daemon idle window of {window:?} starts (runs alongside the rest)"
     );
