@@ -430,6 +430,18 @@ pub fn is_daemon(cli: &Cli) -> bool {
     matches!(cli.command, Command::Run)
 }
 
+/// Whether the command works on one certificate, so one thread runs it all: the daemon and
+/// commands over several certificates (whose keys, signatures and file syncs overlap on
+/// two threads) use two. A second thread costs a re-issue about a tenth of its CPU in
+/// wake-ups and hand-offs between the threads (perf, `reissue --now` of one certificate).
+pub fn one_thread(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Reissue(a) => !a.all && a.names.len() == 1,
+        Command::Import(_) => true,
+        _ => false,
+    }
+}
+
 /// Whether the command asked for JSON (for error output before the command runs).
 pub fn wants_json(cli: &Cli) -> bool {
     match &cli.command {
@@ -444,5 +456,27 @@ pub fn wants_json(cli: &Cli) -> bool {
         } => *json,
         Command::Install(a) => a.json,
         Command::Uninstall(a) => a.json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(args: &[&str]) -> bool {
+        let argv = std::iter::once("certagent").chain(args.iter().copied());
+        #[allow(clippy::unwrap_used)]
+        one_thread(&Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn one_certificate_runs_on_one_thread_the_daemon_and_several_on_two() {
+        assert!(threads(&["reissue", "--now", "www"]));
+        assert!(threads(&["reissue", "--dry-run", "www", "--json"]));
+        assert!(!threads(&["reissue", "--now", "www", "shop"]));
+        assert!(!threads(&["reissue", "--now", "--all"]));
+        assert!(!threads(&["run"]));
+        assert!(threads(&["import", "www", "signed.pem"]));
+        assert!(!threads(&["check"]));
     }
 }
