@@ -147,9 +147,16 @@ impl PrivateKey {
         &self.pair
     }
 
-    /// Sign a message and verify the signature with the public key in `spki_der` (a
-    /// certificate's). True only if this key is that certificate's key and is not corrupt.
+    /// Whether this key is the key of the certificate whose public key is `spki_der`, and is
+    /// not corrupt. A key file whose private half does not match its public half never loads
+    /// (aws-lc checks the pair on import: `from_pem` refuses it, see
+    /// `a_key_whose_halves_disagree_does_not_load`), so the same public key encoded the same
+    /// way is enough; any other encoding is decided by a signature made with this key and
+    /// verified with that public key.
     pub fn verifies_with(&self, spki_der: &[u8]) -> bool {
+        if self.spki_der() == spki_der {
+            return true;
+        }
         let msg = b"certagent pair check";
         let Ok(sig) = self.pair.sign(msg) else {
             return false;
@@ -576,6 +583,7 @@ pub(crate) fn check_generation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn names(list: &[&str]) -> Vec<CertName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
@@ -677,6 +685,58 @@ mod tests {
         validate_chain(&names(&["1.2.3.4"]), &key, &v4_leaf, now).unwrap();
     }
 
+    /// `key`'s PKCS#8 PEM with the bytes of `ours` replaced by `theirs`.
+    fn spliced(key: &PrivateKey, ours: &[u8], theirs: &[u8]) -> String {
+        let der = key.pair.serialize_der();
+        let at = der
+            .windows(ours.len())
+            .position(|w| w == ours)
+            .expect("public key in the PKCS#8");
+        let mut der = der.clone();
+        der[at..at + ours.len()].copy_from_slice(theirs);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn a_key_whose_halves_disagree_does_not_load() {
+        // EC: the private scalar of one key with the public point of another.
+        for spec in [KeySpec::EcdsaP256, KeySpec::EcdsaP384] {
+            let a = PrivateKey::generate(spec).unwrap();
+            let b = PrivateKey::generate(spec).unwrap();
+            let point = |k: &PrivateKey| {
+                let spki = k.spki_der();
+                let len = if spec == KeySpec::EcdsaP256 { 65 } else { 97 };
+                spki[spki.len() - len..].to_vec()
+            };
+            let pem = spliced(&a, &point(&a), &point(&b));
+            assert!(PrivateKey::from_pem(&pem).is_err(), "{spec}: loaded");
+            // The splice itself is sound: putting the own point back loads.
+            let pem = spliced(&a, &point(&a), &point(&a));
+            assert!(
+                PrivateKey::from_pem(&pem).is_ok(),
+                "{spec}: own point refused"
+            );
+        }
+        // RSA: the primes of one key with the modulus of another (e = 65537 closes the SPKI).
+        let a = PrivateKey::generate(KeySpec::Rsa2048).unwrap();
+        let b = PrivateKey::generate(KeySpec::Rsa2048).unwrap();
+        let modulus = |k: &PrivateKey| {
+            let spki = k.spki_der();
+            spki[spki.len() - 5 - 256..spki.len() - 5].to_vec()
+        };
+        let pem = spliced(&a, &modulus(&a), &modulus(&b));
+        assert!(PrivateKey::from_pem(&pem).is_err(), "RSA: loaded");
+    }
+
     #[test]
     fn pair_check_accepts_the_own_key_only() {
         let a = PrivateKey::generate(KeySpec::EcdsaP256).unwrap();
@@ -686,6 +746,20 @@ mod tests {
         assert!(!a.verifies_with(&b.spki_der()));
         assert!(!a.verifies_with(&r.spki_der()));
         assert!(r.verifies_with(&r.spki_der()));
+        // The same public key encoded otherwise (a compressed point) is decided by a
+        // signature: accepted for the own key only.
+        let compressed = |k: &PrivateKey| {
+            let spki = k.spki_der();
+            let (alg, point) = (&spki[2..23], &spki[spki.len() - 64..]);
+            let mut out = vec![0x30, 0x39];
+            out.extend_from_slice(alg);
+            out.extend_from_slice(&[0x03, 0x22, 0x00, 0x02 | (point[63] & 1)]);
+            out.extend_from_slice(&point[..32]);
+            out
+        };
+        assert_ne!(compressed(&a), a.spki_der());
+        assert!(a.verifies_with(&compressed(&a)));
+        assert!(!a.verifies_with(&compressed(&b)));
     }
 
     #[test]
