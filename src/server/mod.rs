@@ -488,18 +488,24 @@ fn children_of(parent: Pid) -> Vec<Pid> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may contain spaces and ')'.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .is_some_and(|stat| {
-                    stat.rsplit_once(')')
-                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                        == Some(parent.as_raw())
-                })
-        })
+        .filter(|pid| parent_of(*pid) == Some(parent.as_raw()))
         .map(Pid::from_raw)
         .collect()
+}
+
+/// The parent of `pid` from `/proc/PID/stat` ("pid (comm) state ppid ..."; comm may contain
+/// spaces and ')'). One read of its head: comm is at most 16 bytes, so 128 bytes always reach
+/// the ppid, and every process of the host is read this way.
+fn parent_of(pid: i32) -> Option<i32> {
+    use std::io::Read as _;
+    let mut buf = [0u8; 128];
+    let n = std::fs::File::open(format!("/proc/{pid}/stat"))
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    let head = &buf[..n];
+    let close = head.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&head[close + 1..]).ok()?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether `pid` runs nginx, by the name of its executable: the basename of
@@ -701,6 +707,15 @@ mod tests {
         let me = Pid::from_raw(std::process::id() as i32);
         let kids = children_of(me);
         assert!(kids.contains(&Pid::from_raw(child.id() as i32)), "{kids:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A name with ") 1 " in it does not shift the fields after it (the kernel names a
+        // process after the path it was started by, here a link to sleep).
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("x) 1 2 (y");
+        std::os::unix::fs::symlink("/bin/sleep", &odd).unwrap();
+        let mut child = std::process::Command::new(&odd).arg("5").spawn().unwrap();
+        assert_eq!(parent_of(child.id() as i32), Some(me.as_raw()));
         child.kill().unwrap();
         child.wait().unwrap();
     }
