@@ -198,15 +198,45 @@ fn first_issuance_heal_reissue_and_compromise_with_one_order_each() {
     }
 }
 
+/// `reissue --now` on host `i`, returned once Pebble's validation request waits in the
+/// balancer (the order is in flight): the CLI, the leaf every host served before, and the
+/// orders placed so far. Pebble 2.4.0 reuses a valid authorization 1 time in 100 even with
+/// `PEBBLE_AUTHZREUSE=0` (`rand.Intn(100) > percent` in wfe.go): such an order needs no
+/// validation and completes at once; it is let settle and the re-issue asked for again.
+fn reissue_held_at_validation(
+    rig: &FleetRig,
+    i: usize,
+    mut serving: Vec<u8>,
+) -> (JoinHandle<Run>, Vec<u8>, usize) {
+    for _ in 0..4 {
+        rig.balancer.hold();
+        let validations = rig.balancer.accepted();
+        let cli = reissue_in_background(rig.hosts[i].config.clone());
+        let moved = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1 || cli.is_finished());
+        assert!(moved, "no validation started\n{}", rig.diagnostics());
+        if rig.balancer.waiting() >= 1 {
+            return (cli, serving, rig.orders());
+        }
+        // Done without asking the balancer: only a reused authorization does that.
+        let run = cli.join().unwrap();
+        rig.balancer.release();
+        assert_eq!(run.code, 0, "{}\n{}", run.stderr, rig.diagnostics());
+        assert_eq!(
+            rig.balancer.accepted(),
+            validations,
+            "{}",
+            rig.diagnostics()
+        );
+        serving = rig.wait_all_serve_one_leaf(&[&serving], SETTLE);
+        rig.wait_settled(SETTLE);
+    }
+    panic!("every order reused an authorization\n{}", rig.diagnostics());
+}
+
 #[test]
 fn sigkill_of_the_host_that_started_a_reissue_then_restart_makes_one_order() {
     let (mut rig, l1) = issued_rig();
-    // Pebble's validation request waits in the balancer: the order is in flight.
-    rig.balancer.hold();
-    let cli = reissue_in_background(rig.hosts[0].config.clone());
-    let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
-    assert!(in_flight, "no validation started\n{}", rig.diagnostics());
-    assert_eq!(rig.orders(), 2);
+    let (cli, l1, orders) = reissue_held_at_validation(&rig, 0, l1);
     // The pending key is journalled in etcd, sealed.
     assert!(rig.etcd_dump().contains("/fleet/certs/www/pending"));
     assert_no_private_key_in_etcd(&rig);
@@ -217,18 +247,18 @@ fn sigkill_of_the_host_that_started_a_reissue_then_restart_makes_one_order() {
     let l2 = rig.wait_all_serve_one_leaf(&[&l1], SETTLE);
     let published = rig.wait_settled(SETTLE);
     assert_eq!(published.serial, cert_serial_hex(&l2));
-    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
+    assert_eq!(rig.orders(), orders, "{}", rig.diagnostics());
     assert_keys_match(&rig, &l2);
 }
 
 /// h1 starts a re-issue; once Pebble's validation is in flight (held at the balancer), h1's
 /// daemon is stopped and the validation let through; returns when h1's lease has run out,
-/// with the CLI still waiting on h1.
-fn stop_the_holder_past_its_lease(rig: &mut FleetRig) -> JoinHandle<Run> {
-    rig.balancer.hold();
-    let cli = reissue_in_background(rig.hosts[1].config.clone());
-    let in_flight = common::wait_until(SETTLE, || rig.balancer.waiting() >= 1);
-    assert!(in_flight, "no validation started\n{}", rig.diagnostics());
+/// with the CLI still waiting on h1, the leaf served before, and the orders placed so far.
+fn stop_the_holder_past_its_lease(
+    rig: &mut FleetRig,
+    serving: Vec<u8>,
+) -> (JoinHandle<Run>, Vec<u8>, usize) {
+    let (cli, serving, orders) = reissue_held_at_validation(rig, 1, serving);
     assert_eq!(rig.lock_holder().as_deref(), Some("h1"));
     rig.hosts[1].pause_daemon();
     rig.balancer.release();
@@ -239,40 +269,40 @@ fn stop_the_holder_past_its_lease(rig: &mut FleetRig) -> JoinHandle<Run> {
         "h1 kept the lock while stopped\n{}",
         rig.diagnostics()
     );
-    cli
+    (cli, serving, orders)
 }
 
-/// Every host serves one new leaf, published and proven, and there were two orders in all
-/// (the first issuance and this trigger's).
-fn settled_on_one_more_order(rig: &FleetRig, old: &[u8]) {
+/// Every host serves one new leaf, published and proven, and no order was placed after the
+/// one in flight (`orders` in all).
+fn settled_on_one_more_order(rig: &FleetRig, old: &[u8], orders: usize) {
     let l2 = rig.wait_all_serve_one_leaf(&[old], SETTLE);
     let published = rig.wait_settled(SETTLE);
     assert_eq!(published.serial, cert_serial_hex(&l2));
-    assert_eq!(rig.orders(), 2, "{}", rig.diagnostics());
+    assert_eq!(rig.orders(), orders, "{}", rig.diagnostics());
     assert_keys_match(rig, &l2);
 }
 
 #[test]
 fn sigstop_of_the_lock_holder_mid_order_until_its_lease_expires_makes_one_order() {
     let (mut rig, l1) = issued_rig();
-    let cli = stop_the_holder_past_its_lease(&mut rig);
+    let (cli, l1, orders) = stop_the_holder_past_its_lease(&mut rig, l1);
     // Another host is asked meanwhile: it resumes h1's order instead of ordering again.
     let run = rig.hosts[2].certagent(&["reissue", "--now", CERT]);
     assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
     rig.hosts[1].resume_daemon();
     let _ = cli.join().unwrap(); // refused or answered by h2's publish: outcomes below
-    settled_on_one_more_order(&rig, &l1);
+    settled_on_one_more_order(&rig, &l1, orders);
 }
 
 #[test]
 fn a_holder_stopped_past_its_lease_then_continued_publishes_once() {
     let (mut rig, l1) = issued_rig();
-    let cli = stop_the_holder_past_its_lease(&mut rig);
+    let (cli, l1, orders) = stop_the_holder_past_its_lease(&mut rig, l1);
     // It wakes up holding an order it obtained under a lock it no longer has.
     rig.hosts[1].resume_daemon();
     let run = cli.join().unwrap();
     assert_eq!(run.code, 0, "{run:?}\n{}", rig.diagnostics());
-    settled_on_one_more_order(&rig, &l1);
+    settled_on_one_more_order(&rig, &l1, orders);
 }
 
 #[test]
