@@ -85,12 +85,8 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
         return Err(now_missing(args));
     }
     let config = crate::config::Config::load(config_path)?;
+    let certs = selected(&config, args)?;
     let names: &[String] = if args.all { &[] } else { &args.names };
-    let certs = ops::select(&config, names)?;
-    if certs.is_empty() {
-        return Err(Error::msg("no certificates configured")
-            .with_hint("add a [certificate.NAME] table to the configuration"));
-    }
     ops::preflight(&config, &certs).await?;
     let requested = requested(args.reason);
     let reason = requested.reason();
@@ -125,24 +121,37 @@ pub(crate) async fn reissue(config_path: &Path, args: &ReissueArgs) -> Result<u8
             ops::reissue_doc(results)
         }
     };
-    if args.json {
-        output::print_json(&doc);
-    } else {
-        ops::render_reissue(&doc);
-    }
+    print(&doc, args.json);
     Ok(code)
+}
+
+/// The certificates the arguments select (by name, or `--all`); none is an error.
+fn selected<'c>(
+    config: &'c crate::config::Config,
+    args: &ReissueArgs,
+) -> Result<Vec<&'c crate::config::Certificate>> {
+    let names: &[String] = if args.all { &[] } else { &args.names };
+    let certs = ops::select(config, names)?;
+    if certs.is_empty() {
+        return Err(Error::msg("no certificates configured")
+            .with_hint("add a [certificate.NAME] table to the configuration"));
+    }
+    Ok(certs)
+}
+
+fn print(doc: &ReissueDoc, json: bool) {
+    if json {
+        output::print_json(doc);
+    } else {
+        ops::render_reissue(doc);
+    }
 }
 
 /// `reissue --dry-run`: in this process, daemon or not, without the lock (it changes
 /// nothing another process reads; see `executor::dry_run`).
 async fn dry_run(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
     let config = crate::config::Config::load(config_path)?;
-    let names: &[String] = if args.all { &[] } else { &args.names };
-    let certs = ops::select(&config, names)?;
-    if certs.is_empty() {
-        return Err(Error::msg("no certificates configured")
-            .with_hint("add a [certificate.NAME] table to the configuration"));
-    }
+    let certs = selected(&config, args)?;
     ops::dry_run_supported(&config, &certs)?;
     let names: Vec<String> = certs.iter().map(|c| c.name.clone()).collect();
     let config = Arc::new(config);
@@ -150,10 +159,6 @@ async fn dry_run(config_path: &Path, args: &ReissueArgs) -> Result<u8> {
     let executor = Executor::new(config.clone(), Clock::new(), never)?;
     let certs: Vec<_> = names.iter().filter_map(|n| config.certificate(n)).collect();
     let (doc, code) = ops::dry_run(&executor, &certs).await;
-    if args.json {
-        output::print_json(&doc);
-    } else {
-        ops::render_reissue(&doc);
-    }
+    print(&doc, args.json);
     Ok(code)
 }
