@@ -11,7 +11,7 @@ use super::walk::{self, Ctx, Section};
 use super::{MAX_LIFETIME, MAX_REMIND, MAX_TIMEOUT};
 use crate::core::{DomainName, Span};
 
-pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, profile, profile_required, staging_directory, timeout, validity, dns_provider, dns_zone, dns_server, tsig_key_file, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
+pub(super) const ISSUER_KEYS: &str = "kind, directory, contact, ca_bundle, challenge, webroot, listen, eab_kid, eab_hmac_key_file, account_from_certbot, profile, profile_required, staging_directory, timeout, validity, dns_provider, dns_zone, dns_server, dns_resolvers, tsig_key_file, propagation_timeout, remind_every, token_file, account_id, api_url, domain";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Issuer {

@@ -1,7 +1,7 @@
-//! dns-01 by RFC 2136 dynamic update: `dns_server`, `tsig_key_file`, `dns_zone` and
-//! `propagation_timeout` of an ACME issuer with `dns_provider = "rfc2136"`.
+//! dns-01 by RFC 2136 dynamic update: `dns_server`, `tsig_key_file`, `dns_zone`,
+//! `dns_resolvers` and `propagation_timeout` of an ACME issuer with `dns_provider = "rfc2136"`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::MAX_TIMEOUT;
@@ -16,8 +16,10 @@ pub(crate) struct Rfc2136 {
     /// BIND's key-file format; under the unit, a file in `/etc/certagent/credentials/` is
     /// read from its systemd credential.
     pub(crate) tsig_key_file: PathBuf,
-    /// The zone to update; found by an SOA query to `server` when absent.
+    /// The zone to update; found by an SOA query to the resolvers when absent.
     pub(crate) zone: Option<String>,
+    /// Where SOA, NS, CNAME and address lookups go; the system's resolvers when absent.
+    pub(crate) resolvers: Option<Vec<SocketAddr>>,
     pub(crate) propagation_timeout: Span,
 }
 
@@ -65,6 +67,7 @@ pub(super) fn read_rfc2136(cx: &mut Ctx, s: &mut Section) -> Option<Rfc2136> {
         Some(z) => Some(z.to_string().trim_end_matches('.').to_ascii_lowercase()),
         None => None,
     };
+    let resolvers = read_resolvers(cx, s);
     let propagation_timeout = s
         .span(cx, "propagation_timeout", MAX_TIMEOUT)
         .unwrap_or(Span::secs(600));
@@ -72,8 +75,40 @@ pub(super) fn read_rfc2136(cx: &mut Ctx, s: &mut Section) -> Option<Rfc2136> {
         server: server?,
         tsig_key_file: tsig_key_file?,
         zone,
+        resolvers,
         propagation_timeout,
     })
+}
+
+/// `dns_resolvers`: one to eight "IP:port" or "IP" (port 53).
+fn read_resolvers(cx: &mut Ctx, s: &mut Section) -> Option<Vec<SocketAddr>> {
+    let key = s.full_key("dns_resolvers");
+    let list = s.strings(cx, "dns_resolvers")?;
+    if list.is_empty() || list.len() > 8 {
+        cx.error(
+            &s.at("dns_resolvers"),
+            &key,
+            "expected one to eight resolvers, e.g. [\"192.0.2.53:53\"]; leave it out for the system's",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (text, span) in list {
+        match text
+            .parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        {
+            Ok(a) => out.push(a),
+            Err(_) => cx.error(
+                &span,
+                &key,
+                format!(
+                    "{text:?} is not an address like \"192.0.2.53:53\" (by IP address, not by name)"
+                ),
+            ),
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -97,6 +132,7 @@ mod tests {
         };
         assert_eq!(r.server.to_string(), "192.0.2.53:53");
         assert_eq!(r.zone.as_deref(), Some("example.com"));
+        assert_eq!(r.resolvers, None);
         assert_eq!(r.propagation_timeout.0, 600);
         assert_eq!(
             r.tsig_key_file.display().to_string(),
@@ -124,6 +160,42 @@ mod tests {
         assert!(
             errors[2].ends_with(":8: issuer.ns.dns_zone: a DNS zone cannot be a wildcard"),
             "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn resolvers_are_addresses_with_port_53_by_default() {
+        let base = format!(
+            "{HEAD}dns_server = \"192.0.2.53:53\"\ntsig_key_file = \"/etc/certagent/credentials/tsig.key\"\n"
+        );
+        let ok = parse(&format!(
+            "{base}dns_resolvers = [\"192.0.2.1\", \"[2001:db8::1]:5353\"]\n"
+        ))
+        .unwrap();
+        let IssuerKind::Acme(a) = &ok.issuers["ns"].kind else {
+            panic!("not acme")
+        };
+        let Challenge::Rfc2136(r) = &a.challenge else {
+            panic!("{:?}", a.challenge)
+        };
+        let got: Vec<String> = r
+            .resolvers
+            .iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["192.0.2.1:53", "[2001:db8::1]:5353"]);
+        let errors = parse(&format!("{base}dns_resolvers = [\"ns1.example.com\"]\n")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/etc/certagent/config.toml:8: issuer.ns.dns_resolvers: \"ns1.example.com\" is not an address like \"192.0.2.53:53\" (by IP address, not by name)"
+            ]
+        );
+        let errors = parse(&format!("{base}dns_resolvers = []\n")).unwrap_err();
+        assert!(
+            errors[0].contains("expected one to eight resolvers"),
+            "{errors:?}"
         );
     }
 

@@ -7,13 +7,15 @@ use crate::common;
 
 use common::{Env, Named, Pebble, PebbleOpts, san_dns_names};
 
+/// The issuer with `named` as the primary and as the resolver (the test zones exist nowhere
+/// else); `extra` lines are appended.
 fn rfc2136_issuer(env: &Env, pebble: &Pebble, named: &Named, extra: &str) -> String {
     format!(
-        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nchallenge = \"dns-01\"\ndns_provider = \"rfc2136\"\ndns_server = \"{}\"\ntsig_key_file = \"{}\"\npropagation_timeout = \"30s\"\ntimeout = \"60s\"\n{extra}\n",
+        "[issuer.pebble]\nkind = \"acme\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nchallenge = \"dns-01\"\ndns_provider = \"rfc2136\"\ndns_server = \"{addr}\"\ndns_resolvers = [\"{addr}\"]\ntsig_key_file = \"{}\"\npropagation_timeout = \"30s\"\ntimeout = \"60s\"\n{extra}\n",
         pebble.directory_url(),
         pebble.ca_bundle().display(),
-        named.addr(),
-        env.dir.path().join("tsig.key").display()
+        env.dir.path().join("tsig.key").display(),
+        addr = named.addr(),
     )
 }
 
@@ -27,7 +29,7 @@ fn a_wildcard_is_validated_through_signed_updates_to_bind_and_the_records_are_re
     let mut env = Env::new(&["example.test"], None);
     env.names = vec!["example.test".into(), "*.example.test".into()];
     named.write_key_file(&env.dir.path().join("tsig.key"));
-    // No dns_zone: the zone is found by an SOA query to the primary.
+    // No dns_zone: the zone is found by an SOA query to the resolver.
     env.write_config(
         "issuer = \"pebble\"",
         &rfc2136_issuer(&env, &pebble, &named, ""),
@@ -174,4 +176,34 @@ fn a_cname_at_the_challenge_name_delegates_the_record_to_another_zone() {
     );
     assert!(!log.contains("updating zone 'example.test/IN'"), "{log}");
     assert_eq!(named.txt("www.acme.delegated.test"), Vec::<String>::new());
+}
+
+#[test]
+fn lookups_go_to_the_resolvers_not_to_the_primary() {
+    // The primary answers, the only resolver does not: the zone cannot be found, nothing is
+    // updated, and the error names the resolver and the key to check.
+    let named = Named::start(&[("example.test", "")]);
+    let pebble = Pebble::start(PebbleOpts {
+        dns_server: Some(named.addr()),
+        ..PebbleOpts::default()
+    });
+    let mut env = Env::new(&["example.test"], None);
+    env.names = vec!["example.test".into()];
+    named.write_key_file(&env.dir.path().join("tsig.key"));
+    let dead = format!("127.0.0.1:{}", common::reserved_port());
+    let issuer = rfc2136_issuer(&env, &pebble, &named, "").replace(
+        &format!("dns_resolvers = [\"{}\"]", named.addr()),
+        &format!("dns_resolvers = [\"{dead}\"]"),
+    );
+    assert!(issuer.contains(&dead), "{issuer}");
+    env.write_config("issuer = \"pebble\"", &issuer);
+    let run = env.certagent(&["reissue", "--now", "site"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("DNS server {dead}")),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("hint: check dns_resolvers"), "{run:?}");
+    assert!(!named.log().contains("adding an RR"), "{}", named.log());
+    assert_eq!(env.served(), env.initial_leaf);
 }

@@ -1,10 +1,12 @@
 //! dns-01 by RFC 2136 dynamic update: TXT records added to (and deleted from) a zone's primary
 //! by TSIG-signed updates (RFC 8945), over TCP. Messages are built, signed and verified with
 //! hickory-proto; every answer is one length-prefixed TCP message (at most 64 KiB) read within
-//! a deadline. A CNAME at `_acme-challenge.NAME` is followed (on the same server) and the record
-//! written at its target. The zone is `dns_zone` or found by an SOA query to the same server.
+//! a deadline. A CNAME at `_acme-challenge.NAME` is followed (asked of the resolvers, see
+//! `lookup`) and the record written at its target. The zone is `dns_zone` or found by an SOA
+//! query to the resolvers.
 
 mod key;
+mod lookup;
 mod propagation;
 
 use std::net::SocketAddr;
@@ -31,6 +33,8 @@ const FUDGE: u16 = 300;
 /// A signed-update client for one primary.
 pub(crate) struct Updater {
     server: SocketAddr,
+    /// Where SOA, NS, CNAME and address lookups go (`dns_resolvers`, else the system's).
+    resolvers: Vec<SocketAddr>,
     signer: TSigner,
     key_name: String,
     zone: Option<String>,
@@ -67,8 +71,13 @@ impl Updater {
         // hickory keeps its own (non-zeroizing) copy of the secret for the signer's lifetime.
         let signer = TSigner::new(key.secret.to_vec(), algorithm, name, FUDGE)
             .map_err(|e| Error::msg(format!("failed to set up the TSIG key: {e}")))?;
+        let resolvers = match &cfg.resolvers {
+            Some(r) => r.clone(),
+            None => lookup::system_resolvers(),
+        };
         Ok(Updater {
             server: cfg.server,
+            resolvers,
             signer,
             key_name: key.name,
             zone: cfg.zone.clone(),
@@ -160,11 +169,11 @@ impl Updater {
     }
 
     /// Where the record for `name` is written: `name`, or the end of the CNAME chain the
-    /// primary serves at it (dns-01 delegation, RFC 8555 §8.4 allows following CNAMEs).
+    /// resolvers find at it (dns-01 delegation, RFC 8555 §8.4 allows following CNAMEs).
     async fn follow_cname(&self, name: &str) -> Result<String> {
         let mut current = name.to_string();
         for _ in 0..8 {
-            let answer = self.query(&current, RecordType::CNAME).await?;
+            let (answer, _) = self.lookup(&current, RecordType::CNAME).await?;
             let target = answer.answers.iter().find_map(|r| match &r.data {
                 RData::CNAME(c)
                     if r.name
@@ -190,9 +199,9 @@ impl Updater {
     }
 
     /// The zone `name` is in: the owner of the SOA record in the answer (or, for a name that
-    /// does not exist, in the authority section) of an SOA query to the server.
+    /// does not exist, in the authority section) of an SOA query to the resolvers.
     async fn find_zone(&self, name: &str) -> Result<String> {
-        let answer = self.query(name, RecordType::SOA).await?;
+        let (answer, asked) = self.lookup(name, RecordType::SOA).await?;
         let soa = answer
             .answers
             .iter()
@@ -208,17 +217,11 @@ impl Updater {
                 Ok(r.name.to_ascii().trim_end_matches('.').to_ascii_lowercase())
             }
             _ => Err(Error::msg(format!(
-                "the DNS server {} named no zone for {name:?} ({})",
-                self.server,
+                "the DNS resolver {asked} named no zone for {name:?} ({})",
                 rcode_name(answer.response_code)
             ))
-            .with_hint("set dns_zone, and check that dns_server is the primary of that zone")),
+            .with_hint("set dns_zone, or dns_resolvers to servers that resolve it")),
         }
-    }
-
-    /// An unsigned query to the primary.
-    pub(crate) async fn query(&self, name: &str, rtype: RecordType) -> Result<Message> {
-        query_at(self.server, name, rtype).await
     }
 
     async fn exchange(&self, msg: &Message) -> Result<Vec<u8>> {
@@ -226,10 +229,16 @@ impl Updater {
     }
 }
 
-/// An unsigned, non-recursive query over TCP to `server`.
-pub(crate) async fn query_at(server: SocketAddr, name: &str, rtype: RecordType) -> Result<Message> {
+/// An unsigned query over TCP to `server`: to a resolver with recursion desired, to an
+/// authoritative server without.
+pub(crate) async fn query_at(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    recursion: bool,
+) -> Result<Message> {
     let mut msg = Message::query();
-    msg.metadata.recursion_desired = false;
+    msg.metadata.recursion_desired = recursion;
     msg.add_query(Query::query(fqdn(name)?, rtype));
     let bytes = exchange(server, &msg).await?;
     let answer = decode(&bytes, server)?;
@@ -357,6 +366,7 @@ mod tests {
         let name = Name::from_ascii("k.").unwrap();
         Updater {
             server,
+            resolvers: vec![server],
             signer: TSigner::new(vec![7; 32], TsigAlgorithm::HmacSha256, name, FUDGE).unwrap(),
             key_name: "k".into(),
             zone: Some("example.test".into()),

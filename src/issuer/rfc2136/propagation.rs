@@ -1,6 +1,6 @@
 //! Before the CA is told to look: every authoritative server of the zone serves the new TXT
-//! value. The zone's NS records and their addresses are asked of the primary (`dns_server`);
-//! each name server is then asked directly, without recursion. A name server at the primary's
+//! value. The zone's NS records and their addresses are asked of the resolvers
+//! (`dns_resolvers`); each name server is then asked directly, without recursion. A name server at the primary's
 //! own IP address is asked at the primary's port (a primary on a non-standard port lists
 //! itself); the others at port 53.
 
@@ -21,7 +21,7 @@ impl Updater {
         let mut delay = Duration::from_millis(100);
         for (ns, addr) in &servers {
             loop {
-                let why = match query_at(*addr, &added.name, RecordType::TXT).await {
+                let why = match query_at(*addr, &added.name, RecordType::TXT, false).await {
                     Ok(m) if serves(&m, added) => break,
                     Ok(m) => format!("answers {}", answer_summary(&m)),
                     Err(e) => e.to_string(),
@@ -45,9 +45,9 @@ impl Updater {
         Ok(())
     }
 
-    /// The zone's NS names with one address each, looked up at the primary.
+    /// The zone's NS names with one address each, looked up at the resolvers.
     async fn name_servers(&self, zone: &str) -> Result<Vec<(String, SocketAddr)>> {
-        let answer = self.query(zone, RecordType::NS).await?;
+        let (answer, asked) = self.lookup(zone, RecordType::NS).await?;
         let names: Vec<String> = answer
             .answers
             .iter()
@@ -59,12 +59,9 @@ impl Updater {
             .collect();
         if names.is_empty() {
             return Err(Error::msg(format!(
-                "the DNS server {} lists no NS records for the zone {zone:?}",
-                self.server
+                "the DNS resolver {asked} lists no NS records for the zone {zone:?}"
             ))
-            .with_hint(
-                "set dns_zone to the zone's apex, and check that dns_server is its primary",
-            ));
+            .with_hint("set dns_zone to the zone's apex"));
         }
         let mut out = Vec::new();
         for ns in names {
@@ -85,7 +82,7 @@ impl Updater {
 
     async fn address_of(&self, host: &str) -> Result<IpAddr> {
         for rtype in [RecordType::A, RecordType::AAAA] {
-            let m = self.query(host, rtype).await?;
+            let (m, _) = self.lookup(host, rtype).await?;
             let ip = m.answers.iter().find_map(|r| match &r.data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -96,8 +93,7 @@ impl Updater {
             }
         }
         Err(Error::msg(format!(
-            "the DNS server {} has no address for {host}",
-            self.server
+            "the DNS resolvers have no address for {host}"
         )))
     }
 }
