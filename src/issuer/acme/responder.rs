@@ -154,7 +154,17 @@ impl Responder {
                 propagation,
                 added,
             } => {
-                let record = updater.add_challenge(ident, dns_value).await?;
+                let record = updater.locate(ident, dns_value).await?;
+                match updater.add(&record).await {
+                    Ok(()) => {}
+                    // The update may have been applied and only its answer lost: delete it
+                    // afterwards too. A refusal changed nothing.
+                    Err(e @ Error::Unavailable { .. }) => {
+                        added.push(record);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
                 log::info!(zone = record.zone.as_str(), record = record.name.as_str(); "published dns-01 TXT record by RFC 2136 update");
                 added.push(record.clone());
                 updater.wait_served(&record, *propagation).await?;

@@ -84,8 +84,9 @@ impl Updater {
         })
     }
 
-    /// Add the TXT record `_acme-challenge.IDENT` = `value` in its zone.
-    pub(crate) async fn add_challenge(&self, ident: &str, value: &str) -> Result<Added> {
+    /// Where the TXT record `_acme-challenge.IDENT` = `value` goes: its name (after a CNAME
+    /// chain) and zone. Nothing is changed yet.
+    pub(crate) async fn locate(&self, ident: &str, value: &str) -> Result<Added> {
         let ident = ident.trim_start_matches("*.").trim_end_matches('.');
         let asked = format!("_acme-challenge.{ident}").to_ascii_lowercase();
         let name = self.follow_cname(&asked).await?;
@@ -100,13 +101,24 @@ impl Updater {
                     .with_hint("set dns_zone to the zone the names are in"),
             );
         }
-        let added = Added {
+        Ok(Added {
             zone,
             name,
             value: value.to_string(),
-        };
-        let msg = update_message::append(self.rrset(&added)?, fqdn(&added.zone)?, false, false);
-        self.update(msg, &added.zone).await?;
+        })
+    }
+
+    /// Add the record `located` names to its zone.
+    pub(crate) async fn add(&self, located: &Added) -> Result<()> {
+        let msg = update_message::append(self.rrset(located)?, fqdn(&located.zone)?, false, false);
+        self.update(msg, &located.zone).await
+    }
+
+    /// `locate` then `add`.
+    #[cfg(test)]
+    pub(crate) async fn add_challenge(&self, ident: &str, value: &str) -> Result<Added> {
+        let added = self.locate(ident, value).await?;
+        self.add(&added).await?;
         Ok(added)
     }
 
@@ -386,6 +398,29 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_update_whose_answer_is_lost_may_have_been_applied() {
+        // Reads the update, then hangs up: whether it was applied is unknown, so the error is
+        // a temporary one (the responder then deletes the record afterwards all the same).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let n = s.read_u16().await.unwrap() as usize;
+                let mut buf = vec![0u8; n];
+                s.read_exact(&mut buf).await.unwrap();
+            }
+        });
+        let u = updater(server);
+        let located = Added {
+            zone: "example.test".into(),
+            name: "_acme-challenge.www.example.test".into(),
+            value: "v".into(),
+        };
+        let err = u.add(&located).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     }
 
     #[tokio::test]
